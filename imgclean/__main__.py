@@ -1,0 +1,5 @@
+"""python -m imgclean"""
+from .cli import main
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,5 @@
+"""Out-of-distribution detectors that work on deep-feature arrays, not images."""
+from .base import NotFittedError
+from .mahalanobis import MahalanobisDetector
+
+__all__ = ["MahalanobisDetector", "NotFittedError"]

@@ -1,0 +1,213 @@
+"""`fit` end to end: read the class folders, train, embed, calibrate the detector.
+
+Returns a ModelBundle ready to save, and a FitReport for the summary table.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from . import config as cfg
+from . import data
+from .artifact import ModelBundle
+from .detectors import MahalanobisDetector
+
+log = logging.getLogger(__name__)
+
+GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
+PROBE_IMAGES_PER_CLASS = 20
+
+# progress(stage, done, total, info): stages "decode", "batch", "epoch", "embed"
+ProgressCallback = Callable[[str, int, int, dict], None]
+
+
+class FitError(Exception):
+    """The training data cannot produce a model (message names the class or setting to fix)."""
+
+
+@dataclass
+class FitReport:
+    class_names: list[str]
+    images_per_class: list[int]
+    skipped: list[tuple[str, str, str]] = field(default_factory=list)  # (path, status, message)
+    arch: str = ""
+    input_size: int = 0
+    channels: int = 0
+    metrics: dict = field(default_factory=dict)
+    history: list[dict] = field(default_factory=list)
+    thresholds: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def detect_geometry(class_files: list[list[data.FileEntry]]) -> tuple[int, int]:
+    """(typical image size, channels) from a sample of each class's images."""
+    sizes, gray = [], True
+    for files in class_files:
+        for entry in files[:PROBE_IMAGES_PER_CLASS]:
+            try:
+                w, h, mode = data.probe_image(entry.path)
+            except data.DecodeError:
+                continue
+            sizes.append(max(w, h))
+            gray = gray and mode in GRAY_MODES
+    if not sizes:
+        return cfg.DEFAULT_TIMM_SIZE, 3
+    return int(np.median(sizes)), 1 if gray else 3
+
+
+def resolve_architecture(config: cfg.FitConfig, detected_size: int, detected_channels: int) -> tuple[str, int, int]:
+    """(arch, input_size, channels) from the settings, filling 'auto' from the data."""
+    channels = config.channels or detected_channels
+    if channels not in (1, 3):
+        raise FitError(f"channels must be 1 (grayscale) or 3 (colour), got {channels}")
+    arch = config.arch
+    if arch == "auto":
+        small = (config.input_size or detected_size) <= cfg.LENET_MAX_SIZE
+        arch = "lenet" if small and not config.pretrained else cfg.DEFAULT_TIMM_ARCH
+    if config.input_size:
+        size = config.input_size
+    elif arch == "lenet":
+        size = min(max(detected_size, 16), cfg.LENET_MAX_SIZE)
+    else:
+        size = cfg.DEFAULT_TIMM_SIZE
+    if size < 16:
+        raise FitError(f"input size {size} is too small; use 16 or more")
+    if config.pretrained and channels != 3:
+        channels = 3  # pretrained photo models expect colour; grayscale is replicated
+    return arch, size, channels
+
+
+def decode_classes(
+    class_names: list[str],
+    class_files: list[list[data.FileEntry]],
+    size: int,
+    channels: int,
+    progress: ProgressCallback | None = None,
+) -> tuple[np.ndarray, np.ndarray, list[tuple[str, str, str]]]:
+    """Decode every training image once: (uint8 images, labels, skipped files)."""
+    jobs = [(label, e.path) for label, files in enumerate(class_files) for e in files]
+    images, labels, skipped = [], [], []
+
+    def work(job):
+        label, path = job
+        try:
+            return label, path, data.decode_image(path, size, channels), None
+        except data.DecodeError as exc:
+            return label, path, None, exc
+
+    with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+        for i, (label, path, arr, err) in enumerate(pool.map(work, jobs), start=1):
+            if err is None:
+                images.append(arr)
+                labels.append(label)
+            else:
+                skipped.append((os.fsdecode(path), err.status, str(err)))
+            if progress is not None and (i % 256 == 0 or i == len(jobs)):
+                progress("decode", i, len(jobs), {})
+    counts = np.bincount(np.array(labels, dtype=np.int64), minlength=len(class_names))
+    empty = [class_names[j] for j in range(len(class_names)) if counts[j] == 0]
+    if empty:
+        raise FitError(
+            f"class {', '.join(repr(n) for n in empty)} has no usable image "
+            "(empty folder, or every file unreadable); add images or remove the folder"
+        )
+    return np.stack(images), np.array(labels, dtype=np.int64), skipped
+
+
+def fit_model(train_dir: Path, config: cfg.FitConfig, progress: ProgressCallback | None = None) -> tuple[ModelBundle, FitReport]:
+    """Train a classifier on `train_dir` and calibrate its Mahalanobis detector."""
+    from .models import build_model, pick_device
+    from .training import channel_stats, predict_arrays, seed_everything, train_classifier
+
+    started = time.perf_counter()
+    try:
+        class_names, class_files = data.list_image_folder(Path(train_dir))
+    except ValueError as exc:
+        raise FitError(str(exc)) from None
+    if len(class_names) < 2:
+        log.warning("only one class (%s): the classifier learns nothing, the detector still works", class_names[0])
+    empty = [n for n, files in zip(class_names, class_files) if not files]
+    if empty:
+        raise FitError(f"class {', '.join(repr(n) for n in empty)} has no image files; add images or remove the folder")
+
+    size, channels = detect_geometry(class_files)
+    arch, size, channels = resolve_architecture(config, size, channels)
+    device = pick_device(config.device)
+    images, labels, skipped = decode_classes(class_names, class_files, size, channels, progress)
+
+    seed_everything(config.train.seed)  # the initial weights too
+    model = build_model(arch, len(class_names), channels, size, config.pretrained, config.weights)
+    pretrained_cfg = getattr(model.backbone, "pretrained_cfg", None) or {}
+    if (config.pretrained or config.weights) and "mean" in pretrained_cfg and channels == 3:
+        mean, std = list(pretrained_cfg["mean"]), list(pretrained_cfg["std"])
+    else:
+        mean, std = channel_stats(images)
+
+    def on_batch(epoch, batch, batches, loss, acc):
+        if progress is not None:
+            progress("batch", batch, batches, {"epoch": epoch, "loss": loss, "accuracy": acc})
+
+    def on_epoch(stats):
+        if progress is not None:
+            progress("epoch", stats.epoch, config.train.epochs, asdict(stats))
+
+    result = train_classifier(model, images, labels, mean, std, config.train, device, on_batch, on_epoch)
+
+    if progress is not None:
+        progress("embed", 0, len(images), {})
+    _, feats = predict_arrays(model, images, mean, std, device)
+    if progress is not None:
+        progress("embed", len(images), len(images), {})
+    detector = MahalanobisDetector(config.percentile).fit(feats, labels, num_classes=len(class_names))
+    metrics = dict(result.val_metrics)
+    metrics["train_rejected_fraction"] = float(np.mean(detector.predict(feats)))
+    if len(result.val_indices):
+        # An honest false-reject estimate: a detector fitted without the validation images.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # already warned about by the fit above
+            held_out = MahalanobisDetector(config.percentile).fit(
+                feats[result.train_indices], labels[result.train_indices], num_classes=len(class_names)
+            )
+        metrics["val_rejected_fraction"] = float(np.mean(held_out.predict(feats[result.val_indices])))
+
+    counts = np.bincount(labels, minlength=len(class_names)).tolist()
+    model_config = {
+        "arch": arch,
+        "input_size": size,
+        "channels": channels,
+        "mean": [float(m) for m in mean],
+        "std": [float(s) for s in std],
+        "class_names": class_names,
+        "feature_dim": int(model.feature_dim),
+        "center_weight": config.train.center_weight,
+        "percentile": config.percentile,
+        "pretrained": bool(config.pretrained),
+        "weights": os.fsdecode(config.weights) if config.weights else None,
+        "training": asdict(config.train),
+        "data": {"train_dir": os.fsdecode(Path(train_dir).absolute()), "images_per_class": counts, "skipped": len(skipped)},
+        "metrics": metrics,
+        "score": "min over classes of mahalanobis distance / class threshold; higher = more out-of-distribution; > 1 = rejected",
+    }
+    model.to("cpu").eval()
+    bundle = ModelBundle(config=model_config, model=model, detector=detector)
+    report = FitReport(
+        class_names=class_names,
+        images_per_class=counts,
+        skipped=skipped,
+        arch=arch,
+        input_size=size,
+        channels=channels,
+        metrics=metrics,
+        history=[asdict(h) for h in result.history],
+        thresholds=detector.thresholds_.tolist(),
+        seconds=time.perf_counter() - started,
+    )
+    return bundle, report

@@ -1,0 +1,164 @@
+"""Classifiers with one shape: forward(x) -> (logits, deep features).
+
+`lenet` is the paper's modified LeNet (max-pooling and ReLU instead of average pooling and tanh).
+Any other name is a timm model; timm is imported only then.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+LENET = "lenet"
+
+
+class LeNet(nn.Module):
+    """conv5-pool-conv5-pool-fc120-fc84 with ReLU and max-pooling.
+
+    The 84-unit layer is the deep-feature layer. It has no ReLU after it, so the features the
+    center loss pulls together and the Mahalanobis detector models are not clipped at zero.
+    """
+
+    def __init__(self, in_channels: int, input_size: int, feature_dim: int = 84):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, 6, 5, padding=2),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(2),
+            nn.Conv2d(6, 16, 5),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(2),
+            nn.Flatten(),
+        )
+        with torch.no_grad():
+            flat = self.features(torch.zeros(1, in_channels, input_size, input_size)).shape[1]
+        self.embedding = nn.Sequential(
+            nn.Linear(flat, 120), nn.ReLU(inplace=True), nn.Linear(120, feature_dim)
+        )
+        self.num_features = feature_dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.embedding(self.features(x))
+
+
+class Classifier(nn.Module):
+    """A backbone that maps images to deep features, and a linear layer to class logits."""
+
+    def __init__(self, backbone: nn.Module, feature_dim: int, num_classes: int):
+        super().__init__()
+        self.backbone = backbone
+        self.classifier = nn.Linear(feature_dim, num_classes)
+        self.feature_dim = feature_dim
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.backbone(x)
+        return self.classifier(features), features
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone(x)
+
+
+def _timm_backbone(arch: str, in_channels: int, pretrained: bool) -> nn.Module:
+    import timm  # heavy; only for timm architectures
+
+    try:
+        return timm.create_model(arch, pretrained=pretrained, num_classes=0, in_chans=in_channels)
+    except RuntimeError as exc:
+        if "Unknown model" in str(exc):
+            raise ValueError(
+                f"unknown architecture {arch!r}: use 'lenet' or a timm model name "
+                "(e.g. efficientnet_b0, resnet18; see timm.list_models())"
+            ) from None
+        raise
+    except Exception as exc:  # network or hub errors while fetching pretrained weights
+        if pretrained:
+            raise ValueError(
+                f"could not fetch pretrained weights for {arch!r} ({type(exc).__name__}: {exc}); "
+                "without internet, download them elsewhere and pass --weights FILE"
+            ) from None
+        raise
+
+
+def build_model(
+    arch: str,
+    num_classes: int,
+    in_channels: int,
+    input_size: int,
+    pretrained: bool = False,
+    weights: Path | None = None,
+) -> Classifier:
+    """Build a classifier; `weights` is a local state dict for the backbone."""
+    if arch == LENET:
+        if pretrained:
+            raise ValueError("--pretrained needs a timm architecture; lenet has no pretrained weights")
+        backbone: nn.Module = LeNet(in_channels, input_size)
+        dim = backbone.num_features
+    else:
+        backbone = _timm_backbone(arch, in_channels, pretrained)
+        dim = backbone.num_features
+    if weights is not None:
+        load_backbone_weights(backbone, weights)
+    return Classifier(backbone, dim, num_classes)
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Read a state dict from .safetensors or a torch file, never running pickled code."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"weights file {path} does not exist")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ValueError(
+            f"cannot read weights from {path}: {type(exc).__name__}: {exc}. imgclean reads "
+            "safetensors files and plain torch state dicts (torch.load with weights_only=True)"
+        ) from None
+    for key in ("state_dict", "model", "model_state_dict"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{path} does not hold a state dict of tensors")
+    return state
+
+
+def load_backbone_weights(backbone: nn.Module, path: Path) -> None:
+    """Load matching tensors from a local file into `backbone`; the classifier is skipped."""
+    state = read_state_dict(path)
+    own = backbone.state_dict()
+    usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    if not usable:
+        raise ValueError(
+            f"no tensor in {path} matches the backbone's names and shapes; "
+            "is it for a different architecture?"
+        )
+    missing = [k for k in own if k not in usable]
+    backbone.load_state_dict(usable, strict=False)
+    log.info("loaded %d tensors from %s (%d left at their initial values)", len(usable), path, len(missing))
+
+
+def pick_device(requested: str = "auto") -> torch.device:
+    """cuda, then mps, then cpu, unless a device is named."""
+    if requested != "auto":
+        try:
+            device = torch.device(requested)
+        except RuntimeError:
+            raise ValueError(f"unknown device {requested!r}; use auto, cpu, cuda, cuda:N or mps") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError("--device cuda was asked for, but no CUDA GPU is available")
+        if device.type == "mps" and not torch.backends.mps.is_available():
+            raise ValueError("--device mps was asked for, but MPS is not available")
+        return device
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")

@@ -1,0 +1,60 @@
+"""Writing scan records: CSV or JSON lines, chosen by the file's extension. Makes no decisions."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+
+from .scan import ScanRecord
+
+FIELDS = ("path", "status", "predicted", "nearest", "score", "action", "destination", "message")
+FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl"}
+
+
+def report_format(path: Path) -> str:
+    """'csv' or 'jsonl' from the extension; ValueError naming the accepted ones otherwise."""
+    fmt = FORMATS.get(Path(path).suffix.lower())
+    if fmt is None:
+        raise ValueError(f"report file {path} must end in .csv, .jsonl or .json (JSON lines)")
+    return fmt
+
+
+class RecordWriter:
+    """Streams records to a report file as they come; a context manager."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.format = report_format(self.path)
+        self._fh = None
+        self._csv = None
+
+    def __enter__(self) -> "RecordWriter":
+        self._fh = open(self.path, "w", encoding="utf-8", newline="", errors="surrogateescape")
+        if self.format == "csv":
+            self._csv = csv.DictWriter(self._fh, fieldnames=FIELDS, extrasaction="ignore")
+            self._csv.writeheader()
+        return self
+
+    def write(self, record: ScanRecord) -> None:
+        row = {k: getattr(record, k) for k in FIELDS}
+        if self.format == "csv":
+            self._csv.writerow(row)
+        else:
+            # ensure_ascii keeps one record per line whatever the file name holds
+            self._fh.write(json.dumps(row, ensure_ascii=True) + "\n")
+
+    def __exit__(self, *exc) -> None:
+        if self._fh is not None:
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
+            self._fh.close()
+
+
+def read_report(path: Path) -> list[dict]:
+    """Read back a report written by RecordWriter."""
+    fmt = report_format(path)
+    with open(path, encoding="utf-8", newline="", errors="surrogateescape") as fh:
+        if fmt == "csv":
+            return list(csv.DictReader(fh))
+        return [json.loads(line) for line in fh if line.strip()]

@@ -1,0 +1,107 @@
+"""Tiny generated image folders and a tiny trained model, shared by the tests."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+SIZE = 16
+CLASSES = ("stripes_h", "stripes_v", "checker")
+
+
+def class_image(kind: str, rng: np.random.Generator) -> np.ndarray:
+    """A 16x16 grayscale pattern of the given class, with a random phase and noise."""
+    y, x = np.mgrid[0:SIZE, 0:SIZE]
+    period, phase = int(rng.integers(3, 5)), int(rng.integers(0, 4))
+    if kind == "stripes_h":
+        img = ((y + phase) // 2 % 2) * 200
+    elif kind == "stripes_v":
+        img = ((x + phase) // 2 % 2) * 200
+    else:
+        img = (((x + phase) // period + (y + phase) // period) % 2) * 200
+    img = img + rng.normal(0, 12, img.shape)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def ood_image(rng: np.random.Generator) -> np.ndarray:
+    """Something none of the classes looks like: a bright blob on grey."""
+    y, x = np.mgrid[0:SIZE, 0:SIZE]
+    cy, cx = rng.integers(4, 12, 2)
+    img = 90 + 160 * np.exp(-((y - cy) ** 2 + (x - cx) ** 2) / 10.0)
+    return np.clip(img + rng.normal(0, 5, img.shape), 0, 255).astype(np.uint8)
+
+
+def write_png(path: Path, array: np.ndarray) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array, mode="L").save(path)
+    return path
+
+
+def make_train_folder(root: Path, per_class: int = 24, seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    for name in CLASSES:
+        for i in range(per_class):
+            write_png(root / name / f"{name}_{i:03d}.png", class_image(name, rng))
+    return root
+
+
+def make_incoming_folder(root: Path, normal: int = 6, ood: int = 4, seed: int = 1) -> dict[str, str]:
+    """A flat folder of in-distribution images, OOD blobs and one broken file; returns name -> kind."""
+    rng = np.random.default_rng(seed)
+    kinds = {}
+    for i in range(normal):
+        name = f"normal_{i:02d}.png"
+        write_png(root / name, class_image(CLASSES[i % len(CLASSES)], rng))
+        kinds[name] = "normal"
+    for i in range(ood):
+        name = f"odd_{i:02d}.png"
+        write_png(root / name, ood_image(rng))
+        kinds[name] = "ood"
+    (root / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 20)
+    kinds["broken.png"] = "broken"
+    return kinds
+
+
+def tree_snapshot(root: Path) -> dict[str, tuple[int, int, str]]:
+    """Every file below root (hidden ones too): relative path -> (size, mtime_ns, sha-ish)."""
+    import hashlib
+
+    out = {}
+    for p in sorted(Path(root).rglob("*")):
+        if p.is_file() and p.name != ".imgclean.lock":  # left by moving scans, by design
+            st = p.stat()
+            out[str(p.relative_to(root))] = (st.st_size, st.st_mtime_ns, hashlib.sha256(p.read_bytes()).hexdigest())
+    return out
+
+
+@pytest.fixture(scope="session")
+def train_dir(tmp_path_factory) -> Path:
+    return make_train_folder(tmp_path_factory.mktemp("train"))
+
+
+@pytest.fixture(scope="session")
+def model_dir(train_dir, tmp_path_factory) -> Path:
+    """A lenet model trained for a few epochs on the tiny folder (a few seconds)."""
+    from imgclean.artifact import save_model
+    from imgclean.config import FitConfig, TrainSettings
+    from imgclean.fit import fit_model
+
+    bundle, _ = fit_model(train_dir, FitConfig(device="cpu", train=TrainSettings(epochs=6, batch_size=16)))
+    return save_model(bundle, tmp_path_factory.mktemp("models") / "model")
+
+
+@pytest.fixture
+def incoming(tmp_path) -> tuple[Path, dict[str, str]]:
+    root = tmp_path / "incoming"
+    kinds = make_incoming_folder(root)
+    return root, kinds
+
+
+@pytest.fixture
+def model_copy(model_dir, tmp_path) -> Path:
+    dst = tmp_path / "model"
+    shutil.copytree(model_dir, dst)
+    return dst

@@ -110,8 +110,49 @@ def make_progress(quiet: bool):
 
 
 # ---------------------------------------------------------------------------------------------
+# Options a settings file may not set: the file itself, and what only makes sense per run.
+NOT_IN_SETTINGS_FILE = {"config_file", "help", "force", "dry_run"}
+
+
+def load_settings_file(ctx: typer.Context, param: typer.CallbackParam, value: Optional[Path]) -> Optional[Path]:
+    """--config: the file's values become the command's defaults, so flags still win."""
+    from .config import SettingsFileError, read_settings_file
+
+    if value is None or ctx.resilient_parsing:
+        return value
+    allowed = {p.name for p in settable_options(ctx.command)}
+    try:
+        settings = read_settings_file(value, ctx.info_name, allowed)
+    except SettingsFileError as exc:
+        raise typer.BadParameter(str(exc), param=param) from None
+    ctx.default_map = {**(ctx.default_map or {}), **settings}
+    return value
+
+
+def settable_options(command) -> list:
+    return [p for p in command.params if p.param_type_name == "option" and p.name not in NOT_IN_SETTINGS_FILE]
+
+
+def config_option() -> Path:
+    return typer.Option(
+        None, "--config", is_eager=True, callback=load_settings_file, exists=False,
+        help="YAML settings file (see `imgclean init-config`); flags given on the command line win.",
+    )
+
+
+def resolved_settings(ctx: typer.Context) -> dict:
+    """Every option's final value, for the record (JSON-able)."""
+    out = {}
+    for key, value in ctx.params.items():
+        if key in NOT_IN_SETTINGS_FILE:
+            continue
+        out[key] = value.value if isinstance(value, Enum) else os.fsdecode(value) if isinstance(value, Path) else value
+    return out
+
+
 @app.command()
 def fit(
+    ctx: typer.Context,
     train_dir: Path = typer.Argument(..., help="Folder with one sub-folder of images per class."),
     output: Path = typer.Option(DEFAULT_MODEL_DIR, "-o", "--output", help="Model directory to write."),
     arch: str = typer.Option("auto", help="'lenet', a timm model name (e.g. efficientnet_b0), or 'auto' (lenet for small images)."),
@@ -132,6 +173,7 @@ def fit(
     json_out: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout instead of tables."),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress output."),
     verbose: bool = typer.Option(False, "-v", "--verbose", help="Name every skipped file and log details."),
+    config_file: Optional[Path] = config_option(),
 ) -> None:
     """Train a model on a labelled image folder and calibrate its out-of-distribution thresholds."""
     from .artifact import ModelError, save_model
@@ -179,6 +221,7 @@ def fit(
     try:
         with progress:
             bundle, report = fit_model(train_dir, config, on_progress)
+        bundle.config["settings"] = resolved_settings(ctx)
         path = save_model(bundle, output, force=force)
     except (FitError, ModelError, ValueError) as exc:
         raise fail(str(exc)) from None
@@ -263,6 +306,7 @@ def check_move_target(folder: Path, move_to: Path) -> tuple[Path, ...]:
 
 @app.command()
 def scan(
+    ctx: typer.Context,
     folder: Path = typer.Argument(..., help="Folder of images to check (searched recursively)."),
     model: Path = typer.Option(DEFAULT_MODEL_DIR, "-m", "--model", help="Model directory made by `imgclean fit`."),
     move_to: Optional[Path] = typer.Option(None, "--move-to", help="Move rejected files here (keeping their relative paths); without it, only report."),
@@ -275,6 +319,7 @@ def scan(
     device: Device = typer.Option(Device.cpu, help="Where to run the model."),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress output."),
     verbose: bool = typer.Option(False, "-v", "--verbose", help="Print every rejected file on stderr."),
+    config_file: Optional[Path] = config_option(),
 ) -> None:
     """Score every image in a folder; report, and with --move-to quarantine, the ones that do not belong."""
     from .artifact import ModelError, load_model
@@ -419,6 +464,8 @@ def info(
         settings.add_row(key, str(config.get(key)))
     for key, value in (config.get("training") or {}).items():
         settings.add_row(f"training.{key}", str(value))
+    for key, value in (config.get("settings") or {}).items():
+        settings.add_row(f"settings.{key}", str(value))
     for key, value in (config.get("metrics") or {}).items():
         settings.add_row(f"metrics.{key}", f"{value:.4f}" if isinstance(value, float) else str(value))
     for key, value in (config.get("versions") or {}).items():
@@ -459,6 +506,43 @@ def restore(
     problems = sum(v for k, v in counts.items() if k != "restored")
     if problems:
         raise fail(f"{problems} file(s) were not restored (see above)")
+
+
+# ---------------------------------------------------------------------------------------------
+def settings_file_template() -> str:
+    """A commented imgclean.yaml listing every settable option of fit and scan at its default."""
+    import yaml
+
+    commands = typer.main.get_command(app).commands
+    lines = [
+        "# imgclean settings. Use with `imgclean fit --config FILE` or `imgclean scan --config FILE`.",
+        "# Precedence: built-in defaults < this file < flags on the command line.",
+        "# Every key is optional; unknown keys are errors.",
+    ]
+    for name in ("fit", "scan"):
+        lines.append(f"{name}:")
+        for opt in settable_options(commands[name]):
+            default = opt.default.value if isinstance(opt.default, Enum) else opt.default
+            default = os.fsdecode(default) if isinstance(default, Path) else default
+            value = yaml.safe_dump(default, default_flow_style=True).strip().removesuffix("...").strip()
+            lines.append(f"  # {opt.help}")
+            lines.append(f"  {opt.name}: {value}")
+    return "\n".join(lines) + "\n"
+
+
+@app.command("init-config")
+def init_config(
+    path: Path = typer.Argument(Path("imgclean.yaml"), help="Where to write the settings file."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing file."),
+) -> None:
+    """Write a commented settings file with every fit and scan option at its default."""
+    if path.exists() and not force:
+        raise usage_error(f"{path} already exists; pass --force to replace it")
+    try:
+        path.write_text(settings_file_template(), encoding="utf-8")
+    except OSError as exc:
+        raise fail(f"cannot write {path}: {exc.strerror or exc}") from None
+    err.print(f"wrote {path}", highlight=False)
 
 
 def main() -> None:

@@ -36,3 +36,47 @@ class FitConfig:
     percentile: float = DEFAULT_PERCENTILE
     device: str = "auto"
     train: TrainSettings = field(default_factory=TrainSettings)
+
+
+# ---- settings files (imgclean.yaml) -----------------------------------------------------
+# A YAML file with one section per command, keyed by option name (dashes or underscores):
+#     fit:  {epochs: 20, center_weight: 0.1}
+#     scan: {model: models/digits, batch_size: 512}
+# Precedence: built-in defaults < the file < command-line flags.
+CONFIG_SECTIONS = ("fit", "scan")
+
+
+class SettingsFileError(ValueError):
+    """A settings file that cannot be used; the message names the file and the key."""
+
+
+def read_settings_file(path: Path, command: str, allowed: set[str]) -> dict:
+    """The settings for `command` from a YAML file, with every key checked against `allowed`."""
+    import yaml
+
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise SettingsFileError(f"settings file {path} does not exist; `imgclean init-config` writes one") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SettingsFileError(f"cannot read settings file {path}: {exc}") from None
+    except yaml.YAMLError as exc:
+        raise SettingsFileError(f"{path} is not valid YAML: {exc}") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise SettingsFileError(f"{path} must be a mapping with sections {', '.join(CONFIG_SECTIONS)}")
+    unknown = [str(k) for k in raw if k not in CONFIG_SECTIONS]
+    if unknown:
+        raise SettingsFileError(f"{path}: unknown section {unknown[0]!r}; use {', '.join(CONFIG_SECTIONS)}")
+    section = raw.get(command) or {}
+    if not isinstance(section, dict):
+        raise SettingsFileError(f"{path}: section {command!r} must be a mapping of option: value")
+    settings = {}
+    for key, value in section.items():
+        name = str(key).replace("-", "_")
+        if name not in allowed:
+            raise SettingsFileError(f"{path}: unknown key {command}.{key}; see `imgclean {command} -h` for the options")
+        settings[name] = value
+    return settings

@@ -536,16 +536,18 @@ table.rows{border-collapse:collapse;width:100%;background:var(--card);border:1px
 table.rows th{text-align:left;font-size:12px;color:var(--muted);font-weight:600;text-transform:uppercase;letter-spacing:.03em;padding:6px 8px;border-bottom:1px solid var(--line);background:#fafbfc}
 table.rows td{padding:6px 8px;border-bottom:1px solid #eceff2;vertical-align:top}
 table.rows tr:last-child td{border-bottom:0}
-td.thumb{width:112px}
+table.rows{table-layout:fixed}
+th.c-img{width:114px} th.c-cls{width:9%} th.c-score{width:170px} th.c-where{width:32%}
 .thumb img{display:block;width:96px;height:96px;object-fit:contain;background:#20262c;border-radius:4px}
 .thumb img.px{image-rendering:pixelated}
 .ph{width:96px;height:96px;border-radius:4px;background:repeating-linear-gradient(45deg,#eef0f3,#eef0f3 6px,#e3e7eb 6px,#e3e7eb 12px);color:var(--muted);font-size:11px;display:flex;align-items:center;justify-content:center;text-align:center;padding:4px}
-.path{font-family:ui-monospace,"DejaVu Sans Mono",Menlo,Consolas,monospace;font-size:13px;word-break:break-all}
-.sub{color:var(--muted);font-size:12px;word-break:break-all}
+.path{font-family:ui-monospace,"DejaVu Sans Mono",Menlo,Consolas,monospace;font-size:13px;overflow-wrap:anywhere}
+.sub{color:var(--muted);font-size:12px;overflow-wrap:anywhere}
 .score{font-variant-numeric:tabular-nums;white-space:nowrap;font-weight:600}
 .score.over{color:var(--bad)} .score.under{color:var(--ok)}
 .meter{height:5px;background:#e8ebee;border-radius:3px;margin-top:4px;width:110px;position:relative;overflow:hidden}
-.meter span{position:absolute;left:0;top:0;bottom:0;background:var(--bad)}
+.meter span{position:absolute;left:0;top:0;bottom:0;background:#5b8fc7}
+.over+.meter span{background:var(--bad)}
 .meter i{position:absolute;top:0;bottom:0;width:2px;background:#333}
 .action{white-space:nowrap}
 details.page{margin:0 0 10px}
@@ -576,12 +578,12 @@ def _score_cell(score: float | None) -> str:
     shown = f"{score:.2f}" if abs(score) < 1000 else f"{score:.3g}"
     if shown == "1.00" and score != 1.0:  # do not show a reject as "1.00" (or a keeper as 1.00)
         shown = f"{score:.4f}".rstrip("0")
-    fill = max(0.0, min(score / 3.0, 1.0)) * 100
+    fill = max(0.0, min(score / 2.0, 1.0)) * 100  # the bar spans 0..2; the tick is the threshold
     return (
         f'<div class="score {cls}" title="score {score:.6g}: distance to the nearest class / its threshold; '
         f'over 1 = rejected">{text(shown)} &#215; threshold</div>'
         f'<div class="meter" aria-hidden="true"><span style="width:{fill:.0f}%"></span>'
-        f'<i style="left:33.3%"></i></div>'
+        f'<i style="left:50%"></i></div>'
     )
 
 
@@ -624,8 +626,9 @@ def _section(section: str, collector: ReviewCollector, budget: list[int], size: 
     if collector.omitted.get(section):
         parts.append(f'<p class="note warn">{_num(collector.omitted[section])} more not listed here '
                      f'(the page lists at most {_num(collector.max_rows)} per section); the --report file has every record.</p>')
-    head = ("<table class=\"rows\"><thead><tr><th>image</th><th>file</th><th>predicted</th><th>nearest</th>"
-            "<th>score</th><th>where it is</th></tr></thead><tbody>")
+    head = ("<table class=\"rows\"><thead><tr><th class=\"c-img\">image</th><th>file</th>"
+            "<th class=\"c-cls\">predicted</th><th class=\"c-cls\">nearest</th>"
+            "<th class=\"c-score\">score</th><th class=\"c-where\">where it is</th></tr></thead><tbody>")
     for start in range(0, len(rows), PAGE_SIZE):
         chunk = rows[start:start + PAGE_SIZE]
         opened = " open" if start == 0 else ""

@@ -461,8 +461,9 @@ def histogram_svg(scores: Iterable[float], label: str, width: int = 300, height:
     values = sorted(s for s in scores if not math.isnan(s))
     n = len(values)
     over = sum(1 for s in values if s > 1.0)
-    if n:
-        p99 = values[min(n - 1, int(0.99 * n))]
+    finite = [s for s in values if math.isfinite(s)]
+    if finite:
+        p99 = finite[min(len(finite) - 1, int(0.99 * len(finite)))]
         xmax = min(40.0, max(2.0, math.ceil(p99 * 2) / 2))
     else:
         xmax = 2.0

@@ -332,8 +332,8 @@ def test_text_escapes_and_shows_control_and_undecodable_characters():
 
 
 def test_histogram_counts_and_threshold():
-    svg, caption = histogram_svg([0.2, 0.5, 0.5, 0.9, 1.5, 2.5, 100.0], "a<b")
-    assert caption == "7 scored, 3 over the threshold"
+    svg, caption = histogram_svg([0.2, 0.5, 0.5, 0.9, 1.5, 2.5, 100.0, float("inf")], "a<b")
+    assert caption == "8 scored, 4 over the threshold"
     assert svg.count('class="thr"') == 1 and "a&lt;b" in svg
     page = Page(svg)
     bars = [a for t, a in page.tags if t == "rect" and a.get("class", "").startswith("bar")]
@@ -373,3 +373,16 @@ def test_load_input_errors_are_review_input_errors(tmp_path):
     (tmp_path / "x.csv").write_text("path,status\n")
     collector, info = load_input(tmp_path / "x.csv")
     assert collector.total == 0 and info["kind"] == "scan report (CSV)"
+
+
+def test_interrupted_scan_still_writes_a_page_that_says_so(model_dir, incoming, tmp_path, monkeypatch):
+    from imgclean import cli
+
+    folder, _ = incoming
+    monkeypatch.setattr(cli.StopFlag, "__call__", lambda self: True)  # as if SIGTERM came at once
+    out = tmp_path / "review.html"
+    result = invoke("scan", folder, "-m", model_dir, "--html", out, "-q")
+    assert result.exit_code == cli.EXIT_TERMINATED, result.output
+    source = read_page(out)
+    assert "The scan was interrupted" in source
+    assert '<div class="n">1</div><div class="k">files</div>' in source

@@ -304,6 +304,14 @@ def check_move_target(folder: Path, move_to: Path) -> tuple[Path, ...]:
     return (target,) if target.is_relative_to(root) else ()
 
 
+def check_html_output(path: Path) -> None:
+    """A review page must go to a file in an existing folder; say so before any long work."""
+    if path.is_dir():
+        raise usage_error(f"--html {path} is a folder; give a file name such as review.html")
+    if not path.absolute().parent.is_dir():
+        raise usage_error(f"--html {path}: folder {path.absolute().parent} does not exist")
+
+
 @app.command()
 def scan(
     ctx: typer.Context,
@@ -312,6 +320,7 @@ def scan(
     move_to: Optional[Path] = typer.Option(None, "--move-to", help="Move rejected files here (keeping their relative paths); without it, only report."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print what would move and change nothing."),
     report: Optional[Path] = typer.Option(None, "--report", help="Write every record to this .csv or .jsonl file."),
+    html: Optional[Path] = typer.Option(None, "--html", help="Write a self-contained HTML review page (thumbnails, scores, histograms) to this file."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON summary on stdout."),
     fail_on_reject: bool = typer.Option(False, "--fail-on-reject", help=f"Exit with code {EXIT_REJECTED} when anything was rejected (for cron alerts)."),
     keep_unreadable: bool = typer.Option(False, "--keep-unreadable", help="Report unreadable, too large and unsupported files but leave them in place."),
@@ -341,6 +350,8 @@ def scan(
             report_format(report)
         except ValueError as exc:
             raise usage_error(str(exc)) from None
+    if html is not None:
+        check_html_output(html)
     try:
         from .models import pick_device
 
@@ -351,9 +362,17 @@ def scan(
 
     plan: list[dict] = []
 
+    review = None
+    if html is not None:
+        from .html_report import ReviewCollector
+
+        review = ReviewCollector(root=folder.absolute())
+
     def on_record(rec) -> None:
         if writer is not None:
             writer.write(rec)
+        if review is not None:
+            review.add(rec)
         if rec.action in ("would move", "moved"):
             if dry_run:
                 plan.append({"source": rec.path, "destination": rec.destination, "reason": rec.status, "score": rec.score})
@@ -421,6 +440,16 @@ def scan(
                 table.add_column(key, justify="right")
         table.add_row(*[str(result[c.header]) for c in table.columns])
         out.print(table)
+    if review is not None:
+        from .html_report import render_html, write_html
+
+        note = "The scan was interrupted: this page covers the files scanned before it stopped." if summary.interrupted else ""
+        try:
+            write_html(html, render_html(review, title=f"imgclean review: {folder}", summary=result, note=note))
+        except OSError as exc:
+            raise fail(f"cannot write the review page {html}: {exc.strerror or exc}") from None
+        if not json_out and not quiet:
+            err.print(f"review page: {html}", highlight=False, markup=False)
     if summary.interrupted:
         raise typer.Exit(stop.exit_code)
     if summary.move_errors:
@@ -543,6 +572,38 @@ def init_config(
     except OSError as exc:
         raise fail(f"cannot write {path}: {exc.strerror or exc}") from None
     err.print(f"wrote {path}", highlight=False)
+
+
+@app.command()
+def report(
+    source: Path = typer.Argument(..., help="A `scan --report` file (.csv or .jsonl), a quarantine's imgclean-manifest.jsonl, or the quarantine folder."),
+    output: Path = typer.Option(..., "-o", "--output", help="HTML file to write."),
+    root: Optional[Path] = typer.Option(None, "--root", help="The folder that was scanned, to show thumbnails of files that were not moved (report paths are relative to it)."),
+    max_thumbnails: int = typer.Option(500, min=0, help="Inline thumbnails for at most this many rejects (highest scores first)."),
+    max_rows: int = typer.Option(5000, min=1, help="List at most this many files per rejection reason."),
+) -> None:
+    """Write a self-contained HTML review page for an earlier scan (from its report or quarantine manifest)."""
+    from .html_report import ReviewInputError, load_input, render_html, write_html
+
+    if not source.exists():
+        raise usage_error(f"{source} does not exist; give a scan report (.csv/.jsonl) or an imgclean-manifest.jsonl")
+    check_html_output(output)
+    if os.path.realpath(output) == os.path.realpath(source):
+        raise usage_error(f"-o {output} would overwrite the input; choose another file name")
+    if root is not None and not root.is_dir():
+        raise usage_error(f"--root {root} is not a folder")
+    try:
+        collector, info_ = load_input(source, root=root.absolute() if root else None, max_rows=max_rows)
+        roots = info_["roots"]
+        summary = {"root": ", ".join(roots)} if roots else {}
+        page = render_html(collector, title=f"imgclean review: {source.name}", summary=summary,
+                           source=f"{info_['kind']} {info_['path']}", max_thumbnails=max_thumbnails)
+        write_html(output, page)
+    except ReviewInputError as exc:
+        raise fail(str(exc)) from None
+    except OSError as exc:
+        raise fail(f"{exc.strerror or exc}: {os.fsdecode(exc.filename or '')}") from None
+    err.print(f"review page: {output} ({collector.total} record(s) from {info_['kind']})", highlight=False, markup=False)
 
 
 def main() -> None:

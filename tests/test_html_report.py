@@ -1,0 +1,388 @@
+"""The HTML review page: scan --html, imgclean report, escaping, caps, bad inputs."""
+import csv
+import json
+import os
+import shutil
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from conftest import ood_image, write_png
+from imgclean.cli import app
+from imgclean.html_report import (
+    ReviewCollector,
+    ReviewInputError,
+    histogram_svg,
+    load_input,
+    render_html,
+    text,
+    thumbnail_data_uri,
+)
+
+runner = CliRunner()
+HOSTILE = "<script>alert(1)</script>.png"  # a folder "<script>alert(1)<" holding "script>.png"
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+class Page(HTMLParser):
+    """Collects every tag's attributes and the visible text of a page."""
+
+    def __init__(self, source: str):
+        super().__init__(convert_charrefs=True)
+        self.tags: list[tuple[str, dict]] = []
+        self.text: list[str] = []
+        self.feed(source)
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append((tag, dict(attrs)))
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+    @property
+    def imgs(self) -> list[dict]:
+        return [a for t, a in self.tags if t == "img"]
+
+    @property
+    def visible(self) -> str:
+        return "".join(self.text)
+
+
+def assert_self_contained(source: str) -> Page:
+    page = Page(source)
+    for tag, attrs in page.tags:
+        assert tag not in ("script", "link", "iframe", "object", "embed"), tag
+        for name in ("src", "href", "srcset", "action", "poster"):
+            value = (attrs.get(name) or "").strip().lower()
+            assert not value.startswith(("http:", "https:", "//", "file:", "javascript:")), (tag, name, value)
+    for img in page.imgs:
+        assert img["src"].startswith("data:image/"), img["src"][:40]
+        assert img.get("loading") == "lazy"
+    assert "url(" not in source and "@import" not in source
+    return page
+
+
+def read_page(path: Path) -> str:
+    return path.read_bytes().decode("utf-8")  # strict: the page is valid UTF-8 whatever the names
+
+
+def add_hostile_files(root: Path) -> list[str]:
+    """Broken files (always rejected as unreadable) whose names try to break the page."""
+    (root / "<script>alert(1)<").mkdir()
+    bad = b"not an image"
+    (root / "<script>alert(1)<" / "script>.png").write_bytes(bad)
+    (root / 'q"uo\'te & <img src=x onerror=alert(2)>\nnew.png').write_bytes(bad)
+    os.makedirs(root / "sub", exist_ok=True)
+    with open(os.fsencode(root / "sub") + b"/latin\xc3\xa9\xff.png", "wb") as fh:
+        fh.write(bad)
+    return [HOSTILE, 'q"uo\'te & <img src=x onerror=alert(2)>\nnew.png']
+
+
+# ----------------------------------------------------------------------------- scan --html
+
+
+def test_scan_html_page_lists_rejects_with_inlined_thumbnails(model_dir, incoming, tmp_path):
+    folder, kinds = incoming
+    add_hostile_files(folder)
+    page_path, report, quarantine = tmp_path / "review.html", tmp_path / "r.jsonl", tmp_path / "q"
+    result = invoke("scan", folder, "-m", model_dir, "--move-to", quarantine, "--report", report, "--html", page_path, "-q")
+    assert result.exit_code == 0, result.output
+    records = [json.loads(line) for line in report.read_text().splitlines()]
+    rejected = [r for r in records if r["status"] in ("ood", "unreadable", "too_large", "unsupported")]
+    ood = [r for r in rejected if r["status"] == "ood"]
+    assert ood and len(rejected) >= 4
+
+    source = read_page(page_path)
+    page = assert_self_contained(source)
+    visible = page.visible
+    # summary counts by status
+    for status in ("ok", "ood", "unreadable"):
+        n = sum(r["status"] == status for r in records)
+        assert f'<div class="n">{n}</div><div class="k">{status}</div>' in source
+    assert f'<div class="n">{len(records)}</div><div class="k">files</div>' in source
+    assert f'<div class="n">{len(rejected)}</div><div class="k">moved</div>' in source
+    # every rejected file is listed, and every OOD one has an inlined thumbnail of the moved file
+    for r in rejected:
+        assert text(r["path"]) in source, r["path"]
+    assert len(page.imgs) == len(ood)
+    assert "broken.png" in visible and "unreadable" in visible
+    # OOD rows come highest score first, each shown against its threshold
+    shown = [r["path"] for r in sorted(ood, key=lambda r: -r["score"])]
+    positions = [source.index(f'<div class="path">{text(p)}</div>') for p in shown]
+    assert positions == sorted(positions)
+    top = max(ood, key=lambda r: r["score"])
+    assert f"{top['score']:.2f} &#215; threshold" in source or f"{top['score']:.4f}".rstrip("0") in source
+    # where each file went
+    for r in ood:
+        assert text(r["destination"]) in source
+    # histograms: one per nearest class, with the threshold marked
+    nearest = {r["nearest"] for r in records if r["nearest"]}
+    assert source.count("<svg") == len(nearest)
+    assert source.count('class="thr"') == len(nearest)
+
+
+def test_hostile_names_are_escaped(model_dir, incoming, tmp_path):
+    folder, _ = incoming
+    names = add_hostile_files(folder)
+    page_path = tmp_path / "review.html"
+    result = invoke("scan", folder, "-m", model_dir, "--html", page_path, "-q")
+    assert result.exit_code == 0, result.output
+    source = read_page(page_path)
+    assert "<script" not in source and "alert(1)</script>" not in source
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;.png" in source
+    assert "<img src=x" not in source and "onerror" not in source.replace("onerror=alert(2)&gt;", "")
+    assert "q&quot;uo&#x27;te &amp; &lt;img src=x onerror=alert(2)&gt;\\nnew.png" in source  # newline shown as \n
+    assert "sub/latin\u00e9\\xff.png" in source  # undecodable byte shown as \xff
+    page = assert_self_contained(source)
+    for name in names:
+        assert name.replace("\n", "\\n") in page.visible
+
+
+def test_scan_html_bad_target_is_a_usage_error(model_dir, incoming, tmp_path):
+    folder, _ = incoming
+    result = invoke("scan", folder, "-m", model_dir, "--html", tmp_path / "nope" / "r.html")
+    assert result.exit_code == 2 and "does not exist" in result.output
+    result = invoke("scan", folder, "-m", model_dir, "--html", tmp_path)
+    assert result.exit_code == 2 and "is a folder" in result.output
+
+
+# ----------------------------------------------------------------------------- caps
+
+
+def write_rejects(root: Path, n: int) -> list[dict]:
+    rng = np.random.default_rng(5)
+    records = []
+    for i in range(n):
+        write_png(root / f"r{i:02d}.png", ood_image(rng))
+        records.append({"path": f"r{i:02d}.png", "status": "ood", "predicted": "a", "nearest": "a", "score": 1.1 + i / 10})
+    records.append({"path": "fine.png", "status": "ok", "predicted": "a", "nearest": "a", "score": 0.4})
+    return records
+
+
+def test_thumbnail_and_row_caps(tmp_path):
+    records = write_rejects(tmp_path, 7)
+    collector = ReviewCollector(root=tmp_path)
+    for r in records:
+        collector.add(r)
+    source = render_html(collector, max_thumbnails=2)
+    page = assert_self_contained(source)
+    assert len(page.imgs) == 2
+    # the two thumbnails are the two highest scores
+    assert [img["alt"] for img in page.imgs] == ["r06.png", "r05.png"]
+    assert "5 more are listed without one" in source
+    assert source.count("thumbnail cap reached") == 5
+
+    capped = ReviewCollector(root=tmp_path, max_rows=3)
+    for r in records:
+        capped.add(r)
+    assert [i.path for i in capped.rows("ood")] == ["r06.png", "r05.png", "r04.png"]
+    source = render_html(capped)
+    assert "4 more not listed here" in source
+    assert "r03.png" not in source and "r06.png" in source
+    assert capped.counts == {"ood": 7, "ok": 1}  # counts cover every record
+
+
+def test_rows_are_paged_in_blocks(tmp_path):
+    collector = ReviewCollector()
+    for i in range(250):
+        collector.add({"path": f"x{i}.png", "status": "unreadable", "message": "broken"})
+    source = render_html(collector)
+    assert source.count('<details class="page"') == 3
+    assert source.count('<details class="page" open>') == 1
+
+
+def test_report_command_thumbnail_cap(model_dir, incoming, tmp_path):
+    folder, _ = incoming
+    rng = np.random.default_rng(9)
+    for i in range(6):
+        write_png(folder / f"extra_odd_{i}.png", ood_image(rng))
+    report = tmp_path / "r.csv"
+    assert invoke("scan", folder, "-m", model_dir, "--report", report, "-q").exit_code == 0
+    n_ood = sum(r["status"] == "ood" for r in csv.DictReader(report.open()))
+    assert n_ood > 2
+    out = tmp_path / "page.html"
+    result = invoke("report", report, "-o", out, "--root", folder, "--max-thumbnails", "2")
+    assert result.exit_code == 0, result.output
+    page = assert_self_contained(read_page(out))
+    assert len(page.imgs) == 2
+    assert f"{n_ood - 2} more are listed without one" in page.visible
+
+
+# ----------------------------------------------------------------------------- imgclean report
+
+
+@pytest.fixture
+def scanned(model_dir, incoming, tmp_path):
+    """One report-only scan (JSON lines) and one moving scan (CSV + manifest) of the same files."""
+    folder, _ = incoming
+    copy = tmp_path / "copy"
+    shutil.copytree(folder, copy)
+    jsonl, csv_report, quarantine = tmp_path / "r.jsonl", tmp_path / "r.csv", tmp_path / "q"
+    assert invoke("scan", copy, "-m", model_dir, "--report", jsonl, "-q").exit_code == 0
+    assert invoke("scan", folder, "-m", model_dir, "--move-to", quarantine, "--report", csv_report, "-q").exit_code == 0
+    rows = list(csv.DictReader(csv_report.open()))
+    rejected = [r for r in rows if r["status"] != "ok"]
+    return {"folder": folder, "copy": copy, "jsonl": jsonl, "csv": csv_report, "q": quarantine, "rejected": rejected}
+
+
+def test_report_from_csv_uses_moved_files(scanned, tmp_path):
+    out = tmp_path / "a.html"
+    result = invoke("report", scanned["csv"], "-o", out)
+    assert result.exit_code == 0, result.output
+    source = read_page(out)
+    page = assert_self_contained(source)
+    for r in scanned["rejected"]:
+        assert text(r["path"]) in source
+    assert len(page.imgs) == sum(r["status"] == "ood" for r in scanned["rejected"])
+    assert "scan report (CSV)" in page.visible
+
+
+def test_report_from_jsonl_needs_root_for_thumbnails(scanned, tmp_path):
+    out = tmp_path / "b.html"
+    result = invoke("report", scanned["jsonl"], "-o", out)
+    assert result.exit_code == 0, result.output
+    page = assert_self_contained(read_page(out))
+    assert page.imgs == [] and "give --root" in page.visible
+    for r in scanned["rejected"]:
+        assert r["path"] in page.visible
+    result = invoke("report", scanned["jsonl"], "-o", out, "--root", scanned["copy"])
+    assert result.exit_code == 0, result.output
+    page = assert_self_contained(read_page(out))
+    assert len(page.imgs) == sum(r["status"] == "ood" for r in scanned["rejected"]) > 0
+
+
+def test_report_from_manifest_and_quarantine_folder(scanned, tmp_path):
+    manifest = scanned["q"] / "imgclean-manifest.jsonl"
+    n_ood = sum(r["status"] == "ood" for r in scanned["rejected"])
+    for source_arg in (manifest, scanned["q"]):
+        out = tmp_path / "c.html"
+        result = invoke("report", source_arg, "-o", out)
+        assert result.exit_code == 0, result.output
+        source = read_page(out)
+        page = assert_self_contained(source)
+        assert "quarantine manifest" in page.visible
+        assert len(page.imgs) == n_ood
+        for r in scanned["rejected"]:
+            assert text(r["path"]) in source
+            assert text(r["destination"]) in source
+        # scores and classes come from the journal's details
+        top = max((r for r in scanned["rejected"] if r["score"]), key=lambda r: float(r["score"]))
+        assert f"{float(top['score']):.2f}" in source and "&#215; threshold" in source
+    # after a restore the page says so and shows the files where they are again
+    assert invoke("restore", scanned["q"]).exit_code == 0
+    out = tmp_path / "d.html"
+    assert invoke("report", manifest, "-o", out).exit_code == 0
+    page = assert_self_contained(read_page(out))
+    assert page.visible.count("restored") >= len(scanned["rejected"])
+    assert len(page.imgs) == n_ood
+
+
+@pytest.mark.parametrize(
+    "name, content",
+    [
+        ("garbage.csv", b"\x00\x01\x02garbage\xff\xfe\n\x00\x00"),
+        ("garbage.csv", b"a,b,c\n1,2,3\n"),
+        ("garbage.jsonl", b"{not json\n"),
+        ("garbage.jsonl", b"[1, 2]\n"),
+        ("garbage.jsonl", b'{"hello": "world"}\n'),
+        ("empty.csv", b""),
+        ("notes.txt", b"path,status\n"),
+        ("r.csv", b"path,status,score\nx.png,ood,lots\n"),
+        ("imgclean-manifest.jsonl", b"garbage\x00\xff\n"),
+    ],
+)
+def test_report_rejects_bad_input_clearly(tmp_path, name, content):
+    bad = tmp_path / name
+    bad.write_bytes(content)
+    result = invoke("report", bad, "-o", tmp_path / "out.html")
+    assert result.exit_code == 1, result.output
+    assert "error:" in result.output and "Traceback" not in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    assert not (tmp_path / "out.html").exists()
+
+
+def test_report_usage_errors(tmp_path):
+    result = invoke("report", tmp_path / "missing.csv", "-o", tmp_path / "out.html")
+    assert result.exit_code == 2 and "does not exist" in result.output
+    result = invoke("report", tmp_path, "-o", tmp_path / "out.html")
+    assert result.exit_code == 1 and "imgclean-manifest.jsonl" in result.output
+    same = tmp_path / "r.jsonl"
+    same.write_text('{"path": "a.png", "status": "ok"}\n')
+    result = invoke("report", same, "-o", same)
+    assert result.exit_code == 2 and "overwrite" in result.output
+    assert same.read_text() == '{"path": "a.png", "status": "ok"}\n'
+
+
+# ----------------------------------------------------------------------------- pieces
+
+
+def test_text_escapes_and_shows_control_and_undecodable_characters():
+    assert text('<a href="x">&\'') == "&lt;a href=&quot;x&quot;&gt;&amp;&#x27;"
+    assert text("a\nb\tc\x00") == "a\\nb\\tc\\x00"
+    assert text(os.fsdecode(b"caf\xe9.png")) == "caf\\xe9.png"
+    assert text("\ud800") == "\\ud800"
+    assert text("é ✓") == "é ✓"
+    text("\udcff\n<").encode("utf-8")  # always encodable
+
+
+def test_histogram_counts_and_threshold():
+    svg, caption = histogram_svg([0.2, 0.5, 0.5, 0.9, 1.5, 2.5, 100.0, float("inf")], "a<b")
+    assert caption == "8 scored, 4 over the threshold"
+    assert svg.count('class="thr"') == 1 and "a&lt;b" in svg
+    page = Page(svg)
+    bars = [a for t, a in page.tags if t == "rect" and a.get("class", "").startswith("bar")]
+    assert len(bars) >= 4
+    over = [a for a in bars if a["class"] == "bar over"]
+    under = [a for a in bars if a["class"] == "bar"]
+    # red bars lie right of the threshold line, blue ones left of it
+    line_x = float([a for t, a in page.tags if t == "line"][0]["x1"])
+    assert all(float(a["x"]) >= line_x - 0.6 for a in over) and all(float(a["x"]) < line_x for a in under)
+
+
+def test_thumbnails_never_raise(tmp_path):
+    from PIL import Image
+
+    good = write_png(tmp_path / "g.png", np.full((20, 30), 200, np.uint8))
+    uri, why = thumbnail_data_uri(good)
+    assert uri.startswith("data:image/png;base64,") and why == ""
+    big = tmp_path / "big.jpg"
+    Image.new("RGB", (400, 300), (10, 200, 30)).save(big)
+    uri, _ = thumbnail_data_uri(big)
+    assert uri.startswith("data:image/jpeg;base64,")
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 20)
+    assert thumbnail_data_uri(tmp_path / "broken.png")[0] is None
+    assert thumbnail_data_uri(tmp_path / "missing.png") == (None, "file not found")
+    os.symlink(good, tmp_path / "link.png")
+    assert thumbnail_data_uri(tmp_path / "link.png")[0] is None
+    os.mkfifo(tmp_path / "fifo.png")
+    assert thumbnail_data_uri(tmp_path / "fifo.png") == (None, "not a regular file")
+    huge = tmp_path / "huge.png"
+    Image.new("1", (8100, 8000)).save(huge)  # 64.8 megapixels: over the scan limit
+    assert thumbnail_data_uri(huge) == (None, "too large to preview")
+
+
+def test_load_input_errors_are_review_input_errors(tmp_path):
+    with pytest.raises(ReviewInputError, match="does not exist"):
+        load_input(tmp_path / "nope.csv")
+    (tmp_path / "x.csv").write_text("path,status\n")
+    collector, info = load_input(tmp_path / "x.csv")
+    assert collector.total == 0 and info["kind"] == "scan report (CSV)"
+
+
+def test_interrupted_scan_still_writes_a_page_that_says_so(model_dir, incoming, tmp_path, monkeypatch):
+    from imgclean import cli
+
+    folder, _ = incoming
+    monkeypatch.setattr(cli.StopFlag, "__call__", lambda self: True)  # as if SIGTERM came at once
+    out = tmp_path / "review.html"
+    result = invoke("scan", folder, "-m", model_dir, "--html", out, "-q")
+    assert result.exit_code == cli.EXIT_TERMINATED, result.output
+    source = read_page(out)
+    assert "The scan was interrupted" in source
+    assert '<div class="n">1</div><div class="k">files</div>' in source

@@ -45,6 +45,12 @@ err = Console(stderr=True, soft_wrap=True)
 log = logging.getLogger("imgclean")
 
 
+class Method(str, Enum):
+    mahalanobis = "mahalanobis"
+    head = "head"
+    both = "both"
+
+
 class Device(str, Enum):
     auto = "auto"
     cpu = "cpu"
@@ -129,6 +135,7 @@ def fit(
     seed: int = typer.Option(TrainSettings.seed, help="Random seed (runs on CPU are deterministic)."),
     device: Device = typer.Option(Device.auto, help="Where to train."),
     force: bool = typer.Option(False, "--force", help="Replace an existing model directory."),
+    reject_dir: Optional[Path] = typer.Option(None, "--reject-dir", help="Folder of images that do NOT belong (e.g. a scan --move-to folder): also train the supervised reject head."),
     json_out: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout instead of tables."),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress output."),
     verbose: bool = typer.Option(False, "-v", "--verbose", help="Name every skipped file and log details."),
@@ -142,6 +149,8 @@ def fit(
         raise usage_error(f"training folder {train_dir} does not exist or is not a folder")
     if channels not in (None, 1, 3):
         raise usage_error("--channels must be 1 or 3")
+    if reject_dir is not None and not reject_dir.is_dir():
+        raise usage_error(f"--reject-dir {reject_dir} does not exist or is not a folder")
     if output.exists() and not force:
         raise usage_error(f"{output} already exists; pass --force to replace it, or choose another --output")
     settings = TrainSettings(
@@ -178,7 +187,7 @@ def fit(
 
     try:
         with progress:
-            bundle, report = fit_model(train_dir, config, on_progress)
+            bundle, report = fit_model(train_dir, config, on_progress, reject_dir=reject_dir)
         path = save_model(bundle, output, force=force)
     except (FitError, ModelError, ValueError) as exc:
         raise fail(str(exc)) from None
@@ -198,6 +207,7 @@ def fit(
         "skipped": len(report.skipped),
         "thresholds": report.thresholds,
         "metrics": report.metrics,
+        "head": (bundle.config.get("head") or {}).get("metrics"),
         "seconds": round(report.seconds, 2),
     }
     if json_out:
@@ -222,6 +232,51 @@ def fit(
         f"held-out images rejected {fmt(m.get('val_rejected_fraction'))}",
         highlight=False,
     )
+    if summary["head"]:
+        print_head_metrics(summary["head"])
+
+
+def print_head_metrics(h: dict) -> None:
+    out.print(
+        f"reject head: {h['normal_images']} normal vs {h['reject_images']} reject images "
+        f"(pos_weight {h['pos_weight']:.4g}); on them: normal accepted {h['train_normal_accepted']:.4f}, "
+        f"rejects rejected {h['train_rejects_rejected']:.4f}",
+        highlight=False,
+    )
+
+
+@app.command("fit-head")
+def fit_head_command(
+    reject_dir: Path = typer.Option(..., "--reject-dir", help="Folder of images that do NOT belong (a scan --move-to folder works as is)."),
+    model: Path = typer.Option(DEFAULT_MODEL_DIR, "-m", "--model", help="Model directory made by `imgclean fit`; updated in place."),
+    train_dir: Optional[Path] = typer.Option(None, "--train-dir", help="The model's training folder [default: the one recorded in config.json]."),
+    device: Device = typer.Option(Device.auto, help="Where to embed and train."),
+    json_out: bool = typer.Option(False, "--json", help="Print the head's training metrics as JSON."),
+    quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress output."),
+) -> None:
+    """Add (or replace) the supervised reject head of a model, without retraining the backbone."""
+    from .artifact import ModelError, load_model, save_model
+    from .headfit import HeadError, fit_head
+    from .models import pick_device
+
+    setup_logging(quiet or json_out, False)
+    if not reject_dir.is_dir():
+        raise usage_error(f"--reject-dir {reject_dir} does not exist or is not a folder")
+    try:
+        dev = str(pick_device(device.value))
+        bundle = load_model(model, device=dev)
+        _, metrics = fit_head(bundle, reject_dir, train_dir, dev)
+        bundle.model.to("cpu")
+        path = save_model(bundle, model, force=True)
+    except (HeadError, ModelError, ValueError) as exc:
+        raise fail(str(exc)) from None
+    except OSError as exc:
+        raise fail(f"{exc.strerror or exc}: {os.fsdecode(exc.filename or '')}") from None
+    if json_out:
+        print_json({"model": os.fsdecode(path), "head": metrics})
+        return
+    print_head_metrics(metrics)
+    out.print(f"saved {path}", highlight=False)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -272,6 +327,7 @@ def scan(
     fail_on_reject: bool = typer.Option(False, "--fail-on-reject", help=f"Exit with code {EXIT_REJECTED} when anything was rejected (for cron alerts)."),
     keep_unreadable: bool = typer.Option(False, "--keep-unreadable", help="Report unreadable, too large and unsupported files but leave them in place."),
     batch_size: int = typer.Option(256, min=1, help="Images scored per batch."),
+    method: Method = typer.Option(Method.mahalanobis, "--method", help="Who decides: the Mahalanobis thresholds, the supervised head (needs `fit-head`), or both (rejected when either rejects)."),
     device: Device = typer.Option(Device.cpu, help="Where to run the model."),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress output."),
     verbose: bool = typer.Option(False, "-v", "--verbose", help="Print every rejected file on stderr."),
@@ -281,7 +337,7 @@ def scan(
     from .locking import LockError, LockHeld, ScanLock
     from .moves import Quarantine, QuarantineError
     from .report import RecordWriter, report_format
-    from .scan import ScanOptions, is_rejected, run_scan
+    from .scan import ScanOptions, check_method, is_rejected, run_scan
 
     setup_logging(quiet or json_out, verbose)
     if not folder.is_dir():
@@ -301,6 +357,7 @@ def scan(
 
         dev = str(pick_device(device.value))
         bundle = load_model(model, device=dev)
+        check_method(bundle, method.value)
     except (ModelError, ValueError) as exc:
         raise fail(str(exc)) from None
 
@@ -323,7 +380,7 @@ def scan(
         counts["ok" if rec.status == "ok" else "rej" if is_rejected(rec, keep_unreadable) else "other"] += 1
 
     counts = {"ok": 0, "rej": 0, "other": 0}
-    options = ScanOptions(batch_size=batch_size, keep_unreadable=keep_unreadable, exclude=exclude)
+    options = ScanOptions(batch_size=batch_size, keep_unreadable=keep_unreadable, exclude=exclude, method=method.value)
     progress = make_progress(quiet or json_out)
     progress_task = None
     writer = None

@@ -443,6 +443,79 @@ def scan(
 
 # ---------------------------------------------------------------------------------------------
 @app.command()
+def evaluate(
+    in_dir: Path = typer.Option(..., "--in", help="Labelled in-distribution images: one sub-folder per class, named as the model's classes."),
+    ood_dir: Path = typer.Option(..., "--ood", help="Known out-of-distribution images (searched recursively)."),
+    model: Path = typer.Option(DEFAULT_MODEL_DIR, "-m", "--model", help="Model directory made by `imgclean fit`."),
+    method: Optional[Method] = typer.Option(None, "--method", help="Evaluate only this method [default: mahalanobis, plus head and both when the model has a head]."),
+    plots: Optional[Path] = typer.Option(None, "--plots", help="Write ROC curves here: roc_<method>.png and roc_<method>.csv."),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
+    batch_size: int = typer.Option(256, min=1, help="Images scored per batch."),
+    device: Device = typer.Option(Device.cpu, help="Where to run the model."),
+    quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress output."),
+    verbose: bool = typer.Option(False, "-v", "--verbose", help="Name every unreadable file."),
+) -> None:
+    """Measure classification accuracy and out-of-distribution detection on labelled folders."""
+    from .artifact import ModelError, load_model
+    from .evaluate import EvaluateError, evaluate as run_evaluation, write_plots
+    from .models import pick_device
+
+    setup_logging(quiet or json_out, verbose)
+    for option, folder in (("--in", in_dir), ("--ood", ood_dir)):
+        if not folder.is_dir():
+            raise usage_error(f"{option} {folder} does not exist or is not a folder")
+    progress = make_progress(quiet or json_out)
+    task = None
+
+    def on_progress(done: int, total: int) -> None:
+        nonlocal task
+        if task is None:
+            task = progress.add_task("evaluating", total=total, info="")
+        progress.update(task, completed=done)
+
+    try:
+        dev = str(pick_device(device.value))
+        bundle = load_model(model, device=dev)
+        with progress:
+            result = run_evaluation(
+                bundle, in_dir, ood_dir, [method.value] if method else None, batch_size, dev, on_progress
+            )
+        written = write_plots(result, plots) if plots is not None else []
+    except (EvaluateError, ModelError, ValueError) as exc:
+        raise fail(str(exc)) from None
+    except OSError as exc:
+        raise fail(f"{exc.strerror or exc}: {os.fsdecode(exc.filename or '')}") from None
+
+    for path, status, message in result.unreadable:
+        if verbose:
+            err.print(f"{status}: {path!r} {message}", highlight=False, markup=False)
+    if result.unreadable and not json_out:
+        err.print(f"{len(result.unreadable)} file(s) could not be decoded and are left out of the metrics", highlight=False)
+    if json_out:
+        print_json({**result.results, "unreadable": [p for p, _, _ in result.unreadable], "plots": [os.fsdecode(p) for p in written]})
+        return
+    c = result.results["classification"]
+    n = result.results["counts"]
+    out.print(
+        f"{n['in_distribution']} in-distribution, {n['out_of_distribution']} out-of-distribution images; "
+        f"classification accuracy {c['accuracy']:.4f}, macro-F1 {c['macro_f1']:.4f}",
+        highlight=False,
+    )
+    table = Table(title="out-of-distribution detection (ood = positive class)")
+    keys = ("precision", "recall", "f1", "false_reject_rate", "auroc", "aupr", "fpr_at_95_tpr")
+    table.add_column("method")
+    for key in keys:
+        table.add_column(key, justify="right")
+    for name in ("mahalanobis", "head", "both"):
+        if name in result.results:
+            table.add_row(name, *[f"{result.results[name][k]:.4f}" for k in keys])
+    out.print(table)
+    for path in written:
+        err.print(f"wrote {os.fsdecode(path)}", highlight=False)
+
+
+# ---------------------------------------------------------------------------------------------
+@app.command()
 def info(
     model: Path = typer.Argument(DEFAULT_MODEL_DIR, help="Model directory."),
     json_out: bool = typer.Option(False, "--json", help="Print the model's settings as JSON."),

@@ -551,6 +551,10 @@ def info(
         settings.add_row(f"training.{key}", str(value))
     for key, value in (config.get("metrics") or {}).items():
         settings.add_row(f"metrics.{key}", f"{value:.4f}" if isinstance(value, float) else str(value))
+    head = config.get("head")
+    settings.add_row("head", "yes (scan --method head|both)" if head else "no (add one with `imgclean fit-head`)")
+    for key, value in ((head or {}).get("metrics") or {}).items():
+        settings.add_row(f"head.{key}", f"{value:.4f}" if isinstance(value, float) else str(value))
     for key, value in (config.get("versions") or {}).items():
         settings.add_row(f"version.{key}", str(value))
     out.print(settings)

@@ -264,8 +264,8 @@ def plot_roc(curves: dict[str, tuple[np.ndarray, np.ndarray, str]], path: Path, 
         d.line([left + pw - 190, ly + 6, left + pw - 170, ly + 6], fill=colour, width=2)
         d.text((left + pw - 165, ly), label, fill="black", font=font)
     d.text((left + pw / 2 - 80, h - 22), "false positive rate (in-distribution rejected)", fill="black", font=font)
-    d.text((8, top - 24), "true positive rate (out-of-distribution rejected)", fill="black", font=font)
-    d.text((left, 8), title, fill="black", font=font)
+    d.text((8, top - 16), "true positive rate (out-of-distribution rejected)", fill="black", font=font)
+    d.text((left, 4), title, fill="black", font=font)
     img.save(path, format="PNG")
     return path
 

@@ -27,7 +27,7 @@ class RejectHead:
         self,
         hidden: tuple[int, ...] = (256, 256),
         epochs: int = 30,
-        min_steps: int = 600,
+        min_steps: int = 300,
         batch_size: int = 256,
         lr: float = 1e-3,
         weight_decay: float = 1e-4,

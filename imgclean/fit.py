@@ -151,6 +151,14 @@ def fit_model(
     arch, size, channels = resolve_architecture(config, size, channels)
     device = pick_device(config.device)
     images, labels, skipped = decode_classes(class_names, class_files, size, channels, progress)
+    rejects = None
+    if reject_dir is not None:  # decoded before training, so a bad folder fails fast
+        from .headfit import HeadError, decode_folder
+
+        try:
+            rejects, rejects_skipped = decode_folder(reject_dir, size, channels)
+        except HeadError as exc:
+            raise FitError(str(exc)) from None
 
     seed_everything(config.train.seed)  # the initial weights too
     model = build_model(arch, len(class_names), channels, size, config.pretrained, config.weights)
@@ -206,15 +214,10 @@ def fit_model(
         "score": "min over classes of mahalanobis distance / class threshold; higher = more out-of-distribution; > 1 = rejected",
     }
     head = None
-    if reject_dir is not None:
-        from .headfit import HeadError, decode_folder, head_config, train_head
-        from .training import predict_arrays as _embed
+    if rejects is not None:
+        from .headfit import head_config, train_head
 
-        try:
-            rejects, rejects_skipped = decode_folder(reject_dir, size, channels)
-        except HeadError as exc:
-            raise FitError(str(exc)) from None
-        _, reject_feats = _embed(model, rejects, mean, std, device)
+        _, reject_feats = predict_arrays(model, rejects, mean, std, device)
         head, head_metrics = train_head(feats, reject_feats)
         model_config["head"] = head_config(reject_dir, head_metrics, len(rejects_skipped))
     model.to("cpu").eval()

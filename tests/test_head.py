@@ -161,3 +161,14 @@ def test_scan_both_rejects_the_union(model_with_head, tmp_path):
         if rec["score"] is not None:
             assert rec["score"] == pytest.approx(max(report["mahalanobis"][path]["score"], report["head"][path]["score"]))
             assert (rec["score"] > 1) == (rec["status"] == "ood")
+
+
+def test_fit_with_an_empty_reject_dir_fails_before_training(train_dir, tmp_path):
+    empty = tmp_path / "empty"
+    (empty / "sub").mkdir(parents=True)
+    (empty / "imgclean-manifest.jsonl").write_text("{}\n")
+    result = invoke("fit", train_dir, "-o", tmp_path / "m", "--epochs", "1", "--reject-dir", empty)
+    assert result.exit_code == 1 and "no readable images" in result.output
+    assert not (tmp_path / "m").exists()
+    result = invoke("fit", train_dir, "-o", tmp_path / "m", "--reject-dir", tmp_path / "nope")
+    assert result.exit_code == 2 and "--reject-dir" in result.output

@@ -4,6 +4,8 @@
       config.json          format_version, versions, preprocessing, class names, settings, metrics
       weights.safetensors  classifier state dict (backbone + linear layer)
       detector.npz         Mahalanobis means, precisions, thresholds (np.load(allow_pickle=False))
+      head.safetensors     optional supervised reject head (tensors named head.*); config.json
+                           then has a "head" entry with its settings and training metrics
 
 Saving writes a temporary directory beside the target and renames it into place, so a crash
 leaves either the old model or the new one. Loading never runs pickled code.
@@ -24,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
-from .detectors import MahalanobisDetector
+from .detectors import MahalanobisDetector, RejectHead
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +34,7 @@ FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "weights.safetensors"
 DETECTOR_FILE = "detector.npz"
+HEAD_FILE = "head.safetensors"
 REQUIRED_KEYS = ("format_version", "arch", "input_size", "channels", "mean", "std", "class_names", "feature_dim")
 
 
@@ -47,6 +50,7 @@ class ModelBundle:
     model: object  # models.Classifier (torch is imported lazily)
     detector: MahalanobisDetector
     path: Path | None = None
+    head: RejectHead | None = None  # the optional supervised head; config["head"] describes it
 
     @property
     def class_names(self) -> list[str]:
@@ -115,16 +119,21 @@ def save_model(bundle: ModelBundle, target: Path, force: bool = False) -> Path:
         save_file(state, str(tmp / WEIGHTS_FILE))
         np.savez(tmp / DETECTOR_FILE, **bundle.detector.to_arrays())
         config = dict(bundle.config)
+        files = [WEIGHTS_FILE, DETECTOR_FILE]
+        if bundle.head is not None:
+            save_file(bundle.head.state_tensors(), str(tmp / HEAD_FILE))
+            files.append(HEAD_FILE)
+            config["head"] = {**(config.get("head") or {}), "file": HEAD_FILE, "settings": bundle.head.settings()}
+        else:
+            config.pop("head", None)
         config.update(
             format_version=FORMAT_VERSION,
             versions=package_versions(),
             created_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         )
-        config["fingerprint"] = hashlib.sha256(
-            (_sha256(tmp / WEIGHTS_FILE) + _sha256(tmp / DETECTOR_FILE)).encode()
-        ).hexdigest()[:16]
+        config["fingerprint"] = hashlib.sha256("".join(_sha256(tmp / f) for f in files).encode()).hexdigest()[:16]
         (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-        for name in (WEIGHTS_FILE, DETECTOR_FILE, CONFIG_FILE):
+        for name in (*files, CONFIG_FILE):
             _fsync_file(tmp / name)
         os.chmod(tmp, 0o755)
         old = None
@@ -204,6 +213,26 @@ def load_detector(path: Path, config: dict) -> MahalanobisDetector:
     return detector
 
 
+def load_head(path: Path, config: dict) -> RejectHead | None:
+    """The supervised head when config.json says the model has one, else None."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    info = config.get("head")
+    if not info:
+        return None
+    file = Path(path) / HEAD_FILE
+    try:
+        head = RejectHead.from_state(load_file(str(file)), info.get("settings") or {})
+    except FileNotFoundError:
+        raise ModelError(f"{path} has no {HEAD_FILE} though {CONFIG_FILE} names a head; run `imgclean fit-head` again") from None
+    except (SafetensorError, OSError, ValueError, KeyError, RuntimeError) as exc:
+        raise ModelError(f"{file} is damaged or not an imgclean head ({exc}); run `imgclean fit-head` again") from None
+    if head.dim_ != config["feature_dim"]:
+        raise ModelError(f"{file} was fitted on {head.dim_} features; the model has {config['feature_dim']}")
+    return head
+
+
 def load_model(path: Path, device: str = "cpu") -> ModelBundle:
     """Load a model directory; raises ModelError with a clear message when it cannot."""
     from safetensors import SafetensorError
@@ -214,6 +243,7 @@ def load_model(path: Path, device: str = "cpu") -> ModelBundle:
     path = Path(path)
     config = read_config(path)
     detector = load_detector(path, config)
+    head = load_head(path, config)
     try:
         state = load_file(str(path / WEIGHTS_FILE))
     except FileNotFoundError:
@@ -228,4 +258,4 @@ def load_model(path: Path, device: str = "cpu") -> ModelBundle:
     except (RuntimeError, ValueError) as exc:
         raise ModelError(f"{path / WEIGHTS_FILE} does not fit the architecture in {CONFIG_FILE}: {exc}") from None
     model.to(device).eval()
-    return ModelBundle(config=config, model=model, detector=detector, path=path)
+    return ModelBundle(config=config, model=model, detector=detector, path=path, head=head)

@@ -45,6 +45,12 @@ err = Console(stderr=True, soft_wrap=True)
 log = logging.getLogger("imgclean")
 
 
+class Method(str, Enum):
+    mahalanobis = "mahalanobis"
+    head = "head"
+    both = "both"
+
+
 class Device(str, Enum):
     auto = "auto"
     cpu = "cpu"
@@ -170,6 +176,7 @@ def fit(
     seed: int = typer.Option(TrainSettings.seed, help="Random seed (runs on CPU are deterministic)."),
     device: Device = typer.Option(Device.auto, help="Where to train."),
     force: bool = typer.Option(False, "--force", help="Replace an existing model directory."),
+    reject_dir: Optional[Path] = typer.Option(None, "--reject-dir", help="Folder of images that do NOT belong (e.g. a scan --move-to folder): also train the supervised reject head."),
     json_out: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout instead of tables."),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress output."),
     verbose: bool = typer.Option(False, "-v", "--verbose", help="Name every skipped file and log details."),
@@ -184,6 +191,8 @@ def fit(
         raise usage_error(f"training folder {train_dir} does not exist or is not a folder")
     if channels not in (None, 1, 3):
         raise usage_error("--channels must be 1 or 3")
+    if reject_dir is not None and not reject_dir.is_dir():
+        raise usage_error(f"--reject-dir {reject_dir} does not exist or is not a folder")
     if output.exists() and not force:
         raise usage_error(f"{output} already exists; pass --force to replace it, or choose another --output")
     settings = TrainSettings(
@@ -220,7 +229,7 @@ def fit(
 
     try:
         with progress:
-            bundle, report = fit_model(train_dir, config, on_progress)
+            bundle, report = fit_model(train_dir, config, on_progress, reject_dir=reject_dir)
         bundle.config["settings"] = resolved_settings(ctx)
         path = save_model(bundle, output, force=force)
     except (FitError, ModelError, ValueError) as exc:
@@ -241,6 +250,7 @@ def fit(
         "skipped": len(report.skipped),
         "thresholds": report.thresholds,
         "metrics": report.metrics,
+        "head": (bundle.config.get("head") or {}).get("metrics"),
         "seconds": round(report.seconds, 2),
     }
     if json_out:
@@ -265,6 +275,51 @@ def fit(
         f"held-out images rejected {fmt(m.get('val_rejected_fraction'))}",
         highlight=False,
     )
+    if summary["head"]:
+        print_head_metrics(summary["head"])
+
+
+def print_head_metrics(h: dict) -> None:
+    out.print(
+        f"reject head: {h['normal_images']} normal vs {h['reject_images']} reject images "
+        f"(pos_weight {h['pos_weight']:.4g}); on them: normal accepted {h['train_normal_accepted']:.4f}, "
+        f"rejects rejected {h['train_rejects_rejected']:.4f}",
+        highlight=False,
+    )
+
+
+@app.command("fit-head")
+def fit_head_command(
+    reject_dir: Path = typer.Option(..., "--reject-dir", help="Folder of images that do NOT belong (a scan --move-to folder works as is)."),
+    model: Path = typer.Option(DEFAULT_MODEL_DIR, "-m", "--model", help="Model directory made by `imgclean fit`; updated in place."),
+    train_dir: Optional[Path] = typer.Option(None, "--train-dir", help="The model's training folder [default: the one recorded in config.json]."),
+    device: Device = typer.Option(Device.auto, help="Where to embed and train."),
+    json_out: bool = typer.Option(False, "--json", help="Print the head's training metrics as JSON."),
+    quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress output."),
+) -> None:
+    """Add (or replace) the supervised reject head of a model, without retraining the backbone."""
+    from .artifact import ModelError, load_model, save_model
+    from .headfit import HeadError, fit_head
+    from .models import pick_device
+
+    setup_logging(quiet or json_out, False)
+    if not reject_dir.is_dir():
+        raise usage_error(f"--reject-dir {reject_dir} does not exist or is not a folder")
+    try:
+        dev = str(pick_device(device.value))
+        bundle = load_model(model, device=dev)
+        _, metrics = fit_head(bundle, reject_dir, train_dir, dev)
+        bundle.model.to("cpu")
+        path = save_model(bundle, model, force=True)
+    except (HeadError, ModelError, ValueError) as exc:
+        raise fail(str(exc)) from None
+    except OSError as exc:
+        raise fail(f"{exc.strerror or exc}: {os.fsdecode(exc.filename or '')}") from None
+    if json_out:
+        print_json({"model": os.fsdecode(path), "head": metrics})
+        return
+    print_head_metrics(metrics)
+    out.print(f"saved {path}", highlight=False)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -325,6 +380,7 @@ def scan(
     fail_on_reject: bool = typer.Option(False, "--fail-on-reject", help=f"Exit with code {EXIT_REJECTED} when anything was rejected (for cron alerts)."),
     keep_unreadable: bool = typer.Option(False, "--keep-unreadable", help="Report unreadable, too large and unsupported files but leave them in place."),
     batch_size: int = typer.Option(256, min=1, help="Images scored per batch."),
+    method: Method = typer.Option(Method.mahalanobis, "--method", help="Who decides: the Mahalanobis thresholds, the supervised head (needs `fit-head`), or both (rejected when either rejects)."),
     device: Device = typer.Option(Device.cpu, help="Where to run the model."),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress output."),
     verbose: bool = typer.Option(False, "-v", "--verbose", help="Print every rejected file on stderr."),
@@ -335,7 +391,7 @@ def scan(
     from .locking import LockError, LockHeld, ScanLock
     from .moves import Quarantine, QuarantineError
     from .report import RecordWriter, report_format
-    from .scan import ScanOptions, is_rejected, run_scan
+    from .scan import ScanOptions, check_method, is_rejected, run_scan
 
     setup_logging(quiet or json_out, verbose)
     if not folder.is_dir():
@@ -357,6 +413,7 @@ def scan(
 
         dev = str(pick_device(device.value))
         bundle = load_model(model, device=dev)
+        check_method(bundle, method.value)
     except (ModelError, ValueError) as exc:
         raise fail(str(exc)) from None
 
@@ -387,7 +444,7 @@ def scan(
         counts["ok" if rec.status == "ok" else "rej" if is_rejected(rec, keep_unreadable) else "other"] += 1
 
     counts = {"ok": 0, "rej": 0, "other": 0}
-    options = ScanOptions(batch_size=batch_size, keep_unreadable=keep_unreadable, exclude=exclude)
+    options = ScanOptions(batch_size=batch_size, keep_unreadable=keep_unreadable, exclude=exclude, method=method.value)
     progress = make_progress(quiet or json_out)
     progress_task = None
     writer = None
@@ -460,6 +517,79 @@ def scan(
 
 # ---------------------------------------------------------------------------------------------
 @app.command()
+def evaluate(
+    in_dir: Path = typer.Option(..., "--in", help="Labelled in-distribution images: one sub-folder per class, named as the model's classes."),
+    ood_dir: Path = typer.Option(..., "--ood", help="Known out-of-distribution images (searched recursively)."),
+    model: Path = typer.Option(DEFAULT_MODEL_DIR, "-m", "--model", help="Model directory made by `imgclean fit`."),
+    method: Optional[Method] = typer.Option(None, "--method", help="Evaluate only this method [default: mahalanobis, plus head and both when the model has a head]."),
+    plots: Optional[Path] = typer.Option(None, "--plots", help="Write ROC curves here: roc_<method>.png and roc_<method>.csv."),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
+    batch_size: int = typer.Option(256, min=1, help="Images scored per batch."),
+    device: Device = typer.Option(Device.cpu, help="Where to run the model."),
+    quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress output."),
+    verbose: bool = typer.Option(False, "-v", "--verbose", help="Name every unreadable file."),
+) -> None:
+    """Measure classification accuracy and out-of-distribution detection on labelled folders."""
+    from .artifact import ModelError, load_model
+    from .evaluate import EvaluateError, evaluate as run_evaluation, write_plots
+    from .models import pick_device
+
+    setup_logging(quiet or json_out, verbose)
+    for option, folder in (("--in", in_dir), ("--ood", ood_dir)):
+        if not folder.is_dir():
+            raise usage_error(f"{option} {folder} does not exist or is not a folder")
+    progress = make_progress(quiet or json_out)
+    task = None
+
+    def on_progress(done: int, total: int) -> None:
+        nonlocal task
+        if task is None:
+            task = progress.add_task("evaluating", total=total, info="")
+        progress.update(task, completed=done)
+
+    try:
+        dev = str(pick_device(device.value))
+        bundle = load_model(model, device=dev)
+        with progress:
+            result = run_evaluation(
+                bundle, in_dir, ood_dir, [method.value] if method else None, batch_size, dev, on_progress
+            )
+        written = write_plots(result, plots) if plots is not None else []
+    except (EvaluateError, ModelError, ValueError) as exc:
+        raise fail(str(exc)) from None
+    except OSError as exc:
+        raise fail(f"{exc.strerror or exc}: {os.fsdecode(exc.filename or '')}") from None
+
+    for path, status, message in result.unreadable:
+        if verbose:
+            err.print(f"{status}: {path!r} {message}", highlight=False, markup=False)
+    if result.unreadable and not json_out:
+        err.print(f"{len(result.unreadable)} file(s) could not be decoded and are left out of the metrics", highlight=False)
+    if json_out:
+        print_json({**result.results, "unreadable": [p for p, _, _ in result.unreadable], "plots": [os.fsdecode(p) for p in written]})
+        return
+    c = result.results["classification"]
+    n = result.results["counts"]
+    out.print(
+        f"{n['in_distribution']} in-distribution, {n['out_of_distribution']} out-of-distribution images; "
+        f"classification accuracy {c['accuracy']:.4f}, macro-F1 {c['macro_f1']:.4f}",
+        highlight=False,
+    )
+    table = Table(title="out-of-distribution detection (ood = positive class)")
+    keys = ("precision", "recall", "f1", "false_reject_rate", "auroc", "aupr", "fpr_at_95_tpr")
+    table.add_column("method")
+    for key in keys:
+        table.add_column(key, justify="right")
+    for name in ("mahalanobis", "head", "both"):
+        if name in result.results:
+            table.add_row(name, *[f"{result.results[name][k]:.4f}" for k in keys])
+    out.print(table)
+    for path in written:
+        err.print(f"wrote {os.fsdecode(path)}", highlight=False)
+
+
+# ---------------------------------------------------------------------------------------------
+@app.command()
 def info(
     model: Path = typer.Argument(DEFAULT_MODEL_DIR, help="Model directory."),
     json_out: bool = typer.Option(False, "--json", help="Print the model's settings as JSON."),
@@ -497,6 +627,10 @@ def info(
         settings.add_row(f"settings.{key}", str(value))
     for key, value in (config.get("metrics") or {}).items():
         settings.add_row(f"metrics.{key}", f"{value:.4f}" if isinstance(value, float) else str(value))
+    head = config.get("head")
+    settings.add_row("head", "yes (scan --method head|both)" if head else "no (add one with `imgclean fit-head`)")
+    for key, value in ((head or {}).get("metrics") or {}).items():
+        settings.add_row(f"head.{key}", f"{value:.4f}" if isinstance(value, float) else str(value))
     for key, value in (config.get("versions") or {}).items():
         settings.add_row(f"version.{key}", str(value))
     out.print(settings)

@@ -122,8 +122,17 @@ def decode_classes(
     return np.stack(images), np.array(labels, dtype=np.int64), skipped
 
 
-def fit_model(train_dir: Path, config: cfg.FitConfig, progress: ProgressCallback | None = None) -> tuple[ModelBundle, FitReport]:
-    """Train a classifier on `train_dir` and calibrate its Mahalanobis detector."""
+def fit_model(
+    train_dir: Path,
+    config: cfg.FitConfig,
+    progress: ProgressCallback | None = None,
+    reject_dir: Path | None = None,
+) -> tuple[ModelBundle, FitReport]:
+    """Train a classifier on `train_dir` and calibrate its Mahalanobis detector.
+
+    With `reject_dir`, also train the supervised reject head on the frozen features
+    (training images = 1, the images of reject_dir = 0).
+    """
     from .models import build_model, pick_device
     from .training import channel_stats, predict_arrays, seed_everything, train_classifier
 
@@ -142,6 +151,14 @@ def fit_model(train_dir: Path, config: cfg.FitConfig, progress: ProgressCallback
     arch, size, channels = resolve_architecture(config, size, channels)
     device = pick_device(config.device)
     images, labels, skipped = decode_classes(class_names, class_files, size, channels, progress)
+    rejects = None
+    if reject_dir is not None:  # decoded before training, so a bad folder fails fast
+        from .headfit import HeadError, decode_folder
+
+        try:
+            rejects, rejects_skipped = decode_folder(reject_dir, size, channels)
+        except HeadError as exc:
+            raise FitError(str(exc)) from None
 
     seed_everything(config.train.seed)  # the initial weights too
     model = build_model(arch, len(class_names), channels, size, config.pretrained, config.weights)
@@ -196,8 +213,15 @@ def fit_model(train_dir: Path, config: cfg.FitConfig, progress: ProgressCallback
         "metrics": metrics,
         "score": "min over classes of mahalanobis distance / class threshold; higher = more out-of-distribution; > 1 = rejected",
     }
+    head = None
+    if rejects is not None:
+        from .headfit import head_config, train_head
+
+        _, reject_feats = predict_arrays(model, rejects, mean, std, device)
+        head, head_metrics = train_head(feats, reject_feats)
+        model_config["head"] = head_config(reject_dir, head_metrics, len(rejects_skipped))
     model.to("cpu").eval()
-    bundle = ModelBundle(config=model_config, model=model, detector=detector)
+    bundle = ModelBundle(config=model_config, model=model, detector=detector, head=head)
     report = FitReport(
         class_names=class_names,
         images_per_class=counts,

@@ -22,6 +22,9 @@ CHANGED = "changed"
 # Statuses of files that could not be scored; moved too unless keep_unreadable.
 UNDECODABLE = (data.UNREADABLE, data.TOO_LARGE, data.UNSUPPORTED)
 STATUSES = (data.OK, OOD, *UNDECODABLE, data.SKIPPED, CHANGED)
+# Which detector decides: the Mahalanobis thresholds (default), the supervised head, or both
+# (rejected when either rejects; the score is the larger of the two normalised scores).
+METHODS = ("mahalanobis", "head", "both")
 
 
 @dataclass
@@ -49,6 +52,7 @@ class ScanOptions:
     workers: int = 0  # decode threads; 0 = one per CPU core
     keep_unreadable: bool = False  # leave unreadable/too_large/unsupported files in place
     exclude: tuple[Path, ...] = ()
+    method: str = "mahalanobis"  # one of METHODS
 
 
 @dataclass
@@ -97,6 +101,18 @@ def relative_name(path: Path, root: Path) -> str:
     return os.fsdecode(os.path.relpath(path, root))
 
 
+def check_method(bundle: ModelBundle, method: str) -> None:
+    """ValueError when `method` is unknown or needs a head the model does not have."""
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    if method != "mahalanobis" and bundle.head is None:
+        where = f" {os.fsdecode(bundle.path)}" if bundle.path else ""
+        raise ValueError(
+            f"the model{where} has no supervised head, which --method {method} needs; "
+            f"add one with `imgclean fit-head --reject-dir DIR -m MODEL`"
+        )
+
+
 def is_rejected(record: ScanRecord, keep_unreadable: bool) -> bool:
     if record.status == OOD:
         return True
@@ -106,8 +122,12 @@ def is_rejected(record: ScanRecord, keep_unreadable: bool) -> bool:
 class Scorer:
     """Decodes files and scores them with a model bundle, a batch at a time."""
 
-    def __init__(self, bundle: ModelBundle, batch_size: int = 256, workers: int = 0, device: str = "cpu"):
+    def __init__(
+        self, bundle: ModelBundle, batch_size: int = 256, workers: int = 0, device: str = "cpu", method: str = "mahalanobis"
+    ):
+        check_method(bundle, method)
         self.bundle = bundle
+        self.method = method
         self.batch_size = max(1, batch_size)
         self.workers = workers or (os.cpu_count() or 1)
         self.device = device
@@ -128,7 +148,11 @@ class Scorer:
         )
         det = self.bundle.detector
         ratios = det.distances(feats) / det.thresholds_
-        return logits.argmax(1), ratios.argmin(1), ratios.min(1)
+        score = ratios.min(1)
+        if self.method != "mahalanobis":
+            head_score = self.bundle.head.normalised_score(feats)
+            score = head_score if self.method == "head" else np.maximum(score, head_score)
+        return logits.argmax(1), ratios.argmin(1), score
 
     def score_entries(self, entries: list[data.FileEntry], root: Path) -> list[ScanRecord]:
         names = self.bundle.class_names
@@ -184,7 +208,7 @@ def run_scan(
 
     root = Path(root).absolute()
     summary = ScanSummary(root=os.fsdecode(root), model=os.fsdecode(bundle.path or ""))
-    scorer = Scorer(bundle, options.batch_size, options.workers, device)
+    scorer = Scorer(bundle, options.batch_size, options.workers, device, options.method)
     started = time.perf_counter()
     for record, entry in scorer.scan(root, options.exclude):
         summary.counts[record.status] += 1

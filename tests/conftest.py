@@ -105,3 +105,27 @@ def model_copy(model_dir, tmp_path) -> Path:
     dst = tmp_path / "model"
     shutil.copytree(model_dir, dst)
     return dst
+
+
+@pytest.fixture(scope="session")
+def reject_folder(tmp_path_factory) -> Path:
+    """Twelve OOD blobs, laid out like a scan --move-to folder (manifest, lock, a broken file)."""
+    root = tmp_path_factory.mktemp("rejects")
+    rng = np.random.default_rng(5)
+    for i in range(12):
+        write_png(root / "sub" / f"blob_{i:02d}.png", ood_image(rng))
+    (root / "imgclean-manifest.jsonl").write_text('{"x": 1}\n')
+    (root / ".imgclean.lock").write_text("")
+    (root / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 20)
+    return root
+
+
+@pytest.fixture(scope="session")
+def model_with_head(model_dir, reject_folder, tmp_path_factory) -> Path:
+    """model_dir plus a supervised head trained on reject_folder (do not modify)."""
+    from imgclean.artifact import load_model, save_model
+    from imgclean.headfit import fit_head
+
+    bundle = load_model(model_dir)
+    fit_head(bundle, reject_folder)
+    return save_model(bundle, tmp_path_factory.mktemp("models") / "with_head")

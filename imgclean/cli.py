@@ -51,6 +51,11 @@ class Method(str, Enum):
     both = "both"
 
 
+class Covariance(str, Enum):
+    tied = "tied"
+    per_class = "class"
+
+
 class Device(str, Enum):
     auto = "auto"
     cpu = "cpu"
@@ -171,6 +176,7 @@ def fit(
     lr: float = typer.Option(TrainSettings.lr, min=0.0, help="Peak learning rate (one-cycle schedule, AdamW)."),
     center_weight: float = typer.Option(TrainSettings.center_weight, min=0.0, help="lambda: weight of the center loss."),
     percentile: float = typer.Option(DEFAULT_PERCENTILE, min=0.0, max=100.0, help="Per-class threshold percentile of the training distances."),
+    covariance: Covariance = typer.Option(Covariance.tied, help="One covariance pooled over classes (tied), or one per class as in the paper (class)."),
     val_fraction: float = typer.Option(TrainSettings.val_fraction, min=0.0, max=0.9, help="Share of each class held out for validation."),
     augment: bool = typer.Option(TrainSettings.augment, help="Random small shifts during training."),
     seed: int = typer.Option(TrainSettings.seed, help="Random seed (runs on CPU are deterministic)."),
@@ -201,7 +207,7 @@ def fit(
     )
     config = FitConfig(
         arch=arch, input_size=input_size, channels=channels, pretrained=pretrained, weights=weights,
-        percentile=percentile, device=device.value, train=settings,
+        percentile=percentile, covariance=covariance.value, device=device.value, train=settings,
     )
     progress = make_progress(quiet or json_out)
     tasks: dict[str, int] = {}
@@ -212,11 +218,12 @@ def fit(
                 tasks["decode"] = progress.add_task("decoding", total=total, info="")
             progress.update(tasks["decode"], completed=done)
         elif stage == "batch":
+            n_epochs = info["epochs"]
             if "train" not in tasks:
-                tasks["train"] = progress.add_task("training", total=total * epochs, info="")
+                tasks["train"] = progress.add_task("training", total=total * n_epochs, info="")
             progress.update(
                 tasks["train"], completed=(info["epoch"] - 1) * total + done,
-                info=f"epoch {info['epoch']}/{epochs} batch {done}/{total} loss {info['loss']:.3f} acc {info['accuracy']:.3f}",
+                info=f"epoch {info['epoch']}/{n_epochs} batch {done}/{total} loss {info['loss']:.3f} acc {info['accuracy']:.3f}",
             )
         elif stage == "epoch" and not (quiet or json_out) and not err.is_terminal:
             va = info.get("val_accuracy")
@@ -272,7 +279,7 @@ def fit(
         f"{report.arch} {report.input_size}px x{report.channels}, {sum(report.images_per_class)} images, "
         f"{len(report.skipped)} skipped, {report.seconds:.1f}s\n"
         f"validation accuracy {fmt(m.get('val_accuracy'))}, macro-F1 {fmt(m.get('val_macro_f1'))}, "
-        f"held-out images rejected {fmt(m.get('val_rejected_fraction'))}",
+        f"threshold scale from held-out images {fmt(m.get('threshold_scale'))}",
         highlight=False,
     )
     if summary["head"]:

@@ -16,6 +16,7 @@ DEFAULT_TIMM_SIZE = 224
 @dataclass
 class TrainSettings:
     epochs: int = 15
+    min_steps: int = 300  # small data sets train for more epochs, so that at least this many batches run
     batch_size: int = 64
     lr: float = 1e-3
     weight_decay: float = 5e-4
@@ -34,6 +35,7 @@ class FitConfig:
     pretrained: bool = False
     weights: Path | None = None
     percentile: float = DEFAULT_PERCENTILE
+    covariance: str = "tied"  # "tied" (pooled over classes) or "class" (one per class, as the paper)
     device: str = "auto"
     train: TrainSettings = field(default_factory=TrainSettings)
 

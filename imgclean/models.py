@@ -9,6 +9,7 @@ import logging
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 log = logging.getLogger(__name__)
@@ -17,13 +18,13 @@ LENET = "lenet"
 
 
 class LeNet(nn.Module):
-    """conv5-pool-conv5-pool-fc120-fc84 with ReLU and max-pooling.
+    """The paper's modified LeNet: conv5-pool-conv5-pool-fc120-fc84 with ReLU and max-pooling.
 
-    The 84-unit layer is the deep-feature layer. It has no ReLU after it, so the features the
-    center loss pulls together and the Mahalanobis detector models are not clipped at zero.
+    As a backbone it returns the 120-unit ReLU layer; the 84-unit layer is the `neck` that feeds
+    the class logits (see Classifier).
     """
 
-    def __init__(self, in_channels: int, input_size: int, feature_dim: int = 84):
+    def __init__(self, in_channels: int, input_size: int):
         super().__init__()
         self.features = nn.Sequential(
             nn.Conv2d(in_channels, 6, 5, padding=2),
@@ -36,30 +37,41 @@ class LeNet(nn.Module):
         )
         with torch.no_grad():
             flat = self.features(torch.zeros(1, in_channels, input_size, input_size)).shape[1]
-        self.embedding = nn.Sequential(
-            nn.Linear(flat, 120), nn.ReLU(inplace=True), nn.Linear(120, feature_dim)
-        )
-        self.num_features = feature_dim
+        self.fc1 = nn.Sequential(nn.Linear(flat, 120), nn.ReLU(inplace=True))
+        self.num_features = 120
+        self.neck_features = 84
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.embedding(self.features(x))
+        return self.fc1(self.features(x))
+
+    def make_neck(self) -> nn.Module:
+        return nn.Linear(120, self.neck_features)
 
 
 class Classifier(nn.Module):
-    """A backbone that maps images to deep features, and a linear layer to class logits."""
+    """backbone -> h; logits = classifier(neck(h)); deep features = h / ||h||.
 
-    def __init__(self, backbone: nn.Module, feature_dim: int, num_classes: int):
+    The deep features the center loss pulls together and the detectors model are the backbone's
+    output, L2-normalised. Measured on MNIST vs Fashion-MNIST (docs/method.md), normalising was
+    the largest single gain: raw features gave AUROC 0.93-0.98, normalised ones 0.995-0.999, and
+    center loss on raw features hurt detection at every lambda while on normalised ones it helps
+    slightly. For lenet the backbone ends at the 120-unit layer and the 84-unit layer is the
+    neck; timm backbones end at their pooled features and have no neck.
+    """
+
+    def __init__(self, backbone: nn.Module, feature_dim: int, num_classes: int, neck: nn.Module | None = None, neck_dim: int | None = None):
         super().__init__()
         self.backbone = backbone
-        self.classifier = nn.Linear(feature_dim, num_classes)
+        self.neck = neck if neck is not None else nn.Identity()
+        self.classifier = nn.Linear(neck_dim or feature_dim, num_classes)
         self.feature_dim = feature_dim
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        features = self.backbone(x)
-        return self.classifier(features), features
+        h = self.backbone(x)
+        return self.classifier(self.neck(h)), F.normalize(h, dim=1)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
-        return self.backbone(x)
+        return F.normalize(self.backbone(x), dim=1)
 
 
 def _timm_backbone(arch: str, in_channels: int, pretrained: bool) -> nn.Module:
@@ -95,14 +107,14 @@ def build_model(
     if arch == LENET:
         if pretrained:
             raise ValueError("--pretrained needs a timm architecture; lenet has no pretrained weights")
-        backbone: nn.Module = LeNet(in_channels, input_size)
-        dim = backbone.num_features
-    else:
-        backbone = _timm_backbone(arch, in_channels, pretrained)
-        dim = backbone.num_features
+        lenet = LeNet(in_channels, input_size)
+        if weights is not None:
+            load_backbone_weights(lenet, weights)
+        return Classifier(lenet, lenet.num_features, num_classes, lenet.make_neck(), lenet.neck_features)
+    backbone = _timm_backbone(arch, in_channels, pretrained)
     if weights is not None:
         load_backbone_weights(backbone, weights)
-    return Classifier(backbone, dim, num_classes)
+    return Classifier(backbone, backbone.num_features, num_classes)
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:

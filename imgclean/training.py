@@ -21,6 +21,7 @@ from .models import Classifier
 @dataclass
 class EpochStats:
     epoch: int
+    epochs: int
     loss: float
     ce_loss: float
     center_loss: float
@@ -33,11 +34,12 @@ class EpochStats:
 class TrainResult:
     history: list[EpochStats] = field(default_factory=list)
     val_metrics: dict = field(default_factory=dict)
+    epochs: int = 0
     train_indices: np.ndarray | None = None
     val_indices: np.ndarray | None = None
 
 
-# Called after every batch: (epoch, batch, batches_per_epoch, running_loss, running_accuracy).
+# Called after every batch: (epoch, epochs, batch, batches_per_epoch, running_loss, running_accuracy).
 BatchCallback = Callable[[int, int, int, float, float], None]
 EpochCallback = Callable[[EpochStats], None]
 
@@ -140,13 +142,17 @@ def train_classifier(
     center_loss = CenterLoss(num_classes, model.feature_dim, settings.center_alpha).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     steps_per_epoch = max(1, int(np.ceil(len(train_idx) / settings.batch_size)))
+    # A few hundred images make a handful of batches an epoch: train longer so the run still
+    # has min_steps updates (300 images: 15 -> 60 epochs, which detected best in docs/method.md).
+    epochs = max(settings.epochs, int(np.ceil(settings.min_steps / steps_per_epoch)))
+    result.epochs = epochs
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=settings.lr, total_steps=settings.epochs * steps_per_epoch
+        optimizer, max_lr=settings.lr, total_steps=epochs * steps_per_epoch
     )
     generator = torch.Generator().manual_seed(settings.seed)
     y_all = torch.from_numpy(labels.astype(np.int64))
 
-    for epoch in range(1, settings.epochs + 1):
+    for epoch in range(1, epochs + 1):
         model.train()
         order = train_idx[torch.randperm(len(train_idx), generator=generator).numpy()]
         sums = {"loss": 0.0, "ce": 0.0, "center": 0.0, "correct": 0, "seen": 0}
@@ -173,10 +179,10 @@ def train_classifier(
             sums["correct"] += int((logits.argmax(1) == y).sum())
             sums["seen"] += n
             if on_batch is not None:
-                on_batch(epoch, b, steps_per_epoch, sums["loss"] / sums["seen"], sums["correct"] / sums["seen"])
+                on_batch(epoch, epochs, b, steps_per_epoch, sums["loss"] / sums["seen"], sums["correct"] / sums["seen"])
 
         seen = max(sums["seen"], 1)
-        stats = EpochStats(epoch, sums["loss"] / seen, sums["ce"] / seen, sums["center"] / seen, sums["correct"] / seen)
+        stats = EpochStats(epoch, epochs, sums["loss"] / seen, sums["ce"] / seen, sums["center"] / seen, sums["correct"] / seen)
         if len(val_idx):
             logits, _ = predict_arrays(model, images[val_idx], mean, std, device)
             pred = logits.argmax(1)
@@ -193,5 +199,6 @@ def train_classifier(
         "val_macro_f1": last.val_macro_f1 if last else None,
         "train_accuracy": last.train_accuracy if last else None,
         "final_loss": last.loss if last else None,
+        "epochs": epochs,
     }
     return result

@@ -7,7 +7,7 @@ Deterministic for a given seed (default 0)::
 
 Writes:
 
-* ``sample_data/train/<digit>/mnist_<index>.png``: 30 MNIST digits per class (300), where
+* ``sample_data/train/<digit>/mnist_<index>.png``: 100 MNIST digits per class (1,000), where
   ``<index>`` is the image's position in ``benchmarks.datasets.load_mnist``.
 * ``sample_data/incoming/img_000.png`` ... ``img_060.png``: shuffled mix of 40 held-out MNIST
   digits (4 per class), 20 Fashion-MNIST test images (2 per class) and one truncated PNG.
@@ -38,7 +38,7 @@ if str(REPO_ROOT) not in sys.path:
 
 from benchmarks import datasets  # noqa: E402
 
-TRAIN_PER_CLASS = 30
+TRAIN_PER_CLASS = 100
 INCOMING_MNIST_PER_CLASS = 4
 INCOMING_FASHION_PER_CLASS = 2
 BROKEN_BYTES = 40
@@ -137,7 +137,7 @@ def build(out: Path, mnist_cache: Path, fashion_root: Path, seed: int) -> dict[s
     mnist_images, mnist_labels = datasets.load_mnist(datasets.find_or_fetch_mnist(mnist_cache))
     fashion_images, fashion_labels = datasets.load_fashion_mnist("test", fashion_root)
 
-    # MNIST: per digit, one permutation; the first 30 train, the next 4 go to incoming.
+    # MNIST: per digit, one permutation; the first TRAIN_PER_CLASS train, the next 4 go to incoming.
     train_idx, incoming_mnist_idx = [], []
     for digit in range(10):
         members = rng.permutation(np.flatnonzero(mnist_labels == digit))

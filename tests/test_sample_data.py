@@ -33,7 +33,7 @@ def test_train_has_ten_classes_of_thirty_28x28_grayscale_pngs():
     assert sorted(p.name for p in train.iterdir()) == DIGITS
     for digit in DIGITS:
         files = sorted((train / digit).iterdir())
-        assert len(files) == 30, digit
+        assert len(files) == 100, digit
         for path in files:
             assert path.suffix == ".png"
             with Image.open(path) as im:

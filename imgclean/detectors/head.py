@@ -71,7 +71,11 @@ class RejectHead:
                 f"the head needs both kinds of example; got {n_pos} normal and {n_neg} reject images"
             )
         mean = x.mean(axis=0)
-        std = np.maximum(x.std(axis=0), 1e-6)
+        # Standardise, but floor each feature's spread at a share of the average one: a feature
+        # that barely varies in training (a ReLU unit that is almost always off) must not be
+        # blown up by a huge factor, or any activation of it on a new image swamps the head.
+        var = x.var(axis=0)
+        std = np.sqrt(var + 0.1 * var.mean() + 1e-12)
         self.feature_mean_, self.feature_std_ = mean, std
         self.pos_weight_ = n_neg / n_pos
 

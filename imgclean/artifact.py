@@ -19,9 +19,10 @@ import logging
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -44,13 +45,32 @@ class ModelError(Exception):
 
 @dataclass
 class ModelBundle:
-    """Everything `scan` needs: settings, the network and the fitted detector."""
+    """Everything `scan` needs: settings, the network and the fitted detector.
+
+    `model` may be given as None with a `loader`: the network (and torch) is then loaded on the
+    first access of `bundle.model`, so a scan whose every file is a cache hit never imports torch.
+    """
 
     config: dict
     model: object  # models.Classifier (torch is imported lazily)
     detector: MahalanobisDetector
     path: Path | None = None
     head: RejectHead | None = None  # the optional supervised head; config["head"] describes it
+    loader: Callable[[], object] | None = field(default=None, repr=False, compare=False)
+
+    def __getattribute__(self, name: str):
+        value = object.__getattribute__(self, name)
+        if name == "model" and value is None:
+            loader = object.__getattribute__(self, "loader")
+            if loader is not None:
+                value = loader()
+                object.__setattr__(self, "model", value)
+                object.__setattr__(self, "loader", None)
+        return value
+
+    @property
+    def model_loaded(self) -> bool:
+        return object.__getattribute__(self, "model") is not None
 
     @property
     def class_names(self) -> list[str]:
@@ -215,12 +235,11 @@ def load_detector(path: Path, config: dict) -> MahalanobisDetector:
 
 def load_head(path: Path, config: dict) -> RejectHead | None:
     """The supervised head when config.json says the model has one, else None."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     info = config.get("head")
     if not info:
         return None
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
     file = Path(path) / HEAD_FILE
     try:
         head = RejectHead.from_state(load_file(str(file)), info.get("settings") or {})
@@ -233,17 +252,32 @@ def load_head(path: Path, config: dict) -> RejectHead | None:
     return head
 
 
-def load_model(path: Path, device: str = "cpu") -> ModelBundle:
-    """Load a model directory; raises ModelError with a clear message when it cannot."""
+def load_model(path: Path, device: str = "cpu", lazy: bool = False) -> ModelBundle:
+    """Load a model directory; raises ModelError with a clear message when it cannot.
+
+    lazy=True reads the settings and the detector now (numpy only) and the network, with torch,
+    on the first use of `bundle.model`; the weights file is checked to exist now.
+    """
+    path = Path(path)
+    config = read_config(path)
+    detector = load_detector(path, config)
+    head = load_head(path, config)  # small, but imports torch: only models with a head pay it
+    if lazy:
+        if not (path / WEIGHTS_FILE).is_file():
+            raise ModelError(f"{path} has no {WEIGHTS_FILE}")
+        return ModelBundle(
+            config=config, model=None, detector=detector, path=path, head=head,
+            loader=lambda: _load_network(path, config, device),
+        )
+    return ModelBundle(config=config, model=_load_network(path, config, device), detector=detector, path=path, head=head)
+
+
+def _load_network(path: Path, config: dict, device: str):
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     from .models import build_model
 
-    path = Path(path)
-    config = read_config(path)
-    detector = load_detector(path, config)
-    head = load_head(path, config)
     try:
         state = load_file(str(path / WEIGHTS_FILE))
     except FileNotFoundError:
@@ -258,4 +292,4 @@ def load_model(path: Path, device: str = "cpu") -> ModelBundle:
     except (RuntimeError, ValueError) as exc:
         raise ModelError(f"{path / WEIGHTS_FILE} does not fit the architecture in {CONFIG_FILE}: {exc}") from None
     model.to(device).eval()
-    return ModelBundle(config=config, model=model, detector=detector, path=path, head=head)
+    return model

@@ -391,6 +391,9 @@ def scan(
     device: Device = typer.Option(Device.cpu, help="Where to run the model."),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress output."),
     verbose: bool = typer.Option(False, "-v", "--verbose", help="Print every rejected file on stderr."),
+    no_cache: bool = typer.Option(False, "--no-cache", help="Decode and score every file, ignoring results cached by earlier scans."),
+    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Where the scan cache lives [default: $XDG_CACHE_HOME/imgclean or ~/.cache/imgclean]."),
+    workers: int = typer.Option(0, "--workers", min=0, help="Decode threads [default: 0 = one per CPU core]."),
     config_file: Optional[Path] = config_option(),
 ) -> None:
     """Score every image in a folder; report, and with --move-to quarantine, the ones that do not belong."""
@@ -408,6 +411,16 @@ def scan(
     exclude: tuple[Path, ...] = ()
     if move_to is not None:
         exclude = check_move_target(folder, move_to)
+    use_cache = not no_cache
+    if use_cache:
+        from .cache import default_cache_dir
+
+        cache_real = Path(os.path.realpath(cache_dir or default_cache_dir()))
+        if cache_real.is_relative_to(os.path.realpath(folder)):
+            if cache_dir is not None:
+                raise usage_error(f"--cache-dir {cache_dir} is inside the scanned folder; choose a folder outside {folder}")
+            log.warning("the scan cache %s is inside the scanned folder; scanning without it", cache_real)
+            use_cache = False
     if report is not None:
         try:
             report_format(report)
@@ -416,10 +429,14 @@ def scan(
     if html is not None:
         check_html_output(html)
     try:
-        from .models import pick_device
+        if device.value == "cpu":
+            dev = "cpu"  # no torch import: a rescan whose files are all cached never needs it
+        else:
+            from .models import pick_device
 
-        dev = str(pick_device(device.value))
-        bundle = load_model(model, device=dev)
+            dev = str(pick_device(device.value))
+        # The network is loaded (and torch imported) when the first file needs scoring.
+        bundle = load_model(model, device=dev, lazy=True)
         check_method(bundle, method.value)
     except (ModelError, ValueError) as exc:
         raise fail(str(exc)) from None
@@ -451,7 +468,10 @@ def scan(
         counts["ok" if rec.status == "ok" else "rej" if is_rejected(rec, keep_unreadable) else "other"] += 1
 
     counts = {"ok": 0, "rej": 0, "other": 0}
-    options = ScanOptions(batch_size=batch_size, keep_unreadable=keep_unreadable, exclude=exclude, method=method.value)
+    options = ScanOptions(
+        batch_size=batch_size, workers=workers, keep_unreadable=keep_unreadable, exclude=exclude,
+        use_cache=use_cache, cache_dir=cache_dir, method=method.value,
+    )
     progress = make_progress(quiet or json_out)
     progress_task = None
     writer = None

@@ -53,6 +53,8 @@ class ScanOptions:
     keep_unreadable: bool = False  # leave unreadable/too_large/unsupported files in place
     exclude: tuple[Path, ...] = ()
     method: str = "mahalanobis"  # one of METHODS
+    use_cache: bool = False  # reuse results of unchanged files from earlier scans (cache.ScanCache)
+    cache_dir: Path | None = None  # None: the user cache dir ($XDG_CACHE_HOME/imgclean)
 
 
 @dataclass
@@ -65,6 +67,8 @@ class ScanSummary:
     move_errors: int = 0
     interrupted: bool = False
     seconds: float = 0.0
+    cached: int = 0  # results reused from the scan cache (not decoded)
+    decoded: int = 0  # files decoded and scored by the model
 
     @property
     def scanned(self) -> int:
@@ -90,6 +94,8 @@ class ScanSummary:
             "would_move": self.would_move,
             "move_errors": self.move_errors,
             "interrupted": self.interrupted,
+            "cached": self.cached,
+            "decoded": self.decoded,
             "seconds": round(self.seconds, 3),
             "images_per_second": round(self.scanned / self.seconds, 1) if self.seconds > 0 else None,
             "root": self.root,
@@ -98,6 +104,9 @@ class ScanSummary:
 
 
 def relative_name(path: Path, root: Path) -> str:
+    full, base = os.fspath(path), os.fspath(root)
+    if os.path.isabs(full) and full.startswith(base.rstrip(os.sep) + os.sep) and "/.." not in full and "/./" not in full:
+        return os.fsdecode(full[len(base.rstrip(os.sep)) + 1 :])  # the walk joins names onto root
     return os.fsdecode(os.path.relpath(path, root))
 
 
@@ -119,32 +128,84 @@ def is_rejected(record: ScanRecord, keep_unreadable: bool) -> bool:
     return record.status in UNDECODABLE and not keep_unreadable
 
 
+# Batches decoded ahead of the one being scored: decode of batch n+1 overlaps scoring of batch n.
+PREFETCH_BATCHES = 2
+# Records resolved without decoding (cache hits, skipped files) per yielded group, so an
+# all-cached folder still streams records instead of collecting them.
+MAX_GROUP = 4096
+
+
+def decode_entries(entries: list[data.FileEntry], size: int, channels: int) -> list[tuple[np.ndarray | None, str, str]]:
+    """Decode a chunk of files: (array or None, status, message) each. Runs in a worker thread."""
+    out = []
+    for entry in entries:
+        try:
+            out.append((data.decode_image(entry.path, size, channels), data.OK, ""))
+        except data.DecodeError as exc:
+            out.append((None, exc.status, str(exc)))
+    return out
+
+
+def default_workers() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 class Scorer:
-    """Decodes files and scores them with a model bundle, a batch at a time."""
+    """Decodes files and scores them with a model bundle, a batch at a time.
+
+    `scan` runs a pipeline: a walk, a thread pool decoding the next batches (Pillow releases the
+    GIL while decoding), and the model scoring the current batch in the calling thread. With a
+    `cache` (cache.ScanCache), unchanged files reuse their stored result and are never decoded;
+    the model (and torch) is loaded only when some file needs scoring.
+    """
 
     def __init__(
-        self, bundle: ModelBundle, batch_size: int = 256, workers: int = 0, device: str = "cpu", method: str = "mahalanobis"
+        self, bundle: ModelBundle, batch_size: int = 256, workers: int = 0, device: str = "cpu",
+        method: str = "mahalanobis", cache=None,
     ):
         check_method(bundle, method)
         self.bundle = bundle
         self.method = method
-        self.batch_size = max(1, batch_size)
-        self.workers = workers or (os.cpu_count() or 1)
         self.device = device
+        self.on_cuda = str(device).startswith("cuda")
+        self.batch_size = max(1, batch_size)
+        self.workers = workers or default_workers()
+        self.cache = cache
+        self._torch_ready = False
+        self.decoded = 0  # files decoded by this scorer (cache misses)
 
     def _decode(self, entry: data.FileEntry) -> tuple[np.ndarray | None, str, str]:
-        try:
-            return data.decode_image(entry.path, self.bundle.input_size, self.bundle.channels), data.OK, ""
-        except data.DecodeError as exc:
-            return None, exc.status, str(exc)
+        return decode_entries([entry], self.bundle.input_size, self.bundle.channels)[0]
+
+    def _prepare_torch(self) -> None:
+        """Once, before the first batch: thread counts, eval mode, channels_last for timm CNNs."""
+        if self._torch_ready:
+            return
+        self._torch_ready = True
+        import torch
+
+        model = self.bundle.model  # loads a lazy bundle here
+        if not self.on_cuda and "IMGCLEAN_TORCH_THREADS" not in os.environ and not os.environ.get("OMP_NUM_THREADS"):
+            # Decode threads and intra-op threads share the cores: leave the decoders about half.
+            torch.set_num_threads(max(1, default_workers() // 2))
+        elif os.environ.get("IMGCLEAN_TORCH_THREADS", "").isdigit():
+            torch.set_num_threads(max(1, int(os.environ["IMGCLEAN_TORCH_THREADS"])))
+        if self.bundle.config.get("arch") != "lenet" and (self.on_cuda or self.bundle.input_size >= 64):
+            model.to(memory_format=torch.channels_last)
+        model.eval()
 
     def score_arrays(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(predicted class index, nearest class index, score) for uint8 images."""
         from .training import predict_arrays
 
+        self._prepare_torch()
         cfg = self.bundle.config
         logits, feats = predict_arrays(
-            self.bundle.model, images, cfg["mean"], cfg["std"], self.device, batch_size=self.batch_size
+            self.bundle.model, images, cfg["mean"], cfg["std"], self.device,
+            batch_size=self.batch_size * (4 if self.on_cuda else 1),
         )
         det = self.bundle.detector
         ratios = det.distances(feats) / det.thresholds_
@@ -155,9 +216,21 @@ class Scorer:
         return logits.argmax(1), ratios.argmin(1), score
 
     def score_entries(self, entries: list[data.FileEntry], root: Path) -> list[ScanRecord]:
-        names = self.bundle.class_names
+        """Decode and score one batch (no cache, no overlap); `scan` is the fast path."""
         with ThreadPoolExecutor(self.workers) as pool:
-            decoded = list(pool.map(self._decode, entries))
+            decoded = [r for chunk in pool.map(self._decode_chunk, self._chunks(entries)) for r in chunk]
+        return self._score_decoded(entries, decoded, root)
+
+    def _chunks(self, entries: list[data.FileEntry]) -> list[list[data.FileEntry]]:
+        step = max(1, -(-len(entries) // (2 * self.workers)))
+        return [entries[i : i + step] for i in range(0, len(entries), step)]
+
+    def _decode_chunk(self, entries: list[data.FileEntry]):
+        return decode_entries(entries, self.bundle.input_size, self.bundle.channels)
+
+    def _score_decoded(self, entries, decoded, root: Path) -> list[ScanRecord]:
+        names = self.bundle.class_names
+        self.decoded += len(entries)
         records = [
             ScanRecord(relative_name(e.path, root), status, message=msg, size=e.size, mtime_ns=e.mtime_ns)
             for e, (_, status, msg) in zip(entries, decoded)
@@ -169,28 +242,75 @@ class Scorer:
                 rec = records[i]
                 rec.predicted, rec.nearest, rec.score = names[int(p)], names[int(n)], float(s)
                 rec.status = OOD if s > 1.0 else data.OK
+        if self.cache is not None:
+            for e, rec in zip(entries, records):
+                self.cache.put(e.path, e.size, e.mtime_ns, rec.status, rec.predicted, rec.nearest, rec.score, rec.message)
         return records
+
+    def _cached_record(self, entry: data.FileEntry, root: Path) -> ScanRecord | None:
+        if self.cache is None:
+            return None
+        hit = self.cache.get(entry.path, entry.size, entry.mtime_ns)
+        if hit is None:
+            return None
+        status, predicted, nearest, score, message = hit
+        if status not in STATUSES or status in (data.SKIPPED, CHANGED):
+            return None
+        return ScanRecord(
+            relative_name(entry.path, root), status, predicted=predicted, nearest=nearest, score=score,
+            message=message, size=entry.size, mtime_ns=entry.mtime_ns,
+        )
 
     def scan(self, root: Path, exclude: Iterable[Path] = ()) -> Iterator[tuple[ScanRecord, data.FileEntry]]:
         """Yield (record, entry) for every image-named file below root, in walk order."""
-        root = Path(root)
-        batch: list[data.FileEntry] = []
-        for entry in data.walk_images(root, tuple(exclude)):
-            if entry.skip_reason:
-                yield from self._flush(batch, root)
-                batch = []
-                rec = ScanRecord(relative_name(entry.path, root), data.SKIPPED, message=entry.skip_reason)
-                yield rec, entry
-                continue
-            batch.append(entry)
-            if len(batch) >= self.batch_size:
-                yield from self._flush(batch, root)
-                batch = []
-        yield from self._flush(batch, root)
+        from collections import deque
 
-    def _flush(self, batch: list[data.FileEntry], root: Path) -> Iterator[tuple[ScanRecord, data.FileEntry]]:
-        if batch:
-            yield from zip(self.score_entries(batch, root), batch)
+        root = Path(root)
+        size, channels = self.bundle.input_size, self.bundle.channels
+        # A group: walk-ordered slots, each (entry, record) when resolved without decoding, or
+        # (entry, None) for a file whose decode is in flight in `futures`.
+        pending: deque = deque()
+        slots: list[tuple[data.FileEntry, ScanRecord | None]] = []
+        to_decode: list[data.FileEntry] = []
+
+        with ThreadPoolExecutor(self.workers, thread_name_prefix="imgclean-decode") as pool:
+
+            def submit() -> None:
+                nonlocal slots, to_decode
+                futures = [pool.submit(decode_entries, chunk, size, channels) for chunk in self._chunks(to_decode)]
+                pending.append((slots, to_decode, futures))
+                slots, to_decode = [], []
+
+            def finish() -> Iterator[tuple[ScanRecord, data.FileEntry]]:
+                group, entries, futures = pending.popleft()
+                decoded = [r for f in futures for r in f.result()]
+                scored = iter(self._score_decoded(entries, decoded, root) if entries else ())
+                for entry, record in group:
+                    yield (record if record is not None else next(scored)), entry
+
+            try:
+                for entry in data.walk_images(root, tuple(exclude)):
+                    if entry.skip_reason:
+                        record = ScanRecord(relative_name(entry.path, root), data.SKIPPED, message=entry.skip_reason)
+                    else:
+                        record = self._cached_record(entry, root)
+                        if record is None:
+                            to_decode.append(entry)
+                    slots.append((entry, record))
+                    if len(to_decode) >= self.batch_size or len(slots) >= MAX_GROUP:
+                        submit()
+                        while len(pending) > PREFETCH_BATCHES or (pending and not pending[0][1]):
+                            yield from finish()
+                if slots:
+                    submit()
+                while pending:
+                    yield from finish()
+            finally:
+                for _, _, futures in pending:
+                    for f in futures:
+                        f.cancel()
+                if self.cache is not None:
+                    self.cache.flush()
 
 
 def run_scan(
@@ -204,12 +324,30 @@ def run_scan(
     should_stop: Callable[[], bool] = lambda: False,
 ) -> ScanSummary:
     """Scan `root`; reject (move, or plan to move) files per the options. Returns counts."""
-    from .moves import MoveRequest
-
     root = Path(root).absolute()
     summary = ScanSummary(root=os.fsdecode(root), model=os.fsdecode(bundle.path or ""))
-    scorer = Scorer(bundle, options.batch_size, options.workers, device, options.method)
+    cache = None
+    if options.use_cache:
+        from .cache import ScanCache, model_key
+
+        # The method is part of the key: a head score must never be reused as a Mahalanobis one.
+        cache = ScanCache(options.cache_dir, model_key(bundle.config, extra=options.method)).open()
+    scorer = Scorer(bundle, options.batch_size, options.workers, device, options.method, cache=cache)
     started = time.perf_counter()
+    try:
+        _consume(scorer, root, options, summary, quarantine, dry_run, on_record, should_stop)
+    finally:
+        if cache is not None:
+            cache.close()
+            summary.cached = cache.hits
+        summary.decoded = scorer.decoded
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def _consume(scorer, root, options, summary, quarantine, dry_run, on_record, should_stop) -> None:
+    from .moves import MoveRequest
+
     for record, entry in scorer.scan(root, options.exclude):
         summary.counts[record.status] += 1
         if quarantine is not None and is_rejected(record, options.keep_unreadable):
@@ -246,5 +384,3 @@ def run_scan(
         if should_stop():
             summary.interrupted = True
             break
-    summary.seconds = time.perf_counter() - started
-    return summary

@@ -99,7 +99,6 @@ def macro_f1(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> float:
     return float(np.mean(scores)) if scores else 0.0
 
 
-@torch.no_grad()
 def predict_arrays(
     model: Classifier,
     images: np.ndarray,
@@ -108,14 +107,38 @@ def predict_arrays(
     device: torch.device,
     batch_size: int = 256,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(logits, deep features) for uint8 images, in eval mode."""
+    """(logits, deep features) for uint8 images, in eval mode, a batch at a time.
+
+    On CUDA the uint8 batch is pinned and copied asynchronously, normalised on the device, and the
+    forward pass runs under autocast (float16); outputs come back as float32. CPU is unchanged.
+    """
     model.eval()
+    device = torch.device(device)
+    cuda = device.type == "cuda"
+    conv = next((p for p in model.parameters() if p.dim() == 4), None)
+    channels_last = conv is not None and not conv.is_contiguous() and conv.is_contiguous(memory_format=torch.channels_last)
     logits, feats = [], []
-    for start in range(0, len(images), batch_size):
-        x = to_tensor(images[start : start + batch_size], mean, std).to(device)
-        lo, fe = model(x)
-        logits.append(lo.float().cpu().numpy())
-        feats.append(fe.float().cpu().numpy())
+    with torch.inference_mode():
+        if cuda:
+            m = torch.tensor(mean, device=device).view(1, -1, 1, 1)
+            s = torch.tensor(std, device=device).view(1, -1, 1, 1)
+        for start in range(0, len(images), batch_size):
+            chunk = images[start : start + batch_size]
+            if cuda:
+                raw = torch.from_numpy(np.ascontiguousarray(chunk)).pin_memory()
+                x = raw.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
+                x = (x - m) / s
+                if channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                with torch.autocast("cuda", dtype=torch.float16):
+                    lo, fe = model(x)
+            else:
+                x = to_tensor(chunk, mean, std).to(device)
+                if channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                lo, fe = model(x)
+            logits.append(lo.float().cpu().numpy())
+            feats.append(fe.float().cpu().numpy())
     if not logits:
         return np.zeros((0, model.classifier.out_features)), np.zeros((0, model.feature_dim))
     return np.concatenate(logits), np.concatenate(feats)

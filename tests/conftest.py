@@ -129,3 +129,7 @@ def model_with_head(model_dir, reject_folder, tmp_path_factory) -> Path:
     bundle = load_model(model_dir)
     fit_head(bundle, reject_folder)
     return save_model(bundle, tmp_path_factory.mktemp("models") / "with_head")
+@pytest.fixture(autouse=True)
+def _private_scan_cache(tmp_path_factory, monkeypatch):
+    """Scans cache results under $XDG_CACHE_HOME: give every test its own, never ~/.cache."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg-cache")))

@@ -145,7 +145,7 @@ class MahalanobisDetector:
         for j, mu in enumerate(self.means_):
             prec = self.precisions_[0 if tied else j]
             diff = x - mu
-            out[:, j] = np.einsum("nd,de,ne->n", diff, prec, diff, optimize=True)
+            out[:, j] = np.einsum("nd,nd->n", diff @ prec, diff)  # a BLAS matmul, not a generic einsum
         return np.sqrt(np.maximum(out, 0.0))
 
     def distances(self, features) -> np.ndarray:

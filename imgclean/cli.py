@@ -172,6 +172,7 @@ def fit(
     pretrained: bool = typer.Option(False, help="Start a timm model from its pretrained weights (needs them downloadable or cached)."),
     weights: Optional[Path] = typer.Option(None, help="Local state dict (.safetensors or .pth) for the backbone."),
     epochs: int = typer.Option(TrainSettings.epochs, min=1, help="Training epochs."),
+    min_steps: int = typer.Option(TrainSettings.min_steps, min=0, help="Train at least this many batches (small data sets get more epochs)."),
     batch_size: int = typer.Option(TrainSettings.batch_size, min=1, help="Training batch size."),
     lr: float = typer.Option(TrainSettings.lr, min=0.0, help="Peak learning rate (one-cycle schedule, AdamW)."),
     center_weight: float = typer.Option(TrainSettings.center_weight, min=0.0, help="lambda: weight of the center loss."),
@@ -202,7 +203,7 @@ def fit(
     if output.exists() and not force:
         raise usage_error(f"{output} already exists; pass --force to replace it, or choose another --output")
     settings = TrainSettings(
-        epochs=epochs, batch_size=batch_size, lr=lr, center_weight=center_weight,
+        epochs=epochs, min_steps=min_steps, batch_size=batch_size, lr=lr, center_weight=center_weight,
         val_fraction=val_fraction, augment=augment, seed=seed,
     )
     config = FitConfig(

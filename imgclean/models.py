@@ -114,7 +114,18 @@ def build_model(
     backbone = _timm_backbone(arch, in_channels, pretrained)
     if weights is not None:
         load_backbone_weights(backbone, weights)
-    return Classifier(backbone, backbone.num_features, num_classes)
+    return Classifier(backbone, _output_dim(backbone, in_channels, input_size), num_classes)
+
+
+def _output_dim(backbone: nn.Module, in_channels: int, input_size: int) -> int:
+    """Width of what the backbone returns. Not always num_features: MobileNetV3, for one, adds
+    a conv head after pooling."""
+    was_training = backbone.training
+    backbone.eval()
+    with torch.no_grad():
+        dim = backbone(torch.zeros(1, in_channels, input_size, input_size)).shape[1]
+    backbone.train(was_training)
+    return int(dim)
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:

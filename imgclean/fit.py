@@ -166,7 +166,17 @@ def fit_model(train_dir: Path, config: cfg.FitConfig, progress: ProgressCallback
     _, feats = predict_arrays(model, images, mean, std, device)
     if progress is not None:
         progress("embed", len(images), len(images), {})
-    detector = MahalanobisDetector(config.percentile).fit(feats, labels, num_classes=len(class_names))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the generic warning is replaced by one naming the classes
+        detector = MahalanobisDetector(config.percentile).fit(feats, labels, num_classes=len(class_names))
+    counts = np.bincount(labels, minlength=len(class_names))
+    few = [f"{class_names[j]!r} ({counts[j]})" for j in range(len(class_names)) if counts[j] <= feats.shape[1]]
+    if few:
+        log.warning(
+            "class %s: no more images than the %d feature dimensions; their covariances rely on "
+            "shrinkage and their thresholds may be loose (add images for sharper ones)",
+            ", ".join(few), feats.shape[1],
+        )
     metrics = dict(result.val_metrics)
     metrics["train_rejected_fraction"] = float(np.mean(detector.predict(feats)))
     if len(result.val_indices):

@@ -539,3 +539,61 @@ def test_rerun_without_a_tty_moves_nothing_and_prints_plain_output(model_dir, tm
     assert snapshot_after == (tree_snapshot(folder), tree_snapshot(quarantine))  # reruns changed nothing
     assert len(list(quarantine.glob("*.png"))) == 5
     assert b"scan of" in runs[2].stdout  # the plain table
+
+
+def test_unreadable_permissions_are_reported_not_fatal(model_dir):
+    """chmod 000: root reads it anyway, so the scan runs as `nobody` when the tests run as root."""
+    import tempfile
+
+    work = Path(tempfile.mkdtemp(prefix="imgclean-perm-"))
+    try:
+        work.chmod(0o777)
+        model = work / "model"
+        shutil.copytree(model_dir, model)
+        folder = work / "in"
+        write_png(folder / "ok.png", class_image("checker", np.random.default_rng(0)))
+        write_png(folder / "secret.png", class_image("checker", np.random.default_rng(1)))
+        (folder / "secret.png").chmod(0)
+        for p in (model, *model.iterdir(), folder, folder / "ok.png"):
+            p.chmod(0o755 if p.is_dir() else 0o644)
+        report = work / "r.jsonl"
+        as_other = {}
+        if os.geteuid() == 0:
+            def drop():
+                os.setgid(65534)
+                os.setuid(65534)
+            as_other = {"preexec_fn": drop}
+            try:
+                probe = subprocess.run([sys.executable, "-c", "import imgclean.cli"], env=ENV, capture_output=True,
+                                       timeout=120, **as_other)
+            except PermissionError as exc:
+                pytest.skip(f"root reads chmod-000 files, and this Python cannot run as another user here ({exc})")
+            if probe.returncode != 0:
+                pytest.skip(f"root reads chmod-000 files, and imgclean cannot run as another user here: {probe.stderr[-200:]!r}")
+        proc = subprocess.run(
+            [sys.executable, "-m", "imgclean", "scan", str(folder), "-m", str(model), "--json", "--report", str(report)],
+            env={**ENV, "HOME": str(work)}, capture_output=True, stdin=subprocess.DEVNULL, timeout=120, **as_other,
+        )
+        assert proc.returncode == 0, proc.stderr
+        rows = report_rows(report)
+        assert rows["secret.png"]["status"] == "unreadable" and "Permission" in rows["secret.png"]["message"]
+        assert rows["ok.png"]["status"] in ("ok", "ood")
+        assert json.loads(proc.stdout)["unreadable"] == 1
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def test_permission_denied_is_unreadable(tmp_path, monkeypatch):
+    """The same case at the decoder, independent of the uid the tests run as."""
+    from imgclean import data
+
+    path = tmp_path / "secret.png"
+    write_png(path, class_image("checker", np.random.default_rng(0)))
+
+    def denied(p, *a, **k):
+        raise PermissionError(errno.EACCES, "Permission denied", os.fspath(p))
+
+    monkeypatch.setattr(data, "open", denied, raising=False)
+    with pytest.raises(data.DecodeError) as exc:
+        data.decode_image(path, 16, 1)
+    assert exc.value.status == data.UNREADABLE and "Permission denied" in str(exc.value)

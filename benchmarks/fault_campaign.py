@@ -172,15 +172,20 @@ def cli(*args, timeout: float = 300) -> subprocess.CompletedProcess:
 
 
 class Counter:
+    """Counts runs and the tracebacks in their output; keeps the tail of each traceback seen."""
+
     def __init__(self):
         self.tracebacks = 0
         self.processes = 0
+        self.samples: list[dict] = []
 
-    def check(self, *outputs) -> None:
+    def check(self, *outputs, label: str = "") -> None:
         self.processes += 1
         for o in outputs:
-            if o and (b"Traceback" in o if isinstance(o, bytes) else "Traceback" in o):
+            text = o.decode("utf-8", "replace") if isinstance(o, bytes) else (o or "")
+            if "Traceback" in text:
                 self.tracebacks += 1
+                self.samples.append({"run": label, "output_tail": text[-3000:]})
 
 
 def invoke_inprocess(args: list) -> tuple[int, str, str]:
@@ -230,7 +235,7 @@ def measure_moving_time(pristine: Path, model: Path, work: Path, quarantine_pare
     seen = watch_for_first_move(quarantine, proc)
     out, err = proc.communicate(timeout=300)
     end = time.monotonic()
-    counter.check(out, err)
+    counter.check(out, err, label="calibration")
     shutil.rmtree(folder, ignore_errors=True)
     shutil.rmtree(quarantine, ignore_errors=True)
     if proc.returncode != 0 or seen is None:
@@ -261,7 +266,7 @@ def kill_run(i: int, pristine: Path, originals: set[str], model: Path, work: Pat
         time.sleep(max(0.0, seen + delay - time.monotonic()))
     proc.send_signal(signal.SIGKILL)
     out, err = proc.communicate(timeout=120)
-    counter.check(err)
+    counter.check(err, label=f"kill run {i} (stderr of the killed scan, rc {proc.returncode})")
     killed = proc.returncode == -signal.SIGKILL
     wreck = {
         "unfinished_ops": unfinished_ops(quarantine) if quarantine.exists() else 0,
@@ -271,11 +276,11 @@ def kill_run(i: int, pristine: Path, originals: set[str], model: Path, work: Pat
     # the rerun: recovers the journal, then finishes the scan
     if rerun_subprocess:
         rr = cli(*scan_args(folder, model, quarantine))
-        counter.check(rr.stdout, rr.stderr)
+        counter.check(rr.stdout, rr.stderr, label=f"rerun {i}")
         rerun_code = rr.returncode
     else:
         rerun_code, stdout, output = invoke_inprocess(scan_args(folder, model, quarantine))
-        counter.check(output)
+        counter.check(output, label=f"rerun {i}")
     found: dict[str, int] = {}
     partial = 0
     for p in user_files(folder, quarantine):
@@ -313,12 +318,12 @@ def dry_run_campaign(pristine: Path, model: Path, work: Path, runs: int, counter
         shutil.copytree(pristine, folder)
         if i % 2:  # a quarantine with history: an earlier real run filled it
             code, _, output = invoke_inprocess(scan_args(folder, model, quarantine))
-            counter.check(output)
+            counter.check(output, label=f"dry-run history {i}")
             shutil.rmtree(folder)
             shutil.copytree(pristine, folder)
         before = (snapshot(folder), snapshot(quarantine))
         code, stdout, output = invoke_inprocess(["scan", folder, "-m", model, "--move-to", quarantine, "--dry-run", "--json"])
-        counter.check(output)
+        counter.check(output, label=f"dry run {i}")
         after = (snapshot(folder), snapshot(quarantine))
         for b, a in zip(before, after):
             side_effects += len(set(b.items()) ^ set(a.items()))
@@ -368,7 +373,7 @@ def payload_campaign(train: Path, model: Path, incoming: Path, work: Path, count
     cases.append((marker, ["info", m2]))
     for marker, args in cases:
         proc = cli(*args)
-        counter.check(proc.stdout, proc.stderr)
+        counter.check(proc.stdout, proc.stderr, label=" ".join(map(os.fspath, args[:1])))
         tried += 1
         executed += marker.exists()
         refused += proc.returncode == 1
@@ -390,7 +395,7 @@ def disk_full_campaign(pristine: Path, model: Path, work: Path, originals: set[s
             shutil.copytree(pristine, folder)
             before = {os.fsdecode(p.relative_to(folder)): sha(p) for p in user_files(folder)}
             code, stdout, output = invoke_inprocess(scan_args(folder, model, quarantine))
-            counter.check(output)
+            counter.check(output, label=f"disk full {i}")
             summary = json.loads(stdout) if stdout.strip() else {}
             results["runs"] += 1
             results["move_errors"] += summary.get("move_errors", 0)
@@ -515,7 +520,7 @@ def main() -> int:
         train, model, pristine = work / "train", work / "model", work / "pristine"
         make_train(train)
         proc = cli("fit", train, "-o", model, "--epochs", "1", "--json", "-q")
-        counter.check(proc.stdout, proc.stderr)
+        counter.check(proc.stdout, proc.stderr, label="fit")
         if proc.returncode != 0:
             raise SystemExit(f"fit failed: {proc.stderr.decode(errors='replace')}")
         make_incoming(pristine, args.files)
@@ -587,7 +592,7 @@ def main() -> int:
         "dry_run": dry,
         "payloads": payloads,
         "disk_full": full,
-        "uncaught": {"tracebacks": counter.tracebacks, "processes": counter.processes},
+        "uncaught": {"tracebacks": counter.tracebacks, "processes": counter.processes, "samples": counter.samples},
         "tests": tests,
     }
     write_docs(figures, args.out)

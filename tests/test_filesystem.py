@@ -597,3 +597,44 @@ def test_permission_denied_is_unreadable(tmp_path, monkeypatch):
     with pytest.raises(data.DecodeError) as exc:
         data.decode_image(path, 16, 1)
     assert exc.value.status == data.UNREADABLE and "Permission denied" in str(exc.value)
+
+
+def test_disk_full_while_journaling_is_reported_not_a_traceback(model_dir, tmp_path, monkeypatch):
+    """ENOSPC on the journal's final record (the quarantine filled up just then): the move has
+    happened, the record cannot be written, and closing the quarantine must not crash."""
+    folder, quarantine = tmp_path / "in", tmp_path / "q"
+    before = many_rejects(folder, 4)
+    journal_writes = []
+
+    def hook(step):
+        if step == "journal":
+            journal_writes.append(step)
+            if len(journal_writes) >= 2:  # the first "started" goes through, nothing after it
+                raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(moves, "_fault_hook", hook)
+    result = invoke("scan", folder, "-m", model_dir, "--move-to", quarantine, "--json")
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    assert result.exit_code == 1, result.output
+    assert sorted(contents(folder, quarantine)) == before
+    monkeypatch.setattr(moves, "_fault_hook", None)
+    # the next run recovers the unfinished record and moves the rest
+    summary = scan_json(folder, model_dir, "--move-to", quarantine)
+    assert unfinished(quarantine) == [] and sorted(contents(quarantine)) == before
+    assert summary["moved"] == 3
+
+
+@pytest.mark.parametrize("files", [200, 3])  # fails while scanning / only at the final flush
+def test_report_on_a_full_disk_is_a_clear_error(model_dir, tmp_path, small_tmpfs, files):
+    folder = tmp_path / "in"
+    for i in range(files):
+        junk(folder / f"file_with_a_long_name_{i:04d}.png", n=10, seed=i)
+    filler = small_tmpfs / "filler"
+    with open(filler, "wb") as fh:
+        try:
+            fh.write(b"x" * 70_000)
+        except OSError:
+            pass
+    result = invoke("scan", folder, "-m", model_dir, "--report", small_tmpfs / "r.jsonl", "--json")
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    assert result.exit_code == 1 and "r.jsonl" in result.output, result.output

@@ -435,6 +435,7 @@ def pytest_counts(junit: Path | None, skip: bool) -> dict:
             c["failed"] += 1
         elif case.find("skipped") is not None:
             c["skipped"] += 1
+            c.setdefault("skip_reasons", []).append(f"{case.get('name')}: {case.find('skipped').get('message', '')}")
         else:
             c["passed"] += 1
     return {"source": os.fspath(junit), "categories": counts}
@@ -489,6 +490,10 @@ def write_docs(figures: dict, out: Path) -> None:
         lines += ["## Cases tried and passed per category (pytest)", "", "| category | tried | passed | failed | skipped |", "| --- | ---: | ---: | ---: | ---: |"]
         for cat, c in sorted(tests["categories"].items()):
             lines.append(f"| {cat} | {c['tried']} | {c['passed']} | {c['failed']} | {c['skipped']} |")
+        lines.append("")
+        for cat, c in sorted(tests["categories"].items()):
+            for reason in c.get("skip_reasons", []):
+                lines.append(f"- skipped ({cat}) {reason}")
         lines.append("")
     (out / "reliability.md").write_text("\n".join(lines))
 

@@ -506,12 +506,18 @@ def scan(
     except OSError as exc:
         raise fail(f"{exc.strerror or exc}: {os.fsdecode(exc.filename or '')}") from None
     finally:
+        report_error = None
         if writer is not None:
-            writer.__exit__(None, None, None)
+            try:
+                writer.__exit__(None, None, None)
+            except OSError as exc:  # e.g. the report's disk is full; still close the rest
+                report_error = exc
         if moving and quarantine is not None:
             quarantine.close()
         if lock is not None:
             lock.__exit__(None, None, None)
+        if report_error is not None:
+            raise fail(f"{report_error.strerror or report_error}: {os.fsdecode(report_error.filename or '')}") from None
 
     result = summary.to_dict()
     if dry_run:

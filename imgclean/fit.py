@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -121,6 +122,21 @@ def decode_classes(
     return np.stack(images), np.array(labels, dtype=np.int64), skipped
 
 
+def warn_if_few_images(class_names: list[str], labels: np.ndarray, dim: int, covariance: str) -> None:
+    """Say which classes lean on covariance shrinkage because they have few images."""
+    counts = np.bincount(labels, minlength=len(class_names))
+    if covariance == "class":
+        few = [f"{class_names[j]!r} ({counts[j]})" for j in range(len(class_names)) if counts[j] <= dim]
+    else:  # one pooled covariance: what matters is the total
+        few = [f"{class_names[j]!r} ({counts[j]})" for j in range(len(class_names))] if len(labels) - len(class_names) <= dim else []
+    if few:
+        log.warning(
+            "class %s: too few images for the %d feature dimensions; the covariance relies on "
+            "shrinkage and thresholds may be loose (add images for sharper ones)",
+            ", ".join(few), dim,
+        )
+
+
 def fit_model(
     train_dir: Path,
     config: cfg.FitConfig,
@@ -190,9 +206,12 @@ def fit_model(
     # tail. With 800 images a class the scale is about 1.01; with 30 about 1.15 (docs/method.md).
     metrics = dict(result.val_metrics)
     fit_idx = result.train_indices if len(result.val_indices) else np.arange(len(labels))
-    detector = MahalanobisDetector(config.percentile, config.covariance).fit(
-        feats[fit_idx], labels[fit_idx], num_classes=len(class_names)
-    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the generic warning is replaced by one naming the classes
+        detector = MahalanobisDetector(config.percentile, config.covariance).fit(
+            feats[fit_idx], labels[fit_idx], num_classes=len(class_names)
+        )
+    warn_if_few_images(class_names, labels[fit_idx], feats.shape[1], config.covariance)
     if len(result.val_indices):
         val_scores = detector.score(feats[result.val_indices])
         metrics["val_rejected_fraction_uncalibrated"] = float(np.mean(val_scores > 1.0))

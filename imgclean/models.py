@@ -164,6 +164,10 @@ def load_backbone_weights(backbone: nn.Module, path: Path) -> None:
             "is it for a different architecture?"
         )
     missing = [k for k in own if k not in usable]
+    wrong = [f"{k} {tuple(state[k].shape)} != {tuple(own[k].shape)}" for k in own if k in state and k not in usable]
+    if wrong:
+        log.warning("%s: %d tensor(s) have the wrong shape for this backbone and stay at their initial values: %s",
+                    path, len(wrong), "; ".join(wrong[:5]) + (" ..." if len(wrong) > 5 else ""))
     backbone.load_state_dict(usable, strict=False)
     log.info("loaded %d tensors from %s (%d left at their initial values)", len(usable), path, len(missing))
 

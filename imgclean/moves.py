@@ -333,9 +333,13 @@ class Quarantine:
         if self._fd is None:
             return
         try:
-            if self._inflight:
-                self.recover()
-            os.fsync(self._fd)
+            try:
+                if self._inflight:
+                    self.recover()
+                os.fsync(self._fd)
+            except OSError as e:
+                # e.g. ENOSPC: the files are where the disk says; the next open() journals them.
+                log.error("could not finish the journal in %s (%s); the next run will recover it", self.root, e)
         finally:
             os.close(self._fd)
             self._fd = None

@@ -38,17 +38,28 @@ class RecordWriter:
 
     def write(self, record: ScanRecord) -> None:
         row = {k: getattr(record, k) for k in FIELDS}
-        if self.format == "csv":
-            self._csv.writerow(row)
-        else:
-            # ensure_ascii keeps one record per line whatever the file name holds
-            self._fh.write(json.dumps(row, ensure_ascii=True) + "\n")
+        try:
+            if self.format == "csv":
+                self._csv.writerow(row)
+            else:
+                # ensure_ascii keeps one record per line whatever the file name holds
+                self._fh.write(json.dumps(row, ensure_ascii=True) + "\n")
+        except OSError as e:  # e.g. a full disk: name the report, not just the errno
+            raise OSError(e.errno, f"cannot write the report ({e.strerror})", os.fspath(self.path)) from None
 
     def __exit__(self, *exc) -> None:
         if self._fh is not None:
-            self._fh.flush()
-            os.fsync(self._fh.fileno())
-            self._fh.close()
+            fh, self._fh = self._fh, None
+            try:
+                fh.flush()
+                os.fsync(fh.fileno())
+            except OSError as e:
+                raise OSError(e.errno, f"cannot write the report ({e.strerror})", os.fspath(self.path)) from None
+            finally:
+                try:
+                    fh.close()
+                except OSError:
+                    pass
 
 
 def read_report(path: Path) -> list[dict]:

@@ -27,6 +27,7 @@ EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_REJECTED = 3  # scan --fail-on-reject found something to reject
 EXIT_LOCKED = 4  # another scan holds the folder's lock
+EXIT_SKIPPED = 5  # scan --fail-on-skip: some files were skipped or changed during the scan
 EXIT_INTERRUPTED = 130  # SIGINT
 EXIT_TERMINATED = 143  # SIGTERM
 
@@ -386,6 +387,7 @@ def scan(
     html: Optional[Path] = typer.Option(None, "--html", help="Write a self-contained HTML review page (thumbnails, scores, histograms) to this file."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON summary on stdout."),
     fail_on_reject: bool = typer.Option(False, "--fail-on-reject", help=f"Exit with code {EXIT_REJECTED} when anything was rejected (for cron alerts)."),
+    fail_on_skip: bool = typer.Option(False, "--fail-on-skip", help=f"Exit with code {EXIT_SKIPPED} when any file was skipped or changed during the scan (links, FIFOs, edited files)."),
     keep_unreadable: bool = typer.Option(False, "--keep-unreadable", help="Report unreadable, too large and unsupported files but leave them in place."),
     batch_size: int = typer.Option(256, min=1, help="Images scored per batch."),
     method: Method = typer.Option(Method.mahalanobis, "--method", help="Who decides: the Mahalanobis thresholds, the supervised head (needs `fit-head`), or both (rejected when either rejects)."),
@@ -547,6 +549,8 @@ def scan(
         raise fail(f"{summary.move_errors} file(s) could not be moved; see the report or run with --verbose")
     if fail_on_reject and summary.rejected:
         raise typer.Exit(EXIT_REJECTED)
+    if fail_on_skip and (summary.counts["skipped"] or summary.counts["changed"]):
+        raise typer.Exit(EXIT_SKIPPED)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -238,3 +238,16 @@ def test_second_scan_on_a_locked_folder_exits_at_once(model_dir, incoming, tmp_p
         result = invoke("scan", root, "-m", model_dir, "--move-to", tmp_path / "q", "--json")
     assert result.exit_code == EXIT_LOCKED
     assert f"pid {os.getpid()}" in result.output
+
+
+def test_fail_on_skip_exit_code(model_dir, incoming):
+    from imgclean.cli import EXIT_SKIPPED
+
+    root, _ = incoming
+    clean = invoke("scan", root, "-m", model_dir, "--fail-on-skip", "--json")
+    assert clean.exit_code == 0 and json.loads(clean.stdout)["skipped"] == 0
+    (root / "link.png").symlink_to(root / "broken.png")
+    result = invoke("scan", root, "-m", model_dir, "--fail-on-skip", "--json")
+    assert result.exit_code == EXIT_SKIPPED, result.output
+    assert json.loads(result.stdout)["skipped"] == 1
+    assert invoke("scan", root, "-m", model_dir, "--json").exit_code == 0  # opt-in only

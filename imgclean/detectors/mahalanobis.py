@@ -105,6 +105,7 @@ class MahalanobisDetector:
             )
 
         self.means_, self.precisions_, self.shrinkage_ = means, precisions, shrinkages
+        self._whiten = None
         self.class_counts_ = counts
         self.threshold_scale_ = 1.0
         self.train_distances_ = self._distances(x)[np.arange(n), y]
@@ -140,13 +141,25 @@ class MahalanobisDetector:
             raise NotFittedError("this MahalanobisDetector is not fitted yet; call fit() first")
 
     def _distances(self, x: np.ndarray) -> np.ndarray:
+        if len(self.precisions_) == 1:
+            return self._tied_distances(x)
         out = np.empty((x.shape[0], len(self.means_)))
-        tied = len(self.precisions_) == 1
-        for j, mu in enumerate(self.means_):
-            prec = self.precisions_[0 if tied else j]
+        for j, (mu, prec) in enumerate(zip(self.means_, self.precisions_)):
             diff = x - mu
             out[:, j] = np.einsum("nd,nd->n", diff @ prec, diff)  # a BLAS matmul, not a generic einsum
         return np.sqrt(np.maximum(out, 0.0))
+
+    def _tied_distances(self, x: np.ndarray) -> np.ndarray:
+        # One shared precision P = L L^T: whiten once (z = x L), then d_j^2 = ||z - mu_j L||^2.
+        # One n x d x d product instead of one per class.
+        whiten = getattr(self, "_whiten", None)
+        if whiten is None:
+            whiten = np.linalg.cholesky(self.precisions_[0])
+            self._whiten, self._white_means = whiten, self.means_ @ whiten
+        z = x @ whiten
+        m = self._white_means
+        d2 = (z * z).sum(axis=1)[:, None] - 2.0 * z @ m.T + (m * m).sum(axis=1)[None, :]
+        return np.sqrt(np.maximum(d2, 0.0))
 
     def distances(self, features) -> np.ndarray:
         """Mahalanobis distance of each row to each class: shape (n, classes)."""

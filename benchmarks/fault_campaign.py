@@ -62,26 +62,8 @@ CATEGORIES = {
 
 
 # ----------------------------------------------------------------------------- data
-SIZE = 16
-
-
-def class_image(kind: str, rng: np.random.Generator) -> np.ndarray:
-    y, x = np.mgrid[0:SIZE, 0:SIZE]
-    period, phase = int(rng.integers(3, 5)), int(rng.integers(0, 4))
-    if kind == "stripes_h":
-        img = ((y + phase) // 2 % 2) * 200
-    elif kind == "stripes_v":
-        img = ((x + phase) // 2 % 2) * 200
-    else:
-        img = (((x + phase) // period + (y + phase) // period) % 2) * 200
-    return np.clip(img + rng.normal(0, 12, img.shape), 0, 255).astype(np.uint8)
-
-
-def ood_image(rng: np.random.Generator) -> np.ndarray:
-    y, x = np.mgrid[0:SIZE, 0:SIZE]
-    cy, cx = rng.integers(4, 12, 2)
-    img = 90 + 160 * np.exp(-((y - cy) ** 2 + (x - cx) ** 2) / 10.0)
-    return np.clip(img + rng.normal(0, 5, img.shape), 0, 255).astype(np.uint8)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from synthetic import class_image, ood_image  # noqa: E402  (the test suite's own tiny images)
 
 
 def save_png(path: Path, arr: np.ndarray) -> None:

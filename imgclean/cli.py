@@ -70,6 +70,11 @@ def fail(message: str, code: int = EXIT_ERROR) -> typer.Exit:
     return typer.Exit(code)
 
 
+def os_error(exc: OSError) -> typer.Exit:
+    """An OSError as one line naming the file."""
+    return fail(f"{exc.strerror or exc}: {os.fsdecode(exc.filename or '')}")
+
+
 def usage_error(message: str) -> typer.Exit:
     return fail(message, EXIT_USAGE)
 
@@ -244,7 +249,7 @@ def fit(
     except (FitError, ModelError, ValueError) as exc:
         raise fail(str(exc)) from None
     except OSError as exc:
-        raise fail(f"{exc.strerror or exc}: {exc.filename or ''}") from None
+        raise os_error(exc) from None
 
     if verbose:
         for p, status, message in report.skipped:
@@ -323,7 +328,7 @@ def fit_head_command(
     except (HeadError, ModelError, ValueError) as exc:
         raise fail(str(exc)) from None
     except OSError as exc:
-        raise fail(f"{exc.strerror or exc}: {os.fsdecode(exc.filename or '')}") from None
+        raise os_error(exc) from None
     if json_out:
         print_json({"model": os.fsdecode(path), "head": metrics})
         return
@@ -506,7 +511,7 @@ def scan(
     except (QuarantineError, ModelError, ValueError) as exc:
         raise fail(str(exc)) from None
     except OSError as exc:
-        raise fail(f"{exc.strerror or exc}: {os.fsdecode(exc.filename or '')}") from None
+        raise os_error(exc) from None
     finally:
         report_error = None
         if writer is not None:
@@ -596,7 +601,7 @@ def evaluate(
     except (EvaluateError, ModelError, ValueError) as exc:
         raise fail(str(exc)) from None
     except OSError as exc:
-        raise fail(f"{exc.strerror or exc}: {os.fsdecode(exc.filename or '')}") from None
+        raise os_error(exc) from None
 
     for path, status, message in result.unreadable:
         if verbose:
@@ -774,7 +779,7 @@ def report(
     except ReviewInputError as exc:
         raise fail(str(exc)) from None
     except OSError as exc:
-        raise fail(f"{exc.strerror or exc}: {os.fsdecode(exc.filename or '')}") from None
+        raise os_error(exc) from None
     err.print(f"review page: {output} ({collector.total} record(s) from {info_['kind']})", highlight=False, markup=False)
 
 

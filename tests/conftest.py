@@ -8,30 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-SIZE = 16
-CLASSES = ("stripes_h", "stripes_v", "checker")
-
-
-def class_image(kind: str, rng: np.random.Generator) -> np.ndarray:
-    """A 16x16 grayscale pattern of the given class, with a random phase and noise."""
-    y, x = np.mgrid[0:SIZE, 0:SIZE]
-    period, phase = int(rng.integers(3, 5)), int(rng.integers(0, 4))
-    if kind == "stripes_h":
-        img = ((y + phase) // 2 % 2) * 200
-    elif kind == "stripes_v":
-        img = ((x + phase) // 2 % 2) * 200
-    else:
-        img = (((x + phase) // period + (y + phase) // period) % 2) * 200
-    img = img + rng.normal(0, 12, img.shape)
-    return np.clip(img, 0, 255).astype(np.uint8)
-
-
-def ood_image(rng: np.random.Generator) -> np.ndarray:
-    """Something none of the classes looks like: a bright blob on grey."""
-    y, x = np.mgrid[0:SIZE, 0:SIZE]
-    cy, cx = rng.integers(4, 12, 2)
-    img = 90 + 160 * np.exp(-((y - cy) ** 2 + (x - cx) ** 2) / 10.0)
-    return np.clip(img + rng.normal(0, 5, img.shape), 0, 255).astype(np.uint8)
+from synthetic import CLASSES, SIZE, class_image, ood_image  # noqa: F401  (re-exported for the tests)
 
 
 def write_png(path: Path, array: np.ndarray) -> Path:
@@ -133,3 +110,14 @@ def model_with_head(model_dir, reject_folder, tmp_path_factory) -> Path:
 def _private_scan_cache(tmp_path_factory, monkeypatch):
     """Scans cache results under $XDG_CACHE_HOME: give every test its own, never ~/.cache."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg-cache")))
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Small MLPs train several times faster on one thread when the cores are shared."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -13,16 +13,7 @@ from imgclean.cli import app
 runner = CliRunner()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Small MLPs train several times faster on one thread when the cores are shared."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 def invoke(*args):
     return runner.invoke(app, [str(a) for a in args])

@@ -362,6 +362,16 @@ def uptime() -> str:
         return "uptime unavailable"
 
 
+def code_version() -> str:
+    """The commit the imgclean code comes from, and whether imgclean/ had uncommitted changes."""
+    try:
+        head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "imgclean"], capture_output=True, text=True).stdout.strip()
+    except OSError:
+        return "unknown"
+    return (head or "unknown") + (" with uncommitted changes in imgclean/" if dirty else "")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="small subsets: checks the pipeline runs (a few minutes)")
@@ -382,6 +392,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
     load_before = uptime()
+    version = code_version()
     out = args.out or (ROOT / "docs" / ("results-quick.md" if args.quick else "results.md"))
     fig_dir = out.parent / ("results-quick" if args.quick else "results")
     fig_dir.mkdir(parents=True, exist_ok=True)
@@ -438,7 +449,7 @@ def main(argv=None) -> int:
     load_after = uptime()
     grid = {
         "quick": args.quick, "wall_seconds": wall, "uptime_before": load_before, "uptime_after": load_after,
-        "torch_threads": args.threads, "seed": args.seed,
+        "torch_threads": args.threads, "seed": args.seed, "imgclean_code": version,
         "experiments": [{"name": e.name, "title": e.title, "setup": describe(e), "rows": e.rows} for e in exps],
     }
     (fig_dir / "grid.json").write_text(json.dumps(grid, indent=1))
@@ -456,9 +467,11 @@ def render(exps, figures, grid, out: Path, args) -> str:
         f"# imgclean: the paper's experiments on real data{' (--quick: a smoke run, not results)' if args.quick else ''}",
         "",
         f"Made by `{cmd}` on {dt.date.today().isoformat()} in {grid['wall_seconds'] / 60:.1f} minutes on a 2-core CPU "
-        f"shared with other work, torch on {grid['torch_threads']} thread(s), seed {grid['seed']}. "
+        f"shared with other work, torch on {grid['torch_threads']} thread(s), seed {grid['seed']}, imgclean at "
+        f"commit {grid['imgclean_code']}. "
         f"Load (`uptime`) before: `{grid['uptime_before']}`; after: `{grid['uptime_after']}`. "
-        "Every number is in [results/grid.json](results/grid.json)." if not args.quick else
+        "Every number is in [results/grid.json](results/grid.json). The targets, what agrees with the paper and what "
+        "does not: [at the end](#summary-targets-and-comparison-with-the-paper)." if not args.quick else
         f"Made by `{cmd}` on {dt.date.today().isoformat()} in {grid['wall_seconds'] / 60:.1f} minutes.",
         "",
         "Each run goes through imgclean's own pipeline: PNG folders on disk, `fit_model(train, config, reject_dir=...)` "

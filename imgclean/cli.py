@@ -286,7 +286,8 @@ def fit(
         f"{report.arch} {report.input_size}px x{report.channels}, {sum(report.images_per_class)} images, "
         f"{len(report.skipped)} skipped, {report.seconds:.1f}s\n"
         f"validation accuracy {fmt(m.get('val_accuracy'))}, macro-F1 {fmt(m.get('val_macro_f1'))}, "
-        f"threshold scale from held-out images {fmt(m.get('threshold_scale'))}",
+        f"threshold scale from held-out images {fmt(m.get('threshold_scale'))}, "
+        f"held-out images rejected {fmt(m.get('val_rejected_fraction'))}",
         highlight=False,
     )
     if summary["head"]:

@@ -80,8 +80,8 @@ def resolve_architecture(config: cfg.FitConfig, detected_size: int, detected_cha
         size = cfg.DEFAULT_TIMM_SIZE
     if size < 16:
         raise FitError(f"input size {size} is too small; use 16 or more")
-    if config.pretrained and channels != 3:
-        channels = 3  # pretrained photo models expect colour; grayscale is replicated
+    if (config.pretrained or config.weights) and arch != "lenet" and channels != 3:
+        channels = 3  # photo-model weights expect colour (their first layer has 3 input channels); grayscale is replicated
     return arch, size, channels
 
 
@@ -218,6 +218,15 @@ def fit_model(
         scale = max(1.0, float(np.median(val_scores) / np.median(detector.score(feats[fit_idx]))))
         detector.set_threshold_scale(scale)
         metrics["threshold_scale"] = scale
+        held_out_rate = float(np.mean(detector.score(feats[result.val_indices]) > 1.0))
+        metrics["val_rejected_fraction"] = held_out_rate
+        nominal = (100.0 - config.percentile) / 100.0
+        if held_out_rate > max(3 * nominal, 0.1) and len(result.val_indices) >= 20:
+            log.warning(
+                "%.0f%% of the held-out training images would be rejected (%.1f%% expected): the "
+                "model does not generalise well yet; train longer (--epochs) or add images",
+                100 * held_out_rate, 100 * nominal,
+            )
     metrics["train_rejected_fraction"] = float(np.mean(detector.predict(feats)))
 
     counts = np.bincount(labels, minlength=len(class_names)).tolist()

@@ -65,3 +65,15 @@ def test_unknown_architecture_and_bad_weights_are_clear_errors(colour_folder, tm
                                  "--input-size", "32", "--weights", str(tmp_path / "w.safetensors")])
     assert result.exit_code == 1 and "cannot read weights" in result.output
     assert "Traceback" not in result.output
+
+
+def test_photo_model_weights_make_grayscale_data_colour():
+    from pathlib import Path
+
+    from imgclean.config import FitConfig
+    from imgclean.fit import resolve_architecture
+
+    assert resolve_architecture(FitConfig(arch=ARCH, weights=Path("w.safetensors")), 28, 1)[2] == 3
+    assert resolve_architecture(FitConfig(arch=ARCH, pretrained=True), 28, 1)[2] == 3
+    assert resolve_architecture(FitConfig(arch=ARCH), 28, 1)[2] == 1
+    assert resolve_architecture(FitConfig(arch="lenet", weights=Path("w.safetensors")), 28, 1)[2] == 1

@@ -60,12 +60,3 @@ class RecordWriter:
                     fh.close()
                 except OSError:
                     pass
-
-
-def read_report(path: Path) -> list[dict]:
-    """Read back a report written by RecordWriter."""
-    fmt = report_format(path)
-    with open(path, encoding="utf-8", newline="", errors="surrogateescape") as fh:
-        if fmt == "csv":
-            return list(csv.DictReader(fh))
-        return [json.loads(line) for line in fh if line.strip()]

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from .config import TrainSettings
 from .losses import CenterLoss
+from .metrics import macro_f1
 from .models import Classifier
 
 
@@ -85,18 +86,6 @@ def random_shift(x: torch.Tensor, generator: torch.Generator, max_fraction: floa
     padded = F.pad(x, (pad, pad, pad, pad))
     offsets = torch.randint(0, 2 * pad + 1, (n, 2), generator=generator)
     return torch.stack([padded[i, :, dy : dy + h, dx : dx + w] for i, (dy, dx) in enumerate(offsets.tolist())])
-
-
-def macro_f1(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> float:
-    scores = []
-    for c in range(num_classes):
-        tp = np.sum((y_pred == c) & (y_true == c))
-        fp = np.sum((y_pred == c) & (y_true != c))
-        fn = np.sum((y_pred != c) & (y_true == c))
-        if tp + fp + fn == 0:
-            continue  # class absent from both: not counted
-        scores.append(2 * tp / (2 * tp + fp + fn))
-    return float(np.mean(scores)) if scores else 0.0
 
 
 def predict_arrays(

@@ -122,16 +122,22 @@ def _is_model_dir(path: Path) -> bool:
         return False
 
 
-def save_model(bundle: ModelBundle, target: Path, force: bool = False) -> Path:
-    """Write `bundle` to the directory `target` atomically; refuse to overwrite unless force."""
-    from safetensors.torch import save_file
-
-    target = Path(target).absolute()
+def check_replaceable(target: Path, force: bool) -> None:
+    """Raise ModelError unless `target` is free, or an imgclean model (or empty folder) and force."""
+    target = Path(target)
     if target.exists():
         if not force:
             raise ModelError(f"{target} already exists; pass --force to replace it, or choose another --output")
         if not target.is_dir() or (any(target.iterdir()) and not _is_model_dir(target)):
             raise ModelError(f"{target} exists and is not an imgclean model directory; refusing to replace it")
+
+
+def save_model(bundle: ModelBundle, target: Path, force: bool = False) -> Path:
+    """Write `bundle` to the directory `target` atomically; refuse to overwrite unless force."""
+    from safetensors.torch import save_file
+
+    target = Path(target).absolute()
+    check_replaceable(target, force)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:

@@ -196,7 +196,7 @@ def fit(
     config_file: Optional[Path] = config_option(),
 ) -> None:
     """Train a model on a labelled image folder and calibrate its out-of-distribution thresholds."""
-    from .artifact import ModelError, save_model
+    from .artifact import ModelError, check_replaceable, save_model
     from .fit import FitError, fit_model
 
     setup_logging(quiet or json_out, verbose)
@@ -208,6 +208,10 @@ def fit(
         raise usage_error(f"--reject-dir {reject_dir} does not exist or is not a folder")
     if output.exists() and not force:
         raise usage_error(f"{output} already exists; pass --force to replace it, or choose another --output")
+    try:
+        check_replaceable(output, force)  # before training, not after it
+    except ModelError as exc:
+        raise fail(str(exc)) from None
     settings = TrainSettings(
         epochs=epochs, min_steps=min_steps, batch_size=batch_size, lr=lr, center_weight=center_weight,
         val_fraction=val_fraction, augment=augment, seed=seed,

@@ -251,3 +251,13 @@ def test_fail_on_skip_exit_code(model_dir, incoming):
     assert result.exit_code == EXIT_SKIPPED, result.output
     assert json.loads(result.stdout)["skipped"] == 1
     assert invoke("scan", root, "-m", model_dir, "--json").exit_code == 0  # opt-in only
+
+
+def test_fit_force_never_replaces_a_folder_that_is_not_a_model(train_dir, tmp_path):
+    precious = tmp_path / "photos"
+    precious.mkdir()
+    (precious / "holiday.jpg").write_bytes(b"irreplaceable")
+    result = invoke("fit", train_dir, "-o", precious, "--force", "--epochs", "1")
+    assert result.exit_code == 1 and "not an imgclean model directory" in result.output
+    assert (precious / "holiday.jpg").read_bytes() == b"irreplaceable"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["photos"]  # no temp folder left behind

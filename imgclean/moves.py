@@ -216,6 +216,15 @@ def _write_all(fd: int, data: bytes) -> None:
 # ----------------------------------------------------------------------------- manifest
 
 
+def is_quarantine(folder: str | os.PathLike) -> bool:
+    """True when ``folder`` holds an imgclean manifest: it is a quarantine, whatever its path.
+
+    Recognised by content rather than by comparing path strings, so a quarantine reached
+    through a bind mount or a symlink is still one.
+    """
+    return os.path.lexists(os.path.join(os.fspath(folder), MANIFEST_NAME))
+
+
 def read_manifest(quarantine_root: Path) -> list[dict]:
     """All journal records in order. A torn line (crash mid-write) is skipped."""
     path = Path(quarantine_root) / MANIFEST_NAME

@@ -69,6 +69,8 @@ class MoveRequest:
     size: int  # st_size seen when the file was scored
     mtime_ns: int  # st_mtime_ns seen when the file was scored
     details: dict = field(default_factory=dict)  # JSON-able extras written into the journal
+    dev: int | None = None  # st_dev and st_ino seen when scored (None: not known, not checked)
+    ino: int | None = None
 
 
 @dataclass(frozen=True)
@@ -270,7 +272,8 @@ class Quarantine:
             return MoveResult(req, "error", None, f"{src} is inside the quarantine folder")
         if not stat.S_ISREG(st.st_mode):
             return MoveResult(req, "changed", None, f"{src} is not a regular file")
-        if (st.st_size, st.st_mtime_ns) != (req.size, req.mtime_ns):
+        scored_inode = req.ino is None or (st.st_dev, st.st_ino) == (req.dev, req.ino)
+        if (st.st_size, st.st_mtime_ns) != (req.size, req.mtime_ns) or not scored_inode:
             return MoveResult(req, "changed", None, f"{src} changed since it was scored; left in place")
         try:
             sha = hash_unchanged(src, st)

@@ -63,10 +63,9 @@ def recover_op(op: dict) -> str | None:
             else:
                 state = "kept_both" if ours else "rolled_back"
     elif s is not None:
-        if not ours:
-            if d is not None and same_file(s, d) and not discard(dst):  # our link to another file
-                return None
-            state = "rolled_back"
+        if not ours:  # our link (if any) is to a file that is not, or no longer, the journaled one
+            linked = d is not None and same_file(s, d)
+            state = ("changed" if discard(dst) else None) if linked else "rolled_back"
         elif _source_proven(src, s, d, op):
             if not capture(src, cap):
                 state = "done"  # gone meanwhile; dst holds it

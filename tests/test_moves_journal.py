@@ -1,0 +1,113 @@
+"""Issue 10 item 5: every journal record is validated before anything acts on it.
+
+A bad record is reported (logged, returned as "invalid" by restore, kept in Quarantine.invalid)
+and never acted on; the others are still recovered and restored; never a traceback.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+from test_moves import _move_all, _no_hook, qroot, scan  # noqa: F401  (fixtures)
+
+from imgclean.moves import MANIFEST_NAME, Quarantine, restore
+
+
+def append(qroot: Path, *records) -> None:
+    with open(qroot / MANIFEST_NAME, "a", encoding="ascii") as f:
+        for rec in records:
+            f.write((rec if isinstance(rec, str) else json.dumps(rec)) + "\n")
+
+
+def started(scan: Path, qroot: Path, rel: str, **over) -> dict:
+    rec = {
+        "op": "move", "id": "a" * 32, "state": "started", "source": str(scan / rel),
+        "destination": str(qroot / rel), "size": 1, "mtime_ns": 1, "sha256": hashlib.sha256(b"x").hexdigest(),
+        "scan_root": str(scan), "time": "t", "reason": "ood", "details": {},
+    }  # fmt: skip
+    rec.update(over)
+    return {k: v for k, v in rec.items() if v is not None}
+
+
+def check_others_restored(results, reqs, data) -> None:
+    ok = [r for r in results if r.status == "restored"]
+    assert sorted(r.source for r in ok) == sorted(r.source for r in reqs)
+    assert all(r.source.read_bytes() == data[r.source] for r in reqs)
+
+
+BAD = {
+    "source_is_a_number": lambda s, q: started(s, q, "n.jpg", source=5),
+    "json_list": lambda s, q: "[1, 2, 3]",
+    "missing_sha256": lambda s, q: started(s, q, "m.jpg", sha256=None),
+    "missing_destination": lambda s, q: started(s, q, "m.jpg", destination=None),
+    "size_is_a_string": lambda s, q: started(s, q, "z.jpg", size="12"),
+    "relative_scan_root": lambda s, q: started(s, q, "r.jpg", scan_root="scan"),
+    "source_outside_scan_root": lambda s, q: started(s, q, "o.jpg", source=str(s.parent / "o.jpg")),
+    "dotdot_in_source": lambda s, q: started(s, q, "o.jpg", source=str(s / ".." / "o.jpg")),
+    "unknown_op": lambda s, q: started(s, q, "u.jpg", op="delete"),
+    "not_json": lambda s, q: "{not json",
+}
+
+
+@pytest.mark.parametrize("kind", sorted(BAD))
+def test_bad_record_is_reported_and_the_rest_restored(scan: Path, qroot: Path, kind: str) -> None:
+    reqs, data = _move_all(scan, qroot, ["a.jpg", "d/b.jpg"])
+    append(qroot, BAD[kind](scan, qroot))
+    with Quarantine(qroot) as q:  # what scan --move-to does first: no traceback, reported
+        assert len(q.invalid) == 1 and q.invalid[0].line == 5
+    dry = restore(qroot, dry_run=True)
+    assert sorted(r.status for r in dry) == ["invalid", "restored", "restored"]
+    results = restore(qroot)
+    [bad] = [r for r in results if r.status == "invalid"]
+    assert bad.problem and "line 5" in bad.message
+    check_others_restored(results, reqs, data)
+
+
+def test_crafted_id_cannot_delete_a_file_outside(scan: Path, qroot: Path, tmp_path: Path) -> None:
+    _move_all(scan, qroot, ["a.jpg"])
+    victim = tmp_path / "outside" / "victim.txt"
+    victim.parent.mkdir()
+    victim.write_bytes(b"precious")
+    (qroot / ".imgclean-tmp-x").mkdir()  # makes the crafted path resolve for the kernel
+    (scan / "s.jpg").write_bytes(b"x")
+    append(qroot, started(scan, qroot, "s.jpg", id="x/../../outside/victim.txt"))
+    with Quarantine(qroot) as q:  # recovery runs here
+        assert [i.line for i in q.invalid] == [3] and q.recovered == []
+    assert victim.read_bytes() == b"precious" and (scan / "s.jpg").read_bytes() == b"x"
+    assert [r.status for r in restore(qroot)] == ["restored", "invalid"]
+    assert victim.read_bytes() == b"precious"
+
+
+def test_destination_outside_the_quarantine_is_never_moved_in(scan: Path, qroot: Path, tmp_path: Path) -> None:
+    _move_all(scan, qroot, ["a.jpg"])
+    outside = tmp_path / "outside" / "secret.txt"
+    outside.parent.mkdir()
+    outside.write_bytes(b"not yours")
+    rec = started(scan, qroot, "secret.txt", id="b" * 32, destination=str(outside))
+    append(qroot, rec, {"op": "move", "id": "b" * 32, "state": "done", "time": "t"})
+    results = restore(qroot)
+    assert sorted(r.status for r in results) == ["invalid", "restored"]
+    assert outside.read_bytes() == b"not yours" and not (scan / "secret.txt").exists()
+
+
+def test_done_record_retargeting_outside_is_ignored(scan: Path, qroot: Path, tmp_path: Path) -> None:
+    [req], data = _move_all(scan, qroot, ["a.jpg"])
+    outside = tmp_path / "elsewhere.jpg"
+    outside.write_bytes(b"not yours")
+    move_id = json.loads((qroot / MANIFEST_NAME).read_text().splitlines()[0])["id"]
+    append(qroot, {"op": "move", "id": move_id, "state": "done", "destination": str(outside)})
+    results = restore(qroot)
+    assert sorted(r.status for r in results) == ["invalid", "restored"]
+    assert req.source.read_bytes() == data[req.source] and outside.read_bytes() == b"not yours"
+
+
+def test_id_started_twice_is_invalid(scan: Path, qroot: Path) -> None:
+    _move_all(scan, qroot, ["a.jpg"])
+    first = json.loads((qroot / MANIFEST_NAME).read_text().splitlines()[0])
+    append(qroot, {**first, "source": str(scan / "other.jpg")})
+    results = restore(qroot)
+    assert sorted(r.status for r in results) == ["invalid", "restored"]
+    assert (scan / "a.jpg").exists() and not (scan / "other.jpg").exists()

@@ -146,19 +146,21 @@ def _abs_clean(rec: dict, key: str) -> str:
 def _in_quarantine(rec: dict, key: str, qroot: str | None) -> str:
     value = _abs_clean(rec, key)
     if qroot is not None:
-        if not resolved_inside(value, qroot):
+        # Lexically inside (no ".." is allowed), or inside once resolved (the quarantine reached by
+        # another path than when journaled). Acting on it re-checks the resolved path.
+        if value == qroot or not (inside(value, qroot) or resolved_inside(value, qroot)):
             raise _Bad(f"{key} {value!r} is outside the quarantine {qroot}")
-        real_parent = os.path.realpath(os.path.dirname(value))
-        if real_parent == os.path.realpath(qroot) and os.path.basename(value) in RESERVED:
+        if os.path.basename(value) in RESERVED and os.path.dirname(value) in (qroot, os.path.realpath(qroot)):
             raise _Bad(f"{key} {value!r} names the quarantine's own bookkeeping file")
     return value
 
 
 def _in_scan_root(rec: dict, key: str, scan_root: str, qroot: str | None) -> str:
+    """Lexically inside ``scan_root``; whoever acts on it checks the resolved folder again."""
     value = _abs_clean(rec, key)
-    if value == scan_root or not inside(value, scan_root) or not resolved_inside(value, scan_root):
+    if value == scan_root or not inside(value, scan_root):
         raise _Bad(f"{key} {value!r} is outside the scanned folder {scan_root!r}")
-    if qroot is not None and resolved_inside(value, qroot):
+    if qroot is not None and value != qroot and inside(value, qroot):
         raise _Bad(f"{key} {value!r} lies inside the quarantine")
     return value
 

@@ -191,6 +191,8 @@ def _validate(rec: Any, ops: dict[str, dict], qroot: str | None) -> dict | None:
         raise _Bad(f"id {jid} is started twice")
     for key in ("size", "mtime_ns"):
         _int(rec, key)
+    if ("dev" in rec) != ("ino" in rec):
+        raise _Bad("dev and ino come together")
     for key in ("dev", "ino"):
         _int(rec, key, optional=True)
     if not isinstance(rec.get("sha256"), str) or not _SHA.fullmatch(rec["sha256"]):

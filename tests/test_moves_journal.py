@@ -49,6 +49,7 @@ BAD = {
     "dotdot_in_source": lambda s, q: started(s, q, "o.jpg", source=str(s / ".." / "o.jpg")),
     "unknown_op": lambda s, q: started(s, q, "u.jpg", op="delete"),
     "not_json": lambda s, q: "{not json",
+    "ino_without_dev": lambda s, q: started(s, q, "i.jpg", ino=7),
 }
 
 

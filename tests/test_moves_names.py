@@ -9,7 +9,7 @@ import pytest
 from test_moves import _no_hook, make, qroot, scan, user_files  # noqa: F401  (fixtures)
 
 from imgclean.fileops import numbered
-from imgclean.moves import MANIFEST_NAME, MoveRequest, Quarantine, read_manifest, restore
+from imgclean.moves import MANIFEST_NAME, MoveRequest, Quarantine, is_quarantine, read_manifest, restore
 
 
 def names(base: str, limit: int, n: int = 3) -> list[bytes]:
@@ -79,3 +79,11 @@ def test_top_level_names_of_the_quarantines_own_files(scan: Path, qroot: Path) -
     assert as_file.source.read_bytes() == b"a file named like the manifest"
     assert lock.source.read_bytes() == b"a file named like the lock"
     assert user_files(qroot) == []
+
+
+def test_a_folder_named_like_the_manifest_does_not_make_a_quarantine(scan: Path, qroot: Path) -> None:
+    (scan / MANIFEST_NAME).mkdir()
+    assert not is_quarantine(scan)
+    with Quarantine(qroot):
+        pass
+    assert is_quarantine(qroot)

@@ -76,6 +76,8 @@ def transfer(jid: str, src: Path, final: Path, st: os.stat_result, sha: str, ret
             # (fs.protected_hardlinks, link count limit...); a copy we own can still be linked.
             if e.errno in COPY_ERRNOS:
                 return _copy_across(jid, src, final, st, sha, retarget)
+            if e.errno == errno.ENOENT and os.path.lexists(src):  # link raced a rename over src
+                raise Abort("changed", f"{src} was replaced while it was being moved; left in place") from e
             raise failed(src, f"cannot link {src} to {final}", e) from e
     # final is now a second name for whatever inode src named at link time.
     try:

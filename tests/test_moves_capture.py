@@ -128,6 +128,23 @@ def test_replaced_before_the_move_with_same_size_and_mtime_is_caught_by_inode(sc
     assert res.status == "changed" and req.source.read_bytes() == b"new!" and user_files(qroot) == []
 
 
+def test_link_racing_a_rename_over_the_source_is_changed(scan: Path, qroot: Path, monkeypatch) -> None:
+    """Linux's link() fails with ENOENT when the inode it found loses its last name to a rename
+    over it (seen with a free-running watcher): the new version is there, so that is "changed"."""
+    req = make(scan, "race.jpg", b"old")
+
+    def h(step: str) -> None:
+        if step == "link":
+            replace(req.source, b"new")
+            raise FileNotFoundError(2, "No such file or directory")
+
+    with Quarantine(qroot) as q:
+        monkeypatch.setattr(moves, "_fault_hook", h)
+        res = q.move(req)
+    assert res.status == "changed", res.message
+    assert req.source.read_bytes() == b"new" and user_files(qroot) == []
+
+
 # ----------------------------------------------------------------------------- vanished sources
 
 

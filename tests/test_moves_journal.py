@@ -11,6 +11,8 @@ import json
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from test_moves import _move_all, _no_hook, qroot, scan  # noqa: F401  (fixtures)
 
 from imgclean.moves import MANIFEST_NAME, Quarantine, restore
@@ -112,3 +114,28 @@ def test_id_started_twice_is_invalid(scan: Path, qroot: Path) -> None:
     results = restore(qroot)
     assert sorted(r.status for r in results) == ["invalid", "restored"]
     assert (scan / "a.jpg").exists() and not (scan / "other.jpg").exists()
+
+
+_values = st.one_of(
+    st.none(), st.booleans(), st.integers(-5, 10**20), st.floats(allow_nan=False), st.text(max_size=12),
+    st.sampled_from(["move", "restore", "started", "done", "retarget", "kept_both", "a" * 32, "/", "..", "/tmp"]),
+    st.lists(st.integers(), max_size=2), st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
+)
+_keys = ["op", "id", "state", "source", "destination", "size", "mtime_ns", "sha256", "dev", "ino",
+         "scan_root", "move_id"]  # fmt: skip
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.one_of(st.dictionaries(st.sampled_from(_keys), _values, max_size=12), _values), max_size=4))
+def test_any_damaged_journal_gives_results_never_a_traceback(tmp_path_factory, records) -> None:
+    base = tmp_path_factory.mktemp("fuzz")
+    scan, qroot = base / "scan", base / "q"
+    scan.mkdir()
+    _, data = _move_all(scan, qroot, ["a.jpg"])
+    append(qroot, *[json.dumps(r) for r in records])
+    with Quarantine(qroot):
+        pass
+    for dry_run in (True, False):
+        results = restore(qroot, dry_run=dry_run)
+        assert {r.status for r in results} <= {"restored", "invalid", "discarded", "exists", "unaccounted"}
+    assert (scan / "a.jpg").read_bytes() == data[scan / "a.jpg"]

@@ -170,6 +170,16 @@ def test_detector_with_the_wrong_class_count(model_copy, two_class_model, incomi
 def test_weights_from_a_model_with_other_classes(model_copy, two_class_model, incoming):
     shutil.copy(two_class_model / WEIGHTS_FILE, model_copy / WEIGHTS_FILE)
     result = invoke("scan", incoming[0], "-m", model_copy)
+    # A mixed directory: the weights do not match the fingerprint that config.json records.
+    assert result.exit_code == 1 and "does not match the fingerprint" in result.output, result.output
+    assert WEIGHTS_FILE in result.output
+    # With the fingerprint forged to match, the network itself still refuses the weights.
+    config = json.loads((model_copy / CONFIG_FILE).read_text())
+    theirs = json.loads((two_class_model / CONFIG_FILE).read_text())
+    config["files"][WEIGHTS_FILE] = theirs["files"][WEIGHTS_FILE]
+    config["fingerprint"] = artifact._fingerprint(config["files"])
+    (model_copy / CONFIG_FILE).write_text(json.dumps(config))
+    result = invoke("scan", incoming[0], "-m", model_copy)
     assert result.exit_code == 1 and "does not fit the architecture" in result.output
     assert "classifier.weight" in result.output
 
@@ -177,7 +187,8 @@ def test_weights_from_a_model_with_other_classes(model_copy, two_class_model, in
 @pytest.mark.parametrize("change, text", [
     ({"class_names": ["a", "b", "c", "d"]}, "4 classes"),
     ({"input_size": 32}, "does not fit the architecture"),
-    ({"channels": 3}, "does not fit the architecture"),
+    ({"channels": 3, "mean": [0.5] * 3, "std": [0.25] * 3}, "does not fit the architecture"),
+    ({"channels": 3}, "mean must be a list of 3"),
     ({"feature_dim": 10}, "10 features"),
     ({"arch": "no_such_architecture_xyz"}, "no_such_architecture_xyz"),
 ])

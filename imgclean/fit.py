@@ -69,6 +69,22 @@ def resolve_architecture(config: cfg.FitConfig, detected_size: int, detected_cha
     return arch, size, channels
 
 
+def check_preprocessing(config: cfg.FitConfig, channels: int) -> None:
+    """Explicit interpolation, crop_pct, mean and std are usable (checked before any model is built)."""
+    if config.interpolation is not None and config.interpolation not in data.INTERPOLATIONS:
+        raise FitError(f"interpolation {config.interpolation!r} is not one of {', '.join(data.INTERPOLATIONS)}")
+    if config.crop_pct is not None and not 0.0 < float(config.crop_pct) <= 1.0:
+        raise FitError(f"crop_pct must be above 0 and at most 1, got {config.crop_pct:g}")
+    for key in ("mean", "std"):
+        values = getattr(config, key)
+        if values is None:
+            continue
+        if len(values) not in (1, channels):
+            raise FitError(f"{key} needs {channels} value(s) (one per channel, or one for all), got {len(values)}")
+        if not all(np.isfinite(values)) or (key == "std" and min(values) <= 0):
+            raise FitError(f"{key} must be finite numbers{' above 0' if key == 'std' else ''}, got {list(values)}")
+
+
 def resolve_preprocessing(config: cfg.FitConfig, arch: str, channels: int, size: int | None, model) -> dict:
     """input_size, interpolation, crop_pct, mean, std: explicit settings over the model's defaults.
 
@@ -90,23 +106,9 @@ def resolve_preprocessing(config: cfg.FitConfig, arch: str, channels: int, size:
         "input_size": own["input_size"],
         "interpolation": config.interpolation or own["interpolation"],
         "crop_pct": own["crop_pct"] if config.crop_pct is None else float(config.crop_pct),
-        "mean": own["mean"] if config.mean is None else [float(v) for v in config.mean],
-        "std": own["std"] if config.std is None else [float(v) for v in config.std],
+        "mean": own["mean"] if config.mean is None else [float(v) for v in config.mean] * (channels // len(config.mean)),
+        "std": own["std"] if config.std is None else [float(v) for v in config.std] * (channels // len(config.std)),
     }
-    if chosen["interpolation"] not in data.INTERPOLATIONS:
-        raise FitError(f"interpolation {chosen['interpolation']!r} is not one of {', '.join(data.INTERPOLATIONS)}")
-    if not 0.0 < chosen["crop_pct"] <= 1.0:
-        raise FitError(f"crop_pct must be above 0 and at most 1, got {chosen['crop_pct']:g}")
-    for key in ("mean", "std"):
-        values = chosen[key]
-        if values is None:
-            continue
-        if len(values) == 1 and channels > 1:
-            values = chosen[key] = values * channels
-        if len(values) != channels:
-            raise FitError(f"{key} needs {channels} value(s) (one per channel), got {len(values)}")
-        if not all(np.isfinite(values)) or (key == "std" and min(values) <= 0):
-            raise FitError(f"{key} must be finite numbers{' above 0' if key == 'std' else ''}, got {values}")
     return chosen
 
 
@@ -152,6 +154,7 @@ def fit_model(
 
     size, channels = detect_geometry(class_files)
     arch, size, channels = resolve_architecture(config, size, channels)
+    check_preprocessing(config, channels)
     device = pick_device(config.device)
     seed_everything(config.train.seed)  # the initial weights too
     try:  # built before decoding: a model that cannot be built fails at once

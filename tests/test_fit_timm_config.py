@@ -155,3 +155,8 @@ def test_every_decode_uses_the_model_settings(colour_folder, tmp_path, monkeypat
     evaluate(load_model(path), colour_folder, rejects)
     assert len(calls) == 2 * (8 + 3) + (8 + 3)
     assert set(calls) == {("bicubic", 0.8)}
+
+
+def test_settings_are_checked_before_any_model_is_built(colour_folder):
+    with pytest.raises(FitError, match="crop_pct"):  # not "unknown architecture": nothing was built
+        quick_fit(colour_folder, arch="no_such_net", crop_pct=2.0)

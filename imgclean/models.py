@@ -89,6 +89,8 @@ def _timm_pretrained_cfg(arch: str):
     """timm's registered defaults for `arch` (None when it has none); unknown names fail here."""
     import timm  # heavy; only for timm architectures
 
+    if arch.startswith(("hf-hub:", "local-dir:")):  # timm reads these configs when creating the model
+        return None
     if not timm.is_model(arch):
         raise ModelBuildError(
             f"unknown architecture {arch!r}: use 'lenet' or a timm model name "

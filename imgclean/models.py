@@ -137,7 +137,8 @@ def _timm_backbone(arch: str, in_channels: int, pretrained: bool, input_size: in
             ) from None
         raise ModelBuildError(f"cannot build {arch}: {_one_line(exc)}") from None
     except Exception as exc:  # timm raises RuntimeError, AssertionError, ... for bad arguments
-        raise ModelBuildError(f"cannot build {arch} for {input_size}x{input_size} inputs: {_one_line(exc)}") from None
+        size = f" for {input_size}x{input_size} inputs" if input_size else ""
+        raise ModelBuildError(f"cannot build {arch}{size}: {_one_line(exc)}") from None
 
 
 def timm_data_config(backbone: nn.Module) -> dict:

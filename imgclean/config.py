@@ -30,14 +30,31 @@ class TrainSettings:
 @dataclass
 class FitConfig:
     arch: str = "auto"  # "auto", "lenet", or a timm model name
-    input_size: int | None = None  # None: detected from the data
+    input_size: int | None = None  # None: the timm model's own (its data config), or from the data for lenet
     channels: int | None = None  # None: detected from the data (1 grayscale, 3 colour)
     pretrained: bool = False
     weights: Path | None = None
     percentile: float = DEFAULT_PERCENTILE
     covariance: str = "tied"  # "tied" (pooled over classes) or "class" (one per class, as the paper)
     device: str = "auto"
+    # How images become model inputs (timm's evaluation transform). None: from timm's data config
+    # for the chosen model; for lenet bilinear, crop_pct 1.0 and mean/std measured on the data.
+    interpolation: str | None = None  # a key of data.INTERPOLATIONS
+    crop_pct: float | None = None  # 0 < x <= 1: share of the shorter side kept by the centre crop
+    mean: list[float] | None = None  # per channel, on the 0..1 scale
+    std: list[float] | None = None
     train: TrainSettings = field(default_factory=TrainSettings)
+
+
+def decode_options(model_config: dict) -> dict:
+    """The decode_image keyword arguments a saved model's config.json asks for.
+
+    Models written before these keys existed mean bilinear, no crop.
+    """
+    return {
+        "interpolation": str(model_config.get("interpolation") or "bilinear"),
+        "crop_pct": float(model_config.get("crop_pct") or 1.0),
+    }
 
 
 # ---- settings files (imgclean.yaml) -----------------------------------------------------

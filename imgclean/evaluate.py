@@ -25,6 +25,7 @@ import numpy as np
 
 from . import data, metrics
 from .artifact import ModelBundle
+from .config import decode_options
 
 SWEEP_PERCENTILES = np.linspace(0.0, 100.0, 201)
 
@@ -61,11 +62,12 @@ def _score_files(
     from .training import predict_arrays
 
     cfg = bundle.config
+    opts = decode_options(cfg)
     predicted, distances, head_p, kept, unreadable = [], [], [], [], []
 
     def decode(path):
         try:
-            return data.decode_image(path, bundle.input_size, bundle.channels), None
+            return data.decode_image(path, bundle.input_size, bundle.channels, **opts), None
         except data.DecodeError as exc:
             return None, exc
 

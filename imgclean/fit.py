@@ -8,10 +8,8 @@ import logging
 import os
 import time
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -19,18 +17,14 @@ from . import config as cfg
 from . import data
 from .artifact import ModelBundle
 from .detectors import MahalanobisDetector
+from .trainset import (  # noqa: F401  (FitError, decode_classes, detect_geometry: public here as before)
+    FitError,
+    ProgressCallback,
+    decode_classes,
+    detect_geometry,
+)
 
 log = logging.getLogger(__name__)
-
-GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
-PROBE_IMAGES_PER_CLASS = 20
-
-# progress(stage, done, total, info): stages "decode", "batch", "epoch", "embed"
-ProgressCallback = Callable[[str, int, int, dict], None]
-
-
-class FitError(Exception):
-    """The training data cannot produce a model (message names the class or setting to fix)."""
 
 
 @dataclass
@@ -45,26 +39,16 @@ class FitReport:
     history: list[dict] = field(default_factory=list)
     thresholds: list[float] = field(default_factory=list)
     seconds: float = 0.0
+    epochs_requested: int = 0
+    epochs_trained: int = 0  # more than requested when --min-steps raised it
+    preprocessing: dict = field(default_factory=dict)  # input_size, interpolation, crop_pct, mean, std
 
 
-def detect_geometry(class_files: list[list[data.FileEntry]]) -> tuple[int, int]:
-    """(typical image size, channels) from a sample of each class's images."""
-    sizes, gray = [], True
-    for files in class_files:
-        for entry in files[:PROBE_IMAGES_PER_CLASS]:
-            try:
-                w, h, mode = data.probe_image(entry.path)
-            except data.DecodeError:
-                continue
-            sizes.append(max(w, h))
-            gray = gray and mode in GRAY_MODES
-    if not sizes:
-        return cfg.DEFAULT_TIMM_SIZE, 3
-    return int(np.median(sizes)), 1 if gray else 3
+def resolve_architecture(config: cfg.FitConfig, detected_size: int, detected_channels: int) -> tuple[str, int | None, int]:
+    """(arch, input_size, channels) from the settings, filling 'auto' from the data.
 
-
-def resolve_architecture(config: cfg.FitConfig, detected_size: int, detected_channels: int) -> tuple[str, int, int]:
-    """(arch, input_size, channels) from the settings, filling 'auto' from the data."""
+    input_size is None for a timm model without --input-size: the model's own size is used.
+    """
     channels = config.channels or detected_channels
     if channels not in (1, 3):
         raise FitError(f"channels must be 1 (grayscale) or 3 (colour), got {channels}")
@@ -77,49 +61,55 @@ def resolve_architecture(config: cfg.FitConfig, detected_size: int, detected_cha
     elif arch == "lenet":
         size = min(max(detected_size, 16), cfg.LENET_MAX_SIZE)
     else:
-        size = cfg.DEFAULT_TIMM_SIZE
-    if size < 16:
+        size = None  # timm's data config for the model says (build_model)
+    if size is not None and size < 16:
         raise FitError(f"input size {size} is too small; use 16 or more")
     if (config.pretrained or config.weights) and arch != "lenet" and channels != 3:
         channels = 3  # photo-model weights expect colour (their first layer has 3 input channels); grayscale is replicated
     return arch, size, channels
 
 
-def decode_classes(
-    class_names: list[str],
-    class_files: list[list[data.FileEntry]],
-    size: int,
-    channels: int,
-    progress: ProgressCallback | None = None,
-) -> tuple[np.ndarray, np.ndarray, list[tuple[str, str, str]]]:
-    """Decode every training image once: (uint8 images, labels, skipped files)."""
-    jobs = [(label, e.path) for label, files in enumerate(class_files) for e in files]
-    images, labels, skipped = [], [], []
+def check_preprocessing(config: cfg.FitConfig, channels: int) -> None:
+    """Explicit interpolation, crop_pct, mean and std are usable (checked before any model is built)."""
+    if config.interpolation is not None and config.interpolation not in data.INTERPOLATIONS:
+        raise FitError(f"interpolation {config.interpolation!r} is not one of {', '.join(data.INTERPOLATIONS)}")
+    if config.crop_pct is not None and not 0.0 < float(config.crop_pct) <= 1.0:
+        raise FitError(f"crop_pct must be above 0 and at most 1, got {config.crop_pct:g}")
+    for key in ("mean", "std"):
+        values = getattr(config, key)
+        if values is None:
+            continue
+        if len(values) not in (1, channels):
+            raise FitError(f"{key} needs {channels} value(s) (one per channel, or one for all), got {len(values)}")
+        if not all(np.isfinite(values)) or (key == "std" and min(values) <= 0):
+            raise FitError(f"{key} must be finite numbers{' above 0' if key == 'std' else ''}, got {list(values)}")
 
-    def work(job):
-        label, path = job
-        try:
-            return label, path, data.decode_image(path, size, channels), None
-        except data.DecodeError as exc:
-            return label, path, None, exc
 
-    with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
-        for i, (label, path, arr, err) in enumerate(pool.map(work, jobs), start=1):
-            if err is None:
-                images.append(arr)
-                labels.append(label)
-            else:
-                skipped.append((os.fsdecode(path), err.status, str(err)))
-            if progress is not None and (i % 256 == 0 or i == len(jobs)):
-                progress("decode", i, len(jobs), {})
-    counts = np.bincount(np.array(labels, dtype=np.int64), minlength=len(class_names))
-    empty = [class_names[j] for j in range(len(class_names)) if counts[j] == 0]
-    if empty:
-        raise FitError(
-            f"class {', '.join(repr(n) for n in empty)} has no usable image "
-            "(empty folder, or every file unreadable); add images or remove the folder"
-        )
-    return np.stack(images), np.array(labels, dtype=np.int64), skipped
+def resolve_preprocessing(config: cfg.FitConfig, arch: str, channels: int, size: int | None, model) -> dict:
+    """input_size, interpolation, crop_pct, mean, std: explicit settings over the model's defaults.
+
+    timm models default to timm's data config for the created model (what its pretrained
+    weights were trained with); lenet to bilinear, no crop, and mean/std measured on the data
+    (None here: the caller measures them once the images are decoded).
+    """
+    if arch == "lenet":
+        own = {"input_size": size, "interpolation": "bilinear", "crop_pct": 1.0, "mean": None, "std": None}
+    else:
+        from .models import timm_data_config
+
+        own = timm_data_config(model.backbone)
+        if size is not None:
+            own["input_size"] = size
+        if channels == 1 and len(own["mean"]) == 3:  # colour statistics for grey inputs: their average
+            own["mean"], own["std"] = [float(np.mean(own["mean"]))], [float(np.mean(own["std"]))]
+    chosen = {
+        "input_size": own["input_size"],
+        "interpolation": config.interpolation or own["interpolation"],
+        "crop_pct": own["crop_pct"] if config.crop_pct is None else float(config.crop_pct),
+        "mean": own["mean"] if config.mean is None else [float(v) for v in config.mean] * (channels // len(config.mean)),
+        "std": own["std"] if config.std is None else [float(v) for v in config.std] * (channels // len(config.std)),
+    }
+    return chosen
 
 
 def warn_if_few_images(class_names: list[str], labels: np.ndarray, dim: int, covariance: str) -> None:
@@ -164,24 +154,29 @@ def fit_model(
 
     size, channels = detect_geometry(class_files)
     arch, size, channels = resolve_architecture(config, size, channels)
+    check_preprocessing(config, channels)
     device = pick_device(config.device)
-    images, labels, skipped = decode_classes(class_names, class_files, size, channels, progress)
+    seed_everything(config.train.seed)  # the initial weights too
+    try:  # built before decoding: a model that cannot be built fails at once
+        model = build_model(arch, len(class_names), channels, size, config.pretrained, config.weights)
+    except ValueError as exc:
+        raise FitError(str(exc)) from None
+    prep = resolve_preprocessing(config, arch, channels, size, model)
+    size, decode_opts = prep["input_size"], {"interpolation": prep["interpolation"], "crop_pct": prep["crop_pct"]}
+    images, labels, skipped = decode_classes(class_names, class_files, size, channels, progress, **decode_opts)
     rejects = None
     if reject_dir is not None:  # decoded before training, so a bad folder fails fast
         from .headfit import HeadError, decode_folder
 
         try:
-            rejects, rejects_skipped = decode_folder(reject_dir, size, channels)
+            rejects, rejects_skipped = decode_folder(reject_dir, size, channels, **decode_opts)
         except HeadError as exc:
             raise FitError(str(exc)) from None
-
-    seed_everything(config.train.seed)  # the initial weights too
-    model = build_model(arch, len(class_names), channels, size, config.pretrained, config.weights)
-    pretrained_cfg = getattr(model.backbone, "pretrained_cfg", None) or {}
-    if (config.pretrained or config.weights) and "mean" in pretrained_cfg and channels == 3:
-        mean, std = list(pretrained_cfg["mean"]), list(pretrained_cfg["std"])
-    else:
-        mean, std = channel_stats(images)
+    if prep["mean"] is None or prep["std"] is None:
+        measured = channel_stats(images)
+        prep["mean"] = measured[0] if prep["mean"] is None else prep["mean"]
+        prep["std"] = measured[1] if prep["std"] is None else prep["std"]
+    mean, std = prep["mean"], prep["std"]
 
     def on_batch(epoch, epochs, batch, batches, loss, acc):
         if progress is not None:
@@ -236,6 +231,8 @@ def fit_model(
         "channels": channels,
         "mean": [float(m) for m in mean],
         "std": [float(s) for s in std],
+        "interpolation": prep["interpolation"],
+        "crop_pct": prep["crop_pct"],
         "class_names": class_names,
         "feature_dim": int(model.feature_dim),
         "center_weight": config.train.center_weight,
@@ -243,7 +240,7 @@ def fit_model(
         "covariance": config.covariance,
         "pretrained": bool(config.pretrained),
         "weights": os.fsdecode(config.weights) if config.weights else None,
-        "training": asdict(config.train),
+        "training": {**asdict(config.train), "epochs_trained": int(result.epochs)},
         "data": {"train_dir": os.fsdecode(Path(train_dir).absolute()), "images_per_class": counts, "skipped": len(skipped)},
         "metrics": metrics,
         "score": "min over classes of mahalanobis distance / class threshold; higher = more out-of-distribution; > 1 = rejected",
@@ -268,5 +265,8 @@ def fit_model(
         history=[asdict(h) for h in result.history],
         thresholds=detector.thresholds_.tolist(),
         seconds=time.perf_counter() - started,
+        epochs_requested=config.train.epochs,
+        epochs_trained=int(result.epochs),
+        preprocessing={**prep, "mean": [float(m) for m in mean], "std": [float(v) for v in std]},
     )
     return bundle, report

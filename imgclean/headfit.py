@@ -18,7 +18,9 @@ import numpy as np
 
 from . import data
 from .artifact import ModelBundle
+from .config import decode_options
 from .detectors import RejectHead
+from .trainset import FitError, decode_classes
 
 ProgressCallback = Callable[[str, int, int, dict], None]
 
@@ -27,8 +29,13 @@ class HeadError(Exception):
     """The head cannot be trained with what was given (message says what to fix)."""
 
 
-def decode_folder(root: Path, size: int, channels: int) -> tuple[np.ndarray, list[tuple[str, str, str]]]:
-    """Every decodable image below `root` (recursively): (uint8 images, skipped (path, status, message))."""
+def decode_folder(
+    root: Path, size: int, channels: int, interpolation: str = "bilinear", crop_pct: float = 1.0
+) -> tuple[np.ndarray, list[tuple[str, str, str]]]:
+    """Every decodable image below `root` (recursively): (uint8 images, skipped (path, status, message)).
+
+    `interpolation` and `crop_pct` are the model's (data.decode_image).
+    """
     root = Path(root)
     if not root.is_dir():
         raise HeadError(f"reject folder {root} does not exist or is not a folder")
@@ -38,7 +45,7 @@ def decode_folder(root: Path, size: int, channels: int) -> tuple[np.ndarray, lis
 
     def work(entry):
         try:
-            return entry, data.decode_image(entry.path, size, channels), None
+            return entry, data.decode_image(entry.path, size, channels, interpolation, crop_pct), None
         except data.DecodeError as exc:
             return entry, None, exc
 
@@ -107,8 +114,6 @@ def fit_head(
     The training images (class 1) come from `train_dir`, by default the folder recorded in the
     model's config.json. Sets bundle.head and bundle.config["head"]; the caller saves.
     """
-    from .fit import FitError, decode_classes
-
     recorded = (bundle.config.get("data") or {}).get("train_dir")
     source = Path(train_dir) if train_dir is not None else (Path(recorded) if recorded else None)
     if source is None:
@@ -125,9 +130,10 @@ def fit_head(
         raise HeadError(
             f"{source} has classes {names}, the model has {bundle.class_names}; give the model's training folder with --train-dir"
         )
-    rejects, skipped = decode_folder(reject_dir, bundle.input_size, bundle.channels)
+    opts = decode_options(bundle.config)
+    rejects, skipped = decode_folder(reject_dir, bundle.input_size, bundle.channels, **opts)
     try:
-        normal, _, _ = decode_classes(names, files, bundle.input_size, bundle.channels)
+        normal, _, _ = decode_classes(names, files, bundle.input_size, bundle.channels, **opts)
     except FitError as exc:
         raise HeadError(str(exc)) from None
     head, metrics = train_head(embed(bundle, normal, device), embed(bundle, rejects, device), head)

@@ -12,6 +12,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .data import INTERPOLATIONS
+from .pretrained import PretrainedError, load_pretrained
+
 log = logging.getLogger(__name__)
 
 LENET = "lenet"
@@ -74,57 +77,129 @@ class Classifier(nn.Module):
         return F.normalize(self.backbone(x), dim=1)
 
 
-def _timm_backbone(arch: str, in_channels: int, pretrained: bool) -> nn.Module:
+class ModelBuildError(ValueError):
+    """The network cannot be built; the message is one line naming the model and the reason."""
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(f"{type(exc).__name__}: {exc}".split())
+
+
+def _timm_pretrained_cfg(arch: str):
+    """timm's registered defaults for `arch` (None when it has none); unknown names fail here."""
     import timm  # heavy; only for timm architectures
 
+    if arch.startswith(("hf-hub:", "local-dir:")):  # timm reads these configs when creating the model
+        return None
+    if not timm.is_model(arch):
+        raise ModelBuildError(
+            f"unknown architecture {arch!r}: use 'lenet' or a timm model name "
+            "(e.g. efficientnet_b0, resnet18; see timm.list_models())"
+        )
     try:
-        return timm.create_model(arch, pretrained=pretrained, num_classes=0, in_chans=in_channels)
-    except RuntimeError as exc:
-        if "Unknown model" in str(exc):
-            raise ValueError(
-                f"unknown architecture {arch!r}: use 'lenet' or a timm model name "
-                "(e.g. efficientnet_b0, resnet18; see timm.list_models())"
+        return timm.models.get_pretrained_cfg(arch)
+    except Exception as exc:  # e.g. an unknown pretrained tag: resnet18.nonsense
+        raise ModelBuildError(f"cannot build {arch}: {_one_line(exc)}") from None
+
+
+def _needs_img_size(pretrained_cfg, input_size: int | None) -> bool:
+    """A model with a fixed input size (e.g. a ViT's position embedding) is built for this size."""
+    if pretrained_cfg is None or input_size is None or not getattr(pretrained_cfg, "fixed_input_size", False):
+        return False
+    return tuple(pretrained_cfg.input_size[-2:]) != (input_size, input_size)
+
+
+def _timm_backbone(arch: str, in_channels: int, pretrained: bool, input_size: int | None) -> nn.Module:
+    """timm.create_model without a classifier. Fixed-size models get img_size=input_size, a pure
+    function of (arch, input_size), so loading a saved model rebuilds the same network."""
+    import timm
+
+    pretrained_cfg = _timm_pretrained_cfg(arch)
+    kwargs = {"num_classes": 0, "in_chans": in_channels}
+    if _needs_img_size(pretrained_cfg, input_size):
+        kwargs["img_size"] = input_size
+
+    def create():
+        return timm.create_model(arch, pretrained=pretrained, **kwargs)
+
+    try:
+        return load_pretrained(arch, create) if pretrained else create()
+    except (ModelBuildError, PretrainedError):
+        raise  # already one line naming the model
+    except ValueError as exc:
+        raise ModelBuildError(f"cannot build {arch}: {_one_line(exc)}") from None
+    except TypeError as exc:
+        if "img_size" in kwargs and "img_size" in str(exc):
+            fixed = pretrained_cfg.input_size[-1]
+            raise ModelBuildError(
+                f"{arch} takes only {fixed}x{fixed} inputs and cannot be built for {input_size}; "
+                f"drop --input-size or use --input-size {fixed}"
             ) from None
-        raise
-    except Exception as exc:  # network or hub errors while fetching pretrained weights
-        if pretrained:
-            raise ValueError(
-                f"could not fetch pretrained weights for {arch!r} ({type(exc).__name__}: {exc}); "
-                "without internet, download them elsewhere and pass --weights FILE"
-            ) from None
-        raise
+        raise ModelBuildError(f"cannot build {arch}: {_one_line(exc)}") from None
+    except Exception as exc:  # timm raises RuntimeError, AssertionError, ... for bad arguments
+        size = f" for {input_size}x{input_size} inputs" if input_size else ""
+        raise ModelBuildError(f"cannot build {arch}{size}: {_one_line(exc)}") from None
+
+
+def timm_data_config(backbone: nn.Module) -> dict:
+    """timm's own data configuration for a created model: input_size (pixels, square side),
+    interpolation, crop_pct, mean, std (per channel, 0..1 scale)."""
+    from timm.data import resolve_model_data_config
+
+    cfg = resolve_model_data_config(backbone)
+    interpolation = str(cfg.get("interpolation") or "bilinear")
+    return {
+        "input_size": int(cfg["input_size"][-1]),
+        "interpolation": interpolation if interpolation in INTERPOLATIONS else "bilinear",
+        "crop_pct": float(cfg.get("crop_pct") or 1.0),
+        "mean": [float(m) for m in cfg["mean"]],
+        "std": [float(s) for s in cfg["std"]],
+    }
 
 
 def build_model(
     arch: str,
     num_classes: int,
     in_channels: int,
-    input_size: int,
+    input_size: int | None,
     pretrained: bool = False,
     weights: Path | None = None,
 ) -> Classifier:
-    """Build a classifier; `weights` is a local state dict for the backbone."""
+    """Build a classifier; `weights` is a local state dict for the backbone.
+
+    For a timm model `input_size` None means its own default size (timm_data_config).
+    Raises ModelBuildError (a ValueError) with one line for any model that cannot be built.
+    """
     if arch == LENET:
         if pretrained:
-            raise ValueError("--pretrained needs a timm architecture; lenet has no pretrained weights")
+            raise ModelBuildError("--pretrained needs a timm architecture; lenet has no pretrained weights")
+        if input_size is None:
+            raise ModelBuildError("lenet needs an input size")
         lenet = LeNet(in_channels, input_size)
         if weights is not None:
             load_backbone_weights(lenet, weights)
         return Classifier(lenet, lenet.num_features, num_classes, lenet.make_neck(), lenet.neck_features)
-    backbone = _timm_backbone(arch, in_channels, pretrained)
+    backbone = _timm_backbone(arch, in_channels, pretrained, input_size)
     if weights is not None:
         load_backbone_weights(backbone, weights)
-    return Classifier(backbone, _output_dim(backbone, in_channels, input_size), num_classes)
+    size = input_size or timm_data_config(backbone)["input_size"]
+    return Classifier(backbone, _output_dim(backbone, arch, in_channels, size), num_classes)
 
 
-def _output_dim(backbone: nn.Module, in_channels: int, input_size: int) -> int:
+def _output_dim(backbone: nn.Module, arch: str, in_channels: int, input_size: int) -> int:
     """Width of what the backbone returns. Not always num_features: MobileNetV3, for one, adds
-    a conv head after pooling."""
+    a conv head after pooling. Also proves the model takes inputs of this size."""
     was_training = backbone.training
     backbone.eval()
-    with torch.no_grad():
-        dim = backbone(torch.zeros(1, in_channels, input_size, input_size)).shape[1]
-    backbone.train(was_training)
+    try:
+        with torch.no_grad():
+            dim = backbone(torch.zeros(1, in_channels, input_size, input_size)).shape[1]
+    except Exception as exc:
+        raise ModelBuildError(
+            f"{arch} cannot take {input_size}x{input_size} inputs ({_one_line(exc)}); choose another --input-size"
+        ) from None
+    finally:
+        backbone.train(was_training)
     return int(dim)
 
 

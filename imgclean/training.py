@@ -5,6 +5,7 @@ once, not once per epoch. Read top to bottom: split, loop over epochs, evaluate.
 """
 from __future__ import annotations
 
+import logging
 import random
 from dataclasses import dataclass, field
 from typing import Callable
@@ -17,6 +18,8 @@ from .config import TrainSettings
 from .losses import CenterLoss
 from .metrics import macro_f1
 from .models import Classifier
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -157,6 +160,12 @@ def train_classifier(
     # A few hundred images make a handful of batches an epoch: train longer so the run still
     # has min_steps updates (300 images: 15 -> 60 epochs, which detected best in docs/method.md).
     epochs = max(settings.epochs, int(np.ceil(settings.min_steps / steps_per_epoch)))
+    if epochs > settings.epochs:
+        log.warning(
+            "raising epochs from %d to %d to reach --min-steps %d batches (%d batch(es) an epoch); "
+            "pass --min-steps 0 to train exactly --epochs",
+            settings.epochs, epochs, settings.min_steps, steps_per_epoch,
+        )
     result.epochs = epochs
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=settings.lr, total_steps=epochs * steps_per_epoch

@@ -1,5 +1,7 @@
 """The HTML review page: scan --html, imgclean report, escaping, caps, bad inputs."""
+import base64
 import csv
+import hashlib
 import json
 import os
 import shutil
@@ -31,23 +33,53 @@ def invoke(*args):
 
 
 class Page(HTMLParser):
-    """Collects every tag's attributes and the visible text of a page."""
+    """Collects every tag's attributes (with the section it is in), the visible text, the scripts
+    and the text of every <code> element of a page."""
 
     def __init__(self, source: str):
         super().__init__(convert_charrefs=True)
         self.tags: list[tuple[str, dict]] = []
+        self.sections: list[str | None] = []
         self.text: list[str] = []
+        self.scripts: list[str] = []
+        self.codes: list[str] = []
+        self._in: str | None = None
+        self._section: str | None = None
         self.feed(source)
 
     def handle_starttag(self, tag, attrs):
-        self.tags.append((tag, dict(attrs)))
+        attrs = dict(attrs)
+        if tag == "section":
+            self._section = attrs.get("id")
+        self.tags.append((tag, attrs))
+        self.sections.append(self._section)
+        if tag == "script":
+            self.scripts.append("")
+            self._in = "script"
+        elif tag == "code":
+            self.codes.append("")
+            self._in = "code"
+
+    def handle_endtag(self, tag):
+        if tag in ("script", "code"):
+            self._in = None
+        elif tag == "section":
+            self._section = None
 
     def handle_data(self, data):
+        if self._in == "script":
+            self.scripts[-1] += data
+            return
+        if self._in == "code":
+            self.codes[-1] += data
         self.text.append(data)
 
     @property
     def imgs(self) -> list[dict]:
         return [a for t, a in self.tags if t == "img"]
+
+    def imgs_in(self, *sections: str) -> list[dict]:
+        return [a for (t, a), s in zip(self.tags, self.sections) if t == "img" and s in sections]
 
     @property
     def visible(self) -> str:
@@ -55,9 +87,16 @@ class Page(HTMLParser):
 
 
 def assert_self_contained(source: str) -> Page:
+    """No fetch of any kind, and one inline script: the page's own, pinned by its CSP hash."""
     page = Page(source)
+    assert len(page.scripts) == 1 and source.count("<script") == 1
+    digest = base64.b64encode(hashlib.sha256(page.scripts[0].encode()).digest()).decode()
+    csp = [a["content"] for t, a in page.tags if t == "meta" and a.get("http-equiv") == "Content-Security-Policy"]
+    assert csp == [f"default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'sha256-{digest}'"]
     for tag, attrs in page.tags:
-        assert tag not in ("script", "link", "iframe", "object", "embed"), tag
+        assert tag not in ("link", "iframe", "object", "embed"), tag
+        assert tag != "script" or not attrs, attrs
+        assert not [a for a in attrs if a.startswith("on")], (tag, attrs)  # no inline handlers
         for name in ("src", "href", "srcset", "action", "poster"):
             value = (attrs.get(name) or "").strip().lower()
             assert not value.startswith(("http:", "https:", "//", "file:", "javascript:")), (tag, name, value)
@@ -66,6 +105,11 @@ def assert_self_contained(source: str) -> Page:
         assert img.get("loading") == "lazy"
     assert "url(" not in source and "@import" not in source
     return page
+
+
+def section(source: str, sid: str) -> str:
+    start = source.index(f'<section id="{sid}"')
+    return source[start:source.index("</section>", start)]
 
 
 def read_page(path: Path) -> str:
@@ -110,7 +154,7 @@ def test_scan_html_page_lists_rejects_with_inlined_thumbnails(model_dir, incomin
     # every rejected file is listed, and every OOD one has an inlined thumbnail of the moved file
     for r in rejected:
         assert text(r["path"]) in source, r["path"]
-    assert len(page.imgs) == len(ood)
+    assert len(page.imgs_in("ood")) == len(ood) and len(page.imgs_in("unreadable")) == 0
     assert "broken.png" in visible and "unreadable" in visible
     # OOD rows come highest score first, each shown against its threshold
     shown = [r["path"] for r in sorted(ood, key=lambda r: -r["score"])]
@@ -134,7 +178,7 @@ def test_hostile_names_are_escaped(model_dir, incoming, tmp_path):
     result = invoke("scan", folder, "-m", model_dir, "--html", page_path, "-q")
     assert result.exit_code == 0, result.output
     source = read_page(page_path)
-    assert "<script" not in source and "alert(1)</script>" not in source
+    assert source.count("<script") == 1 and "alert(1)</script>" not in source  # the one is the page's own
     assert "&lt;script&gt;alert(1)&lt;/script&gt;.png" in source
     assert "<img src=x" not in source and "onerror" not in source.replace("onerror=alert(2)&gt;", "")
     assert "q&quot;uo&#x27;te &amp; &lt;img src=x onerror=alert(2)&gt;\\nnew.png" in source  # newline shown as \n
@@ -176,7 +220,8 @@ def test_thumbnail_and_row_caps(tmp_path):
     # the two thumbnails are the two highest scores
     assert [img["alt"] for img in page.imgs] == ["r06.png", "r05.png"]
     assert "5 more are listed without one" in source
-    assert source.count("thumbnail cap reached") == 5
+    assert section(source, "ood").count("thumbnail cap reached") == 5
+    assert section(source, "borderline").count("thumbnail cap reached") == 1  # fine.png: rejects come first
 
     capped = ReviewCollector(root=tmp_path, max_rows=3)
     for r in records:
@@ -254,7 +299,8 @@ def test_report_from_jsonl_needs_root_for_thumbnails(scanned, tmp_path):
     result = invoke("report", scanned["jsonl"], "-o", out, "--root", scanned["copy"])
     assert result.exit_code == 0, result.output
     page = assert_self_contained(read_page(out))
-    assert len(page.imgs) == sum(r["status"] == "ood" for r in scanned["rejected"]) > 0
+    assert len(page.imgs_in("ood")) == sum(r["status"] == "ood" for r in scanned["rejected"]) > 0
+    assert page.imgs_in("borderline")  # accepted files are where they were: --root finds them
 
 
 def test_report_from_manifest_and_quarantine_folder(scanned, tmp_path):

@@ -287,6 +287,9 @@ def test_report_from_csv_uses_moved_files(scanned, tmp_path):
         assert text(r["path"]) in source
     assert len(page.imgs) == sum(r["status"] == "ood" for r in scanned["rejected"])
     assert "scan report (CSV)" in page.visible
+    # the quarantine is found from each destination (the folder above it that holds the manifest)
+    q = os.fsdecode(scanned["q"].absolute())
+    assert sorted(page.codes) == sorted(f"imgclean restore {q} {r['destination']}" for r in scanned["rejected"])
 
 
 def test_report_from_jsonl_needs_root_for_thumbnails(scanned, tmp_path):
@@ -295,6 +298,7 @@ def test_report_from_jsonl_needs_root_for_thumbnails(scanned, tmp_path):
     assert result.exit_code == 0, result.output
     page = assert_self_contained(read_page(out))
     assert page.imgs == [] and "give --root" in page.visible
+    assert page.codes == []  # a report-only scan moved nothing: nothing to restore
     for r in scanned["rejected"]:
         assert r["path"] in page.visible
     result = invoke("report", scanned["jsonl"], "-o", out, "--root", scanned["copy"])

@@ -77,6 +77,7 @@ input.view{position:absolute;opacity:0;pointer-events:none}
 #view-grid:checked~section.files td.wide,#view-grid:checked~section.files td .sub{display:none}
 #view-grid:checked~section.files .path{white-space:nowrap;overflow:hidden;text-overflow:ellipsis;font-size:11px;margin-top:3px}
 #view-grid:checked~section.files .meter{width:100%}
+#view-grid:checked~section.files .score{font-size:11px;overflow:hidden;text-overflow:ellipsis}
 """
 
 # Marks the page as scripted (shows the copy buttons); copies the <code> beside a clicked button.

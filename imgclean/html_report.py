@@ -4,7 +4,6 @@ from .review.collector import (
     DEFAULT_BORDERLINE,
     DEFAULT_MAX_ROWS,
     REASONS,
-    REPORT_FIELDS,
     SECTION_TITLES,
     SECTIONS,
     STATUS_ORDER,
@@ -19,7 +18,7 @@ from .review.thumbs import THUMB_SIZE, thumbnail_data_uri
 
 __all__ = [
     "DEFAULT_BORDERLINE", "DEFAULT_GRID_AFTER", "DEFAULT_MAX_ROWS", "DEFAULT_MAX_THUMBNAILS", "PAGE_SIZE",
-    "REASONS", "REPORT_FIELDS", "SECTIONS", "SECTION_TITLES", "STATUS_ORDER", "THUMB_SIZE",
+    "REASONS", "SECTIONS", "SECTION_TITLES", "STATUS_ORDER", "THUMB_SIZE",
     "ReviewCollector", "ReviewInputError", "ReviewItem", "histogram_svg", "iter_report", "load_input",
     "manifest_records", "render_html", "restore_command", "shell_quote", "text", "thumbnail_data_uri", "write_html",
 ]

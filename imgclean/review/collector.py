@@ -19,7 +19,6 @@ SECTION_TITLES = {
     "changed": "Changed before it could be moved (left in place)",
 }
 STATUS_ORDER = ("ok", *REASONS, "skipped", "changed")
-REPORT_FIELDS = ("path", "status", "predicted", "nearest", "score", "action", "destination", "message")
 
 DEFAULT_MAX_ROWS = 5000  # per section; the rest are counted, and the --report file has them all
 DEFAULT_BORDERLINE = 50  # accepted files with the highest scores, to catch misses

@@ -1,4 +1,5 @@
-"""The review page in a real browser: headless Chromium renders it offline, and it is not blank.
+"""The review page in a real browser: headless Chromium renders it offline, it is not blank, its
+one script runs under the page's CSP, and a copy button copies its restore command.
 
 Skipped where no Chromium is installed (Debian: `apt-get install chromium`).
 """
@@ -59,11 +60,41 @@ def test_page_renders_and_is_not_blank(page, tmp_path):
     assert ((r > 150) & (g < 100) & (b < 100)).sum() > 50
 
 
-def test_browser_dom_has_no_script_and_shows_hostile_name_as_text(page, tmp_path):
+def test_browser_runs_only_the_pinned_script_and_shows_hostile_name_as_text(page, tmp_path):
     proc = chromium(tmp_path, "--dump-dom", page.as_uri())
     assert proc.returncode == 0, proc.stderr.decode(errors="replace")[-2000:]
     dom = proc.stdout.decode("utf-8")
-    assert not re.search(r"<script\b", dom)
+    assert len(re.findall(r"<script\b", dom)) == 1  # the page's own copy script, nothing from a name
+    # it ran, so the CSP hash matches it (the copy buttons are shown only then)
+    assert re.search(r'<html[^>]*class="js"', dom)
+    assert dom.count('<button type="button" class="copy"') >= 2
     assert "&lt;script&gt;alert(1)&lt;/script&gt;.png" in dom
     srcs = re.findall(r'<img[^>]*\ssrc="([^"]*)"', dom)
     assert srcs and all(s.startswith("data:image/") for s in srcs)
+
+
+def test_copy_button_copies_the_exact_restore_command(page, tmp_path):
+    """Clicks the first copy button of the page, with the clipboard replaced by a recorder."""
+    import base64
+    import hashlib
+    import html
+
+    probe = (
+        "Object.defineProperty(navigator,'clipboard',{value:{writeText:function(t){"
+        "document.body.setAttribute('data-copied',t);return Promise.resolve()}}});"
+        "window.addEventListener('load',function(){document.querySelector('button.copy').click()});"
+    )
+    digest = base64.b64encode(hashlib.sha256(probe.encode()).digest()).decode()
+    source = page.read_text(encoding="utf-8")
+    source = source.replace("script-src '", f"script-src 'sha256-{digest}' '", 1)
+    source = source.replace("</script>", f"</script><script>{probe}</script>", 1)
+    probed = tmp_path / "probed.html"
+    probed.write_text(source, encoding="utf-8")
+    proc = chromium(tmp_path, "--virtual-time-budget=3000", "--dump-dom", probed.as_uri())
+    assert proc.returncode == 0, proc.stderr.decode(errors="replace")[-2000:]
+    dom = proc.stdout.decode("utf-8")
+    copied = re.search(r'data-copied="([^"]*)"', dom)
+    first = re.search(r'<code class="cmd"[^>]*>([^<]*)</code>', source)
+    assert copied and first, dom[:2000]
+    assert html.unescape(copied.group(1)) == html.unescape(first.group(1))
+    assert html.unescape(first.group(1)).startswith("imgclean restore ")

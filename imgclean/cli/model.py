@@ -121,7 +121,9 @@ def info(
     for key in ("arch", "input_size", "channels", "center_weight", "percentile", "created_at", "fingerprint"):
         settings.add_row(key, str(config.get(key)))
     # Epochs actually trained first: --min-steps may have raised them above the epochs asked for.
-    settings.add_row("training.epochs_trained", str(training.get("epochs_trained", "not recorded")))
+    # (models written before training.epochs_trained recorded it as metrics.epochs)
+    trained = training.get("epochs_trained", (config.get("metrics") or {}).get("epochs", "not recorded"))
+    settings.add_row("training.epochs_trained", str(trained))
     for key, value in training.items():
         if key != "epochs_trained":
             settings.add_row(f"training.{key}", str(value))

@@ -69,13 +69,16 @@ def test_scan_reads_option_names_with_dashes_or_underscores(model_dir, incoming,
     settings = tmp_path / "s.yaml"
     settings.write_text(f"scan:\n  model: {model_dir}\n  json: true\n  dry-run-is-not-here: 1\n")
     assert invoke("scan", root, "--config", settings).exit_code == 2  # unknown keys still refused
+    moved = []
     for move_key, batch_key in (("move-to", "batch-size"), ("move_to", "batch_size")):
-        settings.write_text(f"scan:\n  model: {model_dir}\n  json: true\n  {move_key}: {quarantine}\n  {batch_key}: 4\n  fail-on-reject: true\n")
+        settings.write_text(f"scan:\n  model: {model_dir}\n  json: true\n  {move_key}: {quarantine}\n  {batch_key}: 4\n")
         result = invoke("scan", root, "--config", settings)
-        assert result.exit_code in (0, 3), result.output
+        assert result.exit_code == 0, result.output
         summary = json.loads(result.stdout)  # json: true gave JSON on stdout
-        assert summary["scanned"] == len(kinds) or summary["moved"] == 0
-        assert quarantine.is_dir()  # move-to applied
+        assert summary["scanned"] == len(kinds) - sum(moved)
+        moved.append(summary["moved"])
+    assert moved[0] >= 5 and moved[1] == 0  # move-to applied: the rejects went, the rerun finds none
+    assert len(list(quarantine.glob("*.png"))) == moved[0]
 
 
 def test_old_parameter_names_are_still_accepted(model_dir, incoming, tmp_path):
@@ -134,7 +137,7 @@ def test_settings_values_are_bounded_and_errors_never_print_a_huge_value(tmp_pat
     try:
         read_settings_file(big, "scan", {"model"})
     except SettingsFileError as exc:
-        assert "larger than" in str(exc) and len(str(exc)) < 300
+        assert "larger than" in str(exc) and len(str(exc).replace(str(big), "")) < 200
     else:
         raise AssertionError("a 100 kB settings file was accepted")
     long_value = tmp_path / "long.yaml"
@@ -142,7 +145,7 @@ def test_settings_values_are_bounded_and_errors_never_print_a_huge_value(tmp_pat
     try:
         read_settings_file(long_value, "scan", {"model"})
     except SettingsFileError as exc:
-        assert "10000 characters" in str(exc) and len(str(exc)) < 300
+        assert "10000 characters" in str(exc) and len(str(exc).replace(str(long_value), "")) < 200
     else:
         raise AssertionError("a 10,000-character value was accepted")
     assert len(preview(list(range(10**6)))) <= 60

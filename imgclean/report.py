@@ -1,4 +1,9 @@
-"""Writing scan records: CSV or JSON lines, chosen by the file's extension. Makes no decisions."""
+"""Writing scan records: CSV or JSON lines, chosen by the file's extension. Makes no decisions.
+
+A `.json` file is read as JSON lines (older scans wrote JSON lines there) but never
+written: a report streams one record per line, which a `.json` file's readers would take for
+one broken document. The writer asks for `.jsonl` instead.
+"""
 from __future__ import annotations
 
 import csv
@@ -12,11 +17,21 @@ FIELDS = ("path", "status", "predicted", "nearest", "score", "action", "destinat
 FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl"}
 
 
-def report_format(path: Path) -> str:
-    """'csv' or 'jsonl' from the extension; ValueError naming the accepted ones otherwise."""
-    fmt = FORMATS.get(Path(path).suffix.lower())
+def report_format(path: Path, write: bool = False) -> str:
+    """'csv' or 'jsonl' from the extension; ValueError naming the accepted ones otherwise.
+
+    write=True refuses `.json` (see the module docstring) with a message naming `.jsonl`.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if write and suffix == ".json":
+        raise ValueError(
+            f"report file {path}: a report is JSON lines (one record per line), not one JSON document; "
+            f"name it {path.with_suffix('.jsonl').name} (or .csv)"
+        )
+    fmt = FORMATS.get(suffix)
     if fmt is None:
-        raise ValueError(f"report file {path} must end in .csv, .jsonl or .json (JSON lines)")
+        raise ValueError(f"report file {path} must end in .csv or .jsonl (JSON lines)")
     return fmt
 
 
@@ -25,7 +40,7 @@ class RecordWriter:
 
     def __init__(self, path: Path):
         self.path = Path(path)
-        self.format = report_format(self.path)
+        self.format = report_format(self.path, write=True)
         self._fh = None
         self._csv = None
 

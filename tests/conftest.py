@@ -121,3 +121,33 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+# Wide enough that no message or path is ever wrapped, whatever the test's temporary path.
+RENDER_WIDTH = 4000
+
+
+@pytest.fixture(autouse=True)
+def _fixed_terminal(monkeypatch):
+    """Render as into a wide, plain pipe, whatever the terminal running the tests.
+
+    Typer draws usage errors in a box wrapped at the terminal width (rich reads $COLUMNS on
+    every render; typer reads $TERMINAL_WIDTH and the colour variables once, at import), so a
+    long tmp path or COLUMNS=60 would split the words a test looks for. Subprocesses inherit
+    the variables.
+    """
+    monkeypatch.setenv("COLUMNS", str(RENDER_WIDTH))
+    monkeypatch.setenv("TERMINAL_WIDTH", str(RENDER_WIDTH))
+    for name in ("FORCE_COLOR", "PY_COLORS", "TTY_COMPATIBLE", "TTY_INTERACTIVE", "GITHUB_ACTIONS"):
+        monkeypatch.delenv(name, raising=False)
+    try:
+        from typer import rich_utils
+    except ImportError:  # typer without rich: click's plain formatter reads $COLUMNS
+        return
+    monkeypatch.setattr(rich_utils, "MAX_WIDTH", RENDER_WIDTH, raising=False)
+    monkeypatch.setattr(rich_utils, "FORCE_TERMINAL", False, raising=False)
+
+
+def flat(text: str) -> str:
+    """Text with whitespace and box-drawing characters removed, for width-proof comparisons."""
+    return "".join(ch for ch in text if not ch.isspace() and not "\u2500" <= ch <= "\u257f")

@@ -1,0 +1,250 @@
+"""What every command shares: the app, consoles, exit codes, error lines, logging, progress,
+device choice and the checks on paths that imgclean writes."""
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import os
+import sys
+import warnings
+from enum import Enum
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from .. import __version__
+
+# Exit codes (documented in the README; each one is tested).
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_REJECTED = 3  # scan --fail-on-reject found something to reject
+EXIT_LOCKED = 4  # another imgclean run holds a lock on a folder this run needs
+EXIT_SKIPPED = 5  # scan --fail-on-skip: some files were skipped or changed during the scan
+EXIT_INTERRUPTED = 130  # SIGINT
+EXIT_TERMINATED = 143  # SIGTERM
+
+
+class Command(typer.core.TyperCommand):
+    """A typer command whose help survives every typer release we support.
+
+    - Help texts are rich markup in typer's "rich" mode, so a literal "[default: ...]" would be
+      eaten as a style tag: they are escaped once here, when the command is built.
+    - Usage lines name arguments in capitals (`fit [OPTIONS] TRAIN_DIR`, `info [MODEL]`);
+      typer 0.29 writes `{train_dir}`. (typer 0.29 vendors click, so parameters are told
+      apart by param_type_name, not by click's classes.)
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.help:
+            self.help = escape(self.help)
+        for param in self.params:
+            if getattr(param, "help", None):
+                param.help = escape(param.help)
+
+    def collect_usage_pieces(self, ctx) -> list[str]:
+        pieces = [self.options_metavar] if self.options_metavar else []
+        for param in self.get_params(ctx):
+            if param.param_type_name == "argument":
+                pieces.append(argument_usage(param))
+            else:
+                pieces.extend(param.get_usage_pieces(ctx))
+        return pieces
+
+
+def argument_usage(param) -> str:
+    name = (param.metavar or param.name or "").upper()
+    shown = name if param.required else f"[{name}]"
+    return shown + "..." if param.nargs != 1 else shown
+
+
+app = typer.Typer(
+    name="imgclean",
+    help="Keep image datasets clean: learn what belongs from labelled folders, then find and "
+    "quarantine images that do not belong. Scores: higher = more out-of-distribution.",
+    no_args_is_help=True,
+    add_completion=True,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",  # explicit: the default changed between typer releases
+)
+
+
+def command(name: str | None = None):
+    """app.command with imgclean's Command class."""
+    return app.command(name, cls=Command)
+
+
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+log = logging.getLogger("imgclean")
+
+
+class Method(str, Enum):
+    mahalanobis = "mahalanobis"
+    head = "head"
+    both = "both"
+
+
+class Covariance(str, Enum):
+    tied = "tied"
+    per_class = "class"
+
+
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+    mps = "mps"
+
+
+def fail(message: str, code: int = EXIT_ERROR) -> typer.Exit:
+    """Print one clear error line and return the Exit to raise."""
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, markup=True)
+    return typer.Exit(code)
+
+
+def os_error(exc: OSError) -> typer.Exit:
+    """An OSError as one line naming the file."""
+    return fail(f"{exc.strerror or exc}: {os.fsdecode(exc.filename or '')}")
+
+
+def usage_error(message: str) -> typer.Exit:
+    return fail(message, EXIT_USAGE)
+
+
+def note(message: str) -> None:
+    err.print(f"note: {message}", highlight=False, markup=False)
+
+
+def locked(exc) -> typer.Exit:
+    """LockHeld as one line naming the folder that is busy (which may not be the one given)."""
+    from ..locking import LOCK_NAME
+
+    path = Path(getattr(exc, "path", "") or "")
+    busy = path.parent if path.name == LOCK_NAME else path
+    holder = getattr(exc, "holder", "") or "holder unknown"
+    return fail(f"{busy} is in use by another imgclean run ({holder}); try again when it ends", EXIT_LOCKED)
+
+
+def setup_logging(quiet: bool, verbose: bool) -> None:
+    """Warnings and errors on stderr; -v raises imgclean's own loggers only (not Pillow's).
+
+    --json does not come here: it changes stdout only, so warnings still reach stderr.
+    """
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.ERROR if quiet else logging.WARNING)
+    log.setLevel(logging.DEBUG if verbose else logging.ERROR if quiet else logging.WARNING)
+    logging.captureWarnings(True)
+    warnings.formatwarning = lambda message, *args, **kwargs: f"{message}"
+
+
+def print_json(obj) -> None:
+    # Plain print: rich would wrap or colour it; cron jobs parse this.
+    sys.stdout.write(json.dumps(obj, indent=2, ensure_ascii=True) + "\n")
+    sys.stdout.flush()
+
+
+# ---- device ------------------------------------------------------------------------------
+# Device nodes a GPU driver creates (NVIDIA, AMD ROCm, WSL2). Without any of them (and not on a
+# Mac, where MPS needs no device node) torch could only answer "cpu": say so without importing it.
+GPU_DEVICE_PATHS = ("/dev/nvidia*", "/proc/driver/nvidia", "/dev/kfd", "/dev/dxg")
+
+
+def gpu_possible() -> bool:
+    if sys.platform == "darwin":
+        return True
+    return any(glob.glob(pattern) for pattern in GPU_DEVICE_PATHS)
+
+
+def resolve_device(requested: str) -> str:
+    """The device to run on; 'auto' is a GPU when there is one. Imports torch only when needed,
+    so a scan whose files are all cached on a machine without a GPU never imports it."""
+    if requested == "cpu" or (requested == "auto" and not gpu_possible()):
+        return "cpu"
+    from ..models import pick_device
+
+    return str(pick_device(requested))
+
+
+# ---- progress ----------------------------------------------------------------------------
+def make_progress(quiet: bool):
+    from rich.progress import (
+        BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+    from rich.text import Text
+
+    class RateColumn(ProgressColumn):
+        """Items per second, once there is a rate to show."""
+
+        def render(self, task) -> Text:
+            speed = task.finished_speed or task.speed
+            return Text("" if speed is None else f"{speed:,.1f}/s")
+
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+        RateColumn(),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+        console=err,
+        disable=quiet or not err.is_terminal,
+        transient=False,
+    )
+
+
+# ---- paths imgclean writes ---------------------------------------------------------------
+def check_output_path(option: str, path: Path, move_to: Path | None = None, is_dir: bool = False) -> None:
+    """Refuse an output that would overwrite a quarantine's journal or land in a quarantine.
+
+    A quarantine is any folder holding an imgclean manifest (moves.is_quarantine), checked for
+    every folder above the output up to the filesystem root, both as written and resolved
+    (so a link does not hide one); and the scan's own --move-to folder, which may not exist yet.
+    """
+    from ..moves import MANIFEST_NAME, is_quarantine
+
+    if path.name == MANIFEST_NAME:
+        raise usage_error(f"{option} {path} would overwrite a quarantine's journal ({MANIFEST_NAME}); choose another name")
+    target = path.absolute()
+    folders = [target] if is_dir else []
+    for start in (target.parent, Path(os.path.realpath(target.parent))):
+        folders += [start, *start.parents]
+    if is_dir:
+        folders.append(Path(os.path.realpath(target)))
+    for folder in dict.fromkeys(folders):
+        try:
+            quarantine = is_quarantine(folder)
+        except OSError:
+            quarantine = False
+        if quarantine:
+            raise usage_error(f"{option} {path} is inside the quarantine {folder}; write it outside any --move-to folder")
+    if move_to is not None:
+        real, q = Path(os.path.realpath(target)), Path(os.path.realpath(move_to.absolute()))
+        if real == q or real.is_relative_to(q):
+            raise usage_error(f"{option} {path} is inside --move-to {move_to}; write it outside the quarantine")
+
+
+def version_callback(value: bool) -> None:
+    if value:
+        typer.echo(f"imgclean {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    version: bool = typer.Option(
+        False, "--version", callback=version_callback, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """imgclean: find images that do not belong in a dataset."""

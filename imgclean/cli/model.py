@@ -1,0 +1,140 @@
+"""evaluate and info: measure a model, show a model."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from ..config import DEFAULT_MODEL_DIR
+from .common import (
+    Device, Method, command, err, fail, make_progress, os_error, out, print_json, resolve_device, setup_logging,
+    usage_error,
+)
+
+
+@command()
+def evaluate(
+    in_dir: Path = typer.Option(..., "--in", help="Labelled in-distribution images: one sub-folder per class, named as the model's classes."),
+    ood_dir: Path = typer.Option(..., "--ood", help="Known out-of-distribution images (searched recursively)."),
+    model: Path = typer.Option(DEFAULT_MODEL_DIR, "-m", "--model", help="Model directory made by `imgclean fit`."),
+    method: Optional[Method] = typer.Option(None, "--method", help="Evaluate only this method [default: mahalanobis, plus head and both when the model has a head]."),
+    plots: Optional[Path] = typer.Option(None, "--plots", help="Write ROC curves here: roc_<method>.png and roc_<method>.csv."),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
+    batch_size: int = typer.Option(256, min=1, help="Images scored per batch."),
+    device: Device = typer.Option(Device.auto, help="Where to run the model (auto: a GPU when there is one)."),
+    quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress output."),
+    verbose: bool = typer.Option(False, "-v", "--verbose", help="Name every unreadable file."),
+) -> None:
+    """Measure classification accuracy and out-of-distribution detection on labelled folders."""
+    from ..artifact import ModelError, load_model
+    from ..evaluate import EvaluateError, evaluate as run_evaluation, write_plots
+
+    setup_logging(quiet, verbose)
+    for option, folder in (("--in", in_dir), ("--ood", ood_dir)):
+        if not folder.is_dir():
+            raise usage_error(f"{option} {folder} does not exist or is not a folder")
+    progress = make_progress(quiet or json_out)
+    task = None
+
+    def on_progress(done: int, total: int) -> None:
+        nonlocal task
+        if task is None:
+            task = progress.add_task("evaluating", total=total, info="")
+        progress.update(task, completed=done)
+
+    try:
+        dev = resolve_device(device.value)
+        bundle = load_model(model, device=dev)
+        with progress:
+            result = run_evaluation(
+                bundle, in_dir, ood_dir, [method.value] if method else None, batch_size, dev, on_progress
+            )
+        written = write_plots(result, plots) if plots is not None else []
+    except (EvaluateError, ModelError, ValueError) as exc:
+        raise fail(str(exc)) from None
+    except OSError as exc:
+        raise os_error(exc) from None
+
+    for path, status, message in result.unreadable:
+        if verbose:
+            err.print(f"{status}: {path!r} {message}", highlight=False, markup=False)
+    if result.unreadable and not quiet:
+        err.print(f"{len(result.unreadable)} file(s) could not be decoded and are left out of the metrics", highlight=False)
+    if json_out:
+        print_json({**result.results, "unreadable": [p for p, _, _ in result.unreadable], "plots": [os.fsdecode(p) for p in written]})
+        return
+    c = result.results["classification"]
+    n = result.results["counts"]
+    out.print(
+        f"{n['in_distribution']} in-distribution, {n['out_of_distribution']} out-of-distribution images; "
+        f"classification accuracy {c['accuracy']:.4f}, macro-F1 {c['macro_f1']:.4f}",
+        highlight=False,
+    )
+    table = Table(title="out-of-distribution detection (ood = positive class)")
+    keys = ("precision", "recall", "f1", "false_reject_rate", "auroc", "aupr", "fpr_at_95_tpr")
+    table.add_column("method")
+    for key in keys:
+        table.add_column(key, justify="right")
+    for name in ("mahalanobis", "head", "both"):
+        if name in result.results:
+            table.add_row(name, *[f"{result.results[name][k]:.4f}" for k in keys])
+    out.print(table)
+    for path in written:
+        err.print(f"wrote {os.fsdecode(path)}", highlight=False, markup=False)
+
+
+@command()
+def info(
+    model: Path = typer.Argument(DEFAULT_MODEL_DIR, help="Model directory."),
+    json_out: bool = typer.Option(False, "--json", help="Print the model's settings as JSON."),
+) -> None:
+    """Show a model's classes, thresholds, training settings (epochs trained) and metrics."""
+    import numpy as np
+
+    from ..artifact import DETECTOR_FILE, ModelError, read_config
+
+    setup_logging(False, False)
+    try:
+        config = read_config(model)
+        with np.load(model / DETECTOR_FILE, allow_pickle=False) as arrays:
+            thresholds = arrays["thresholds"].tolist()
+    except ModelError as exc:
+        raise fail(str(exc)) from None
+    except (OSError, KeyError, ValueError) as exc:
+        raise fail(f"{model / DETECTOR_FILE} cannot be read ({exc})") from None
+    if json_out:
+        print_json({**config, "thresholds": thresholds})
+        return
+    table = Table(title=f"imgclean model {model}")
+    table.add_column("class")
+    table.add_column("images", justify="right")
+    table.add_column("threshold", justify="right")
+    counts = (config.get("data") or {}).get("images_per_class") or [""] * len(config["class_names"])
+    for name, n, t in zip(config["class_names"], counts, thresholds):
+        table.add_row(str(name), str(n), f"{t:.3f}")
+    out.print(table)
+    settings = Table(show_header=False, title="settings")
+    training = config.get("training") or {}
+    for key in ("arch", "input_size", "channels", "center_weight", "percentile", "created_at", "fingerprint"):
+        settings.add_row(key, str(config.get(key)))
+    # Epochs actually trained first: --min-steps may have raised them above the epochs asked for.
+    # (models written before training.epochs_trained recorded it as metrics.epochs)
+    trained = training.get("epochs_trained", (config.get("metrics") or {}).get("epochs", "not recorded"))
+    settings.add_row("training.epochs_trained", str(trained))
+    for key, value in training.items():
+        if key != "epochs_trained":
+            settings.add_row(f"training.{key}", str(value))
+    for key, value in (config.get("settings") or {}).items():
+        settings.add_row(f"settings.{key}", str(value))
+    for key, value in (config.get("metrics") or {}).items():
+        settings.add_row(f"metrics.{key}", f"{value:.4f}" if isinstance(value, float) else str(value))
+    head = config.get("head")
+    settings.add_row("head", "yes (scan --method head|both)" if head else "no (add one with `imgclean fit-head`)")
+    for key, value in ((head or {}).get("metrics") or {}).items():
+        settings.add_row(f"head.{key}", f"{value:.4f}" if isinstance(value, float) else str(value))
+    for key, value in (config.get("versions") or {}).items():
+        settings.add_row(f"version.{key}", str(value))
+    out.print(settings)

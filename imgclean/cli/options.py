@@ -1,0 +1,67 @@
+"""--config: a settings file's values become a command's defaults, so flags still win."""
+from __future__ import annotations
+
+import os
+from enum import Enum
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+# Options a settings file may not set: the file itself, and what only makes sense per run.
+NOT_IN_SETTINGS_FILE = {"config_file", "help", "force", "dry_run"}
+
+
+def settable_options(command) -> list:
+    return [p for p in command.params if p.param_type_name == "option" and p.name not in NOT_IN_SETTINGS_FILE]
+
+
+def option_key(param) -> str:
+    """The option's name as a user types it: `--batch-size` -> batch-size, `--json` -> json."""
+    longs = [o for o in param.opts if o.startswith("--")]
+    return longs[0][2:] if longs else param.name.replace("_", "-")
+
+
+def settings_keys(command) -> dict[str, str]:
+    """Accepted settings-file keys (dashes as underscores) -> parameter name.
+
+    The option names as typed (`json`, `move-to`) and, silently, the parameter names older
+    files used (`json_out`).
+    """
+    keys: dict[str, str] = {}
+    for p in settable_options(command):
+        keys[p.name] = p.name
+        for opt in p.opts:
+            if opt.startswith("--"):
+                keys[opt[2:].replace("-", "_")] = p.name
+    return keys
+
+
+def load_settings_file(ctx: typer.Context, param: typer.CallbackParam, value: Optional[Path]) -> Optional[Path]:
+    from ..settings import SettingsFileError, read_settings_file
+
+    if value is None or ctx.resilient_parsing:
+        return value
+    try:
+        settings = read_settings_file(value, ctx.info_name, settings_keys(ctx.command))
+    except SettingsFileError as exc:
+        raise typer.BadParameter(str(exc), param=param) from None
+    ctx.default_map = {**(ctx.default_map or {}), **settings}
+    return value
+
+
+def config_option() -> Path:
+    return typer.Option(
+        None, "--config", is_eager=True, callback=load_settings_file, exists=False,
+        help="YAML settings file (see `imgclean init-config`); flags given on the command line win.",
+    )
+
+
+def resolved_settings(ctx: typer.Context) -> dict:
+    """Every option's final value, for the record (JSON-able)."""
+    values = {}
+    for key, value in ctx.params.items():
+        if key in NOT_IN_SETTINGS_FILE:
+            continue
+        values[key] = value.value if isinstance(value, Enum) else os.fsdecode(value) if isinstance(value, Path) else value
+    return values

@@ -1,0 +1,121 @@
+"""restore and report: finish a review of a quarantine."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .common import (
+    EXIT_ERROR, check_output_path, command, err, fail, locked, os_error, out, print_json, setup_logging, usage_error,
+)
+
+# How each restore status reads on the terminal (contract 1 in the brief of the moves helper).
+STATUS_TEXT = {
+    "discarded": "discarded by the user",
+    "exists": "not restored, the original path is taken",
+    "unaccounted": "not in the journal",
+    "invalid": "invalid journal record, not acted on",
+    "not_found": "no such file in the journal",
+}
+NOT_A_PROBLEM = ("restored", "discarded")
+
+
+def is_problem(result) -> bool:
+    """RestoreResult.problem; before results carried it, anything but restored/discarded."""
+    problem = getattr(result, "problem", None)
+    return bool(problem) if problem is not None else result.status not in NOT_A_PROBLEM
+
+
+@command()
+def restore(
+    quarantine_dir: Path = typer.Argument(..., metavar="QUARANTINE", help="The --move-to folder of earlier scans."),
+    paths: Optional[list[Path]] = typer.Argument(None, metavar="PATH", help="Restore only these: files inside the quarantine, or their original paths [default: everything]."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print what would be restored and change nothing."),
+    json_out: bool = typer.Option(False, "--json", help="Print every result as JSON."),
+    quiet: bool = typer.Option(False, "-q", "--quiet", help="Print only problems."),
+) -> None:
+    """Put quarantined files back where they came from, never overwriting anything.
+
+    Files you deleted from the quarantine (confirmed junk) are reported as discarded by the user.
+    The exit code is 1 only when a file could not be put back or a record is not sound.
+    """
+    from ..locking import LockError, LockHeld
+    from ..moves import MANIFEST_NAME, QuarantineError, restore as restore_files
+
+    setup_logging(quiet, False)
+    if not (quarantine_dir / MANIFEST_NAME).is_file():
+        raise usage_error(f"{quarantine_dir} has no {MANIFEST_NAME}; give the folder that scan --move-to filled")
+    # `only` goes to restore() only when PATHs are given, so a restore() without it still serves
+    # the plain `imgclean restore QUARANTINE`.
+    only = {"only": [os.fspath(p) for p in paths]} if paths else {}
+    try:
+        results = restore_files(quarantine_dir, dry_run=dry_run, **only)
+    except LockHeld as exc:
+        raise locked(exc) from None
+    except (QuarantineError, LockError, OSError, ValueError) as exc:
+        raise fail(str(exc)) from None
+    counts: dict[str, int] = {}
+    for r in results:
+        counts[r.status] = counts.get(r.status, 0) + 1
+    problems = [r for r in results if is_problem(r)]
+    if json_out:
+        print_json({
+            "dry_run": dry_run,
+            "counts": counts,
+            "problems": len(problems),
+            "files": [
+                {"source": os.fsdecode(r.source) if r.source is not None else None,
+                 "destination": os.fsdecode(r.destination) if r.destination is not None else None,
+                 "status": r.status, "problem": is_problem(r), "message": r.message}
+                for r in results
+            ],
+        })
+    else:
+        for r in results:
+            if quiet and not is_problem(r):
+                continue
+            verb = "would restore" if dry_run and r.status == "restored" else STATUS_TEXT.get(r.status, r.status)
+            held = os.fsdecode(r.destination) if r.destination is not None else "?"
+            original = os.fsdecode(r.source) if r.source is not None else "?"
+            message = f" ({r.message})" if r.message else ""
+            out.print(f"{verb}: {held!r} -> {original!r}{message}", highlight=False, markup=False, soft_wrap=True)
+        if not quiet:
+            out.print(f"{len(results)} record(s): " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())), highlight=False, markup=False)
+    if problems:
+        raise fail(f"{len(problems)} file(s) were not restored (see above)", EXIT_ERROR)
+
+
+@command()
+def report(
+    source: Path = typer.Argument(..., help="A `scan --report` file (.csv or .jsonl), a quarantine's imgclean-manifest.jsonl, or the quarantine folder."),
+    output: Path = typer.Option(..., "-o", "--output", help="HTML file to write (not inside a quarantine)."),
+    root: Optional[Path] = typer.Option(None, "--root", help="The folder that was scanned, to show thumbnails of files that were not moved (report paths are relative to it)."),
+    max_thumbnails: int = typer.Option(500, min=0, help="Inline thumbnails for at most this many rejects (highest scores first)."),
+    max_rows: int = typer.Option(5000, min=1, help="List at most this many files per rejection reason."),
+) -> None:
+    """Write a self-contained HTML review page for an earlier scan (from its report or quarantine manifest)."""
+    from ..html_report import ReviewInputError, load_input, render_html, write_html
+    from .scan import check_html_output
+
+    setup_logging(False, False)
+    if not source.exists():
+        raise usage_error(f"{source} does not exist; give a scan report (.csv/.jsonl) or an imgclean-manifest.jsonl")
+    check_html_output(output, "-o")
+    if os.path.realpath(output) == os.path.realpath(source):
+        raise usage_error(f"-o {output} would overwrite the input; choose another file name")
+    if root is not None and not root.is_dir():
+        raise usage_error(f"--root {root} is not a folder")
+    try:
+        collector, info_ = load_input(source, root=root.absolute() if root else None, max_rows=max_rows)
+        roots = info_["roots"]
+        summary = {"root": ", ".join(roots)} if roots else {}
+        page = render_html(collector, title=f"imgclean review: {source.name}", summary=summary,
+                           source=f"{info_['kind']} {info_['path']}", max_thumbnails=max_thumbnails)
+        write_html(output, page)
+    except ReviewInputError as exc:
+        raise fail(str(exc)) from None
+    except OSError as exc:
+        raise os_error(exc) from None
+    err.print(f"review page: {output} ({collector.total} record(s) from {info_['kind']})", highlight=False, markup=False)

@@ -1,0 +1,251 @@
+"""fit and fit-head: train a model, or add a reject head to one."""
+from __future__ import annotations
+
+import os
+from enum import Enum
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from ..config import DEFAULT_MODEL_DIR, DEFAULT_PERCENTILE, FitConfig, TrainSettings
+from .common import (
+    Covariance, Device, check_output_path, command, err, fail, make_progress, note, os_error, out, print_json,
+    resolve_device, setup_logging, usage_error,
+)
+from .options import config_option, resolved_settings
+
+
+class Interpolation(str, Enum):
+    """The resampling filters of imgclean.data.INTERPOLATIONS (timm's names)."""
+
+    nearest = "nearest"
+    bilinear = "bilinear"
+    bicubic = "bicubic"
+    lanczos = "lanczos"
+    box = "box"
+    hamming = "hamming"
+
+
+def parse_floats(option: str, text: Optional[str], positive: bool = False) -> Optional[list[float]]:
+    """--mean 0.5,0.5,0.5 -> [0.5, 0.5, 0.5]; a usage error naming the option otherwise."""
+    if text is None:
+        return None
+    try:
+        values = [float(v) for v in str(text).split(",") if v.strip()]
+    except ValueError:
+        raise usage_error(f"{option} takes comma-separated numbers, e.g. 0.5,0.5,0.5; got {str(text)[:60]!r}") from None
+    if len(values) not in (1, 3) or any(v != v or abs(v) == float("inf") for v in values):
+        raise usage_error(f"{option} takes 1 (grayscale) or 3 (colour) numbers; got {str(text)[:60]!r}")
+    if positive and any(v <= 0 for v in values):
+        raise usage_error(f"{option} values must be above 0; got {str(text)[:60]!r}")
+    return values
+
+
+def epochs_note(report, requested: int) -> tuple[Optional[int], Optional[int]]:
+    """(epochs asked for, epochs trained): from the FitReport, or its history before it records them."""
+    asked = getattr(report, "epochs_requested", None) or requested
+    trained = getattr(report, "epochs_trained", None)
+    if trained is None and getattr(report, "history", None):
+        trained = len(report.history)
+    return asked, trained
+
+
+@command()
+def fit(
+    ctx: typer.Context,
+    train_dir: Path = typer.Argument(..., help="Folder with one sub-folder of images per class."),
+    output: Path = typer.Option(DEFAULT_MODEL_DIR, "-o", "--output", help="Model directory to write."),
+    arch: str = typer.Option("auto", help="'lenet', a timm model name (e.g. efficientnet_b0), or 'auto' (lenet for small images)."),
+    input_size: Optional[int] = typer.Option(None, help="Square input size in pixels [default: from the data, or the timm model's own]."),
+    channels: Optional[int] = typer.Option(None, help="1 (grayscale) or 3 (colour) [default: from the data]."),
+    interpolation: Optional[Interpolation] = typer.Option(None, help="Resampling filter when resizing images [default: the timm model's own, else bilinear]."),
+    crop_pct: Optional[float] = typer.Option(None, "--crop-pct", max=1.0, help="Centre crop: share of the shorter side kept before resizing [default: the timm model's own, else 1.0]."),
+    mean: Optional[str] = typer.Option(None, help="Normalisation mean per channel, comma-separated (e.g. 0.485,0.456,0.406) [default: the timm model's own, else from the data]."),
+    std: Optional[str] = typer.Option(None, help="Normalisation standard deviation per channel, comma-separated [default: the timm model's own, else from the data]."),
+    pretrained: bool = typer.Option(False, help="Start a timm model from its pretrained weights (needs them downloadable or cached)."),
+    weights: Optional[Path] = typer.Option(None, help="Local state dict (.safetensors or .pth) for the backbone."),
+    epochs: int = typer.Option(TrainSettings.epochs, min=1, help="Training epochs (raised when needed to reach --min-steps; fit says so)."),
+    min_steps: int = typer.Option(TrainSettings.min_steps, min=0, help="Train at least this many batches (small data sets get more epochs)."),
+    batch_size: int = typer.Option(TrainSettings.batch_size, min=1, help="Training batch size."),
+    lr: float = typer.Option(TrainSettings.lr, min=0.0, help="Peak learning rate (one-cycle schedule, AdamW)."),
+    center_weight: float = typer.Option(TrainSettings.center_weight, min=0.0, help="lambda: weight of the center loss."),
+    percentile: float = typer.Option(DEFAULT_PERCENTILE, min=0.0, max=100.0, help="Per-class threshold percentile of the training distances."),
+    covariance: Covariance = typer.Option(Covariance.tied, help="One covariance pooled over classes (tied), or one per class as in the paper (class)."),
+    val_fraction: float = typer.Option(TrainSettings.val_fraction, min=0.0, max=0.9, help="Share of each class held out for validation."),
+    augment: bool = typer.Option(TrainSettings.augment, help="Random small shifts during training."),
+    seed: int = typer.Option(TrainSettings.seed, help="Random seed (runs on CPU are deterministic)."),
+    device: Device = typer.Option(Device.auto, help="Where to train."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing model directory."),
+    reject_dir: Optional[Path] = typer.Option(None, "--reject-dir", help="Folder of images that do NOT belong (e.g. a scan --move-to folder): also train the supervised reject head."),
+    json_out: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout instead of tables."),
+    quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress output."),
+    verbose: bool = typer.Option(False, "-v", "--verbose", help="Name every skipped file and log details."),
+    config_file: Optional[Path] = config_option(),
+) -> None:
+    """Train a model on a labelled image folder and calibrate its out-of-distribution thresholds."""
+    from ..artifact import ModelError, check_replaceable, save_model
+    from ..fit import FitError, fit_model
+
+    setup_logging(quiet, verbose)
+    if not train_dir.is_dir():
+        raise usage_error(f"training folder {train_dir} does not exist or is not a folder")
+    if channels not in (None, 1, 3):
+        raise usage_error("--channels must be 1 or 3")
+    if reject_dir is not None and not reject_dir.is_dir():
+        raise usage_error(f"--reject-dir {reject_dir} does not exist or is not a folder")
+    check_output_path("-o", output, is_dir=True)
+    if output.exists() and not force:
+        raise usage_error(f"{output} already exists; pass --force to replace it, or choose another --output")
+    # The data-config overrides go to FitConfig only when given (contract 6), so a FitConfig
+    # without them still works for every run that does not use them.
+    overrides = {
+        "interpolation": interpolation.value if interpolation is not None else None,
+        "crop_pct": crop_pct,
+        "mean": parse_floats("--mean", mean),
+        "std": parse_floats("--std", std, positive=True),
+    }
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    if crop_pct is not None and not crop_pct > 0:
+        raise usage_error(f"--crop-pct must be above 0 and at most 1; got {crop_pct}")
+    try:
+        check_replaceable(output, force)  # before training, not after it
+    except ModelError as exc:
+        raise fail(str(exc)) from None
+    settings = TrainSettings(
+        epochs=epochs, min_steps=min_steps, batch_size=batch_size, lr=lr, center_weight=center_weight,
+        val_fraction=val_fraction, augment=augment, seed=seed,
+    )
+    try:
+        config = FitConfig(
+            arch=arch, input_size=input_size, channels=channels, pretrained=pretrained, weights=weights,
+            percentile=percentile, covariance=covariance.value, device=device.value, train=settings, **overrides,
+        )
+    except TypeError:
+        flags = ", ".join("--" + k.replace("_", "-") for k in overrides)
+        raise usage_error(f"{flags}: not supported by this build of imgclean") from None
+    progress = make_progress(quiet or json_out)
+    tasks: dict[str, int] = {}
+
+    def on_progress(stage: str, done: int, total: int, info: dict) -> None:
+        if stage == "decode":
+            if "decode" not in tasks:
+                tasks["decode"] = progress.add_task("decoding", total=total, info="")
+            progress.update(tasks["decode"], completed=done)
+        elif stage == "batch":
+            n_epochs = info["epochs"]
+            if "train" not in tasks:
+                tasks["train"] = progress.add_task("training", total=total * n_epochs, info="")
+            progress.update(
+                tasks["train"], completed=(info["epoch"] - 1) * total + done,
+                info=f"epoch {info['epoch']}/{n_epochs} batch {done}/{total} loss {info['loss']:.3f} acc {info['accuracy']:.3f}",
+            )
+        elif stage == "epoch" and not (quiet or json_out) and not err.is_terminal:
+            va = info.get("val_accuracy")
+            err.print(f"epoch {done}/{total}: loss {info['loss']:.4f}, train acc {info['train_accuracy']:.4f}"
+                      + (f", val acc {va:.4f}" if va is not None else ""), highlight=False)
+        elif stage == "embed":
+            if "embed" not in tasks:
+                tasks["embed"] = progress.add_task("calibrating", total=total, info="")
+            progress.update(tasks["embed"], completed=done)
+
+    try:
+        with progress:
+            bundle, report = fit_model(train_dir, config, on_progress, reject_dir=reject_dir)
+        bundle.config["settings"] = resolved_settings(ctx)
+        path = save_model(bundle, output, force=force)
+    except (FitError, ModelError, ValueError) as exc:
+        raise fail(str(exc)) from None
+    except OSError as exc:
+        raise os_error(exc) from None
+
+    if verbose:
+        for p, status, message in report.skipped:
+            err.print(f"skipped {p}: {status} ({message})", highlight=False, markup=False)
+    asked, trained = epochs_note(report, epochs)
+    if trained is not None and trained != asked and not quiet:
+        note(f"trained {trained} epochs instead of the {asked} asked for, so that at least --min-steps {min_steps} "
+             "batches ran (lower --min-steps to train fewer)")
+    summary = {
+        "model": os.fsdecode(path),
+        "arch": report.arch,
+        "input_size": report.input_size,
+        "channels": report.channels,
+        "classes": report.class_names,
+        "images_per_class": report.images_per_class,
+        "skipped": len(report.skipped),
+        "epochs_requested": asked,
+        "epochs_trained": trained,
+        "thresholds": report.thresholds,
+        "metrics": report.metrics,
+        "head": (bundle.config.get("head") or {}).get("metrics"),
+        "seconds": round(report.seconds, 2),
+    }
+    if json_out:
+        print_json(summary)
+        return
+    table = Table(title=f"imgclean model {path}")
+    table.add_column("class")
+    table.add_column("images", justify="right")
+    table.add_column("threshold", justify="right")
+    for name, n, t in zip(report.class_names, report.images_per_class, report.thresholds):
+        table.add_row(name, str(n), f"{t:.3f}")
+    out.print(table)
+    m = report.metrics
+
+    def fmt(v):
+        return "n/a" if v is None else f"{v:.4f}"
+
+    out.print(
+        f"{report.arch} {report.input_size}px x{report.channels}, {sum(report.images_per_class)} images, "
+        f"{len(report.skipped)} skipped, {trained if trained is not None else '?'} epochs, {report.seconds:.1f}s\n"
+        f"validation accuracy {fmt(m.get('val_accuracy'))}, macro-F1 {fmt(m.get('val_macro_f1'))}, "
+        f"threshold scale from held-out images {fmt(m.get('threshold_scale'))}, "
+        f"held-out images rejected {fmt(m.get('val_rejected_fraction'))}",
+        highlight=False, markup=False,
+    )
+    if summary["head"]:
+        print_head_metrics(summary["head"])
+
+
+def print_head_metrics(h: dict) -> None:
+    out.print(
+        f"reject head: {h['normal_images']} normal vs {h['reject_images']} reject images "
+        f"(pos_weight {h['pos_weight']:.4g}); on them: normal accepted {h['train_normal_accepted']:.4f}, "
+        f"rejects rejected {h['train_rejects_rejected']:.4f}",
+        highlight=False, markup=False,
+    )
+
+
+@command("fit-head")
+def fit_head_command(
+    reject_dir: Path = typer.Option(..., "--reject-dir", help="Folder of images that do NOT belong (a scan --move-to folder works as is)."),
+    model: Path = typer.Option(DEFAULT_MODEL_DIR, "-m", "--model", help="Model directory made by `imgclean fit`; updated in place."),
+    train_dir: Optional[Path] = typer.Option(None, "--train-dir", help="The model's training folder [default: the one recorded in config.json]."),
+    device: Device = typer.Option(Device.auto, help="Where to embed and train."),
+    json_out: bool = typer.Option(False, "--json", help="Print the head's training metrics as JSON."),
+    quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress output."),
+) -> None:
+    """Add (or replace) the supervised reject head of a model, without retraining the backbone."""
+    from ..artifact import ModelError, load_model, save_model
+    from ..headfit import HeadError, fit_head
+
+    setup_logging(quiet, False)
+    if not reject_dir.is_dir():
+        raise usage_error(f"--reject-dir {reject_dir} does not exist or is not a folder")
+    try:
+        dev = resolve_device(device.value)
+        bundle = load_model(model, device=dev)
+        _, metrics = fit_head(bundle, reject_dir, train_dir, dev)
+        bundle.model.to("cpu")
+        path = save_model(bundle, model, force=True)
+    except (HeadError, ModelError, ValueError) as exc:
+        raise fail(str(exc)) from None
+    except OSError as exc:
+        raise os_error(exc) from None
+    if json_out:
+        print_json({"model": os.fsdecode(path), "head": metrics})
+        return
+    print_head_metrics(metrics)
+    out.print(f"saved {path}", highlight=False, markup=False)

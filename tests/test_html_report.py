@@ -368,7 +368,10 @@ def test_report_from_manifest_and_quarantine_folder(scanned, tmp_path):
     ],
 )
 def test_report_rejects_bad_input_clearly(tmp_path, name, content):
-    bad = tmp_path / name
+    # In a folder of its own: a file named imgclean-manifest.jsonl makes its folder a quarantine,
+    # and no output may be written into one.
+    bad = tmp_path / "in" / name
+    bad.parent.mkdir()
     bad.write_bytes(content)
     result = invoke("report", bad, "-o", tmp_path / "out.html")
     assert result.exit_code == 1, result.output

@@ -92,19 +92,16 @@ def info(
     json_out: bool = typer.Option(False, "--json", help="Print the model's settings as JSON."),
 ) -> None:
     """Show a model's classes, thresholds, training settings (epochs trained) and metrics."""
-    import numpy as np
-
-    from ..artifact import DETECTOR_FILE, ModelError, read_config
+    from ..artifact import ModelError, load_detector, read_config
 
     setup_logging(False, False)
     try:
         config = read_config(model)
-        with np.load(model / DETECTOR_FILE, allow_pickle=False) as arrays:
-            thresholds = arrays["thresholds"].tolist()
+        thresholds = load_detector(model, config).thresholds_.tolist()
     except ModelError as exc:
         raise fail(str(exc)) from None
-    except (OSError, KeyError, ValueError) as exc:
-        raise fail(f"{model / DETECTOR_FILE} cannot be read ({exc})") from None
+    except OSError as exc:
+        raise os_error(exc) from None
     if json_out:
         print_json({**config, "thresholds": thresholds})
         return
@@ -118,7 +115,8 @@ def info(
     out.print(table)
     settings = Table(show_header=False, title="settings")
     training = config.get("training") or {}
-    for key in ("arch", "input_size", "channels", "center_weight", "percentile", "created_at", "fingerprint"):
+    for key in ("arch", "input_size", "channels", "interpolation", "crop_pct", "mean", "std",
+                "center_weight", "percentile", "created_at", "fingerprint"):
         settings.add_row(key, str(config.get(key)))
     # Epochs actually trained first: --min-steps may have raised them above the epochs asked for.
     # (models written before training.epochs_trained recorded it as metrics.epochs)

@@ -19,13 +19,6 @@ STATUS_TEXT = {
     "invalid": "invalid journal record, not acted on",
     "not_found": "no such file in the journal",
 }
-NOT_A_PROBLEM = ("restored", "discarded")
-
-
-def is_problem(result) -> bool:
-    """RestoreResult.problem; before results carried it, anything but restored/discarded."""
-    problem = getattr(result, "problem", None)
-    return bool(problem) if problem is not None else result.status not in NOT_A_PROBLEM
 
 
 @command()
@@ -59,7 +52,7 @@ def restore(
     counts: dict[str, int] = {}
     for r in results:
         counts[r.status] = counts.get(r.status, 0) + 1
-    problems = [r for r in results if is_problem(r)]
+    problems = [r for r in results if r.problem]
     if json_out:
         print_json({
             "dry_run": dry_run,
@@ -68,13 +61,13 @@ def restore(
             "files": [
                 {"source": os.fsdecode(r.source) if r.source is not None else None,
                  "destination": os.fsdecode(r.destination) if r.destination is not None else None,
-                 "status": r.status, "problem": is_problem(r), "message": r.message}
+                 "status": r.status, "problem": r.problem, "message": r.message}
                 for r in results
             ],
         })
     else:
         for r in results:
-            if quiet and not is_problem(r):
+            if quiet and not r.problem:
                 continue
             verb = "would restore" if dry_run and r.status == "restored" else STATUS_TEXT.get(r.status, r.status)
             held = os.fsdecode(r.destination) if r.destination is not None else "?"

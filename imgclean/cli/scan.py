@@ -65,7 +65,7 @@ def check_html_output(path: Path, option: str = "--html", move_to: Optional[Path
 
 def show_model_loading(bundle, progress, task) -> None:
     """While the network loads (at the first file to score), the bar says so instead of sitting still."""
-    loader = getattr(bundle, "loader", None)
+    loader = getattr(bundle, "_loader", None)
     if loader is None or task is None:
         return
 
@@ -76,7 +76,7 @@ def show_model_loading(bundle, progress, task) -> None:
         finally:
             progress.update(task, description="scanning")
 
-    object.__setattr__(bundle, "loader", load)
+    bundle._loader = load
 
 
 @command()
@@ -149,7 +149,7 @@ def scan(
     if html is not None:
         from ..html_report import ReviewCollector
 
-        review = ReviewCollector(root=folder.absolute())
+        review = ReviewCollector(root=folder.absolute(), quarantine=move_to)
     options = ScanOptions(
         batch_size=batch_size, workers=workers, keep_unreadable=keep_unreadable, exclude=exclude,
         use_cache=use_cache, cache_dir=cache_dir, method=method.value,

@@ -43,15 +43,6 @@ def parse_floats(option: str, text: Optional[str], positive: bool = False) -> Op
     return values
 
 
-def epochs_note(report, requested: int) -> tuple[Optional[int], Optional[int]]:
-    """(epochs asked for, epochs trained): from the FitReport, or its history before it records them."""
-    asked = getattr(report, "epochs_requested", None) or requested
-    trained = getattr(report, "epochs_trained", None)
-    if trained is None and getattr(report, "history", None):
-        trained = len(report.history)
-    return asked, trained
-
-
 @command()
 def fit(
     ctx: typer.Context,
@@ -163,7 +154,7 @@ def fit(
     if verbose:
         for p, status, message in report.skipped:
             err.print(f"skipped {p}: {status} ({message})", highlight=False, markup=False)
-    asked, trained = epochs_note(report, epochs)
+    asked, trained = report.epochs_requested, report.epochs_trained
     if trained is not None and trained != asked and not quiet:
         note(f"trained {trained} epochs instead of the {asked} asked for, so that at least --min-steps {min_steps} "
              "batches ran (lower --min-steps to train fewer)")
@@ -177,6 +168,7 @@ def fit(
         "skipped": len(report.skipped),
         "epochs_requested": asked,
         "epochs_trained": trained,
+        "preprocessing": report.preprocessing,
         "thresholds": report.thresholds,
         "metrics": report.metrics,
         "head": (bundle.config.get("head") or {}).get("metrics"),

@@ -101,7 +101,12 @@ def _fold(records: list[dict]) -> tuple[dict[str, dict], list[str]]:
     return moves, order
 
 
-_ENDS = {"done": "moved", "rolled_back": "rolled back", "started": "unfinished", "retarget": "unfinished"}
+# How a move ended, as the page says it. "kept_both": recovery found the source edited after a
+# crash and kept it beside the quarantined copy.
+_ENDS = {
+    "done": "moved", "kept_both": "kept both", "rolled_back": "rolled back",
+    "started": "unfinished", "retarget": "unfinished",
+}
 
 
 def manifest_records(path: Path) -> tuple[list[dict], list[str]]:
@@ -110,7 +115,7 @@ def manifest_records(path: Path) -> tuple[list[dict], list[str]]:
     `action` says where each file is now: "moved" (in the quarantine), "restored" (back at its
     source: the thumbnail comes from there), "discarded" (deleted from the quarantine by the
     reviewer), "restore unfinished" (a restore cut by a crash), or how the move ended
-    ("changed", "missing", "rolled back", "unfinished").
+    ("kept both", "changed", "missing", "rolled back", "unfinished").
     """
     from ..moves import MANIFEST_NAME
 
@@ -145,7 +150,7 @@ def manifest_records(path: Path) -> tuple[list[dict], list[str]]:
         if action == "restore unfinished":
             location = source if source and os.path.lexists(source) else dest
         else:
-            location = dest if action == "moved" else source if action in ("restored", "changed", "rolled back") else None
+            location = dest if action in ("moved", "kept both") else source if action in ("restored", "changed", "rolled back") else None
         out.append({
             "path": shown, "status": str(m.get("reason") or "ood"),
             "predicted": details.get("predicted"), "nearest": details.get("nearest"),

@@ -243,7 +243,9 @@ def decode_classes_of(train_dir: Path, bundle) -> np.ndarray:
     from imgclean.fit import decode_classes
 
     names, files = data.list_image_folder(train_dir)
-    images, _, _ = decode_classes(names, files, bundle.input_size, bundle.channels)
+    images, _, _ = decode_classes(
+        names, files, bundle.input_size, bundle.channels, interpolation=bundle.interpolation, crop_pct=bundle.crop_pct
+    )
     return images
 
 

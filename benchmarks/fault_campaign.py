@@ -195,7 +195,7 @@ def unfinished_ops(quarantine: Path) -> int:
 
 
 # ----------------------------------------------------------------------------- the CLI
-def cli(*args, timeout: float = 300) -> subprocess.CompletedProcess:
+def cli(*args, timeout: float = 1200) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "imgclean", *map(os.fspath, args)], env=ENV, capture_output=True,
         stdin=subprocess.DEVNULL, timeout=timeout,
@@ -264,7 +264,7 @@ def measure_moving_time(pristine: Path, model: Path, work: Path, quarantine_pare
     shutil.copytree(pristine, folder)
     proc = start_scan(folder, model, quarantine)
     seen = watch_for_first_move(quarantine, proc)
-    out, err = proc.communicate(timeout=300)
+    out, err = proc.communicate(timeout=900)
     end = time.monotonic()
     counter.check(out, err, label="calibration")
     shutil.rmtree(folder, ignore_errors=True)
@@ -581,7 +581,7 @@ def replace_run(i: int, pristine: Path, model: Path, work: Path, qparent: Path, 
     watcher = Replacer(quarantine, proc, f"r{i}")
     watcher.start()
     try:
-        out, err = proc.communicate(timeout=300)
+        out, err = proc.communicate(timeout=900)
     except subprocess.TimeoutExpired:
         proc.kill()
         out, err = proc.communicate()
@@ -616,7 +616,7 @@ def crash_edit_run(i: int, pristine: Path, model: Path, work: Path, qparent: Pat
     at = rng.randint(1, max(1, rejected))
     env = {**ENV, "CAMPAIGN_KILL_STEP": "unlink_source", "CAMPAIGN_KILL_AT": str(at)}
     proc = subprocess.run([sys.executable, "-c", KILL_AT_STEP, *map(os.fspath, scan_args(folder, model, quarantine))],
-                          env=env, capture_output=True, stdin=subprocess.DEVNULL, timeout=300)
+                          env=env, capture_output=True, stdin=subprocess.DEVNULL, timeout=900)
     killed = proc.returncode == -signal.SIGKILL
     counter.check(proc.stderr, label=f"crash-edit run {i} (killed scan, rc {proc.returncode})")
     new_versions = []
@@ -672,7 +672,7 @@ def overlap_run(i: int, pristine: Path, model: Path, work: Path, rng: random.Ran
     codes = []
     for p in procs:
         try:
-            out, err = p.communicate(timeout=300)
+            out, err = p.communicate(timeout=900)
         except subprocess.TimeoutExpired:
             p.kill()
             out, err = p.communicate()

@@ -35,7 +35,8 @@ given folders, and tracebacks); every run has a sentinel folder "outside" beside
   quarantine copy is complete, the source not yet removed), then the user edits the source
   (same filesystem: replaced; other filesystem: appended), then the rerun recovers; counts
   new versions and originals lost;
-* overlap: `scan P --move-to Q1` and `scan P/a --move-to Q2` started together; counts files in
+* overlap: `scan P --move-to Q1` and `scan P/C --move-to Q2` started together (all files are
+  below P/C, so both walk the same files at the same time); counts files in
   both quarantines, in the folder and a quarantine, lost, and runs where both exited 0;
 * journal: a real quarantine whose manifest is then damaged (wrong types, an id escaping the
   quarantine, a destination or source outside, a scan_root outside, garbage), followed by a
@@ -490,11 +491,12 @@ def snapshot_diff(before: dict, after: dict) -> int:
                for k in before.keys() | after.keys())
 
 
-def fault_run_dir(work: Path, name: str, pristine: Path) -> tuple[Path, Path, dict]:
-    """run/P (the scanned folder) and run/outside: a backup copy of P and victim files, snapshotted."""
+def fault_run_dir(work: Path, name: str, pristine: Path, below: str = "") -> tuple[Path, Path, dict]:
+    """run/P (the scanned folder; the files go to P/<below>) and run/outside: a backup copy of
+    the files and victim files, snapshotted."""
     run = work / name
     folder, outside = run / "P", run / "outside"
-    shutil.copytree(pristine, folder)
+    shutil.copytree(pristine, folder / below)
     shutil.copytree(pristine, outside / "backup")
     (outside / "victims").mkdir(parents=True)
     for n in ("victim_id.txt", "victim_dest.txt", "victim_src.txt", "keep.txt"):
@@ -658,9 +660,10 @@ def crash_edit_run(i: int, pristine: Path, model: Path, work: Path, qparent: Pat
 
 
 def overlap_run(i: int, pristine: Path, model: Path, work: Path, rng: random.Random, counter: Counter) -> dict:
-    folder, outside, before = fault_run_dir(work, f"overlap{i:03d}", pristine)
+    # every file is below P/C, so both scans walk the same files in the same order at the same time
+    folder, outside, before = fault_run_dir(work, f"overlap{i:03d}", pristine, below="C")
     q1, q2 = folder.parent / "Q1", folder.parent / "Q2"
-    child = folder / ("a" if i % 2 else "b")
+    child = folder / "C"
     originals = originals_of(folder)
     jobs = [(folder, q1), (child, q2)]
     if rng.random() < 0.5:

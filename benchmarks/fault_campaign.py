@@ -36,7 +36,8 @@ given folders, and tracebacks); every run has a sentinel folder "outside" beside
   (same filesystem: replaced; other filesystem: appended), then the rerun recovers; counts
   new versions and originals lost;
 * overlap: `scan P --move-to Q1` and `scan P/C --move-to Q2` started together (all files are
-  below P/C, so both walk the same files at the same time); counts files in
+  below P/C, so both walk the same files at the same time; one quarantine on /dev/shm when that is
+  another filesystem); counts files in
   both quarantines, in the folder and a quarantine, lost, and runs where both exited 0;
 * journal: a real quarantine whose manifest is then damaged (wrong types, an id escaping the
   quarantine, a destination or source outside, a scan_root outside, garbage), followed by a
@@ -659,10 +660,15 @@ def crash_edit_run(i: int, pristine: Path, model: Path, work: Path, qparent: Pat
     return result
 
 
-def overlap_run(i: int, pristine: Path, model: Path, work: Path, rng: random.Random, counter: Counter) -> dict:
-    # every file is below P/C, so both scans walk the same files in the same order at the same time
+def overlap_run(i: int, pristine: Path, model: Path, work: Path, shm: Path | None, rng: random.Random,
+                counter: Counter) -> dict:
+    # every file is below P/C, so both scans walk the same files in the same order at the same time;
+    # one quarantine on another filesystem (when there is one): its slower copies widen the race
     folder, outside, before = fault_run_dir(work, f"overlap{i:03d}", pristine, below="C")
     q1, q2 = folder.parent / "Q1", folder.parent / "Q2"
+    if shm is not None:
+        other = shm / f"imgclean-campaign-{os.getpid()}-overlap{i:03d}_q"
+        q1, q2 = (other, q2) if i % 2 else (q1, other)
     child = folder / "C"
     originals = originals_of(folder)
     jobs = [(folder, q1), (child, q2)]
@@ -697,6 +703,8 @@ def overlap_run(i: int, pristine: Path, model: Path, work: Path, rng: random.Ran
         "touched_outside": snapshot_diff(before, snapshot(outside)),
     }
     shutil.rmtree(folder.parent, ignore_errors=True)
+    shutil.rmtree(q1, ignore_errors=True)
+    shutil.rmtree(q2, ignore_errors=True)
     return result
 
 
@@ -1025,7 +1033,8 @@ def main() -> int:
             figures["crash-edit"] = summarise("crash-edit", runs, ("killed", "edited", "edited_with_complete_copy", "new_versions_lost"))
         if "overlap" in kinds:
             print("overlapping concurrent scans ...", flush=True)
-            runs = [overlap_run(i, pristine, model, work, rng, counter) for i in runs_of(args.overlap_runs, "overlap")]
+            runs = [overlap_run(i, pristine, model, work, shm if other_fs else None, rng, counter)
+                    for i in runs_of(args.overlap_runs, "overlap")]
             figures["overlap"] = summarise("overlap", runs, ("refused", "both_exit_0", "in_both_quarantines", "in_folder_and_quarantine"))
         if "journal" in kinds:
             print("damaged journals ...", flush=True)

@@ -818,7 +818,7 @@ def pytest_counts(junit: Path | None, skip: bool) -> dict:
 NEW_KIND_ROWS = {
     "replace": ("files replaced (write temp + rename) while being moved", "new_versions_lost", "new versions lost"),
     "crash-edit": ("sources edited between a kill -9 and the recovery", "new_versions_lost", "new versions lost"),
-    "overlap": ("parent and child folders scanned at once", "in_both_quarantines", "in both quarantines"),
+    "overlap": ("parent and child folders scanned at once", "both_exit_0", "runs where both went on"),
     "journal": ("damaged journals (scan, restore --dry-run, restore)", "tracebacks", "tracebacks"),
 }
 
@@ -887,7 +887,8 @@ def figures_block(figures: dict) -> list[str]:
         if figures.get("overlap"):
             f = figures["overlap"]
             notes.append(f"overlap: {f['refused']} scans refused with the lock exit code, {f['both_exit_0']} runs where "
-                         f"both exited 0, {f['in_folder_and_quarantine']} files both in the folder and a quarantine.")
+                         f"both exited 0, {f['in_both_quarantines']} files in both quarantines, "
+                         f"{f['in_folder_and_quarantine']} files both in the folder and a quarantine.")
         if figures.get("journal"):
             f = figures["journal"]
             notes.append(f"journal: cases {', '.join(JOURNAL_CASES)}; {f['left_in_quarantine']} originals still in the "
@@ -1080,7 +1081,8 @@ def main() -> int:
               or figures.get("dry_run", {}).get("side_effects") or figures.get("payloads", {}).get("payloads_executed")
               or counter.tracebacks
               or any(figures[kind][key] for kind in NEW_KINDS if kind in figures
-                     for key in ("lost", "duplicated", "touched_outside")))
+                     for key in ("lost", "duplicated", "touched_outside"))
+              or figures.get("overlap", {}).get("both_exit_0"))
     return 1 if failed else 0
 
 

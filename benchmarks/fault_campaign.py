@@ -25,7 +25,30 @@ What it does, all against the real CLI:
 * disk full: a small tmpfs (needs root and mount rights; skipped with the reason otherwise);
 * per-category case counts from a pytest JUnit XML (run here, or given with --junit).
 
-Figures go to docs/reliability.json and docs/reliability.md, and are printed.
+The kinds of fault added by issue 10 (each reports files lost, duplicated and touched outside the
+given folders, and tracebacks); every run has a sentinel folder "outside" beside the scanned one
+(a backup copy of it plus victim files) whose snapshot must not change:
+
+* replace: another program replaces each source (write temp + rename) as soon as its move is
+  journaled, in a watcher thread; counts new versions lost;
+* crash-edit: kill -9 at the k-th "unlink_source" step (the fault hook, in a real process: the
+  quarantine copy is complete, the source not yet removed), then the user edits the source
+  (same filesystem: replaced; other filesystem: appended), then the rerun recovers; counts
+  new versions and originals lost;
+* overlap: `scan P --move-to Q1` and `scan P/C --move-to Q2` started together (all files are
+  below P/C, so both walk the same files at the same time; one quarantine on /dev/shm when that is
+  another filesystem); counts files in
+  both quarantines, in the folder and a quarantine, lost, and runs where both exited 0;
+* journal: a real quarantine whose manifest is then damaged (wrong types, an id escaping the
+  quarantine, a destination or source outside, a scan_root outside, garbage), followed by a
+  scan (recovery), `restore --dry-run` and `restore`.
+
+`--quick` runs a few of each (minutes); `--kinds` picks parts; `--max-minutes` bounds the time
+(no new run starts after it). This file is one script on purpose (run as is, no package), so
+it is longer than the ~400-line guideline.
+
+Figures go to docs/reliability.json and the marked block of docs/reliability.md (the promises
+above the block are written by hand and kept), and are printed.
 """
 from __future__ import annotations
 
@@ -37,9 +60,11 @@ import pickle
 import random
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -52,6 +77,11 @@ sys.path.insert(0, str(REPO))
 ENV = {**os.environ, "PYTHONPATH": str(REPO)}
 ENV.pop("FORCE_COLOR", None)
 MANIFEST = "imgclean-manifest.jsonl"
+EXIT_LOCKED = 4
+KINDS = ("kill9", "dry", "payloads", "disk", "replace", "crash-edit", "overlap", "journal", "pytest")
+NEW_KINDS = ("replace", "crash-edit", "overlap", "journal")
+FIGURES_BEGIN = "<!-- BEGIN FIGURES: written by benchmarks/fault_campaign.py; edit above this line only -->"
+FIGURES_END = "<!-- END FIGURES -->"
 CATEGORIES = {
     "test_decoding": "decoding",
     "test_filesystem": "filesystem",
@@ -139,14 +169,35 @@ def snapshot(root: Path) -> dict[str, tuple]:
     return out
 
 
-def unfinished_ops(quarantine: Path) -> int:
-    from imgclean.moves import _unfinished, read_manifest
+def journal_ops(quarantine: Path) -> list[dict]:
+    """Started records (merged with later destinations) whose op never reached a final state."""
+    try:
+        data = (quarantine / MANIFEST).read_bytes()
+    except OSError:
+        return []
+    ops: dict = {}
+    for line in data.split(b"\n"):
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if not isinstance(rec, dict) or not isinstance(rec.get("id"), str):
+            continue
+        if rec.get("state") == "started":
+            ops[rec["id"]] = dict(rec)
+        elif rec["id"] in ops:
+            ops[rec["id"]]["state"] = rec.get("state")
+            if "destination" in rec:
+                ops[rec["id"]]["destination"] = rec["destination"]
+    return [op for op in ops.values() if op.get("state") in ("started", "retarget")]
 
-    return len(_unfinished(read_manifest(quarantine)))
+
+def unfinished_ops(quarantine: Path) -> int:
+    return len(journal_ops(quarantine))
 
 
 # ----------------------------------------------------------------------------- the CLI
-def cli(*args, timeout: float = 300) -> subprocess.CompletedProcess:
+def cli(*args, timeout: float = 1200) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "imgclean", *map(os.fspath, args)], env=ENV, capture_output=True,
         stdin=subprocess.DEVNULL, timeout=timeout,
@@ -215,7 +266,7 @@ def measure_moving_time(pristine: Path, model: Path, work: Path, quarantine_pare
     shutil.copytree(pristine, folder)
     proc = start_scan(folder, model, quarantine)
     seen = watch_for_first_move(quarantine, proc)
-    out, err = proc.communicate(timeout=300)
+    out, err = proc.communicate(timeout=900)
     end = time.monotonic()
     counter.check(out, err, label="calibration")
     shutil.rmtree(folder, ignore_errors=True)
@@ -399,6 +450,346 @@ def disk_full_campaign(pristine: Path, model: Path, work: Path, originals: set[s
     return results
 
 
+# ----------------------------------------------------------------------------- issue 10: new kinds of fault
+KILL_AT_STEP = """
+import os, signal, sys
+import importlib
+step, at = os.environ["CAMPAIGN_KILL_STEP"], int(os.environ["CAMPAIGN_KILL_AT"])
+seen = [0]
+def hook(name):
+    if name == step:
+        seen[0] += 1
+        if seen[0] == at:
+            os.kill(os.getpid(), signal.SIGKILL)
+for mod in ("imgclean.moves", "imgclean.transfer", "imgclean.journal"):
+    try:
+        m = importlib.import_module(mod)
+    except ImportError:
+        continue
+    if hasattr(m, "_fault_hook"):
+        m._fault_hook = hook
+from imgclean.cli import main
+sys.argv[0] = "imgclean"
+main()
+"""
+
+
+def census(*roots: Path) -> dict[str, int]:
+    """sha256 -> number of copies among the user files below the roots."""
+    found: dict[str, int] = {}
+    for p in user_files(*roots):
+        d = sha(p)
+        found[d] = found.get(d, 0) + 1
+    return found
+
+
+def snapshot_diff(before: dict, after: dict) -> int:
+    """Entries created, removed or changed; a folder whose only change is its mtime is not counted."""
+    def is_dir(entry) -> bool:
+        return entry is not None and stat.S_ISDIR(entry[0])
+
+    return sum(before.get(k) != after.get(k) and not (is_dir(before.get(k)) and is_dir(after.get(k)))
+               for k in before.keys() | after.keys())
+
+
+def fault_run_dir(work: Path, name: str, pristine: Path, below: str = "") -> tuple[Path, Path, dict]:
+    """run/P (the scanned folder; the files go to P/<below>) and run/outside: a backup copy of
+    the files and victim files, snapshotted."""
+    run = work / name
+    folder, outside = run / "P", run / "outside"
+    shutil.copytree(pristine, folder / below)
+    shutil.copytree(pristine, outside / "backup")
+    (outside / "victims").mkdir(parents=True)
+    for n in ("victim_id.txt", "victim_dest.txt", "victim_src.txt", "keep.txt"):
+        (outside / "victims" / n).write_bytes(f"outside file {n}\n".encode())
+    return folder, outside, snapshot(outside)
+
+
+def originals_of(folder: Path) -> dict[str, str]:
+    return {os.fsdecode(p): sha(p) for p in user_files(folder)}
+
+
+def write_new_version(path: bytes, content: bytes, replace: bool) -> None:
+    """An editor's save: write a temp file and rename it over the name; or append in place."""
+    if replace:
+        tmp = os.path.join(os.path.dirname(path), b".campaign-save-" + os.urandom(6).hex().encode())
+        with open(tmp, "wb") as fh:
+            fh.write(content)
+        os.rename(tmp, path)
+    else:
+        with open(path, "ab") as fh:
+            fh.write(content)
+
+
+class Replacer(threading.Thread):
+    """Replaces the source of every move as soon as its "started" record is in the journal."""
+
+    def __init__(self, quarantine: Path, proc: subprocess.Popen, tag: str):
+        super().__init__(daemon=True)
+        self.manifest, self.proc, self.tag = quarantine / MANIFEST, proc, tag
+        self.new_versions: list[str] = []  # sha256 of every version written
+        self.replaced: set[str] = set()
+        self.errors = 0
+
+    def run(self) -> None:
+        fh = None
+        buf = b""
+        while True:
+            if fh is None:
+                try:
+                    fh = open(self.manifest, "rb")
+                except FileNotFoundError:
+                    if self.proc.poll() is not None:
+                        return
+                    time.sleep(0.0005)
+                    continue
+            chunk = fh.read()
+            if not chunk:
+                if self.proc.poll() is not None:
+                    chunk = fh.read()
+                    if not chunk:
+                        fh.close()
+                        return
+                else:
+                    time.sleep(0.0002)
+                    continue
+            buf += chunk
+            *lines, buf = buf.split(b"\n")
+            for line in lines:
+                try:
+                    rec = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(rec, dict) and rec.get("op") == "move" and rec.get("state") == "started":
+                    self.replace(rec.get("source"))
+
+    def replace(self, source) -> None:
+        if not isinstance(source, str) or source in self.replaced:
+            return
+        content = f"new version {self.tag} {len(self.new_versions)} ".encode() + os.urandom(32)
+        try:
+            write_new_version(os.fsencode(source), content, replace=True)
+        except OSError:
+            self.errors += 1
+            return
+        self.replaced.add(source)
+        self.new_versions.append(hashlib.sha256(content).hexdigest())
+
+
+def replace_run(i: int, pristine: Path, model: Path, work: Path, qparent: Path, counter: Counter) -> dict:
+    folder, outside, before = fault_run_dir(work, f"replace{i:03d}", pristine)
+    quarantine = qparent / f"imgclean-campaign-{os.getpid()}-replace{i:03d}_q"
+    originals = originals_of(folder)
+    proc = start_scan(folder, model, quarantine)
+    watcher = Replacer(quarantine, proc, f"r{i}")
+    watcher.start()
+    try:
+        out, err = proc.communicate(timeout=900)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+    watcher.join(timeout=60)
+    counter.check(out, err, label=f"replace run {i}")
+    found = census(folder, quarantine)
+    new_lost = sum(found.get(d, 0) == 0 for d in watcher.new_versions)
+    kept_lost = sum(found.get(d, 0) == 0 for src, d in originals.items() if src not in watcher.replaced)
+    expected = set(watcher.new_versions) | set(originals.values())
+    result = {
+        "run": i,
+        "target": "other-fs" if os.stat(qparent).st_dev != os.stat(work).st_dev else "same-fs",
+        "exit": proc.returncode,
+        "new_versions": len(watcher.new_versions),
+        "new_versions_lost": new_lost,
+        "lost": new_lost + kept_lost,
+        "duplicated": sum(found.get(d, 0) > 1 for d in expected),
+        "touched_outside": snapshot_diff(before, snapshot(outside)),
+        "replace_errors": watcher.errors,
+    }
+    shutil.rmtree(folder.parent, ignore_errors=True)
+    shutil.rmtree(quarantine, ignore_errors=True)
+    return result
+
+
+def crash_edit_run(i: int, pristine: Path, model: Path, work: Path, qparent: Path, rejected: int,
+                   rng: random.Random, counter: Counter) -> dict:
+    folder, outside, before = fault_run_dir(work, f"crashedit{i:03d}", pristine)
+    quarantine = qparent / f"imgclean-campaign-{os.getpid()}-crashedit{i:03d}_q"
+    other_fs = os.stat(qparent).st_dev != os.stat(work).st_dev
+    originals = originals_of(folder)
+    at = rng.randint(1, max(1, rejected))
+    env = {**ENV, "CAMPAIGN_KILL_STEP": "unlink_source", "CAMPAIGN_KILL_AT": str(at)}
+    proc = subprocess.run([sys.executable, "-c", KILL_AT_STEP, *map(os.fspath, scan_args(folder, model, quarantine))],
+                          env=env, capture_output=True, stdin=subprocess.DEVNULL, timeout=900)
+    killed = proc.returncode == -signal.SIGKILL
+    counter.check(proc.stderr, label=f"crash-edit run {i} (killed scan, rc {proc.returncode})")
+    new_versions = []
+    at_risk = 0  # edited sources whose complete quarantine copy was there too
+    for op in journal_ops(quarantine):
+        src = op.get("source")
+        if not isinstance(src, str) or not os.path.isfile(os.fsencode(src)):
+            continue
+        content = f"edited after the crash {i} ".encode() + os.urandom(32)
+        try:
+            write_new_version(os.fsencode(src), content, replace=not other_fs)
+        except OSError:
+            continue
+        new_versions.append(sha(Path(src)))
+        dst = op.get("destination")
+        at_risk += isinstance(dst, str) and os.path.isfile(os.fsencode(dst))
+    code, _, output = invoke_inprocess(scan_args(folder, model, quarantine))
+    counter.check(output, label=f"crash-edit rerun {i}")
+    found = census(folder, quarantine)
+    expected = set(originals.values()) | set(new_versions)
+    new_lost = sum(found.get(d, 0) == 0 for d in new_versions)
+    result = {
+        "run": i,
+        "target": "other-fs" if other_fs else "same-fs",
+        "edit": "append" if other_fs else "replace",
+        "kill_at_move": at,
+        "killed": killed,
+        "edited": len(new_versions),
+        "edited_with_complete_copy": at_risk,
+        "rerun_exit": code,
+        "new_versions_lost": new_lost,
+        "lost": sum(found.get(d, 0) == 0 for d in expected),
+        "duplicated": sum(found.get(d, 0) > 1 for d in expected),
+        "touched_outside": snapshot_diff(before, snapshot(outside)),
+    }
+    shutil.rmtree(folder.parent, ignore_errors=True)
+    shutil.rmtree(quarantine, ignore_errors=True)
+    return result
+
+
+def overlap_run(i: int, pristine: Path, model: Path, work: Path, shm: Path | None, rng: random.Random,
+                counter: Counter) -> dict:
+    # every file is below P/C, so both scans walk the same files in the same order at the same time;
+    # one quarantine on another filesystem (when there is one): its slower copies widen the race
+    folder, outside, before = fault_run_dir(work, f"overlap{i:03d}", pristine, below="C")
+    q1, q2 = folder.parent / "Q1", folder.parent / "Q2"
+    if shm is not None:
+        other = shm / f"imgclean-campaign-{os.getpid()}-overlap{i:03d}_q"
+        q1, q2 = (other, q2) if i % 2 else (q1, other)
+    child = folder / "C"
+    originals = originals_of(folder)
+    jobs = [(folder, q1), (child, q2)]
+    if rng.random() < 0.5:
+        jobs.reverse()
+    procs = []
+    for f, q in jobs:
+        procs.append(start_scan(f, model, q))
+        time.sleep(rng.uniform(0, 0.05))  # start skew, not synchronisation
+    codes = []
+    for p in procs:
+        try:
+            out, err = p.communicate(timeout=900)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            out, err = p.communicate()
+        counter.check(out, err, label=f"overlap run {i}")
+        codes.append(p.returncode)
+    in_p, in_q1, in_q2 = census(folder), census(q1), census(q2)
+    digests = set(originals.values())
+    total = {d: in_p.get(d, 0) + in_q1.get(d, 0) + in_q2.get(d, 0) for d in digests}
+    result = {
+        "run": i,
+        "first": "parent" if jobs[0][0] == folder else "child",
+        "exits": codes,
+        "refused": sum(c == EXIT_LOCKED for c in codes),
+        "both_exit_0": all(c == 0 for c in codes),
+        "in_both_quarantines": sum(in_q1.get(d, 0) and in_q2.get(d, 0) for d in digests),
+        "in_folder_and_quarantine": sum(in_p.get(d, 0) and (in_q1.get(d, 0) or in_q2.get(d, 0)) for d in digests),
+        "lost": sum(c == 0 for c in total.values()),
+        "duplicated": sum(c > 1 for c in total.values()),
+        "touched_outside": snapshot_diff(before, snapshot(outside)),
+    }
+    shutil.rmtree(folder.parent, ignore_errors=True)
+    shutil.rmtree(q1, ignore_errors=True)
+    shutil.rmtree(q2, ignore_errors=True)
+    return result
+
+
+JOURNAL_CASES = ("wrong-types", "id-escape", "destination-outside", "source-outside", "scan-root-outside", "garbage")
+
+
+def damage_journal(case: str, folder: Path, quarantine: Path, outside: Path) -> None:
+    """Append crafted records to a real quarantine's manifest."""
+    victims = outside / "victims"
+    stayed = next(p for p in sorted(user_files(folder)))  # a file the clean scan left in place
+    st = stayed.stat()
+    base = {"op": "move", "state": "started", "size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": sha(stayed),
+            "reason": "ood", "details": {}, "scan_root": os.fsdecode(folder), "time": "2026-01-01T00:00:00+00:00"}
+    recs: list = []
+    if case == "wrong-types":
+        recs = [{**base, "id": "bad-types", "source": 5, "destination": [1], "sha256": None},
+                {"op": "move", "id": {"x": 1}, "state": "done", "destination": 7},
+                [1, 2, 3], "a string", None,
+                {"op": "restore", "id": "r", "state": "started", "move_id": [], "source": None, "destination": True},
+                {"op": "move", "id": "bad-done", "state": "started", "source": os.fsdecode(folder / "x.png"),
+                 "destination": {"d": 1}, "scan_root": 3},
+                {"op": "move", "id": "bad-done", "state": "done"}]
+    elif case == "id-escape":
+        # tmp name = <destination folder>/.imgclean-tmp-<id>: with this id it is outside/victims/victim_id.txt
+        (quarantine / ".imgclean-tmp-x").mkdir(exist_ok=True)
+        rel = os.path.relpath(victims / "victim_id.txt", quarantine)
+        recs = [{**base, "id": f"x/../{rel}", "source": os.fsdecode(stayed),
+                 "destination": os.fsdecode(quarantine / "gone.png")}]
+    elif case == "destination-outside":
+        recs = [{**base, "id": "dest-out", "source": os.fsdecode(folder / "restored_here.png"),
+                 "destination": os.fsdecode(victims / "victim_dest.txt")},
+                {"op": "move", "id": "dest-out", "state": "done", "time": base["time"]}]
+    elif case == "source-outside":
+        victim = victims / "victim_src.txt"
+        shutil.copyfile(victim, quarantine / "victim_src_copy.txt")
+        vst = victim.stat()
+        recs = [{**base, "id": "src-out", "source": os.fsdecode(victim), "size": vst.st_size, "mtime_ns": vst.st_mtime_ns,
+                 "sha256": sha(victim), "destination": os.fsdecode(quarantine / "victim_src_copy.txt")}]
+    elif case == "scan-root-outside":
+        (quarantine / "planted.png").write_bytes(b"planted by the journal's author\n")
+        recs = [{**base, "id": "root-out", "source": os.fsdecode(victims / "new_file.png"),
+                 "destination": os.fsdecode(quarantine / "planted.png"), "scan_root": os.fsdecode(outside)},
+                {"op": "move", "id": "root-out", "state": "done", "time": base["time"]}]
+    lines = [json.dumps(r).encode() for r in recs]
+    if case == "garbage":
+        lines = [b"\x00\xff garbage", b"{not json", b"{" + b'"a": 1, ' * 20000 + b'"b": 2}', b'{"op": "move", "id": "torn", "sta']
+    with open(quarantine / MANIFEST, "ab") as fh:
+        fh.write(b"\n".join(lines) + b"\n")
+
+
+def journal_run(i: int, case: str, pristine: Path, model: Path, work: Path, counter: Counter) -> dict:
+    folder, outside, _ = fault_run_dir(work, f"journal{i:03d}", pristine)
+    quarantine = folder.parent / "Q"
+    originals = originals_of(folder)
+    code, _, output = invoke_inprocess(scan_args(folder, model, quarantine))  # a real quarantine first
+    counter.check(output, label=f"journal {case}: first scan")
+    before = snapshot(outside)
+    damage_journal(case, folder, quarantine, outside)
+    tracebacks = counter.tracebacks
+    codes = []
+    for args in (scan_args(folder, model, quarantine), ["restore", quarantine, "--dry-run"], ["restore", quarantine]):
+        code, _, output = invoke_inprocess(args)
+        counter.check(output, label=f"journal {case}: {args[0]}")
+        codes.append(code)
+    found = census(folder, quarantine)
+    digests = set(originals.values())
+    result = {
+        "run": i,
+        "case": case,
+        "exits": codes,
+        "tracebacks": counter.tracebacks - tracebacks,
+        "lost": sum(found.get(d, 0) == 0 for d in digests),
+        "duplicated": sum(found.get(d, 0) > 1 for d in digests),
+        "touched_outside": snapshot_diff(before, snapshot(outside)),
+        "left_in_quarantine": sum(1 for p in user_files(quarantine) if sha(p) in digests),
+    }
+    shutil.rmtree(folder.parent, ignore_errors=True)
+    return result
+
+
+def summarise(kind: str, runs: list[dict], extra: tuple[str, ...] = ()) -> dict:
+    keys = ("lost", "duplicated", "touched_outside", *extra)
+    return {"runs": len(runs), **{k: sum(int(r.get(k, 0)) for r in runs) for k in keys}, "per_run": runs}
+
+
 def pytest_counts(junit: Path | None, skip: bool) -> dict:
     if junit is None:
         if skip:
@@ -424,60 +815,110 @@ def pytest_counts(junit: Path | None, skip: bool) -> dict:
 
 
 # ----------------------------------------------------------------------------- report
-def write_docs(figures: dict, out: Path) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "reliability.json").write_text(json.dumps(figures, indent=2) + "\n")
-    k = figures["kill9"]
-    lines = [
-        "# Reliability figures",
-        "",
-        f"Measured by `{figures['command']}` on {figures['date']} ({figures['seconds']:.0f} s, "
-        f"{figures['cpus']} CPU cores shared with other jobs). Raw numbers: `reliability.json`.",
-        "",
-        "| figure | value | target |",
-        "| --- | ---: | ---: |",
-        f"| kill -9 runs | {k['runs']} | >= 100 |",
-        f"| ... killed while a move was journaled but unfinished | {k['mid_move']} | |",
-        f"| ... of those into another filesystem (/dev/shm) | {k['mid_move_other_fs']} | |",
-        f"| ... killed between moves | {k['killed'] - k['mid_move']} | |",
-        f"| ... finished before the kill landed | {k['runs'] - k['killed']} | |",
-        f"| files lost | {k['lost']} | 0 |",
-        f"| partial files under final names, right after the kill | {k['wreck_partial_final']} | 0 |",
-        f"| partial files under final names, after the rerun | {k['partial_final']} | 0 |",
-        f"| duplicates after the rerun | {k['duplicates']} | 0 |",
-        f"| temp files / unfinished journal records after the rerun | {k['tmp_left']} / {k['unfinished_left']} | 0 / 0 |",
-        f"| reruns that did not exit 0 | {k['rerun_failed']} | 0 |",
-        f"| dry-run side effects ({figures['dry_run']['runs']} dry runs) | {figures['dry_run']['side_effects']} | 0 |",
-        f"| malicious payloads executed ({figures['payloads']['payloads_tried']} tried) | {figures['payloads']['payloads_executed']} | 0 |",
-        f"| uncaught exceptions (tracebacks in {figures['uncaught']['processes']} runs) | {figures['uncaught']['tracebacks']} | 0 |",
-    ]
-    d = figures["disk_full"]
-    if "skipped" in d:
+NEW_KIND_ROWS = {
+    "replace": ("files replaced (write temp + rename) while being moved", "new_versions_lost", "new versions lost"),
+    "crash-edit": ("sources edited between a kill -9 and the recovery", "new_versions_lost", "new versions lost"),
+    "overlap": ("parent and child folders scanned at once", "both_exit_0", "runs where both went on"),
+    "journal": ("damaged journals (scan, restore --dry-run, restore)", "tracebacks", "tracebacks"),
+}
+
+
+def figures_block(figures: dict) -> list[str]:
+    lines = [f"Measured by `{figures['command']}` on {figures['date']} ({figures['seconds']:.0f} s, "
+             f"{figures['cpus']} CPU cores shared with other jobs). Raw numbers: `reliability.json`.", ""]
+    lines += ["| figure | value | target |", "| --- | ---: | ---: |"]
+    k = figures.get("kill9")
+    if k:
+        lines += [
+            f"| kill -9 runs | {k['runs']} | >= 100 |",
+            f"| ... killed while a move was journaled but unfinished | {k['mid_move']} | |",
+            f"| ... of those into another filesystem (/dev/shm) | {k['mid_move_other_fs']} | |",
+            f"| ... killed between moves | {k['killed'] - k['mid_move']} | |",
+            f"| ... finished before the kill landed | {k['runs'] - k['killed']} | |",
+            f"| files lost | {k['lost']} | 0 |",
+            f"| partial files under final names, right after the kill | {k['wreck_partial_final']} | 0 |",
+            f"| partial files under final names, after the rerun | {k['partial_final']} | 0 |",
+            f"| duplicates after the rerun | {k['duplicates']} | 0 |",
+            f"| temp files / unfinished journal records after the rerun | {k['tmp_left']} / {k['unfinished_left']} | 0 / 0 |",
+            f"| reruns that did not exit 0 | {k['rerun_failed']} | 0 |",
+        ]
+    if figures.get("dry_run"):
+        lines.append(f"| dry-run side effects ({figures['dry_run']['runs']} dry runs) | {figures['dry_run']['side_effects']} | 0 |")
+    if figures.get("payloads"):
+        lines.append(f"| malicious payloads executed ({figures['payloads']['payloads_tried']} tried) | {figures['payloads']['payloads_executed']} | 0 |")
+    lines.append(f"| uncaught exceptions (tracebacks in {figures['uncaught']['processes']} runs) | {figures['uncaught']['tracebacks']} | 0 |")
+    d = figures.get("disk_full")
+    if d and "skipped" in d:
         lines.append(f"| disk full on a small tmpfs | skipped: {d['skipped']} | |")
-    else:
+    elif d:
         lines.append(
             f"| disk full on a small tmpfs ({d['runs']} runs, {d['move_errors']} moves refused) | lost {d['lost']}, "
             f"partial {d['partial_final']}, temp left {d['tmp_left']}, sources changed {d['source_changed']} | 0 |"
         )
-    rs, ms = k["runs_by_strategy"], k["mid_move_by_strategy"]
-    lines += ["", f"Kill timing, always counted from the child's first journaled `started` record: half the runs "
-              f"({rs['uniform']}) wait uniform in [0, {k['max_delay_s']:.3f}] s (0.9 x the moving time of an "
-              f"uninterrupted run, {k['moving_time_s']:.3f} s; {ms['uniform']} of them landed mid-move); the other "
-              f"half ({rs['kth-move']}) wait for the k-th `started` record (k random) and kill 0-2 ms later "
-              f"({ms['kth-move']} landed mid-move). A kill is mid-move when the journal holds a move that was "
-              f"started and not finished. {k['files']} files per run, {k['rejected_per_run']} of them moved by "
-              f"a complete run; {k['other_fs_runs']} runs quarantined to /dev/shm (another filesystem).", ""]
-    tests = figures["tests"]
+    if k:
+        rs, ms = k["runs_by_strategy"], k["mid_move_by_strategy"]
+        lines += ["", f"Kill timing, always counted from the child's first journaled `started` record: half the runs "
+                  f"({rs['uniform']}) wait uniform in [0, {k['max_delay_s']:.3f}] s (0.9 x the moving time of an "
+                  f"uninterrupted run, {k['moving_time_s']:.3f} s; {ms['uniform']} of them landed mid-move); the other "
+                  f"half ({rs['kth-move']}) wait for the k-th `started` record (k random) and kill 0-2 ms later "
+                  f"({ms['kth-move']} landed mid-move). A kill is mid-move when the journal holds a move that was "
+                  f"started and not finished. {k['files']} files per run, {k['rejected_per_run']} of them moved by "
+                  f"a complete run; {k['other_fs_runs']} runs quarantined to /dev/shm (another filesystem)."]
+    new = [kind for kind in NEW_KINDS if figures.get(kind)]
+    if new:
+        lines += ["", "### Races, crashes with edits, overlapping runs, damaged journals (issue 10)", "",
+                  "| kind of fault | runs | lost | duplicated | touched outside | specific | target |",
+                  "| --- | ---: | ---: | ---: | ---: | --- | ---: |"]
+        for kind in new:
+            f = figures[kind]
+            title, key, label = NEW_KIND_ROWS[kind]
+            lines.append(f"| {title} | {f['runs']} | {f['lost']} | {f['duplicated']} | {f['touched_outside']} | "
+                         f"{label}: {f.get(key, 0)} | 0 |")
+        notes = []
+        if figures.get("replace"):
+            f = figures["replace"]
+            notes.append(f"replace: {f['new_versions']} new versions written by a watcher that replaces each source "
+                         f"as soon as its `started` record is journaled.")
+        if figures.get("crash-edit"):
+            f = figures["crash-edit"]
+            notes.append(f"crash-edit: kill -9 through the fault hook at the k-th `unlink_source` step ({f['killed']} of "
+                         f"{f['runs']} killed there), {f['edited']} sources edited before the rerun, "
+                         f"{f['edited_with_complete_copy']} of them with a complete copy in the quarantine.")
+        if figures.get("overlap"):
+            f = figures["overlap"]
+            notes.append(f"overlap: {f['refused']} scans refused with the lock exit code, {f['both_exit_0']} runs where "
+                         f"both exited 0, {f['in_both_quarantines']} files in both quarantines, "
+                         f"{f['in_folder_and_quarantine']} files both in the folder and a quarantine.")
+        if figures.get("journal"):
+            f = figures["journal"]
+            notes.append(f"journal: cases {', '.join(JOURNAL_CASES)}; {f['left_in_quarantine']} originals still in the "
+                         f"quarantine after `restore`.")
+        lines += [""] + [f"- {n}" for n in notes]
+    tests = figures.get("tests") or {}
     if "categories" in tests:
-        lines += ["## Cases tried and passed per category (pytest)", "", "| category | tried | passed | failed | skipped |", "| --- | ---: | ---: | ---: | ---: |"]
+        lines += ["", "#### Cases tried and passed per category (pytest)", "", "| category | tried | passed | failed | skipped |", "| --- | ---: | ---: | ---: | ---: |"]
         for cat, c in sorted(tests["categories"].items()):
             lines.append(f"| {cat} | {c['tried']} | {c['passed']} | {c['failed']} | {c['skipped']} |")
         lines.append("")
         for cat, c in sorted(tests["categories"].items()):
             for reason in c.get("skip_reasons", []):
                 lines.append(f"- skipped ({cat}) {reason}")
-        lines.append("")
-    (out / "reliability.md").write_text("\n".join(lines))
+    return lines
+
+
+def write_docs(figures: dict, out: Path) -> None:
+    """reliability.json in full; in reliability.md only the block between the markers."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "reliability.json").write_text(json.dumps(figures, indent=2) + "\n")
+    block = "\n".join([FIGURES_BEGIN, *figures_block(figures), FIGURES_END])
+    md = out / "reliability.md"
+    text = md.read_text() if md.exists() else "# Reliability\n\n"
+    if FIGURES_BEGIN in text and FIGURES_END in text:
+        head, rest = text.split(FIGURES_BEGIN, 1)
+        text = head + block + rest.split(FIGURES_END, 1)[1]
+    else:
+        text = text.rstrip("\n") + "\n\n## Figures\n\n" + block + "\n"
+    md.write_text(text)
 
 
 def main() -> int:
@@ -485,24 +926,52 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=100, help="kill -9 runs")
     ap.add_argument("--files", type=int, default=60, help="files in the scanned folder")
     ap.add_argument("--dry-runs", type=int, default=10)
+    ap.add_argument("--replace-runs", type=int, default=20, help="runs with files replaced during moves")
+    ap.add_argument("--crash-edit-runs", type=int, default=20, help="kill -9 runs with sources edited before recovery")
+    ap.add_argument("--overlap-runs", type=int, default=20, help="runs with parent and child scanned at once")
+    ap.add_argument("--journal-rounds", type=int, default=2, help="rounds of every damaged-journal case")
+    ap.add_argument("--quick", action="store_true", help="a few runs of each kind (minutes), no pytest counts")
+    ap.add_argument("--kinds", default=",".join(KINDS), help=f"comma-separated parts to run, of {','.join(KINDS)}")
+    ap.add_argument("--max-minutes", type=float, default=None, help="start no new run after this long")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=REPO / "docs")
     ap.add_argument("--junit", type=Path, help="reuse this pytest JUnit XML for the per-category counts")
     ap.add_argument("--skip-pytest", action="store_true", help="no per-category counts")
     ap.add_argument("--rerun-subprocess", action="store_true", help="rerun each killed scan as a subprocess too (slower)")
     args = ap.parse_args()
+    kinds = {k.strip() for k in args.kinds.split(",") if k.strip()}
+    if kinds - set(KINDS):
+        ap.error(f"unknown --kinds {sorted(kinds - set(KINDS))}; choose from {','.join(KINDS)}")
+    if args.quick:
+        args.runs, args.dry_runs = min(args.runs, 4), min(args.dry_runs, 2)
+        args.replace_runs, args.crash_edit_runs = min(args.replace_runs, 4), min(args.crash_edit_runs, 4)
+        args.overlap_runs, args.journal_rounds = min(args.overlap_runs, 4), 1
+        args.skip_pytest = args.skip_pytest or args.junit is None
+        args.max_minutes = args.max_minutes or 30
 
     import torch
 
     torch.set_num_threads(1)
     started = time.monotonic()
+    deadline = started + 60 * args.max_minutes if args.max_minutes else float("inf")
+
+    def runs_of(n: int, name: str):
+        for i in range(n):
+            if time.monotonic() > deadline:
+                print(f"{name}: time budget spent after {i} of {n} runs", flush=True)
+                return
+            yield i
+
     rng = random.Random(args.seed)
     counter = Counter()
-    work = Path(tempfile.mkdtemp(prefix="imgclean-campaign-"))
+    work = Path(os.path.realpath(tempfile.mkdtemp(prefix="imgclean-campaign-")))
+    # a lock registry of our own: runs here never meet other users' imgclean runs
+    os.environ["IMGCLEAN_LOCK_REGISTRY"] = ENV["IMGCLEAN_LOCK_REGISTRY"] = os.fspath(work / "lock-registry")
     shm = Path("/dev/shm")
     other_fs = shm.is_dir() and os.access(shm, os.W_OK) and os.stat(shm).st_dev != os.stat(work).st_dev
     if not other_fs:
         print("note: /dev/shm is not another writable filesystem here; all moves stay on one filesystem")
+    figures: dict = {}
     try:
         train, model, pristine = work / "train", work / "model", work / "pristine"
         make_train(train)
@@ -516,54 +985,79 @@ def main() -> int:
         code, stdout, output = invoke_inprocess(["scan", pristine, "-m", model, "--json"])
         rejected = json.loads(stdout)["rejected"]
 
-        moving = measure_moving_time(pristine, model, work, work, counter)
-        max_delay = 0.9 * moving
-        print(f"{args.files} files, {rejected} rejected per complete run; moving takes {moving:.3f} s; "
-              f"kill delay uniform in [0, {max_delay:.3f}] s")
-        runs = []
-        for i in range(args.runs):
-            parent = shm if other_fs and i % 2 else work
-            strategy = "kth-move" if (i // 2) % 2 else "uniform"
-            r = kill_run(i, pristine, originals, model, work, parent, max_delay, rejected, strategy, rng, counter,
-                         args.rerun_subprocess)
-            runs.append(r)
-            bad = r["lost"] or r["duplicates"] or r["partial_final"] or r["wreck_partial_final"] or r["tmp_left"] or r["unfinished_left"] or r["rerun_exit"] != 0
-            if bad or (i + 1) % 10 == 0:
-                print(f"run {i + 1}/{args.runs}: {'PROBLEM ' if bad else ''}{r}", flush=True)
-        kill = {
-            "runs": len(runs),
-            "files": args.files,
-            "rejected_per_run": rejected,
-            "moving_time_s": round(moving, 4),
-            "max_delay_s": round(max_delay, 4),
-            "killed": sum(r["killed"] for r in runs),
-            "mid_move": sum(r["mid_move"] for r in runs),
-            "mid_move_by_strategy": {st: sum(r["mid_move"] for r in runs if r["strategy"] == st) for st in ("uniform", "kth-move")},
-            "runs_by_strategy": {st: sum(r["strategy"] == st for r in runs) for st in ("uniform", "kth-move")},
-            "mid_move_other_fs": sum(r["mid_move"] and r["target"] == "other-fs" for r in runs),
-            "other_fs_runs": sum(r["target"] == "other-fs" for r in runs),
-            "wreck_partial_final": sum(r["wreck_partial_final"] for r in runs),
-            "wreck_tmp_files": sum(r["wreck_tmp_files"] for r in runs),
-            "lost": sum(r["lost"] for r in runs),
-            "duplicates": sum(r["duplicates"] for r in runs),
-            "partial_final": sum(r["partial_final"] for r in runs),
-            "tmp_left": sum(r["tmp_left"] for r in runs),
-            "unfinished_left": sum(r["unfinished_left"] for r in runs),
-            "rerun_failed": sum(r["rerun_exit"] != 0 for r in runs),
-            "per_run": runs,
-        }
-        print("dry runs ...", flush=True)
-        dry = dry_run_campaign(pristine, model, work, args.dry_runs, counter)
-        print("hostile models ...", flush=True)
-        incoming = work / "payload_in"
-        shutil.copytree(pristine, incoming)
-        payloads = payload_campaign(train, model, incoming, work, counter)
-        print("disk full ...", flush=True)
-        full = disk_full_campaign(pristine, model, work, originals, counter)
-        if "skipped" in full:
-            print(f"disk full skipped: {full['skipped']}")
-        print("pytest cases ...", flush=True)
-        tests = pytest_counts(args.junit, args.skip_pytest)
+        if "kill9" in kinds:
+            moving = measure_moving_time(pristine, model, work, work, counter)
+            max_delay = 0.9 * moving
+            print(f"{args.files} files, {rejected} rejected per complete run; moving takes {moving:.3f} s; "
+                  f"kill delay uniform in [0, {max_delay:.3f}] s")
+            runs = []
+            for i in runs_of(args.runs, "kill -9"):
+                parent = shm if other_fs and i % 2 else work
+                strategy = "kth-move" if (i // 2) % 2 else "uniform"
+                r = kill_run(i, pristine, originals, model, work, parent, max_delay, rejected, strategy, rng, counter,
+                             args.rerun_subprocess)
+                runs.append(r)
+                bad = r["lost"] or r["duplicates"] or r["partial_final"] or r["wreck_partial_final"] or r["tmp_left"] or r["unfinished_left"] or r["rerun_exit"] != 0
+                if bad or (i + 1) % 10 == 0:
+                    print(f"run {i + 1}/{args.runs}: {'PROBLEM ' if bad else ''}{r}", flush=True)
+            figures["kill9"] = {
+                "runs": len(runs),
+                "files": args.files,
+                "rejected_per_run": rejected,
+                "moving_time_s": round(moving, 4),
+                "max_delay_s": round(max_delay, 4),
+                "killed": sum(r["killed"] for r in runs),
+                "mid_move": sum(r["mid_move"] for r in runs),
+                "mid_move_by_strategy": {st: sum(r["mid_move"] for r in runs if r["strategy"] == st) for st in ("uniform", "kth-move")},
+                "runs_by_strategy": {st: sum(r["strategy"] == st for r in runs) for st in ("uniform", "kth-move")},
+                "mid_move_other_fs": sum(r["mid_move"] and r["target"] == "other-fs" for r in runs),
+                "other_fs_runs": sum(r["target"] == "other-fs" for r in runs),
+                "wreck_partial_final": sum(r["wreck_partial_final"] for r in runs),
+                "wreck_tmp_files": sum(r["wreck_tmp_files"] for r in runs),
+                "lost": sum(r["lost"] for r in runs),
+                "duplicates": sum(r["duplicates"] for r in runs),
+                "partial_final": sum(r["partial_final"] for r in runs),
+                "tmp_left": sum(r["tmp_left"] for r in runs),
+                "unfinished_left": sum(r["unfinished_left"] for r in runs),
+                "rerun_failed": sum(r["rerun_exit"] != 0 for r in runs),
+                "per_run": runs,
+            }
+        if "replace" in kinds:
+            print("files replaced during moves ...", flush=True)
+            runs = [replace_run(i, pristine, model, work, shm if other_fs and i % 2 else work, counter)
+                    for i in runs_of(args.replace_runs, "replace")]
+            figures["replace"] = summarise("replace", runs, ("new_versions", "new_versions_lost"))
+        if "crash-edit" in kinds:
+            print("sources edited between a kill -9 and the recovery ...", flush=True)
+            runs = [crash_edit_run(i, pristine, model, work, shm if other_fs and i % 2 else work, rejected, rng, counter)
+                    for i in runs_of(args.crash_edit_runs, "crash-edit")]
+            figures["crash-edit"] = summarise("crash-edit", runs, ("killed", "edited", "edited_with_complete_copy", "new_versions_lost"))
+        if "overlap" in kinds:
+            print("overlapping concurrent scans ...", flush=True)
+            runs = [overlap_run(i, pristine, model, work, shm if other_fs else None, rng, counter)
+                    for i in runs_of(args.overlap_runs, "overlap")]
+            figures["overlap"] = summarise("overlap", runs, ("refused", "both_exit_0", "in_both_quarantines", "in_folder_and_quarantine"))
+        if "journal" in kinds:
+            print("damaged journals ...", flush=True)
+            cases = [c for _ in range(args.journal_rounds) for c in JOURNAL_CASES]
+            runs = [journal_run(i, cases[i], pristine, model, work, counter) for i in runs_of(len(cases), "journal")]
+            figures["journal"] = summarise("journal", runs, ("tracebacks", "left_in_quarantine"))
+        if "dry" in kinds:
+            print("dry runs ...", flush=True)
+            figures["dry_run"] = dry_run_campaign(pristine, model, work, args.dry_runs, counter)
+        if "payloads" in kinds:
+            print("hostile models ...", flush=True)
+            incoming = work / "payload_in"
+            shutil.copytree(pristine, incoming)
+            figures["payloads"] = payload_campaign(train, model, incoming, work, counter)
+        if "disk" in kinds:
+            print("disk full ...", flush=True)
+            figures["disk_full"] = disk_full_campaign(pristine, model, work, originals, counter)
+            if "skipped" in figures["disk_full"]:
+                print(f"disk full skipped: {figures['disk_full']['skipped']}")
+        if "pytest" in kinds:
+            print("pytest cases ...", flush=True)
+            figures["tests"] = pytest_counts(args.junit, args.skip_pytest)
     finally:
         shutil.rmtree(work, ignore_errors=True)
         for p in shm.glob(f"imgclean-campaign-{os.getpid()}-*"):
@@ -575,18 +1069,20 @@ def main() -> int:
         "seconds": round(time.monotonic() - started, 1),
         "cpus": os.cpu_count(),
         "cross_filesystem": bool(other_fs),
-        "kill9": kill,
-        "dry_run": dry,
-        "payloads": payloads,
-        "disk_full": full,
+        **figures,
         "uncaught": {"tracebacks": counter.tracebacks, "processes": counter.processes, "samples": counter.samples},
-        "tests": tests,
     }
     write_docs(figures, args.out)
-    summary = {k: v for k, v in kill.items() if k != "per_run"}
-    print(json.dumps({**figures, "kill9": summary}, indent=2))
-    failed = (kill["lost"] or kill["duplicates"] or kill["partial_final"] or kill["wreck_partial_final"]
-              or dry["side_effects"] or payloads["payloads_executed"] or counter.tracebacks)
+    print(json.dumps({k: ({kk: vv for kk, vv in v.items() if kk != "per_run"} if isinstance(v, dict) else v)
+                      for k, v in figures.items()}, indent=2))
+    print("\n".join(figures_block(figures)))
+    k = figures.get("kill9", {})
+    failed = (k.get("lost") or k.get("duplicates") or k.get("partial_final") or k.get("wreck_partial_final")
+              or figures.get("dry_run", {}).get("side_effects") or figures.get("payloads", {}).get("payloads_executed")
+              or counter.tracebacks
+              or any(figures[kind][key] for kind in NEW_KINDS if kind in figures
+                     for key in ("lost", "duplicated", "touched_outside"))
+              or figures.get("overlap", {}).get("both_exit_0"))
     return 1 if failed else 0
 
 

@@ -144,7 +144,7 @@ class Quarantine:
         except OSError as e:
             raise QuarantineError(f"cannot create quarantine folder {self.root}: {e.strerror or e}") from e
         self._check_writable()
-        lock = ScanLock(self.root)
+        lock = ScanLock(self.root, kind="quarantine")
         try:
             lock.__enter__()
         except LockHeld:

@@ -17,6 +17,7 @@ Guarantees (see docs/reliability.md):
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import stat
@@ -33,7 +34,7 @@ from typing import Any
 
 from . import fileops
 from .fileops import Abort as _Abort
-from .fileops import hash_unchanged, log, numbered, resolved_inside, step
+from .fileops import hash_unchanged, inside, log, numbered, resolved_inside, step
 from .journal import (
     MANIFEST_NAME,
     RESERVED,
@@ -356,8 +357,22 @@ def restore(
     only = None if only is None else list(only)
     if dry_run:
         return Quarantine(root)._restore_all(dry_run=True, only=only)
-    with Quarantine(root) as q:
+    with contextlib.ExitStack() as stack:
+        q = stack.enter_context(Quarantine(root))
+        for scan_root in _restore_targets(root):  # no scan may move files there meanwhile
+            stack.enter_context(ScanLock(scan_root))
         return q._restore_all(dry_run=False, only=only)
+
+
+def _restore_targets(quarantine_root: Path) -> list[Path]:
+    """The existing folders the journal's moves came from, outermost only (a folder inside
+    another is covered by its lock, and a second lock on it would meet our own)."""
+    roots = set()
+    for rec in read_manifest(quarantine_root):
+        value = rec.get("scan_root")
+        if isinstance(value, str) and os.path.isabs(value) and os.path.isdir(value):
+            roots.add(os.path.realpath(value))
+    return [Path(r) for r in sorted(roots) if not any(r != o and inside(r, o) for o in roots)]
 
 
 class _MovesModule(types.ModuleType):

@@ -110,3 +110,16 @@ def test_restore_while_a_scan_holds_the_quarantine_raises_lock_held(scan: Path, 
             restore(qroot)
         assert busy.move(make(scan, "b.jpg")).status == "moved"
     assert [r.status for r in restore(qroot)] == ["restored", "restored"]
+
+
+def test_restore_while_a_scan_holds_the_original_folder_raises_lock_held(scan: Path, qroot: Path) -> None:
+    # Another scan moving files out of the folder (into another quarantine) must not meet files
+    # coming back into it: the restore is refused before anything moves.
+    from imgclean.locking import ScanLock
+
+    _move_all(scan, qroot, ["a.jpg", "sub/b.jpg"])
+    with ScanLock(scan / "sub"):  # a scan of a folder below the original one
+        with pytest.raises(LockHeld):
+            restore(qroot)
+        assert (qroot / "a.jpg").exists() and not (scan / "a.jpg").exists()
+    assert sorted(r.status for r in restore(qroot)) == ["restored", "restored"]

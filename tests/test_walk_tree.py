@@ -208,8 +208,33 @@ def test_dotdot_after_a_symlink_acts_on_the_resolved_folder_only(model_dir, tmp_
 
 
 # ----------------------------------------------------------------------------- issue 10 item 14
-def test_a_thousand_nested_folders_are_scanned(model_dir, tmp_path):
+def remove_tree(top: Path) -> None:
+    """rmtree without recursion: pytest's own clean-up (shutil.rmtree, recursive) would overflow."""
+    stack = [os.fspath(top)]
+    while stack:
+        subs = []
+        with os.scandir(stack[-1]) as it:
+            for e in it:
+                if e.is_dir(follow_symlinks=False):
+                    subs.append(e.path)
+                else:
+                    os.unlink(e.path)
+        if subs:
+            stack.extend(subs)
+        else:
+            os.rmdir(stack.pop())
+
+
+@pytest.fixture
+def deep_folder(tmp_path):
     folder = tmp_path / "deep"
+    yield folder
+    if folder.exists():
+        remove_tree(folder)
+
+
+def test_a_thousand_nested_folders_are_scanned(model_dir, tmp_path, deep_folder):
+    folder = deep_folder
     deepest = os.fspath(folder)
     os.mkdir(deepest)
     for _ in range(1000):  # pathlib's and os.makedirs' parents=True recurse themselves

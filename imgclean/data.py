@@ -1,24 +1,28 @@
-"""Finding image files and decoding them safely.
+"""Decoding image files safely, in bounded memory.
 
-Everything here is deterministic (sorted walks) and never follows symbolic links. Decoding
-never raises for a bad file: it returns a status that the caller reports.
+Decoding never raises for a bad file: it returns a status that the caller reports. The memory a
+decode needs is estimated from the mode and size in the header before any pixel is decoded; a
+file over DECODE_MEMORY_LIMIT is too_large, and decodes running at once in several threads share
+one budget (DecodeBudget), so a folder of small files declaring large canvases cannot exhaust RAM.
+Walking folders lives in `walk` (re-exported here).
 """
 from __future__ import annotations
 
 import os
-import stat
+import threading
 import warnings
-from dataclasses import dataclass
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
-from PIL import Image, ImageFile, ImageOps
+from PIL import Image, ImageFile
 
-# Extensions we look at; anything else in a folder is not an image and is ignored.
-IMAGE_EXTENSIONS = frozenset(
-    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm"}
+from .walk import (  # noqa: F401  (re-exported: the walk used to live here)
+    IMAGE_EXTENSIONS, FileEntry, has_image_extension, is_hidden, list_image_folder, too_long,
+    unsupported_format, walk_images,
 )
+
 # Decoders Pillow may use. An explicit list keeps EPS/PDF (Ghostscript) and exotic plugins out,
 # whatever the file is named.
 ALLOWED_FORMATS = ("JPEG", "PNG", "BMP", "GIF", "WEBP", "TIFF", "PPM")
@@ -34,16 +38,6 @@ UNREADABLE = "unreadable"
 TOO_LARGE = "too_large"
 UNSUPPORTED = "unsupported"
 SKIPPED = "skipped"
-
-
-@dataclass(frozen=True)
-class FileEntry:
-    """A candidate file found by a walk, with the stat seen at that moment."""
-
-    path: Path
-    size: int
-    mtime_ns: int
-    skip_reason: str = ""  # non-empty: not to be opened (symlink, FIFO, hard-link duplicate...)
 
 
 class DecodeError(Exception):
@@ -63,6 +57,13 @@ _FOREIGN_SIGNATURES = (
     (b"8BPS", "Photoshop"),
     (b"\x00\x00\x01\x00", "ICO"),
     (b"\x00\x00\x00\x0cjP  ", "JPEG 2000"),
+    (b"\xff\x4f\xff\x51", "JPEG 2000"),
+    (b"\xff\x0a", "JPEG XL"),
+    (b"\x00\x00\x00\x0cJXL ", "JPEG XL"),
+    (b"v/1\x01", "OpenEXR"),
+    (b"#?RADIANCE", "Radiance HDR"),
+    (b"qoif", "QOI"),
+    (b"DDS ", "DDS"),
 )
 
 
@@ -71,100 +72,145 @@ def _foreign_format(head: bytes) -> str:
         if head.startswith(signature):
             return name
     if head[4:8] == b"ftyp":
-        return "HEIF/AVIF"
+        return "AVIF" if head[8:12] in (b"avif", b"avis") else "HEIF"
     return ""
 
 
-def is_hidden(name: str) -> bool:
-    return name.startswith(".")
+# ----------------------------------------------------------------------------- memory
+# One decode may need at most this much memory (decoded pixels, decoder buffers, conversions);
+# above it the file is too_large. All decodes running at once share DECODE_BUDGET.
+DECODE_MEMORY_LIMIT = 768 * 2**20
+# Decoders that hold more than the decoded image: libwebp's animation decoder keeps its canvas and
+# the previous one and hands Pillow a bytes copy; libtiff may buffer a whole strip (one strip can
+# be the whole image).
+_DECODER_FACTOR = {"WEBP": 4, "TIFF": 2}
 
 
-def has_image_extension(name: str) -> bool:
-    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+def _pixel_bytes(mode: str) -> int:
+    """Bytes Pillow stores per pixel: 1 for 1/L/P, 2 for I;16*, 4 for the rest (RGB included)."""
+    if mode in ("1", "L", "P"):
+        return 1
+    return 2 if mode.startswith("I;16") else 4
 
 
-def walk_images(root: Path, exclude: tuple[Path, ...] = ()) -> Iterator[FileEntry]:
-    """Yield image-named entries below `root`, sorted, depth first.
+def decode_memory(img: Image.Image, channels: int) -> int:
+    """Bytes a decode of `img` (opened, not loaded) needs at its peak, from its mode and size.
 
-    Hidden files and dot-folders are ignored, symlinked folders are not entered, and folders in
-    `exclude` (e.g. a quarantine folder inside the scanned one) are skipped. Symlinks, FIFOs and
-    other non-regular files come back with a skip_reason so they can be reported; a file reached
-    twice through hard links is yielded once for scoring and then as a duplicate.
+    The decoded image (times the decoder's own buffers), plus the converted image and a transposed
+    copy of it for EXIF orientation. Conversions run in bands (_to_mode), so they add no more.
     """
-    excluded = {os.path.realpath(p) for p in exclude}
-    seen_inodes: set[tuple[int, int]] = set()
+    pixels = img.size[0] * img.size[1]
+    stored = pixels * _pixel_bytes(img.mode) * _DECODER_FACTOR.get(img.format or "", 1)
+    return stored + 2 * pixels * (1 if channels == 1 else 4)
 
-    def visit(folder: str) -> Iterator[FileEntry]:
+
+def _default_total() -> int:
+    try:
+        physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        physical = 8 * 2**30
+    return max(DECODE_MEMORY_LIMIT, min(2 * 2**30, physical // 4))
+
+
+class DecodeBudget:
+    """Bytes that decodes running at once may use together: reserve() before decoding.
+
+    A reservation waits until the others leave room (one larger than the total runs alone), so
+    the sum of concurrent decodes stays within `total` whatever the number of decode threads.
+    """
+
+    def __init__(self, total: int):
+        self.total = total
+        self.used = 0
+        self.peak = 0  # largest sum reserved at once (for tests and benchmarks)
+        self._cond = threading.Condition()
+
+    @contextmanager
+    def reserve(self, nbytes: int) -> Iterator[None]:
+        nbytes = max(0, min(int(nbytes), self.total))
+        with self._cond:
+            while self.used and self.used + nbytes > self.total:
+                self._cond.wait()
+            self.used += nbytes
+            self.peak = max(self.peak, self.used)
         try:
-            with os.scandir(folder) as it:
-                entries = sorted(it, key=lambda e: os.fsencode(e.name))
-        except OSError:
-            return
-        for entry in entries:
-            if is_hidden(entry.name):
-                continue
-            try:
-                st = entry.stat(follow_symlinks=False)
-            except OSError:
-                continue
-            if stat.S_ISDIR(st.st_mode):
-                if os.path.realpath(entry.path) not in excluded:
-                    yield from visit(entry.path)
-                continue
-            if not has_image_extension(entry.name):
-                continue
-            path = Path(entry.path)
-            if stat.S_ISLNK(st.st_mode):
-                yield FileEntry(path, 0, 0, "symbolic link (not followed)")
-            elif not stat.S_ISREG(st.st_mode):
-                yield FileEntry(path, 0, 0, "not a regular file")
-            elif (st.st_dev, st.st_ino) in seen_inodes:
-                yield FileEntry(path, st.st_size, st.st_mtime_ns, "hard link to a file already scanned")
-            else:
-                seen_inodes.add((st.st_dev, st.st_ino))
-                yield FileEntry(path, st.st_size, st.st_mtime_ns)
-
-    yield from visit(os.fspath(root))
+            yield
+        finally:
+            with self._cond:
+                self.used -= nbytes
+                self._cond.notify_all()
 
 
-def list_image_folder(root: Path) -> tuple[list[str], list[list[FileEntry]]]:
-    """An ImageFolder: sorted class names (non-hidden sub-folders) and each class's files."""
-    root = Path(root)
-    if not root.is_dir():
-        raise ValueError(f"{root} is not a folder; give a folder with one sub-folder per class")
-    class_dirs = sorted(
-        (d for d in root.iterdir() if d.is_dir() and not d.is_symlink() and not is_hidden(d.name)),
-        key=lambda d: d.name,
-    )
-    if not class_dirs:
-        raise ValueError(
-            f"{root} has no class sub-folders; put each class's images in a folder of its own "
-            f"(e.g. {root}/cat/*.jpg, {root}/dog/*.jpg)"
-        )
-    names = [d.name for d in class_dirs]
-    files = [[e for e in walk_images(d) if not e.skip_reason] for d in class_dirs]
-    return names, files
+DECODE_BUDGET = DecodeBudget(_default_total())
+
+
+# ----------------------------------------------------------------------------- conversion
+_NUMERIC_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
+_ALPHA_MODES = ("P", "PA", "RGBA", "LA", "RGBa", "La")
+# Conversions that need whole-image float or RGBA temporaries run on bands of this many pixels,
+# so a 64-megapixel float image never becomes 64M float64 values at once (about 2 GB before).
+_BAND_PIXELS = 1 << 21
+
+
+def _bands(img: Image.Image) -> Iterator[tuple[int, Image.Image]]:
+    w, h = img.size
+    rows = max(1, _BAND_PIXELS // max(w, 1))
+    for top in range(0, h, rows):
+        yield top, img.crop((0, top, w, min(h, top + rows)))
+
+
+def _finite(band: Image.Image) -> np.ndarray:
+    return np.nan_to_num(np.asarray(band, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
 
 
 def _to_mode(img: Image.Image, channels: int) -> Image.Image:
-    """Convert any Pillow mode to 'L' (channels=1) or 'RGB' (channels=3)."""
+    """Convert any Pillow mode to 'L' (channels=1) or 'RGB' (channels=3).
+
+    Integer and float images are scaled to 0..255 (16-bit by their full range, others by their
+    finite min..max); transparency is flattened onto black, the background of the paper's digit
+    data. Both work band by band, the result is the same as converting the whole image at once.
+    """
+    target = "L" if channels == 1 else "RGB"
     mode = img.mode
-    if mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
-        arr = np.asarray(img, dtype=np.float64)
-        arr = np.nan_to_num(arr, nan=0.0, posinf=0.0, neginf=0.0)
-        lo, hi = float(arr.min()), float(arr.max())
+    if mode in _NUMERIC_MODES:
         if mode.startswith("I;16"):
             lo, hi = 0.0, 65535.0
-        scaled = (arr - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(arr)
-        img = Image.fromarray(np.clip(scaled, 0, 255).astype(np.uint8), mode="L")
-    elif mode == "P" or mode == "PA":
-        img = img.convert("RGBA")
-    if img.mode in ("RGBA", "LA", "RGBa", "La"):
-        # Flatten transparency onto black, the background of the paper's digit data.
-        background = Image.new("RGBA", img.size, (0, 0, 0, 255))
-        img = Image.alpha_composite(background, img.convert("RGBA"))
-    target = "L" if channels == 1 else "RGB"
-    return img if img.mode == target else img.convert(target)
+        else:
+            lo, hi = np.inf, -np.inf
+            for _, band in _bands(img):
+                arr = _finite(band)
+                lo, hi = min(lo, float(arr.min())), max(hi, float(arr.max()))
+
+        def convert(band: Image.Image) -> Image.Image:
+            arr = _finite(band)
+            scaled = (arr - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(arr)
+            return Image.fromarray(np.clip(scaled, 0, 255).astype(np.uint8), mode="L")
+
+    elif mode in _ALPHA_MODES:
+
+        def convert(band: Image.Image) -> Image.Image:
+            rgba = band.convert("RGBA")
+            return Image.alpha_composite(Image.new("RGBA", band.size, (0, 0, 0, 255)), rgba)
+
+    else:
+        return img if mode == target else img.convert(target)
+    out = Image.new(target, img.size)
+    for top, band in _bands(img):
+        part = convert(band)
+        out.paste(part if part.mode == target else part.convert(target), (0, top))
+    return out
+
+
+# EXIF orientation -> the transposition that makes the image upright (as ImageOps.exif_transpose).
+_ORIENTATION = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
 
 
 # Resampling filters by the names timm's data configs use.
@@ -196,15 +242,18 @@ def _resize(img: Image.Image, size: int, interpolation: str = "bilinear", crop_p
 
 
 def decode_image(
-    path: Path, size: int, channels: int, interpolation: str = "bilinear", crop_pct: float = 1.0
+    path: Path, size: int, channels: int, interpolation: str = "bilinear", crop_pct: float = 1.0,
+    budget: DecodeBudget | None = None,
 ) -> np.ndarray:
     """Decode `path` into a uint8 array of shape (size, size, channels).
 
     `interpolation` (a key of INTERPOLATIONS) and `crop_pct` set the resize (see _resize).
+    `budget`: the memory shared with concurrent decodes (default DECODE_BUDGET).
 
     Raises DecodeError with status unreadable / too_large / unsupported. Applies EXIF
     orientation, takes the first frame of animations, and never trusts the file name.
     """
+    budget = budget if budget is not None else DECODE_BUDGET
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -213,7 +262,7 @@ def decode_image(
                     img = Image.open(fh, formats=ALLOWED_FORMATS)
                 except Image.UnidentifiedImageError:
                     fh.seek(0)
-                    kind = _foreign_format(fh.read(16))
+                    kind = _foreign_format(fh.read(16)) or unsupported_format(path)
                     if kind:
                         raise DecodeError(UNSUPPORTED, f"{kind} file; only {', '.join(ALLOWED_FORMATS)} are read") from None
                     raise DecodeError(UNREADABLE, "not a decodable image (empty, truncated or not an image)") from None
@@ -222,10 +271,15 @@ def decode_image(
                     raise DecodeError(TOO_LARGE, f"{w}x{h} pixels is over the {MAX_PIXELS:,} limit")
                 if img.format == "JPEG" and min(w, h) >= 2 * size:
                     img.draft("L" if channels == 1 else "RGB", (size, size))
-                img.load()  # decode now, inside the try: truncated files fail here
-                img = ImageOps.exif_transpose(img)
-                img = _resize(_to_mode(img, channels), size, interpolation, crop_pct)
-                arr = np.asarray(img, dtype=np.uint8)
+                need = decode_memory(img, channels)
+                if need > DECODE_MEMORY_LIMIT:
+                    raise DecodeError(
+                        TOO_LARGE,
+                        f"{w}x{h} {img.format} ({img.mode}) needs about {need / 2**20:,.0f} MB to decode, "
+                        f"over the {DECODE_MEMORY_LIMIT / 2**20:,.0f} MB limit for one image",
+                    )
+                with budget.reserve(need):
+                    arr = _pixels(img, size, channels, interpolation, crop_pct)
     except DecodeError:
         raise
     except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
@@ -237,6 +291,17 @@ def decode_image(
     if arr.ndim == 2:
         arr = arr[:, :, None]
     return arr
+
+
+def _pixels(img: Image.Image, size: int, channels: int, interpolation: str, crop_pct: float) -> np.ndarray:
+    """Load, convert, orient and resize an opened image; the large images die with this frame."""
+    img.load()  # decode now, inside the caller's try: truncated files fail here
+    transpose = _ORIENTATION.get(img.getexif().get(0x0112, 1))
+    # Orientation after the conversion (per pixel, so it commutes): the copy is of the small mode.
+    img = _to_mode(img, channels)
+    if transpose is not None:
+        img = img.transpose(transpose)
+    return np.asarray(_resize(img, size, interpolation, crop_pct), dtype=np.uint8)
 
 
 def probe_image(path: Path) -> tuple[int, int, str]:

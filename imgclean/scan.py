@@ -135,15 +135,28 @@ PREFETCH_BATCHES = 2
 MAX_GROUP = 4096
 
 
-def decode_entries(entries: list[data.FileEntry], size: int, channels: int) -> list[tuple[np.ndarray | None, str, str]]:
+def decode_entries(
+    entries: list[data.FileEntry], size: int, channels: int, interpolation: str = "bilinear", crop_pct: float = 1.0,
+) -> list[tuple[np.ndarray | None, str, str]]:
     """Decode a chunk of files: (array or None, status, message) each. Runs in a worker thread."""
     out = []
     for entry in entries:
         try:
-            out.append((data.decode_image(entry.path, size, channels), data.OK, ""))
+            out.append((data.decode_image(entry.path, size, channels, interpolation, crop_pct), data.OK, ""))
         except data.DecodeError as exc:
             out.append((None, exc.status, str(exc)))
     return out
+
+
+def decode_settings(bundle: ModelBundle) -> tuple[int, int, str, float]:
+    """(size, channels, interpolation, crop_pct) a model's inputs are decoded with.
+
+    Models written before interpolation / crop_pct were recorded mean bilinear and 1.0.
+    """
+    cfg = getattr(bundle, "config", None) or {}
+    interpolation = cfg.get("interpolation") or "bilinear"
+    crop_pct = cfg.get("crop_pct")
+    return bundle.input_size, bundle.channels, str(interpolation), float(crop_pct) if crop_pct is not None else 1.0
 
 
 def default_workers() -> int:
@@ -178,7 +191,7 @@ class Scorer:
         self.decoded = 0  # files decoded by this scorer (cache misses)
 
     def _decode(self, entry: data.FileEntry) -> tuple[np.ndarray | None, str, str]:
-        return decode_entries([entry], self.bundle.input_size, self.bundle.channels)[0]
+        return decode_entries([entry], *decode_settings(self.bundle))[0]
 
     def _prepare_torch(self) -> None:
         """Once, before the first batch: thread counts, eval mode, channels_last for timm CNNs."""
@@ -226,7 +239,7 @@ class Scorer:
         return [entries[i : i + step] for i in range(0, len(entries), step)]
 
     def _decode_chunk(self, entries: list[data.FileEntry]):
-        return decode_entries(entries, self.bundle.input_size, self.bundle.channels)
+        return decode_entries(entries, *decode_settings(self.bundle))
 
     def _score_decoded(self, entries, decoded, root: Path) -> list[ScanRecord]:
         names = self.bundle.class_names
@@ -266,7 +279,7 @@ class Scorer:
         from collections import deque
 
         root = Path(root)
-        size, channels = self.bundle.input_size, self.bundle.channels
+        settings = decode_settings(self.bundle)
         # A group: walk-ordered slots, each (entry, record) when resolved without decoding, or
         # (entry, None) for a file whose decode is in flight in `futures`.
         pending: deque = deque()
@@ -277,7 +290,7 @@ class Scorer:
 
             def submit() -> None:
                 nonlocal slots, to_decode
-                futures = [pool.submit(decode_entries, chunk, size, channels) for chunk in self._chunks(to_decode)]
+                futures = [pool.submit(decode_entries, chunk, *settings) for chunk in self._chunks(to_decode)]
                 pending.append((slots, to_decode, futures))
                 slots, to_decode = [], []
 
@@ -323,8 +336,20 @@ def run_scan(
     on_record: Callable[[ScanRecord], None] | None = None,
     should_stop: Callable[[], bool] = lambda: False,
 ) -> ScanSummary:
-    """Scan `root`; reject (move, or plan to move) files per the options. Returns counts."""
-    root = Path(root).absolute()
+    """Scan `root`; reject (move, or plan to move) files per the options. Returns counts.
+
+    `root` is resolved once (symlinks and `..` as the kernel follows them) and that one path is
+    walked, checked and moved from: `sub/..` after a symlink `sub` never means two folders.
+    Raises ValueError when `root` is a quarantine: a scan never reads one as data.
+    """
+    from .moves import MANIFEST_NAME, is_quarantine
+
+    root = Path(os.path.realpath(root))
+    if is_quarantine(root):
+        raise ValueError(
+            f"{os.fsdecode(root)} is an imgclean quarantine (it holds {MANIFEST_NAME}); scans never read one. "
+            f"Review it with `imgclean report`, put files back with `imgclean restore`"
+        )
     summary = ScanSummary(root=os.fsdecode(root), model=os.fsdecode(bundle.path or ""))
     cache = None
     if options.use_cache:

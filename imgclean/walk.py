@@ -1,0 +1,219 @@
+"""Finding image files: a deterministic, non-recursive walk that accounts for every image-like file.
+
+Sorted depth first, never follows symbolic links, never enters a quarantine (a folder holding an
+imgclean manifest) or an excluded folder (recognised by device and inode, not by path string).
+Depth is bounded by nothing but the disk: an explicit stack instead of recursion, and folders whose
+path is too long for the kernel are listed through directory file descriptors, so a file there is
+reported (skipped, with the reason) instead of silently dropped.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+log = logging.getLogger(__name__)
+
+# Extensions Pillow's allowed decoders read (data.ALLOWED_FORMATS); jfif/jpe/jif are JPEG.
+DECODED_EXTENSIONS = frozenset({
+    ".jpg", ".jpeg", ".jfif", ".jpe", ".jif", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff",
+    ".ppm", ".pgm", ".pbm", ".pnm",
+})
+# Image formats imgclean does not decode: listed and reported `unsupported` (never left out of
+# the count). Camera raw files are never decoded even though many are TIFF containers: the TIFF
+# reader would see a thumbnail or undemosaiced sensor data and score that.
+_RAW = "cr2 cr3 crw nef nrw arw srf sr2 dng orf rw2 raf pef srw x3f 3fr erf kdc mrw raw rwl iiq mos mef"
+UNSUPPORTED_FORMATS = {
+    ".heic": "HEIF", ".heif": "HEIF", ".hif": "HEIF", ".avif": "AVIF", ".svg": "SVG", ".svgz": "SVG",
+    ".jxl": "JPEG XL", ".jp2": "JPEG 2000", ".j2k": "JPEG 2000", ".jpx": "JPEG 2000", ".jpf": "JPEG 2000",
+    ".j2c": "JPEG 2000", ".ico": "ICO", ".cur": "ICO", ".icns": "ICNS", ".psd": "Photoshop (PSD)",
+    ".psb": "Photoshop (PSB)", ".tga": "TGA", ".exr": "OpenEXR", ".hdr": "Radiance HDR", ".qoi": "QOI",
+    ".dds": "DDS", ".xcf": "GIMP (XCF)", ".pcx": "PCX", ".jng": "JNG", ".wbmp": "WBMP", ".emf": "EMF",
+    ".wmf": "WMF", ".eps": "EPS", ".pict": "PICT",
+    **{f".{ext}": f"camera raw ({ext.upper()})" for ext in _RAW.split()},
+}
+RAW_EXTENSIONS = frozenset(f".{ext}" for ext in _RAW.split())
+IMAGE_EXTENSIONS = DECODED_EXTENSIONS | frozenset(UNSUPPORTED_FORMATS)
+
+# The kernel refuses paths of PATH_MAX bytes or more (the count includes the final NUL).
+try:
+    PATH_MAX = os.pathconf("/", "PC_PATH_MAX")
+except (OSError, ValueError, AttributeError):
+    PATH_MAX = 4096
+# Listings below this length are made by path; longer ones through directory descriptors.
+_FD_WALK_FROM = PATH_MAX - 512
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    """A candidate file found by a walk, with the stat seen at that moment."""
+
+    path: Path
+    size: int
+    mtime_ns: int
+    skip_reason: str = ""  # non-empty: not to be opened (symlink, FIFO, hard-link duplicate...)
+
+
+def is_hidden(name: str | bytes) -> bool:
+    return name.startswith(b"." if isinstance(name, bytes) else ".")
+
+
+def has_image_extension(name: str) -> bool:
+    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
+def unsupported_format(name: str | os.PathLike) -> str:
+    """The format a name's extension says imgclean does not decode ('' when it may be decoded)."""
+    return UNSUPPORTED_FORMATS.get(os.path.splitext(os.fspath(name))[1].lower(), "")
+
+
+def too_long(path: str | os.PathLike) -> str:
+    """A reason when the absolute path is too long to open or move, else ''."""
+    n = len(os.fsencode(os.path.abspath(path)))
+    if n >= PATH_MAX:
+        return f"path is {n:,} bytes, over the system limit of {PATH_MAX - 1:,} (PATH_MAX); cannot be opened or moved"
+    return ""
+
+
+def _quarantine_manifest() -> str:
+    from .moves import MANIFEST_NAME
+
+    return MANIFEST_NAME
+
+
+def _is_quarantine(path: str, names: list[str]) -> bool:
+    from .moves import is_quarantine
+
+    if _quarantine_manifest() in names:
+        return True
+    return len(os.fsencode(path)) < _FD_WALK_FROM and is_quarantine(path)
+
+
+def _open_deep(path: str) -> int:
+    """A descriptor for a folder whose path may exceed PATH_MAX: openat one component at a time."""
+    parts = os.path.abspath(path).split(os.sep)
+    fd = os.open(os.sep, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for part in parts:
+            if not part:
+                continue
+            nfd = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+            os.close(fd)
+            fd = nfd
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _listing(folder: str) -> list[tuple[str, os.stat_result | None]]:
+    """Sorted (name, lstat or None) of the non-hidden entries of `folder`; [] when unreadable."""
+    deep = len(os.fsencode(os.path.abspath(folder))) >= _FD_WALK_FROM
+    fd = None
+    try:
+        fd = _open_deep(folder) if deep else None
+        with os.scandir(fd if deep else folder) as it:
+            entries = sorted((e for e in it if not is_hidden(e.name)), key=lambda e: os.fsencode(e.name))
+            out = []
+            for e in entries:
+                try:
+                    out.append((e.name, e.stat(follow_symlinks=False)))
+                except OSError:
+                    out.append((e.name, None))
+            return out
+    except OSError as exc:
+        log.warning("cannot list %s: %s", os.fsdecode(folder), exc.strerror or exc)
+        return []
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
+def walk_images(root: Path, exclude: tuple[Path, ...] = ()) -> Iterator[FileEntry]:
+    """Yield image-named entries below `root`, sorted, depth first.
+
+    Hidden files and dot-folders are ignored, symlinked folders are not entered, and neither are
+    quarantines (folders holding an imgclean manifest) nor folders in `exclude` (by device and
+    inode). `root` itself is walked whatever it holds: callers decide (a scan refuses a quarantine;
+    fit-head may learn from one). Symlinks, FIFOs, other non-regular files and paths too long to
+    open come back with a skip_reason so they can be reported; a file reached twice through hard
+    links is yielded once for scoring and then as a duplicate.
+    """
+    excluded: set[tuple[int, int]] = set()
+    for p in exclude:
+        try:
+            st = os.stat(p)
+            excluded.add((st.st_dev, st.st_ino))
+        except OSError:
+            pass
+    seen_inodes: set[tuple[int, int]] = set()
+    base = os.fspath(root)
+    # Explicit stack of (folder path, remaining sorted entries, reversed): same order as recursion.
+    stack = [(base, _listing(base)[::-1])]
+    while stack:
+        folder, pending = stack[-1]
+        if not pending:
+            stack.pop()
+            continue
+        name, st = pending.pop()
+        path = os.path.join(folder, name)
+        if st is None:
+            continue  # vanished between listing and stat
+        if stat.S_ISDIR(st.st_mode):
+            if (st.st_dev, st.st_ino) in excluded:
+                log.info("skipping excluded folder %s", os.fsdecode(path))
+                continue
+            listing = _listing(path)
+            if _is_quarantine(path, [n for n, _ in listing]):
+                log.info("skipping quarantine folder %s", os.fsdecode(path))
+                continue
+            stack.append((path, listing[::-1]))
+            continue
+        if not has_image_extension(name):
+            continue
+        long_reason = too_long(path)
+        if stat.S_ISLNK(st.st_mode):
+            yield FileEntry(Path(path), 0, 0, "symbolic link (not followed)")
+        elif not stat.S_ISREG(st.st_mode):
+            yield FileEntry(Path(path), 0, 0, "not a regular file")
+        elif long_reason:
+            yield FileEntry(Path(path), st.st_size, st.st_mtime_ns, long_reason)
+        elif (st.st_dev, st.st_ino) in seen_inodes:
+            yield FileEntry(Path(path), st.st_size, st.st_mtime_ns, "hard link to a file already scanned")
+        else:
+            seen_inodes.add((st.st_dev, st.st_ino))
+            yield FileEntry(Path(path), st.st_size, st.st_mtime_ns)
+
+
+def list_image_folder(root: Path) -> tuple[list[str], list[list[FileEntry]]]:
+    """An ImageFolder: sorted class names (non-hidden sub-folders, not quarantines) and each class's files."""
+    from .moves import is_quarantine
+
+    root = Path(root)
+    if not root.is_dir():
+        raise ValueError(f"{root} is not a folder; give a folder with one sub-folder per class")
+    class_dirs = []
+    for d in sorted(root.iterdir(), key=lambda d: d.name):
+        if not d.is_dir() or d.is_symlink() or is_hidden(d.name):
+            continue
+        if is_quarantine(d):
+            log.info("skipping quarantine folder %s", os.fsdecode(d))
+            continue
+        class_dirs.append(d)
+    if not class_dirs:
+        raise ValueError(
+            f"{root} has no class sub-folders; put each class's images in a folder of its own "
+            f"(e.g. {root}/cat/*.jpg, {root}/dog/*.jpg)"
+        )
+    names = [d.name for d in class_dirs]
+    files = [[e for e in walk_images(d) if not e.skip_reason] for d in class_dirs]
+    return names, files
+
+
+__all__ = [
+    "FileEntry", "IMAGE_EXTENSIONS", "DECODED_EXTENSIONS", "UNSUPPORTED_FORMATS", "PATH_MAX",
+    "walk_images", "list_image_folder", "is_hidden", "has_image_extension", "unsupported_format", "too_long",
+]

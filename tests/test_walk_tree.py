@@ -126,8 +126,9 @@ def test_scanning_a_quarantine_itself_is_refused(model_dir, tmp_path):
     junk(q / "x.png", 3)
     (q / "imgclean-manifest.jsonl").write_text("")
     result = runner.invoke(app, ["scan", os.fspath(q), "-m", os.fspath(model_dir), "--json"])
-    assert result.exit_code == 1, result.output
+    assert result.exit_code == 2, result.output  # a usage error, before the model is loaded
     assert "quarantine" in result.output and "Traceback" not in result.output
+    assert sorted(p.name for p in q.iterdir()) == ["imgclean-manifest.jsonl", "x.png"]
 
 
 def test_a_quarantine_is_never_a_training_class(tmp_path):

@@ -105,13 +105,20 @@ def scan(
     """Score every image in a folder; report, and with --move-to quarantine, the ones that do not belong."""
     from ..artifact import ModelError, load_model
     from ..locking import LockError, LockHeld, ScanLock
-    from ..moves import Quarantine, QuarantineError
+    from ..moves import MANIFEST_NAME, Quarantine, QuarantineError, is_quarantine
     from ..report import RecordWriter, report_format
     from ..scan import ScanOptions, check_method, is_rejected, run_scan
 
     setup_logging(quiet, verbose)
     if not folder.is_dir():
         raise usage_error(f"folder {folder} does not exist or is not a folder")
+    if is_quarantine(folder):
+        raise usage_error(
+            f"{folder} is an imgclean quarantine (it holds {MANIFEST_NAME}); review it with `imgclean report`, "
+            "put files back with `imgclean restore`"
+        )
+    # Resolved once: the walk, the lock, the moves and the review page all act on this folder.
+    root = Path(os.path.realpath(folder))
     if dry_run and move_to is None:
         raise usage_error("--dry-run shows planned moves; give --move-to DIR too")
     exclude: tuple[Path, ...] = ()
@@ -149,7 +156,7 @@ def scan(
     if html is not None:
         from ..html_report import ReviewCollector
 
-        review = ReviewCollector(root=folder.absolute(), quarantine=move_to)
+        review = ReviewCollector(root=root, quarantine=move_to)
     options = ScanOptions(
         batch_size=batch_size, workers=workers, keep_unreadable=keep_unreadable, exclude=exclude,
         use_cache=use_cache, cache_dir=cache_dir, method=method.value,
@@ -179,7 +186,7 @@ def scan(
 
     moving = move_to is not None and not dry_run
     # Only runs that move files take the folder's lock: reports and dry runs write nothing there.
-    lock = ScanLock(folder) if moving else None
+    lock = ScanLock(root) if moving else None
     quarantine = None
     stop = None
     try:
@@ -198,10 +205,10 @@ def scan(
             if not progress.disable:
                 from ..data import walk_images
 
-                total = sum(1 for _ in walk_images(folder, exclude))
+                total = sum(1 for _ in walk_images(root, exclude))
                 progress_task = progress.add_task("scanning", total=total, info="")
                 show_model_loading(bundle, progress, progress_task)
-            summary = run_scan(folder, bundle, options, quarantine, dry_run, dev, on_record, stop)
+            summary = run_scan(root, bundle, options, quarantine, dry_run, dev, on_record, stop)
     except LockHeld as exc:
         raise locked(exc) from None
     except (QuarantineError, ModelError, ValueError, LockError) as exc:

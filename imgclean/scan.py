@@ -382,6 +382,8 @@ def _consume(scorer, root, options, summary, quarantine, dry_run, on_record, sho
                 reason=record.status,
                 size=entry.size,
                 mtime_ns=entry.mtime_ns,
+                dev=entry.dev,
+                ino=entry.ino,
                 details={k: v for k, v in record.to_dict().items() if k in ("predicted", "nearest", "score", "message")},
             )
             if dry_run:

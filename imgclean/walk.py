@@ -55,6 +55,8 @@ class FileEntry:
     size: int
     mtime_ns: int
     skip_reason: str = ""  # non-empty: not to be opened (symlink, FIFO, hard-link duplicate...)
+    dev: int | None = None  # st_dev and st_ino seen by the walk: a move checks the file is still this one
+    ino: int | None = None
 
 
 def is_hidden(name: str | bytes) -> bool:
@@ -185,7 +187,7 @@ def walk_images(root: Path, exclude: tuple[Path, ...] = ()) -> Iterator[FileEntr
             yield FileEntry(Path(path), st.st_size, st.st_mtime_ns, "hard link to a file already scanned")
         else:
             seen_inodes.add((st.st_dev, st.st_ino))
-            yield FileEntry(Path(path), st.st_size, st.st_mtime_ns)
+            yield FileEntry(Path(path), st.st_size, st.st_mtime_ns, dev=st.st_dev, ino=st.st_ino)
 
 
 def list_image_folder(root: Path) -> tuple[list[str], list[list[FileEntry]]]:

@@ -210,22 +210,24 @@ def test_dotdot_after_a_symlink_acts_on_the_resolved_folder_only(model_dir, tmp_
 
 def test_a_file_replaced_by_one_of_the_same_size_and_time_after_scoring_stays(model_dir, tmp_path, monkeypatch):
     # Another program swaps in a new file with the same size and mtime after the scan scored the
-    # old one: only the inode tells them apart, so the walk's inode reaches the move.
+    # old one and before the move looks at it: only the inode tells them apart, so the walk's
+    # inode must reach the move.
     from imgclean import moves
 
     folder = tmp_path / "in"
     victim = junk(folder / "a.png", 1)
     st = victim.stat()
     new_bytes = b"NOTANIMAGE" + bytes(st.st_size - 10)  # same size, other content
+    original_move = moves.Quarantine.move
 
-    def swap(step: str) -> None:
-        if step == "hash" and victim.read_bytes() != new_bytes:
-            tmp = folder / ".swap"
-            tmp.write_bytes(new_bytes)
-            os.utime(tmp, ns=(st.st_atime_ns, st.st_mtime_ns))
-            os.replace(tmp, victim)
+    def swap_then_move(self, request):
+        tmp = folder / ".swap"
+        tmp.write_bytes(new_bytes)
+        os.utime(tmp, ns=(st.st_atime_ns, st.st_mtime_ns))
+        os.replace(tmp, victim)
+        return original_move(self, request)
 
-    monkeypatch.setattr(moves, "_fault_hook", swap)
+    monkeypatch.setattr(moves.Quarantine, "move", swap_then_move)
     summary, rows = scan(folder, model_dir, tmp_path, "--move-to", tmp_path / "q", "--no-cache")
     assert summary["moved"] == 0 and rows["a.png"]["status"] == "changed", (summary, rows)
     assert victim.read_bytes() == new_bytes

@@ -114,7 +114,7 @@ def test_fifo_in_a_training_class_is_never_opened(train_dir, tmp_path):
     for cls in ("checker", "stripes_h"):
         shutil.copytree(train_dir / cls, data / cls)
     os.mkfifo(data / "checker" / "pipe.png")
-    proc = cli("fit", data, "-o", tmp_path / "m", "--epochs", "1", "--json", timeout=180)
+    proc = cli("fit", data, "-o", tmp_path / "m", "--epochs", "1", "--min-steps", "0", "--json", timeout=600)
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout)
     assert summary["images_per_class"] == [24, 24] and summary["skipped"] == 0

@@ -36,6 +36,7 @@ import numpy as np
 
 from . import __version__
 from .detectors import MahalanobisDetector, RejectHead
+from .fileops import fsync_dir
 from .model_carry import carry_foreign, clear_backup
 from .model_files import (  # noqa: F401  (re-exported: the public names of a model directory)
     CONFIG_FILE, DETECTOR_FILE, FORMAT_VERSION, HEAD_FILE, OWN_FILES, REQUIRED_KEYS, WEIGHTS_FILE,
@@ -157,12 +158,7 @@ def _write_new(path: Path, blob: bytes) -> None:
         os.close(fd)
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+_fsync_dir = fsync_dir  # a module attribute, so tests can fail it
 
 
 def _new_name(parent: Path, prefix: str, create: bool) -> Path:

@@ -15,6 +15,7 @@ import shutil
 import stat
 from dataclasses import dataclass
 
+from .fileops import fsync_dir
 from .model_files import OWN_FILES, ModelError
 
 log = logging.getLogger(__name__)
@@ -29,14 +30,6 @@ class Carried:
 
 def _own(name: str, st: os.stat_result) -> bool:
     return name in OWN_FILES and stat.S_ISREG(st.st_mode)
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def carry_foreign(old, new) -> list[Carried]:
@@ -71,7 +64,7 @@ def carry_foreign(old, new) -> list[Carried]:
                 walk(s, d, r)
                 os.chmod(d, stat.S_IMODE(st.st_mode))
                 os.utime(d, ns=(st.st_atime_ns, st.st_mtime_ns))
-                _fsync_dir(d)
+                fsync_dir(d)
                 carried.append(Carried(r, st, linked=False))
                 continue
             try:

@@ -113,6 +113,22 @@ def _private_scan_cache(tmp_path_factory, monkeypatch):
 
 
 @pytest.fixture(autouse=True)
+def _restore_logging():
+    """In-process CLI calls point the root logger at the stream CliRunner captured, which is
+    closed afterwards: put the logging set-up back, or a later test's log lines hit a closed file."""
+    import logging
+    import warnings
+
+    root, ours = logging.getLogger(), logging.getLogger("imgclean")
+    saved = (root.handlers[:], root.level, ours.level, warnings.formatwarning)
+    yield
+    root.handlers[:], root.level = saved[0], saved[1]
+    ours.setLevel(saved[2])
+    warnings.formatwarning = saved[3]
+    logging.captureWarnings(False)
+
+
+@pytest.fixture(autouse=True)
 def _private_lock_registry(tmp_path_factory, monkeypatch):
     """Held locks are registered machine-wide (/tmp/imgclean-locks): keep each test's runs apart
     from real runs and from other test sessions on the same machine."""

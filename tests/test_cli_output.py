@@ -95,10 +95,8 @@ def test_interrupt_says_how_far_the_scan_got(model_dir, incoming, terminal, monk
 
 
 def test_the_model_loading_step_is_shown_while_the_network_loads():
+    from imgclean.artifact import ModelBundle
     from imgclean.cli.scan import show_model_loading
-
-    class Bundle:
-        loader = staticmethod(lambda: "network")
 
     class Progress:
         descriptions = []
@@ -106,10 +104,10 @@ def test_the_model_loading_step_is_shown_while_the_network_loads():
         def update(self, task, description):
             self.descriptions.append(description)
 
-    bundle, progress = Bundle(), Progress()
+    bundle, progress = ModelBundle(config={}, loader=lambda: "network"), Progress()
     show_model_loading(bundle, progress, task=1)
     assert progress.descriptions == []
-    assert bundle.loader() == "network"
+    assert bundle.model == "network"  # the lazy network loads on first use
     assert progress.descriptions == ["loading model", "scanning"]
 
 

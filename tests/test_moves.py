@@ -106,6 +106,8 @@ def listing(*roots: Path) -> dict[str, tuple]:
     for root in roots:
         for d, dirs, files in os.walk(root):
             for name in dirs + files:
+                if name == ".imgclean.lock":  # taken (and rewritten) by every moving run, by design
+                    continue
                 st = os.lstat(os.path.join(d, name))
                 out[os.path.join(d, name)] = (st.st_mode, st.st_size, st.st_mtime_ns)
         st = os.lstat(root) if root.exists() else None

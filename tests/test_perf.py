@@ -150,9 +150,13 @@ def test_changed_and_new_files_are_misses(model_dir, aged_incoming, tmp_path):
 def test_a_different_model_is_a_miss(model_dir, model_copy, aged_incoming, tmp_path):
     cache = tmp_path / "cache"
     scan_records(aged_incoming, load_model(model_dir, lazy=True), cache)
+    from imgclean.artifact import save_model
+
+    other = load_model(model_copy)
+    other.detector.set_threshold_scale(2.0)  # a new detector.npz, so a new fingerprint
+    save_model(other, model_copy, force=True)
     config = json.loads((model_copy / "config.json").read_text())
-    config["fingerprint"] = "0" * 16
-    (model_copy / "config.json").write_text(json.dumps(config))
+    assert config["fingerprint"] != json.loads((model_dir / "config.json").read_text())["fingerprint"]
     summary, _ = scan_records(aged_incoming, load_model(model_copy, lazy=True), cache)
     assert summary.cached == 0 and summary.decoded == 16
     # Same fingerprint, edited settings (e.g. the normalisation): also a miss.
@@ -298,9 +302,9 @@ def test_fit_decodes_each_training_image_once(train_dir, monkeypatch):
     calls: dict[str, int] = {}
     real = data.decode_image
 
-    def counting(path, size, channels):
+    def counting(path, *args, **kwargs):
         calls[str(path)] = calls.get(str(path), 0) + 1
-        return real(path, size, channels)
+        return real(path, *args, **kwargs)
 
     monkeypatch.setattr(data, "decode_image", counting)
     fit_module.fit_model(train_dir, FitConfig(device="cpu", train=TrainSettings(epochs=3, batch_size=32)))

@@ -45,6 +45,8 @@ class Command(typer.core.TyperCommand):
         for param in self.params:
             if getattr(param, "help", None):
                 param.help = escape(param.help)
+            if param.param_type_name == "argument" and not param.metavar and param.name:
+                param.metavar = param.name.upper()  # the help panel names it as the usage line does
 
     def collect_usage_pieces(self, ctx) -> list[str]:
         pieces = [self.options_metavar] if self.options_metavar else []

@@ -31,8 +31,8 @@ given folders, and tracebacks); every run has a sentinel folder "outside" beside
 
 * replace: another program replaces each source (write temp + rename) as soon as its move is
   journaled, in a watcher thread; counts new versions lost;
-* crash-edit: kill -9 at the k-th "unlink_source" step (the fault hook, in a real process: the
-  quarantine copy is complete, the source not yet removed), then the user edits the source
+* crash-edit: kill -9 at the k-th "capture" step (the fault hook, in a real process: the
+  quarantine copy is complete and the source still at its name, not yet taken away), then the user edits the source
   (same filesystem: replaced; other filesystem: appended), then the rerun recovers; counts
   new versions and originals lost;
 * overlap: `scan P --move-to Q1` and `scan P/C --move-to Q2` started together (all files are
@@ -617,7 +617,7 @@ def crash_edit_run(i: int, pristine: Path, model: Path, work: Path, qparent: Pat
     other_fs = os.stat(qparent).st_dev != os.stat(work).st_dev
     originals = originals_of(folder)
     at = rng.randint(1, max(1, rejected))
-    env = {**ENV, "CAMPAIGN_KILL_STEP": "unlink_source", "CAMPAIGN_KILL_AT": str(at)}
+    env = {**ENV, "CAMPAIGN_KILL_STEP": "capture", "CAMPAIGN_KILL_AT": str(at)}
     proc = subprocess.run([sys.executable, "-c", KILL_AT_STEP, *map(os.fspath, scan_args(folder, model, quarantine))],
                           env=env, capture_output=True, stdin=subprocess.DEVNULL, timeout=900)
     killed = proc.returncode == -signal.SIGKILL
@@ -881,7 +881,7 @@ def figures_block(figures: dict) -> list[str]:
                          f"as soon as its `started` record is journaled.")
         if figures.get("crash-edit"):
             f = figures["crash-edit"]
-            notes.append(f"crash-edit: kill -9 through the fault hook at the k-th `unlink_source` step ({f['killed']} of "
+            notes.append(f"crash-edit: kill -9 through the fault hook at the k-th `capture` step (copy complete, source still at its name) ({f['killed']} of "
                          f"{f['runs']} killed there), {f['edited']} sources edited before the rerun, "
                          f"{f['edited_with_complete_copy']} of them with a complete copy in the quarantine.")
         if figures.get("overlap"):

@@ -181,3 +181,25 @@ def numbered(base: Path, limit: int | None = None) -> Iterator[Path]:
     for n in range(1, MAX_SUFFIX):
         yield base.with_name(fitted(stem, suffix, f" ({n})", limit))
     raise OSError(errno.EEXIST, f"no free name for {base} after {MAX_SUFFIX} tries")
+
+
+# ----------------------------------------------------------------------------- scanned folders
+# A folder imgclean moved files out of holds this file (the scan's lock file, also made by a
+# move). A journal is only as trustworthy as whoever could write to the quarantine, but this file
+# is outside it: a record naming a folder without one is never acted on, so a forged journal
+# cannot make recovery delete, or restore create, files in a folder no scan ever moved from.
+# (Whoever can create that file in a folder can write there anyway.)
+ROOT_MARKER = ".imgclean.lock"
+
+
+def mark_scanned_root(root: str | os.PathLike) -> None:
+    """Create the marker in ``root`` if it is missing (never truncates or follows a link)."""
+    fd = os.open(os.path.join(root, ROOT_MARKER), os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o644)
+    os.close(fd)
+
+
+def is_scanned_root(root: str | os.PathLike) -> bool:
+    """``root`` holds the marker as a regular file: imgclean moved files out of it."""
+    st = lstat_or_none(Path(root, ROOT_MARKER))
+    return st is not None and stat.S_ISREG(st.st_mode)
+

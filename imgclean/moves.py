@@ -34,7 +34,7 @@ from typing import Any
 
 from . import fileops
 from .fileops import Abort as _Abort
-from .fileops import hash_unchanged, inside, log, numbered, resolved_inside, step
+from .fileops import ROOT_MARKER, hash_unchanged, inside, is_scanned_root, log, mark_scanned_root, numbered, resolved_inside, step
 from .journal import (
     MANIFEST_NAME,
     RESERVED,
@@ -258,6 +258,8 @@ class Quarantine:
         except ValueError as e:
             return MoveResult(req, "error", None, str(e))
 
+        if src.parent == scan_root and src.name == ROOT_MARKER:  # never yielded by a walk: it is hidden
+            return MoveResult(req, "error", None, f"{src} is imgclean's lock file; it is never moved")
         # Checks before anything is journaled: these leave the file alone.
         try:
             st = os.lstat(src)
@@ -277,6 +279,7 @@ class Quarantine:
         if (st.st_size, st.st_mtime_ns) != (req.size, req.mtime_ns) or not scored_inode:
             return MoveResult(req, "changed", None, f"{src} changed since it was scored; left in place")
         try:
+            mark_scanned_root(scan_root)  # recovery and restore act only on folders that have it
             sha = hash_unchanged(src, st)
             step("mkdir")
             base.parent.mkdir(parents=True, exist_ok=True)
@@ -370,7 +373,7 @@ def _restore_targets(quarantine_root: Path) -> list[Path]:
     roots = set()
     for rec in read_manifest(quarantine_root):
         value = rec.get("scan_root")
-        if isinstance(value, str) and os.path.isabs(value) and os.path.isdir(value):
+        if isinstance(value, str) and os.path.isabs(value) and os.path.isdir(value) and is_scanned_root(value):
             roots.add(os.path.realpath(value))
     return [Path(r) for r in sorted(roots) if not any(r != o and inside(r, o) for o in roots)]
 

@@ -16,7 +16,7 @@ import stat
 from collections.abc import Callable
 from pathlib import Path
 
-from .fileops import Abort, discard, lstat_or_none, resolved_inside, same_file, sha256_path
+from .fileops import ROOT_MARKER, Abort, discard, is_scanned_root, lstat_or_none, resolved_inside, same_file, sha256_path
 from .journal import UNFINISHED, capture_name, copy_tmp_name
 from .transfer import capture, put_back
 
@@ -105,6 +105,10 @@ def recover(ops: dict[str, dict], quarantine_root: Path, finish: Finish) -> list
         here, there = (op["scan_root"], quarantine_root) if kind == "move" else (quarantine_root, op["scan_root"])
         if not (resolved_inside(src, here) and resolved_inside(dst, there)):
             log.error("recovery of %s %s: %s or %s now resolves outside its folder; not touched", kind, jid, src, dst)
+            continue
+        if not is_scanned_root(op["scan_root"]):
+            log.error("recovery of %s %s: %s holds no %s, so no imgclean run moved files out of it; not touched",
+                      kind, jid, op["scan_root"], ROOT_MARKER)
             continue
         try:
             state = recover_op(op)

@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .fileops import Abort, hash_unchanged, inside, resolved_inside
+from .fileops import ROOT_MARKER, Abort, hash_unchanged, inside, is_scanned_root, resolved_inside
 from .journal import MANIFEST_NAME, PROBE_PREFIX, RESERVED, TMP_PREFIX, UNFINISHED, Invalid, load_ops
 from .transfer import transfer
 
@@ -122,6 +122,9 @@ def restore_one(q: Any, move: dict, dry_run: bool) -> RestoreResult:
     scan_root = move["scan_root"]
     if not resolved_inside(original, scan_root):
         return result("error", f"{original.parent} now resolves outside {scan_root}; left in quarantine")
+    if not is_scanned_root(scan_root):
+        return result("error", f"{scan_root} holds no {ROOT_MARKER}, so no imgclean run moved files out of it; "
+                      f"left in quarantine (if you deleted that file, create it again to restore)")
     if dry_run:
         return result("restored", "dry run")
     try:

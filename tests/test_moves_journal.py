@@ -139,3 +139,37 @@ def test_any_damaged_journal_gives_results_never_a_traceback(tmp_path_factory, r
         results = restore(qroot, dry_run=dry_run)
         assert {r.status for r in results} <= {"restored", "invalid", "discarded", "exists", "unaccounted"}
     assert (scan / "a.jpg").read_bytes() == data[scan / "a.jpg"]
+
+
+# A forged record may name any folder as its scan root. A folder imgclean moved files out of
+# holds its .imgclean.lock; records naming any other folder are never acted on.
+def test_forged_scan_root_cannot_make_recovery_delete_a_file_outside(scan: Path, qroot: Path, tmp_path: Path) -> None:
+    _move_all(scan, qroot, ["a.jpg"])
+    outside = tmp_path / "outside"
+    victim = outside / "victim.png"
+    victim.parent.mkdir()
+    victim.write_bytes(b"precious")
+    (qroot / "copy.png").write_bytes(b"precious")  # a "complete copy", so the victim looks provable
+    st = victim.stat()
+    rec = started(outside, qroot, "victim.png", id="c" * 32, destination=str(qroot / "copy.png"), size=st.st_size,
+                  mtime_ns=st.st_mtime_ns, sha256=hashlib.sha256(b"precious").hexdigest())
+    append(qroot, rec)
+    with Quarantine(qroot) as q:  # recovery runs here
+        assert q.recovered == []
+    assert victim.read_bytes() == b"precious"
+    assert sorted(p.name for p in outside.iterdir()) == ["victim.png"]
+
+
+def test_forged_scan_root_cannot_make_restore_create_a_file_outside(scan: Path, qroot: Path, tmp_path: Path) -> None:
+    _move_all(scan, qroot, ["a.jpg"])
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (qroot / "planted.png").write_bytes(b"x")
+    rec = started(outside, qroot, "planted.png", id="d" * 32)
+    append(qroot, rec, {"op": "move", "id": "d" * 32, "state": "done", "time": "t"})
+    for dry_run in (True, False):
+        results = {r.destination.name: r for r in restore(qroot, dry_run=dry_run)}
+        assert results["planted.png"].status == "error" and results["planted.png"].problem
+        assert ".imgclean.lock" in results["planted.png"].message
+        assert results["a.jpg"].status == "restored"
+    assert list(outside.iterdir()) == [] and (qroot / "planted.png").read_bytes() == b"x"

@@ -80,18 +80,13 @@ def too_long(path: str | os.PathLike) -> str:
     return ""
 
 
-def _quarantine_manifest() -> str:
+def _is_quarantine(listing: list[tuple[str, os.stat_result | None]]) -> bool:
+    """The folder's listing holds an imgclean manifest as a regular file (as moves.is_quarantine
+    decides, from the lstat the walk already has: a folder or link of that name is user data)."""
     from .moves import MANIFEST_NAME
 
-    return MANIFEST_NAME
-
-
-def _is_quarantine(path: str, names: list[str]) -> bool:
-    from .moves import is_quarantine
-
-    if _quarantine_manifest() in names:
-        return True
-    return len(os.fsencode(path)) < _FD_WALK_FROM and is_quarantine(path)
+    manifest = os.fsencode(MANIFEST_NAME)
+    return any(os.fsencode(n) == manifest and st is not None and stat.S_ISREG(st.st_mode) for n, st in listing)
 
 
 def _open_deep(path: str) -> int:
@@ -169,7 +164,7 @@ def walk_images(root: Path, exclude: tuple[Path, ...] = ()) -> Iterator[FileEntr
                 log.info("skipping excluded folder %s", os.fsdecode(path))
                 continue
             listing = _listing(path)
-            if _is_quarantine(path, [n for n, _ in listing]):
+            if _is_quarantine(listing):
                 log.info("skipping quarantine folder %s", os.fsdecode(path))
                 continue
             stack.append((path, listing[::-1]))

@@ -121,6 +121,18 @@ def test_a_plain_folder_with_a_manifest_is_skipped_and_said_with_verbose(model_d
     assert [e.path.name for e in entries] == ["good.png"]
 
 
+def test_a_folder_or_link_named_like_the_manifest_does_not_make_a_quarantine(tmp_path):
+    # Only a regular manifest file makes a quarantine (as moves.is_quarantine says): a folder or
+    # a symlink of that name is user data, and its neighbours are walked.
+    folder = tmp_path / "in"
+    junk(folder / "a" / "imgclean-manifest.jsonl" / "inside.png", 1)
+    junk(folder / "a" / "x.png", 2)
+    junk(folder / "b" / "y.png", 3)
+    (folder / "b" / "imgclean-manifest.jsonl").symlink_to(tmp_path / "nowhere")
+    names = sorted(e.path.name for e in data.walk_images(folder) if not e.skip_reason)
+    assert names == ["inside.png", "x.png", "y.png"]
+
+
 def test_scanning_a_quarantine_itself_is_refused(model_dir, tmp_path):
     q = tmp_path / "q"
     junk(q / "x.png", 3)

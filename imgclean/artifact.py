@@ -35,6 +35,7 @@ from typing import Callable
 import numpy as np
 
 from . import __version__
+from .config import decode_options
 from .detectors import MahalanobisDetector, RejectHead
 from .fileops import fsync_dir
 from .model_carry import carry_foreign, clear_backup
@@ -93,13 +94,12 @@ class ModelBundle:
     @property
     def interpolation(self) -> str:
         """The resize filter of the model's inputs (a key of data.INTERPOLATIONS)."""
-        return self.config.get("interpolation") or "bilinear"
+        return decode_options(self.config)["interpolation"]
 
     @property
     def crop_pct(self) -> float:
         """The share of the centre square kept before resizing (timm's crop_pct)."""
-        crop = self.config.get("crop_pct")
-        return 1.0 if crop is None else float(crop)
+        return decode_options(self.config)["crop_pct"]
 
     @property
     def fingerprint(self) -> str:

@@ -16,6 +16,7 @@ import numpy as np
 
 from . import data
 from .artifact import ModelBundle
+from .config import decode_options
 
 OOD = "ood"
 CHANGED = "changed"
@@ -153,10 +154,8 @@ def decode_settings(bundle: ModelBundle) -> tuple[int, int, str, float]:
 
     Models written before interpolation / crop_pct were recorded mean bilinear and 1.0.
     """
-    cfg = getattr(bundle, "config", None) or {}
-    interpolation = cfg.get("interpolation") or "bilinear"
-    crop_pct = cfg.get("crop_pct")
-    return bundle.input_size, bundle.channels, str(interpolation), float(crop_pct) if crop_pct is not None else 1.0
+    opts = decode_options(getattr(bundle, "config", None) or {})
+    return bundle.input_size, bundle.channels, opts["interpolation"], opts["crop_pct"]
 
 
 def default_workers() -> int:

@@ -2,7 +2,7 @@
 
 Builds small files that declare about 64 megapixels (7999 x 7999, just under data.MAX_PIXELS):
 a float32 TIFF, a 16-bit greyscale PNG, and an animated WebP of one tiny frame on a huge canvas.
-Then a child process decodes them the way a scan does (scan.decode_entries on a pool of decode
+Then a child process decodes them the way a scan does (pipeline.decode.Decoder, a pool of decode
 threads) and prints each file's status and its peak RSS (VmHWM; ru_maxrss for the child).
 
     PYTHONPATH=. python benchmarks/bench_decode_memory.py --workers 6 --copies 2
@@ -75,20 +75,20 @@ def build(folder: Path, copies: int = 1, side: int = SIDE) -> list[Path]:
 
 CHILD = r"""
 import json, sys, time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from imgclean import data, scan
+from imgclean import data
+from imgclean.pipeline.decode import DecodeSettings, Decoder
 
 workers, files = int(sys.argv[1]), [Path(p) for p in sys.argv[2:]]
 t = time.perf_counter()
-with ThreadPoolExecutor(workers) as pool:
-    results = [r for chunk in pool.map(lambda f: scan.decode_entries([data.FileEntry(f, 0, 0)], 32, 1), files) for r in chunk]
+with Decoder(DecodeSettings(32, 1), workers) as decoder:
+    results = [r for _, batch in decoder.batches(files, 256) for r in batch]
 hwm = [l for l in open("/proc/self/status") if l.startswith("VmHWM:")][0]
 import imgclean
 print(json.dumps({
     "imgclean": imgclean.__file__,
     "seconds": round(time.perf_counter() - t, 2),
-    "statuses": {f.name: [st, msg[:120]] for f, (_, st, msg) in zip(files, results)},
+    "statuses": {f.name: [d.status, d.message[:120]] for f, d in zip(files, results)},
     "peak_rss_mb": round(int(hwm.split()[1]) / 1024),
 }))
 """

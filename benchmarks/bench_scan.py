@@ -162,13 +162,12 @@ def fit_model_dir(train: Path, out: Path, args: list[str]) -> Path:
 # ---- (a) decode limit ------------------------------------------------------------------------
 def decode_limit(folder: Path, size: int, channels: int, workers: int) -> float:
     from imgclean import data
-    from imgclean.scan import decode_entries
+    from imgclean.pipeline.decode import DecodeSettings, Decoder
 
     t = time.perf_counter()
     entries = [e for e in data.walk_images(folder) if not e.skip_reason]
-    chunk = 64
-    with ThreadPoolExecutor(workers) as pool:
-        n = sum(len(r) for r in pool.map(lambda i: decode_entries(entries[i : i + chunk], size, channels), range(0, len(entries), chunk)))
+    with Decoder(DecodeSettings(size, channels), workers) as decoder:
+        n = sum(len(decoded) for _, decoded in decoder.batches(entries, 256))
     return n / (time.perf_counter() - t)
 
 
@@ -179,7 +178,7 @@ from pathlib import Path
 from PIL import Image
 from torch.utils.data import Dataset, DataLoader
 from torchvision import transforms
-from imgclean.artifact import load_model
+from imgclean.store.artifact import load_model
 folder, model_dir, report = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
 b = load_model(model_dir); cfg = b.config; size = cfg["input_size"]
 mode = "L" if cfg["channels"] == 1 else "RGB"
@@ -302,9 +301,9 @@ def fit_epochs(n_per_class: int, epochs: int, lines: list[str]) -> dict:
 
     from imgclean import data
     from imgclean.config import TrainSettings
-    from imgclean.fit import decode_classes
-    from imgclean.models import build_model
-    from imgclean.training import channel_stats, train_classifier
+    from imgclean.pipeline.fit import decode_classes
+    from imgclean.nn.models import build_model
+    from imgclean.nn.training import channel_stats, train_classifier
 
     torch.set_num_threads(1)
     x, y = load_fashion_mnist("train")

@@ -461,7 +461,7 @@ def hook(name):
         seen[0] += 1
         if seen[0] == at:
             os.kill(os.getpid(), signal.SIGKILL)
-for mod in ("imgclean.moves", "imgclean.transfer", "imgclean.journal"):
+for mod in ("imgclean.quarantine.moves", "imgclean.quarantine.transfer", "imgclean.quarantine.journal"):
     try:
         m = importlib.import_module(mod)
     except ImportError:

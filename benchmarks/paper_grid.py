@@ -16,13 +16,13 @@ from Debian dataset-fashion-mnist):
    efficientnet_b0 from scratch and tf_efficientnet_lite0 from ImageNet weights
    (benchmarks/efficientnet_lite0_weights.py), both at 32 px.
 
-Every run writes image folders (PNG), calls imgclean.fit.fit_model(train, config,
-reject_dir=...) exactly as `imgclean fit --reject-dir` does, and imgclean.evaluate.evaluate
+Every run writes image folders (PNG), calls imgclean.pipeline.fit.fit_model(train, config,
+reject_dir=...) exactly as `imgclean fit --reject-dir` does, and imgclean.pipeline.evaluate.evaluate
 exactly as `imgclean evaluate` does. Cross-source heads are trained with
-imgclean.headfit.train_head on the frozen features, as `imgclean fit-head` does.
+imgclean.pipeline.headfit.train_head on the frozen features, as `imgclean fit-head` does.
 
 Writes docs/results.md (tables, comparison with the paper), docs/results/*.png (ROC curves
-drawn by imgclean.evaluate.plot_roc; deep features in 2-D as the paper's Fig. 6) and
+drawn by imgclean.pipeline.evaluate.plot_roc; deep features in 2-D as the paper's Fig. 6) and
 docs/results/grid.json (every number).
 
     python benchmarks/paper_grid.py --quick      # a few minutes: small subsets, to check it runs
@@ -189,9 +189,9 @@ def summarise(results: dict, method: str) -> dict:
 
 def run_lambda(exp: Experiment, paths: dict, lam: float, seed: int, keep: dict) -> dict:
     from imgclean.config import FitConfig, TrainSettings
-    from imgclean.evaluate import evaluate
-    from imgclean.fit import fit_model
-    from imgclean.headfit import decode_folder, embed, train_head
+    from imgclean.pipeline.evaluate import evaluate
+    from imgclean.pipeline.fit import fit_model
+    from imgclean.pipeline.headfit import decode_folder, embed, train_head
 
     config = FitConfig(
         arch=exp.arch, device="cpu", input_size=exp.input_size, channels=exp.channels, weights=exp.weights,
@@ -240,7 +240,7 @@ def run_lambda(exp: Experiment, paths: dict, lam: float, seed: int, keep: dict) 
 
 def decode_classes_of(train_dir: Path, bundle) -> np.ndarray:
     from imgclean import data
-    from imgclean.fit import decode_classes
+    from imgclean.pipeline.fit import decode_classes
 
     names, files = data.list_image_folder(train_dir)
     images, _, _ = decode_classes(
@@ -253,7 +253,7 @@ def decode_classes_of(train_dir: Path, bundle) -> np.ndarray:
 def roc_figure(ev, path: Path, title: str) -> Path:
     """Both methods' ROC curves in one PNG, drawn by imgclean's own plot_roc."""
     from imgclean import metrics
-    from imgclean.evaluate import plot_roc
+    from imgclean.pipeline.evaluate import plot_roc
 
     curves = {}
     for method, c in ev.curves.items():
@@ -268,7 +268,7 @@ def feature_figure(panels: list[tuple[str, object]], paths: dict, ood_src: str, 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from imgclean import data
-    from imgclean.headfit import decode_folder, embed
+    from imgclean.pipeline.headfit import decode_folder, embed
 
     fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 5.6))
     axes = np.atleast_1d(axes)

@@ -22,6 +22,7 @@ from .walk import (  # noqa: F401  (re-exported: the walk used to live here)
     IMAGE_EXTENSIONS, FileEntry, has_image_extension, is_hidden, list_image_folder, too_long,
     unsupported_format, walk_images,
 )
+from .errors import ImgcleanError
 
 # Decoders Pillow may use. An explicit list keeps EPS/PDF (Ghostscript) and exotic plugins out,
 # whatever the file is named.
@@ -40,7 +41,7 @@ UNSUPPORTED = "unsupported"
 SKIPPED = "skipped"
 
 
-class DecodeError(Exception):
+class DecodeError(ImgcleanError):
     """A file could not be turned into pixels; `status` says why."""
 
     def __init__(self, status: str, message: str):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Mapping
+from .errors import ImgcleanError
 
 CONFIG_SECTIONS = ("fit", "scan")
 MAX_FILE_BYTES = 64 * 1024
@@ -22,7 +23,7 @@ MAX_LIST_ITEMS = 64
 PREVIEW_CHARS = 60
 
 
-class SettingsFileError(ValueError):
+class SettingsFileError(ImgcleanError, ValueError):
     """A settings file that cannot be used; the message names the file and the key."""
 
 

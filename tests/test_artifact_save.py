@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from imgclean import artifact, model_carry
-from imgclean.artifact import CONFIG_FILE, DETECTOR_FILE, HEAD_FILE, WEIGHTS_FILE, ModelError, load_model, save_model
+from imgclean.store import artifact, model_carry
+from imgclean.store.artifact import CONFIG_FILE, DETECTOR_FILE, HEAD_FILE, WEIGHTS_FILE, ModelError, load_model, save_model
 from imgclean.cli import app
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -152,7 +152,7 @@ def test_a_failure_mid_save_keeps_the_old_model_and_the_foreign_files(model_copy
 SAVE_AND_DIE = r"""
 import os, signal, sys
 from pathlib import Path
-from imgclean import artifact
+from imgclean.store import artifact
 target = Path(sys.argv[1])
 bundle = artifact.load_model(target)
 bundle.config["metrics"] = {"marker": "new"}

@@ -14,8 +14,8 @@ import torch
 from typer.testing import CliRunner
 
 from conftest import class_image, tree_snapshot
-from imgclean import artifact
-from imgclean.artifact import CONFIG_FILE, DETECTOR_FILE, WEIGHTS_FILE, ModelError, load_model, save_model
+from imgclean.store import artifact
+from imgclean.store.artifact import CONFIG_FILE, DETECTOR_FILE, WEIGHTS_FILE, ModelError, load_model, save_model
 from imgclean.cli import app
 
 
@@ -36,7 +36,7 @@ def images() -> np.ndarray:
 
 
 def outputs(bundle) -> np.ndarray:
-    from imgclean.training import predict_arrays
+    from imgclean.nn.runtime import predict_arrays
 
     logits, _ = predict_arrays(bundle.model, images(), bundle.config["mean"], bundle.config["std"], "cpu")
     return np.asarray(logits)

@@ -14,7 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import tree_snapshot
-from imgclean.artifact import CONFIG_FILE, DETECTOR_FILE, HEAD_FILE, WEIGHTS_FILE, ModelError, load_model, read_config
+from imgclean.store.artifact import CONFIG_FILE, DETECTOR_FILE, HEAD_FILE, WEIGHTS_FILE, ModelError, load_model, read_config
 from imgclean.cli import app
 
 
@@ -156,7 +156,7 @@ def test_a_detector_that_is_not_an_npz_is_named_in_imgcleans_words(model_copy, c
 
 
 def test_a_huge_file_is_refused_before_it_is_read(model_copy, monkeypatch):
-    from imgclean import model_files
+    from imgclean.store import model_files
 
     monkeypatch.setitem(model_files.SIZE_LIMITS, DETECTOR_FILE, 1000)
     assert "more than any detector.npz" in refusal(model_copy)

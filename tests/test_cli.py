@@ -231,7 +231,7 @@ def test_missing_model_is_exit_1(incoming, tmp_path):
 
 
 def test_second_scan_on_a_locked_folder_exits_at_once(model_dir, incoming, tmp_path):
-    from imgclean.locking import ScanLock
+    from imgclean.quarantine.locking import ScanLock
 
     root, _ = incoming
     with ScanLock(root):

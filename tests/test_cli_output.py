@@ -23,19 +23,19 @@ def test_verbose_raises_imgclean_loggers_but_not_pillows(model_dir, incoming, tm
     root, _ = incoming
     result = invoke("scan", root, "-m", model_dir, "--move-to", tmp_path / "q", "-v", "--no-cache")
     assert result.exit_code == 0, result.output
-    assert logging.getLogger("imgclean.moves").isEnabledFor(logging.DEBUG)
+    assert logging.getLogger("imgclean.quarantine.moves").isEnabledFor(logging.DEBUG)
     assert not logging.getLogger("PIL.PngImagePlugin").isEnabledFor(logging.DEBUG)
     assert "STREAM" not in result.stderr and "DEBUG: locked" in result.stderr
 
 
 def test_json_keeps_warnings_on_stderr(model_dir, incoming, monkeypatch):
-    import imgclean.artifact as artifact
+    import imgclean.store.artifact as artifact
 
     root, kinds = incoming
     real = artifact.load_model
 
     def load_model(*args, **kwargs):
-        logging.getLogger("imgclean.artifact").warning("model was made by imgclean 0.0.1; this is newer")
+        logging.getLogger("imgclean.store.artifact").warning("model was made by imgclean 0.0.1; this is newer")
         return real(*args, **kwargs)
 
     monkeypatch.setattr(artifact, "load_model", load_model)
@@ -56,7 +56,7 @@ def test_report_with_a_json_extension_is_refused_naming_jsonl(model_dir, incomin
 
 
 def test_report_module_still_reads_old_json_files_and_never_writes_them(tmp_path):
-    from imgclean.report import RecordWriter, report_format
+    from imgclean.reports.records import RecordWriter, report_format
 
     assert report_format(tmp_path / "old.json") == "jsonl"
     with pytest.raises(ValueError, match=r"\.jsonl"):
@@ -95,7 +95,7 @@ def test_interrupt_says_how_far_the_scan_got(model_dir, incoming, terminal, monk
 
 
 def test_the_model_loading_step_is_shown_while_the_network_loads():
-    from imgclean.artifact import ModelBundle
+    from imgclean.store.artifact import ModelBundle
     from imgclean.cli.scan import show_model_loading
 
     class Progress:
@@ -138,7 +138,7 @@ def test_info_shows_the_epochs_trained(model_copy):
 
 
 def test_device_auto_answers_cpu_without_torch_when_no_gpu_can_exist(monkeypatch, tmp_path):
-    import imgclean.models as models
+    import imgclean.nn.models as models
 
     def pick_device(requested):
         raise AssertionError("torch was asked although no GPU device node exists")

@@ -7,7 +7,7 @@ from typer.testing import CliRunner
 
 from conftest import flat, tree_snapshot
 from imgclean.cli import EXIT_LOCKED, EXIT_USAGE, app
-from imgclean.locking import ScanLock
+from imgclean.quarantine.locking import ScanLock
 
 runner = CliRunner()
 

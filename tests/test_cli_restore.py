@@ -1,7 +1,7 @@
 """`imgclean restore QUARANTINE [PATH ...]` against the moves contract (contract 1): results
 are printed, discarded files are "discarded by the user", only problems fail the run.
 
-The first tests use a stand-in for imgclean.moves.restore, so the CLI's side is checked on its
+The first tests use a stand-in for imgclean.quarantine.moves.restore, so the CLI's side is checked on its
 own; the last ones run the real thing (they need the moves helper's `only=` and statuses).
 """
 import json
@@ -47,7 +47,7 @@ def fake_restore(monkeypatch, tmp_path):
         calls.append({"root": Path(quarantine_root), "dry_run": dry_run, "only": only})
         return list(results)
 
-    monkeypatch.setattr("imgclean.moves.restore", restore)
+    monkeypatch.setattr("imgclean.quarantine.moves.restore", restore)
     return q, calls, results
 
 

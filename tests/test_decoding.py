@@ -14,7 +14,6 @@ import subprocess
 import sys
 import zlib
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -322,8 +321,8 @@ def test_exif_orientation_on_jpeg(tmp_path):
 
 def test_fit_and_scan_decode_orientation_alike(tmp_path, model_dir):
     """fit's decoder and scan's decoder see the same upright pixels."""
-    from imgclean.fit import decode_classes
-    from imgclean.scan import Scorer
+    from imgclean.pipeline.fit import decode_classes
+    from imgclean.pipeline.decode import DecodeSettings, decode_one
 
     upright = asymmetric()
     up = write(tmp_path / "a" / "upright.png", encode(upright, "PNG"))
@@ -331,9 +330,8 @@ def test_fit_and_scan_decode_orientation_alike(tmp_path, model_dir):
     entries = [[data.FileEntry(up, 0, 0)], [data.FileEntry(rotated, 0, 0)]]
     images, labels, skipped = decode_classes(["a", "b"], entries, 16, 1)
     assert not skipped and np.array_equal(images[0], images[1])
-    scorer = Scorer(SimpleNamespace(input_size=16, channels=1), workers=1)
-    arr, status, _ = scorer._decode(data.FileEntry(rotated, 0, 0))
-    assert status == data.OK and np.array_equal(arr, images[0])
+    decoded = decode_one(rotated, DecodeSettings(16, 1))
+    assert decoded.status == data.OK and np.array_equal(decoded.array, images[0])
 
 
 # ----------------------------------------------------------------------------- pixel modes

@@ -26,9 +26,9 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from conftest import class_image, ood_image, tree_snapshot, write_png
-from imgclean import moves
+from imgclean.quarantine import moves
 from imgclean.cli import EXIT_INTERRUPTED, EXIT_LOCKED, EXIT_TERMINATED, EXIT_USAGE, app
-from imgclean.moves import MANIFEST_NAME, TMP_PREFIX, read_manifest
+from imgclean.quarantine.moves import MANIFEST_NAME, TMP_PREFIX, read_manifest
 
 ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()
@@ -430,7 +430,7 @@ def test_read_only_destination_is_refused_before_anything_moves(model_dir, tmp_p
 # second run reliably arrives while it is moving.
 SLOW_CLI = r"""
 import os, sys, time
-import imgclean.moves as m
+import imgclean.quarantine.moves as m
 hold = os.environ.get("IMGCLEAN_TEST_HOLD")  # while this file exists, moves wait (up to 2 min)
 def hook(step):
     if step == "link":

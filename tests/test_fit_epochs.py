@@ -5,9 +5,9 @@ import math
 
 import pytest
 
-from imgclean.artifact import save_model
+from imgclean.store.artifact import save_model
 from imgclean.config import FitConfig, TrainSettings
-from imgclean.fit import fit_model
+from imgclean.pipeline.fit import fit_model
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

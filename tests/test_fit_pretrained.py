@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imgclean import pretrained
-from imgclean.models import build_model
-from imgclean.pretrained import PretrainedError
+from imgclean.nn import pretrained
+from imgclean.nn.models import build_model
+from imgclean.nn.pretrained import PretrainedError
 
 ARCH = "test_resnet"  # timm's tiny test model; its weights live at timm/test_resnet.r160_in1k
 

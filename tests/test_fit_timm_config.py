@@ -11,10 +11,10 @@ import pytest
 from PIL import Image
 
 from imgclean import data
-from imgclean.artifact import load_model, save_model
+from imgclean.store.artifact import load_model, save_model
 from imgclean.config import FitConfig, TrainSettings
-from imgclean.fit import FitError, fit_model
-from imgclean.training import channel_stats
+from imgclean.pipeline.fit import FitError, fit_model
+from imgclean.nn.training import channel_stats
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -63,7 +63,7 @@ def test_fixed_size_model_is_built_for_an_explicit_size_and_reloads(colour_folde
     path = save_model(bundle, tmp_path / "m")
     assert json.loads((path / "config.json").read_text())["input_size"] == 48
     loaded = load_model(path)  # rebuilds the network for 48 px from (arch, input_size) alone
-    from imgclean.training import predict_arrays
+    from imgclean.nn.runtime import predict_arrays
 
     images = np.zeros((2, 48, 48, 3), dtype=np.uint8)
     _, feats = predict_arrays(loaded.model, images, loaded.config["mean"], loaded.config["std"], "cpu")
@@ -122,7 +122,7 @@ def test_lenet_keeps_bilinear_no_crop_and_data_statistics(train_dir):
     assert config["arch"] == "lenet"
     assert (config["interpolation"], config["crop_pct"]) == ("bilinear", 1.0)
     names, files = data.list_image_folder(train_dir)
-    from imgclean.fit import decode_classes
+    from imgclean.pipeline.fit import decode_classes
 
     images, _, _ = decode_classes(names, files, config["input_size"], config["channels"])
     mean, std = channel_stats(images)
@@ -131,8 +131,8 @@ def test_lenet_keeps_bilinear_no_crop_and_data_statistics(train_dir):
 
 def test_every_decode_uses_the_model_settings(colour_folder, tmp_path, monkeypatch):
     """fit, fit --reject-dir, fit-head and evaluate all decode with the model's interpolation and crop."""
-    from imgclean.evaluate import evaluate
-    from imgclean.headfit import fit_head
+    from imgclean.pipeline.evaluate import evaluate
+    from imgclean.pipeline.headfit import fit_head
 
     calls = []
     real = data.decode_image

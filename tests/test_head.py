@@ -8,7 +8,7 @@ from safetensors.numpy import load_file
 from typer.testing import CliRunner
 
 from conftest import make_incoming_folder, ood_image, write_png
-from imgclean.artifact import load_model
+from imgclean.store.artifact import load_model
 from imgclean.cli import app
 from imgclean.detectors import NotFittedError, RejectHead
 

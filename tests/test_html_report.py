@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from conftest import ood_image, write_png
 from imgclean.cli import app
-from imgclean.html_report import (
+from imgclean.reports.review import (
     ReviewCollector,
     ReviewInputError,
     histogram_svg,
@@ -337,7 +337,7 @@ def test_report_from_manifest_and_quarantine_folder(scanned, tmp_path):
     assert len(page.codes) == len(scanned["rejected"])  # a restore command for each moved file
     # the reviewer deletes one reject from the quarantine, then restores the rest: the page shows
     # the restored files where they are again, and the deleted one as discarded
-    from imgclean.moves import restore
+    from imgclean.quarantine.moves import restore
 
     deleted = next(r for r in scanned["rejected"] if r["status"] == "ood")
     os.unlink(deleted["destination"])

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from imgclean import locking
-from imgclean.locking import LOCK_NAME, REGISTRY_ENV, LockError, LockHeld, ScanLock
+from imgclean.quarantine import locking
+from imgclean.quarantine.locking import LOCK_NAME, REGISTRY_ENV, LockError, LockHeld, ScanLock
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -51,7 +51,7 @@ class Holder:
     CODE = (
         "import sys\n"
         "from pathlib import Path\n"
-        "from imgclean.locking import ScanLock\n"
+        "from imgclean.quarantine.locking import ScanLock\n"
         "with ScanLock(Path(sys.argv[1]), kind=sys.argv[2]):\n"
         "    print('locked', flush=True)\n"
         "    sys.stdin.read()\n"  # held until the test closes our stdin
@@ -151,7 +151,7 @@ def test_lock_held_by_another_process_blocks(tmp_path: Path) -> None:
     code = (
         "import sys, time\n"
         "from pathlib import Path\n"
-        "from imgclean.locking import ScanLock\n"
+        "from imgclean.quarantine.locking import ScanLock\n"
         "with ScanLock(Path(sys.argv[1])):\n"
         "    print('locked', flush=True)\n"
         "    time.sleep(30)\n"
@@ -405,7 +405,7 @@ def test_unusable_registry_falls_back_to_the_folder_lock(tree: Path, tmp_path: P
         registry.symlink_to(target)
     else:
         registry.write_text("not a folder\n")
-    with caplog.at_level(logging.WARNING, logger="imgclean.locking"):
+    with caplog.at_level(logging.WARNING, logger="imgclean.quarantine.locking"):
         with ScanLock(tree):
             with pytest.raises(LockHeld):  # the same folder is still refused
                 with ScanLock(tree):

@@ -1,6 +1,6 @@
 import torch
 
-from imgclean.losses import CenterLoss
+from imgclean.nn.losses import CenterLoss
 
 
 def test_center_loss_pulls_features_toward_centres():

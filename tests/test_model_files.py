@@ -22,8 +22,8 @@ import torch
 from typer.testing import CliRunner
 
 from conftest import class_image, make_incoming_folder, write_png
-from imgclean import artifact
-from imgclean.artifact import CONFIG_FILE, DETECTOR_FILE, FORMAT_VERSION, WEIGHTS_FILE, ModelError, load_model
+from imgclean.store import artifact
+from imgclean.store.artifact import CONFIG_FILE, DETECTOR_FILE, FORMAT_VERSION, WEIGHTS_FILE, ModelError, load_model
 from imgclean.cli import app
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -151,7 +151,7 @@ def edit_config(model: Path, **changes) -> None:
 @pytest.fixture(scope="module")
 def two_class_model(train_dir, tmp_path_factory):
     from imgclean.config import FitConfig, TrainSettings
-    from imgclean.fit import fit_model
+    from imgclean.pipeline.fit import fit_model
 
     data = tmp_path_factory.mktemp("two")
     for cls in ("checker", "stripes_h"):
@@ -200,7 +200,7 @@ def test_config_that_does_not_fit_the_files(model_copy, incoming, change, text):
 
 
 def test_fit_weights_with_mismatched_shapes(train_dir, tmp_path):
-    from imgclean.models import LeNet
+    from imgclean.nn.models import LeNet
 
     # the right names, every shape one larger
     state = {k: torch.zeros(*(n + 1 for n in v.shape)) for k, v in LeNet(1, 16).state_dict().items()}
@@ -212,7 +212,7 @@ def test_fit_weights_with_mismatched_shapes(train_dir, tmp_path):
 
 
 def test_fit_weights_with_some_mismatched_shapes_warns_and_names_them(train_dir, tmp_path):
-    from imgclean.models import LeNet
+    from imgclean.nn.models import LeNet
 
     torch.save(LeNet(3, 16).state_dict(), tmp_path / "partly.pt")  # only the first conv differs
     result = invoke("fit", train_dir, "-o", tmp_path / "m", "--epochs", "1", "--weights", tmp_path / "partly.pt")
@@ -232,7 +232,7 @@ def test_fit_weights_that_are_not_a_state_dict(train_dir, tmp_path):
 SAVE_AND_DIE = r"""
 import os, signal, sys
 from pathlib import Path
-from imgclean import artifact
+from imgclean.store import artifact
 target, when = Path(sys.argv[1]), sys.argv[2]
 bundle = artifact.load_model(target)
 bundle.config["metrics"] = {"marker": "new"}
@@ -269,7 +269,7 @@ def test_kill_9_during_save_keeps_the_old_model(model_copy, incoming, when):
     survivor = load_model(model_copy)  # recovers an interrupted save first
     assert survivor.fingerprint == old_fingerprint and "marker" not in survivor.config["metrics"]
     x = np.stack([class_image("checker", np.random.default_rng(0))[:, :, None]] * 2)
-    from imgclean.scan import Scorer
+    from imgclean.pipeline.scan import Scorer
 
     _, _, scores = Scorer(survivor).score_arrays(x)
     assert np.isfinite(scores).all()

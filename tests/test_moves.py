@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from imgclean import moves
-from imgclean.locking import LockHeld
-from imgclean.moves import (
+from imgclean.quarantine import moves
+from imgclean.quarantine.locking import LockHeld
+from imgclean.quarantine.moves import (
     MANIFEST_NAME,
     MoveRequest,
     Quarantine,
@@ -519,7 +519,7 @@ def test_real_kill_9_mid_move(scan: Path, qroot: Path, cross_fs: bool, step: str
     code = (
         "import errno, os, signal, sys\n"
         "from pathlib import Path\n"
-        "from imgclean import moves\n"
+        "from imgclean.quarantine import moves\n"
         "src, scan, q, step, cross = sys.argv[1:6]\n"
         "def h(s):\n"
         "    if s == 'link' and cross == '1': raise OSError(errno.EXDEV, 'cross')\n"

@@ -26,8 +26,8 @@ from test_moves import (  # noqa: F401  (fixtures)
     user_files,
 )
 
-from imgclean import moves
-from imgclean.moves import MoveRequest, Quarantine, restore
+from imgclean.quarantine import moves
+from imgclean.quarantine.moves import MoveRequest, Quarantine, restore
 
 SAME_FS = ["mkdir", "journal", "link", "fsync_dir", "capture", "captured", "unlink_source"]
 CROSS_FS = ["mkdir", "journal", "copy", "fsync", "verify", "rename", "unlink_tmp", "fsync_dir",

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_moves import _move_all, _no_hook, qroot, scan  # noqa: F401  (fixtures)
 
-from imgclean.moves import MANIFEST_NAME, Quarantine, restore
+from imgclean.quarantine.moves import MANIFEST_NAME, Quarantine, restore
 
 
 def append(qroot: Path, *records) -> None:

@@ -9,7 +9,7 @@ import pytest
 from test_moves import _no_hook, make, qroot, scan, user_files  # noqa: F401  (fixtures)
 
 from imgclean.fileops import numbered
-from imgclean.moves import MANIFEST_NAME, MoveRequest, Quarantine, is_quarantine, read_manifest, restore
+from imgclean.quarantine.moves import MANIFEST_NAME, MoveRequest, Quarantine, is_quarantine, read_manifest, restore
 
 
 def names(base: str, limit: int, n: int = 3) -> list[bytes]:

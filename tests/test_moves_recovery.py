@@ -31,8 +31,8 @@ from test_moves import (  # noqa: F401  (fixtures)
 )
 from test_moves_capture import replace, temp_names
 
-from imgclean import moves
-from imgclean.moves import Quarantine, read_manifest, restore
+from imgclean.quarantine import moves
+from imgclean.quarantine.moves import Quarantine, read_manifest, restore
 
 
 def crash_before_source_removed(req, qroot: Path, monkeypatch, step: str = "capture", cross_fs: bool = False) -> None:
@@ -136,7 +136,7 @@ def test_real_kill_9_then_new_version_then_recovery_keeps_both(scan: Path, qroot
     code = (
         "import errno, os, signal, sys\n"
         "from pathlib import Path\n"
-        "from imgclean import moves\n"
+        "from imgclean.quarantine import moves\n"
         "src, scan, q, cross = sys.argv[1:5]\n"
         "def h(s):\n"
         "    if s == 'link' and cross == '1': raise OSError(errno.EXDEV, 'cross')\n"
@@ -151,7 +151,7 @@ def test_real_kill_9_then_new_version_then_recovery_keeps_both(scan: Path, qroot
     proc = subprocess.run([sys.executable, "-c", code, *args], env=env, capture_output=True, timeout=120)
     assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()
     replace(req.source, b"the user's new version")
-    recover = "import sys; from pathlib import Path; from imgclean import moves; moves.Quarantine(Path(sys.argv[1])).open().close()"
+    recover = "import sys; from pathlib import Path; from imgclean.quarantine import moves; moves.Quarantine(Path(sys.argv[1])).open().close()"
     proc = subprocess.run([sys.executable, "-c", recover, str(qroot)], env=env, capture_output=True, timeout=120)
     assert proc.returncode == 0, proc.stderr.decode()
     assert req.source.read_bytes() == b"the user's new version"

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from test_moves import _move_all, _no_hook, make, qroot, scan, user_files  # noqa: F401  (fixtures)
 
-from imgclean.locking import LockHeld
-from imgclean.moves import MANIFEST_NAME, TMP_PREFIX, Quarantine, RestoreResult, restore
+from imgclean.quarantine.locking import LockHeld
+from imgclean.quarantine.moves import MANIFEST_NAME, TMP_PREFIX, Quarantine, RestoreResult, restore
 
 STATUSES = ["restored", "discarded", "exists", "error", "unaccounted", "invalid", "not_found"]
 
@@ -115,7 +115,7 @@ def test_restore_while_a_scan_holds_the_quarantine_raises_lock_held(scan: Path, 
 def test_restore_while_a_scan_holds_the_original_folder_raises_lock_held(scan: Path, qroot: Path) -> None:
     # Another scan moving files out of the folder (into another quarantine) must not meet files
     # coming back into it: the restore is refused before anything moves.
-    from imgclean.locking import ScanLock
+    from imgclean.quarantine.locking import ScanLock
 
     _move_all(scan, qroot, ["a.jpg", "sub/b.jpg"])
     with ScanLock(scan / "sub"):  # a scan of a folder below the original one

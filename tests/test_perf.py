@@ -13,9 +13,9 @@ import pytest
 
 from conftest import class_image, make_incoming_folder, write_png
 from imgclean import data
-from imgclean.artifact import load_model
-from imgclean.cache import CACHE_FILE, ScanCache, model_key
-from imgclean.scan import ScanOptions, Scorer, run_scan
+from imgclean.store.artifact import load_model
+from imgclean.store.cache import CACHE_FILE, ScanCache, model_key
+from imgclean.pipeline.scan import ScanOptions, Scorer, run_scan
 
 ROOT = Path(__file__).resolve().parents[1]
 OLD_NS = 1_600_000_000 * 10**9  # files older than the cache's racy window
@@ -150,7 +150,7 @@ def test_changed_and_new_files_are_misses(model_dir, aged_incoming, tmp_path):
 def test_a_different_model_is_a_miss(model_dir, model_copy, aged_incoming, tmp_path):
     cache = tmp_path / "cache"
     scan_records(aged_incoming, load_model(model_dir, lazy=True), cache)
-    from imgclean.artifact import save_model
+    from imgclean.store.artifact import save_model
 
     other = load_model(model_copy)
     other.detector.set_threshold_scale(2.0)  # a new detector.npz, so a new fingerprint
@@ -296,7 +296,7 @@ def test_large_jpegs_are_decoded_in_draft_mode(tmp_path, monkeypatch):
 
 
 def test_fit_decodes_each_training_image_once(train_dir, monkeypatch):
-    from imgclean import fit as fit_module
+    from imgclean.pipeline import fit as fit_module
     from imgclean.config import FitConfig, TrainSettings
 
     calls: dict[str, int] = {}

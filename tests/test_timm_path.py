@@ -50,7 +50,7 @@ def test_weights_file_initialises_the_backbone(colour_folder, tmp_path):
     backbone = {k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")}
     save_file(backbone, str(tmp_path / "backbone.safetensors"))
     # Zero epochs of change is not possible, but the first conv must start from the file's values:
-    from imgclean.models import build_model
+    from imgclean.nn.models import build_model
 
     model = build_model(ARCH, 2, 3, 32, weights=tmp_path / "backbone.safetensors")
     first = next(k for k in backbone if k.endswith("conv_stem.weight"))
@@ -71,7 +71,7 @@ def test_photo_model_weights_make_grayscale_data_colour():
     from pathlib import Path
 
     from imgclean.config import FitConfig
-    from imgclean.fit import resolve_architecture
+    from imgclean.pipeline.fit import resolve_architecture
 
     assert resolve_architecture(FitConfig(arch=ARCH, weights=Path("w.safetensors")), 28, 1)[2] == 3
     assert resolve_architecture(FitConfig(arch=ARCH, pretrained=True), 28, 1)[2] == 3

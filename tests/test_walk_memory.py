@@ -140,7 +140,7 @@ def test_concurrent_decodes_share_one_budget():
 
 
 def test_decode_threads_stay_within_the_budget(tmp_path, monkeypatch):
-    from imgclean import scan
+    from imgclean.pipeline import scan
 
     budget = data.DecodeBudget(3 * 2**20)
     monkeypatch.setattr(data, "DECODE_BUDGET", budget)
@@ -148,9 +148,9 @@ def test_decode_threads_stay_within_the_budget(tmp_path, monkeypatch):
     for i in range(12):
         files.append(tmp_path / f"{i}.png")
         Image.new("RGBA", (400, 400), (i, 2, 3, 128)).save(files[-1])  # about 1.9 MB each to decode
-    from concurrent.futures import ThreadPoolExecutor
+    from imgclean.pipeline.decode import DecodeSettings, Decoder
 
-    with ThreadPoolExecutor(6) as pool:
-        results = list(pool.map(lambda f: scan.decode_entries([data.FileEntry(f, 0, 0)], 16, 3)[0], files))
-    assert all(status == data.OK for _, status, _ in results)
+    with Decoder(DecodeSettings(16, 3), workers=6) as decoder:  # 6 chunks of one file each, in parallel
+        results = decoder.decode([data.FileEntry(f, 0, 0) for f in files])
+    assert all(d.status == data.OK for d in results)
     assert 0 < budget.peak <= budget.total and budget.used == 0

@@ -224,7 +224,7 @@ def test_a_file_replaced_by_one_of_the_same_size_and_time_after_scoring_stays(mo
     # Another program swaps in a new file with the same size and mtime after the scan scored the
     # old one and before the move looks at it: only the inode tells them apart, so the walk's
     # inode must reach the move.
-    from imgclean import moves
+    from imgclean.quarantine import moves
 
     folder = tmp_path / "in"
     victim = junk(folder / "a.png", 1)
@@ -324,13 +324,13 @@ def test_a_file_beyond_path_max_is_skipped_with_the_reason(model_dir, tmp_path):
 
 # ----------------------------------------------------------------------------- contract 4
 def test_scan_decodes_with_the_models_interpolation_and_crop(tmp_path, monkeypatch):
-    from imgclean.scan import Scorer
+    from imgclean.pipeline.decode import DecodeSettings, decode_one
 
     calls = []
     monkeypatch.setattr(data, "decode_image", lambda *a, **k: calls.append((a, k)) or np.zeros((16, 16, 1), np.uint8))
     entry = data.FileEntry(tmp_path / "a.png", 0, 0)
     bundle = SimpleNamespace(input_size=16, channels=1, config={"interpolation": "bicubic", "crop_pct": 0.875})
-    Scorer(bundle, workers=1)._decode(entry)
+    decode_one(entry.path, DecodeSettings.from_model(bundle))
     old = SimpleNamespace(input_size=16, channels=1, config={})  # a model from before the keys
-    Scorer(old, workers=1)._decode(entry)
+    decode_one(entry.path, DecodeSettings.from_model(old))
     assert [a[1:] for a, _ in calls] == [(16, 1, "bicubic", 0.875), (16, 1, "bilinear", 1.0)]

@@ -125,7 +125,7 @@ def note(message: str) -> None:
 
 def locked(exc) -> typer.Exit:
     """LockHeld as one line naming the folder that is busy (which may not be the one given)."""
-    from ..locking import LOCK_NAME
+    from ..quarantine.locking import LOCK_NAME
 
     path = Path(getattr(exc, "path", "") or "")
     busy = path.parent if path.name == LOCK_NAME else path
@@ -171,7 +171,7 @@ def resolve_device(requested: str) -> str:
     so a scan whose files are all cached on a machine without a GPU never imports it."""
     if requested == "cpu" or (requested == "auto" and not gpu_possible()):
         return "cpu"
-    from ..models import pick_device
+    from ..nn.models import pick_device
 
     return str(pick_device(requested))
 
@@ -214,7 +214,7 @@ def check_output_path(option: str, path: Path, move_to: Path | None = None, is_d
     every folder above the output up to the filesystem root, both as written and resolved
     (so a link does not hide one); and the scan's own --move-to folder, which may not exist yet.
     """
-    from ..moves import MANIFEST_NAME, is_quarantine
+    from ..quarantine.moves import MANIFEST_NAME, is_quarantine
 
     if path.name == MANIFEST_NAME:
         raise usage_error(f"{option} {path} would overwrite a quarantine's journal ({MANIFEST_NAME}); choose another name")

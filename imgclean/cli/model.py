@@ -29,8 +29,8 @@ def evaluate(
     verbose: bool = typer.Option(False, "-v", "--verbose", help="Name every unreadable file."),
 ) -> None:
     """Measure classification accuracy and out-of-distribution detection on labelled folders."""
-    from ..artifact import ModelError, load_model
-    from ..evaluate import EvaluateError, evaluate as run_evaluation, write_plots
+    from ..store.artifact import ModelError, load_model
+    from ..pipeline.evaluate import EvaluateError, evaluate as run_evaluation, write_plots
 
     setup_logging(quiet, verbose)
     for option, folder in (("--in", in_dir), ("--ood", ood_dir)):
@@ -92,7 +92,7 @@ def info(
     json_out: bool = typer.Option(False, "--json", help="Print the model's settings as JSON."),
 ) -> None:
     """Show a model's classes, thresholds, training settings (epochs trained) and metrics."""
-    from ..artifact import ModelError, load_detector, read_config
+    from ..store.artifact import ModelError, load_detector, read_config
 
     setup_logging(False, False)
     try:

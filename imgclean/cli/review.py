@@ -34,8 +34,8 @@ def restore(
     Files you deleted from the quarantine (confirmed junk) are reported as discarded by the user.
     The exit code is 1 only when a file could not be put back or a record is not sound.
     """
-    from ..locking import LockError, LockHeld
-    from ..moves import MANIFEST_NAME, QuarantineError, restore as restore_files
+    from ..quarantine.locking import LockError, LockHeld
+    from ..quarantine.moves import MANIFEST_NAME, QuarantineError, restore as restore_files
 
     setup_logging(quiet, False)
     if not (quarantine_dir / MANIFEST_NAME).is_file():
@@ -89,7 +89,7 @@ def report(
     max_rows: int = typer.Option(5000, min=1, help="List at most this many files per rejection reason."),
 ) -> None:
     """Write a self-contained HTML review page for an earlier scan (from its report or quarantine manifest)."""
-    from ..html_report import ReviewInputError, load_input, render_html, write_html
+    from ..reports.review import ReviewInputError, load_input, render_html, write_html
     from .scan import check_html_output
 
     setup_logging(False, False)

@@ -103,11 +103,11 @@ def scan(
     config_file: Optional[Path] = config_option(),
 ) -> None:
     """Score every image in a folder; report, and with --move-to quarantine, the ones that do not belong."""
-    from ..artifact import ModelError, load_model
-    from ..locking import LockError, LockHeld, ScanLock
-    from ..moves import MANIFEST_NAME, Quarantine, QuarantineError, is_quarantine
-    from ..report import RecordWriter, report_format
-    from ..scan import ScanOptions, check_method, is_rejected, run_scan
+    from ..store.artifact import ModelError, load_model
+    from ..quarantine.locking import LockError, LockHeld, ScanLock
+    from ..quarantine.moves import MANIFEST_NAME, Quarantine, QuarantineError, is_quarantine
+    from ..reports.records import RecordWriter, report_format
+    from ..pipeline.scan import ScanOptions, check_method, is_rejected, run_scan
 
     setup_logging(quiet, verbose)
     if not folder.is_dir():
@@ -126,7 +126,7 @@ def scan(
         exclude = check_move_target(folder, move_to)
     use_cache = not no_cache
     if use_cache:
-        from ..cache import default_cache_dir
+        from ..store.cache import default_cache_dir
 
         cache_real = Path(os.path.realpath(cache_dir or default_cache_dir()))
         if cache_real.is_relative_to(os.path.realpath(folder)):
@@ -154,7 +154,7 @@ def scan(
     counts = {"ok": 0, "rej": 0, "other": 0}
     review = None
     if html is not None:
-        from ..html_report import ReviewCollector
+        from ..reports.review import ReviewCollector
 
         review = ReviewCollector(root=root, quarantine=move_to)
     options = ScanOptions(
@@ -242,7 +242,7 @@ def scan(
         table.add_row(*[str(result[c.header]) for c in table.columns])
         out.print(table)
     if review is not None:
-        from ..html_report import render_html, write_html
+        from ..reports.review import render_html, write_html
 
         note_text = "The scan was interrupted: this page covers the files scanned before it stopped." if summary.interrupted else ""
         try:

@@ -76,8 +76,8 @@ def fit(
     config_file: Optional[Path] = config_option(),
 ) -> None:
     """Train a model on a labelled image folder and calibrate its out-of-distribution thresholds."""
-    from ..artifact import ModelError, check_replaceable, save_model
-    from ..fit import FitError, fit_model
+    from ..store.artifact import ModelError, check_replaceable, save_model
+    from ..pipeline.fit import FitError, fit_model
 
     setup_logging(quiet, verbose)
     if not train_dir.is_dir():
@@ -220,8 +220,8 @@ def fit_head_command(
     quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress output."),
 ) -> None:
     """Add (or replace) the supervised reject head of a model, without retraining the backbone."""
-    from ..artifact import ModelError, load_model, save_model
-    from ..headfit import HeadError, fit_head
+    from ..store.artifact import ModelError, load_model, save_model
+    from ..pipeline.headfit import HeadError, fit_head
 
     setup_logging(quiet, False)
     if not reject_dir.is_dir():

@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import numpy as np
+from ..errors import ImgcleanError
 
 
-class NotFittedError(RuntimeError):
+class NotFittedError(ImgcleanError, RuntimeError):
     """A detector method that needs fit() was called before it."""
 
 

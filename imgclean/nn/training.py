@@ -1,0 +1,173 @@
+"""Training the classifier with cross-entropy + lambda * center loss, and embedding images.
+
+Images arrive already decoded, as one uint8 array (N, H, W, C): each training image is decoded
+once, not once per epoch. Read top to bottom: split, loop over epochs, evaluate.
+"""
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..config import TrainSettings
+from .losses import CenterLoss
+from ..metrics import macro_f1
+from .models import Classifier
+from .runtime import predict_arrays, to_tensor
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EpochStats:
+    epoch: int
+    epochs: int
+    loss: float
+    ce_loss: float
+    center_loss: float
+    train_accuracy: float
+    val_accuracy: float | None = None
+    val_macro_f1: float | None = None
+
+
+@dataclass
+class TrainResult:
+    history: list[EpochStats] = field(default_factory=list)
+    val_metrics: dict = field(default_factory=dict)
+    epochs: int = 0
+    train_indices: np.ndarray | None = None
+    val_indices: np.ndarray | None = None
+
+
+# Called after every batch: (epoch, epochs, batch, batches_per_epoch, running_loss, running_accuracy).
+BatchCallback = Callable[[int, int, int, float, float], None]
+EpochCallback = Callable[[EpochStats], None]
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def channel_stats(images: np.ndarray) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of uint8 images, on the 0..1 scale."""
+    x = images.reshape(-1, images.shape[-1]).astype(np.float64) / 255.0
+    std = np.maximum(x.std(axis=0), 1e-3)
+    return x.mean(axis=0).tolist(), std.tolist()
+
+
+def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (train, val). Each class gives `fraction` of its images, keeping at least one for training."""
+    rng = np.random.default_rng(seed)
+    train, val = [], []
+    for c in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        n_val = int(round(len(idx) * fraction)) if len(idx) >= 2 else 0
+        n_val = min(n_val, len(idx) - 1)
+        val.extend(idx[:n_val])
+        train.extend(idx[n_val:])
+    return np.sort(np.array(train, dtype=np.int64)), np.sort(np.array(val, dtype=np.int64))
+
+
+def random_shift(x: torch.Tensor, generator: torch.Generator, max_fraction: float = 0.08) -> torch.Tensor:
+    """Translate each image by up to `max_fraction` of its size (zero padding)."""
+    n, _, h, w = x.shape
+    pad = max(1, int(round(max(h, w) * max_fraction)))
+    padded = F.pad(x, (pad, pad, pad, pad))
+    offsets = torch.randint(0, 2 * pad + 1, (n, 2), generator=generator)
+    return torch.stack([padded[i, :, dy : dy + h, dx : dx + w] for i, (dy, dx) in enumerate(offsets.tolist())])
+
+
+def train_classifier(
+    model: Classifier,
+    images: np.ndarray,
+    labels: np.ndarray,
+    mean: list[float],
+    std: list[float],
+    settings: TrainSettings,
+    device: torch.device,
+    on_batch: BatchCallback | None = None,
+    on_epoch: EpochCallback | None = None,
+) -> TrainResult:
+    """Train `model` in place; returns per-epoch statistics and validation metrics."""
+    seed_everything(settings.seed)
+    num_classes = model.classifier.out_features
+    train_idx, val_idx = stratified_split(labels, settings.val_fraction, settings.seed)
+    result = TrainResult(train_indices=train_idx, val_indices=val_idx)
+
+    model.to(device)
+    center_loss = CenterLoss(num_classes, model.feature_dim, settings.center_alpha).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    steps_per_epoch = max(1, int(np.ceil(len(train_idx) / settings.batch_size)))
+    # A few hundred images make a handful of batches an epoch: train longer so the run still
+    # has min_steps updates (300 images: 15 -> 60 epochs, which detected best in docs/method.md).
+    epochs = max(settings.epochs, int(np.ceil(settings.min_steps / steps_per_epoch)))
+    if epochs > settings.epochs:
+        log.warning(
+            "raising epochs from %d to %d to reach --min-steps %d batches (%d batch(es) an epoch); "
+            "pass --min-steps 0 to train exactly --epochs",
+            settings.epochs, epochs, settings.min_steps, steps_per_epoch,
+        )
+    result.epochs = epochs
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=settings.lr, total_steps=epochs * steps_per_epoch
+    )
+    generator = torch.Generator().manual_seed(settings.seed)
+    y_all = torch.from_numpy(labels.astype(np.int64))
+
+    for epoch in range(1, epochs + 1):
+        model.train()
+        order = train_idx[torch.randperm(len(train_idx), generator=generator).numpy()]
+        sums = {"loss": 0.0, "ce": 0.0, "center": 0.0, "correct": 0, "seen": 0}
+        for b, start in enumerate(range(0, len(order), settings.batch_size), start=1):
+            idx = order[start : start + settings.batch_size]
+            x = to_tensor(images[idx], mean, std)
+            if settings.augment:
+                x = random_shift(x, generator)
+            x, y = x.to(device), y_all[idx].to(device)
+            logits, feats = model(x)
+            ce = F.cross_entropy(logits, y)
+            cl = center_loss(feats, y)
+            loss = ce + settings.center_weight * cl
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            center_loss.update_centers(feats, y)
+
+            n = len(idx)
+            sums["loss"] += loss.item() * n
+            sums["ce"] += ce.item() * n
+            sums["center"] += cl.item() * n
+            sums["correct"] += int((logits.argmax(1) == y).sum())
+            sums["seen"] += n
+            if on_batch is not None:
+                on_batch(epoch, epochs, b, steps_per_epoch, sums["loss"] / sums["seen"], sums["correct"] / sums["seen"])
+
+        seen = max(sums["seen"], 1)
+        stats = EpochStats(epoch, epochs, sums["loss"] / seen, sums["ce"] / seen, sums["center"] / seen, sums["correct"] / seen)
+        if len(val_idx):
+            logits, _ = predict_arrays(model, images[val_idx], mean, std, device)
+            pred = logits.argmax(1)
+            stats.val_accuracy = float(np.mean(pred == labels[val_idx]))
+            stats.val_macro_f1 = macro_f1(labels[val_idx], pred, num_classes)
+        result.history.append(stats)
+        if on_epoch is not None:
+            on_epoch(stats)
+
+    last = result.history[-1] if result.history else None
+    result.val_metrics = {
+        "val_images": int(len(val_idx)),
+        "val_accuracy": last.val_accuracy if last else None,
+        "val_macro_f1": last.val_macro_f1 if last else None,
+        "train_accuracy": last.train_accuracy if last else None,
+        "final_loss": last.loss if last else None,
+        "epochs": epochs,
+    }
+    return result

@@ -1,0 +1,1 @@
+"""The jobs: fit, fit-head, scan, evaluate; each a function from folders to results."""

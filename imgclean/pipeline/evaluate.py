@@ -1,0 +1,290 @@
+"""`evaluate`: how well a model classifies labelled images and separates known out-of-distribution ones.
+
+In-distribution images come as a labelled folder (one sub-folder per class, names as the
+model's classes); out-of-distribution images as any folder (searched recursively). Files that
+cannot be decoded in either folder are reported and left out of every metric.
+
+Per method (mahalanobis, head, both):
+- precision, recall and F1 at the model's own thresholds (score > 1 = rejected), with
+  out-of-distribution as the positive class;
+- AUROC, AUPR (average precision) and the FPR at 95% TPR of the score (higher = more OOD);
+- ROC curve points as the paper draws them: for mahalanobis all class thresholds move together
+  through the percentile of each class's own training distances (0..100, then beyond every
+  distance, so the curve runs from (1, 1) to (0, 0)); for the head the sigmoid threshold.
+"""
+from __future__ import annotations
+
+import csv
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .. import data, metrics
+from ..store.artifact import ModelBundle
+from ..config import decode_options
+from ..errors import ImgcleanError
+
+SWEEP_PERCENTILES = np.linspace(0.0, 100.0, 201)
+
+
+class EvaluateError(ImgcleanError):
+    """The folders cannot be evaluated with this model (message says what to fix)."""
+
+
+@dataclass
+class Scores:
+    """What the model says about a set of images."""
+
+    predicted: np.ndarray  # class index from the classifier
+    distances: np.ndarray  # (n, classes) Mahalanobis distances
+    head_p: np.ndarray | None  # p(belongs) from the head, or None
+    unreadable: list[tuple[str, str, str]] = field(default_factory=list)  # (path, status, message)
+
+
+@dataclass
+class Evaluation:
+    results: dict
+    curves: dict[str, dict[str, np.ndarray]]  # method -> {"fpr", "tpr", "setting"}
+    unreadable: list[tuple[str, str, str]]
+
+
+def _score_files(
+    bundle: ModelBundle,
+    paths: list[Path],
+    batch_size: int,
+    device: str,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[Scores, np.ndarray]:
+    """Decode and embed `paths` in batches; returns Scores and the indices of the files that decoded."""
+    from ..nn.runtime import predict_arrays
+
+    cfg = bundle.config
+    opts = decode_options(cfg)
+    predicted, distances, head_p, kept, unreadable = [], [], [], [], []
+
+    def decode(path):
+        try:
+            return data.decode_image(path, bundle.input_size, bundle.channels, **opts), None
+        except data.DecodeError as exc:
+            return None, exc
+
+    with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+        for start in range(0, len(paths), batch_size):
+            chunk = paths[start : start + batch_size]
+            arrays = []
+            for i, (arr, err) in enumerate(pool.map(decode, chunk), start=start):
+                if err is None:
+                    arrays.append(arr)
+                    kept.append(i)
+                else:
+                    unreadable.append((os.fsdecode(paths[i]), err.status, str(err)))
+            if arrays:
+                logits, feats = predict_arrays(bundle.model, np.stack(arrays), cfg["mean"], cfg["std"], device, batch_size)
+                predicted.append(logits.argmax(1))
+                distances.append(bundle.detector.distances(feats))
+                if bundle.head is not None:
+                    head_p.append(bundle.head.predict_proba(feats))
+            if progress is not None:
+                progress(len(chunk))
+    k = len(bundle.class_names)
+    scores = Scores(
+        predicted=np.concatenate(predicted) if predicted else np.zeros(0, dtype=np.int64),
+        distances=np.concatenate(distances) if distances else np.zeros((0, k)),
+        head_p=(np.concatenate(head_p) if head_p else np.zeros(0)) if bundle.head is not None else None,
+        unreadable=unreadable,
+    )
+    return scores, np.array(kept, dtype=np.int64)
+
+
+def list_inputs(bundle: ModelBundle, in_dir: Path, ood_dir: Path) -> tuple[list[Path], np.ndarray, list[Path]]:
+    """(in-distribution paths, their class indices in the model, out-of-distribution paths)."""
+    try:
+        names, files = data.list_image_folder(in_dir)
+    except ValueError as exc:
+        raise EvaluateError(str(exc)) from None
+    unknown = [n for n in names if n not in bundle.class_names]
+    if unknown:
+        raise EvaluateError(
+            f"{in_dir} has class folder(s) {', '.join(repr(n) for n in unknown)} that the model does not know "
+            f"(its classes: {', '.join(bundle.class_names)})"
+        )
+    in_paths = [e.path for fs in files for e in fs]
+    in_labels = np.array([bundle.class_names.index(n) for n, fs in zip(names, files) for _ in fs], dtype=np.int64)
+    if not Path(ood_dir).is_dir():
+        raise EvaluateError(f"{ood_dir} does not exist or is not a folder")
+    ood_paths = [e.path for e in data.walk_images(Path(ood_dir)) if not e.skip_reason]
+    if not in_paths:
+        raise EvaluateError(f"{in_dir} has no image files")
+    if not ood_paths:
+        raise EvaluateError(f"{ood_dir} has no image files")
+    return in_paths, in_labels, ood_paths
+
+
+def available_methods(bundle: ModelBundle) -> list[str]:
+    return ["mahalanobis", "head", "both"] if bundle.head is not None else ["mahalanobis"]
+
+
+def mahalanobis_sweep(bundle: ModelBundle, d_in: np.ndarray, d_ood: np.ndarray) -> dict[str, np.ndarray]:
+    """The paper's ROC: every class threshold at the same percentile of its own training distances."""
+    det = bundle.detector
+    fpr, tpr, setting = [1.0], [1.0], ["zero"]  # thresholds 0: everything rejected
+    for p in SWEEP_PERCENTILES:
+        t = det.thresholds_at(float(p))
+        fpr.append(float(np.mean((d_in / t).min(1) > 1)))
+        tpr.append(float(np.mean((d_ood / t).min(1) > 1)))
+        setting.append(f"{p:g}")
+    fpr.append(0.0)  # thresholds beyond every distance: nothing rejected
+    tpr.append(0.0)
+    setting.append("beyond_max")
+    return {"fpr": np.array(fpr), "tpr": np.array(tpr), "setting": np.array(setting)}
+
+
+def head_sweep(p_in: np.ndarray, p_ood: np.ndarray) -> dict[str, np.ndarray]:
+    """ROC of the head as its sigmoid threshold moves (reject when p(belongs) <= threshold)."""
+    labels = np.r_[np.zeros(len(p_in)), np.ones(len(p_ood))]
+    fpr, tpr, thr = metrics.roc_curve(labels, 1.0 - np.r_[p_in, p_ood])
+    setting = np.array(["below_min" if np.isinf(t) else f"{1.0 - t:.6g}" for t in thr])
+    # From (1, 1) (threshold at or above every p) down to (0, 0), like the Mahalanobis sweep.
+    return {"fpr": fpr[::-1], "tpr": tpr[::-1], "setting": setting[::-1]}
+
+
+def evaluate(
+    bundle: ModelBundle,
+    in_dir: Path,
+    ood_dir: Path,
+    methods: list[str] | None = None,
+    batch_size: int = 256,
+    device: str = "cpu",
+    progress: Callable[[int, int], None] | None = None,
+) -> Evaluation:
+    """Classification and out-of-distribution metrics of `bundle` on the two folders."""
+    from .scan import check_method
+
+    methods = methods or available_methods(bundle)
+    for m in methods:
+        check_method(bundle, m)
+    in_paths, in_labels, ood_paths = list_inputs(bundle, in_dir, ood_dir)
+    total, done = len(in_paths) + len(ood_paths), [0]
+
+    def tick(n):
+        done[0] += n
+        if progress is not None:
+            progress(done[0], total)
+
+    s_in, kept_in = _score_files(bundle, in_paths, batch_size, device, tick)
+    s_ood, _ = _score_files(bundle, ood_paths, batch_size, device, tick)
+    if not len(s_in.predicted):
+        raise EvaluateError(f"no image in {in_dir} could be decoded")
+    if not len(s_ood.predicted):
+        raise EvaluateError(f"no image in {ood_dir} could be decoded")
+    y_true = in_labels[kept_in]
+    k = len(bundle.class_names)
+    results: dict = {
+        "classification": {
+            "accuracy": metrics.accuracy(y_true, s_in.predicted),
+            "macro_f1": metrics.macro_f1(y_true, s_in.predicted, num_classes=k),
+        },
+        "counts": {
+            "in_distribution": int(len(s_in.predicted)),
+            "out_of_distribution": int(len(s_ood.predicted)),
+            "unreadable": len(s_in.unreadable) + len(s_ood.unreadable),
+        },
+    }
+    thr = bundle.detector.thresholds_
+    maha = np.r_[(s_in.distances / thr).min(1), (s_ood.distances / thr).min(1)]
+    head = None
+    if bundle.head is not None:
+        head = (1.0 - np.r_[s_in.head_p, s_ood.head_p]) / (1.0 - bundle.head.threshold)
+    labels = np.r_[np.zeros(len(s_in.predicted)), np.ones(len(s_ood.predicted))]
+    curves: dict[str, dict[str, np.ndarray]] = {}
+    for method in methods:
+        score = maha if method == "mahalanobis" else head if method == "head" else np.maximum(maha, head)
+        r = metrics.precision_recall_f1(labels, score > 1.0)
+        r.update(
+            auroc=metrics.auroc(labels, score),
+            aupr=metrics.average_precision(labels, score),
+            fpr_at_95_tpr=metrics.fpr_at_tpr(labels, score, 0.95),
+            false_reject_rate=float(np.mean(score[labels == 0] > 1.0)),
+        )
+        if method == "mahalanobis":
+            curves[method] = mahalanobis_sweep(bundle, s_in.distances, s_ood.distances)
+            r["auroc_percentile_sweep"] = metrics.trapezoid_auc(curves[method]["fpr"], curves[method]["tpr"])
+        elif method == "head":
+            curves[method] = head_sweep(s_in.head_p, s_ood.head_p)
+        results[method] = r
+    return Evaluation(results=results, curves=curves, unreadable=s_in.unreadable + s_ood.unreadable)
+
+
+# ---- curves on disk ----------------------------------------------------------------------
+def write_curve_csv(curve: dict[str, np.ndarray], path: Path, setting_name: str) -> Path:
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow([setting_name, "fpr", "tpr"])
+        for s, f, t in zip(curve["setting"], curve["fpr"], curve["tpr"]):
+            w.writerow([s, f"{f:.6f}", f"{t:.6f}"])
+    return path
+
+
+COLOURS = {"mahalanobis": (31, 119, 180), "head": (214, 39, 40)}
+
+
+def plot_roc(curves: dict[str, tuple[np.ndarray, np.ndarray, str]], path: Path, title: str) -> Path:
+    """Draw ROC curves into a PNG with Pillow: axes, ticks, chance diagonal, curves, legend."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    w = h = 560
+    left, right, top, bottom = 70, 20, 40, 60
+    img = Image.new("RGB", (w, h), "white")
+    d = ImageDraw.Draw(img)
+    font = ImageFont.load_default()
+    pw, ph = w - left - right, h - top - bottom
+
+    def xy(fx, fy):
+        return left + fx * pw, top + (1 - fy) * ph
+
+    d.rectangle([left, top, left + pw, top + ph], outline="black")
+    for v in np.linspace(0, 1, 6):
+        x, _ = xy(v, 0)
+        _, y = xy(0, v)
+        d.line([x, top + ph, x, top + ph + 5], fill="black")
+        d.line([left - 5, y, left, y], fill="black")
+        d.line([x, top, x, top + ph], fill=(230, 230, 230))
+        d.line([left, y, left + pw, y], fill=(230, 230, 230))
+        d.text((x - 8, top + ph + 8), f"{v:.1f}", fill="black", font=font)
+        d.text((left - 32, y - 6), f"{v:.1f}", fill="black", font=font)
+    for i in range(20):  # dashed chance diagonal
+        a, b = i / 20, (i + 0.5) / 20
+        d.line([xy(a, a), xy(b, b)], fill=(150, 150, 150), width=1)
+    for n, (name, (fpr, tpr, label)) in enumerate(curves.items()):
+        colour = COLOURS.get(name, (44, 160, 44))
+        order = np.lexsort((tpr, fpr))
+        d.line([xy(float(f), float(t)) for f, t in zip(fpr[order], tpr[order])], fill=colour, width=2)
+        ly = top + ph - 20 - 16 * n
+        d.line([left + pw - 190, ly + 6, left + pw - 170, ly + 6], fill=colour, width=2)
+        d.text((left + pw - 165, ly), label, fill="black", font=font)
+    d.text((left + pw / 2 - 80, h - 22), "false positive rate (in-distribution rejected)", fill="black", font=font)
+    d.text((8, top - 16), "true positive rate (out-of-distribution rejected)", fill="black", font=font)
+    d.text((left, 4), title, fill="black", font=font)
+    img.save(path, format="PNG")
+    return path
+
+
+def write_plots(evaluation: Evaluation, folder: Path) -> list[Path]:
+    """roc_<method>.csv and roc_<method>.png per method with a curve, and roc.png with all of them."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    labelled = {}
+    for method, curve in evaluation.curves.items():
+        setting = "percentile" if method == "mahalanobis" else "sigmoid_threshold"
+        written.append(write_curve_csv(curve, folder / f"roc_{method}.csv", setting))
+        label = f"{method} (area {metrics.trapezoid_auc(curve['fpr'], curve['tpr']):.3f})"
+        labelled[method] = (curve["fpr"], curve["tpr"], label)
+        written.append(plot_roc({method: labelled[method]}, folder / f"roc_{method}.png", f"ROC, {method}"))
+    if len(labelled) > 1:
+        written.append(plot_roc(labelled, folder / "roc.png", "ROC"))
+    return written

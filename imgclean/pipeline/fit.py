@@ -1,0 +1,273 @@
+"""`fit` end to end: read the class folders, train, embed, calibrate the detector.
+
+Returns a ModelBundle ready to save, and a FitReport for the summary table.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .. import config as cfg
+from .. import data
+from ..store.artifact import ModelBundle
+from ..detectors import MahalanobisDetector
+from .trainset import (  # noqa: F401  (FitError, decode_classes, detect_geometry: public here as before)
+    FitError,
+    ProgressCallback,
+    decode_classes,
+    detect_geometry,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FitReport:
+    class_names: list[str]
+    images_per_class: list[int]
+    skipped: list[tuple[str, str, str]] = field(default_factory=list)  # (path, status, message)
+    arch: str = ""
+    input_size: int = 0
+    channels: int = 0
+    metrics: dict = field(default_factory=dict)
+    history: list[dict] = field(default_factory=list)
+    thresholds: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+    epochs_requested: int = 0
+    epochs_trained: int = 0  # more than requested when --min-steps raised it
+    preprocessing: dict = field(default_factory=dict)  # input_size, interpolation, crop_pct, mean, std
+
+
+def resolve_architecture(config: cfg.FitConfig, detected_size: int, detected_channels: int) -> tuple[str, int | None, int]:
+    """(arch, input_size, channels) from the settings, filling 'auto' from the data.
+
+    input_size is None for a timm model without --input-size: the model's own size is used.
+    """
+    channels = config.channels or detected_channels
+    if channels not in (1, 3):
+        raise FitError(f"channels must be 1 (grayscale) or 3 (colour), got {channels}")
+    arch = config.arch
+    if arch == "auto":
+        small = (config.input_size or detected_size) <= cfg.LENET_MAX_SIZE
+        arch = "lenet" if small and not config.pretrained else cfg.DEFAULT_TIMM_ARCH
+    if config.input_size:
+        size = config.input_size
+    elif arch == "lenet":
+        size = min(max(detected_size, 16), cfg.LENET_MAX_SIZE)
+    else:
+        size = None  # timm's data config for the model says (build_model)
+    if size is not None and size < 16:
+        raise FitError(f"input size {size} is too small; use 16 or more")
+    if (config.pretrained or config.weights) and arch != "lenet" and channels != 3:
+        channels = 3  # photo-model weights expect colour (their first layer has 3 input channels); grayscale is replicated
+    return arch, size, channels
+
+
+def check_preprocessing(config: cfg.FitConfig, channels: int) -> None:
+    """Explicit interpolation, crop_pct, mean and std are usable (checked before any model is built)."""
+    if config.interpolation is not None and config.interpolation not in data.INTERPOLATIONS:
+        raise FitError(f"interpolation {config.interpolation!r} is not one of {', '.join(data.INTERPOLATIONS)}")
+    if config.crop_pct is not None and not 0.0 < float(config.crop_pct) <= 1.0:
+        raise FitError(f"crop_pct must be above 0 and at most 1, got {config.crop_pct:g}")
+    for key in ("mean", "std"):
+        values = getattr(config, key)
+        if values is None:
+            continue
+        if len(values) not in (1, channels):
+            raise FitError(f"{key} needs {channels} value(s) (one per channel, or one for all), got {len(values)}")
+        if not all(np.isfinite(values)) or (key == "std" and min(values) <= 0):
+            raise FitError(f"{key} must be finite numbers{' above 0' if key == 'std' else ''}, got {list(values)}")
+
+
+def resolve_preprocessing(config: cfg.FitConfig, arch: str, channels: int, size: int | None, model) -> dict:
+    """input_size, interpolation, crop_pct, mean, std: explicit settings over the model's defaults.
+
+    timm models default to timm's data config for the created model (what its pretrained
+    weights were trained with); lenet to bilinear, no crop, and mean/std measured on the data
+    (None here: the caller measures them once the images are decoded).
+    """
+    if arch == "lenet":
+        own = {"input_size": size, "interpolation": "bilinear", "crop_pct": 1.0, "mean": None, "std": None}
+    else:
+        from ..nn.models import timm_data_config
+
+        own = timm_data_config(model.backbone)
+        if size is not None:
+            own["input_size"] = size
+        if channels == 1 and len(own["mean"]) == 3:  # colour statistics for grey inputs: their average
+            own["mean"], own["std"] = [float(np.mean(own["mean"]))], [float(np.mean(own["std"]))]
+    chosen = {
+        "input_size": own["input_size"],
+        "interpolation": config.interpolation or own["interpolation"],
+        "crop_pct": own["crop_pct"] if config.crop_pct is None else float(config.crop_pct),
+        "mean": own["mean"] if config.mean is None else [float(v) for v in config.mean] * (channels // len(config.mean)),
+        "std": own["std"] if config.std is None else [float(v) for v in config.std] * (channels // len(config.std)),
+    }
+    return chosen
+
+
+def warn_if_few_images(class_names: list[str], labels: np.ndarray, dim: int, covariance: str) -> None:
+    """Say which classes lean on covariance shrinkage because they have few images."""
+    counts = np.bincount(labels, minlength=len(class_names))
+    if covariance == "class":
+        few = [f"{class_names[j]!r} ({counts[j]})" for j in range(len(class_names)) if counts[j] <= dim]
+    else:  # one pooled covariance: what matters is the total
+        few = [f"{class_names[j]!r} ({counts[j]})" for j in range(len(class_names))] if len(labels) - len(class_names) <= dim else []
+    if few:
+        log.warning(
+            "class %s: too few images for the %d feature dimensions; the covariance relies on "
+            "shrinkage and thresholds may be loose (add images for sharper ones)",
+            ", ".join(few), dim,
+        )
+
+
+def fit_model(
+    train_dir: Path,
+    config: cfg.FitConfig,
+    progress: ProgressCallback | None = None,
+    reject_dir: Path | None = None,
+) -> tuple[ModelBundle, FitReport]:
+    """Train a classifier on `train_dir` and calibrate its Mahalanobis detector.
+
+    With `reject_dir`, also train the supervised reject head on the frozen features
+    (training images = 1, the images of reject_dir = 0).
+    """
+    from ..nn.models import build_model, pick_device
+    from ..nn.runtime import predict_arrays
+    from ..nn.training import channel_stats, seed_everything, train_classifier
+
+    started = time.perf_counter()
+    try:
+        class_names, class_files = data.list_image_folder(Path(train_dir))
+    except ValueError as exc:
+        raise FitError(str(exc)) from None
+    if len(class_names) < 2:
+        log.warning("only one class (%s): the classifier learns nothing, the detector still works", class_names[0])
+    empty = [n for n, files in zip(class_names, class_files) if not files]
+    if empty:
+        raise FitError(f"class {', '.join(repr(n) for n in empty)} has no image files; add images or remove the folder")
+
+    size, channels = detect_geometry(class_files)
+    arch, size, channels = resolve_architecture(config, size, channels)
+    check_preprocessing(config, channels)
+    device = pick_device(config.device)
+    seed_everything(config.train.seed)  # the initial weights too
+    try:  # built before decoding: a model that cannot be built fails at once
+        model = build_model(arch, len(class_names), channels, size, config.pretrained, config.weights)
+    except ValueError as exc:
+        raise FitError(str(exc)) from None
+    prep = resolve_preprocessing(config, arch, channels, size, model)
+    size, decode_opts = prep["input_size"], {"interpolation": prep["interpolation"], "crop_pct": prep["crop_pct"]}
+    images, labels, skipped = decode_classes(class_names, class_files, size, channels, progress, **decode_opts)
+    rejects = None
+    if reject_dir is not None:  # decoded before training, so a bad folder fails fast
+        from .headfit import HeadError, decode_folder
+
+        try:
+            rejects, rejects_skipped = decode_folder(reject_dir, size, channels, **decode_opts)
+        except HeadError as exc:
+            raise FitError(str(exc)) from None
+    if prep["mean"] is None or prep["std"] is None:
+        measured = channel_stats(images)
+        prep["mean"] = measured[0] if prep["mean"] is None else prep["mean"]
+        prep["std"] = measured[1] if prep["std"] is None else prep["std"]
+    mean, std = prep["mean"], prep["std"]
+
+    def on_batch(epoch, epochs, batch, batches, loss, acc):
+        if progress is not None:
+            progress("batch", batch, batches, {"epoch": epoch, "epochs": epochs, "loss": loss, "accuracy": acc})
+
+    def on_epoch(stats):
+        if progress is not None:
+            progress("epoch", stats.epoch, stats.epochs, asdict(stats))
+
+    result = train_classifier(model, images, labels, mean, std, config.train, device, on_batch, on_epoch)
+
+    if progress is not None:
+        progress("embed", 0, len(images), {})
+    _, feats = predict_arrays(model, images, mean, std, device)
+    if progress is not None:
+        progress("embed", len(images), len(images), {})
+    # With a validation split, the detector is fitted on the training split only, and the held-out
+    # images calibrate its thresholds: new images of a known class lie further from the class
+    # Gaussians than the images those were fitted on, and the more so the fewer images a class
+    # has. All thresholds are scaled by median(held-out scores) / median(training scores)
+    # (never below 1). A median is used because a few dozen held-out images give no reliable
+    # tail. With 800 images a class the scale is about 1.01; with 30 about 1.15 (docs/method.md).
+    metrics = dict(result.val_metrics)
+    fit_idx = result.train_indices if len(result.val_indices) else np.arange(len(labels))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the generic warning is replaced by one naming the classes
+        detector = MahalanobisDetector(config.percentile, config.covariance).fit(
+            feats[fit_idx], labels[fit_idx], num_classes=len(class_names)
+        )
+    warn_if_few_images(class_names, labels[fit_idx], feats.shape[1], config.covariance)
+    if len(result.val_indices):
+        val_scores = detector.score(feats[result.val_indices])
+        metrics["val_rejected_fraction_uncalibrated"] = float(np.mean(val_scores > 1.0))
+        scale = max(1.0, float(np.median(val_scores) / np.median(detector.score(feats[fit_idx]))))
+        detector.set_threshold_scale(scale)
+        metrics["threshold_scale"] = scale
+        held_out_rate = float(np.mean(detector.score(feats[result.val_indices]) > 1.0))
+        metrics["val_rejected_fraction"] = held_out_rate
+        nominal = (100.0 - config.percentile) / 100.0
+        if held_out_rate > max(3 * nominal, 0.1) and len(result.val_indices) >= 20:
+            log.warning(
+                "%.0f%% of the held-out training images would be rejected (%.1f%% expected): the "
+                "model does not generalise well yet; train longer (--epochs) or add images",
+                100 * held_out_rate, 100 * nominal,
+            )
+    metrics["train_rejected_fraction"] = float(np.mean(detector.predict(feats)))
+
+    counts = np.bincount(labels, minlength=len(class_names)).tolist()
+    model_config = {
+        "arch": arch,
+        "input_size": size,
+        "channels": channels,
+        "mean": [float(m) for m in mean],
+        "std": [float(s) for s in std],
+        "interpolation": prep["interpolation"],
+        "crop_pct": prep["crop_pct"],
+        "class_names": class_names,
+        "feature_dim": int(model.feature_dim),
+        "center_weight": config.train.center_weight,
+        "percentile": config.percentile,
+        "covariance": config.covariance,
+        "pretrained": bool(config.pretrained),
+        "weights": os.fsdecode(config.weights) if config.weights else None,
+        "training": {**asdict(config.train), "epochs_trained": int(result.epochs)},
+        "data": {"train_dir": os.fsdecode(Path(train_dir).absolute()), "images_per_class": counts, "skipped": len(skipped)},
+        "metrics": metrics,
+        "score": "min over classes of mahalanobis distance / class threshold; higher = more out-of-distribution; > 1 = rejected",
+    }
+    head = None
+    if rejects is not None:
+        from .headfit import head_config, train_head
+
+        _, reject_feats = predict_arrays(model, rejects, mean, std, device)
+        head, head_metrics = train_head(feats, reject_feats)
+        model_config["head"] = head_config(reject_dir, head_metrics, len(rejects_skipped))
+    model.to("cpu").eval()
+    bundle = ModelBundle(config=model_config, model=model, detector=detector, head=head)
+    report = FitReport(
+        class_names=class_names,
+        images_per_class=counts,
+        skipped=skipped,
+        arch=arch,
+        input_size=size,
+        channels=channels,
+        metrics=metrics,
+        history=[asdict(h) for h in result.history],
+        thresholds=detector.thresholds_.tolist(),
+        seconds=time.perf_counter() - started,
+        epochs_requested=config.train.epochs,
+        epochs_trained=int(result.epochs),
+        preprocessing={**prep, "mean": [float(m) for m in mean], "std": [float(v) for v in std]},
+    )
+    return bundle, report

@@ -1,0 +1,1 @@
+"""Moving files out of a scanned folder and back: journal, transfer, recovery, restore, locks."""

@@ -1,0 +1,297 @@
+"""The quarantine journal: reading, validating and appending records of ``imgclean-manifest.jsonl``.
+
+Record kinds (one JSON object per line, in order):
+  {"op": "move"|"restore", "id", "state": "started", "source", "destination", "size", "mtime_ns",
+   "sha256", "dev", "ino", "time", ...}  ("move" also has reason, details, scan_root; "restore" has
+                                         move_id and scan_root; dev/ino are absent in old journals)
+  {"op", "id", "state": "retarget", "destination"}   name was taken, trying the next free one
+  {"op", "id", "state": "done"|"rolled_back"|"changed"|"missing"|"kept_both", "time", ...}
+Temp names derive from the id: ``.imgclean-tmp-<id>`` beside the destination (a copy across
+filesystems) and ``.imgclean-tmp-<id>-src`` beside the source (the source, taken away atomically
+before it is removed). ``kept_both``: recovery could not prove the source is the journaled file,
+so both it and the quarantined file were kept.
+
+Every record is validated before anyone acts on it (types; ``id`` a plain token; destinations
+inside the quarantine; sources inside the record's absolute ``scan_root``): a record that fails is
+reported as :class:`Invalid` and ignored, and never stops the others.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..fileops import inside, resolved_inside, write_all
+
+log = logging.getLogger("imgclean.quarantine.moves")
+
+MANIFEST_NAME = "imgclean-manifest.jsonl"
+LOCK_NAME = ".imgclean.lock"  # imgclean.quarantine.locking.LOCK_NAME (not imported: journal stays a leaf)
+TMP_PREFIX = ".imgclean-tmp-"
+PROBE_PREFIX = ".imgclean-probe-"
+RESERVED = (MANIFEST_NAME, LOCK_NAME)  # names the quarantine root keeps for itself
+UNFINISHED = ("started", "retarget")
+FINAL_STATES = ("done", "rolled_back", "changed", "missing", "kept_both")
+_TOKEN = re.compile(r"[A-Za-z0-9_-]{1,128}")
+_SHA = re.compile(r"[0-9a-f]{64}")
+
+
+def is_quarantine(folder: str | os.PathLike) -> bool:
+    """True when ``folder`` holds an imgclean manifest (a regular file): it is a quarantine,
+    whatever its path. Recognised by content rather than by comparing path strings, so a
+    quarantine reached through a bind mount or a symlink is still one."""
+    try:
+        return stat.S_ISREG(os.lstat(os.path.join(os.fspath(folder), MANIFEST_NAME)).st_mode)
+    except OSError:
+        return False
+
+
+def capture_name(source: Path, jid: str) -> Path:
+    """Where a source is taken away to (atomically, by rename) before it is removed."""
+    return source.parent / f"{TMP_PREFIX}{jid}-src"
+
+
+def copy_tmp_name(destination: Path, jid: str) -> Path:
+    """Where a copy across filesystems is written before it gets its final name."""
+    return destination.parent / f"{TMP_PREFIX}{jid}"
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def _lines(quarantine_root: Path) -> list[tuple[int, Any]]:
+    """(line number, parsed value or a ValueError) per non-empty line; a torn last line is dropped."""
+    path = Path(quarantine_root) / MANIFEST_NAME
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return []
+    lines = data.split(b"\n")
+    out: list[tuple[int, Any]] = []
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            out.append((i + 1, json.loads(line)))
+        except ValueError as e:
+            if i != len(lines) - 1:  # the last line may be torn by a crash; others are damage
+                out.append((i + 1, e))
+    return out
+
+
+def read_manifest(quarantine_root: Path) -> list[dict]:
+    """Every JSON-object line of the journal, in order, unvalidated. A torn last line is skipped."""
+    records = []
+    for n, value in _lines(quarantine_root):
+        if isinstance(value, dict):
+            records.append(value)
+        else:
+            log.warning("%s line %d is not a journal record; ignored", Path(quarantine_root) / MANIFEST_NAME, n)
+    return records
+
+
+@dataclass(frozen=True)
+class Invalid:
+    """A journal line that failed validation; never acted on."""
+
+    line: int
+    reason: str
+    source: str | None = None  # the record's paths when they are strings, for the report
+    destination: str | None = None
+
+    @property
+    def message(self) -> str:
+        return f"{MANIFEST_NAME} line {self.line}: {self.reason}; record ignored"
+
+
+class _Bad(ValueError):
+    pass
+
+
+def _int(rec: dict, key: str, optional: bool = False) -> None:
+    value = rec.get(key)
+    if value is None and optional and key not in rec:
+        return
+    if type(value) is not int or value < 0:
+        raise _Bad(f"{key} is not a non-negative integer")
+
+
+def _str(rec: dict, key: str) -> str:
+    value = rec.get(key)
+    if not isinstance(value, str) or not value:
+        raise _Bad(f"{key} is missing or not a string")
+    return value
+
+
+def _token(rec: dict, key: str) -> str:
+    value = _str(rec, key)
+    if not _TOKEN.fullmatch(value):
+        raise _Bad(f"{key} {value!r} is not a plain token")
+    return value
+
+
+def _abs_clean(rec: dict, key: str) -> str:
+    value = _str(rec, key)
+    if "\x00" in value or not os.path.isabs(value) or os.path.normpath(value) != value:
+        raise _Bad(f"{key} {value!r} is not a normalised absolute path")
+    return value
+
+
+def _in_quarantine(rec: dict, key: str, qroot: str | None) -> str:
+    value = _abs_clean(rec, key)
+    if qroot is not None:
+        # Lexically inside (no ".." is allowed), or inside once resolved (the quarantine reached by
+        # another path than when journaled). Acting on it re-checks the resolved path.
+        if value == qroot or not (inside(value, qroot) or resolved_inside(value, qroot)):
+            raise _Bad(f"{key} {value!r} is outside the quarantine {qroot}")
+        if os.path.basename(value) in RESERVED and os.path.dirname(value) in (qroot, os.path.realpath(qroot)):
+            raise _Bad(f"{key} {value!r} names the quarantine's own bookkeeping file")
+    return value
+
+
+def _in_scan_root(rec: dict, key: str, scan_root: str, qroot: str | None) -> str:
+    """Lexically inside ``scan_root``; whoever acts on it checks the resolved folder again."""
+    value = _abs_clean(rec, key)
+    if value == scan_root or not inside(value, scan_root):
+        raise _Bad(f"{key} {value!r} is outside the scanned folder {scan_root!r}")
+    if qroot is not None and value != qroot and inside(value, qroot):
+        raise _Bad(f"{key} {value!r} lies inside the quarantine")
+    return value
+
+
+def _validate(rec: Any, ops: dict[str, dict], qroot: str | None) -> dict | None:
+    """The op ``rec`` updates (a new one for "started"), or None for a record about an unknown op
+    (its started record was invalid or lost); raises _Bad for an invalid record."""
+    if not isinstance(rec, dict):
+        raise _Bad("not a JSON object")
+    jid, kind = _token(rec, "id"), rec.get("op")
+    if kind not in ("move", "restore"):
+        raise _Bad(f"op {kind!r} is neither 'move' nor 'restore'")
+    state = rec.get("state")
+    if state not in UNFINISHED + FINAL_STATES:
+        raise _Bad(f"state {state!r} is not a journal state")
+    if state != "started":
+        op = ops.get(jid)
+        if op is None:
+            return None
+        if op["op"] != kind:
+            raise _Bad(f"id {jid} is a {op['op']}, not a {kind}")
+        if "destination" in rec:
+            dest = _in_quarantine(rec, "destination", qroot) if kind == "move" else _abs_clean(rec, "destination")
+            if os.path.dirname(dest) != os.path.dirname(op["destination"]):
+                raise _Bad(f"destination {dest!r} is not in the folder the move started in")
+        return op
+    if jid in ops:
+        raise _Bad(f"id {jid} is started twice")
+    for key in ("size", "mtime_ns"):
+        _int(rec, key)
+    if ("dev" in rec) != ("ino" in rec):
+        raise _Bad("dev and ino come together")
+    for key in ("dev", "ino"):
+        _int(rec, key, optional=True)
+    if not isinstance(rec.get("sha256"), str) or not _SHA.fullmatch(rec["sha256"]):
+        raise _Bad("sha256 is not a hex digest")
+    if kind == "move":
+        scan_root = _abs_clean(rec, "scan_root")
+        _in_scan_root(rec, "source", scan_root, qroot)
+        _in_quarantine(rec, "destination", qroot)
+    else:
+        move = ops.get(_token(rec, "move_id"))
+        if move is None or move["op"] != "move":
+            raise _Bad(f"move_id {rec['move_id']} names no valid move")
+        scan_root = _abs_clean(rec, "scan_root") if "scan_root" in rec else move["scan_root"]
+        _in_quarantine(rec, "source", qroot)
+        _in_scan_root(rec, "destination", scan_root, qroot)
+        rec = {**rec, "scan_root": scan_root}
+    return {**rec}
+
+
+def load_ops(quarantine_root: Path | None, records: list[tuple[int, Any]] | None = None) -> tuple[dict[str, dict], list[Invalid]]:
+    """Validated journal: {id: merged op} in start order, and the invalid lines.
+
+    A merged op is its started record with the latest ``state`` and ``destination`` and its
+    ``line``. ``quarantine_root`` None skips the checks that need it (only for reading tests).
+    """
+    qroot = None if quarantine_root is None else os.path.abspath(quarantine_root)
+    if records is None:
+        records = _lines(Path(qroot)) if qroot is not None else []
+    ops: dict[str, dict] = {}
+    invalid: list[Invalid] = []
+    for n, rec in records:
+        try:
+            if isinstance(rec, ValueError):
+                raise _Bad(f"not JSON ({rec})")
+            op = _validate(rec, ops, qroot)
+        except _Bad as e:
+            fields = rec if isinstance(rec, dict) else {}
+            paths = [v if isinstance(v, str) else None for v in (fields.get("source"), fields.get("destination"))]
+            bad = Invalid(n, str(e), *paths)
+            log.warning("%s", bad.message)
+            invalid.append(bad)
+            continue
+        if op is None:
+            continue
+        if rec["state"] == "started":
+            ops[rec["id"]] = {**op, "line": n}
+        else:
+            op["state"] = rec["state"]
+            if "destination" in rec:
+                op["destination"] = rec["destination"]
+    return ops, invalid
+
+
+def _unfinished(records: list[dict], quarantine_root: Path | None = None) -> list[dict]:
+    """Merged view of every valid op whose last state is unfinished (crashed or in flight)."""
+    ops, _ = load_ops(quarantine_root, list(enumerate(records, 1)))
+    return [op for op in ops.values() if op["state"] in UNFINISHED]
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+class JournalWriter:
+    """Appends records: one write per record, fsynced; a torn last line is closed first."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.fd: int | None = None
+        self._torn = False
+
+    def open(self) -> None:
+        # O_NOFOLLOW: no symlinked manifest; O_NONBLOCK: a FIFO there fails instead of hanging.
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+        fd = os.open(self.path, flags, 0o644)
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise IsADirectoryError(f"manifest {self.path} is not a regular file")
+            if st.st_size:  # a crash mid-append leaves no trailing newline
+                rfd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+                try:
+                    self._torn = os.pread(rfd, 1, st.st_size - 1) != b"\n"
+                finally:
+                    os.close(rfd)
+        except BaseException:
+            os.close(fd)
+            raise
+        self.fd = fd
+
+    def append(self, line: bytes, step: Any) -> None:
+        assert self.fd is not None
+        data = (b"\n" if self._torn else b"") + line
+        step("journal")
+        self._torn = True
+        write_all(self.fd, data)  # O_APPEND: one write per record
+        os.fsync(self.fd)
+        self._torn = False
+
+    def close(self) -> None:
+        if self.fd is not None:
+            fd, self.fd = self.fd, None
+            os.close(fd)

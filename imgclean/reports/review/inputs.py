@@ -1,0 +1,218 @@
+"""Inputs of `imgclean report`: a `scan --report` file (CSV / JSON lines) or a quarantine manifest."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from .collector import DEFAULT_MAX_ROWS, ReviewCollector, ReviewInputError
+
+
+def _check_fields(path: Path, fields: Iterable[str] | None) -> None:
+    missing = {"path", "status"} - set(fields or ())
+    if missing:
+        raise ReviewInputError(
+            f"{path} is not an imgclean scan report (no {', '.join(sorted(missing))} column); "
+            "give a file written by `imgclean scan --report` or an imgclean-manifest.jsonl"
+        )
+
+
+def iter_report(path: Path) -> Iterator[dict]:
+    """Stream the records of a `scan --report` file (.csv, or JSON lines)."""
+    from ..records import report_format
+
+    path = Path(path)
+    try:
+        fmt = report_format(path)
+    except ValueError as exc:
+        raise ReviewInputError(str(exc)) from None
+    try:
+        with open(path, encoding="utf-8", newline="", errors="surrogateescape") as fh:
+            if fmt == "csv":
+                reader = csv.DictReader(fh)
+                _check_fields(path, reader.fieldnames)
+                yield from reader
+                return
+            for n, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except ValueError:
+                    raise ReviewInputError(f"{path} line {n} is not JSON; is this an imgclean report?") from None
+                if not isinstance(row, dict):
+                    raise ReviewInputError(f"{path} line {n} is not a JSON object; is this an imgclean report?")
+                _check_fields(path, row.keys())
+                yield row
+    except csv.Error as exc:
+        raise ReviewInputError(f"{path} is not a readable CSV report ({exc})") from None
+
+
+def _journal_records(path: Path) -> list[dict]:
+    """The records of a quarantine journal (moves.read_manifest; a torn last line is skipped)."""
+    from ...quarantine.moves import MANIFEST_NAME, read_manifest
+
+    if path.name == MANIFEST_NAME:
+        return read_manifest(path.parent)
+    records = []  # a manifest saved under another name: the same parse, without the folder
+    for line in path.read_bytes().split(b"\n"):
+        try:
+            rec = json.loads(line) if line.strip() else None
+        except ValueError:
+            continue
+        if isinstance(rec, dict):
+            records.append(rec)
+    return records
+
+
+def _fold(records: list[dict]) -> tuple[dict[str, dict], list[str]]:
+    """Each move (its started record, updated by later ones) by id, in journal order.
+
+    A move gets "restored": True when a restore of it reached "done" (the file is back at the
+    move's source), "discarded": True when a restore found it deleted from the quarantine,
+    "restoring": True while a restore of it is journaled as started and not finished (a crash).
+    """
+    moves: dict[str, dict] = {}
+    order: list[str] = []
+    restore_of: dict[str, str] = {}
+    for rec in records:
+        op, rid, state = rec.get("op"), rec.get("id"), rec.get("state")
+        if not isinstance(rid, str):
+            continue
+        if op == "move":
+            if state == "started":
+                moves[rid] = dict(rec)
+                order.append(rid)
+            elif rid in moves:
+                moves[rid]["state"] = state
+                if isinstance(rec.get("destination"), str):
+                    moves[rid]["destination"] = rec["destination"]
+        elif op == "restore":
+            if state == "started" and rec.get("move_id") in moves:
+                restore_of[rid] = rec["move_id"]
+                moves[rec["move_id"]]["restoring"] = True
+            elif rid in restore_of and state not in ("started", "retarget"):
+                move = moves[restore_of[rid]]
+                move.pop("restoring", None)
+                if state in ("done", "discarded"):
+                    move["restored" if state == "done" else "discarded"] = True
+    return moves, order
+
+
+# How a move ended, as the page says it. "kept_both": recovery found the source edited after a
+# crash and kept it beside the quarantined copy.
+_ENDS = {
+    "done": "moved", "kept_both": "kept both", "rolled_back": "rolled back",
+    "started": "unfinished", "retarget": "unfinished",
+}
+
+
+def manifest_records(path: Path) -> tuple[list[dict], list[str]]:
+    """Scan-record-shaped dicts for every move in a quarantine journal, and the scanned folders.
+
+    `action` says where each file is now: "moved" (in the quarantine), "restored" (back at its
+    source: the thumbnail comes from there), "discarded" (deleted from the quarantine by the
+    reviewer), "restore unfinished" (a restore cut by a crash), or how the move ended
+    ("kept both", "changed", "missing", "rolled back", "unfinished").
+    """
+    from ...quarantine.moves import MANIFEST_NAME
+
+    path = Path(path)
+    moves, order = _fold(_journal_records(path))
+    if not moves:
+        raise ReviewInputError(f"{path} records no moves; is it an imgclean-manifest.jsonl?")
+    quarantine = os.path.abspath(path.parent) if path.name == MANIFEST_NAME else None
+    roots: list[str] = []
+    out = []
+    for rid in order:
+        m = moves[rid]
+        details = m.get("details") if isinstance(m.get("details"), dict) else {}
+        source, dest = str(m.get("source") or ""), m.get("destination")
+        dest = dest if isinstance(dest, str) and dest else None
+        scan_root = str(m.get("scan_root") or "")
+        if scan_root and scan_root not in roots:
+            roots.append(scan_root)
+        shown = source
+        if scan_root and source:
+            try:
+                shown = os.path.relpath(source, scan_root)
+                if shown.startswith(".."):
+                    shown = source
+            except ValueError:
+                shown = source
+        action = "restored" if m.get("restored") else _ENDS.get(m.get("state"), str(m.get("state") or ""))
+        if m.get("restoring") and not m.get("restored"):
+            action = "restore unfinished"
+        elif m.get("discarded") or (action == "moved" and dest is not None and not os.path.lexists(dest)):
+            action = "discarded"
+        if action == "restore unfinished":
+            location = source if source and os.path.lexists(source) else dest
+        else:
+            location = dest if action in ("moved", "kept both") else source if action in ("restored", "changed", "rolled back") else None
+        out.append({
+            "path": shown, "status": str(m.get("reason") or "ood"),
+            "predicted": details.get("predicted"), "nearest": details.get("nearest"),
+            "score": details.get("score"), "message": details.get("message") or m.get("message") or "",
+            "action": action, "destination": dest, "location": location, "quarantine": quarantine,
+        })  # fmt: skip
+    return out, roots
+
+
+def load_input(path: Path, root: Path | None = None, max_rows: int = DEFAULT_MAX_ROWS) -> tuple[ReviewCollector, dict]:
+    """A collector filled from a `scan --report` file, a manifest, or a quarantine folder.
+
+    Returns (collector, info) where info has "kind", "roots" and "path". Raises
+    ReviewInputError with a message for the user for anything that is not one of those.
+    """
+    from ...quarantine.moves import MANIFEST_NAME
+
+    path = Path(path)
+    if path.is_dir():
+        if not (path / MANIFEST_NAME).is_file():
+            raise ReviewInputError(f"{path} is a folder without {MANIFEST_NAME}; give a report file or a quarantine folder")
+        path = path / MANIFEST_NAME
+    if not path.exists():
+        raise ReviewInputError(f"{path} does not exist")
+    if not path.is_file():
+        raise ReviewInputError(f"{path} is not a regular file")
+    try:
+        if path.name == MANIFEST_NAME or _looks_like_journal(path):
+            records, roots = manifest_records(path)
+            collector = ReviewCollector(root=None, max_rows=max_rows)
+            for rec in records:
+                collector.add(rec)
+            return collector, {"kind": "quarantine manifest", "roots": roots, "path": os.fsdecode(path)}
+        collector = ReviewCollector(root=root, max_rows=max_rows)
+        n = 0
+        for n, rec in enumerate(iter_report(path), 1):
+            try:
+                collector.add(rec)
+            except ReviewInputError as exc:
+                raise ReviewInputError(f"{path} record {n}: {exc}") from None
+        if n == 0 and not _has_header(path):
+            raise ReviewInputError(f"{path} is empty; give a file written by `imgclean scan --report`")
+        kind = "scan report (CSV)" if path.suffix.lower() == ".csv" else "scan report (JSON lines)"
+        return collector, {"kind": kind, "roots": [os.fsdecode(root)] if root else [], "path": os.fsdecode(path)}
+    except OSError as exc:
+        raise ReviewInputError(f"cannot read {path}: {exc.strerror or exc}") from None
+
+
+def _looks_like_journal(path: Path) -> bool:
+    if path.suffix.lower() not in (".jsonl", ".json", ".ndjson"):
+        return False
+    with open(path, "rb") as fh:
+        for line in fh:
+            if line.strip():
+                try:
+                    rec = json.loads(line)
+                except ValueError:
+                    return False
+                return isinstance(rec, dict) and "op" in rec and "state" in rec
+    return False
+
+
+def _has_header(path: Path) -> bool:
+    with open(path, "rb") as fh:
+        return bool(fh.read(1))

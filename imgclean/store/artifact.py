@@ -1,0 +1,396 @@
+"""The saved model: a directory of JSON, safetensors and a pickle-free npz.
+
+    model/
+      config.json          format_version, versions, preprocessing, class names, settings, metrics,
+                           and the fingerprint: sha256 of the other files' sha256 (also under "files")
+      weights.safetensors  classifier state dict (backbone + linear layer)
+      detector.npz         Mahalanobis means, precisions, thresholds (np.load(allow_pickle=False))
+      head.safetensors     optional supervised reject head (tensors named head.*); config.json
+                           then has a "head" entry with its settings and training metrics
+
+Saving writes a new directory beside the target and renames it into place, so a crash leaves
+either the old model or the new one; files in the old directory that imgclean did not write are
+carried over (model_carry.py). Loading reads every file once (model_files.py: no links, no
+FIFOs, plausible sizes), checks each field and array, and checks the files against the
+fingerprint: the network is later built from those bytes, never by reading the directory again,
+so a scan uses one consistent snapshot even if the directory is replaced meanwhile. Loading never
+runs pickled code.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import io
+import json
+import logging
+import os
+import secrets
+import shutil
+from dataclasses import dataclass
+from functools import cached_property
+from importlib import metadata
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .. import __version__
+from ..config import decode_options
+from ..detectors import MahalanobisDetector, RejectHead
+from ..fileops import fsync_dir
+from .model_carry import carry_foreign, clear_backup
+from .model_files import (  # noqa: F401  (re-exported: the public names of a model directory)
+    CONFIG_FILE, DETECTOR_FILE, FORMAT_VERSION, HEAD_FILE, OWN_FILES, REQUIRED_KEYS, WEIGHTS_FILE,
+    ModelError, check_config, check_head_tensors, open_model_dir, parse_config, parse_detector_arrays,
+    read_model_file, safetensors_index,
+)
+
+log = logging.getLogger(__name__)
+
+
+class ModelBundle:
+    """Everything `scan` needs: settings, the network and the fitted detector.
+
+    `model` may be given as None with a `loader`: the network (and torch) is then loaded on the
+    first access of `bundle.model`, so a scan whose every file is a cache hit never imports torch.
+    """
+
+    def __init__(
+        self, config: dict, model: object = None, detector: MahalanobisDetector | None = None,
+        path: Path | None = None, head: RejectHead | None = None, loader: Callable[[], object] | None = None,
+    ):
+        self.config = config
+        self.detector = detector
+        self.path = path
+        self.head = head  # the optional supervised head; config["head"] describes it
+        self._loader = loader
+        if model is not None:
+            self.__dict__["model"] = model  # where cached_property keeps its value
+        elif loader is None:
+            raise ValueError("a ModelBundle needs a model or a loader")
+
+    @cached_property
+    def model(self):  # models.Classifier; torch is imported here for a lazy bundle
+        model = self._loader()
+        self._loader = None  # drops the weights' bytes
+        return model
+
+    @property
+    def model_loaded(self) -> bool:
+        return "model" in self.__dict__
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.config["class_names"])
+
+    @property
+    def input_size(self) -> int:
+        return int(self.config["input_size"])
+
+    @property
+    def channels(self) -> int:
+        return int(self.config["channels"])
+
+    @property
+    def interpolation(self) -> str:
+        """The resize filter of the model's inputs (a key of data.INTERPOLATIONS)."""
+        return decode_options(self.config)["interpolation"]
+
+    @property
+    def crop_pct(self) -> float:
+        """The share of the centre square kept before resizing (timm's crop_pct)."""
+        return decode_options(self.config)["crop_pct"]
+
+    @property
+    def fingerprint(self) -> str:
+        return str(self.config.get("fingerprint", ""))
+
+
+def package_versions() -> dict[str, str | None]:
+    out: dict[str, str | None] = {"imgclean": __version__}
+    for name in ("torch", "timm", "numpy"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def _fingerprint(digests: dict[str, str]) -> str:
+    """The fingerprint of a model's files (unchanged since format 1): weights, detector, head."""
+    names = [n for n in (WEIGHTS_FILE, DETECTOR_FILE, HEAD_FILE) if n in digests]
+    return hashlib.sha256("".join(digests[n] for n in names).encode()).hexdigest()[:16]
+
+
+# ----------------------------------------------------------------------------- saving
+def _is_model_dir(path: Path) -> bool:
+    try:
+        fd = open_model_dir(path)
+    except OSError:
+        return False
+    try:
+        return "format_version" in json.loads(read_model_file(fd, path, CONFIG_FILE))
+    except (OSError, ValueError, TypeError, ModelError):
+        return False
+    finally:
+        os.close(fd)
+
+
+def check_replaceable(target: Path, force: bool) -> None:
+    """Raise ModelError unless `target` is free, or an imgclean model (or empty folder) and force."""
+    target = Path(target)
+    if target.exists():
+        if not force:
+            raise ModelError(f"{target} already exists; pass --force to replace it, or choose another --output")
+        if not target.is_dir() or (any(target.iterdir()) and not _is_model_dir(target)):
+            raise ModelError(f"{target} exists and is not an imgclean model directory; refusing to replace it")
+
+
+def _write_new(path: Path, blob: bytes) -> None:
+    """Create `path` (mode 0666 less the umask, like any file the user writes) and fsync it."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+    try:
+        view = memoryview(blob)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+_fsync_dir = fsync_dir  # a module attribute, so tests can fail it
+
+
+def _new_name(parent: Path, prefix: str, create: bool) -> Path:
+    while True:
+        path = parent / f"{prefix}{secrets.token_hex(4)}"
+        if create:
+            try:
+                os.mkdir(path, 0o777)  # the umask applies, as to any folder the user makes
+                return path
+            except FileExistsError:
+                continue
+        elif not os.path.lexists(path):
+            return path
+
+
+def _serialise(bundle: ModelBundle) -> tuple[dict, dict[str, bytes]]:
+    """(config, name -> bytes) of everything save_model writes."""
+    from safetensors.torch import save as safetensors_bytes
+
+    state = {k: v.detach().cpu().contiguous() for k, v in bundle.model.state_dict().items()}
+    blobs = {WEIGHTS_FILE: safetensors_bytes(state)}
+    buf = io.BytesIO()
+    np.savez(buf, **bundle.detector.to_arrays())
+    blobs[DETECTOR_FILE] = buf.getvalue()
+    config = dict(bundle.config)
+    if bundle.head is not None:
+        blobs[HEAD_FILE] = safetensors_bytes(bundle.head.state_tensors())
+        config["head"] = {**(config.get("head") or {}), "file": HEAD_FILE, "settings": bundle.head.settings()}
+    else:
+        config.pop("head", None)
+    digests = {name: hashlib.sha256(blob).hexdigest() for name, blob in blobs.items()}
+    config.update(
+        format_version=FORMAT_VERSION,
+        versions=package_versions(),
+        created_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        files=digests,
+        fingerprint=_fingerprint(digests),
+    )
+    blobs[CONFIG_FILE] = (json.dumps(config, indent=2, sort_keys=True) + "\n").encode()
+    return config, blobs
+
+
+def save_model(bundle: ModelBundle, target: Path, force: bool = False) -> Path:
+    """Write `bundle` to the directory `target` atomically; refuse to overwrite unless force.
+
+    Replacing a model carries every file and folder imgclean did not write into the new
+    directory, or refuses, naming them, before anything changes.
+    """
+    target = Path(target).absolute()
+    if target.is_symlink():
+        target = target.resolve()  # replace the folder the link names; the link stays as it is
+    check_replaceable(target, force)
+    config, blobs = _serialise(bundle)
+    check_config(config, f"the new {CONFIG_FILE}")  # never write a model that would not load
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _new_name(target.parent, f".{target.name}.tmp-", create=True)
+    old, carried = None, []
+    try:
+        for name in (WEIGHTS_FILE, DETECTOR_FILE, HEAD_FILE, CONFIG_FILE):
+            if name in blobs:
+                _write_new(tmp / name, blobs[name])
+        if target.exists():
+            carried = carry_foreign(target, tmp)
+        _fsync_dir(tmp)
+        if target.exists():
+            old = _new_name(target.parent, f".{target.name}.old-", create=False)
+            os.rename(target, old)
+        os.rename(tmp, target)
+        _fsync_dir(target.parent)
+    except BaseException:
+        if old is not None and old.exists() and not target.exists():
+            os.rename(old, target)  # put the old model back
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)  # our files, and links or copies of the user's
+        raise
+    if old is not None:
+        clear_backup(old, carried)
+    bundle.config, bundle.path = config, target
+    return target
+
+
+def _recover_interrupted_save(target: Path) -> None:
+    """A save killed between its two renames leaves the old model under a backup name: put it back."""
+    if target.exists() or not target.parent.is_dir():
+        return
+    backups = sorted(target.parent.glob(f".{target.name}.old-*"))
+    for backup in backups:
+        if _is_model_dir(backup):
+            os.rename(backup, target)
+            log.warning("restored %s from an interrupted save (%s)", target, backup.name)
+            return
+
+
+# ----------------------------------------------------------------------------- loading
+@dataclass(frozen=True)
+class _Snapshot:
+    """The bytes of a model directory, read once."""
+
+    config: dict
+    weights: bytes
+    detector: bytes
+    head: bytes | None
+
+
+def _open(path: Path) -> int:
+    try:
+        return open_model_dir(path)
+    except (FileNotFoundError, NotADirectoryError):
+        raise ModelError(f"no model at {path}; train one with `imgclean fit TRAIN_DIR -o {path}`") from None
+    except OSError as exc:
+        raise ModelError(f"{path} cannot be opened ({exc.strerror})") from None
+
+
+def _read(fd: int, path: Path, name: str, missing: str) -> bytes:
+    try:
+        return read_model_file(fd, path, name)
+    except FileNotFoundError:
+        raise ModelError(missing) from None
+
+
+def _read_config(fd: int, path: Path) -> dict:
+    raw = _read(fd, path, CONFIG_FILE, f"{path} has no {CONFIG_FILE}; is it an imgclean model directory?")
+    config = parse_config(raw, os.fspath(path / CONFIG_FILE))
+    saved = (config.get("versions") or {}).get("imgclean")
+    if saved and saved != __version__:
+        log.warning("model %s was made by imgclean %s; this is %s", path, saved, __version__)
+    return config
+
+
+def read_config(path: Path) -> dict:
+    """config.json of a model directory, every field checked (no other file is read)."""
+    path = Path(path)
+    _recover_interrupted_save(path.absolute())
+    fd = _open(path)
+    try:
+        return _read_config(fd, path)
+    finally:
+        os.close(fd)
+
+
+def _read_snapshot(path: Path) -> tuple[_Snapshot, dict[str, np.ndarray]]:
+    """Every file the model needs, read once through one descriptor of the directory and checked
+    against each other and the fingerprint; returns the snapshot and the detector's arrays."""
+    fd = _open(path)
+    try:
+        config = _read_config(fd, path)
+        detector = _read(fd, path, DETECTOR_FILE, f"{path} has no {DETECTOR_FILE}")
+        head = None
+        if config.get("head"):
+            head = _read(fd, path, HEAD_FILE, f"{path} has no {HEAD_FILE} though {CONFIG_FILE} names a head; run `imgclean fit-head` again")
+        weights = _read(fd, path, WEIGHTS_FILE, f"{path} has no {WEIGHTS_FILE}")
+    finally:
+        os.close(fd)
+    arrays = parse_detector_arrays(detector, config, os.fspath(path / DETECTOR_FILE))
+    if head is not None:
+        check_head_tensors(head, config, os.fspath(path / HEAD_FILE))
+    safetensors_index(weights, os.fspath(path / WEIGHTS_FILE))
+    blobs = {WEIGHTS_FILE: weights, DETECTOR_FILE: detector, **({HEAD_FILE: head} if head is not None else {})}
+    digests = {name: hashlib.sha256(blob).hexdigest() for name, blob in blobs.items()}
+    if _fingerprint(digests) != config["fingerprint"]:
+        recorded = config.get("files") or {}
+        wrong = [n for n in blobs if n in recorded and recorded[n] != digests[n]]
+        what = f"{' and '.join(wrong)} {'does' if len(wrong) == 1 else 'do'}" if wrong else "the model files do"
+        raise ModelError(
+            f"{path}: {what} not match the fingerprint in {CONFIG_FILE} (from another model, or changed "
+            "after saving); retrain or restore the model"
+        )
+    return _Snapshot(config, weights, detector, head), arrays
+
+
+def load_detector(path: Path, config: dict) -> MahalanobisDetector:
+    """The detector of a model directory, checked against `config` (torch-free; for `info`)."""
+    path = Path(path)
+    fd = _open(path)
+    try:
+        raw = _read(fd, path, DETECTOR_FILE, f"{path} has no {DETECTOR_FILE}")
+    finally:
+        os.close(fd)
+    return MahalanobisDetector.from_arrays(parse_detector_arrays(raw, config, os.fspath(path / DETECTOR_FILE)))
+
+
+def load_model(path: Path, device: str = "cpu", lazy: bool = False) -> ModelBundle:
+    """Load a model directory; raises ModelError with a clear message when it cannot.
+
+    Every file is read and checked now. lazy=True builds the network (importing torch) from
+    the bytes read now on the first use of `bundle.model`. Files that do not match each other
+    (the directory replaced while it was read) are read once more before giving up.
+    """
+    path = Path(path)
+    _recover_interrupted_save(path.absolute())
+    try:
+        snapshot, arrays = _read_snapshot(path)
+    except ModelError as exc:
+        log.debug("reading %s again: %s", path, exc)
+        snapshot, arrays = _read_snapshot(path)
+    config = snapshot.config
+    detector = MahalanobisDetector.from_arrays(arrays)
+    head = _build_head(snapshot.head, config, path / HEAD_FILE) if snapshot.head is not None else None
+    weights = snapshot.weights
+    bundle = ModelBundle(
+        config=config, detector=detector, path=path, head=head,
+        loader=lambda: _build_network(weights, config, device, path / WEIGHTS_FILE),
+    )
+    if not lazy:
+        bundle.model
+    return bundle
+
+
+def _build_head(raw: bytes, config: dict, file: Path) -> RejectHead:
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+
+    try:
+        return RejectHead.from_state(load(raw), config["head"].get("settings") or {})
+    except (SafetensorError, ValueError, KeyError, RuntimeError) as exc:
+        raise ModelError(f"{file} is damaged or not an imgclean head ({exc}); run `imgclean fit-head` again") from None
+
+
+def _build_network(weights: bytes, config: dict, device: str, file: Path):
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+
+    from ..nn.models import build_model
+
+    try:
+        state = load(weights)
+    except (SafetensorError, ValueError) as exc:
+        raise ModelError(f"{file} is damaged ({exc}); retrain or restore the model") from None
+    try:
+        model = build_model(config["arch"], len(config["class_names"]), config["channels"], config["input_size"])
+        model.load_state_dict(state, strict=True)
+    except (RuntimeError, ValueError) as exc:
+        raise ModelError(f"{file} does not fit the architecture in {CONFIG_FILE}: {exc}") from None
+    model.to(device).eval()
+    return model

@@ -1,0 +1,174 @@
+"""A cache of scan results, so a nightly rescan only decodes what is new or changed.
+
+One small SQLite file under the user cache dir ($XDG_CACHE_HOME/imgclean/scan-cache.sqlite,
+~/.cache/imgclean/ by default), never inside a scanned folder. A result is reused only when the
+file's absolute path, size and mtime_ns, and the model key (the model's fingerprint plus a hash
+of its settings and the imgclean version) all match; anything else is a miss and is scored.
+
+The cache can only make a scan faster, never different:
+- a file modified within RACY_SECONDS of the scan is not stored (its mtime could repeat after a
+  second write in the same clock tick, like git's "racily clean" files);
+- a cache file that is unreadable or not ours is moved aside and rebuilt; any SQLite error later
+  turns the cache off for the rest of the run (every lookup a miss). Nothing here raises.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import sqlite3
+import time
+from pathlib import Path
+
+from .. import __version__
+
+log = logging.getLogger(__name__)
+
+CACHE_FILE = "scan-cache.sqlite"
+SCHEMA_VERSION = 1
+RACY_SECONDS = 2.0
+_COMMIT_EVERY = 512
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "imgclean"
+
+
+def model_key(config: dict, extra: str = "") -> str:
+    """What a cached score depends on: the model (weights, detector, settings) and this code."""
+    settings = json.dumps(config, sort_keys=True, default=str)
+    digest = hashlib.sha256(f"{__version__}\0{settings}\0{extra}".encode()).hexdigest()[:16]
+    return f"{config.get('fingerprint', '')}-{digest}"
+
+
+class ScanCache:
+    """get(path, size, mtime_ns) -> cached tuple or None; put(...) stores one result."""
+
+    def __init__(self, directory: Path | None, key: str):
+        self.directory = Path(directory) if directory is not None else default_cache_dir()
+        self.path = self.directory / CACHE_FILE
+        self.key = key
+        self.hits = 0
+        self.misses = 0
+        self.enabled = True
+        self._db: sqlite3.Connection | None = None
+        self._pending = 0
+        self._racy_after_ns = time.time_ns() - int(RACY_SECONDS * 1e9)
+
+    # ---- opening -----------------------------------------------------------------------------
+    def open(self) -> "ScanCache":
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            try:
+                self._db = self._connect()
+            except sqlite3.DatabaseError as exc:
+                self._set_aside(exc)
+                self._db = self._connect()
+        except (OSError, sqlite3.Error) as exc:
+            log.warning("scan cache %s cannot be used (%s); scanning without it", self.path, exc)
+            self._close_quietly()
+            self.enabled = False
+        return self
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, timeout=10, isolation_level=None)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            if version == 0 and not tables:
+                db.execute(
+                    "CREATE TABLE results (model TEXT NOT NULL, path BLOB NOT NULL, size INTEGER NOT NULL,"
+                    " mtime_ns INTEGER NOT NULL, status TEXT NOT NULL, predicted TEXT, nearest TEXT,"
+                    " score REAL, message TEXT NOT NULL, PRIMARY KEY (model, path))"
+                )
+                db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            elif version != SCHEMA_VERSION or "results" not in tables:
+                raise sqlite3.DatabaseError(f"schema version {version}, expected {SCHEMA_VERSION}")
+            db.execute("SELECT model, path, size, mtime_ns, status, predicted, nearest, score, message FROM results LIMIT 1")
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    def _set_aside(self, exc: Exception) -> None:
+        log.warning("scan cache %s is damaged (%s); starting a new one", self.path, exc)
+        for suffix in ("", "-wal", "-shm"):
+            p = Path(f"{self.path}{suffix}")
+            if p.exists():
+                os.replace(p, f"{p}.damaged")
+
+    def _close_quietly(self) -> None:
+        if self._db is not None:
+            try:
+                self._db.close()
+            except sqlite3.Error:
+                pass
+            self._db = None
+
+    def _disable(self, exc: Exception) -> None:
+        log.warning("scan cache %s failed (%s); continuing without it", self.path, exc)
+        self.enabled = False
+        self._close_quietly()
+
+    # ---- use -----------------------------------------------------------------------------------
+    @staticmethod
+    def _path_key(path: Path) -> bytes:
+        path = os.fspath(path)
+        return os.fsencode(path if os.path.isabs(path) else os.path.abspath(path))
+
+    def get(self, path: Path, size: int, mtime_ns: int) -> tuple[str, str | None, str | None, float | None, str] | None:
+        """(status, predicted, nearest, score, message) stored for this exact file, or None."""
+        if not self.enabled:
+            self.misses += 1
+            return None
+        try:
+            row = self._db.execute(
+                "SELECT size, mtime_ns, status, predicted, nearest, score, message FROM results WHERE model=? AND path=?",
+                (self.key, self._path_key(path)),
+            ).fetchone()
+        except sqlite3.Error as exc:
+            self._disable(exc)
+            row = None
+        if row is None or row[0] != size or row[1] != mtime_ns:
+            self.misses += 1
+            return None
+        self.hits += 1
+        return row[2], row[3], row[4], row[5], row[6]
+
+    def put(self, path: Path, size: int, mtime_ns: int, status: str, predicted, nearest, score, message: str) -> None:
+        if not self.enabled or mtime_ns >= self._racy_after_ns:
+            return
+        try:
+            if self._pending == 0:
+                self._db.execute("BEGIN")
+            self._db.execute(
+                "INSERT OR REPLACE INTO results VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (self.key, self._path_key(path), size, mtime_ns, status, predicted, nearest, score, message),
+            )
+            self._pending += 1
+            if self._pending >= _COMMIT_EVERY:
+                self.flush()
+        except sqlite3.Error as exc:
+            self._disable(exc)
+
+    def flush(self) -> None:
+        if self._db is not None and self._pending:
+            try:
+                self._db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                self._disable(exc)
+            self._pending = 0
+
+    def close(self) -> None:
+        self.flush()
+        self._close_quietly()
+
+    def __enter__(self) -> "ScanCache":
+        return self.open()
+
+    def __exit__(self, *exc) -> None:
+        self.close()

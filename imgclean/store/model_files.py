@@ -1,0 +1,320 @@
+"""Reading and checking the files of a saved model, without torch and without trusting them.
+
+Every file is opened relative to one descriptor of the model directory, without following a
+link and without blocking (a FIFO would hang a plain open), checked to be a regular file of a
+plausible size, and read whole. Then each is checked for what imgclean needs of it: config.json
+field by field (type and range), detector.npz array by array, and the two safetensors files by
+their headers. Every problem is a ModelError with one line that names the file and the fault.
+"""
+from __future__ import annotations
+
+import errno
+import io
+import json
+import math
+import os
+import stat
+import zipfile
+
+import numpy as np
+
+FORMAT_VERSION = 1
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "weights.safetensors"
+DETECTOR_FILE = "detector.npz"
+HEAD_FILE = "head.safetensors"
+OWN_FILES = (CONFIG_FILE, WEIGHTS_FILE, DETECTOR_FILE, HEAD_FILE)  # all that imgclean writes in a model dir
+REQUIRED_KEYS = ("format_version", "arch", "input_size", "channels", "mean", "std", "class_names", "feature_dim")
+MiB, GiB = 1 << 20, 1 << 30
+# Far beyond any real model, small enough to stop /dev/zero-like files and mistakes early.
+SIZE_LIMITS = {CONFIG_FILE: 16 * MiB, DETECTOR_FILE: 8 * GiB, HEAD_FILE: 1 * GiB, WEIGHTS_FILE: 32 * GiB}
+INPUT_SIZE_RANGE = (8, 4096)
+DETECTOR_ARRAYS = (
+    "percentile", "covariance", "threshold_scale", "means", "precisions", "shrinkage",
+    "class_counts", "thresholds", "train_distances", "train_labels",
+)
+from ..errors import ImgcleanError
+SAFETENSORS_DTYPES = {
+    "BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "I16": 2, "U16": 2, "F16": 2,
+    "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8,
+}
+
+
+class ModelError(ImgcleanError):
+    """A model directory is missing, damaged, or does not fit what it is used for."""
+
+
+# ----------------------------------------------------------------------------- safe reading
+def open_model_dir(path) -> int:
+    """A descriptor of the model directory (a link to a directory is followed: users keep those)."""
+    return os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+
+
+def read_model_file(dir_fd: int, where, name: str) -> bytes:
+    """The bytes of the regular file `name` in the directory `dir_fd` (shown as `where`/name).
+
+    Raises FileNotFoundError when it is missing, ModelError when it is anything but a regular
+    file of at most SIZE_LIMITS[name] bytes.
+    """
+    shown = os.path.join(os.fsdecode(where), name)
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        fd = os.open(name, flags, dir_fd=dir_fd)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise ModelError(f"{shown} is a symbolic link; model files must be regular files (put a copy in its place)") from None
+        raise ModelError(f"{shown} cannot be opened ({exc.strerror})") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ModelError(f"{shown} is not a regular file")
+        limit = SIZE_LIMITS.get(name, 16 * MiB)
+        if st.st_size > limit:
+            raise ModelError(f"{shown} is {st.st_size} bytes, more than any {name} of imgclean ({limit}); is it the right file?")
+        chunks, total = [], 0
+        while True:
+            chunk = os.read(fd, min(64 * MiB, limit + 1 - total))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
+            if total > limit:
+                raise ModelError(f"{shown} grew beyond {limit} bytes while being read")
+        return b"".join(chunks)
+    except OSError as exc:
+        raise ModelError(f"{shown} cannot be read ({exc.strerror})") from None
+    finally:
+        os.close(fd)
+
+
+# ----------------------------------------------------------------------------- config.json
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v) -> bool:
+    return (isinstance(v, (int, float)) and not isinstance(v, bool)) and math.isfinite(v)
+
+
+def parse_config(raw: bytes, shown: str) -> dict:
+    try:
+        config = json.loads(raw.decode("utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ModelError(f"{shown} is damaged ({exc}); retrain or restore the model") from None
+    if not isinstance(config, dict):
+        raise ModelError(f"{shown} is not a JSON object")
+    check_config(config, shown)
+    return config
+
+
+def check_config(config: dict, shown: str) -> None:
+    """Every field imgclean reads, by type and range; raises ModelError naming the first bad one."""
+    version = config.get("format_version")
+    if not _is_int(version):
+        raise ModelError(f"{shown} has no valid format_version")
+    if version > FORMAT_VERSION:
+        from .. import __version__
+
+        raise ModelError(
+            f"{os.path.dirname(shown)} has model format {version}, newer than this imgclean ({__version__}) "
+            f"reads (format {FORMAT_VERSION}); upgrade imgclean"
+        )
+    if version < 1:
+        raise ModelError(f"{os.path.dirname(shown)} has unknown model format {version}")
+    missing = [k for k in REQUIRED_KEYS if k not in config]
+    if missing:
+        raise ModelError(f"{shown} lacks {', '.join(missing)}")
+
+    def bad(key: str, problem: str, value=None):
+        shown_value = json.dumps(value)[:60] if value is not None or key in config else "missing"
+        return ModelError(f"{shown}: {key} {problem} (found {shown_value})")
+
+    arch = config["arch"]
+    if not isinstance(arch, str) or not arch.strip():
+        raise bad("arch", "must be a non-empty string", arch)
+    size = config["input_size"]
+    lo, hi = INPUT_SIZE_RANGE
+    if not _is_int(size) or not lo <= size <= hi:
+        raise bad("input_size", f"must be a whole number of pixels from {lo} to {hi}", size)
+    channels = config["channels"]
+    if not _is_int(channels) or channels not in (1, 3):
+        raise bad("channels", "must be 1 or 3", channels)
+    for key in ("mean", "std"):
+        values = config[key]
+        if not isinstance(values, list) or len(values) != channels or not all(_is_number(v) for v in values):
+            raise bad(key, f"must be a list of {channels} finite number(s), one per channel", values)
+    if not all(v > 0 for v in config["std"]):
+        raise bad("std", "must be positive", config["std"])
+    names = config["class_names"]
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) and n for n in names):
+        raise bad("class_names", "must be a non-empty list of non-empty strings", names)
+    if len(set(names)) != len(names):
+        raise bad("class_names", "must not repeat a name", names)
+    dim = config["feature_dim"]
+    if not _is_int(dim) or not 1 <= dim <= 1 << 20:
+        raise bad("feature_dim", "must be a positive whole number", dim)
+    if "percentile" in config and not (_is_number(config["percentile"]) and 0 < config["percentile"] <= 100):
+        raise bad("percentile", "must be a number in (0, 100]", config["percentile"])
+    interpolation = config.get("interpolation")
+    if interpolation is not None:
+        from ..data import INTERPOLATIONS
+
+        if not isinstance(interpolation, str) or interpolation not in INTERPOLATIONS:
+            raise bad("interpolation", f"must be one of {', '.join(INTERPOLATIONS)}", interpolation)
+    crop = config.get("crop_pct")
+    if crop is not None and not (_is_number(crop) and 0 < crop <= 1):
+        raise bad("crop_pct", "must be a number in (0, 1]", crop)
+    if "covariance" in config and config["covariance"] not in ("tied", "class"):
+        raise bad("covariance", "must be tied or class", config["covariance"])
+    fingerprint = config.get("fingerprint")
+    if not isinstance(fingerprint, str) or not fingerprint:
+        raise bad("fingerprint", "must be the string imgclean wrote; re-save the model with this imgclean", fingerprint)
+    for key in ("training", "settings", "metrics", "data", "versions", "files"):
+        if config.get(key) is not None and not isinstance(config[key], dict):
+            raise bad(key, "must be an object", config[key])
+    head = config.get("head")
+    if head:
+        if not isinstance(head, dict) or not isinstance(head.get("settings") or {}, dict):
+            raise bad("head", "must be an object with a settings object", head)
+        settings = head.get("settings") or {}
+        hidden = settings.get("hidden", [256, 256])
+        if not isinstance(hidden, list) or not all(_is_int(h) and 1 <= h <= 1 << 16 for h in hidden):
+            raise bad("head.settings.hidden", "must be a list of positive layer widths", hidden)
+        threshold = settings.get("threshold", 0.5)
+        if not (_is_number(threshold) and 0 < threshold < 1):
+            raise bad("head.settings.threshold", "must be a number in (0, 1)", threshold)
+
+
+# ----------------------------------------------------------------------------- detector.npz
+def parse_detector_arrays(raw: bytes, config: dict, shown: str) -> dict[str, np.ndarray]:
+    """The detector's arrays, checked for names, dtypes, shapes, finiteness and fit to config."""
+    if raw[:4] != b"PK\x03\x04":
+        raise ModelError(f"{shown} is not a valid detector file (not an npz archive)")
+    try:
+        with zipfile.ZipFile(io.BytesIO(raw)) as archive:
+            unpacked = sum(info.file_size for info in archive.infolist())
+        if unpacked > SIZE_LIMITS[DETECTOR_FILE]:
+            raise ModelError(f"{shown} is not a valid detector file (it unpacks to {unpacked} bytes)")
+        with np.load(io.BytesIO(raw), allow_pickle=False) as npz:
+            missing = [k for k in DETECTOR_ARRAYS if k not in npz.files]
+            if missing:
+                raise ModelError(f"{shown} is not a valid detector file (it lacks {', '.join(missing)})")
+            arrays = {k: npz[k] for k in DETECTOR_ARRAYS}
+    except ModelError:
+        raise
+    except Exception as exc:  # zipfile, npy header and dtype errors come in many classes
+        text = str(exc)
+        reason = "it holds Python objects, which imgclean never loads" if "pickle" in text.lower() else f"damaged: {text[:120]}"
+        raise ModelError(f"{shown} is not a valid detector file ({reason})") from None
+    check_detector_arrays(arrays, config, shown)
+    return arrays
+
+
+def check_detector_arrays(a: dict[str, np.ndarray], config: dict, shown: str) -> None:
+    def bad(problem: str):
+        return ModelError(f"{shown} is not a valid detector file ({problem})")
+
+    for key in DETECTOR_ARRAYS:
+        kind = a[key].dtype.kind
+        if key == "covariance":
+            if kind != "U" or a[key].shape != () or str(a[key]) not in ("tied", "class"):
+                raise bad("covariance must be 'tied' or 'class'")
+        elif kind not in "fiu" or (key in ("class_counts", "train_labels") and kind not in "iu"):
+            raise bad(f"{key} has dtype {a[key].dtype}")
+        elif kind == "f" and not np.isfinite(a[key]).all():
+            raise bad(f"{key} holds NaN or infinite values")
+    for key in ("percentile", "threshold_scale"):
+        if a[key].shape != ():
+            raise bad(f"{key} must be a single number")
+    if not 0 < float(a["percentile"]) <= 100:
+        raise bad("percentile must be in (0, 100]")
+    if not float(a["threshold_scale"]) > 0:
+        raise bad("threshold_scale must be positive")
+    if a["means"].ndim != 2:
+        raise bad(f"means must be classes x features, found shape {a['means'].shape}")
+    k, d = a["means"].shape
+    names, dim = config["class_names"], config["feature_dim"]
+    if k != len(names) or d != dim:
+        raise ModelError(
+            f"{os.path.dirname(shown)}: the detector has {k} classes x {d} features but the model has "
+            f"{len(names)} classes x {dim} features"
+        )
+    n_cov = 1 if str(a["covariance"]) == "tied" else k
+    expected = {
+        "precisions": (n_cov, d, d), "shrinkage": (n_cov,), "class_counts": (k,), "thresholds": (k,),
+        "train_labels": a["train_distances"].shape,
+    }
+    for key, shape in expected.items():
+        if a[key].shape != shape:
+            raise bad(f"{key} has shape {a[key].shape}, expected {shape}")
+    if a["train_distances"].ndim != 1:
+        raise bad("train_distances must be one-dimensional")
+    if not (a["thresholds"] > 0).all():
+        raise bad("thresholds must be positive")
+    labels = a["train_labels"]
+    if labels.size and (labels.min() < 0 or labels.max() >= k):
+        raise bad(f"train_labels must be class indices below {k}")
+
+
+# ----------------------------------------------------------------------------- safetensors
+def safetensors_index(raw: bytes, shown: str) -> dict[str, tuple[str, tuple[int, ...], int, int]]:
+    """name -> (dtype, shape, start, end) from a safetensors header, checked against the data."""
+    damaged = f"{shown} is damaged (not a safetensors file)"
+    if len(raw) < 8:
+        raise ModelError(f"{damaged}; retrain or restore the model")
+    n = int.from_bytes(raw[:8], "little")
+    if n > min(len(raw) - 8, 100 * MiB):
+        raise ModelError(f"{damaged}; retrain or restore the model")
+    try:
+        header = json.loads(raw[8 : 8 + n].decode("utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        raise ModelError(f"{damaged}; retrain or restore the model") from None
+    if not isinstance(header, dict):
+        raise ModelError(f"{damaged}; retrain or restore the model")
+    data_len = len(raw) - 8 - n
+    out = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            dtype, shape, (start, end) = info["dtype"], tuple(info["shape"]), info["data_offsets"]
+            ok = (
+                dtype in SAFETENSORS_DTYPES and all(_is_int(s) and s >= 0 for s in shape)
+                and _is_int(start) and _is_int(end) and 0 <= start <= end <= data_len
+                and end - start == math.prod(shape) * SAFETENSORS_DTYPES[dtype]
+            )
+        except (TypeError, KeyError, ValueError):
+            ok = False
+        if not ok:
+            raise ModelError(f"{shown} is damaged (tensor {name!r} does not fit the file); retrain or restore the model")
+        out[name] = (dtype, shape, start, end)
+    return out
+
+
+def check_head_tensors(raw: bytes, config: dict, shown: str) -> None:
+    """The head's tensors: the layer shapes its settings imply, finite standardisation values."""
+    from ..detectors.head import PREFIX
+
+    index = safetensors_index(raw, shown)
+    dim = config["feature_dim"]
+    hidden = (config["head"].get("settings") or {}).get("hidden", [256, 256])
+    expected = {f"{PREFIX}feature_mean": (dim,), f"{PREFIX}feature_std": (dim,)}
+    width = dim
+    for i, h in enumerate([*hidden, 1]):
+        expected[f"{PREFIX}net.{2 * i}.weight"] = (h, width)
+        expected[f"{PREFIX}net.{2 * i}.bias"] = (h,)
+        width = h
+    found = {name: shape for name, (_, shape, _, _) in index.items()}
+    if found != expected:
+        wrong = sorted(set(found.items()) ^ set(expected.items()))
+        raise ModelError(f"{shown} does not fit a head on {dim} features with layers {hidden} (check {wrong[0][0]})")
+    base = 8 + int.from_bytes(raw[:8], "little")
+    for key in ("feature_mean", "feature_std"):
+        dtype, _, start, end = index[f"{PREFIX}{key}"]
+        if dtype not in ("F32", "F64"):
+            raise ModelError(f"{shown}: {key} has dtype {dtype}")
+        values = np.frombuffer(raw[base + start : base + end], dtype="<f8" if dtype == "F64" else "<f4")
+        if not np.isfinite(values).all() or (key == "feature_std" and not (values > 0).all()):
+            raise ModelError(f"{shown}: {key} holds values that are not finite{' and positive' if key == 'feature_std' else ''}")

@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from .. import __version__
+from ..detectors.registry import method_names
 
 # Exit codes (documented in the README; each one is tested).
 EXIT_OK = 0
@@ -86,10 +87,8 @@ err = Console(stderr=True, soft_wrap=True)
 log = logging.getLogger("imgclean")
 
 
-class Method(str, Enum):
-    mahalanobis = "mahalanobis"
-    head = "head"
-    both = "both"
+# --method's choices: every registered detector and combining rule (detectors/registry.py).
+Method = Enum("Method", {name: name for name in method_names()}, type=str)
 
 
 class Covariance(str, Enum):

@@ -107,7 +107,8 @@ def scan(
     from ..quarantine.locking import LockError, LockHeld, ScanLock
     from ..quarantine.moves import MANIFEST_NAME, Quarantine, QuarantineError, is_quarantine
     from ..reports.records import RecordWriter, report_format
-    from ..pipeline.scan import ScanOptions, check_method, is_rejected, run_scan
+    from ..pipeline.scan import ScanOptions, is_rejected, run_scan
+    from ..pipeline.scoring import check_method
 
     setup_logging(quiet, verbose)
     if not folder.is_dir():

@@ -162,7 +162,7 @@ def evaluate(
     progress: Callable[[int, int], None] | None = None,
 ) -> Evaluation:
     """Classification and out-of-distribution metrics of `bundle` on the two folders."""
-    from .scan import check_method
+    from .scoring import check_method
 
     methods = methods or available_methods(bundle)
     for m in methods:

@@ -16,16 +16,13 @@ import numpy as np
 from .. import data
 from ..store.artifact import ModelBundle
 from .decode import Decoded, Decoder, DecodeSettings
-from .scoring import score_outputs
+from .scoring import check_method, score_outputs
 
 OOD = "ood"
 CHANGED = "changed"
 # Statuses of files that could not be scored; moved too unless keep_unreadable.
 UNDECODABLE = (data.UNREADABLE, data.TOO_LARGE, data.UNSUPPORTED)
 STATUSES = (data.OK, OOD, *UNDECODABLE, data.SKIPPED, CHANGED)
-# Which detector decides: the Mahalanobis thresholds (default), the supervised head, or both
-# (rejected when either rejects; the score is the larger of the two normalised scores).
-METHODS = ("mahalanobis", "head", "both")
 
 
 @dataclass
@@ -53,7 +50,7 @@ class ScanOptions:
     workers: int = 0  # decode threads; 0 = one per CPU core
     keep_unreadable: bool = False  # leave unreadable/too_large/unsupported files in place
     exclude: tuple[Path, ...] = ()
-    method: str = "mahalanobis"  # one of METHODS
+    method: str = "mahalanobis"  # a detector or combining rule (detectors/registry.py)
     use_cache: bool = False  # reuse results of unchanged files from earlier scans (cache.ScanCache)
     cache_dir: Path | None = None  # None: the user cache dir ($XDG_CACHE_HOME/imgclean)
 
@@ -109,18 +106,6 @@ def relative_name(path: Path, root: Path) -> str:
     if os.path.isabs(full) and full.startswith(base.rstrip(os.sep) + os.sep) and "/.." not in full and "/./" not in full:
         return os.fsdecode(full[len(base.rstrip(os.sep)) + 1 :])  # the walk joins names onto root
     return os.fsdecode(os.path.relpath(path, root))
-
-
-def check_method(bundle: ModelBundle, method: str) -> None:
-    """ValueError when `method` is unknown or needs a head the model does not have."""
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-    if method != "mahalanobis" and bundle.head is None:
-        where = f" {os.fsdecode(bundle.path)}" if bundle.path else ""
-        raise ValueError(
-            f"the model{where} has no supervised head, which --method {method} needs; "
-            f"add one with `imgclean fit-head --reject-dir DIR -m MODEL`"
-        )
 
 
 def is_rejected(record: ScanRecord, keep_unreadable: bool) -> bool:

@@ -6,7 +6,23 @@ outside.
 """
 from __future__ import annotations
 
+import os
+
 import numpy as np
+
+from ..detectors.registry import method_names
+
+
+def check_method(bundle, method: str) -> None:
+    """ValueError when `method` is unknown or needs a head the model does not have."""
+    if method not in method_names():
+        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(method_names())}")
+    if method != "mahalanobis" and bundle.head is None:
+        where = f" {os.fsdecode(bundle.path)}" if bundle.path else ""
+        raise ValueError(
+            f"the model{where} has no supervised head, which --method {method} needs; "
+            f"add one with `imgclean fit-head --reject-dir DIR -m MODEL`"
+        )
 
 
 def score_outputs(bundle, method: str, logits: np.ndarray, feats: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -78,6 +78,7 @@ def train_head(normal_feats: np.ndarray, reject_feats: np.ndarray, head: RejectH
 
 
 def embed(bundle: ModelBundle, images: np.ndarray, device: str = "cpu") -> np.ndarray:
+    """Deep features of uint8 images through the inference runtime (its batch size and precision)."""
     from ..nn.runtime import predict_arrays
 
     cfg = bundle.config

@@ -88,7 +88,7 @@ import imgclean
 print(json.dumps({
     "imgclean": imgclean.__file__,
     "seconds": round(time.perf_counter() - t, 2),
-    "statuses": {f.name: [d.status, d.message[:120]] for f, d in zip(files, results)},
+    "statuses": {f.name: [d.status, d.message[:120]] for f, d in zip(files, results, strict=True)},
     "peak_rss_mb": round(int(hwm.split()[1]) / 1024),
 }))
 """

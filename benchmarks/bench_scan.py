@@ -204,7 +204,7 @@ with open(report, "w", newline="") as fh, torch.no_grad():
         diff = feats[:, None, :] - mu[None]                       # n, k, d
         d = torch.sqrt(torch.einsum("nkd,kde,nke->nk", diff, prec, diff).clamp_min(0))
         score = (d / thr).min(1).values
-        for i, p, s in zip(idx.tolist(), logits.argmax(1).tolist(), score.tolist()):
+        for i, p, s in zip(idx.tolist(), logits.argmax(1).tolist(), score.tolist(), strict=True):
             w.writerow([ds.paths[i].name, names[p], f"{s:.4f}"])
 '''
 

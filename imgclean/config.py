@@ -7,6 +7,7 @@ from pathlib import Path
 
 DEFAULT_MODEL_DIR = Path("imgclean-model")
 DEFAULT_PERCENTILE = 97.5
+LENET = "lenet"  # the built-in architecture (nn.models.LeNet); every other name is a timm model
 # Images at most this size (and grayscale) default to lenet; larger ones to a timm model.
 LENET_MAX_SIZE = 64
 DEFAULT_TIMM_ARCH = "efficientnet_b0"

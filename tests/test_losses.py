@@ -43,3 +43,17 @@ def test_gradient_flows_to_features_not_centres():
     loss_fn(feats, torch.tensor([0, 1, 0, 1])).backward()
     assert feats.grad is not None and feats.grad.abs().sum() > 0
     assert not loss_fn.centers.requires_grad
+
+
+def test_centre_update_from_summed_parts_equals_the_whole_batch():
+    # The seam for many processes: each adds up its part's class sums and counts, the sums are
+    # added together, and applying them moves the centres as one process seeing the batch would.
+    torch.manual_seed(0)
+    feats, labels = torch.randn(12, 4), torch.tensor([0, 1, 2, 0, 1, 0, 2, 2, 0, 1, 1, 0])
+    whole, parts = CenterLoss(3, 4), CenterLoss(3, 4)
+    whole(feats, labels)
+    parts.load_state_dict(whole.state_dict())
+    whole.update_centers(feats, labels)
+    (s1, c1), (s2, c2) = parts.class_sums(feats[:5], labels[:5]), parts.class_sums(feats[5:], labels[5:])
+    parts.apply_class_sums(s1 + s2, c1 + c2)
+    assert torch.allclose(parts.centers, whole.centers, atol=1e-6)

@@ -181,7 +181,7 @@ def fit(
     table.add_column("class")
     table.add_column("images", justify="right")
     table.add_column("threshold", justify="right")
-    for name, n, t in zip(report.class_names, report.images_per_class, report.thresholds):
+    for name, n, t in zip(report.class_names, report.images_per_class, report.thresholds, strict=True):
         table.add_row(name, str(n), f"{t:.3f}")
     out.print(table)
     m = report.metrics

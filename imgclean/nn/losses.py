@@ -7,6 +7,9 @@ The centres are a buffer updated by the paper's rule rather than by the optimise
 
 where n_j is the number of batch samples of class j. The 1 + n_j keeps a class that is rare in
 a batch from jerking its centre about.
+
+The centres, the loss and the update are float32 always: under mixed precision (nn.runtime) the
+features are cast up first, so a centre never moves by a half-precision step.
 """
 from __future__ import annotations
 
@@ -24,6 +27,7 @@ class CenterLoss(nn.Module):
         self.register_buffer("initialised", torch.zeros(num_classes, dtype=torch.bool))
 
     def forward(self, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        features = features.float()  # a no-op for float32 features
         self._initialise_missing(features, labels)
         diff = features - self.centers[labels]
         return 0.5 * diff.pow(2).sum(dim=1).mean()
@@ -40,9 +44,21 @@ class CenterLoss(nn.Module):
     @torch.no_grad()
     def update_centers(self, features: torch.Tensor, labels: torch.Tensor) -> None:
         """Apply one step of the Wen et al. update rule with this batch."""
-        features = features.detach()
+        sums, counts = self.class_sums(features, labels)
+        self.apply_class_sums(sums, counts)
+
+    @torch.no_grad()
+    def class_sums(self, features: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-class feature sums (k, d) and counts (k,) of a batch, float32. The update needs only
+        these, so processes that each see part of a batch can add theirs up before applying."""
+        features = features.detach().float()
         num_classes = self.centers.shape[0]
         counts = torch.bincount(labels, minlength=num_classes).to(features.dtype)
         sums = torch.zeros_like(self.centers).index_add_(0, labels, features)
+        return sums, counts
+
+    @torch.no_grad()
+    def apply_class_sums(self, sums: torch.Tensor, counts: torch.Tensor) -> None:
+        """c_j <- c_j - alpha * (n_j c_j - sum_j) / (1 + n_j)."""
         delta = (counts[:, None] * self.centers - sums) / (1.0 + counts[:, None])
         self.centers -= self.alpha * delta

@@ -12,13 +12,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config import LENET
 from ..data import INTERPOLATIONS
-from .pretrained import PretrainedError, load_pretrained
 from ..errors import ImgcleanError
+from .pretrained import PretrainedError, load_pretrained
+# Where a model runs is the runtime's decision (nn.runtime); the name stays importable from here
+# for callers written before it moved (pipeline.fit, cli.common).
+from .runtime import pick_device  # noqa: F401
 
 log = logging.getLogger(__name__)
-
-LENET = "lenet"
 
 
 class LeNet(nn.Module):
@@ -73,9 +75,6 @@ class Classifier(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.backbone(x)
         return self.classifier(self.neck(h)), F.normalize(h, dim=1)
-
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.backbone(x), dim=1)
 
 
 class ModelBuildError(ImgcleanError, ValueError):
@@ -246,22 +245,3 @@ def load_backbone_weights(backbone: nn.Module, path: Path) -> None:
                     path, len(wrong), "; ".join(wrong[:5]) + (" ..." if len(wrong) > 5 else ""))
     backbone.load_state_dict(usable, strict=False)
     log.info("loaded %d tensors from %s (%d left at their initial values)", len(usable), path, len(missing))
-
-
-def pick_device(requested: str = "auto") -> torch.device:
-    """cuda, then mps, then cpu, unless a device is named."""
-    if requested != "auto":
-        try:
-            device = torch.device(requested)
-        except RuntimeError:
-            raise ValueError(f"unknown device {requested!r}; use auto, cpu, cuda, cuda:N or mps") from None
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError("--device cuda was asked for, but no CUDA GPU is available")
-        if device.type == "mps" and not torch.backends.mps.is_available():
-            raise ValueError("--device mps was asked for, but MPS is not available")
-        return device
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")

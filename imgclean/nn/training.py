@@ -2,6 +2,11 @@
 
 Images arrive already decoded, as one uint8 array (N, H, W, C): each training image is decoded
 once, not once per epoch. Read top to bottom: split, loop over epochs, evaluate.
+
+How the network runs (device, mixed precision, memory layout) is nn.runtime's decision: on a CPU
+nothing changes (plain float32, the results bit-for-bit those before the runtime existed); on
+CUDA the forward pass and cross-entropy run under autocast (bfloat16 where supported, else
+float16 with a gradient scaler), and the center loss with its centre update stays float32.
 """
 from __future__ import annotations
 
@@ -14,11 +19,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..config import TrainSettings
-from .losses import CenterLoss
+from ..config import LENET, TrainSettings
 from ..metrics import macro_f1
-from .models import Classifier
-from .runtime import predict_arrays, to_tensor
+from . import runtime as rt
+from .losses import CenterLoss
+from .models import Classifier, LeNet
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +50,7 @@ class TrainResult:
 
 
 # Called after every batch: (epoch, epochs, batch, batches_per_epoch, running_loss, running_accuracy).
-BatchCallback = Callable[[int, int, int, float, float], None]
+BatchCallback = Callable[[int, int, int, int, float, float], None]
 EpochCallback = Callable[[EpochStats], None]
 
 
@@ -102,6 +107,12 @@ def train_classifier(
     result = TrainResult(train_indices=train_idx, val_indices=val_idx)
 
     model.to(device)
+    arch = LENET if isinstance(getattr(model, "backbone", None), LeNet) else "timm"
+    channels_last = rt.use_channels_last(arch, device, images.shape[1], training=True)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    amp = rt.amp_dtype(device, training=True)
+    scaler = rt.grad_scaler(device, amp)
     center_loss = CenterLoss(num_classes, model.feature_dim, settings.center_alpha).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     steps_per_epoch = max(1, int(np.ceil(len(train_idx) / settings.batch_size)))
@@ -127,17 +138,26 @@ def train_classifier(
         sums = {"loss": 0.0, "ce": 0.0, "center": 0.0, "correct": 0, "seen": 0}
         for b, start in enumerate(range(0, len(order), settings.batch_size), start=1):
             idx = order[start : start + settings.batch_size]
-            x = to_tensor(images[idx], mean, std)
+            x = rt.to_tensor(images[idx], mean, std)
             if settings.augment:
                 x = random_shift(x, generator)
             x, y = x.to(device), y_all[idx].to(device)
-            logits, feats = model(x)
-            ce = F.cross_entropy(logits, y)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with rt.autocast(device, amp):
+                logits, feats = model(x)
+                ce = F.cross_entropy(logits, y)
+            feats = feats.float()  # center loss and its centre update in float32 (a no-op on CPU)
             cl = center_loss(feats, y)
             loss = ce + settings.center_weight * cl
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            if scaler is None:
+                loss.backward()
+                optimizer.step()
+            else:  # float16 on CUDA: scale the loss so small gradients do not underflow
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
             scheduler.step()
             center_loss.update_centers(feats, y)
 
@@ -153,7 +173,7 @@ def train_classifier(
         seen = max(sums["seen"], 1)
         stats = EpochStats(epoch, epochs, sums["loss"] / seen, sums["ce"] / seen, sums["center"] / seen, sums["correct"] / seen)
         if len(val_idx):
-            logits, _ = predict_arrays(model, images[val_idx], mean, std, device)
+            logits, _ = rt.predict_arrays(model, images[val_idx], mean, std, device)
             pred = logits.argmax(1)
             stats.val_accuracy = float(np.mean(pred == labels[val_idx]))
             stats.val_macro_f1 = macro_f1(labels[val_idx], pred, num_classes)

@@ -10,9 +10,7 @@ be decoded (which a quarantine often holds) are counted and skipped.
 from __future__ import annotations
 
 import os
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -20,10 +18,9 @@ from .. import data
 from ..store.artifact import ModelBundle
 from ..config import decode_options
 from ..detectors import RejectHead
+from .decode import DecodeSettings, decode_many
 from .trainset import FitError, decode_classes
 from ..errors import ImgcleanError
-
-ProgressCallback = Callable[[str, int, int, dict], None]
 
 
 class HeadError(ImgcleanError):
@@ -44,19 +41,13 @@ def decode_folder(
     skipped = [(os.fsdecode(e.path), data.SKIPPED, e.skip_reason) for e in entries if e.skip_reason]
     entries = [e for e in entries if not e.skip_reason]
 
-    def work(entry):
-        try:
-            return entry, data.decode_image(entry.path, size, channels, interpolation, crop_pct), None
-        except data.DecodeError as exc:
-            return entry, None, exc
-
     images = []
-    with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
-        for entry, arr, err in pool.map(work, entries):
-            if err is None:
-                images.append(arr)
-            else:
-                skipped.append((os.fsdecode(entry.path), err.status, str(err)))
+    decoded = decode_many(entries, DecodeSettings(size, channels, interpolation, crop_pct))
+    for entry, d in zip(entries, decoded, strict=True):
+        if d.ok:
+            images.append(d.array)
+        else:
+            skipped.append((os.fsdecode(entry.path), d.status, d.message))
     if not images:
         raise HeadError(
             f"{root} has no readable images to use as rejects"
@@ -87,6 +78,7 @@ def train_head(normal_feats: np.ndarray, reject_feats: np.ndarray, head: RejectH
 
 
 def embed(bundle: ModelBundle, images: np.ndarray, device: str = "cpu") -> np.ndarray:
+    """Deep features of uint8 images through the inference runtime (its batch size and precision)."""
     from ..nn.runtime import predict_arrays
 
     cfg = bundle.config

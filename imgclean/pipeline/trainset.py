@@ -5,7 +5,6 @@ Shared by `fit` and `fit-head` (kept apart from both so neither imports the othe
 from __future__ import annotations
 
 import os
-from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
 import numpy as np
@@ -13,11 +12,14 @@ import numpy as np
 from .. import config as cfg
 from .. import data
 from ..errors import ImgcleanError
+from .decode import Decoder, DecodeSettings
 
 GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
 PROBE_IMAGES_PER_CLASS = 20
+PROGRESS_EVERY = 256  # decode progress is reported after each batch of this many files, and at the end
 
-# progress(stage, done, total, info): stages "decode", "batch", "epoch", "embed"
+# progress(stage, done, total, info): stages "decode", "batch", "epoch", "embed". The one progress
+# type of fit and fit-head (pipeline.fit and pipeline.headfit take it from here).
 ProgressCallback = Callable[[str, int, int, dict], None]
 
 
@@ -54,25 +56,21 @@ def decode_classes(
 
     `interpolation` and `crop_pct` are the model's (data.decode_image).
     """
-    jobs = [(label, e.path) for label, files in enumerate(class_files) for e in files]
+    entries = [entry for files in class_files for entry in files]
+    label_of = [label for label, files in enumerate(class_files) for _ in files]
     images, labels, skipped = [], [], []
-
-    def work(job):
-        label, path = job
-        try:
-            return label, path, data.decode_image(path, size, channels, interpolation, crop_pct), None
-        except data.DecodeError as exc:
-            return label, path, None, exc
-
-    with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
-        for i, (label, path, arr, err) in enumerate(pool.map(work, jobs), start=1):
-            if err is None:
-                images.append(arr)
-                labels.append(label)
-            else:
-                skipped.append((os.fsdecode(path), err.status, str(err)))
-            if progress is not None and (i % 256 == 0 or i == len(jobs)):
-                progress("decode", i, len(jobs), {})
+    done = 0
+    with Decoder(DecodeSettings(size, channels, interpolation, crop_pct)) as decoder:
+        for batch, decoded in decoder.batches(entries, PROGRESS_EVERY):
+            for i, (entry, d) in enumerate(zip(batch, decoded, strict=True), start=done):
+                if d.ok:
+                    images.append(d.array)
+                    labels.append(label_of[i])
+                else:
+                    skipped.append((os.fsdecode(entry.path), d.status, d.message))
+            done += len(batch)
+            if progress is not None:
+                progress("decode", done, len(entries), {})
     counts = np.bincount(np.array(labels, dtype=np.int64), minlength=len(class_names))
     empty = [class_names[j] for j in range(len(class_names)) if counts[j] == 0]
     if empty:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..fileops import ROOT_MARKER, Abort, hash_unchanged, inside, is_scanned_root, resolved_inside
-from .journal import MANIFEST_NAME, PROBE_PREFIX, RESERVED, TMP_PREFIX, UNFINISHED, Invalid, load_ops
+from .journal import MANIFEST_NAME, PROBE_PREFIX, RESERVED, TMP_PREFIX, UNFINISHED, Invalid, fold
 from .transfer import transfer
 
 log = logging.getLogger("imgclean.quarantine.moves")
@@ -60,9 +60,11 @@ def _unaccounted(root: Path, held: set[str]) -> list[Path]:
 
 
 def restore_all(q: Any, dry_run: bool, only: Iterable[str | os.PathLike] | None) -> list[RestoreResult]:
-    ops, invalid = load_ops(q.root)
-    restored = {op["move_id"] for op in ops.values() if op["op"] == "restore" and op["state"] == "done"}
-    moves = [op for op in ops.values() if op["op"] == "move" and op["id"] not in restored]
+    journal = q.journal if q.journal is not None else fold(q.root)  # open: its live fold; dry run: read once
+    ops, invalid = journal.ops, journal.invalid
+    history = journal.moves()
+    restored = {op["id"] for op, restore in history if restore == "done"}
+    moves = [op for op, restore in history if restore != "done"]
     waiting = [m for m in reversed(moves) if m["state"] in ("done", "kept_both")]  # newest first
     held = {_key(m["destination"]) for m in moves if m["state"] in _HELD}
     loose = _unaccounted(q.root, held)

@@ -14,7 +14,7 @@ import typer
 from rich.table import Table
 
 from .common import (
-    EXIT_INTERRUPTED, EXIT_TERMINATED, check_output_path, err, exit_code, fail, make_progress, os_error, out, print_json,
+    EXIT_INTERRUPTED, EXIT_TERMINATED, check_output_path, err, exit_code, fail, os_error, out, print_json,
     usage_error,
 )
 

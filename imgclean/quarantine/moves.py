@@ -34,7 +34,7 @@ from typing import Any
 
 from .. import fileops
 from ..fileops import Abort as _Abort
-from ..fileops import ROOT_MARKER, hash_unchanged, inside, is_scanned_root, log, mark_scanned_root, numbered, resolved_inside, step
+from ..fileops import ROOT_MARKER, hash_unchanged, log, mark_scanned_root, numbered, resolved_inside, step
 from .journal import (
     MANIFEST_NAME,
     RESERVED,
@@ -49,7 +49,7 @@ from .journal import (
 )
 from .locking import LockError, LockHeld, ScanLock
 from .recovery import recover as _recover_ops
-from .restore import RestoreResult, restore_all
+from .restore import RestoreResult, restore_all, restore_targets
 from .transfer import transfer
 from ..errors import ImgcleanError
 
@@ -372,20 +372,9 @@ def restore(
         return Quarantine(root)._restore_all(dry_run=True, only=only)
     with contextlib.ExitStack() as stack:
         q = stack.enter_context(Quarantine(root))
-        for scan_root in _restore_targets(q.journal):  # no scan may move files there meanwhile
+        for scan_root in restore_targets(q.journal):  # no scan may move files there meanwhile
             stack.enter_context(ScanLock(scan_root))
         return q._restore_all(dry_run=False, only=only)
-
-
-def _restore_targets(journal: Fold) -> list[Path]:
-    """The existing folders the journal's moves came from, outermost only (a folder inside
-    another is covered by its lock, and a second lock on it would meet our own)."""
-    roots = set()
-    for rec, _ in journal.moves():
-        value = rec.get("scan_root")
-        if isinstance(value, str) and os.path.isabs(value) and os.path.isdir(value) and is_scanned_root(value):
-            roots.add(os.path.realpath(value))
-    return [Path(r) for r in sorted(roots) if not any(r != o and inside(r, o) for o in roots)]
 
 
 class _MovesModule(types.ModuleType):

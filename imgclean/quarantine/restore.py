@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..fileops import ROOT_MARKER, Abort, hash_unchanged, inside, is_scanned_root, resolved_inside
-from .journal import MANIFEST_NAME, PROBE_PREFIX, RESERVED, TMP_PREFIX, UNFINISHED, Invalid, fold
+from .journal import MANIFEST_NAME, PROBE_PREFIX, RESERVED, TMP_PREFIX, UNFINISHED, Fold, Invalid, fold
 from .transfer import transfer
 
 log = logging.getLogger("imgclean.quarantine.moves")
@@ -171,3 +171,14 @@ def _prune_empty_dirs(root: Path, folder: Path) -> None:
         except OSError:
             return
         folder = folder.parent
+
+
+def restore_targets(journal: Fold) -> list[Path]:
+    """The existing folders the journal's moves came from, outermost only (a folder inside
+    another is covered by its lock, and a second lock on it would meet our own)."""
+    roots = set()
+    for rec, _ in journal.moves():
+        value = rec.get("scan_root")
+        if isinstance(value, str) and os.path.isabs(value) and os.path.isdir(value) and is_scanned_root(value):
+            roots.add(os.path.realpath(value))
+    return [Path(r) for r in sorted(roots) if not any(r != o and inside(r, o) for o in roots)]

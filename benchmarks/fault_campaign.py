@@ -39,6 +39,10 @@ given folders, and tracebacks); every run has a sentinel folder "outside" beside
   below P/C, so both walk the same files at the same time; one quarantine on /dev/shm when that is
   another filesystem); counts files in
   both quarantines, in the folder and a quarantine, lost, and runs where both exited 0;
+* apply: `scan --report` (nothing moves), then `imgclean apply REPORT --move-to Q` killed with
+  SIGKILL 0-2 ms after its k-th journaled move, then the same apply again (it recovers the journal
+  and finishes; the files already moved are "missing"); counts lost, duplicated, touched outside,
+  rejected files not quarantined, and partial, temporary or unfinished leftovers;
 * journal: a real quarantine whose manifest is then damaged (wrong types, an id escaping the
   quarantine, a destination or source outside, a scan_root outside, garbage), followed by a
   scan (recovery), `restore --dry-run` and `restore`.
@@ -78,8 +82,8 @@ ENV = {**os.environ, "PYTHONPATH": str(REPO)}
 ENV.pop("FORCE_COLOR", None)
 MANIFEST = "imgclean-manifest.jsonl"
 EXIT_LOCKED = 4
-KINDS = ("kill9", "dry", "payloads", "disk", "replace", "crash-edit", "overlap", "journal", "pytest")
-NEW_KINDS = ("replace", "crash-edit", "overlap", "journal")
+KINDS = ("kill9", "dry", "payloads", "disk", "replace", "crash-edit", "overlap", "journal", "apply", "pytest")
+NEW_KINDS = ("replace", "crash-edit", "overlap", "journal", "apply")
 FIGURES_BEGIN = "<!-- BEGIN FIGURES: written by benchmarks/fault_campaign.py; edit above this line only -->"
 FIGURES_END = "<!-- END FIGURES -->"
 CATEGORIES = {
@@ -660,6 +664,53 @@ def crash_edit_run(i: int, pristine: Path, model: Path, work: Path, qparent: Pat
     return result
 
 
+def apply_kill_run(i: int, pristine: Path, model: Path, work: Path, qparent: Path, rejected: int,
+                   rng: random.Random, counter: Counter) -> dict:
+    """`scan --report` (no move), then `imgclean apply REPORT --move-to Q` killed with SIGKILL
+    0-2 ms after its k-th journaled move (k random), then the same apply again: it recovers the
+    journal and finishes (files already moved are "missing"). Every original must exist exactly
+    once, nothing partial or temporary left, nothing outside touched."""
+    folder, outside, before = fault_run_dir(work, f"apply{i:03d}", pristine)
+    quarantine = qparent / f"imgclean-campaign-{os.getpid()}-apply{i:03d}_q"
+    report = folder.parent / "report.jsonl"
+    originals = originals_of(folder)
+    code, _, output = invoke_inprocess(["scan", folder, "-m", model, "--report", report, "-q"])
+    counter.check(output, label=f"apply run {i} (scan --report)")
+    args = ["apply", report, "--move-to", quarantine, "--json", "-q"]
+    proc = subprocess.Popen([sys.executable, "-m", "imgclean", *map(os.fspath, args)], env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    seen = watch_for_first_move(quarantine, proc, count=rng.randint(1, max(1, rejected)), poll=0.0002)
+    if seen is not None:
+        time.sleep(max(0.0, seen + rng.uniform(0, 0.002) - time.monotonic()))
+    proc.send_signal(signal.SIGKILL)
+    out, err = proc.communicate(timeout=120)
+    counter.check(err, label=f"apply run {i} (stderr of the killed apply, rc {proc.returncode})")
+    killed = proc.returncode == -signal.SIGKILL
+    mid_move = killed and quarantine.exists() and unfinished_ops(quarantine) > 0
+    rerun_code, stdout, output = invoke_inprocess(args)
+    counter.check(output, label=f"apply rerun {i}")
+    found = census(folder, quarantine)
+    moved = sum(1 for p in user_files(quarantine))
+    result = {
+        "run": i,
+        "target": "other-fs" if os.stat(qparent).st_dev != os.stat(work).st_dev else "same-fs",
+        "killed": killed,
+        "mid_move": mid_move,
+        "rerun_exit": rerun_code,
+        "rerun_failed": int(rerun_code != 0),
+        "lost": sum(found.get(d, 0) == 0 for d in originals.values()),
+        "duplicated": sum(found.get(d, 0) > 1 for d in originals.values()),
+        "touched_outside": snapshot_diff(before, snapshot(outside)),
+        "not_quarantined": rejected - moved,
+        "partial_final": sum(1 for p in user_files(folder, quarantine) if sha(p) not in set(originals.values())),
+        "tmp_left": tmp_leftovers(quarantine),
+        "unfinished_left": unfinished_ops(quarantine) if quarantine.exists() else 0,
+    }
+    shutil.rmtree(folder.parent, ignore_errors=True)
+    shutil.rmtree(quarantine, ignore_errors=True)
+    return result
+
+
 def overlap_run(i: int, pristine: Path, model: Path, work: Path, shm: Path | None, rng: random.Random,
                 counter: Counter) -> dict:
     # every file is below P/C, so both scans walk the same files in the same order at the same time;
@@ -820,6 +871,8 @@ NEW_KIND_ROWS = {
     "crash-edit": ("sources edited between a kill -9 and the recovery", "new_versions_lost", "new versions lost"),
     "overlap": ("parent and child folders scanned at once", "both_exit_0", "runs where both went on"),
     "journal": ("damaged journals (scan, restore --dry-run, restore)", "tracebacks", "tracebacks"),
+    "apply": ("kill -9 during `imgclean apply` of a saved report, then the same apply again", "rerun_failed",
+              "reruns failed"),
 }
 
 
@@ -893,6 +946,13 @@ def figures_block(figures: dict) -> list[str]:
             f = figures["journal"]
             notes.append(f"journal: cases {', '.join(JOURNAL_CASES)}; {f['left_in_quarantine']} originals still in the "
                          f"quarantine after `restore`.")
+        if figures.get("apply"):
+            f = figures["apply"]
+            notes.append(f"apply: `scan --report` then `apply REPORT --move-to Q` killed 0-2 ms after its k-th journaled "
+                         f"move ({f['killed']} of {f['runs']} killed, {f['mid_move']} mid-move), then the same apply "
+                         f"again; {f['not_quarantined']} rejected files not in the quarantine afterwards, "
+                         f"{f['partial_final']} partial files, {f['tmp_left']} temporary files and "
+                         f"{f['unfinished_left']} unfinished journal records left.")
         lines += [""] + [f"- {n}" for n in notes]
     tests = figures.get("tests") or {}
     if "categories" in tests:
@@ -929,6 +989,7 @@ def main() -> int:
     ap.add_argument("--replace-runs", type=int, default=20, help="runs with files replaced during moves")
     ap.add_argument("--crash-edit-runs", type=int, default=20, help="kill -9 runs with sources edited before recovery")
     ap.add_argument("--overlap-runs", type=int, default=20, help="runs with parent and child scanned at once")
+    ap.add_argument("--apply-runs", type=int, default=20, help="kill -9 runs during `imgclean apply`")
     ap.add_argument("--journal-rounds", type=int, default=2, help="rounds of every damaged-journal case")
     ap.add_argument("--quick", action="store_true", help="a few runs of each kind (minutes), no pytest counts")
     ap.add_argument("--kinds", default=",".join(KINDS), help=f"comma-separated parts to run, of {','.join(KINDS)}")
@@ -946,6 +1007,7 @@ def main() -> int:
         args.runs, args.dry_runs = min(args.runs, 4), min(args.dry_runs, 2)
         args.replace_runs, args.crash_edit_runs = min(args.replace_runs, 4), min(args.crash_edit_runs, 4)
         args.overlap_runs, args.journal_rounds = min(args.overlap_runs, 4), 1
+        args.apply_runs = min(args.apply_runs, 4)
         args.skip_pytest = args.skip_pytest or args.junit is None
         args.max_minutes = args.max_minutes or 30
 
@@ -1037,6 +1099,12 @@ def main() -> int:
             runs = [overlap_run(i, pristine, model, work, shm if other_fs else None, rng, counter)
                     for i in runs_of(args.overlap_runs, "overlap")]
             figures["overlap"] = summarise("overlap", runs, ("refused", "both_exit_0", "in_both_quarantines", "in_folder_and_quarantine"))
+        if "apply" in kinds:
+            print("kill -9 during apply ...", flush=True)
+            runs = [apply_kill_run(i, pristine, model, work, shm if other_fs and i % 2 else work, rejected, rng, counter)
+                    for i in runs_of(args.apply_runs, "apply")]
+            figures["apply"] = summarise("apply", runs, ("killed", "mid_move", "rerun_failed", "not_quarantined",
+                                                         "partial_final", "tmp_left", "unfinished_left"))
         if "journal" in kinds:
             print("damaged journals ...", flush=True)
             cases = [c for _ in range(args.journal_rounds) for c in JOURNAL_CASES]
@@ -1082,6 +1150,8 @@ def main() -> int:
               or counter.tracebacks
               or any(figures[kind][key] for kind in NEW_KINDS if kind in figures
                      for key in ("lost", "duplicated", "touched_outside"))
+              or any(figures.get("apply", {}).get(key) for key in ("rerun_failed", "not_quarantined", "partial_final",
+                                                                    "tmp_left", "unfinished_left"))
               or figures.get("overlap", {}).get("both_exit_0"))
     return 1 if failed else 0
 

@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from .. import __version__
+from ..errors import ImgcleanError
 from ..detectors.registry import method_names
 
 # Exit codes (documented in the README; each one is tested).
@@ -48,6 +49,19 @@ class Command(typer.core.TyperCommand):
                 param.help = escape(param.help)
             if param.param_type_name == "argument" and not param.metavar and param.name:
                 param.metavar = param.name.upper()  # the help panel names it as the usage line does
+
+    def invoke(self, ctx):
+        """Run the command; an ImgcleanError that escapes it becomes its one-line message and
+        exit code 1 (LockHeld: the line naming the busy folder, and EXIT_LOCKED). The one place
+        the CLI turns imgclean's errors into exits; commands catch only what they say otherwise."""
+        try:
+            return super().invoke(ctx)
+        except ImgcleanError as exc:
+            from ..quarantine.locking import LockHeld
+
+            if isinstance(exc, LockHeld):
+                raise locked(exc) from None
+            raise fail(str(exc)) from None
 
     def collect_usage_pieces(self, ctx) -> list[str]:
         pieces = [self.options_metavar] if self.options_metavar else []
@@ -116,6 +130,26 @@ def os_error(exc: OSError) -> typer.Exit:
 
 def usage_error(message: str) -> typer.Exit:
     return fail(message, EXIT_USAGE)
+
+
+def exit_code(summary, fail_on_reject: bool = False, fail_on_skip: bool = False, stop_code: int = EXIT_INTERRUPTED) -> tuple[int, str]:
+    """The exit code of a run that scanned or applied records, from its summary and flags, and
+    the error line to print with it ("" for none). The rules, first match wins: interrupted ->
+    `stop_code` (130 SIGINT, 143 SIGTERM); files that could not be moved, or report rows that
+    are not sound (apply) -> 1; --fail-on-reject and anything rejected -> 3; --fail-on-skip and
+    anything skipped or changed -> 5; else 0."""
+    if summary.interrupted:
+        return stop_code, ""
+    if summary.move_errors:
+        return EXIT_ERROR, f"{summary.move_errors} file(s) could not be moved; see the report or run with --verbose"
+    invalid = getattr(summary, "invalid", 0)
+    if invalid:
+        return EXIT_ERROR, f"{invalid} record(s) of {summary.report} are not sound and were not applied (see above)"
+    if fail_on_reject and summary.rejected:
+        return EXIT_REJECTED, ""
+    if fail_on_skip and (summary.counts["skipped"] or summary.counts["changed"]):
+        return EXIT_SKIPPED, ""
+    return EXIT_OK, ""
 
 
 def note(message: str) -> None:

@@ -4,9 +4,11 @@ from __future__ import annotations
 import os
 from enum import Enum
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Optional
 
 import typer
+
+from .common import EXIT_REJECTED, EXIT_SKIPPED
 
 # Options a settings file may not set: the file itself, and what only makes sense per run.
 NOT_IN_SETTINGS_FILE = {"config_file", "help", "force", "dry_run"}
@@ -65,3 +67,19 @@ def resolved_settings(ctx: typer.Context) -> dict:
             continue
         values[key] = value.value if isinstance(value, Enum) else os.fsdecode(value) if isinstance(value, Path) else value
     return values
+
+
+# ---- options shared by the commands that move files (scan, apply), declared once -----------
+# Each is a type for a parameter: `move_to: MoveTo = None`. Help texts name scan's terms; apply
+# documents where it differs in its own docstring.
+
+MoveTo = Annotated[Optional[Path], typer.Option("--move-to", help="Move rejected files here (keeping their relative paths); without it, only report.")]
+DryRun = Annotated[bool, typer.Option("--dry-run", help="Print what would move and change nothing.")]
+ReportOut = Annotated[Optional[Path], typer.Option("--report", help="Write every record to this .csv or .jsonl (JSON lines) file.")]
+HtmlOut = Annotated[Optional[Path], typer.Option("--html", help="Write a self-contained HTML review page (thumbnails, scores, histograms) to this file.")]
+JsonOut = Annotated[bool, typer.Option("--json", help="Print one JSON summary on stdout (warnings still go to stderr).")]
+FailOnReject = Annotated[bool, typer.Option("--fail-on-reject", help=f"Exit with code {EXIT_REJECTED} when anything was rejected (for cron alerts).")]
+FailOnSkip = Annotated[bool, typer.Option("--fail-on-skip", help=f"Exit with code {EXIT_SKIPPED} when any file was skipped or changed during the scan (links, FIFOs, edited files).")]
+KeepUnreadable = Annotated[bool, typer.Option("--keep-unreadable", help="Report unreadable, too large and unsupported files but leave them in place.")]
+Quiet = Annotated[bool, typer.Option("-q", "--quiet", help="No progress output.")]
+Verbose = Annotated[bool, typer.Option("-v", "--verbose", help="Print every rejected file on stderr.")]

@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from .common import (
-    EXIT_ERROR, check_output_path, command, err, fail, locked, os_error, out, print_json, setup_logging, usage_error,
+    EXIT_ERROR, command, err, fail, os_error, out, print_json, setup_logging, usage_error,
 )
 
 # How each restore status reads on the terminal (contract 1 in the brief of the moves helper).
@@ -34,8 +34,7 @@ def restore(
     Files you deleted from the quarantine (confirmed junk) are reported as discarded by the user.
     The exit code is 1 only when a file could not be put back or a record is not sound.
     """
-    from ..quarantine.locking import LockError, LockHeld
-    from ..quarantine.moves import MANIFEST_NAME, QuarantineError, restore as restore_files
+    from ..quarantine.moves import MANIFEST_NAME, restore as restore_files
 
     setup_logging(quiet, False)
     if not (quarantine_dir / MANIFEST_NAME).is_file():
@@ -43,11 +42,9 @@ def restore(
     # `only` goes to restore() only when PATHs are given, so a restore() without it still serves
     # the plain `imgclean restore QUARANTINE`.
     only = {"only": [os.fspath(p) for p in paths]} if paths else {}
-    try:
+    try:  # QuarantineError, LockError, LockHeld: imgclean's errors, said by the Command
         results = restore_files(quarantine_dir, dry_run=dry_run, **only)
-    except LockHeld as exc:
-        raise locked(exc) from None
-    except (QuarantineError, LockError, OSError, ValueError) as exc:
+    except (OSError, ValueError) as exc:
         raise fail(str(exc)) from None
     counts: dict[str, int] = {}
     for r in results:
@@ -89,8 +86,8 @@ def report(
     max_rows: int = typer.Option(5000, min=1, help="List at most this many files per rejection reason."),
 ) -> None:
     """Write a self-contained HTML review page for an earlier scan (from its report or quarantine manifest)."""
-    from ..reports.review import ReviewInputError, load_input, render_html, write_html
-    from .scan import check_html_output
+    from ..reports.review import load_input, render_html, write_html
+    from .runs import check_html_output
 
     setup_logging(False, False)
     if not source.exists():
@@ -107,8 +104,6 @@ def report(
         page = render_html(collector, title=f"imgclean review: {source.name}", summary=summary,
                            source=f"{info_['kind']} {info_['path']}", max_thumbnails=max_thumbnails)
         write_html(output, page)
-    except ReviewInputError as exc:
-        raise fail(str(exc)) from None
-    except OSError as exc:
+    except OSError as exc:  # a ReviewInputError (not a report...) is said by the Command
         raise os_error(exc) from None
     err.print(f"review page: {output} ({collector.total} record(s) from {info_['kind']})", highlight=False, markup=False)

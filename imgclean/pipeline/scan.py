@@ -1,47 +1,34 @@
-"""Scanning a folder: walk -> decode -> score -> plan -> apply.
+"""Scanning a folder: walk -> decode -> score -> records; then each record is applied.
 
 Files stream through in batches, so memory does not grow with the folder. Every file ends in
-one status. Deciding what to do with a file (the plan) is data; only `moves` touches files.
+one record (reports/records.py) with one status and the identity the file had when scored;
+applying records (pipeline/apply.py: the moves, or the plan of a dry run) is a separate step
+that `imgclean apply` also runs on a saved report. Only quarantine.moves touches files.
 """
 from __future__ import annotations
 
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
 from .. import data
+from ..errors import ImgcleanError
+from ..reports.records import (  # noqa: F401  (re-exported: the record type and statuses used to live here)
+    CHANGED, OOD, STATUSES, UNDECODABLE, ScanRecord, is_rejected,
+)
 from ..store.artifact import ModelBundle
+from .apply import Applier, ScanSummary
 from .decode import Decoded, Decoder, DecodeSettings
 from .scoring import check_method, score_outputs
 
-OOD = "ood"
-CHANGED = "changed"
-# Statuses of files that could not be scored; moved too unless keep_unreadable.
-UNDECODABLE = (data.UNREADABLE, data.TOO_LARGE, data.UNSUPPORTED)
-STATUSES = (data.OK, OOD, *UNDECODABLE, data.SKIPPED, CHANGED)
 
 
-@dataclass
-class ScanRecord:
-    """One file's outcome. `score`: higher = more out-of-distribution, > 1 = rejected."""
-
-    path: str  # relative to the scanned folder
-    status: str
-    predicted: str | None = None
-    nearest: str | None = None
-    score: float | None = None
-    message: str = ""
-    action: str = ""  # "", "moved", "would move", "kept", "changed", "missing", "move failed"
-    destination: str | None = None
-    size: int = 0
-    mtime_ns: int = 0
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+class ScanError(ImgcleanError, ValueError):
+    """A folder cannot be scanned (it is a quarantine)."""
 
 
 @dataclass
@@ -55,63 +42,11 @@ class ScanOptions:
     cache_dir: Path | None = None  # None: the user cache dir ($XDG_CACHE_HOME/imgclean)
 
 
-@dataclass
-class ScanSummary:
-    root: str
-    model: str
-    counts: dict[str, int] = field(default_factory=lambda: {s: 0 for s in STATUSES})
-    moved: int = 0
-    would_move: int = 0
-    move_errors: int = 0
-    interrupted: bool = False
-    seconds: float = 0.0
-    cached: int = 0  # results reused from the scan cache (not decoded)
-    decoded: int = 0  # files decoded and scored by the model
-
-    @property
-    def scanned(self) -> int:
-        return sum(self.counts.values())
-
-    @property
-    def rejected(self) -> int:
-        return self.counts[OOD] + sum(self.counts[s] for s in UNDECODABLE)
-
-    def to_dict(self) -> dict:
-        c = self.counts
-        return {
-            "scanned": self.scanned,
-            "ok": c[data.OK],
-            "ood": c[OOD],
-            "unreadable": c[data.UNREADABLE],
-            "too_large": c[data.TOO_LARGE],
-            "unsupported": c[data.UNSUPPORTED],
-            "skipped": c[data.SKIPPED],
-            "changed": c[CHANGED],
-            "rejected": self.rejected,
-            "moved": self.moved,
-            "would_move": self.would_move,
-            "move_errors": self.move_errors,
-            "interrupted": self.interrupted,
-            "cached": self.cached,
-            "decoded": self.decoded,
-            "seconds": round(self.seconds, 3),
-            "images_per_second": round(self.scanned / self.seconds, 1) if self.seconds > 0 else None,
-            "root": self.root,
-            "model": self.model,
-        }
-
-
 def relative_name(path: Path, root: Path) -> str:
     full, base = os.fspath(path), os.fspath(root)
     if os.path.isabs(full) and full.startswith(base.rstrip(os.sep) + os.sep) and "/.." not in full and "/./" not in full:
         return os.fsdecode(full[len(base.rstrip(os.sep)) + 1 :])  # the walk joins names onto root
     return os.fsdecode(os.path.relpath(path, root))
-
-
-def is_rejected(record: ScanRecord, keep_unreadable: bool) -> bool:
-    if record.status == OOD:
-        return True
-    return record.status in UNDECODABLE and not keep_unreadable
 
 
 # Batches decoded ahead of the one being scored: decode of batch n+1 overlaps scoring of batch n.
@@ -160,9 +95,11 @@ class Scorer:
 
         self._prepare_torch()
         cfg = self.bundle.config
+        # On CUDA the runtime picks the inference batch (it knows the device's memory); on the CPU
+        # the scan's own batch keeps memory as the user set it.
         logits, feats = predict_arrays(
             self.bundle.model, images, cfg["mean"], cfg["std"], self.device,
-            batch_size=self.batch_size * (4 if self.on_cuda else 1),
+            batch_size=None if self.on_cuda else self.batch_size,
         )
         return score_outputs(self.bundle, self.method, logits, feats)
 
@@ -175,18 +112,19 @@ class Scorer:
         names = self.bundle.class_names
         self.decoded += len(entries)
         records = [
-            ScanRecord(relative_name(e.path, root), d.status, message=d.message, size=e.size, mtime_ns=e.mtime_ns)
+            ScanRecord(relative_name(e.path, root), d.status, message=d.message, size=e.size, mtime_ns=e.mtime_ns,
+                       dev=e.dev, ino=e.ino)
             for e, d in zip(entries, decoded, strict=True)
         ]
         good = [i for i, d in enumerate(decoded) if d.ok]
         if good:
             pred, near, score = self.score_arrays(np.stack([decoded[i].array for i in good]))
-            for i, p, n, s in zip(good, pred, near, score):
+            for i, p, n, s in zip(good, pred, near, score, strict=True):
                 rec = records[i]
                 rec.predicted, rec.nearest, rec.score = names[int(p)], names[int(n)], float(s)
                 rec.status = OOD if s > 1.0 else data.OK
         if self.cache is not None:
-            for e, rec in zip(entries, records):
+            for e, rec in zip(entries, records, strict=True):
                 self.cache.put(e.path, e.size, e.mtime_ns, rec.status, rec.predicted, rec.nearest, rec.score, rec.message)
         return records
 
@@ -201,7 +139,7 @@ class Scorer:
             return None
         return ScanRecord(
             relative_name(entry.path, root), status, predicted=predicted, nearest=nearest, score=score,
-            message=message, size=entry.size, mtime_ns=entry.mtime_ns,
+            message=message, size=entry.size, mtime_ns=entry.mtime_ns, dev=entry.dev, ino=entry.ino,
         )
 
     def scan(self, root: Path, exclude: Iterable[Path] = ()) -> Iterator[tuple[ScanRecord, data.FileEntry]]:
@@ -232,7 +170,8 @@ class Scorer:
             try:
                 for entry in data.walk_images(root, tuple(exclude)):
                     if entry.skip_reason:
-                        record = ScanRecord(relative_name(entry.path, root), data.SKIPPED, message=entry.skip_reason)
+                        record = ScanRecord(relative_name(entry.path, root), data.SKIPPED, message=entry.skip_reason,
+                                            size=entry.size, mtime_ns=entry.mtime_ns, dev=entry.dev, ino=entry.ino)
                     else:
                         record = self._cached_record(entry, root)
                         if record is None:
@@ -263,17 +202,18 @@ def run_scan(
     on_record: Callable[[ScanRecord], None] | None = None,
     should_stop: Callable[[], bool] = lambda: False,
 ) -> ScanSummary:
-    """Scan `root`; reject (move, or plan to move) files per the options. Returns counts.
+    """Scan `root` into records, and apply each one (pipeline/apply.py): move, or plan to move,
+    the rejected files per the options. Returns counts.
 
     `root` is resolved once (symlinks and `..` as the kernel follows them) and that one path is
     walked, checked and moved from: `sub/..` after a symlink `sub` never means two folders.
-    Raises ValueError when `root` is a quarantine: a scan never reads one as data.
+    Raises ScanError (a ValueError) when `root` is a quarantine: a scan never reads one as data.
     """
     from ..quarantine.moves import MANIFEST_NAME, is_quarantine
 
     root = Path(os.path.realpath(root))
     if is_quarantine(root):
-        raise ValueError(
+        raise ScanError(
             f"{os.fsdecode(root)} is an imgclean quarantine (it holds {MANIFEST_NAME}); scans never read one. "
             f"Review it with `imgclean report`, put files back with `imgclean restore`"
         )
@@ -285,9 +225,16 @@ def run_scan(
         # The method is part of the key: a head score must never be reused as a Mahalanobis one.
         cache = ScanCache(options.cache_dir, model_key(bundle.config, extra=options.method)).open()
     scorer = Scorer(bundle, options.batch_size, options.workers, device, options.method, cache=cache)
+    apply = Applier(root, quarantine, summary, options.keep_unreadable, dry_run)
     started = time.perf_counter()
     try:
-        _consume(scorer, root, options, summary, quarantine, dry_run, on_record, should_stop)
+        for record, _ in scorer.scan(root, options.exclude):
+            apply(record)
+            if on_record is not None:
+                on_record(record)
+            if should_stop():
+                summary.interrupted = True
+                break
     finally:
         if cache is not None:
             cache.close()
@@ -295,46 +242,3 @@ def run_scan(
         summary.decoded = scorer.decoded
     summary.seconds = time.perf_counter() - started
     return summary
-
-
-def _consume(scorer, root, options, summary, quarantine, dry_run, on_record, should_stop) -> None:
-    from ..quarantine.moves import MoveRequest
-
-    for record, entry in scorer.scan(root, options.exclude):
-        summary.counts[record.status] += 1
-        if quarantine is not None and is_rejected(record, options.keep_unreadable):
-            request = MoveRequest(
-                source=entry.path,
-                scan_root=root,
-                reason=record.status,
-                size=entry.size,
-                mtime_ns=entry.mtime_ns,
-                dev=entry.dev,
-                ino=entry.ino,
-                details={k: v for k, v in record.to_dict().items() if k in ("predicted", "nearest", "score", "message")},
-            )
-            if dry_run:
-                record.action = "would move"
-                record.destination = os.fsdecode(quarantine.plan_destination(request))
-                summary.would_move += 1
-            else:
-                result = quarantine.move(request)
-                if result.status == "moved":
-                    record.action = "moved"
-                    record.destination = os.fsdecode(result.destination)
-                    summary.moved += 1
-                elif result.status in (CHANGED, "missing"):
-                    record.action = result.status
-                    record.message = result.message or "changed after it was scored; left in place"
-                    summary.counts[record.status] -= 1
-                    summary.counts[CHANGED] += 1
-                    record.status = CHANGED
-                else:
-                    record.action = "move failed"
-                    record.message = result.message
-                    summary.move_errors += 1
-        if on_record is not None:
-            on_record(record)
-        if should_stop():
-            summary.interrupted = True
-            break

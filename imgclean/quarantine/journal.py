@@ -65,11 +65,11 @@ def copy_tmp_name(destination: Path, jid: str) -> Path:
 # ----------------------------------------------------------------------------- reading
 
 
-def _lines(quarantine_root: Path) -> list[tuple[int, Any]]:
-    """(line number, parsed value or a ValueError) per non-empty line; a torn last line is dropped."""
-    path = Path(quarantine_root) / MANIFEST_NAME
+def read_lines(manifest: Path) -> list[tuple[int, Any]]:
+    """(line number, parsed value or a ValueError) per non-empty line of a journal file (any
+    name); a torn last line is dropped."""
     try:
-        data = path.read_bytes()
+        data = Path(manifest).read_bytes()
     except FileNotFoundError:
         return []
     lines = data.split(b"\n")
@@ -85,14 +85,22 @@ def _lines(quarantine_root: Path) -> list[tuple[int, Any]]:
     return out
 
 
+def _lines(quarantine_root: Path) -> list[tuple[int, Any]]:
+    return read_lines(Path(quarantine_root) / MANIFEST_NAME)
+
+
 def read_manifest(quarantine_root: Path) -> list[dict]:
     """Every JSON-object line of the journal, in order, unvalidated. A torn last line is skipped."""
+    return _objects(_lines(quarantine_root), Path(quarantine_root) / MANIFEST_NAME)
+
+
+def _objects(lines: list[tuple[int, Any]], where: Path) -> list[dict]:
     records = []
-    for n, value in _lines(quarantine_root):
+    for n, value in lines:
         if isinstance(value, dict):
             records.append(value)
         else:
-            log.warning("%s line %d is not a journal record; ignored", Path(quarantine_root) / MANIFEST_NAME, n)
+            log.warning("%s line %d is not a journal record; ignored", where, n)
     return records
 
 
@@ -165,12 +173,13 @@ def _in_scan_root(rec: dict, key: str, scan_root: str, qroot: str | None) -> str
     return value
 
 
-def _validate(rec: Any, ops: dict[str, dict], qroot: str | None) -> dict | None:
+def _validate(rec: Any, ops: dict[str, dict], qroot: str | None, strict: bool = True) -> dict | None:
     """The op ``rec`` updates (a new one for "started"), or None for a record about an unknown op
-    (its started record was invalid or lost); raises _Bad for an invalid record."""
+    (its started record was invalid or lost); raises _Bad for an invalid record. ``strict``
+    False checks only the shape (op, id, state, a restore's move): for showing, never acting."""
     if not isinstance(rec, dict):
         raise _Bad("not a JSON object")
-    jid, kind = _token(rec, "id"), rec.get("op")
+    jid, kind = (_token(rec, "id") if strict else _str(rec, "id")), rec.get("op")
     if kind not in ("move", "restore"):
         raise _Bad(f"op {kind!r} is neither 'move' nor 'restore'")
     state = rec.get("state")
@@ -182,13 +191,17 @@ def _validate(rec: Any, ops: dict[str, dict], qroot: str | None) -> dict | None:
             return None
         if op["op"] != kind:
             raise _Bad(f"id {jid} is a {op['op']}, not a {kind}")
-        if "destination" in rec:
+        if "destination" in rec and strict:
             dest = _in_quarantine(rec, "destination", qroot) if kind == "move" else _abs_clean(rec, "destination")
             if os.path.dirname(dest) != os.path.dirname(op["destination"]):
                 raise _Bad(f"destination {dest!r} is not in the folder the move started in")
         return op
     if jid in ops:
         raise _Bad(f"id {jid} is started twice")
+    if not strict:
+        if kind == "restore" and _restored_move(rec, ops, rec.get("move_id")) is None:
+            return None  # a restore of a move this fold does not know: nothing to show
+        return {**rec}
     for key in ("size", "mtime_ns"):
         _int(rec, key)
     if ("dev" in rec) != ("ino" in rec):
@@ -202,8 +215,8 @@ def _validate(rec: Any, ops: dict[str, dict], qroot: str | None) -> dict | None:
         _in_scan_root(rec, "source", scan_root, qroot)
         _in_quarantine(rec, "destination", qroot)
     else:
-        move = ops.get(_token(rec, "move_id"))
-        if move is None or move["op"] != "move":
+        move = _restored_move(rec, ops, _token(rec, "move_id"))
+        if move is None:
             raise _Bad(f"move_id {rec['move_id']} names no valid move")
         scan_root = _abs_clean(rec, "scan_root") if "scan_root" in rec else move["scan_root"]
         _in_quarantine(rec, "source", qroot)
@@ -212,44 +225,90 @@ def _validate(rec: Any, ops: dict[str, dict], qroot: str | None) -> dict | None:
     return {**rec}
 
 
-def load_ops(quarantine_root: Path | None, records: list[tuple[int, Any]] | None = None) -> tuple[dict[str, dict], list[Invalid]]:
-    """Validated journal: {id: merged op} in start order, and the invalid lines.
+def _restored_move(rec: dict, ops: dict[str, dict], move_id: Any) -> dict | None:
+    move = ops.get(move_id) if isinstance(move_id, str) else None
+    return move if move is not None and move["op"] == "move" else None
 
-    A merged op is its started record with the latest ``state`` and ``destination`` and its
-    ``line``. ``quarantine_root`` None skips the checks that need it (only for reading tests).
+
+class Fold:
+    """The journal folded into its ops: THE one reading of a journal, shared by recovery, restore
+    and the review page.
+
+    ``ops``: {id: merged op} in start order; a merged op is its started record with the latest
+    ``state`` and ``destination`` and its ``line``. ``invalid``: the lines that failed
+    validation (never acted on). A quarantine keeps its fold current with ``add`` as it appends
+    (it holds the lock, so nobody else writes the journal), instead of reading it again.
+    ``quarantine_root`` None skips the checks that need it; ``strict`` False checks only the
+    shape of each record (the review page shows journals it will never act on).
     """
-    qroot = None if quarantine_root is None else os.path.abspath(quarantine_root)
-    if records is None:
-        records = _lines(Path(qroot)) if qroot is not None else []
-    ops: dict[str, dict] = {}
-    invalid: list[Invalid] = []
-    for n, rec in records:
+
+    def __init__(self, quarantine_root: Path | None, strict: bool = True):
+        self.qroot = None if quarantine_root is None else os.path.abspath(quarantine_root)
+        self.strict = strict
+        self.ops: dict[str, dict] = {}
+        self.invalid: list[Invalid] = []
+        self.lines = 0
+
+    def add(self, n: int, rec: Any) -> None:
+        """Fold in line ``n`` (a parsed value, or the ValueError of a line that is not JSON)."""
+        self.lines = max(self.lines, n)
         try:
             if isinstance(rec, ValueError):
                 raise _Bad(f"not JSON ({rec})")
-            op = _validate(rec, ops, qroot)
+            op = _validate(rec, self.ops, self.qroot, self.strict)
         except _Bad as e:
             fields = rec if isinstance(rec, dict) else {}
             paths = [v if isinstance(v, str) else None for v in (fields.get("source"), fields.get("destination"))]
             bad = Invalid(n, str(e), *paths)
-            log.warning("%s", bad.message)
-            invalid.append(bad)
-            continue
+            if self.strict:
+                log.warning("%s", bad.message)
+            self.invalid.append(bad)
+            return
         if op is None:
-            continue
+            return
         if rec["state"] == "started":
-            ops[rec["id"]] = {**op, "line": n}
+            self.ops[rec["id"]] = {**op, "line": n}
         else:
             op["state"] = rec["state"]
-            if "destination" in rec:
+            if isinstance(rec.get("destination"), str):
                 op["destination"] = rec["destination"]
-    return ops, invalid
+
+    def append(self, rec: dict) -> None:
+        """Fold in a record just appended to the journal."""
+        self.add(self.lines + 1, rec)
+
+    def unfinished(self) -> list[dict]:
+        return [op for op in self.ops.values() if op["state"] in UNFINISHED]
+
+    def moves(self) -> list[tuple[dict, str | None]]:
+        """Every move in start order with the state of its latest restore (None: never restored)."""
+        last_restore: dict[str, str] = {}
+        for op in self.ops.values():
+            if op["op"] == "restore":
+                done = last_restore.get(op["move_id"]) == "done"
+                last_restore[op["move_id"]] = "done" if done else op["state"]  # a done restore stays done
+        return [(op, last_restore.get(op["id"])) for op in self.ops.values() if op["op"] == "move"]
+
+
+def fold(quarantine_root: Path | None, records: list[tuple[int, Any]] | None = None, strict: bool = True) -> Fold:
+    """Read (or take ``records``: (line, value) pairs) and fold a journal; see :class:`Fold`."""
+    journal = Fold(quarantine_root, strict)
+    if records is None:
+        records = _lines(Path(journal.qroot)) if journal.qroot is not None else []
+    for n, rec in records:
+        journal.add(n, rec)
+    return journal
+
+
+def load_ops(quarantine_root: Path | None, records: list[tuple[int, Any]] | None = None) -> tuple[dict[str, dict], list[Invalid]]:
+    """Validated journal: ({id: merged op} in start order, the invalid lines); see :class:`Fold`."""
+    journal = fold(quarantine_root, records)
+    return journal.ops, journal.invalid
 
 
 def _unfinished(records: list[dict], quarantine_root: Path | None = None) -> list[dict]:
     """Merged view of every valid op whose last state is unfinished (crashed or in flight)."""
-    ops, _ = load_ops(quarantine_root, list(enumerate(records, 1)))
-    return [op for op in ops.values() if op["state"] in UNFINISHED]
+    return fold(quarantine_root, list(enumerate(records, 1))).unfinished()
 
 
 # ----------------------------------------------------------------------------- writing

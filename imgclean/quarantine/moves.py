@@ -34,21 +34,22 @@ from typing import Any
 
 from .. import fileops
 from ..fileops import Abort as _Abort
-from ..fileops import ROOT_MARKER, hash_unchanged, inside, is_scanned_root, log, mark_scanned_root, numbered, resolved_inside, step
+from ..fileops import ROOT_MARKER, hash_unchanged, log, mark_scanned_root, numbered, resolved_inside, step
 from .journal import (
     MANIFEST_NAME,
     RESERVED,
     TMP_PREFIX,
+    Fold,
     Invalid,
     JournalWriter,
     _unfinished,  # noqa: F401
+    fold,
     is_quarantine,
-    load_ops,
     read_manifest,
 )
 from .locking import LockError, LockHeld, ScanLock
 from .recovery import recover as _recover_ops
-from .restore import RestoreResult, restore_all
+from .restore import RestoreResult, restore_all, restore_targets
 from .transfer import transfer
 from ..errors import ImgcleanError
 
@@ -71,8 +72,8 @@ class MoveRequest:
     size: int  # st_size seen when the file was scored
     mtime_ns: int  # st_mtime_ns seen when the file was scored
     details: dict = field(default_factory=dict)  # JSON-able extras written into the journal
-    dev: int | None = None  # st_dev and st_ino seen when scored (None: not known, not checked)
-    ino: int | None = None
+    dev: int | None = None  # st_dev and st_ino seen when scored (None: not known, not checked;
+    ino: int | None = None  # dev None with an ino: the inode alone, for a folder mounted elsewhere)
 
 
 @dataclass(frozen=True)
@@ -114,7 +115,7 @@ class Quarantine:
         self._lock: ScanLock | None = None
         self._inflight: set[str] = set()
         self.recovered: list[dict] = []  # what open() had to finish or undo, for the run report
-        self.invalid: list[Invalid] = []  # journal records that failed validation (never acted on)
+        self.journal: Fold | None = None  # the journal folded once at open(), kept current as it grows
 
     @property
     def _fd(self) -> int | None:
@@ -177,7 +178,7 @@ class Quarantine:
         try:
             try:
                 if self._inflight:
-                    self.recover()
+                    self.recover(refold=False)
                 os.fsync(self._fd)
             except OSError as e:
                 # e.g. ENOSPC: the files are where the disk says; the next open() journals them.
@@ -219,6 +220,8 @@ class Quarantine:
             raise QuarantineError("quarantine is not open; call open() or use it as a context manager")
         line = json.dumps(record, ensure_ascii=True, default=_json_default) + "\n"
         self._writer.append(line.encode("ascii"), step)
+        if self.journal is not None:
+            self.journal.append(json.loads(line))  # as a reader will see it (Paths as strings)
 
     def _finish(self, op: str, jid: str, state: str, **extra: Any) -> None:
         self._journal({"op": op, "id": jid, "state": state, **extra, "time": _now()})
@@ -276,7 +279,7 @@ class Quarantine:
             return MoveResult(req, "error", None, f"{src} is inside the quarantine folder")
         if not stat.S_ISREG(st.st_mode):
             return MoveResult(req, "changed", None, f"{src} is not a regular file")
-        scored_inode = req.ino is None or (st.st_dev, st.st_ino) == (req.dev, req.ino)
+        scored_inode = req.ino is None or (st.st_ino == req.ino and req.dev in (None, st.st_dev))
         if (st.st_size, st.st_mtime_ns) != (req.size, req.mtime_ns) or not scored_inode:
             return MoveResult(req, "changed", None, f"{src} changed since it was scored; left in place")
         try:
@@ -327,11 +330,17 @@ class Quarantine:
 
     # --- recovery and restore
 
-    def recover(self) -> list[dict]:
+    @property
+    def invalid(self) -> list[Invalid]:
+        """Journal records that failed validation (logged, never acted on)."""
+        return self.journal.invalid if self.journal is not None else []
+
+    def recover(self, refold: bool = True) -> list[dict]:
         """Finish or undo every op journaled as started but never finished; returns what it did.
-        Invalid journal records are logged, kept in ``self.invalid`` and never acted on."""
-        ops, self.invalid = load_ops(self.root)
-        actions = _recover_ops(ops, self.root, lambda kind, jid, state: self._finish(kind, jid, state, recovered=True))
+        ``refold`` reads the journal again (open() does, once); False uses the live fold."""
+        if refold or self.journal is None:
+            self.journal = fold(self.root)
+        actions = _recover_ops(self.journal.ops, self.root, lambda kind, jid, state: self._finish(kind, jid, state, recovered=True))
         self._inflight.clear()
         return actions
 
@@ -363,20 +372,9 @@ def restore(
         return Quarantine(root)._restore_all(dry_run=True, only=only)
     with contextlib.ExitStack() as stack:
         q = stack.enter_context(Quarantine(root))
-        for scan_root in _restore_targets(root):  # no scan may move files there meanwhile
+        for scan_root in restore_targets(q.journal):  # no scan may move files there meanwhile
             stack.enter_context(ScanLock(scan_root))
         return q._restore_all(dry_run=False, only=only)
-
-
-def _restore_targets(quarantine_root: Path) -> list[Path]:
-    """The existing folders the journal's moves came from, outermost only (a folder inside
-    another is covered by its lock, and a second lock on it would meet our own)."""
-    roots = set()
-    for rec in read_manifest(quarantine_root):
-        value = rec.get("scan_root")
-        if isinstance(value, str) and os.path.isabs(value) and os.path.isdir(value) and is_scanned_root(value):
-            roots.add(os.path.realpath(value))
-    return [Path(r) for r in sorted(roots) if not any(r != o and inside(r, o) for o in roots)]
 
 
 class _MovesModule(types.ModuleType):

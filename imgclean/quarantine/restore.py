@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..fileops import ROOT_MARKER, Abort, hash_unchanged, inside, is_scanned_root, resolved_inside
-from .journal import MANIFEST_NAME, PROBE_PREFIX, RESERVED, TMP_PREFIX, UNFINISHED, Invalid, load_ops
+from .journal import MANIFEST_NAME, PROBE_PREFIX, RESERVED, TMP_PREFIX, UNFINISHED, Fold, Invalid, fold
 from .transfer import transfer
 
 log = logging.getLogger("imgclean.quarantine.moves")
@@ -60,9 +60,11 @@ def _unaccounted(root: Path, held: set[str]) -> list[Path]:
 
 
 def restore_all(q: Any, dry_run: bool, only: Iterable[str | os.PathLike] | None) -> list[RestoreResult]:
-    ops, invalid = load_ops(q.root)
-    restored = {op["move_id"] for op in ops.values() if op["op"] == "restore" and op["state"] == "done"}
-    moves = [op for op in ops.values() if op["op"] == "move" and op["id"] not in restored]
+    journal = q.journal if q.journal is not None else fold(q.root)  # open: its live fold; dry run: read once
+    ops, invalid = journal.ops, journal.invalid
+    history = journal.moves()
+    restored = {op["id"] for op, restore in history if restore == "done"}
+    moves = [op for op, restore in history if restore != "done"]
     waiting = [m for m in reversed(moves) if m["state"] in ("done", "kept_both")]  # newest first
     held = {_key(m["destination"]) for m in moves if m["state"] in _HELD}
     loose = _unaccounted(q.root, held)
@@ -169,3 +171,14 @@ def _prune_empty_dirs(root: Path, folder: Path) -> None:
         except OSError:
             return
         folder = folder.parent
+
+
+def restore_targets(journal: Fold) -> list[Path]:
+    """The existing folders the journal's moves came from, outermost only (a folder inside
+    another is covered by its lock, and a second lock on it would meet our own)."""
+    roots = set()
+    for rec, _ in journal.moves():
+        value = rec.get("scan_root")
+        if isinstance(value, str) and os.path.isabs(value) and os.path.isdir(value) and is_scanned_root(value):
+            roots.add(os.path.realpath(value))
+    return [Path(r) for r in sorted(roots) if not any(r != o and inside(r, o) for o in roots)]

@@ -8,6 +8,7 @@ from array import array
 from dataclasses import dataclass
 from typing import Any, Mapping
 from ...errors import ImgcleanError
+from ..records import ScanRecord
 
 # Sections of rejected files, in page order; "changed" files were rejected but left in place.
 REASONS = ("ood", "unreadable", "too_large", "unsupported")
@@ -30,17 +31,10 @@ class ReviewInputError(ImgcleanError, ValueError):
 
 
 @dataclass
-class ReviewItem:
-    """One listed file as the page shows it."""
+class ReviewItem(ScanRecord):
+    """One listed file as the page shows it: a scan record (its `path` as shown: relative to
+    the scanned folder when known) and where the file is now."""
 
-    path: str  # as shown: relative to the scanned folder when known
-    status: str
-    predicted: str | None = None
-    nearest: str | None = None
-    score: float | None = None
-    action: str = ""
-    destination: str | None = None
-    message: str = ""
     location: str | None = None  # where the file is now (for its thumbnail); None: unknown
     quarantine: str | None = None  # the quarantine holding `destination`, when known
 

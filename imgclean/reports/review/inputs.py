@@ -50,55 +50,14 @@ def iter_report(path: Path) -> Iterator[dict]:
         raise ReviewInputError(f"{path} is not a readable CSV report ({exc})") from None
 
 
-def _journal_records(path: Path) -> list[dict]:
-    """The records of a quarantine journal (moves.read_manifest; a torn last line is skipped)."""
-    from ...quarantine.moves import MANIFEST_NAME, read_manifest
+def _journal(path: Path):
+    """The journal folded by the quarantine's own reader (quarantine.journal.fold), checking only
+    each record's shape: the page shows a journal, it never acts on one. A manifest saved under
+    another name is read the same way, without the checks that need its quarantine folder."""
+    from ...quarantine.journal import MANIFEST_NAME, fold, read_lines
 
-    if path.name == MANIFEST_NAME:
-        return read_manifest(path.parent)
-    records = []  # a manifest saved under another name: the same parse, without the folder
-    for line in path.read_bytes().split(b"\n"):
-        try:
-            rec = json.loads(line) if line.strip() else None
-        except ValueError:
-            continue
-        if isinstance(rec, dict):
-            records.append(rec)
-    return records
-
-
-def _fold(records: list[dict]) -> tuple[dict[str, dict], list[str]]:
-    """Each move (its started record, updated by later ones) by id, in journal order.
-
-    A move gets "restored": True when a restore of it reached "done" (the file is back at the
-    move's source), "discarded": True when a restore found it deleted from the quarantine,
-    "restoring": True while a restore of it is journaled as started and not finished (a crash).
-    """
-    moves: dict[str, dict] = {}
-    order: list[str] = []
-    restore_of: dict[str, str] = {}
-    for rec in records:
-        op, rid, state = rec.get("op"), rec.get("id"), rec.get("state")
-        if not isinstance(rid, str):
-            continue
-        if op == "move":
-            if state == "started":
-                moves[rid] = dict(rec)
-                order.append(rid)
-            elif rid in moves:
-                moves[rid]["state"] = state
-                if isinstance(rec.get("destination"), str):
-                    moves[rid]["destination"] = rec["destination"]
-        elif op == "restore":
-            if state == "started" and rec.get("move_id") in moves:
-                restore_of[rid] = rec["move_id"]
-                moves[rec["move_id"]]["restoring"] = True
-            elif rid in restore_of and state not in ("started", "retarget"):
-                move = moves[restore_of[rid]]
-                move.pop("restoring", None)
-                if state in ("done", "discarded"):
-                    move["restored" if state == "done" else "discarded"] = True
-    return moves, order
+    quarantine = path.parent if path.name == MANIFEST_NAME else None
+    return fold(quarantine, read_lines(path), strict=False)
 
 
 # How a move ended, as the page says it. "kept_both": recovery found the source edited after a
@@ -120,14 +79,13 @@ def manifest_records(path: Path) -> tuple[list[dict], list[str]]:
     from ...quarantine.moves import MANIFEST_NAME
 
     path = Path(path)
-    moves, order = _fold(_journal_records(path))
+    moves = _journal(path).moves()
     if not moves:
         raise ReviewInputError(f"{path} records no moves; is it an imgclean-manifest.jsonl?")
     quarantine = os.path.abspath(path.parent) if path.name == MANIFEST_NAME else None
     roots: list[str] = []
     out = []
-    for rid in order:
-        m = moves[rid]
+    for m, restore in moves:
         details = m.get("details") if isinstance(m.get("details"), dict) else {}
         source, dest = str(m.get("source") or ""), m.get("destination")
         dest = dest if isinstance(dest, str) and dest else None
@@ -142,10 +100,12 @@ def manifest_records(path: Path) -> tuple[list[dict], list[str]]:
                     shown = source
             except ValueError:
                 shown = source
-        action = "restored" if m.get("restored") else _ENDS.get(m.get("state"), str(m.get("state") or ""))
-        if m.get("restoring") and not m.get("restored"):
+        # the latest restore of the move: done (the file is back at its source), unfinished (cut by
+        # a crash), or another end (the file was found deleted from the quarantine, or stayed)
+        action = "restored" if restore == "done" else _ENDS.get(m.get("state"), str(m.get("state") or ""))
+        if restore in ("started", "retarget"):
             action = "restore unfinished"
-        elif m.get("discarded") or (action == "moved" and dest is not None and not os.path.lexists(dest)):
+        elif action == "moved" and dest is not None and not os.path.lexists(dest):
             action = "discarded"
         if action == "restore unfinished":
             location = source if source and os.path.lexists(source) else dest

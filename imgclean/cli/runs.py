@@ -1,0 +1,215 @@
+"""What the commands that move files (scan, apply) share: the checks on their paths, the stop
+flag, the resources of a run (lock, quarantine, report writer, stop flag, progress) in one
+ExitStack, the record sinks the run feeds, and the summary they print."""
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import typer
+from rich.table import Table
+
+from .common import (
+    EXIT_INTERRUPTED, EXIT_TERMINATED, check_output_path, err, exit_code, fail, os_error, out, print_json,
+    usage_error,
+)
+
+
+class StopFlag:
+    """SIGINT/SIGTERM set a flag; the run finishes the file in flight, then stops."""
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._old: dict[int, object] = {}
+
+    def __enter__(self) -> "StopFlag":
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        self.signum = signum
+
+    def __call__(self) -> bool:
+        return self.signum is not None
+
+    def __exit__(self, *exc) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_INTERRUPTED if self.signum == signal.SIGINT else EXIT_TERMINATED
+
+
+def check_move_target(folder: Path, move_to: Path) -> tuple[Path, ...]:
+    """Refuse a quarantine equal to or above the scanned folder; exclude it when inside."""
+    root = Path(os.path.realpath(folder))
+    target = Path(os.path.realpath(move_to))
+    if target == root or root.is_relative_to(target):
+        raise usage_error(f"--move-to {move_to} is the scanned folder or contains it; choose a folder outside {folder}")
+    return (target,) if target.is_relative_to(root) else ()
+
+
+def check_html_output(path: Path, option: str = "--html", move_to: Optional[Path] = None) -> None:
+    """A review page must go to a file in an existing folder, outside any quarantine; say so
+    before any long work."""
+    if path.is_dir():
+        raise usage_error(f"{option} {path} is a folder; give a file name such as review.html")
+    if not path.absolute().parent.is_dir():
+        raise usage_error(f"{option} {path}: folder {path.absolute().parent} does not exist")
+    check_output_path(option, path, move_to)
+
+
+def check_report_output(report: Path, move_to: Optional[Path]) -> None:
+    from ..reports.records import report_format
+
+    try:
+        report_format(report, write=True)
+    except ValueError as exc:
+        raise usage_error(str(exc)) from None
+    check_output_path("--report", report, move_to)
+
+
+@dataclass
+class Printer:
+    """The terminal's record sink: planned moves on stdout in a dry run (kept for --json),
+    moves and rejects on stderr with -v, and the progress bar's counts."""
+
+    dry_run: bool
+    json_out: bool
+    verbose: bool
+    keep_unreadable: bool
+    progress: object = None
+    task: object = None
+    total: Optional[int] = None  # what the progress bar counts to, when known
+    plan: list[dict] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=lambda: {"ok": 0, "rej": 0, "other": 0})
+
+    def __call__(self, rec) -> None:
+        from ..reports.records import is_rejected
+
+        if rec.action in ("would move", "moved"):
+            if self.dry_run:
+                self.plan.append({"source": rec.path, "destination": rec.destination, "reason": rec.status, "score": rec.score})
+                if not self.json_out:
+                    out.print(f"would move {rec.path!r} -> {rec.destination!r} ({rec.status})", highlight=False, markup=False)
+            elif self.verbose:
+                err.print(f"moved {rec.path!r} -> {rec.destination!r} ({rec.status})", highlight=False, markup=False)
+        elif self.verbose and is_rejected(rec, self.keep_unreadable):
+            err.print(f"{rec.status}: {rec.path!r} {rec.message}", highlight=False, markup=False)
+        rejected = is_rejected(rec, self.keep_unreadable)
+        self.counts["ok" if rec.status == "ok" else "rej" if rejected else "other"] += 1
+        if self.task is not None:  # after counting, so the last update shows the exact totals
+            self.progress.update(self.task, advance=1, info=f"ok {self.counts['ok']} rejected {self.counts['rej']}")
+
+
+def feed(sinks: list[Callable]) -> Callable:
+    """One on_record callback that gives each record to every sink, in order."""
+
+    def on_record(record) -> None:
+        for sink in sinks:
+            sink(record)
+
+    return on_record
+
+
+@dataclass
+class Resources:
+    """What a run holds while it runs (all entered on one ExitStack by :func:`open_run`)."""
+
+    quarantine: object
+    stop: StopFlag
+    progress: object
+    sinks: list[Callable]
+    printer: Printer
+
+
+@contextlib.contextmanager
+def open_run(root: Path, label: Path, move_to: Optional[Path], dry_run: bool, report: Optional[Path], review,
+             printer: Printer):
+    """Lock the folder (runs that move only: reports and dry runs write nothing there), open
+    the quarantine, the report writer, the stop flag and the progress bar, in that order, and
+    close them in reverse whatever happens. Yields Resources. A report that cannot be finished
+    (e.g. its disk is full) becomes one error line once everything else is closed."""
+    from ..quarantine.locking import LockError, ScanLock
+    from ..quarantine.moves import Quarantine
+    from ..reports.records import RecordWriter
+
+    try:
+        with contextlib.ExitStack() as stack:
+            if move_to is not None and not dry_run:
+                try:
+                    stack.enter_context(ScanLock(root))
+                except LockError as exc:
+                    raise fail(f"cannot lock {label}: {exc}") from None
+            quarantine = Quarantine(move_to) if move_to is not None else None
+            if quarantine is not None and not dry_run:
+                stack.enter_context(quarantine)
+            sinks: list[Callable] = []
+            if report is not None:
+                sinks.append(stack.enter_context(RecordWriter(report, root)))
+            if review is not None:
+                sinks.append(review.add)
+            sinks.append(printer)
+            stop = stack.enter_context(StopFlag())
+            printer.progress = stack.enter_context(printer.progress)
+            yield Resources(quarantine, stop, printer.progress, sinks, printer)
+    except OSError as exc:
+        raise os_error(exc) from None
+
+
+@dataclass
+class Outcome:
+    """How a run reports itself: table title, review page title, and what an interruption left."""
+
+    title: str
+    review_title: str
+    unit: str = "files"  # what the summary's "scanned" counts
+    not_done: str = "the rest were not scanned"
+    page_note: str = "The scan was interrupted: this page covers the files scanned before it stopped."
+    extra_columns: tuple[str, ...] = ()
+
+
+def finish(summary, outcome: Outcome, printer: Printer, stop: StopFlag, *, json_out: bool, quiet: bool,
+           review=None, html: Optional[Path] = None, fail_on_reject: bool = False, fail_on_skip: bool = False) -> None:
+    """Print the summary (a table, or JSON), write the review page, and exit as the rules say
+    (common.exit_code)."""
+    result = summary.to_dict()
+    if printer.dry_run:
+        result["plan"] = printer.plan
+    if json_out:
+        print_json(result)
+    else:
+        table = Table(title=outcome.title)
+        keys = ("scanned", "ok", "ood", "unreadable", "too_large", "unsupported", "skipped", "changed", "moved",
+                "would_move", "move_errors", *outcome.extra_columns)
+        for key in keys:
+            if key in ("scanned", "ok", "ood", "unreadable") or result[key]:
+                table.add_column(key, justify="right")
+        table.add_row(*[str(result[c.header]) for c in table.columns])
+        out.print(table)
+    if review is not None:
+        from ..reports.review import render_html, write_html
+
+        note_text = outcome.page_note if summary.interrupted else ""
+        try:
+            write_html(html, render_html(review, title=outcome.review_title, summary=result, note=note_text))
+        except OSError as exc:
+            raise fail(f"cannot write the review page {html}: {exc.strerror or exc}") from None
+        if not json_out and not quiet:
+            err.print(f"review page: {html}", highlight=False, markup=False)
+    code, message = exit_code(summary, fail_on_reject, fail_on_skip, stop.exit_code)
+    if summary.interrupted:
+        if not quiet:
+            of = f" of {printer.total}" if printer.total is not None else ""
+            err.print(f"interrupted after {result['scanned']}{of} {outcome.unit}; {outcome.not_done}", highlight=False, markup=False)
+        raise typer.Exit(code)
+    if message:
+        raise fail(message, code)
+    if code:
+        raise typer.Exit(code)

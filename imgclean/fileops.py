@@ -203,3 +203,17 @@ def is_scanned_root(root: str | os.PathLike) -> bool:
     st = lstat_or_none(Path(root, ROOT_MARKER))
     return st is not None and stat.S_ISREG(st.st_mode)
 
+
+# A quarantine is a folder holding this manifest (the move journal) as a regular file; every walk
+# skips such folders and no scan reads one.
+MANIFEST_NAME = "imgclean-manifest.jsonl"
+
+
+def is_quarantine(folder: str | os.PathLike) -> bool:
+    """True when ``folder`` holds an imgclean manifest (a regular file): it is a quarantine,
+    whatever its path. Recognised by content rather than by comparing path strings, so a
+    quarantine reached through a bind mount or a symlink is still one."""
+    try:
+        return stat.S_ISREG(os.lstat(os.path.join(os.fspath(folder), MANIFEST_NAME)).st_mode)
+    except OSError:
+        return False

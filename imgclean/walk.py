@@ -83,7 +83,7 @@ def too_long(path: str | os.PathLike) -> str:
 def _is_quarantine(listing: list[tuple[str, os.stat_result | None]]) -> bool:
     """The folder's listing holds an imgclean manifest as a regular file (as moves.is_quarantine
     decides, from the lstat the walk already has: a folder or link of that name is user data)."""
-    from .quarantine.moves import MANIFEST_NAME
+    from .fileops import MANIFEST_NAME
 
     manifest = os.fsencode(MANIFEST_NAME)
     return any(os.fsencode(n) == manifest and st is not None and stat.S_ISREG(st.st_mode) for n, st in listing)
@@ -187,7 +187,7 @@ def walk_images(root: Path, exclude: tuple[Path, ...] = ()) -> Iterator[FileEntr
 
 def list_image_folder(root: Path) -> tuple[list[str], list[list[FileEntry]]]:
     """An ImageFolder: sorted class names (non-hidden sub-folders, not quarantines) and each class's files."""
-    from .quarantine.moves import is_quarantine
+    from .fileops import is_quarantine
 
     root = Path(root)
     if not root.is_dir():

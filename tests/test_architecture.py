@@ -21,13 +21,12 @@ LAYERS = {
     "nn": ("core",),
     "quarantine": ("core",),
     "store": ("core", "detectors", "nn"),
-    "reports": ("core", "quarantine", "records"),
-    "records": ("core",),
-    "pipeline": ("core", "detectors", "nn", "quarantine", "store", "reports", "records"),
-    "api": ("core", "detectors", "nn", "quarantine", "store", "reports", "records", "pipeline"),
-    "cli": ("core", "detectors", "nn", "quarantine", "store", "reports", "records", "pipeline"),
+    "reports": ("core", "quarantine"),
+    "pipeline": ("core", "detectors", "nn", "quarantine", "store", "reports"),
+    "api": ("core", "detectors", "nn", "quarantine", "store", "reports", "pipeline"),
+    "cli": ("core", "detectors", "nn", "quarantine", "store", "reports", "pipeline"),
 }
-SPECIAL = {"imgclean.api": "api", "imgclean.__main__": "cli", "imgclean.pipeline.records": "records"}
+SPECIAL = {"imgclean.api": "api", "imgclean.__main__": "cli"}
 
 
 def module_name(path: Path) -> str:

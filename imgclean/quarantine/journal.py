@@ -27,11 +27,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..fileops import inside, resolved_inside, write_all
+from ..fileops import MANIFEST_NAME, inside, is_quarantine, resolved_inside, write_all  # noqa: F401  (is_quarantine: re-exported)
 
 log = logging.getLogger("imgclean.quarantine.moves")
 
-MANIFEST_NAME = "imgclean-manifest.jsonl"
 LOCK_NAME = ".imgclean.lock"  # imgclean.quarantine.locking.LOCK_NAME (not imported: journal stays a leaf)
 TMP_PREFIX = ".imgclean-tmp-"
 PROBE_PREFIX = ".imgclean-probe-"
@@ -40,16 +39,6 @@ UNFINISHED = ("started", "retarget")
 FINAL_STATES = ("done", "rolled_back", "changed", "missing", "kept_both")
 _TOKEN = re.compile(r"[A-Za-z0-9_-]{1,128}")
 _SHA = re.compile(r"[0-9a-f]{64}")
-
-
-def is_quarantine(folder: str | os.PathLike) -> bool:
-    """True when ``folder`` holds an imgclean manifest (a regular file): it is a quarantine,
-    whatever its path. Recognised by content rather than by comparing path strings, so a
-    quarantine reached through a bind mount or a symlink is still one."""
-    try:
-        return stat.S_ISREG(os.lstat(os.path.join(os.fspath(folder), MANIFEST_NAME)).st_mode)
-    except OSError:
-        return False
 
 
 def capture_name(source: Path, jid: str) -> Path:

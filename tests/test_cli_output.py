@@ -138,18 +138,18 @@ def test_info_shows_the_epochs_trained(model_copy):
 
 
 def test_device_auto_answers_cpu_without_torch_when_no_gpu_can_exist(monkeypatch, tmp_path):
-    import imgclean.nn.models as models
+    import imgclean.nn.runtime as runtime
 
     def pick_device(requested):
         raise AssertionError("torch was asked although no GPU device node exists")
 
-    monkeypatch.setattr(models, "pick_device", pick_device)
+    monkeypatch.setattr(runtime, "pick_device", pick_device)
     monkeypatch.setattr(common, "GPU_DEVICE_PATHS", (str(tmp_path / "no-nvidia*"),))
     monkeypatch.setattr(common.sys, "platform", "linux")
     assert common.resolve_device("auto") == "cpu"
     assert common.resolve_device("cpu") == "cpu"
     (tmp_path / "no-nvidia0").write_text("")  # now a GPU may exist: torch decides
-    monkeypatch.setattr(models, "pick_device", lambda requested: "cuda")
+    monkeypatch.setattr(runtime, "pick_device", lambda requested: "cuda")
     assert common.resolve_device("auto") == "cuda"
 
 

@@ -204,7 +204,7 @@ def resolve_device(requested: str) -> str:
     so a scan whose files are all cached on a machine without a GPU never imports it."""
     if requested == "cpu" or (requested == "auto" and not gpu_possible()):
         return "cpu"
-    from ..nn.models import pick_device
+    from ..nn.runtime import pick_device
 
     return str(pick_device(requested))
 

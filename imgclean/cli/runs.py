@@ -47,12 +47,13 @@ class StopFlag:
 
 
 def check_move_target(folder: Path, move_to: Path) -> tuple[Path, ...]:
-    """Refuse a quarantine equal to or above the scanned folder; exclude it when inside."""
-    root = Path(os.path.realpath(folder))
-    target = Path(os.path.realpath(move_to))
-    if target == root or root.is_relative_to(target):
-        raise usage_error(f"--move-to {move_to} is the scanned folder or contains it; choose a folder outside {folder}")
-    return (target,) if target.is_relative_to(root) else ()
+    """Refuse a quarantine equal to or above the scanned folder (a usage error); exclude it when inside."""
+    from ..pipeline.apply import QuarantinePlacementError, quarantine_exclusion
+
+    try:
+        return quarantine_exclusion(folder, move_to)
+    except QuarantinePlacementError as exc:
+        raise usage_error(str(exc)) from None
 
 
 def check_html_output(path: Path, option: str = "--html", move_to: Optional[Path] = None) -> None:

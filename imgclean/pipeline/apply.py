@@ -15,10 +15,28 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from .. import data
+from ..errors import ImgcleanError
 from ..reports.records import CHANGED, OOD, STATUSES, UNDECODABLE, ReportRow, ScanRecord, is_rejected
 
 # The fields of a record the journal keeps beside each move.
 DETAILS = ("predicted", "nearest", "score", "message")
+
+
+class QuarantinePlacementError(ImgcleanError, ValueError):
+    """The quarantine folder is the scanned folder or contains it."""
+
+
+def quarantine_exclusion(folder: Path, move_to: Path) -> tuple[Path, ...]:
+    """What a scan of `folder` must not walk so that it never reads its own quarantine: the
+    quarantine when it lies inside the folder, else nothing. A quarantine equal to or above the
+    folder is refused (its moves would land inside the scanned tree)."""
+    root = Path(os.path.realpath(folder))
+    target = Path(os.path.realpath(move_to))
+    if target == root or root.is_relative_to(target):
+        raise QuarantinePlacementError(
+            f"--move-to {os.fsdecode(move_to)} is the scanned folder or contains it; choose a folder outside {os.fsdecode(folder)}"
+        )
+    return (target,) if target.is_relative_to(root) else ()
 
 
 @dataclass

@@ -1,0 +1,228 @@
+"""imgclean as a library: the command line's jobs as functions, for notebooks and pipelines.
+
+    from imgclean import api
+
+    model = api.fit("train/", "model/", epochs=5)          # train, calibrate, save
+    result = api.scan("incoming/", "model/")                # score only: result.records, result.summary
+    result = api.scan("incoming/", model, move_to="rejected/")   # quarantine the rejects
+    api.apply("report.jsonl", move_to="rejected/")          # carry out a saved `scan --report`
+    metrics = api.evaluate("model/", "labelled/", "known-junk/").results
+    api.restore("rejected/")                                # put everything back
+
+Nothing here prints or exits: progress goes to optional callbacks, problems are raised as
+`imgclean.errors.ImgcleanError` subclasses with one-line messages, and moves take the same lock,
+quarantine journal and per-file checks as the CLI. A `model` argument is a model directory or a
+loaded model (`load`).
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Callable, Iterable
+
+from .config import FitConfig, TrainSettings
+from .errors import ImgcleanError
+
+__all__ = ["ApiError", "ApplyResult", "ScanResult", "apply", "evaluate", "fit", "load", "restore", "scan"]
+
+
+class ApiError(ImgcleanError, ValueError):
+    """An argument the API cannot use (the message names it)."""
+
+
+@dataclass
+class ScanResult:
+    """What a scan found. `records`: one ScanRecord per file, in walk order (empty when the scan
+    was asked not to keep them); `summary`: the counts the CLI prints (`summary.to_dict()`)."""
+
+    summary: object
+    records: list = field(default_factory=list)
+
+
+@dataclass
+class ApplyResult:
+    summary: object
+    records: list = field(default_factory=list)
+    invalid: list = field(default_factory=list)  # reports.records.ReportRow of rows never acted on
+
+
+def _fit_config(config: FitConfig | None, settings: dict) -> FitConfig:
+    config = config or FitConfig()
+    fit_keys = {f.name for f in fields(FitConfig)} - {"train"}
+    train_keys = {f.name for f in fields(TrainSettings)}
+    unknown = sorted(set(settings) - fit_keys - train_keys)
+    if unknown:
+        raise ApiError(
+            f"unknown setting(s) {', '.join(unknown)}; fit takes {', '.join(sorted(fit_keys | train_keys))}"
+        )
+    train = TrainSettings(**{**vars(config.train), **{k: v for k, v in settings.items() if k in train_keys}})
+    return FitConfig(**{**vars(config), **{k: v for k, v in settings.items() if k in fit_keys}, "train": train})
+
+
+def fit(
+    train_dir, output=None, *, config: FitConfig | None = None, reject_dir=None, force: bool = False,
+    progress: Callable[[str, int, int, dict], None] | None = None, **settings,
+):
+    """Train a model on `train_dir` (one sub-folder per class) and calibrate its detectors.
+
+    `settings` are FitConfig / TrainSettings fields (arch, epochs, center_weight, device, ...).
+    With `output`, the model is saved there (atomically; an existing directory only with
+    force=True). Returns the model (store.artifact.ModelBundle); `model.config["training"]` and
+    `["metrics"]` hold what `imgclean fit` prints.
+    """
+    from .pipeline.fit import fit_model
+    from .store.artifact import check_replaceable, save_model
+
+    config = _fit_config(config, settings)
+    if not Path(train_dir).is_dir():
+        raise ApiError(f"training folder {os.fsdecode(train_dir)} does not exist or is not a folder")
+    if output is not None:
+        check_replaceable(Path(output), force)  # before training, not after it
+    bundle, _report = fit_model(Path(train_dir), config, progress, Path(reject_dir) if reject_dir is not None else None)
+    if output is not None:
+        bundle.path = save_model(bundle, Path(output), force=force)
+    return bundle
+
+
+def load(model_dir, device: str = "cpu"):
+    """A saved model, checked against its fingerprint (store.artifact.load_model)."""
+    from .store.artifact import load_model
+
+    return load_model(Path(model_dir), device=device)
+
+
+def _model(model, device: str, lazy: bool = False):
+    if isinstance(model, (str, os.PathLike)):
+        from .store.artifact import load_model
+
+        return load_model(Path(model), device=device, lazy=lazy)
+    return model
+
+
+def _device(device: str) -> str:
+    if device != "auto":
+        return device
+    from .nn.runtime import pick_device
+
+    return str(pick_device("auto"))
+
+
+@contextlib.contextmanager
+def _moving(root: Path, move_to, dry_run: bool):
+    """The folder's lock and the opened quarantine, as `scan --move-to` holds them."""
+    from .quarantine.locking import ScanLock
+    from .quarantine.moves import Quarantine
+
+    with contextlib.ExitStack() as stack:
+        quarantine = None
+        if move_to is not None:
+            if not dry_run:
+                stack.enter_context(ScanLock(root))
+            quarantine = Quarantine(Path(move_to))
+            if not dry_run:
+                stack.enter_context(quarantine)
+        yield quarantine
+
+
+def _collector(keep_records: bool, on_record: Callable | None, records: list) -> Callable:
+    def collect(record) -> None:
+        if keep_records:
+            records.append(record)
+        if on_record is not None:
+            on_record(record)
+
+    return collect
+
+
+def scan(
+    folder, model, *, move_to=None, dry_run: bool = False, method: str = "mahalanobis",
+    keep_unreadable: bool = False, use_cache: bool = False, cache_dir=None, batch_size: int = 256,
+    workers: int = 0, device: str = "auto", on_record: Callable | None = None, keep_records: bool = True,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> ScanResult:
+    """Score every image below `folder`; with `move_to`, quarantine the rejected ones.
+
+    Records are kept in `result.records` unless keep_records=False (for huge folders: use
+    `on_record` to stream them). `dry_run` plans the moves (record.action "would move") and
+    changes nothing. The cache is off by default here (the CLI's is on).
+    """
+    from .pipeline.apply import quarantine_exclusion
+    from .pipeline.scan import ScanOptions, run_scan
+    from .pipeline.scoring import check_method
+
+    root = Path(os.path.realpath(folder))
+    if not root.is_dir():
+        raise ApiError(f"folder {os.fsdecode(folder)} does not exist or is not a folder")
+    if dry_run and move_to is None:
+        raise ApiError("dry_run plans moves; give move_to too")
+    exclude = quarantine_exclusion(root, Path(move_to)) if move_to is not None else ()
+    device = _device(device)
+    bundle = _model(model, device, lazy=True)
+    try:
+        check_method(bundle, method)
+    except ValueError as exc:
+        raise ApiError(str(exc)) from None
+    options = ScanOptions(
+        batch_size=batch_size, workers=workers, keep_unreadable=keep_unreadable, exclude=exclude,
+        method=method, use_cache=use_cache, cache_dir=Path(cache_dir) if cache_dir is not None else None,
+    )
+    records: list = []
+    with _moving(root, move_to, dry_run) as quarantine:
+        summary = run_scan(root, bundle, options, quarantine, dry_run, device,
+                           _collector(keep_records, on_record, records), should_stop)
+    return ScanResult(summary, records)
+
+
+def apply(
+    report, move_to, *, root=None, dry_run: bool = False, keep_unreadable: bool = False,
+    on_record: Callable | None = None, keep_records: bool = True,
+) -> ApplyResult:
+    """Carry out a saved `scan --report` file: move its rejected files into `move_to`, each
+    checked against its record first (a changed or replaced file stays). `root`: where the
+    report's folder is mounted here, when not where it was made."""
+    from .pipeline.apply import ApplySummary, quarantine_exclusion, run_apply
+    from .reports.records import read_report, report_format, report_root
+
+    report = Path(report)
+    if not report.is_file():
+        raise ApiError(f"{os.fsdecode(report)} does not exist or is not a file")
+    report_format(report)
+    recorded = None
+    if root is None:
+        recorded = report_root(report)
+        if recorded is None:
+            raise ApiError(f"{os.fsdecode(report)} names no scanned folder; give root=")
+        root = recorded
+    folder = Path(os.path.realpath(root))
+    if not folder.is_dir():
+        raise ApiError(f"{os.fsdecode(root)} is not a folder here; give root= (where it is mounted on this machine)")
+    quarantine_exclusion(folder, Path(move_to))
+    summary = ApplySummary(root=os.fsdecode(folder), model="", report=os.fsdecode(report))
+    records: list = []
+    invalid: list = []
+    with _moving(folder, move_to, dry_run) as quarantine:
+        run_apply(read_report(report), folder, summary, quarantine, dry_run, keep_unreadable, recorded,
+                  _collector(keep_records, on_record, records), invalid.append)
+    return ApplyResult(summary, records, invalid)
+
+
+def evaluate(model, in_dir, ood_dir, *, methods: Iterable[str] | None = None, batch_size: int = 256,
+             device: str = "auto", progress: Callable[[int, int], None] | None = None):
+    """Classification and out-of-distribution metrics on a labelled folder and a folder of
+    known out-of-distribution images (pipeline.evaluate.Evaluation: .results, .curves)."""
+    from .pipeline.evaluate import evaluate as run_evaluate
+
+    device = _device(device)
+    bundle = _model(model, device)
+    return run_evaluate(bundle, Path(in_dir), Path(ood_dir), list(methods) if methods else None, batch_size,
+                        device, progress)
+
+
+def restore(quarantine_dir, *, paths: Iterable | None = None, dry_run: bool = False) -> list:
+    """Put quarantined files back (quarantine.restore: never overwrites); one result per record."""
+    from .quarantine.moves import restore as restore_files
+
+    only = {"only": [os.fspath(p) for p in paths]} if paths else {}
+    return restore_files(Path(quarantine_dir), dry_run=dry_run, **only)

@@ -1,0 +1,124 @@
+"""imgclean.api: the CLI's jobs as functions that never print, with the CLI's safety."""
+import json
+import os
+import shutil
+
+import pytest
+
+from conftest import make_incoming_folder, tree_snapshot
+from imgclean import api
+from imgclean.errors import ImgcleanError
+from imgclean.quarantine.locking import LockHeld, ScanLock
+from imgclean.quarantine.moves import read_manifest
+
+
+def test_fit_saves_a_model_that_load_reads_back(train_dir, tmp_path, capsys):
+    model = api.fit(train_dir, tmp_path / "m", epochs=1, min_steps=0, batch_size=16, device="cpu")
+    assert model.path is not None and (tmp_path / "m" / "config.json").is_file()
+    loaded = api.load(tmp_path / "m")
+    assert loaded.class_names == model.class_names and loaded.fingerprint == api.load(model.path).fingerprint
+    with pytest.raises(ImgcleanError, match="already exists|--force|force"):
+        api.fit(train_dir, tmp_path / "m", epochs=1, min_steps=0, device="cpu")
+    assert capsys.readouterr() == ("", "")  # the library never prints
+
+
+def test_fit_refuses_unknown_settings_and_missing_folders(train_dir, tmp_path):
+    with pytest.raises(api.ApiError, match="epoch"):
+        api.fit(train_dir, epoch=3)  # a typo of epochs
+    with pytest.raises(api.ApiError, match="does not exist"):
+        api.fit(tmp_path / "nowhere")
+
+
+def test_scan_reports_then_moves_like_the_cli(model_dir, tmp_path, capsys):
+    folder = tmp_path / "in"
+    kinds = make_incoming_folder(folder)
+    before = tree_snapshot(folder)
+    looked = api.scan(folder, model_dir, device="cpu")
+    assert tree_snapshot(folder) == before  # no move_to: nothing changes
+    assert sorted(r.path for r in looked.records) == sorted(kinds)
+    assert looked.summary.scanned == len(kinds) and looked.summary.rejected >= 1
+    rejected = {r.path for r in looked.records if r.status != "ok"}
+    assert "broken.png" in rejected
+
+    moved = api.scan(folder, model_dir, move_to=tmp_path / "q", device="cpu")
+    assert moved.summary.moved == len(rejected)
+    assert {r.path for r in moved.records if r.action == "moved"} == rejected
+    assert all(not (folder / p).exists() and (tmp_path / "q" / p).is_file() for p in rejected)
+    assert len([r for r in read_manifest(tmp_path / "q") if r.get("state") == "done"]) == len(rejected)
+    assert capsys.readouterr() == ("", "")
+
+    back = api.restore(tmp_path / "q")
+    assert sorted(os.path.basename(os.fsdecode(r.source)) for r in back if r.status == "restored") == sorted(rejected)
+    assert tree_snapshot(folder) == before
+
+
+def test_scan_streams_records_without_keeping_them(model_dir, tmp_path):
+    folder = tmp_path / "in"
+    make_incoming_folder(folder)
+    seen = []
+    result = api.scan(folder, model_dir, device="cpu", keep_records=False, on_record=seen.append)
+    assert result.records == [] and len(seen) == result.summary.scanned > 0
+
+
+def test_scan_dry_run_plans_and_changes_nothing(model_dir, tmp_path):
+    folder = tmp_path / "in"
+    make_incoming_folder(folder)
+    before = tree_snapshot(folder)
+    result = api.scan(folder, model_dir, move_to=tmp_path / "q", dry_run=True, device="cpu")
+    assert result.summary.would_move >= 1 and result.summary.moved == 0
+    assert tree_snapshot(folder) == before and not (tmp_path / "q").exists()
+
+
+def test_scan_refuses_what_the_cli_refuses(model_dir, tmp_path):
+    folder = tmp_path / "in"
+    make_incoming_folder(folder)
+    with pytest.raises(ImgcleanError, match="contains it"):
+        api.scan(folder, model_dir, move_to=tmp_path, device="cpu")
+    with pytest.raises(ImgcleanError, match="no supervised head"):
+        api.scan(folder, model_dir, method="head", device="cpu")
+    with pytest.raises(ImgcleanError, match="unknown method"):
+        api.scan(folder, model_dir, method="nope", device="cpu")
+    with pytest.raises(api.ApiError, match="move_to"):
+        api.scan(folder, model_dir, dry_run=True, device="cpu")
+    with pytest.raises(ImgcleanError):
+        api.scan(folder, tmp_path / "no-model", device="cpu")
+
+
+def test_a_moving_scan_takes_the_folder_lock(model_dir, tmp_path):
+    folder = tmp_path / "in"
+    make_incoming_folder(folder)
+    before = tree_snapshot(folder)
+    with ScanLock(folder):
+        with pytest.raises(LockHeld):
+            api.scan(folder, model_dir, move_to=tmp_path / "q", device="cpu")
+    assert tree_snapshot(folder) == before
+
+
+def test_apply_replays_a_saved_report(model_dir, tmp_path):
+    a = tmp_path / "a"
+    make_incoming_folder(a)
+    b = tmp_path / "b"
+    shutil.copytree(a, b)
+    direct = api.scan(a, model_dir, move_to=tmp_path / "qa", device="cpu")
+    from imgclean.reports.records import RecordWriter
+
+    report = tmp_path / "r.jsonl"
+    with RecordWriter(report, b) as writer:
+        api.scan(b, model_dir, device="cpu", keep_records=False, on_record=writer)
+    applied = api.apply(report, tmp_path / "qb")
+    assert applied.summary.moved == direct.summary.moved >= 1 and not applied.invalid
+    assert sorted(p for p in tree_snapshot(tmp_path / "qa") if not p.startswith("imgclean-manifest")) == \
+        sorted(p for p in tree_snapshot(tmp_path / "qb") if not p.startswith("imgclean-manifest"))
+    again = api.apply(report, tmp_path / "qb")
+    assert again.summary.moved == 0  # the files are gone: nothing moves twice
+    with pytest.raises(api.ApiError, match="does not exist"):
+        api.apply(tmp_path / "none.jsonl", tmp_path / "qb")
+
+
+def test_evaluate_returns_the_cli_metrics(model_dir, train_dir, tmp_path):
+    ood = tmp_path / "ood"
+    make_incoming_folder(ood, normal=0, ood=6)
+    result = api.evaluate(model_dir, train_dir, ood, device="cpu")
+    assert 0.0 <= result.results["mahalanobis"]["auroc"] <= 1.0
+    assert result.results["counts"]["unreadable"] == 1  # the broken file
+    json.dumps(result.results)  # plain data

@@ -4,13 +4,19 @@ A detector has
 - `name`: its registry key, which is also its `--method` value, its column in `evaluate` and
   (through `state_file`) its file in the model directory;
 - `inputs`: which network outputs it scores, a subset of ("features", "logits");
-- `supervised`: False when `fit` fits it from the training images alone; True when it needs
-  examples of what does not belong (fitted by `fit --reject-dir` / `fit-head`);
+- `supervised`: False when `fit` fits it from the training images alone (its constructor then
+  takes `percentile=`, the model's --percentile); True when it needs examples of what does not
+  belong (fitted by `fit --reject-dir` / `fit-head`);
 - `fit(features=..., logits=..., labels=..., num_classes=...)`: inputs it does not use are ignored;
 - `score(features=..., logits=...)`: the normalised score, higher = more out-of-distribution,
   > 1 = rejected;
 - its state: `to_arrays()` (numbers, saved pickle-free), `settings()` (JSON, in config.json),
-  `from_state(arrays, settings)` to rebuild it and `check_state(...)` to validate loaded arrays.
+  `from_state(arrays, settings)` to rebuild it and `check_state(...)` to validate loaded arrays;
+- `calibrate(features=..., logits=...)`: optional, held-out in-distribution images adjust the
+  threshold when the training images' own scores are optimistic.
+
+Adding a detector: a module with a subclass of Detector, its tests, and one line in
+registry.DETECTORS; tests/test_detectors.py then checks it against this protocol.
 """
 from __future__ import annotations
 

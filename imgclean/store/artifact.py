@@ -160,9 +160,9 @@ def package_versions() -> dict[str, str | None]:
 
 
 def _fingerprint(digests: dict[str, str]) -> str:
-    """The fingerprint of a model's files (unchanged since format 1): weights, then each detector's
-    file in registry order (detector.npz, detector-energy.npz, detector-knn.npz, head.safetensors);
-    a model without the newer files keeps the fingerprint it had."""
+    """The fingerprint of a model's files (unchanged since format 1): weights, detector.npz,
+    head.safetensors, then the newer detectors' files in registry order (detector-energy.npz,
+    detector-knn.npz), each where present: a model without the newer files keeps its fingerprint."""
     order = [WEIGHTS_FILE, DETECTOR_FILE, HEAD_FILE, *(f for f in registry.state_files() if f not in (DETECTOR_FILE, HEAD_FILE))]
     names = [n for n in order if n in digests]
     return hashlib.sha256("".join(digests[n] for n in names).encode()).hexdigest()[:16]

@@ -16,7 +16,9 @@ import pytest
 from typer.testing import CliRunner
 
 from imgclean.store import artifact, model_carry
-from imgclean.store.artifact import CONFIG_FILE, DETECTOR_FILE, HEAD_FILE, WEIGHTS_FILE, ModelError, load_model, save_model
+from imgclean.store.artifact import (
+    CONFIG_FILE, HEAD_FILE, OWN_FILES, WEIGHTS_FILE, ModelError, load_model, save_model,
+)
 from imgclean.cli import app
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,7 +39,7 @@ def foreign_state(model: Path) -> dict[str, str]:
     out = {}
     for p in sorted(model.rglob("*")):
         rel = str(p.relative_to(model))
-        if rel in (CONFIG_FILE, WEIGHTS_FILE, DETECTOR_FILE, HEAD_FILE):
+        if rel in OWN_FILES:
             continue
         if p.is_symlink():
             out[rel] = "link:" + os.readlink(p)
@@ -188,5 +190,5 @@ def test_model_files_follow_the_umask(model_with_head, tmp_path, umask, file_mod
     finally:
         os.umask(previous)
     modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in target.iterdir()}
-    assert modes == {name: file_mode for name in (CONFIG_FILE, WEIGHTS_FILE, DETECTOR_FILE, HEAD_FILE)}
+    assert modes == {name: file_mode for name in OWN_FILES}  # config, weights and every detector's file
     assert stat.S_IMODE(target.stat().st_mode) == dir_mode

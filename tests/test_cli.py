@@ -43,7 +43,9 @@ def test_fit_writes_a_model_and_refuses_to_overwrite(train_dir, tmp_path):
     summary = json.loads(result.stdout)
     assert summary["classes"] == ["checker", "stripes_h", "stripes_v"]
     assert summary["arch"] == "lenet" and summary["input_size"] == 16 and summary["channels"] == 1
-    assert {p.name for p in out.iterdir()} == {"config.json", "weights.safetensors", "detector.npz"}
+    assert {p.name for p in out.iterdir()} == {
+        "config.json", "weights.safetensors", "detector.npz", "detector-energy.npz", "detector-knn.npz",
+    }
     before = tree_snapshot(out)
     result = invoke("fit", train_dir, "-o", out, "--epochs", "1")
     assert result.exit_code == 2 and "--force" in result.output

@@ -38,7 +38,7 @@ def test_the_damaged_helps_of_the_issue_read_in_full():
     expected = {
         "fit": ["Square input size in pixels [default: from the data", "1 (grayscale) or 3 (colour) [default: from the data]"],
         "scan": ["[default: $XDG_CACHE_HOME/imgclean or ~/.cache/imgclean]", "[default: 0 = one per CPU core]"],
-        "evaluate": ["Evaluate only this method [default: mahalanobis, plus head and both when the model has a head]"],
+        "evaluate": ["Evaluate only this method [default: every method the model has: mahalanobis, energy and knn, plus head and both when it has a head]"],
         "fit-head": ["[default: the one recorded in config.json]"],
     }
     for name, texts in expected.items():

@@ -42,7 +42,15 @@ def test_evaluate_json_without_head(model_dir, folders, tmp_path):
     result = invoke("evaluate", "--in", in_dir, "--ood", ood_dir, "-m", model_dir, "--json", "--plots", tmp_path / "p")
     assert result.exit_code == 0, result.output
     out = json.loads(result.stdout)
-    assert set(out) >= {"classification", "mahalanobis"} and "head" not in out
+    assert set(out) >= {"classification", "mahalanobis", "energy", "knn"} and "head" not in out and "both" not in out
+    for method in ("energy", "knn"):  # one column per detector the model has, from the registry
+        check_method_results(out[method])
+        assert 0.0 <= out[method]["false_reject_rate"] <= 1.0
+        rows = list(csv.DictReader(open(tmp_path / "p" / f"roc_{method}.csv")))
+        assert set(rows[0]) == {"score_threshold", "fpr", "tpr"}
+        assert (rows[0]["fpr"], rows[0]["tpr"], rows[-1]["fpr"], rows[-1]["tpr"]) == ("1.000000",) * 2 + ("0.000000",) * 2
+    assert out["knn"]["auroc"] > 0.7
+    assert (tmp_path / "p" / "roc.png").is_file()  # every curve in one figure
     assert 0.0 <= out["classification"]["accuracy"] <= 1.0 and 0.0 <= out["classification"]["macro_f1"] <= 1.0
     assert out["classification"]["accuracy"] > 0.5  # the tiny model learned its three patterns
     check_method_results(out["mahalanobis"])
@@ -65,7 +73,7 @@ def test_evaluate_with_head_reports_every_method(model_with_head, folders, tmp_p
     result = invoke("evaluate", "--in", in_dir, "--ood", ood_dir, "-m", model_copy, "--json", "--plots", tmp_path / "p")
     assert result.exit_code == 0, result.output
     out = json.loads(result.stdout)
-    for method in ("mahalanobis", "head", "both"):
+    for method in ("mahalanobis", "energy", "knn", "head", "both"):
         check_method_results(out[method])
     assert out["head"]["auroc"] > 0.9  # it was trained on this very kind of reject
     assert out["both"]["recall"] >= max(out["mahalanobis"]["recall"], out["head"]["recall"])

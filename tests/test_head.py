@@ -34,10 +34,11 @@ def test_separable_gaussians_are_separated_near_perfectly():
     xt, yt = gaussians(300, 300, seed=1)
     rejected = head.predict(xt)
     assert np.mean(rejected == (yt == 0)) > 0.98
-    score = head.score(xt)
-    assert score[yt == 0].min() > score[yt == 1].max() - 0.5  # higher = more OOD
-    assert np.all((score >= 0) & (score <= 1))
-    assert np.array_equal(head.normalised_score(xt) > 1, rejected)
+    raw = head.raw_score(xt)
+    assert raw[yt == 0].min() > raw[yt == 1].max() - 0.5  # higher = more OOD
+    assert np.all((raw >= 0) & (raw <= 1))
+    assert np.allclose(head.score(xt), raw / (1 - head.threshold))
+    assert np.array_equal(head.score(xt) > 1, rejected)
 
 
 def test_imbalance_is_handled():
@@ -68,10 +69,10 @@ def test_not_fitted_and_bad_input():
 def test_state_round_trip_gives_identical_scores():
     x, y = gaussians(100, 30)
     head = RejectHead(min_steps=50, threshold=0.3).fit(x, y)
-    again = RejectHead.from_state(head.state_tensors(), head.settings())
+    again = RejectHead.from_state(head.to_arrays(), head.settings())
     assert again.threshold == 0.3
     assert np.array_equal(head.score(x), again.score(x))
-    assert all(k.startswith("head.") for k in head.state_tensors())
+    assert all(k.startswith("head.") and isinstance(v, np.ndarray) for k, v in head.to_arrays().items())
 
 
 # ---- through the CLI ---------------------------------------------------------------------

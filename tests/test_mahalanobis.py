@@ -69,7 +69,7 @@ def test_save_load_round_trip_gives_identical_scores(tmp_path, covariance):
     det = MahalanobisDetector(covariance=covariance).fit(x, y).set_threshold_scale(1.3)
     np.savez(tmp_path / "d.npz", **det.to_arrays())
     with np.load(tmp_path / "d.npz", allow_pickle=False) as arrays:
-        loaded = MahalanobisDetector.from_arrays(arrays)
+        loaded = MahalanobisDetector.from_state(arrays)
     probe = np.random.default_rng(3).normal(size=(50, 5)) * 20
     assert np.array_equal(det.score(probe), loaded.score(probe))
     assert np.array_equal(det.nearest(probe), loaded.nearest(probe))

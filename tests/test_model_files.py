@@ -245,11 +245,12 @@ def rename(a, b):
     return real_rename(a, b)
 artifact.os.rename = rename
 if when == "while_writing":
-    real_savez = artifact.np.savez
+    from imgclean.store import detector_state
+    real_savez = detector_state.np.savez
     def savez(*a, **k):
         real_savez(*a, **k)
         os.kill(os.getpid(), signal.SIGKILL)
-    artifact.np.savez = savez
+    detector_state.np.savez = savez
 artifact.save_model(bundle, target, force=True)
 print("survived")
 """

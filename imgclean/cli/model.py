@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from ..config import DEFAULT_MODEL_DIR
+from ..detectors.registry import method_names
 from .common import (
     Device, Method, command, err, fail, make_progress, os_error, out, print_json, resolve_device, setup_logging,
     usage_error,
@@ -20,7 +21,7 @@ def evaluate(
     in_dir: Path = typer.Option(..., "--in", help="Labelled in-distribution images: one sub-folder per class, named as the model's classes."),
     ood_dir: Path = typer.Option(..., "--ood", help="Known out-of-distribution images (searched recursively)."),
     model: Path = typer.Option(DEFAULT_MODEL_DIR, "-m", "--model", help="Model directory made by `imgclean fit`."),
-    method: Optional[Method] = typer.Option(None, "--method", help="Evaluate only this method [default: mahalanobis, plus head and both when the model has a head]."),
+    method: Optional[Method] = typer.Option(None, "--method", help="Evaluate only this method [default: every method the model has: mahalanobis, energy and knn, plus head and both when it has a head]."),
     plots: Optional[Path] = typer.Option(None, "--plots", help="Write ROC curves here: roc_<method>.png and roc_<method>.csv."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
     batch_size: int = typer.Option(256, min=1, help="Images scored per batch."),
@@ -78,7 +79,7 @@ def evaluate(
     table.add_column("method")
     for key in keys:
         table.add_column(key, justify="right")
-    for name in ("mahalanobis", "head", "both"):
+    for name in method_names():
         if name in result.results:
             table.add_row(name, *[f"{result.results[name][k]:.4f}" for k in keys])
     out.print(table)
@@ -91,26 +92,29 @@ def info(
     model: Path = typer.Argument(DEFAULT_MODEL_DIR, help="Model directory."),
     json_out: bool = typer.Option(False, "--json", help="Print the model's settings as JSON."),
 ) -> None:
-    """Show a model's classes, thresholds, training settings (epochs trained) and metrics."""
-    from ..store.artifact import ModelError, load_detector, read_config
+    """Show a model's classes, thresholds, detectors, training settings (epochs trained) and metrics."""
+    from ..store.artifact import ModelError, inspect_model
 
     setup_logging(False, False)
     try:
-        config = read_config(model)
-        thresholds = load_detector(model, config).thresholds_.tolist()
+        described = inspect_model(model)
     except ModelError as exc:
         raise fail(str(exc)) from None
     except OSError as exc:
         raise os_error(exc) from None
+    config, thresholds = described.config, described.thresholds
     if json_out:
-        print_json({**config, "thresholds": thresholds})
+        print_json({**config, "thresholds": thresholds, "methods": described.methods,
+                    "detector_settings": described.detectors})
         return
     table = Table(title=f"imgclean model {model}")
     table.add_column("class")
     table.add_column("images", justify="right")
     table.add_column("threshold", justify="right")
-    counts = (config.get("data") or {}).get("images_per_class") or [""] * len(config["class_names"])
-    for name, n, t in zip(config["class_names"], counts, thresholds):
+    k = len(config["class_names"])
+    counts = list((config.get("data") or {}).get("images_per_class") or [])[:k]
+    counts += [""] * (k - len(counts))
+    for name, n, t in zip(config["class_names"], counts, thresholds, strict=True):
         table.add_row(str(name), str(n), f"{t:.3f}")
     out.print(table)
     settings = Table(show_header=False, title="settings")
@@ -129,6 +133,10 @@ def info(
         settings.add_row(f"settings.{key}", str(value))
     for key, value in (config.get("metrics") or {}).items():
         settings.add_row(f"metrics.{key}", f"{value:.4f}" if isinstance(value, float) else str(value))
+    settings.add_row("methods", ", ".join(described.methods))
+    for name, values in described.detectors.items():
+        shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in values.items()}
+        settings.add_row(f"detector.{name}", ", ".join(f"{k}={v}" for k, v in shown.items()) or "yes")
     head = config.get("head")
     settings.add_row("head", "yes (scan --method head|both)" if head else "no (add one with `imgclean fit-head`)")
     for key, value in ((head or {}).get("metrics") or {}).items():

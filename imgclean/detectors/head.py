@@ -7,21 +7,30 @@ Class imbalance (a handful of rejects against thousands of training images) is h
 BCE's ``pos_weight = n_rejects / n_normal``: the loss of the two classes then weighs the same in
 total, whatever their sizes. Features are standardised with the training mean and std first.
 
-``score()`` is 1 - p(in-distribution): higher = more out-of-distribution. ``predict()`` is True
-where p < threshold (0.5 by default). ``normalised_score()`` is score / (1 - threshold), so that,
-like the Mahalanobis score, > 1 means rejected.
+``raw_score()`` is 1 - p(in-distribution): higher = more out-of-distribution. ``predict()`` is
+True where p < threshold (0.5 by default). ``score()`` is raw_score / (1 - threshold), so that,
+like every detector's score, > 1 means rejected.
+
+State: ``to_arrays()`` gives numpy arrays named ``head.*`` (the network's layers and the
+standardisation), saved as head.safetensors; ``settings()`` goes to config.json.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from .base import NotFittedError, check_features
+from .base import Detector, NotFittedError, check_features
 
 PREFIX = "head."
 
 
-class RejectHead:
+class RejectHead(Detector):
     """fit(features, labels) with labels 1 = belongs, 0 = reject; score() higher = more OOD."""
+
+    name = "head"
+    inputs = ("features",)
+    supervised = True
+    state_file = "head.safetensors"
+    summary = "(1 - sigmoid) / (1 - threshold) of a reject head trained on known rejects"
 
     def __init__(
         self,
@@ -54,7 +63,7 @@ class RejectHead:
         layers.append(nn.Linear(width, 1))
         return nn.Sequential(*layers)
 
-    def fit(self, features, labels) -> "RejectHead":
+    def fit(self, features=None, labels=None, *, logits=None, num_classes: int | None = None) -> "RejectHead":
         import torch
 
         if not 0.0 < self.threshold < 1.0:
@@ -129,27 +138,25 @@ class RejectHead:
                 out.append(torch.sigmoid(self.net_(xt[start : start + 4096]).squeeze(1)).double().numpy())
         return np.concatenate(out) if out else np.zeros(0)
 
-    def score(self, features) -> np.ndarray:
+    def raw_score(self, features) -> np.ndarray:
         """1 - p(belongs): higher = more out-of-distribution."""
         return 1.0 - self.predict_proba(features)
 
-    def normalised_score(self, features) -> np.ndarray:
-        """score / (1 - threshold): > 1 exactly when predict() rejects (like the Mahalanobis score)."""
-        return self.score(features) / (1.0 - self.threshold)
+    def score(self, features=None, logits=None) -> np.ndarray:
+        """raw_score / (1 - threshold): > 1 exactly when predict() rejects (like every detector's score)."""
+        return self.raw_score(features) / (1.0 - self.threshold)
 
-    def predict(self, features) -> np.ndarray:
+    def predict(self, features=None, logits=None) -> np.ndarray:
         """True where the row is out-of-distribution (p(belongs) < threshold)."""
         return self.predict_proba(features) < self.threshold
 
     # ---- persistence ---------------------------------------------------------------------
-    def state_tensors(self) -> dict:
-        """Tensors to save (names start with 'head.'); settings go to settings()."""
-        import torch
-
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """Arrays to save (names start with 'head.'; the layers float32); settings go to settings()."""
         self._check_fitted()
-        out = {f"{PREFIX}net.{k}": v.detach().cpu().contiguous() for k, v in self.net_.state_dict().items()}
-        out[f"{PREFIX}feature_mean"] = torch.from_numpy(self.feature_mean_.copy())
-        out[f"{PREFIX}feature_std"] = torch.from_numpy(self.feature_std_.copy())
+        out = {f"{PREFIX}net.{k}": v.detach().cpu().contiguous().numpy().copy() for k, v in self.net_.state_dict().items()}
+        out[f"{PREFIX}feature_mean"] = np.ascontiguousarray(self.feature_mean_, dtype=np.float64)
+        out[f"{PREFIX}feature_std"] = np.ascontiguousarray(self.feature_std_, dtype=np.float64)
         return out
 
     def settings(self) -> dict:
@@ -165,7 +172,12 @@ class RejectHead:
         }
 
     @classmethod
-    def from_state(cls, tensors: dict, settings: dict) -> "RejectHead":
+    def from_state(cls, arrays, settings: dict | None = None) -> "RejectHead":
+        """Rebuild from to_arrays()'s arrays (numpy, or torch tensors) and settings()."""
+        import torch
+
+        settings = settings or {}
+        tensors = {k: torch.from_numpy(np.array(v.detach().cpu().numpy() if hasattr(v, "detach") else v)) for k, v in arrays.items()}
         head = cls(
             hidden=tuple(int(h) for h in settings.get("hidden", (256, 256))),
             threshold=float(settings.get("threshold", 0.5)),

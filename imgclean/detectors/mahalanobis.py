@@ -22,7 +22,7 @@ import warnings
 
 import numpy as np
 
-from .base import NotFittedError, check_features
+from .base import Detector, NotFittedError, check_features
 
 log = logging.getLogger(__name__)
 
@@ -58,15 +58,23 @@ def _precision(cov: np.ndarray, ridge: float) -> np.ndarray:
     return (precision + precision.T) / 2
 
 
-class MahalanobisDetector:
+class MahalanobisDetector(Detector):
     """Fit on (features, labels); score(features) -> min_k d_k / t_k (higher = more OOD)."""
+
+    name = "mahalanobis"
+    inputs = ("features",)
+    supervised = False
+    state_file = "detector.npz"
+    summary = "min over classes of mahalanobis distance / class threshold"
 
     def __init__(self, percentile: float = 97.5, covariance: str = "tied"):
         self.percentile = percentile
         self.covariance = covariance
 
     # ---- fitting -------------------------------------------------------------------------
-    def fit(self, features, labels, num_classes: int | None = None) -> "MahalanobisDetector":
+    def fit(self, features=None, labels=None, num_classes: int | None = None, *, logits=None) -> "MahalanobisDetector":
+        if labels is None:
+            raise ValueError("the Mahalanobis detector needs the class labels of its training features")
         if not 0.0 < self.percentile < 100.0:
             raise ValueError(f"percentile must be between 0 and 100, got {self.percentile}")
         if self.covariance not in COVARIANCES:
@@ -144,7 +152,7 @@ class MahalanobisDetector:
         if len(self.precisions_) == 1:
             return self._tied_distances(x)
         out = np.empty((x.shape[0], len(self.means_)))
-        for j, (mu, prec) in enumerate(zip(self.means_, self.precisions_)):
+        for j, (mu, prec) in enumerate(zip(self.means_, self.precisions_, strict=True)):
             diff = x - mu
             out[:, j] = np.einsum("nd,nd->n", diff @ prec, diff)  # a BLAS matmul, not a generic einsum
         return np.sqrt(np.maximum(out, 0.0))
@@ -166,7 +174,11 @@ class MahalanobisDetector:
         self._check_fitted()
         return self._distances(check_features(features, dim=self.means_.shape[1]))
 
-    def score(self, features, thresholds: np.ndarray | None = None) -> np.ndarray:
+    def ratios(self, features) -> np.ndarray:
+        """d_k / t_k of each row to each class: shape (n, classes); score = min, nearest = argmin."""
+        return self.distances(features) / self.thresholds_
+
+    def score(self, features=None, logits=None, *, thresholds: np.ndarray | None = None) -> np.ndarray:
         """min_k d_k / t_k per row. Higher = more out-of-distribution; > 1 = rejected."""
         self._check_fitted()
         t = self.thresholds_ if thresholds is None else thresholds
@@ -174,11 +186,7 @@ class MahalanobisDetector:
 
     def nearest(self, features) -> np.ndarray:
         """Index of the class whose threshold the row is least far outside (or most inside)."""
-        return (self.distances(features) / self.thresholds_).argmin(axis=1)
-
-    def predict(self, features) -> np.ndarray:
-        """True where the row is out-of-distribution (beyond every class's threshold)."""
-        return self.score(features) > 1.0
+        return self.ratios(features).argmin(axis=1)
 
     # ---- persistence ---------------------------------------------------------------------
     def to_arrays(self) -> dict[str, np.ndarray]:
@@ -196,8 +204,13 @@ class MahalanobisDetector:
             "train_labels": self.train_labels_,
         }
 
+    def settings(self) -> dict:
+        return {"percentile": self.percentile, "covariance": self.covariance,
+                "threshold_scale": float(getattr(self, "threshold_scale_", 1.0))}
+
     @classmethod
-    def from_arrays(cls, arrays) -> "MahalanobisDetector":
+    def from_state(cls, arrays, settings: dict | None = None) -> "MahalanobisDetector":
+        """Rebuild from to_arrays()'s arrays (they hold the settings too; `settings` is not needed)."""
         det = cls(percentile=float(arrays["percentile"]), covariance=str(arrays["covariance"]))
         det.threshold_scale_ = float(arrays["threshold_scale"])
         det.means_ = np.asarray(arrays["means"], dtype=np.float64)

@@ -1,14 +1,85 @@
 """Which detectors exist, by name: the CLI's --method choices, evaluate's columns, the model's files.
 
-A method is one registered detector or a combining rule over several ("both").
+A method is one registered detector or a combining rule over several ("both"). Adding a detector:
+one new module with a `Detector` subclass (base.py), its tests, and one line in DETECTORS below;
+fit, scan, evaluate, the model files and `info` then pick it up from here.
+
+The combining rule lives here only: a combined method rejects an image when any member rejects
+it, and its score is the largest of the members' normalised scores.
 """
 from __future__ import annotations
 
-DETECTORS = ("mahalanobis", "head")
-# Combining rules: rejected when any member rejects; the score is the largest normalised score.
-COMBINED = {"both": ("mahalanobis", "head")}
+from typing import Iterable, Mapping
+
+import numpy as np
+
+from .base import Detector
+from .energy import EnergyDetector
+from .head import RejectHead
+from .knn import KNNDetector
+from .mahalanobis import MahalanobisDetector
+
+# name -> class, in the order of evaluate's columns and of the model's files (mahalanobis first:
+# it is always there, and gives the nearest class).
+DETECTORS: dict[str, type[Detector]] = {
+    cls.name: cls for cls in (MahalanobisDetector, EnergyDetector, KNNDetector, RejectHead)
+}
+COMBINED: dict[str, tuple[str, ...]] = {"both": ("mahalanobis", "head")}
 DEFAULT_METHOD = "mahalanobis"
 
 
 def method_names() -> tuple[str, ...]:
     return (*DETECTORS, *COMBINED)
+
+
+def members(method: str) -> tuple[str, ...]:
+    """The detectors a method needs (itself, for a detector); KeyError for an unknown method."""
+    if method in DETECTORS:
+        return (method,)
+    return COMBINED[method]
+
+
+def detector_class(name: str) -> type[Detector]:
+    return DETECTORS[name]
+
+
+def unsupervised() -> list[type[Detector]]:
+    """The detectors `fit` fits from the training images alone."""
+    return [cls for cls in DETECTORS.values() if not cls.supervised]
+
+
+def state_files() -> tuple[str, ...]:
+    """The file each detector's state is saved in, in registry order."""
+    return tuple(cls.state_file for cls in DETECTORS.values())
+
+
+def available_methods(present: Iterable[str]) -> list[str]:
+    """The methods a model with the detectors `present` can serve, in registry order."""
+    have = set(present)
+    return [m for m in method_names() if set(members(m)) <= have]
+
+
+def missing(method: str, present: Iterable[str]) -> list[str]:
+    """The detectors `method` needs that are not in `present`."""
+    have = set(present)
+    return [name for name in members(method) if name not in have]
+
+
+def combine(method: str, scores: Mapping[str, np.ndarray]) -> np.ndarray:
+    """A method's normalised score from its members' scores (the combining rule: the largest)."""
+    names = members(method)
+    if len(names) == 1:
+        return scores[names[0]]
+    return np.max(np.stack([scores[n] for n in names]), axis=0)
+
+
+def score_method(
+    detectors: Mapping[str, Detector], method: str, features=None, logits=None,
+    known: Mapping[str, np.ndarray] | None = None,
+) -> np.ndarray:
+    """`method`'s normalised score of a batch; `known` holds member scores computed already."""
+    scores = dict(known or {})
+    for name in members(method):
+        if name not in scores:
+            scores[name] = detectors[name].score(features=features, logits=logits)
+    return combine(method, scores)

@@ -4,19 +4,21 @@ In-distribution images come as a labelled folder (one sub-folder per class, name
 model's classes); out-of-distribution images as any folder (searched recursively). Files that
 cannot be decoded in either folder are reported and left out of every metric.
 
-Per method (mahalanobis, head, both):
+Images go through the same pieces as a scan: pipeline.decode.Decoder, nn.runtime.predict_arrays
+and the registered detectors (detectors/registry.py). One result per method the model serves
+(every registered detector it has, and the combining rules over them):
 - precision, recall and F1 at the model's own thresholds (score > 1 = rejected), with
   out-of-distribution as the positive class;
 - AUROC, AUPR (average precision) and the FPR at 95% TPR of the score (higher = more OOD);
-- ROC curve points as the paper draws them: for mahalanobis all class thresholds move together
+- ROC curve points: for mahalanobis as the paper draws them, all class thresholds moving together
   through the percentile of each class's own training distances (0..100, then beyond every
-  distance, so the curve runs from (1, 1) to (0, 0)); for the head the sigmoid threshold.
+  distance, so the curve runs from (1, 1) to (0, 0)); for the head its sigmoid threshold; for
+  every other detector the plain ROC of its score (metrics.roc_curve). Combined methods have none.
 """
 from __future__ import annotations
 
 import csv
 import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -24,11 +26,13 @@ from typing import Callable
 import numpy as np
 
 from .. import data, metrics
+from ..detectors import registry
 from ..store.artifact import ModelBundle
-from ..config import decode_options
 from ..errors import ImgcleanError
+from .decode import Decoder, DecodeSettings
 
 SWEEP_PERCENTILES = np.linspace(0.0, 100.0, 201)
+CURVE_SETTINGS = {"mahalanobis": "percentile", "head": "sigmoid_threshold"}  # others: score_threshold
 
 
 class EvaluateError(ImgcleanError):
@@ -36,12 +40,12 @@ class EvaluateError(ImgcleanError):
 
 
 @dataclass
-class Scores:
-    """What the model says about a set of images."""
+class Outputs:
+    """The network's outputs for the files of a folder that decoded."""
 
-    predicted: np.ndarray  # class index from the classifier
-    distances: np.ndarray  # (n, classes) Mahalanobis distances
-    head_p: np.ndarray | None  # p(belongs) from the head, or None
+    logits: np.ndarray  # (n, classes)
+    features: np.ndarray  # (n, feature_dim)
+    kept: np.ndarray  # index into the input paths of each row
     unreadable: list[tuple[str, str, str]] = field(default_factory=list)  # (path, status, message)
 
 
@@ -52,52 +56,39 @@ class Evaluation:
     unreadable: list[tuple[str, str, str]]
 
 
-def _score_files(
-    bundle: ModelBundle,
-    paths: list[Path],
-    batch_size: int,
-    device: str,
+def network_outputs(
+    bundle: ModelBundle, paths: list[Path], batch_size: int, device: str,
     progress: Callable[[int], None] | None = None,
-) -> tuple[Scores, np.ndarray]:
-    """Decode and embed `paths` in batches; returns Scores and the indices of the files that decoded."""
+) -> Outputs:
+    """Decode (the one Decoder, with the model's settings) and embed `paths` a batch at a time."""
     from ..nn.runtime import predict_arrays
 
     cfg = bundle.config
-    opts = decode_options(cfg)
-    predicted, distances, head_p, kept, unreadable = [], [], [], [], []
-
-    def decode(path):
-        try:
-            return data.decode_image(path, bundle.input_size, bundle.channels, **opts), None
-        except data.DecodeError as exc:
-            return None, exc
-
-    with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
-        for start in range(0, len(paths), batch_size):
-            chunk = paths[start : start + batch_size]
-            arrays = []
-            for i, (arr, err) in enumerate(pool.map(decode, chunk), start=start):
-                if err is None:
-                    arrays.append(arr)
+    logits, feats, kept, unreadable = [], [], [], []
+    offset = 0
+    with Decoder(DecodeSettings.from_model(bundle)) as decoder:
+        for items, decoded in decoder.batches(paths, batch_size):
+            good = []
+            for i, (path, d) in enumerate(zip(items, decoded, strict=True), start=offset):
+                if d.ok:
+                    good.append(d.array)
                     kept.append(i)
                 else:
-                    unreadable.append((os.fsdecode(paths[i]), err.status, str(err)))
-            if arrays:
-                logits, feats = predict_arrays(bundle.model, np.stack(arrays), cfg["mean"], cfg["std"], device, batch_size)
-                predicted.append(logits.argmax(1))
-                distances.append(bundle.detector.distances(feats))
-                if bundle.head is not None:
-                    head_p.append(bundle.head.predict_proba(feats))
+                    unreadable.append((os.fsdecode(path), d.status, d.message))
+            offset += len(items)
+            if good:
+                lg, ft = predict_arrays(bundle.model, np.stack(good), cfg["mean"], cfg["std"], device, batch_size)
+                logits.append(lg)
+                feats.append(ft)
             if progress is not None:
-                progress(len(chunk))
-    k = len(bundle.class_names)
-    scores = Scores(
-        predicted=np.concatenate(predicted) if predicted else np.zeros(0, dtype=np.int64),
-        distances=np.concatenate(distances) if distances else np.zeros((0, k)),
-        head_p=(np.concatenate(head_p) if head_p else np.zeros(0)) if bundle.head is not None else None,
+                progress(len(items))
+    k, dim = len(bundle.class_names), int(cfg["feature_dim"])
+    return Outputs(
+        logits=np.concatenate(logits) if logits else np.zeros((0, k), np.float32),
+        features=np.concatenate(feats) if feats else np.zeros((0, dim), np.float32),
+        kept=np.array(kept, dtype=np.int64),
         unreadable=unreadable,
     )
-    return scores, np.array(kept, dtype=np.int64)
 
 
 def list_inputs(bundle: ModelBundle, in_dir: Path, ood_dir: Path) -> tuple[list[Path], np.ndarray, list[Path]]:
@@ -113,7 +104,9 @@ def list_inputs(bundle: ModelBundle, in_dir: Path, ood_dir: Path) -> tuple[list[
             f"(its classes: {', '.join(bundle.class_names)})"
         )
     in_paths = [e.path for fs in files for e in fs]
-    in_labels = np.array([bundle.class_names.index(n) for n, fs in zip(names, files) for _ in fs], dtype=np.int64)
+    in_labels = np.array(
+        [bundle.class_names.index(n) for n, fs in zip(names, files, strict=True) for _ in fs], dtype=np.int64
+    )
     if not Path(ood_dir).is_dir():
         raise EvaluateError(f"{ood_dir} does not exist or is not a folder")
     ood_paths = [e.path for e in data.walk_images(Path(ood_dir)) if not e.skip_reason]
@@ -125,7 +118,8 @@ def list_inputs(bundle: ModelBundle, in_dir: Path, ood_dir: Path) -> tuple[list[
 
 
 def available_methods(bundle: ModelBundle) -> list[str]:
-    return ["mahalanobis", "head", "both"] if bundle.head is not None else ["mahalanobis"]
+    """Every method the model serves (registry order): its detectors and the combinations of them."""
+    return registry.available_methods(bundle.detectors)
 
 
 def mahalanobis_sweep(bundle: ModelBundle, d_in: np.ndarray, d_ood: np.ndarray) -> dict[str, np.ndarray]:
@@ -143,6 +137,14 @@ def mahalanobis_sweep(bundle: ModelBundle, d_in: np.ndarray, d_ood: np.ndarray) 
     return {"fpr": np.array(fpr), "tpr": np.array(tpr), "setting": np.array(setting)}
 
 
+def score_roc(s_in: np.ndarray, s_ood: np.ndarray) -> dict[str, np.ndarray]:
+    """The plain ROC of a score (reject when score >= threshold), from (1, 1) down to (0, 0)."""
+    labels = np.r_[np.zeros(len(s_in)), np.ones(len(s_ood))]
+    fpr, tpr, thr = metrics.roc_curve(labels, np.r_[s_in, s_ood])
+    setting = np.array(["above_max" if np.isinf(t) else f"{t:.6g}" for t in thr])
+    return {"fpr": fpr[::-1], "tpr": tpr[::-1], "setting": setting[::-1]}
+
+
 def head_sweep(p_in: np.ndarray, p_ood: np.ndarray) -> dict[str, np.ndarray]:
     """ROC of the head as its sigmoid threshold moves (reject when p(belongs) <= threshold)."""
     labels = np.r_[np.zeros(len(p_in)), np.ones(len(p_ood))]
@@ -150,6 +152,15 @@ def head_sweep(p_in: np.ndarray, p_ood: np.ndarray) -> dict[str, np.ndarray]:
     setting = np.array(["below_min" if np.isinf(t) else f"{1.0 - t:.6g}" for t in thr])
     # From (1, 1) (threshold at or above every p) down to (0, 0), like the Mahalanobis sweep.
     return {"fpr": fpr[::-1], "tpr": tpr[::-1], "setting": setting[::-1]}
+
+
+def _curve(bundle: ModelBundle, name: str, o_in: Outputs, o_ood: Outputs, n_in: int, score: np.ndarray) -> dict:
+    if name == "mahalanobis":
+        det = bundle.detector
+        return mahalanobis_sweep(bundle, det.distances(o_in.features), det.distances(o_ood.features))
+    if name == "head":
+        return head_sweep(bundle.head.predict_proba(o_in.features), bundle.head.predict_proba(o_ood.features))
+    return score_roc(score[:n_in], score[n_in:])
 
 
 def evaluate(
@@ -175,34 +186,34 @@ def evaluate(
         if progress is not None:
             progress(done[0], total)
 
-    s_in, kept_in = _score_files(bundle, in_paths, batch_size, device, tick)
-    s_ood, _ = _score_files(bundle, ood_paths, batch_size, device, tick)
-    if not len(s_in.predicted):
+    o_in = network_outputs(bundle, in_paths, batch_size, device, tick)
+    o_ood = network_outputs(bundle, ood_paths, batch_size, device, tick)
+    if not len(o_in.kept):
         raise EvaluateError(f"no image in {in_dir} could be decoded")
-    if not len(s_ood.predicted):
+    if not len(o_ood.kept):
         raise EvaluateError(f"no image in {ood_dir} could be decoded")
-    y_true = in_labels[kept_in]
+    predicted = o_in.logits.argmax(1)
+    y_true = in_labels[o_in.kept]
     k = len(bundle.class_names)
+    n_in, n_ood = len(o_in.kept), len(o_ood.kept)
     results: dict = {
         "classification": {
-            "accuracy": metrics.accuracy(y_true, s_in.predicted),
-            "macro_f1": metrics.macro_f1(y_true, s_in.predicted, num_classes=k),
+            "accuracy": metrics.accuracy(y_true, predicted),
+            "macro_f1": metrics.macro_f1(y_true, predicted, num_classes=k),
         },
         "counts": {
-            "in_distribution": int(len(s_in.predicted)),
-            "out_of_distribution": int(len(s_ood.predicted)),
-            "unreadable": len(s_in.unreadable) + len(s_ood.unreadable),
+            "in_distribution": int(n_in),
+            "out_of_distribution": int(n_ood),
+            "unreadable": len(o_in.unreadable) + len(o_ood.unreadable),
         },
     }
-    thr = bundle.detector.thresholds_
-    maha = np.r_[(s_in.distances / thr).min(1), (s_ood.distances / thr).min(1)]
-    head = None
-    if bundle.head is not None:
-        head = (1.0 - np.r_[s_in.head_p, s_ood.head_p]) / (1.0 - bundle.head.threshold)
-    labels = np.r_[np.zeros(len(s_in.predicted)), np.ones(len(s_ood.predicted))]
+    features, logits = np.r_[o_in.features, o_ood.features], np.r_[o_in.logits, o_ood.logits]
+    needed = dict.fromkeys(name for m in methods for name in registry.members(m))
+    scores = {name: bundle.detectors[name].score(features=features, logits=logits) for name in needed}
+    labels = np.r_[np.zeros(n_in), np.ones(n_ood)]
     curves: dict[str, dict[str, np.ndarray]] = {}
     for method in methods:
-        score = maha if method == "mahalanobis" else head if method == "head" else np.maximum(maha, head)
+        score = registry.combine(method, scores)
         r = metrics.precision_recall_f1(labels, score > 1.0)
         r.update(
             auroc=metrics.auroc(labels, score),
@@ -210,13 +221,12 @@ def evaluate(
             fpr_at_95_tpr=metrics.fpr_at_tpr(labels, score, 0.95),
             false_reject_rate=float(np.mean(score[labels == 0] > 1.0)),
         )
-        if method == "mahalanobis":
-            curves[method] = mahalanobis_sweep(bundle, s_in.distances, s_ood.distances)
-            r["auroc_percentile_sweep"] = metrics.trapezoid_auc(curves[method]["fpr"], curves[method]["tpr"])
-        elif method == "head":
-            curves[method] = head_sweep(s_in.head_p, s_ood.head_p)
+        if method in registry.DETECTORS:
+            curves[method] = _curve(bundle, method, o_in, o_ood, n_in, score)
+            if method == "mahalanobis":
+                r["auroc_percentile_sweep"] = metrics.trapezoid_auc(curves[method]["fpr"], curves[method]["tpr"])
         results[method] = r
-    return Evaluation(results=results, curves=curves, unreadable=s_in.unreadable + s_ood.unreadable)
+    return Evaluation(results=results, curves=curves, unreadable=o_in.unreadable + o_ood.unreadable)
 
 
 # ---- curves on disk ----------------------------------------------------------------------
@@ -224,12 +234,12 @@ def write_curve_csv(curve: dict[str, np.ndarray], path: Path, setting_name: str)
     with open(path, "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow([setting_name, "fpr", "tpr"])
-        for s, f, t in zip(curve["setting"], curve["fpr"], curve["tpr"]):
+        for s, f, t in zip(curve["setting"], curve["fpr"], curve["tpr"], strict=True):
             w.writerow([s, f"{f:.6f}", f"{t:.6f}"])
     return path
 
 
-COLOURS = {"mahalanobis": (31, 119, 180), "head": (214, 39, 40)}
+COLOURS = {"mahalanobis": (31, 119, 180), "head": (214, 39, 40), "energy": (255, 127, 14), "knn": (148, 103, 189)}
 
 
 def plot_roc(curves: dict[str, tuple[np.ndarray, np.ndarray, str]], path: Path, title: str) -> Path:
@@ -262,7 +272,7 @@ def plot_roc(curves: dict[str, tuple[np.ndarray, np.ndarray, str]], path: Path, 
     for n, (name, (fpr, tpr, label)) in enumerate(curves.items()):
         colour = COLOURS.get(name, (44, 160, 44))
         order = np.lexsort((tpr, fpr))
-        d.line([xy(float(f), float(t)) for f, t in zip(fpr[order], tpr[order])], fill=colour, width=2)
+        d.line([xy(float(f), float(t)) for f, t in zip(fpr[order], tpr[order], strict=True)], fill=colour, width=2)
         ly = top + ph - 20 - 16 * n
         d.line([left + pw - 190, ly + 6, left + pw - 170, ly + 6], fill=colour, width=2)
         d.text((left + pw - 165, ly), label, fill="black", font=font)
@@ -280,7 +290,7 @@ def write_plots(evaluation: Evaluation, folder: Path) -> list[Path]:
     written = []
     labelled = {}
     for method, curve in evaluation.curves.items():
-        setting = "percentile" if method == "mahalanobis" else "sigmoid_threshold"
+        setting = CURVE_SETTINGS.get(method, "score_threshold")
         written.append(write_curve_csv(curve, folder / f"roc_{method}.csv", setting))
         label = f"{method} (area {metrics.trapezoid_auc(curve['fpr'], curve['tpr']):.3f})"
         labelled[method] = (curve["fpr"], curve["tpr"], label)

@@ -1,4 +1,7 @@
-"""`fit` end to end: read the class folders, train, embed, calibrate the detector.
+"""`fit` end to end: read the class folders, train, embed, fit and calibrate the detectors.
+
+Every unsupervised detector of the registry (detectors/registry.py) is fitted here, on the
+training split's deep features and logits; the supervised head only with a reject folder.
 
 Returns a ModelBundle ready to save, and a FitReport for the summary table.
 """
@@ -16,7 +19,7 @@ import numpy as np
 from .. import config as cfg
 from .. import data
 from ..store.artifact import ModelBundle
-from ..detectors import MahalanobisDetector
+from ..detectors import MahalanobisDetector, registry
 from .trainset import (  # noqa: F401  (FitError, decode_classes, detect_geometry: public here as before)
     FitError,
     ProgressCallback,
@@ -127,6 +130,29 @@ def warn_if_few_images(class_names: list[str], labels: np.ndarray, dim: int, cov
         )
 
 
+def fit_other_detectors(
+    percentile: float, feats: np.ndarray, logits: np.ndarray, labels: np.ndarray, fit_idx: np.ndarray,
+    val_idx: np.ndarray, num_classes: int, metrics: dict,
+) -> dict:
+    """Every unsupervised registered detector but Mahalanobis (fitted above, with its own
+    calibration), fitted on the training split; with held-out images, each calibrates itself
+    (detector.calibrate: energy shifts its threshold, KNN needs nothing: leave-one-out) and the
+    share of held-out images it rejects goes to metrics as val_rejected_fraction_<name>."""
+    out = {}
+    for cls in registry.unsupervised():
+        if cls is MahalanobisDetector:
+            continue
+        det = cls(percentile=percentile).fit(
+            features=feats[fit_idx], logits=logits[fit_idx], labels=labels[fit_idx], num_classes=num_classes
+        )
+        if len(val_idx):
+            metrics.update(det.calibrate(features=feats[val_idx], logits=logits[val_idx]))
+            rejected = det.predict(features=feats[val_idx], logits=logits[val_idx])
+            metrics[f"val_rejected_fraction_{cls.name}"] = float(np.mean(rejected))
+        out[cls.name] = det
+    return out
+
+
 def fit_model(
     train_dir: Path,
     config: cfg.FitConfig,
@@ -149,7 +175,7 @@ def fit_model(
         raise FitError(str(exc)) from None
     if len(class_names) < 2:
         log.warning("only one class (%s): the classifier learns nothing, the detector still works", class_names[0])
-    empty = [n for n, files in zip(class_names, class_files) if not files]
+    empty = [n for n, files in zip(class_names, class_files, strict=True) if not files]
     if empty:
         raise FitError(f"class {', '.join(repr(n) for n in empty)} has no image files; add images or remove the folder")
 
@@ -191,7 +217,7 @@ def fit_model(
 
     if progress is not None:
         progress("embed", 0, len(images), {})
-    _, feats = predict_arrays(model, images, mean, std, device)
+    logits, feats = predict_arrays(model, images, mean, std, device)
     if progress is not None:
         progress("embed", len(images), len(images), {})
     # With a validation split, the detector is fitted on the training split only, and the held-out
@@ -224,6 +250,12 @@ def fit_model(
                 100 * held_out_rate, 100 * nominal,
             )
     metrics["train_rejected_fraction"] = float(np.mean(detector.predict(feats)))
+    detectors = {
+        "mahalanobis": detector,
+        **fit_other_detectors(
+            config.percentile, feats, logits, labels, fit_idx, result.val_indices, len(class_names), metrics
+        ),
+    }
 
     counts = np.bincount(labels, minlength=len(class_names)).tolist()
     model_config = {
@@ -254,7 +286,7 @@ def fit_model(
         head, head_metrics = train_head(feats, reject_feats)
         model_config["head"] = head_config(reject_dir, head_metrics, len(rejects_skipped))
     model.to("cpu").eval()
-    bundle = ModelBundle(config=model_config, model=model, detector=detector, head=head)
+    bundle = ModelBundle(config=model_config, model=model, detectors=detectors, head=head)
     report = FitReport(
         class_names=class_names,
         images_per_class=counts,

@@ -1,12 +1,25 @@
-"""The saved model: a directory of JSON, safetensors and a pickle-free npz.
+"""The saved model: a directory of JSON, safetensors and pickle-free npz files.
+
+(Over 400 lines: saving and loading share the file names, the fingerprint and the
+interrupted-save recovery, and are kept side by side so the two cannot drift apart; the
+per-detector encoding lives in detector_state.py.)
 
     model/
       config.json          format_version, versions, preprocessing, class names, settings, metrics,
                            and the fingerprint: sha256 of the other files' sha256 (also under "files")
       weights.safetensors  classifier state dict (backbone + linear layer)
       detector.npz         Mahalanobis means, precisions, thresholds (np.load(allow_pickle=False))
+      detector-energy.npz  the energy detector (detectors/energy.py), and
+      detector-knn.npz     the KNN detector's feature bank (detectors/knn.py); config.json lists
+                           such detectors under "detectors" (name -> file, settings). Models
+                           saved before they existed lack them and still load: those methods are
+                           then unavailable, with a message naming `imgclean fit` to refit
       head.safetensors     optional supervised reject head (tensors named head.*); config.json
                            then has a "head" entry with its settings and training metrics
+
+Which detectors and files there are comes from detectors/registry.py: each detector's state is
+its to_arrays() (an npz, or safetensors for the head) and settings() (config.json), and it is
+rebuilt with from_state() after its own check_state() on load. The fingerprint covers them all.
 
 Saving writes a new directory beside the target and renames it into place, so a crash leaves
 either the old model or the new one; files in the old directory that imgclean did not write are
@@ -20,7 +33,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
-import io
 import json
 import logging
 import os
@@ -32,25 +44,26 @@ from importlib import metadata
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
-
 from .. import __version__
 from ..config import decode_options
-from ..detectors import MahalanobisDetector, RejectHead
+from ..detectors import Detector, MahalanobisDetector, RejectHead, registry
 from ..fileops import fsync_dir
+from .detector_state import build_detectors, encode_state, missing_state_message, parse_states
 from .model_carry import carry_foreign, clear_backup
 from .model_files import (  # noqa: F401  (re-exported: the public names of a model directory)
-    CONFIG_FILE, DETECTOR_FILE, FORMAT_VERSION, HEAD_FILE, OWN_FILES, REQUIRED_KEYS, WEIGHTS_FILE,
-    ModelError, check_config, check_head_tensors, open_model_dir, parse_config, parse_detector_arrays,
-    read_model_file, safetensors_index,
+    CONFIG_FILE, DETECTOR_FILE, FORMAT_VERSION, HEAD_FILE, LEGACY_DETECTORS, OWN_FILES, REQUIRED_KEYS,
+    WEIGHTS_FILE, ModelError, check_config, check_head_tensors, detector_entries, open_model_dir, parse_config,
+    parse_detector_arrays, read_model_file, safetensors_index,
 )
 
 log = logging.getLogger(__name__)
 
 
 class ModelBundle:
-    """Everything `scan` needs: settings, the network and the fitted detector.
+    """Everything `scan` needs: settings, the network and the fitted detectors.
 
+    `detectors` maps registry names to fitted detectors; `detector` (Mahalanobis, always there)
+    and `head` (the optional supervised head; config["head"] describes it) are two of them.
     `model` may be given as None with a `loader`: the network (and torch) is then loaded on the
     first access of `bundle.model`, so a scan whose every file is a cache hit never imports torch.
     """
@@ -58,11 +71,15 @@ class ModelBundle:
     def __init__(
         self, config: dict, model: object = None, detector: MahalanobisDetector | None = None,
         path: Path | None = None, head: RejectHead | None = None, loader: Callable[[], object] | None = None,
+        detectors: dict[str, Detector] | None = None,
     ):
         self.config = config
-        self.detector = detector
+        self.detectors: dict[str, Detector] = dict(detectors or {})
+        if detector is not None:
+            self.detectors["mahalanobis"] = detector
+        if head is not None:
+            self.detectors["head"] = head
         self.path = path
-        self.head = head  # the optional supervised head; config["head"] describes it
         self._loader = loader
         if model is not None:
             self.__dict__["model"] = model  # where cached_property keeps its value
@@ -78,6 +95,32 @@ class ModelBundle:
     @property
     def model_loaded(self) -> bool:
         return "model" in self.__dict__
+
+    @property
+    def detector(self) -> MahalanobisDetector | None:
+        return self.detectors.get("mahalanobis")  # type: ignore[return-value]
+
+    @detector.setter
+    def detector(self, value: MahalanobisDetector | None) -> None:
+        self._set("mahalanobis", value)
+
+    @property
+    def head(self) -> RejectHead | None:
+        return self.detectors.get("head")  # type: ignore[return-value]
+
+    @head.setter
+    def head(self, value: RejectHead | None) -> None:
+        self._set("head", value)
+
+    def _set(self, name: str, value) -> None:
+        if value is None:
+            self.detectors.pop(name, None)
+        else:
+            self.detectors[name] = value
+
+    def available_methods(self) -> list[str]:
+        """The --method values this model can serve (detectors/registry.py)."""
+        return registry.available_methods(self.detectors)
 
     @property
     def class_names(self) -> list[str]:
@@ -117,8 +160,11 @@ def package_versions() -> dict[str, str | None]:
 
 
 def _fingerprint(digests: dict[str, str]) -> str:
-    """The fingerprint of a model's files (unchanged since format 1): weights, detector, head."""
-    names = [n for n in (WEIGHTS_FILE, DETECTOR_FILE, HEAD_FILE) if n in digests]
+    """The fingerprint of a model's files (unchanged since format 1): weights, detector.npz,
+    head.safetensors, then the newer detectors' files in registry order (detector-energy.npz,
+    detector-knn.npz), each where present: a model without the newer files keeps its fingerprint."""
+    order = [WEIGHTS_FILE, DETECTOR_FILE, HEAD_FILE, *(f for f in registry.state_files() if f not in (DETECTOR_FILE, HEAD_FILE))]
+    names = [n for n in order if n in digests]
     return hashlib.sha256("".join(digests[n] for n in names).encode()).hexdigest()[:16]
 
 
@@ -180,15 +226,22 @@ def _serialise(bundle: ModelBundle) -> tuple[dict, dict[str, bytes]]:
 
     state = {k: v.detach().cpu().contiguous() for k, v in bundle.model.state_dict().items()}
     blobs = {WEIGHTS_FILE: safetensors_bytes(state)}
-    buf = io.BytesIO()
-    np.savez(buf, **bundle.detector.to_arrays())
-    blobs[DETECTOR_FILE] = buf.getvalue()
+    if bundle.detector is None:
+        raise ValueError("a model needs its Mahalanobis detector")
     config = dict(bundle.config)
-    if bundle.head is not None:
-        blobs[HEAD_FILE] = safetensors_bytes(bundle.head.state_tensors())
-        config["head"] = {**(config.get("head") or {}), "file": HEAD_FILE, "settings": bundle.head.settings()}
-    else:
+    if bundle.head is None:
         config.pop("head", None)
+    extra = {}
+    for name, det in bundle.detectors.items():
+        blobs[det.state_file] = encode_state(det)
+        if name == "head":
+            config["head"] = {**(config.get("head") or {}), "file": HEAD_FILE, "settings": det.settings()}
+        elif name not in LEGACY_DETECTORS:
+            extra[name] = {"file": det.state_file, "settings": det.settings()}
+    if extra:
+        config["detectors"] = {name: extra[name] for name in registry.DETECTORS if name in extra}
+    else:
+        config.pop("detectors", None)
     digests = {name: hashlib.sha256(blob).hexdigest() for name, blob in blobs.items()}
     config.update(
         format_version=FORMAT_VERSION,
@@ -217,7 +270,7 @@ def save_model(bundle: ModelBundle, target: Path, force: bool = False) -> Path:
     tmp = _new_name(target.parent, f".{target.name}.tmp-", create=True)
     old, carried = None, []
     try:
-        for name in (WEIGHTS_FILE, DETECTOR_FILE, HEAD_FILE, CONFIG_FILE):
+        for name in (WEIGHTS_FILE, *registry.state_files(), CONFIG_FILE):
             if name in blobs:
                 _write_new(tmp / name, blobs[name])
         if target.exists():
@@ -255,12 +308,11 @@ def _recover_interrupted_save(target: Path) -> None:
 # ----------------------------------------------------------------------------- loading
 @dataclass(frozen=True)
 class _Snapshot:
-    """The bytes of a model directory, read once."""
+    """The bytes of a model directory, read once: config, weights, and each detector's file by name."""
 
     config: dict
     weights: bytes
-    detector: bytes
-    head: bytes | None
+    states: dict[str, bytes]
 
 
 def _open(path: Path) -> int:
@@ -299,24 +351,23 @@ def read_config(path: Path) -> dict:
         os.close(fd)
 
 
-def _read_snapshot(path: Path) -> tuple[_Snapshot, dict[str, np.ndarray]]:
+def _read_snapshot(path: Path) -> tuple[_Snapshot, dict[str, object]]:
     """Every file the model needs, read once through one descriptor of the directory and checked
-    against each other and the fingerprint; returns the snapshot and the detector's arrays."""
+    against each other and the fingerprint; returns the snapshot and each detector's parsed state."""
     fd = _open(path)
     try:
         config = _read_config(fd, path)
-        detector = _read(fd, path, DETECTOR_FILE, f"{path} has no {DETECTOR_FILE}")
-        head = None
-        if config.get("head"):
-            head = _read(fd, path, HEAD_FILE, f"{path} has no {HEAD_FILE} though {CONFIG_FILE} names a head; run `imgclean fit-head` again")
+        states = {
+            name: _read(fd, path, entry["file"], missing_state_message(path, name, entry["file"]))
+            for name, entry in detector_entries(config).items()
+        }
         weights = _read(fd, path, WEIGHTS_FILE, f"{path} has no {WEIGHTS_FILE}")
     finally:
         os.close(fd)
-    arrays = parse_detector_arrays(detector, config, os.fspath(path / DETECTOR_FILE))
-    if head is not None:
-        check_head_tensors(head, config, os.fspath(path / HEAD_FILE))
+    snapshot = _Snapshot(config, weights, states)
+    parsed = parse_states(config, states, path)
     safetensors_index(weights, os.fspath(path / WEIGHTS_FILE))
-    blobs = {WEIGHTS_FILE: weights, DETECTOR_FILE: detector, **({HEAD_FILE: head} if head is not None else {})}
+    blobs = {WEIGHTS_FILE: weights, **{registry.DETECTORS[n].state_file: raw for n, raw in states.items()}}
     digests = {name: hashlib.sha256(blob).hexdigest() for name, blob in blobs.items()}
     if _fingerprint(digests) != config["fingerprint"]:
         recorded = config.get("files") or {}
@@ -326,18 +377,43 @@ def _read_snapshot(path: Path) -> tuple[_Snapshot, dict[str, np.ndarray]]:
             f"{path}: {what} not match the fingerprint in {CONFIG_FILE} (from another model, or changed "
             "after saving); retrain or restore the model"
         )
-    return _Snapshot(config, weights, detector, head), arrays
+    return snapshot, parsed
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What `imgclean info` shows, read torch-free: the checked config, the Mahalanobis
+    thresholds, and name -> settings of every detector the model has (registry order)."""
+
+    config: dict
+    thresholds: list[float]
+    detectors: dict[str, dict]
+
+    @property
+    def methods(self) -> list[str]:
+        return registry.available_methods(self.detectors)
+
+
+def inspect_model(path: Path) -> ModelInfo:
+    """The model's config, thresholds and detectors (config.json and detector.npz; no torch)."""
+    path = Path(path)
+    config = read_config(path)
+    detector = load_detector(path, config)
+    entries = detector_entries(config)
+    settings = {name: dict(entry["settings"]) for name, entry in entries.items()}
+    settings["mahalanobis"] = detector.settings()
+    return ModelInfo(config, detector.thresholds_.tolist(), settings)
 
 
 def load_detector(path: Path, config: dict) -> MahalanobisDetector:
-    """The detector of a model directory, checked against `config` (torch-free; for `info`)."""
+    """The Mahalanobis detector of a model directory, checked against `config` (torch-free)."""
     path = Path(path)
     fd = _open(path)
     try:
         raw = _read(fd, path, DETECTOR_FILE, f"{path} has no {DETECTOR_FILE}")
     finally:
         os.close(fd)
-    return MahalanobisDetector.from_arrays(parse_detector_arrays(raw, config, os.fspath(path / DETECTOR_FILE)))
+    return MahalanobisDetector.from_state(parse_detector_arrays(raw, config, os.fspath(path / DETECTOR_FILE)))
 
 
 def load_model(path: Path, device: str = "cpu", lazy: bool = False) -> ModelBundle:
@@ -350,31 +426,20 @@ def load_model(path: Path, device: str = "cpu", lazy: bool = False) -> ModelBund
     path = Path(path)
     _recover_interrupted_save(path.absolute())
     try:
-        snapshot, arrays = _read_snapshot(path)
+        snapshot, parsed = _read_snapshot(path)
     except ModelError as exc:
         log.debug("reading %s again: %s", path, exc)
-        snapshot, arrays = _read_snapshot(path)
+        snapshot, parsed = _read_snapshot(path)
     config = snapshot.config
-    detector = MahalanobisDetector.from_arrays(arrays)
-    head = _build_head(snapshot.head, config, path / HEAD_FILE) if snapshot.head is not None else None
+    detectors = build_detectors(parsed, config, path)
     weights = snapshot.weights
     bundle = ModelBundle(
-        config=config, detector=detector, path=path, head=head,
+        config=config, path=path, detectors=detectors,
         loader=lambda: _build_network(weights, config, device, path / WEIGHTS_FILE),
     )
     if not lazy:
         bundle.model
     return bundle
-
-
-def _build_head(raw: bytes, config: dict, file: Path) -> RejectHead:
-    from safetensors import SafetensorError
-    from safetensors.torch import load
-
-    try:
-        return RejectHead.from_state(load(raw), config["head"].get("settings") or {})
-    except (SafetensorError, ValueError, KeyError, RuntimeError) as exc:
-        raise ModelError(f"{file} is damaged or not an imgclean head ({exc}); run `imgclean fit-head` again") from None
 
 
 def _build_network(weights: bytes, config: dict, device: str, file: Path):

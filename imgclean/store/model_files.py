@@ -4,7 +4,9 @@ Every file is opened relative to one descriptor of the model directory, without 
 link and without blocking (a FIFO would hang a plain open), checked to be a regular file of a
 plausible size, and read whole. Then each is checked for what imgclean needs of it: config.json
 field by field (type and range), detector.npz array by array, and the two safetensors files by
-their headers. Every problem is a ModelError with one line that names the file and the fault.
+their headers, and each other detector's npz (detector-<name>.npz) by the pickle-free reader here
+and the detector's own check_state. Every problem is a ModelError with one line that names the
+file and the fault.
 """
 from __future__ import annotations
 
@@ -18,22 +20,31 @@ import zipfile
 
 import numpy as np
 
+from ..detectors import registry
+from ..errors import ImgcleanError
+
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "weights.safetensors"
-DETECTOR_FILE = "detector.npz"
-HEAD_FILE = "head.safetensors"
-OWN_FILES = (CONFIG_FILE, WEIGHTS_FILE, DETECTOR_FILE, HEAD_FILE)  # all that imgclean writes in a model dir
+DETECTOR_FILE = registry.DETECTORS["mahalanobis"].state_file  # detector.npz
+HEAD_FILE = registry.DETECTORS["head"].state_file  # head.safetensors
+# The detectors that config.json describes in its own entries (format 1): mahalanobis is always
+# there; the head when config["head"] is set. Every other detector is listed in config["detectors"].
+LEGACY_DETECTORS = ("mahalanobis", "head")
+# all that imgclean writes in a model dir: config, weights and every registered detector's file
+OWN_FILES = (CONFIG_FILE, WEIGHTS_FILE, *registry.state_files())
 REQUIRED_KEYS = ("format_version", "arch", "input_size", "channels", "mean", "std", "class_names", "feature_dim")
 MiB, GiB = 1 << 20, 1 << 30
 # Far beyond any real model, small enough to stop /dev/zero-like files and mistakes early.
-SIZE_LIMITS = {CONFIG_FILE: 16 * MiB, DETECTOR_FILE: 8 * GiB, HEAD_FILE: 1 * GiB, WEIGHTS_FILE: 32 * GiB}
+SIZE_LIMITS = {
+    CONFIG_FILE: 16 * MiB, HEAD_FILE: 1 * GiB, WEIGHTS_FILE: 32 * GiB,
+    **{name: 8 * GiB for name in registry.state_files() if name.endswith(".npz")},
+}
 INPUT_SIZE_RANGE = (8, 4096)
 DETECTOR_ARRAYS = (
     "percentile", "covariance", "threshold_scale", "means", "precisions", "shrinkage",
     "class_counts", "thresholds", "train_distances", "train_labels",
 )
-from ..errors import ImgcleanError
 SAFETENSORS_DTYPES = {
     "BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "I16": 2, "U16": 2, "F16": 2,
     "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8,
@@ -185,30 +196,86 @@ def check_config(config: dict, shown: str) -> None:
         threshold = settings.get("threshold", 0.5)
         if not (_is_number(threshold) and 0 < threshold < 1):
             raise bad("head.settings.threshold", "must be a number in (0, 1)", threshold)
+    check_detector_entries(config, shown)
+
+
+def check_detector_entries(config: dict, shown: str) -> None:
+    """config["detectors"]: name -> {"file": its registered file, "settings": {...}} per detector
+    beyond the legacy two; a name this imgclean does not know means a newer imgclean wrote it."""
+    entries = config.get("detectors")
+    if entries is None:
+        return
+    if not isinstance(entries, dict):
+        raise ModelError(f"{shown}: detectors must be an object (found {json.dumps(entries)[:60]})")
+    for name, entry in entries.items():
+        if name not in registry.DETECTORS:
+            from .. import __version__
+
+            raise ModelError(
+                f"{shown} names a detector {name!r} that this imgclean ({__version__}) does not know; upgrade imgclean"
+            )
+        cls = registry.DETECTORS[name]
+        if name in LEGACY_DETECTORS or not isinstance(entry, dict) or entry.get("file") != cls.state_file \
+                or not isinstance(entry.get("settings") or {}, dict):
+            raise ModelError(
+                f"{shown}: detectors.{name} must be an object with file {cls.state_file!r} and a settings object "
+                f"(found {json.dumps(entry)[:60]})"
+            )
+
+
+def detector_entries(config: dict) -> dict[str, dict]:
+    """name -> {"file", "settings"} of every detector the model has (config checked already), registry order."""
+    entries = {"mahalanobis": {"file": DETECTOR_FILE, "settings": {}}}
+    if config.get("head"):
+        entries["head"] = {"file": HEAD_FILE, "settings": config["head"].get("settings") or {}}
+    for name, entry in (config.get("detectors") or {}).items():
+        entries[name] = {"file": entry["file"], "settings": entry.get("settings") or {}}
+    return {name: entries[name] for name in registry.DETECTORS if name in entries}
 
 
 # ----------------------------------------------------------------------------- detector.npz
-def parse_detector_arrays(raw: bytes, config: dict, shown: str) -> dict[str, np.ndarray]:
-    """The detector's arrays, checked for names, dtypes, shapes, finiteness and fit to config."""
+def read_npz(raw: bytes, shown: str, limit: int, required: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
+    """Every array of an npz archive, read without pickle; ModelError "... is not a valid detector file"."""
     if raw[:4] != b"PK\x03\x04":
         raise ModelError(f"{shown} is not a valid detector file (not an npz archive)")
     try:
         with zipfile.ZipFile(io.BytesIO(raw)) as archive:
             unpacked = sum(info.file_size for info in archive.infolist())
-        if unpacked > SIZE_LIMITS[DETECTOR_FILE]:
+        if unpacked > limit:
             raise ModelError(f"{shown} is not a valid detector file (it unpacks to {unpacked} bytes)")
         with np.load(io.BytesIO(raw), allow_pickle=False) as npz:
-            missing = [k for k in DETECTOR_ARRAYS if k not in npz.files]
+            missing = [k for k in required if k not in npz.files]
             if missing:
                 raise ModelError(f"{shown} is not a valid detector file (it lacks {', '.join(missing)})")
-            arrays = {k: npz[k] for k in DETECTOR_ARRAYS}
+            arrays = {k: npz[k] for k in npz.files}
     except ModelError:
         raise
     except Exception as exc:  # zipfile, npy header and dtype errors come in many classes
         text = str(exc)
         reason = "it holds Python objects, which imgclean never loads" if "pickle" in text.lower() else f"damaged: {text[:120]}"
         raise ModelError(f"{shown} is not a valid detector file ({reason})") from None
+    return arrays
+
+
+def parse_detector_arrays(raw: bytes, config: dict, shown: str) -> dict[str, np.ndarray]:
+    """The Mahalanobis detector's arrays, checked for names, dtypes, shapes, finiteness and fit to config."""
+    arrays = read_npz(raw, shown, SIZE_LIMITS[DETECTOR_FILE], DETECTOR_ARRAYS)
+    arrays = {k: arrays[k] for k in DETECTOR_ARRAYS}
     check_detector_arrays(arrays, config, shown)
+    return arrays
+
+
+def parse_state_arrays(raw: bytes, name: str, config: dict, shown: str) -> dict[str, np.ndarray]:
+    """The arrays of detector `name`'s npz, checked by the detector itself (dtypes, shapes, finite)."""
+    cls = registry.DETECTORS[name]
+    arrays = read_npz(raw, shown, SIZE_LIMITS.get(cls.state_file, 8 * GiB))
+    for key, a in arrays.items():
+        if a.dtype.kind not in "fiu":
+            raise ModelError(f"{shown} is not a valid detector file ({key} has dtype {a.dtype}); refit the model with `imgclean fit`")
+    try:
+        cls.check_state(arrays, config["feature_dim"], len(config["class_names"]))
+    except ValueError as exc:
+        raise ModelError(f"{shown} is not a valid {name} detector file ({exc}); refit the model with `imgclean fit`") from None
     return arrays
 
 

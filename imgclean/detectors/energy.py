@@ -1,0 +1,131 @@
+"""The energy score (Liu, Wang, Owens and Li, 2020, "Energy-based out-of-distribution detection").
+
+E(x) = -T * logsumexp(logits(x) / T), with T = 1 as in the paper: low energy = the classifier is
+confident that x is one of its classes; higher energy = more out-of-distribution. It needs only
+the classifier's logits, no feature statistics.
+
+Threshold: t = the model's percentile (97.5 by default) of the training images' energies. E can
+be negative (it usually is), so the score is not a ratio but a shift:
+
+    score = 1 + (E - t) / s,   s = t - median(training energies)
+
+s is the distance from a typical training image to the threshold, a positive spread of the
+training energies (should it be 0 up to rounding, their standard deviation; should that be 0 too,
+1). The score is monotone in E, is > 1 exactly when E > t, is 0 for the median training image and
+grows by 1 per s of energy beyond the threshold, so it sits on a scale like the Mahalanobis
+ratio's (typical in-distribution images well below 1).
+
+Calibration: the network is trained on the very images whose energies set t, and its logits are
+more confident on them than on new images of the same classes, so t is optimistic. With held-out
+images `calibrate()` raises t by max(0, median(held-out E) - median(training E)), the additive
+counterpart (E is a log) of the Mahalanobis threshold_scale; s is left as it was.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .base import Detector, NotFittedError, check_features, scalar
+
+
+def energy(logits, temperature: float = 1.0) -> np.ndarray:
+    """-T * logsumexp(logits / T) per row, computed stably (float64)."""
+    z = check_features(logits, name="logits") / temperature
+    m = z.max(axis=1)
+    return -temperature * (m + np.log(np.exp(z - m[:, None]).sum(axis=1)))
+
+
+class EnergyDetector(Detector):
+    """Fit on the training logits; score(logits=...) -> 1 + (E - t) / s (> 1 = rejected)."""
+
+    name = "energy"
+    inputs = ("logits",)
+    supervised = False
+    state_file = "detector-energy.npz"
+    summary = "1 + (energy - threshold) / spread, energy = -logsumexp(logits)"
+
+    def __init__(self, percentile: float = 97.5, temperature: float = 1.0):
+        self.percentile = percentile
+        self.temperature = temperature
+
+    def fit(self, features=None, labels=None, *, logits=None, num_classes: int | None = None) -> "EnergyDetector":
+        if not 0.0 < self.percentile < 100.0:
+            raise ValueError(f"percentile must be between 0 and 100, got {self.percentile}")
+        if not (np.isfinite(self.temperature) and self.temperature > 0):
+            raise ValueError(f"temperature must be a positive number, got {self.temperature}")
+        e = energy(logits, self.temperature)
+        if len(e) == 0:
+            raise ValueError("the energy detector needs at least one training image")
+        self.classes_ = int(np.asarray(logits).shape[1])
+        self.train_median_ = float(np.median(e))
+        self.base_threshold_ = float(np.percentile(e, self.percentile))
+        tiny = 1e-9 * max(1.0, abs(self.base_threshold_))  # below this, a spread is rounding noise
+        spread = self.base_threshold_ - self.train_median_
+        if not spread > tiny:
+            spread = float(np.std(e))
+        self.spread_ = spread if spread > tiny else 1.0
+        self.shift_ = 0.0
+        return self
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "spread_"):
+            raise NotFittedError("this EnergyDetector is not fitted yet; call fit() first")
+
+    @property
+    def threshold_(self) -> float:
+        return self.base_threshold_ + self.shift_
+
+    def calibrate(self, features=None, logits=None) -> dict:
+        """Raise the threshold by max(0, median(held-out energies) - median(training energies))."""
+        self._check_fitted()
+        e = self.energies(logits)
+        if len(e) == 0:
+            return {}
+        self.shift_ = max(0.0, float(np.median(e)) - self.train_median_)
+        return {"energy_threshold_shift": self.shift_}
+
+    def energies(self, logits) -> np.ndarray:
+        self._check_fitted()
+        z = check_features(logits, name="logits", dim=self.classes_)
+        return energy(z, self.temperature)
+
+    def score(self, features=None, logits=None) -> np.ndarray:
+        return 1.0 + (self.energies(logits) - self.threshold_) / self.spread_
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        self._check_fitted()
+        return {
+            "percentile": np.array(float(self.percentile)),
+            "temperature": np.array(float(self.temperature)),
+            "classes": np.array(self.classes_, dtype=np.int64),
+            "train_median": np.array(self.train_median_),
+            "base_threshold": np.array(self.base_threshold_),
+            "shift": np.array(self.shift_),
+            "spread": np.array(self.spread_),
+        }
+
+    def settings(self) -> dict:
+        self._check_fitted()
+        return {"percentile": float(self.percentile), "temperature": float(self.temperature),
+                "threshold": self.threshold_, "threshold_shift": self.shift_, "spread": self.spread_}
+
+    @classmethod
+    def from_state(cls, arrays, settings: dict | None = None) -> "EnergyDetector":
+        det = cls(percentile=float(arrays["percentile"]), temperature=float(arrays["temperature"]))
+        det.classes_ = int(arrays["classes"])
+        det.train_median_ = float(arrays["train_median"])
+        det.base_threshold_ = float(arrays["base_threshold"])
+        det.shift_ = float(arrays["shift"])
+        det.spread_ = float(arrays["spread"])
+        return det
+
+    @classmethod
+    def check_state(cls, arrays, feature_dim: int, num_classes: int) -> None:
+        scalar(arrays, "percentile", low=0, high=100)
+        scalar(arrays, "temperature", low=0)
+        classes = scalar(arrays, "classes", kind="i")
+        if classes != num_classes:
+            raise ValueError(f"it was fitted on {classes:g} classes, the model has {num_classes}")
+        for key in ("train_median", "base_threshold"):
+            scalar(arrays, key)
+        scalar(arrays, "shift", low=0, low_open=False)
+        scalar(arrays, "spread", low=0)

@@ -18,7 +18,6 @@ from ..errors import ImgcleanError
 from .pretrained import PretrainedError, load_pretrained
 # Where a model runs is the runtime's decision (nn.runtime); the name stays importable from here
 # for callers written before it moved (pipeline.fit, cli.common).
-from .runtime import pick_device  # noqa: F401
 
 log = logging.getLogger(__name__)
 

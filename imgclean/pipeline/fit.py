@@ -164,8 +164,8 @@ def fit_model(
     With `reject_dir`, also train the supervised reject head on the frozen features
     (training images = 1, the images of reject_dir = 0).
     """
-    from ..nn.models import build_model, pick_device
-    from ..nn.runtime import predict_arrays
+    from ..nn.models import build_model
+    from ..nn.runtime import pick_device, predict_arrays
     from ..nn.training import channel_stats, seed_everything, train_classifier
 
     started = time.perf_counter()

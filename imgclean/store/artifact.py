@@ -1,8 +1,8 @@
 """The saved model: a directory of JSON, safetensors and pickle-free npz files.
 
-(Over 400 lines: saving and loading share the file names, the fingerprint and the
+Longer than 400 lines: saving and loading share the file names, the fingerprint and the
 interrupted-save recovery, and are kept side by side so the two cannot drift apart; the
-per-detector encoding lives in detector_state.py.)
+per-detector encoding lives in detector_state.py.
 
     model/
       config.json          format_version, versions, preprocessing, class names, settings, metrics,

@@ -47,7 +47,7 @@ def scan(
     fail_on_skip: FailOnSkip = False,
     keep_unreadable: KeepUnreadable = False,
     batch_size: int = typer.Option(256, min=1, help="Images scored per batch."),
-    method: Method = typer.Option(Method.mahalanobis, "--method", help="Who decides: the Mahalanobis thresholds, the supervised head (needs `fit-head`), or both (rejected when either rejects)."),
+    method: Method = typer.Option(Method.mahalanobis, "--method", help="Who decides: the Mahalanobis thresholds (the paper), the energy score of the logits, the k-nearest-neighbour distance of the features, the supervised head (needs `fit-head`), or both (Mahalanobis or head rejects)."),
     device: Device = typer.Option(Device.auto, help="Where to run the model (auto: a GPU when there is one)."),
     quiet: Quiet = False,
     verbose: Verbose = False,

@@ -5,7 +5,7 @@ group of commands; what they share (app, consoles, exit codes, checks) is in com
 """
 from __future__ import annotations
 
-from . import train, scan, apply, model, review, init_config  # noqa: F401  (registers the commands, in help order)
+from . import train, scan, apply, audit, model, review, init_config  # noqa: F401  (registers the commands, in help order)
 from .common import (  # noqa: F401  (the public names of imgclean.cli)
     EXIT_ERROR, EXIT_INTERRUPTED, EXIT_LOCKED, EXIT_OK, EXIT_REJECTED, EXIT_SKIPPED, EXIT_TERMINATED, EXIT_USAGE,
     Device, Method, app, resolve_device,

@@ -1,0 +1,211 @@
+"""audit: check a training folder for wrong labels, foreign pictures, duplicates, unreadable files."""
+from __future__ import annotations
+
+import contextlib
+import os
+from enum import Enum
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from ..detectors.registry import unsupervised
+from .common import (
+    EXIT_ERROR, EXIT_OK, EXIT_REJECTED, Device, command, err, fail, make_progress, os_error, out, print_json,
+    resolve_device, setup_logging, usage_error,
+)
+from .options import DryRun, JsonOut, KeepUnreadable, Quiet, Verbose, config_option
+from .runs import StopFlag, check_html_output, check_move_target, check_report_output
+
+# The audit's methods: the detectors fitted from the training images alone (detectors/registry.py).
+AuditMethod = Enum("AuditMethod", {cls.name: cls.name for cls in unsupervised()}, type=str)
+ISSUE_NAMES = ("label_issue", "outlier", "duplicate", "unreadable")
+SHOWN_PER_ISSUE = 10  # findings listed per issue on the terminal (all of them with -v)
+
+
+def _parse_issues(value: str) -> tuple[str, ...]:
+    issues = tuple(dict.fromkeys(v.strip() for v in value.split(",") if v.strip()))
+    unknown = [i for i in issues if i not in ISSUE_NAMES]
+    if unknown or not issues:
+        raise usage_error(f"--move-issues takes a comma-separated list of {', '.join(ISSUE_NAMES)}; got {value!r}")
+    return issues
+
+
+class _Progress:
+    """The terminal's progress callback for run_audit: decode, hashing, folds (epochs), near search."""
+
+    def __init__(self, progress):
+        self.progress = progress
+        self.tasks: dict[str, object] = {}
+
+    def __call__(self, stage: str, done: int, total: int, info: dict) -> None:
+        p = self.progress
+        if stage == "fold":
+            epochs = max(1, int(info.get("epochs") or 1))
+            if "fold" not in self.tasks:
+                self.tasks["fold"] = p.add_task("cross-fitting", total=total * epochs, info="")
+            task = self.tasks["fold"]
+            p.update(task, total=total * epochs, completed=min(done, total - 1) * epochs + int(info.get("epoch", 0))
+                     if done < total else total * epochs, info=f"fold {min(done + 1, total)}/{total}")
+            return
+        label = {"decode": "decoding", "hash": "hashing", "near": "near duplicates"}.get(stage, stage)
+        if stage not in self.tasks:
+            self.tasks[stage] = p.add_task(label, total=total, info="")
+        p.update(self.tasks[stage], completed=done, total=total)
+
+
+@command()
+def audit(
+    ctx: typer.Context,
+    train_dir: Path = typer.Argument(..., help="Training folder to check: one sub-folder per class, as for `fit`."),
+    model: Optional[Path] = typer.Option(None, "-m", "--model", help="A model made by `imgclean fit` on this folder: the folds are trained with its settings (architecture, input size, epochs, lambda...) and its features find near duplicates. It never scores its own training images [default: fit's defaults]."),
+    report: Optional[Path] = typer.Option(None, "--report", help="Write one record per file to this .csv or .jsonl (JSON lines) file."),
+    html: Optional[Path] = typer.Option(None, "--html", help="Write a self-contained HTML review page of the findings (thumbnails; duplicates side by side)."),
+    json_out: JsonOut = False,
+    folds: int = typer.Option(4, "--folds", min=2, help="Cross-fitting folds: each image is judged by a model trained on the other folds."),
+    method: AuditMethod = typer.Option("mahalanobis", "--method", help="Detector for foreign pictures, fitted per fold on the other folds' features."),
+    percentile: float = typer.Option(99.5, "--percentile", min=50.0, max=99.99, help="Detector threshold percentile: higher flags fewer outliers."),
+    trim: float = typer.Option(0.02, "--trim", min=0.0, max=0.2, help="Share of each fold's training images left out of the detector's second fit (a folder's own foreign pictures would widen it)."),
+    near_threshold: float = typer.Option(0.998, "--near-threshold", min=0.5, max=1.0, help="Cosine similarity of deep features from which two pictures are near duplicates (their pixels must correlate too)."),
+    no_near: bool = typer.Option(False, "--no-near", help="Look for exact duplicates only."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="Epochs per fold [default: the -m model's, else fit's default]."),
+    min_steps: Optional[int] = typer.Option(None, "--min-steps", min=0, help="Train each fold for at least this many batches, as fit's --min-steps [default: the -m model's, else fit's]."),
+    move_to: Optional[Path] = typer.Option(None, "--move-to", help="Move flagged files here (keeping their relative paths; later copies of duplicates only, never the original); `imgclean restore` puts them back. Without it, only report."),
+    move_issues: str = typer.Option(",".join(ISSUE_NAMES), "--move-issues", help="Which issues --move-to moves (comma-separated)."),
+    dry_run: DryRun = False,
+    keep_unreadable: KeepUnreadable = False,
+    device: Device = typer.Option(Device.auto, help="Where to train and run the fold models."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the folds and of the fold models."),
+    quiet: Quiet = False,
+    verbose: Verbose = False,
+    config_file: Optional[Path] = config_option(),
+) -> None:
+    """Check a training folder: wrong labels, foreign pictures, duplicates, unreadable files.
+
+    Each image is judged out of sample: K models are trained with fit's recipe, each on all
+    folds but one, and judge only the fold they never saw. Label issues by confident learning
+    (the classifier confidently prefers another class), foreign pictures by the detector
+    (--method), exact duplicates by bytes and pixels, near duplicates by deep features. One
+    issue per file: unreadable > duplicate > outlier > label_issue. Exit code 3 when anything
+    is found (0 when the folder is clean).
+    """
+    from ..pipeline.audit import AuditInterrupted, AuditOptions, apply_audit, run_audit
+    from ..quarantine.moves import MANIFEST_NAME, is_quarantine
+
+    setup_logging(quiet, verbose)
+    if not train_dir.is_dir():
+        raise usage_error(f"folder {train_dir} does not exist or is not a folder")
+    if is_quarantine(train_dir):
+        raise usage_error(f"{train_dir} is an imgclean quarantine (it holds {MANIFEST_NAME}); audit the training folder")
+    if dry_run and move_to is None:
+        raise usage_error("--dry-run shows planned moves; give --move-to DIR too")
+    issues = _parse_issues(move_issues)
+    if move_to is not None:
+        check_move_target(train_dir, move_to)
+    if report is not None:
+        check_report_output(report, move_to)
+    if html is not None:
+        check_html_output(html, "--html", move_to)
+    root = Path(os.path.realpath(train_dir))
+    options = AuditOptions(folds=folds, method=method.value, percentile=percentile, trim=trim,
+                           near_threshold=None if no_near else near_threshold, epochs=epochs,
+                           min_steps=min_steps, seed=seed)
+    try:
+        dev = resolve_device(device.value)
+        bundle = None
+        if model is not None:
+            from ..store.artifact import load_model
+
+            bundle = load_model(model, device=dev)
+    except ValueError as exc:
+        raise fail(str(exc)) from None
+
+    progress = make_progress(quiet or json_out)
+    try:
+        with contextlib.ExitStack() as stack:
+            quarantine = None
+            if move_to is not None:
+                from ..quarantine.locking import LockError, ScanLock
+                from ..quarantine.moves import Quarantine
+
+                if not dry_run:
+                    try:
+                        stack.enter_context(ScanLock(root))
+                    except LockError as exc:
+                        raise fail(f"cannot lock {train_dir}: {exc}") from None
+                quarantine = Quarantine(move_to)
+                if not dry_run:
+                    stack.enter_context(quarantine)
+            stop = stack.enter_context(StopFlag())
+            with progress:
+                try:
+                    result = run_audit(train_dir, options, bundle=bundle, device=dev, progress=_Progress(progress),
+                                       should_stop=stop)
+                except AuditInterrupted:
+                    if not quiet:
+                        err.print("interrupted while training; nothing was moved", highlight=False, markup=False)
+                    raise typer.Exit(stop.exit_code) from None
+            summary = result.summary
+            if quarantine is not None:
+                apply_audit(result.records, root, summary, quarantine, dry_run, keep_unreadable, issues,
+                            should_stop=stop)
+            if report is not None:
+                from ..reports.audit_records import AuditWriter
+
+                with AuditWriter(report, root) as writer:
+                    for rec in result.records:
+                        writer.write(rec)
+    except OSError as exc:
+        raise os_error(exc) from None
+
+    if html is not None:
+        from ..reports.review.audit_page import render_audit_html
+        from ..reports.review.page import write_html
+
+        page = render_audit_html(result.records, summary.to_dict(), root=root, quarantine=move_to,
+                                 title=f"imgclean audit: {train_dir}")
+        try:
+            write_html(html, page)
+        except OSError as exc:
+            raise fail(f"cannot write the review page {html}: {exc.strerror or exc}") from None
+    _print(result, summary, json_out, quiet, verbose, dry_run, html)
+    if summary.interrupted:
+        raise typer.Exit(stop.exit_code)
+    if summary.move_errors:
+        raise fail(f"{summary.move_errors} file(s) could not be moved; see the report or run with --verbose", EXIT_ERROR)
+    raise typer.Exit(EXIT_REJECTED if summary.issues else EXIT_OK)
+
+
+def _print(result, summary, json_out: bool, quiet: bool, verbose: bool, dry_run: bool, html) -> None:
+    data = summary.to_dict()
+    if dry_run:
+        data["plan"] = [{"source": r.path, "destination": r.destination, "issue": r.issue}
+                        for r in result.records if r.action == "would move"]
+    if json_out:
+        print_json(data)
+        return
+    shown: dict[str, int] = {}
+    for r in result.records:
+        if r.issue == "ok":
+            continue
+        shown[r.issue] = shown.get(r.issue, 0) + 1
+        if verbose or shown[r.issue] <= SHOWN_PER_ISSUE:
+            action = f" [{r.action}{' -> ' + r.destination if r.destination else ''}]" if r.action else ""
+            out.print(f"{r.issue}: {r.path!r} {r.message}{action}", highlight=False, markup=False)
+    for issue, n in shown.items():
+        if not verbose and n > SHOWN_PER_ISSUE and not quiet:
+            err.print(f"... {n - SHOWN_PER_ISSUE} more {issue} (see --report, or -v)", highlight=False, markup=False)
+    table = Table(title=f"audit of {summary.root}")
+    keys = ["images", "ok", "label_issues", "outliers", "duplicates", "unreadable"]
+    keys += [k for k in ("moved", "would_move", "changed", "move_errors") if data[k]]
+    for k in keys:
+        table.add_column(k, justify="right")
+    table.add_row(*[str(data[k]) for k in keys])
+    out.print(table)
+    if not quiet:
+        acc = data["held_out_accuracy"]
+        err.print(f"{data['folds']} folds, out-of-sample accuracy {acc:.4f}, settings from {data['settings_from']}, "
+                  f"{data['seconds']:.1f}s" if acc is not None else f"{data['folds']} folds", highlight=False, markup=False)
+        if html is not None:
+            err.print(f"review page: {html}", highlight=False, markup=False)

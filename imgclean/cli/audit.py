@@ -71,6 +71,7 @@ def audit(
     no_near: bool = typer.Option(False, "--no-near", help="Look for exact duplicates only."),
     epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="Epochs per fold [default: the -m model's, else fit's default]."),
     min_steps: Optional[int] = typer.Option(None, "--min-steps", min=0, help="Train each fold for at least this many batches, as fit's --min-steps [default: the -m model's, else fit's]."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Training batch size of the fold models [default: the -m model's, else fit's]."),
     move_to: Optional[Path] = typer.Option(None, "--move-to", help="Move flagged files here (keeping their relative paths; later copies of duplicates only, never the original); `imgclean restore` puts them back. Without it, only report."),
     move_issues: str = typer.Option(",".join(ISSUE_NAMES), "--move-issues", help="Which issues --move-to moves (comma-separated)."),
     dry_run: DryRun = False,
@@ -110,7 +111,7 @@ def audit(
     root = Path(os.path.realpath(train_dir))
     options = AuditOptions(folds=folds, method=method.value, percentile=percentile, trim=trim,
                            near_threshold=None if no_near else near_threshold, epochs=epochs,
-                           min_steps=min_steps, seed=seed)
+                           min_steps=min_steps, batch_size=batch_size, seed=seed)
     try:
         dev = resolve_device(device.value)
         bundle = None

@@ -56,6 +56,7 @@ class AuditOptions:
     near_threshold: float | None = DEFAULT_NEAR_THRESHOLD  # None: no near-duplicate search
     epochs: int | None = None  # None: the recipe's (the model's, or fit's default)
     min_steps: int | None = None  # None: the recipe's
+    batch_size: int | None = None  # None: the recipe's
     seed: int = 0
 
 
@@ -131,6 +132,8 @@ def resolve_recipe(class_files, options: AuditOptions, model_config: dict | None
         train = replace(train, epochs=options.epochs)
     if options.min_steps is not None:
         train = replace(train, min_steps=options.min_steps)
+    if options.batch_size is not None:
+        train = replace(train, batch_size=options.batch_size)
     return replace(recipe, train=replace(train, seed=train.seed + options.seed))
 
 

@@ -69,7 +69,7 @@ def audit(
     trim: float = typer.Option(0.02, "--trim", min=0.0, max=0.2, help="Share of each fold's training images left out of the detector's second fit (a folder's own foreign pictures would widen it)."),
     near_threshold: float = typer.Option(0.998, "--near-threshold", min=0.5, max=1.0, help="Cosine similarity of deep features from which two pictures are near duplicates (their pixels must correlate too)."),
     no_near: bool = typer.Option(False, "--no-near", help="Look for exact duplicates only."),
-    epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="Epochs per fold [default: the -m model's, else fit's default]."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="Epochs per fold [default: the -m model's, else 20]."),
     min_steps: Optional[int] = typer.Option(None, "--min-steps", min=0, help="Train each fold for at least this many batches, as fit's --min-steps [default: the -m model's, else fit's]."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Training batch size of the fold models [default: the -m model's, else fit's]."),
     move_to: Optional[Path] = typer.Option(None, "--move-to", help="Move flagged files here (keeping their relative paths; later copies of duplicates only, never the original); `imgclean restore` puts them back. Without it, only report."),

@@ -41,7 +41,20 @@ def planted_folder(root: Path) -> Path:
 def audited(tmp_path_factory, one_torch_thread):
     root = planted_folder(tmp_path_factory.mktemp("audit") / "train")
     out = tmp_path_factory.mktemp("audit-out")
-    result = invoke("audit", root, *FAST, "--report", out / "r.jsonl", "--html", out / "page.html", "--json")
+    # Module-scoped, so set up before conftest's _restore_logging saves the logging set-up: put
+    # it back here, or later tests would log to the stream CliRunner closed.
+    import logging
+    import warnings
+
+    root_logger, ours = logging.getLogger(), logging.getLogger("imgclean")
+    saved = (root_logger.handlers[:], root_logger.level, ours.level, warnings.formatwarning)
+    try:
+        result = invoke("audit", root, *FAST, "--report", out / "r.jsonl", "--html", out / "page.html", "--json")
+    finally:
+        root_logger.handlers[:], root_logger.level = saved[0], saved[1]
+        ours.setLevel(saved[2])
+        warnings.formatwarning = saved[3]
+        logging.captureWarnings(False)
     rows = {r["path"]: r for r in read_audit(out / "r.jsonl")}
     return root, out, result, rows
 

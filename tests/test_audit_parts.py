@@ -44,7 +44,7 @@ def test_folds_are_stratified_and_keep_groups_together():
 
 def test_too_few_images_for_the_folds(caplog):
     names = ["a", "b"]
-    with caplog.at_level(logging.WARNING):
+    with caplog.at_level(logging.WARNING, logger="imgclean.pipeline.crossfit"):
         assert check_folds(names, np.array([0, 0, 0, 1, 1]), 4) == 2
     assert "using 2 folds" in caplog.text
     with pytest.raises(AuditError, match="'b' has fewer than 2"):

@@ -68,6 +68,7 @@ def fit(
     augment: bool = typer.Option(TrainSettings.augment, help="Random small shifts during training."),
     seed: int = typer.Option(TrainSettings.seed, help="Random seed (runs on CPU are deterministic)."),
     device: Device = typer.Option(Device.auto, help="Where to train."),
+    cache_memory: Optional[str] = typer.Option(None, "--cache-memory", help="Keep the decoded training images in memory when they fit in this much (e.g. 512M, 4G; 0 = always stream from disk) [default: a quarter of the available memory, at most 1G]."),
     force: bool = typer.Option(False, "--force", help="Replace an existing model directory."),
     reject_dir: Optional[Path] = typer.Option(None, "--reject-dir", help="Folder of images that do NOT belong (e.g. a scan --move-to folder): also train the supervised reject head."),
     json_out: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout instead of tables."),
@@ -104,6 +105,13 @@ def fit(
         check_replaceable(output, force)  # before training, not after it
     except ModelError as exc:
         raise fail(str(exc)) from None
+    if cache_memory is not None:
+        from ..nn.datasets import parse_size
+
+        try:
+            overrides["cache_memory"] = parse_size(cache_memory)
+        except ValueError as exc:
+            raise usage_error(f"--cache-memory: {exc}") from None
     settings = TrainSettings(
         epochs=epochs, min_steps=min_steps, batch_size=batch_size, lr=lr, center_weight=center_weight,
         val_fraction=val_fraction, augment=augment, seed=seed,

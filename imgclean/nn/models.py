@@ -156,6 +156,20 @@ def timm_data_config(backbone: nn.Module) -> dict:
     }
 
 
+def timm_train_transform(backbone: nn.Module, input_size: int, channels: int, mean: list[float],
+                         std: list[float], interpolation: str):
+    """timm's standard training transform for this model (random resized crop, horizontal flip,
+    colour jitter: timm.data.create_transform(is_training=True) on the model's data config),
+    for the decoded image (PIL, input_size pixels), normalised with `mean` and `std`."""
+    from timm.data import create_transform, resolve_model_data_config
+
+    cfg = resolve_model_data_config(backbone)
+    cfg.update(input_size=(channels, input_size, input_size), mean=tuple(mean), std=tuple(std),
+               interpolation=interpolation)
+    cfg.pop("crop_mode", None)
+    return create_transform(**cfg, is_training=True)
+
+
 def build_model(
     arch: str,
     num_classes: int,

@@ -20,11 +20,13 @@ from .. import config as cfg
 from .. import data
 from ..store.artifact import ModelBundle
 from ..detectors import MahalanobisDetector, registry
+from .decode import DecodeSettings
 from .trainset import (  # noqa: F401  (FitError, decode_classes, detect_geometry: public here as before)
     FitError,
     ProgressCallback,
     decode_classes,
     detect_geometry,
+    read_training_set,
 )
 
 log = logging.getLogger(__name__)
@@ -153,6 +155,22 @@ def fit_other_detectors(
     return out
 
 
+def drop_lost(images, labels: np.ndarray, kept: np.ndarray, result, skipped: list) -> tuple[np.ndarray, list]:
+    """Leave out the images a streamed embedding pass could no longer decode (changed on disk
+    since the first pass): they join the skipped files, and the split's indices follow."""
+    lost = np.setdiff1d(np.arange(len(labels)), kept)
+    for i in lost:
+        item = images.items[i]
+        skipped.append((os.fsdecode(getattr(item, "path", item)), data.UNREADABLE,
+                        "could not be decoded again after it was first read (changed on disk during fit?)"))
+    pos = np.full(len(labels), -1, dtype=np.int64)
+    pos[kept] = np.arange(len(kept))
+    for name in ("train_indices", "val_indices"):
+        moved = pos[getattr(result, name)]
+        setattr(result, name, moved[moved >= 0])
+    return labels[kept], skipped
+
+
 def fit_model(
     train_dir: Path,
     config: cfg.FitConfig,
@@ -164,9 +182,9 @@ def fit_model(
     With `reject_dir`, also train the supervised reject head on the frozen features
     (training images = 1, the images of reject_dir = 0).
     """
-    from ..nn.models import build_model
-    from ..nn.runtime import pick_device, predict_arrays
-    from ..nn.training import channel_stats, seed_everything, train_classifier
+    from ..nn.models import build_model, timm_train_transform
+    from ..nn.runtime import pick_device, predict_arrays, predict_images
+    from ..nn.training import seed_everything, train_classifier
 
     started = time.perf_counter()
     try:
@@ -190,7 +208,10 @@ def fit_model(
         raise FitError(str(exc)) from None
     prep = resolve_preprocessing(config, arch, channels, size, model)
     size, decode_opts = prep["input_size"], {"interpolation": prep["interpolation"], "crop_pct": prep["crop_pct"]}
-    images, labels, skipped = decode_classes(class_names, class_files, size, channels, progress, **decode_opts)
+    measure = prep["mean"] is None or prep["std"] is None
+    found = read_training_set(class_names, class_files, DecodeSettings(size, channels, **decode_opts), progress,
+                              config.cache_memory, statistics=measure)
+    images, labels, skipped = found.images, found.labels, found.skipped
     rejects = None
     if reject_dir is not None:  # decoded before training, so a bad folder fails fast
         from .headfit import HeadError, decode_folder
@@ -199,11 +220,13 @@ def fit_model(
             rejects, rejects_skipped = decode_folder(reject_dir, size, channels, **decode_opts)
         except HeadError as exc:
             raise FitError(str(exc)) from None
-    if prep["mean"] is None or prep["std"] is None:
-        measured = channel_stats(images)
-        prep["mean"] = measured[0] if prep["mean"] is None else prep["mean"]
-        prep["std"] = measured[1] if prep["std"] is None else prep["std"]
+    if measure:
+        prep["mean"] = found.mean if prep["mean"] is None else prep["mean"]
+        prep["std"] = found.std if prep["std"] is None else prep["std"]
     mean, std = prep["mean"], prep["std"]
+    transform = None
+    if arch != "lenet" and config.train.augment:  # photos: timm's training transform, in the loader's workers
+        transform = timm_train_transform(model.backbone, size, channels, mean, std, prep["interpolation"])
 
     def on_batch(epoch, epochs, batch, batches, loss, acc):
         if progress is not None:
@@ -213,13 +236,15 @@ def fit_model(
         if progress is not None:
             progress("epoch", stats.epoch, stats.epochs, asdict(stats))
 
-    result = train_classifier(model, images, labels, mean, std, config.train, device, on_batch, on_epoch)
+    result = train_classifier(model, images, labels, mean, std, config.train, device, on_batch, on_epoch, transform)
 
     if progress is not None:
         progress("embed", 0, len(images), {})
-    logits, feats = predict_arrays(model, images, mean, std, device)
+    logits, feats, kept = predict_images(model, images, None, mean, std, device)
     if progress is not None:
         progress("embed", len(images), len(images), {})
+    if len(kept) < len(labels):  # files that changed on disk since they were read: skipped now
+        labels, skipped = drop_lost(images, labels, kept, result, skipped)
     # With a validation split, the detector is fitted on the training split only, and the held-out
     # images calibrate its thresholds: new images of a known class lie further from the class
     # Gaussians than the images those were fitted on, and the more so the fewer images a class

@@ -57,7 +57,7 @@ def fit(
     std: Optional[str] = typer.Option(None, help="Normalisation standard deviation per channel, comma-separated [default: the timm model's own, else from the data]."),
     pretrained: bool = typer.Option(False, help="Start a timm model from its pretrained weights (needs them downloadable or cached)."),
     weights: Optional[Path] = typer.Option(None, help="Local state dict (.safetensors or .pth) for the backbone."),
-    epochs: int = typer.Option(TrainSettings.epochs, min=1, help="Training epochs (raised when needed to reach --min-steps; fit says so)."),
+    epochs: int = typer.Option(TrainSettings.epochs, min=0, help="Training epochs (raised when needed to reach --min-steps; fit says so). 0 with --pretrained or --weights: no training, the detectors are fitted on the frozen backbone's features."),
     min_steps: int = typer.Option(TrainSettings.min_steps, min=0, help="Train at least this many batches (small data sets get more epochs)."),
     batch_size: int = typer.Option(TrainSettings.batch_size, min=1, help="Training batch size."),
     lr: float = typer.Option(TrainSettings.lr, min=0.0, help="Peak learning rate (one-cycle schedule, AdamW)."),
@@ -176,6 +176,7 @@ def fit(
         "skipped": len(report.skipped),
         "epochs_requested": asked,
         "epochs_trained": trained,
+        "backbone_trained": bool(bundle.config.get("backbone_trained", True)),
         "preprocessing": report.preprocessing,
         "thresholds": report.thresholds,
         "metrics": report.metrics,
@@ -199,7 +200,9 @@ def fit(
 
     out.print(
         f"{report.arch} {report.input_size}px x{report.channels}, {sum(report.images_per_class)} images, "
-        f"{len(report.skipped)} skipped, {trained if trained is not None else '?'} epochs, {report.seconds:.1f}s\n"
+        f"{len(report.skipped)} skipped, {trained if trained is not None else '?'} epochs"
+        f"{' (backbone not trained: pretrained features, nearest-class predictions)' if trained == 0 else ''}, "
+        f"{report.seconds:.1f}s\n"
         f"validation accuracy {fmt(m.get('val_accuracy'))}, macro-F1 {fmt(m.get('val_macro_f1'))}, "
         f"threshold scale from held-out images {fmt(m.get('threshold_scale'))}, "
         f"held-out images rejected {fmt(m.get('val_rejected_fraction'))}",

@@ -26,7 +26,9 @@ import torch.nn.functional as F
 from ..config import LENET, TrainSettings
 from ..metrics import macro_f1
 from . import runtime as rt
-from .datasets import BatchList, ChannelHistogram, ImagesDataset, StreamedImages, batches_of, make_loader
+from .datasets import (
+    BatchList, ChannelHistogram, ImagesDataset, StreamedImages, batches_of, loader_workers, make_loader,
+)
 from .losses import CenterLoss
 from .models import Classifier, LeNet
 
@@ -155,7 +157,7 @@ def train_classifier(
     loader = batch_list = None
     if transform is not None or isinstance(images, StreamedImages):
         batch_list = BatchList()
-        workers = images.workers if isinstance(images, StreamedImages) else 0
+        workers = images.workers if isinstance(images, StreamedImages) else loader_workers()
         loader = make_loader(ImagesDataset(images, transform), batch_list, device, workers, settings.seed)
     if dist is not None:
         model, center_loss = dist.wrap(model, center_loss, device)

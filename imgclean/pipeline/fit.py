@@ -18,6 +18,7 @@ import numpy as np
 
 from .. import config as cfg
 from .. import data
+from ..metrics import macro_f1
 from ..store.artifact import ModelBundle
 from ..detectors import MahalanobisDetector, registry
 from .decode import DecodeSettings
@@ -171,6 +172,33 @@ def drop_lost(images, labels: np.ndarray, kept: np.ndarray, result, skipped: lis
     return labels[kept], skipped
 
 
+def untrained(labels: np.ndarray, settings: cfg.TrainSettings):
+    """The TrainResult of `--epochs 0`: the same held-out split training would make, no epochs."""
+    from ..nn.training import TrainResult, stratified_split
+
+    train_idx, val_idx = stratified_split(labels, settings.val_fraction, settings.seed)
+    return TrainResult(epochs=0, train_indices=train_idx, val_indices=val_idx,
+                       val_metrics={"val_images": int(len(val_idx)), "epochs": 0})
+
+
+def gaussian_logits(model, detector: MahalanobisDetector, fit_feats: np.ndarray, fit_labels: np.ndarray,
+                    feats: np.ndarray, num_classes: int) -> np.ndarray:
+    """Set the untrained classifier to the Gaussian classifier of the features (the class means
+    and the tied precision of `detector`, or of a tied fit when it has one per class; scaled by
+    1 / feature dimension so the logits stay small) and return the logits of `feats`."""
+    from ..nn.models import set_gaussian_logits
+
+    tied = detector
+    if len(detector.precisions_) != 1:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            tied = MahalanobisDetector(detector.percentile, "tied").fit(fit_feats, fit_labels, num_classes=num_classes)
+    set_gaussian_logits(model, tied.means_, tied.precisions_[0], float(feats.shape[1]))
+    w = model.classifier.weight.detach().cpu().numpy()
+    b = model.classifier.bias.detach().cpu().numpy()
+    return (feats @ w.T + b).astype(np.float32)
+
+
 def fit_model(
     train_dir: Path,
     config: cfg.FitConfig,
@@ -200,10 +228,15 @@ def fit_model(
     size, channels = detect_geometry(class_files)
     arch, size, channels = resolve_architecture(config, size, channels)
     check_preprocessing(config, channels)
+    frozen = config.train.epochs == 0  # pretrained features only: no training (docs/training.md)
+    if frozen and not (config.pretrained or config.weights):
+        raise FitError("--epochs 0 trains nothing, so it needs a backbone that already works: "
+                       "add --pretrained or --weights FILE, or train with --epochs 1 or more")
     device = pick_device(config.device)
     seed_everything(config.train.seed)  # the initial weights too
     try:  # built before decoding: a model that cannot be built fails at once
-        model = build_model(arch, len(class_names), channels, size, config.pretrained, config.weights)
+        model = build_model(arch, len(class_names), channels, size, config.pretrained, config.weights,
+                            logits="gaussian" if frozen else "linear")
     except ValueError as exc:
         raise FitError(str(exc)) from None
     prep = resolve_preprocessing(config, arch, channels, size, model)
@@ -225,7 +258,7 @@ def fit_model(
         prep["std"] = found.std if prep["std"] is None else prep["std"]
     mean, std = prep["mean"], prep["std"]
     transform = None
-    if arch != "lenet" and config.train.augment:  # photos: timm's training transform, in the loader's workers
+    if arch != "lenet" and config.train.augment and not frozen:  # photos: timm's training transform, in the loader's workers
         transform = timm_train_transform(model.backbone, size, channels, mean, std, prep["interpolation"])
 
     def on_batch(epoch, epochs, batch, batches, loss, acc):
@@ -236,7 +269,10 @@ def fit_model(
         if progress is not None:
             progress("epoch", stats.epoch, stats.epochs, asdict(stats))
 
-    result = train_classifier(model, images, labels, mean, std, config.train, device, on_batch, on_epoch, transform)
+    if frozen:
+        result = untrained(labels, config.train)
+    else:
+        result = train_classifier(model, images, labels, mean, std, config.train, device, on_batch, on_epoch, transform)
 
     if progress is not None:
         progress("embed", 0, len(images), {})
@@ -274,6 +310,13 @@ def fit_model(
                 "model does not generalise well yet; train longer (--epochs) or add images",
                 100 * held_out_rate, 100 * nominal,
             )
+    if frozen:  # the class logits: the Gaussian classifier of the deep features (nearest class)
+        logits = gaussian_logits(model, detector, feats[fit_idx], labels[fit_idx], feats, len(class_names))
+        if len(result.val_indices):
+            pred = logits[result.val_indices].argmax(1)
+            metrics["val_accuracy"] = float(np.mean(pred == labels[result.val_indices]))
+            metrics["val_macro_f1"] = macro_f1(labels[result.val_indices], pred, len(class_names))
+        metrics["train_accuracy"] = float(np.mean(logits[fit_idx].argmax(1) == labels[fit_idx]))
     metrics["train_rejected_fraction"] = float(np.mean(detector.predict(feats)))
     detectors = {
         "mahalanobis": detector,
@@ -298,7 +341,9 @@ def fit_model(
         "covariance": config.covariance,
         "pretrained": bool(config.pretrained),
         "weights": os.fsdecode(config.weights) if config.weights else None,
-        "training": {**asdict(config.train), "epochs_trained": int(result.epochs)},
+        "training": {**asdict(config.train), "epochs_trained": int(result.epochs), "backbone_trained": not frozen},
+        "backbone_trained": not frozen,
+        "logits": "gaussian" if frozen else "linear",
         "data": {"train_dir": os.fsdecode(Path(train_dir).absolute()), "images_per_class": counts, "skipped": len(skipped)},
         "metrics": metrics,
         "score": "min over classes of mahalanobis distance / class threshold; higher = more out-of-distribution; > 1 = rejected",

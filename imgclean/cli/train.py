@@ -80,6 +80,9 @@ def fit(
     from ..store.artifact import ModelError, check_replaceable, save_model
     from ..pipeline.fit import FitError, fit_model
 
+    follower = os.environ.get("RANK", "0") not in ("", "0") and os.environ.get("WORLD_SIZE", "1") not in ("", "1")
+    if follower:  # torchrun: only rank 0 prints and saves
+        quiet, json_out, verbose = True, False, False
     setup_logging(quiet, verbose)
     if not train_dir.is_dir():
         raise usage_error(f"training folder {train_dir} does not exist or is not a folder")
@@ -149,15 +152,26 @@ def fit(
                 tasks["embed"] = progress.add_task("calibrating", total=total, info="")
             progress.update(tasks["embed"], completed=done)
 
+    dist = None
     try:
+        if os.environ.get("WORLD_SIZE", "1") not in ("", "1"):  # started by torchrun: join the others
+            from ..nn.distributed import Distributed
+
+            dist = Distributed.from_env(device.value)
         with progress:
-            bundle, report = fit_model(train_dir, config, on_progress, reject_dir=reject_dir)
+            bundle, report = fit_model(train_dir, config, on_progress, reject_dir=reject_dir, dist=dist)
+        if bundle is None:  # torchrun, rank > 0: rank 0 saves
+            return
         bundle.config["settings"] = resolved_settings(ctx)
         path = save_model(bundle, output, force=force)
     except (FitError, ModelError, ValueError) as exc:
         raise fail(str(exc)) from None
     except OSError as exc:
         raise os_error(exc) from None
+    finally:
+        if dist is not None:  # the others wait until rank 0 has saved
+            dist.barrier()
+            dist.close()
 
     if verbose:
         for p, status, message in report.skipped:

@@ -54,6 +54,7 @@ class TrainResult:
     epochs: int = 0
     train_indices: np.ndarray | None = None
     val_indices: np.ndarray | None = None
+    centers: np.ndarray | None = None  # the center loss's final centres
 
 
 # Called after every batch: (epoch, epochs, batch, batches_per_epoch, running_loss, running_accuracy).
@@ -159,8 +160,11 @@ def train_classifier(
         batch_list = BatchList()
         workers = images.workers if isinstance(images, StreamedImages) else loader_workers()
         loader = make_loader(ImagesDataset(images, transform), batch_list, device, workers, settings.seed)
+    shift_generator = generator
     if dist is not None:
         model, center_loss = dist.wrap(model, center_loss, device)
+        # the epoch order must stay the same on every rank: shifts draw from a generator of their own
+        shift_generator = torch.Generator().manual_seed(settings.seed + 7919 * (dist.rank + 1))
 
     for epoch in range(1, epochs + 1):
         model.train()
@@ -168,7 +172,7 @@ def train_classifier(
         sums = {"loss": 0.0, "ce": 0.0, "center": 0.0, "correct": 0, "seen": 0}
         epoch_batches = batches_of(order, settings.batch_size)
         if dist is not None:
-            epoch_batches = [dist.shard(idx) for idx in epoch_batches]
+            epoch_batches = [dist.shard(idx) for idx in epoch_batches if len(idx) >= dist.world_size]
         if batch_list is not None:
             batch_list.batches = epoch_batches
             batches = loader
@@ -181,7 +185,7 @@ def train_classifier(
             if transform is None:
                 x = rt.to_tensor(raw, mean, std)
                 if settings.augment:
-                    x = random_shift(x, generator)
+                    x = random_shift(x, shift_generator)
             else:
                 x = raw
             x, y = x.to(device), y_all[idx].to(device)
@@ -225,6 +229,7 @@ def train_classifier(
             on_epoch(stats)
 
     del loader  # stops its workers
+    result.centers = center_loss.centers.detach().cpu().numpy().copy()
     last = result.history[-1] if result.history else None
     result.val_metrics = {
         "val_images": int(len(val_idx)),

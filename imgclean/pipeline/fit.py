@@ -22,6 +22,7 @@ from ..metrics import macro_f1
 from ..store.artifact import ModelBundle
 from ..detectors import MahalanobisDetector, registry
 from .decode import DecodeSettings
+from .fitparts import drop_lost, embed_distributed, gaussian_logits, untrained
 from .trainset import (  # noqa: F401  (FitError, decode_classes, detect_geometry: public here as before)
     FitError,
     ProgressCallback,
@@ -156,59 +157,19 @@ def fit_other_detectors(
     return out
 
 
-def drop_lost(images, labels: np.ndarray, kept: np.ndarray, result, skipped: list) -> tuple[np.ndarray, list]:
-    """Leave out the images a streamed embedding pass could no longer decode (changed on disk
-    since the first pass): they join the skipped files, and the split's indices follow."""
-    lost = np.setdiff1d(np.arange(len(labels)), kept)
-    for i in lost:
-        item = images.items[i]
-        skipped.append((os.fsdecode(getattr(item, "path", item)), data.UNREADABLE,
-                        "could not be decoded again after it was first read (changed on disk during fit?)"))
-    pos = np.full(len(labels), -1, dtype=np.int64)
-    pos[kept] = np.arange(len(kept))
-    for name in ("train_indices", "val_indices"):
-        moved = pos[getattr(result, name)]
-        setattr(result, name, moved[moved >= 0])
-    return labels[kept], skipped
-
-
-def untrained(labels: np.ndarray, settings: cfg.TrainSettings):
-    """The TrainResult of `--epochs 0`: the same held-out split training would make, no epochs."""
-    from ..nn.training import TrainResult, stratified_split
-
-    train_idx, val_idx = stratified_split(labels, settings.val_fraction, settings.seed)
-    return TrainResult(epochs=0, train_indices=train_idx, val_indices=val_idx,
-                       val_metrics={"val_images": int(len(val_idx)), "epochs": 0})
-
-
-def gaussian_logits(model, detector: MahalanobisDetector, fit_feats: np.ndarray, fit_labels: np.ndarray,
-                    feats: np.ndarray, num_classes: int) -> np.ndarray:
-    """Set the untrained classifier to the Gaussian classifier of the features (the class means
-    and the tied precision of `detector`, or of a tied fit when it has one per class; scaled by
-    1 / feature dimension so the logits stay small) and return the logits of `feats`."""
-    from ..nn.models import set_gaussian_logits
-
-    tied = detector
-    if len(detector.precisions_) != 1:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            tied = MahalanobisDetector(detector.percentile, "tied").fit(fit_feats, fit_labels, num_classes=num_classes)
-    set_gaussian_logits(model, tied.means_, tied.precisions_[0], float(feats.shape[1]))
-    w = model.classifier.weight.detach().cpu().numpy()
-    b = model.classifier.bias.detach().cpu().numpy()
-    return (feats @ w.T + b).astype(np.float32)
-
-
 def fit_model(
     train_dir: Path,
     config: cfg.FitConfig,
     progress: ProgressCallback | None = None,
     reject_dir: Path | None = None,
+    dist=None,
 ) -> tuple[ModelBundle, FitReport]:
     """Train a classifier on `train_dir` and calibrate its Mahalanobis detector.
 
     With `reject_dir`, also train the supervised reject head on the frozen features
-    (training images = 1, the images of reject_dir = 0).
+    (training images = 1, the images of reject_dir = 0). `dist`: an nn.distributed.Distributed
+    under torchrun; every rank calls this, and only rank 0 gets (bundle, report), the others
+    (None, None) once their part of the statistics is done.
     """
     from ..nn.models import build_model, timm_train_transform
     from ..nn.runtime import pick_device, predict_arrays, predict_images
@@ -232,7 +193,7 @@ def fit_model(
     if frozen and not (config.pretrained or config.weights):
         raise FitError("--epochs 0 trains nothing, so it needs a backbone that already works: "
                        "add --pretrained or --weights FILE, or train with --epochs 1 or more")
-    device = pick_device(config.device)
+    device = pick_device(config.device) if dist is None else dist.device()
     seed_everything(config.train.seed)  # the initial weights too
     try:  # built before decoding: a model that cannot be built fails at once
         model = build_model(arch, len(class_names), channels, size, config.pretrained, config.weights,
@@ -272,11 +233,19 @@ def fit_model(
     if frozen:
         result = untrained(labels, config.train)
     else:
-        result = train_classifier(model, images, labels, mean, std, config.train, device, on_batch, on_epoch, transform)
+        result = train_classifier(model, images, labels, mean, std, config.train, device, on_batch, on_epoch, transform,
+                                  dist=dist)
 
     if progress is not None:
         progress("embed", 0, len(images), {})
-    logits, feats, kept = predict_images(model, images, None, mean, std, device)
+    if dist is None:
+        logits, feats, kept = predict_images(model, images, None, mean, std, device)
+        detector = None
+    else:
+        logits, feats, kept, detector = embed_distributed(model, images, labels, mean, std, device, result, config,
+                                                          len(class_names), dist)
+        if not dist.is_main:
+            return None, None
     if progress is not None:
         progress("embed", len(images), len(images), {})
     if len(kept) < len(labels):  # files that changed on disk since they were read: skipped now
@@ -289,11 +258,12 @@ def fit_model(
     # tail. With 800 images a class the scale is about 1.01; with 30 about 1.15 (docs/method.md).
     metrics = dict(result.val_metrics)
     fit_idx = result.train_indices if len(result.val_indices) else np.arange(len(labels))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the generic warning is replaced by one naming the classes
-        detector = MahalanobisDetector(config.percentile, config.covariance).fit(
-            feats[fit_idx], labels[fit_idx], num_classes=len(class_names)
-        )
+    if detector is None:  # (under torchrun: fitted above from the statistics of every rank)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the generic warning is replaced by one naming the classes
+            detector = MahalanobisDetector(config.percentile, config.covariance).fit(
+                feats[fit_idx], labels[fit_idx], num_classes=len(class_names)
+            )
     warn_if_few_images(class_names, labels[fit_idx], feats.shape[1], config.covariance)
     if len(result.val_indices):
         val_scores = detector.score(feats[result.val_indices])
@@ -343,6 +313,7 @@ def fit_model(
         "weights": os.fsdecode(config.weights) if config.weights else None,
         "training": {**asdict(config.train), "epochs_trained": int(result.epochs), "backbone_trained": not frozen},
         "backbone_trained": not frozen,
+        "world_size": dist.world_size if dist is not None else 1,
         "logits": "gaussian" if frozen else "linear",
         "data": {"train_dir": os.fsdecode(Path(train_dir).absolute()), "images_per_class": counts, "skipped": len(skipped)},
         "metrics": metrics,

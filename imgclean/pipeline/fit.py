@@ -175,6 +175,9 @@ def fit_model(
     from ..nn.runtime import pick_device, predict_arrays, predict_images
     from ..nn.training import seed_everything, train_classifier
 
+    from ..nn.datasets import fixed_mmap_threshold
+
+    fixed_mmap_threshold()  # memory flat in the number of images (nn/datasets.py)
     started = time.perf_counter()
     try:
         class_names, class_files = data.list_image_folder(Path(train_dir))

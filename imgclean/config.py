@@ -44,6 +44,7 @@ class FitConfig:
     crop_pct: float | None = None  # 0 < x <= 1: share of the shorter side kept by the centre crop
     mean: list[float] | None = None  # per channel, on the 0..1 scale
     std: list[float] | None = None
+    cache_memory: int | None = None  # bytes of decoded training images kept in memory; None: automatic, 0: stream
     train: TrainSettings = field(default_factory=TrainSettings)
 
 

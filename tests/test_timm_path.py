@@ -77,3 +77,18 @@ def test_photo_model_weights_make_grayscale_data_colour():
     assert resolve_architecture(FitConfig(arch=ARCH, pretrained=True), 28, 1)[2] == 3
     assert resolve_architecture(FitConfig(arch=ARCH), 28, 1)[2] == 1
     assert resolve_architecture(FitConfig(arch="lenet", weights=Path("w.safetensors")), 28, 1)[2] == 1
+
+
+def test_photo_models_train_with_timms_training_transform():
+    """timm's random resized crop and flip for photo models; evaluation stays the deterministic decode."""
+    from imgclean.nn.models import build_model, timm_train_transform
+
+    model = build_model(ARCH, 2, 3, 32)
+    transform = timm_train_transform(model.backbone, 32, 3, [0.5] * 3, [0.25] * 3, "bicubic")
+    names = repr(transform)
+    assert "RandomResizedCrop" in names and "RandomHorizontalFlip" in names
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8))
+    out = transform(image)
+    assert out.shape == (3, 32, 32) and out.dtype.is_floating_point
+    grey = timm_train_transform(model.backbone, 24, 1, [0.5], [0.25], "bilinear")(image.convert("L"))
+    assert grey.shape == (1, 24, 24)

@@ -57,7 +57,7 @@ def fit(
     std: Optional[str] = typer.Option(None, help="Normalisation standard deviation per channel, comma-separated [default: the timm model's own, else from the data]."),
     pretrained: bool = typer.Option(False, help="Start a timm model from its pretrained weights (needs them downloadable or cached)."),
     weights: Optional[Path] = typer.Option(None, help="Local state dict (.safetensors or .pth) for the backbone."),
-    epochs: int = typer.Option(TrainSettings.epochs, min=1, help="Training epochs (raised when needed to reach --min-steps; fit says so)."),
+    epochs: int = typer.Option(TrainSettings.epochs, min=0, help="Training epochs (raised when needed to reach --min-steps; fit says so). 0 with --pretrained or --weights: no training, the detectors are fitted on the frozen backbone's features."),
     min_steps: int = typer.Option(TrainSettings.min_steps, min=0, help="Train at least this many batches (small data sets get more epochs)."),
     batch_size: int = typer.Option(TrainSettings.batch_size, min=1, help="Training batch size."),
     lr: float = typer.Option(TrainSettings.lr, min=0.0, help="Peak learning rate (one-cycle schedule, AdamW)."),
@@ -68,6 +68,7 @@ def fit(
     augment: bool = typer.Option(TrainSettings.augment, help="Random small shifts during training."),
     seed: int = typer.Option(TrainSettings.seed, help="Random seed (runs on CPU are deterministic)."),
     device: Device = typer.Option(Device.auto, help="Where to train."),
+    cache_memory: Optional[str] = typer.Option(None, "--cache-memory", help="Keep the decoded training images in memory when they fit in this much (e.g. 512M, 4G; 0 = always stream from disk) [default: a quarter of the available memory, at most 1G]."),
     force: bool = typer.Option(False, "--force", help="Replace an existing model directory."),
     reject_dir: Optional[Path] = typer.Option(None, "--reject-dir", help="Folder of images that do NOT belong (e.g. a scan --move-to folder): also train the supervised reject head."),
     json_out: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout instead of tables."),
@@ -79,6 +80,9 @@ def fit(
     from ..store.artifact import ModelError, check_replaceable, save_model
     from ..pipeline.fit import FitError, fit_model
 
+    follower = os.environ.get("RANK", "0") not in ("", "0") and os.environ.get("WORLD_SIZE", "1") not in ("", "1")
+    if follower:  # torchrun: only rank 0 prints and saves
+        quiet, json_out, verbose = True, False, False
     setup_logging(quiet, verbose)
     if not train_dir.is_dir():
         raise usage_error(f"training folder {train_dir} does not exist or is not a folder")
@@ -104,6 +108,13 @@ def fit(
         check_replaceable(output, force)  # before training, not after it
     except ModelError as exc:
         raise fail(str(exc)) from None
+    if cache_memory is not None:
+        from ..nn.datasets import parse_size
+
+        try:
+            overrides["cache_memory"] = parse_size(cache_memory)
+        except ValueError as exc:
+            raise usage_error(f"--cache-memory: {exc}") from None
     settings = TrainSettings(
         epochs=epochs, min_steps=min_steps, batch_size=batch_size, lr=lr, center_weight=center_weight,
         val_fraction=val_fraction, augment=augment, seed=seed,
@@ -141,15 +152,26 @@ def fit(
                 tasks["embed"] = progress.add_task("calibrating", total=total, info="")
             progress.update(tasks["embed"], completed=done)
 
+    dist = None
     try:
+        if os.environ.get("WORLD_SIZE", "1") not in ("", "1"):  # started by torchrun: join the others
+            from ..nn.distributed import Distributed
+
+            dist = Distributed.from_env(device.value)
         with progress:
-            bundle, report = fit_model(train_dir, config, on_progress, reject_dir=reject_dir)
+            bundle, report = fit_model(train_dir, config, on_progress, reject_dir=reject_dir, dist=dist)
+        if bundle is None:  # torchrun, rank > 0: rank 0 saves
+            return
         bundle.config["settings"] = resolved_settings(ctx)
         path = save_model(bundle, output, force=force)
     except (FitError, ModelError, ValueError) as exc:
         raise fail(str(exc)) from None
     except OSError as exc:
         raise os_error(exc) from None
+    finally:
+        if dist is not None:  # the others wait until rank 0 has saved
+            dist.barrier()
+            dist.close()
 
     if verbose:
         for p, status, message in report.skipped:
@@ -168,6 +190,7 @@ def fit(
         "skipped": len(report.skipped),
         "epochs_requested": asked,
         "epochs_trained": trained,
+        "backbone_trained": bool(bundle.config.get("backbone_trained", True)),
         "preprocessing": report.preprocessing,
         "thresholds": report.thresholds,
         "metrics": report.metrics,
@@ -191,7 +214,9 @@ def fit(
 
     out.print(
         f"{report.arch} {report.input_size}px x{report.channels}, {sum(report.images_per_class)} images, "
-        f"{len(report.skipped)} skipped, {trained if trained is not None else '?'} epochs, {report.seconds:.1f}s\n"
+        f"{len(report.skipped)} skipped, {trained if trained is not None else '?'} epochs"
+        f"{' (backbone not trained: pretrained features, nearest-class predictions)' if trained == 0 else ''}, "
+        f"{report.seconds:.1f}s\n"
         f"validation accuracy {fmt(m.get('val_accuracy'))}, macro-F1 {fmt(m.get('val_macro_f1'))}, "
         f"threshold scale from held-out images {fmt(m.get('threshold_scale'))}, "
         f"held-out images rejected {fmt(m.get('val_rejected_fraction'))}",

@@ -34,14 +34,19 @@ MIN_IMAGES_FOR_OWN_THRESHOLD = 10
 
 def ledoit_wolf(x: np.ndarray) -> tuple[np.ndarray, float]:
     """Ledoit-Wolf shrunk covariance of the rows of `x` and the shrinkage used (0..1)."""
-    n, p = x.shape
     xc = x - x.mean(axis=0)
-    emp = xc.T @ xc / n
+    return ledoit_wolf_from(len(x), xc.T @ xc, float(np.sum(np.sum(xc**2, axis=1) ** 2)))
+
+
+def ledoit_wolf_from(n: int, scatter: np.ndarray, quartic: float) -> tuple[np.ndarray, float]:
+    """Ledoit-Wolf from sufficient statistics of n centred rows xc: scatter = sum xc xc^T and
+    quartic = sum ||xc||^4 (both additive over chunks and processes)."""
+    p = scatter.shape[0]
+    emp = scatter / max(n, 1)
     mu = np.trace(emp) / p
     if n < 2 or mu <= 0:
         return emp, 1.0
-    x2 = xc**2
-    beta_ = np.sum(x2.T @ x2) / n
+    beta_ = quartic / n  # = sum((xc**2).T @ (xc**2)) / n
     delta_ = np.sum(emp**2)
     beta = (beta_ / n - delta_ / n) / p
     delta = (delta_ - 2 * mu * np.trace(emp) + p * mu**2) / p
@@ -49,6 +54,56 @@ def ledoit_wolf(x: np.ndarray) -> tuple[np.ndarray, float]:
     shrunk = (1 - shrinkage) * emp
     shrunk.flat[:: p + 1] += shrinkage * mu
     return shrunk, shrinkage
+
+
+# ---- sufficient statistics (one pass each, additive over chunks and processes) ---------------
+FIT_CHUNK_ROWS = 16384  # rows converted to float64 at a time
+
+
+def first_moments(x: np.ndarray, y: np.ndarray, num_classes: int) -> dict[str, np.ndarray]:
+    """Per-class counts and feature sums of one chunk."""
+    x = np.asarray(x, dtype=np.float64)
+    sums = np.zeros((num_classes, x.shape[1]))
+    np.add.at(sums, y, x) if len(x) < 64 else _class_sums(sums, x, y)
+    return {"count": np.bincount(y, minlength=num_classes).astype(np.float64), "sum": sums}
+
+
+def _class_sums(sums: np.ndarray, x: np.ndarray, y: np.ndarray) -> None:
+    for j in np.unique(y):
+        sums[j] += x[y == j].sum(axis=0)
+
+
+def second_moments(
+    x: np.ndarray, y: np.ndarray, means: np.ndarray, grand_mean: np.ndarray, per_class: bool
+) -> dict[str, np.ndarray]:
+    """Around the class means: the pooled scatter and sum ||xc||^4 (Ledoit-Wolf), per class too
+    when `per_class`, and sum (x - grand mean)^2 per dimension (the ridge's scale)."""
+    x = np.asarray(x, dtype=np.float64)
+    xc = x - means[y]
+    q = np.sum(xc**2, axis=1) ** 2
+    out = {"scatter": xc.T @ xc, "quartic": np.array(q.sum()), "dev2": ((x - grand_mean) ** 2).sum(axis=0)}
+    if per_class:
+        k, d = means.shape
+        out["class_scatter"] = np.zeros((k, d, d))
+        out["class_quartic"] = np.zeros(k)
+        for j in np.unique(y):
+            rows = xc[y == j]
+            out["class_scatter"][j] = rows.T @ rows
+            out["class_quartic"][j] = q[y == j].sum()
+    return out
+
+
+def _add(total: dict | None, part: dict) -> dict:
+    if total is None:
+        return {k: np.array(v, dtype=np.float64, copy=True) for k, v in part.items()}
+    for k, v in part.items():
+        total[k] += v
+    return total
+
+
+def _chunks_of(x: np.ndarray, y: np.ndarray, rows: int = FIT_CHUNK_ROWS):
+    for start in range(0, len(x), rows):
+        yield x[start : start + rows], y[start : start + rows]
 
 
 def _precision(cov: np.ndarray, ridge: float) -> np.ndarray:
@@ -75,24 +130,56 @@ class MahalanobisDetector(Detector):
     def fit(self, features=None, labels=None, num_classes: int | None = None, *, logits=None) -> "MahalanobisDetector":
         if labels is None:
             raise ValueError("the Mahalanobis detector needs the class labels of its training features")
-        if not 0.0 < self.percentile < 100.0:
-            raise ValueError(f"percentile must be between 0 and 100, got {self.percentile}")
-        if self.covariance not in COVARIANCES:
-            raise ValueError(f"covariance must be one of {', '.join(COVARIANCES)}, got {self.covariance!r}")
-        x = check_features(features)
+        if hasattr(features, "detach"):  # a torch tensor
+            features = features.detach().cpu().numpy()
+        x = np.asarray(features) if features is not None else check_features(None)
+        if x.ndim != 2 or x.dtype.kind not in "fiu":
+            x = check_features(x)  # says what is wrong
         y = np.asarray(labels, dtype=np.int64)
         if y.shape != (x.shape[0],):
             raise ValueError(f"labels must have one entry per feature row, got {y.shape} for {x.shape[0]} rows")
         k = int(num_classes if num_classes is not None else y.max() + 1)
-        counts = np.bincount(y, minlength=k)
+        # float32 features stay float32; each chunk is checked and converted on its own
+        return self.fit_chunks(lambda: ((check_features(a), b) for a, b in _chunks_of(x, y)), k)
+
+    def fit_chunks(self, chunks, num_classes: int, reduce=None, gather=None) -> "MahalanobisDetector":
+        """Fit from (features, labels) chunks without holding the features in float64 at once.
+
+        `chunks()` gives a fresh iterable of (features (n, d), int labels (n,)) each time it is
+        called; it is read three times: class sums, the scatter around the class means (and
+        what Ledoit-Wolf needs), the training distances. Many processes (torchrun): each passes
+        its own unpadded shard, `reduce(dict of arrays) -> the same dict summed over processes`
+        and `gather(array) -> the arrays of all processes concatenated in rank order`. Equal to
+        fit() on all the rows in one process (up to float64 rounding).
+        """
+        if not 0.0 < self.percentile < 100.0:
+            raise ValueError(f"percentile must be between 0 and 100, got {self.percentile}")
+        if self.covariance not in COVARIANCES:
+            raise ValueError(f"covariance must be one of {', '.join(COVARIANCES)}, got {self.covariance!r}")
+        reduce = reduce or (lambda stats: stats)
+        gather = gather or (lambda arr: arr)
+        k = int(num_classes)
+        first = None
+        for x, y in chunks():
+            first = _add(first, first_moments(x, np.asarray(y, dtype=np.int64), k))
+        if first is None:
+            raise ValueError("no training features")
+        first = reduce(first)
+        counts = first["count"].round().astype(np.int64)
         if (counts == 0).any():
             empty = np.flatnonzero(counts == 0).tolist()
             raise ValueError(f"classes {empty} have no training features")
-        n, d = x.shape
+        n, d = int(counts.sum()), first["sum"].shape[1]
+        means = first["sum"] / counts[:, None]
+        grand_mean = first["sum"].sum(axis=0) / n
+        per_class = self.covariance == "class"
+        second = None
+        for x, y in chunks():
+            second = _add(second, second_moments(x, np.asarray(y, dtype=np.int64), means, grand_mean, per_class))
+        second = reduce(second)
         # A ridge relative to the overall feature scale guarantees positive definiteness.
-        ridge = 1e-6 * max(float(np.mean(np.var(x, axis=0))), 1e-12)
-        means = np.stack([x[y == j].mean(axis=0) for j in range(k)])
-        pooled_cov, pooled_shrinkage = ledoit_wolf(x - means[y])
+        ridge = 1e-6 * max(float(np.mean(second["dev2"] / n)), 1e-12)
+        pooled_cov, pooled_shrinkage = ledoit_wolf_from(n, second["scatter"], float(second["quartic"]))
 
         if self.covariance == "tied":
             precisions = _precision(pooled_cov, ridge)[None]
@@ -103,7 +190,10 @@ class MahalanobisDetector(Detector):
             shrinkages = np.empty(k)
             for j in range(k):
                 # A one-image class has no spread of its own: it borrows the pooled covariance.
-                cov, shrinkages[j] = ledoit_wolf(x[y == j]) if counts[j] >= 2 else (pooled_cov, 1.0)
+                cov, shrinkages[j] = (
+                    ledoit_wolf_from(int(counts[j]), second["class_scatter"][j], float(second["class_quartic"][j]))
+                    if counts[j] >= 2 else (pooled_cov, 1.0)
+                )
                 precisions[j] = _precision(cov, ridge)
             small = (counts <= d).any()
         if small:
@@ -116,8 +206,13 @@ class MahalanobisDetector(Detector):
         self._whiten = None
         self.class_counts_ = counts
         self.threshold_scale_ = 1.0
-        self.train_distances_ = self._distances(x)[np.arange(n), y]
-        self.train_labels_ = y
+        own, labels = [], []
+        for x, y in chunks():
+            y = np.asarray(y, dtype=np.int64)
+            own.append(self._distances(np.asarray(x, dtype=np.float64))[np.arange(len(y)), y])
+            labels.append(y)
+        self.train_distances_ = gather(np.concatenate(own))
+        self.train_labels_ = gather(np.concatenate(labels))
         self.thresholds_ = self.thresholds_at(self.percentile)
         return self
 

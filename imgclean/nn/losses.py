@@ -25,6 +25,8 @@ class CenterLoss(nn.Module):
         self.alpha = alpha
         self.register_buffer("centers", torch.zeros(num_classes, feature_dim))
         self.register_buffer("initialised", torch.zeros(num_classes, dtype=torch.bool))
+        # Many processes (nn.distributed): reduce(sums, counts) -> the sums and counts of all of them.
+        self.reduce = None
 
     def forward(self, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         features = features.float()  # a no-op for float32 features
@@ -36,6 +38,12 @@ class CenterLoss(nn.Module):
     def _initialise_missing(self, features: torch.Tensor, labels: torch.Tensor) -> None:
         # A centre starts at the first batch mean of its class instead of the origin, so early
         # training is not dominated by pulling every class towards zero.
+        if self.reduce is not None:  # the mean over the global batch, whichever rank saw the class
+            sums, counts = self.reduce(*self.class_sums(features, labels))
+            new = (counts > 0) & ~self.initialised
+            self.centers[new] = sums[new] / counts[new][:, None]
+            self.initialised |= new
+            return
         for j in torch.unique(labels):
             if not self.initialised[j]:
                 self.centers[j] = features[labels == j].detach().mean(dim=0)
@@ -45,6 +53,8 @@ class CenterLoss(nn.Module):
     def update_centers(self, features: torch.Tensor, labels: torch.Tensor) -> None:
         """Apply one step of the Wen et al. update rule with this batch."""
         sums, counts = self.class_sums(features, labels)
+        if self.reduce is not None:
+            sums, counts = self.reduce(sums, counts)
         self.apply_class_sums(sums, counts)
 
     @torch.no_grad()

@@ -76,6 +76,30 @@ class Classifier(nn.Module):
         return self.classifier(self.neck(h)), F.normalize(h, dim=1)
 
 
+class L2Normalize(nn.Module):
+    """h -> h / ||h||: the neck of a Gaussian classifier (no parameters)."""
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return F.normalize(h, dim=1)
+
+
+LOGITS = ("linear", "gaussian")
+
+
+def set_gaussian_logits(model: Classifier, means, precision, scale: float) -> None:
+    """Make the classifier the Gaussian (linear discriminant) classifier of the deep features:
+    logit_k = (f . P mu_k - mu_k . P mu_k / 2) / scale, so argmax = the class of smallest
+    Mahalanobis distance under the shared precision P (the model must be built with
+    logits='gaussian': its neck normalises h, so the classifier sees the deep features f)."""
+    import numpy as np
+
+    w = np.asarray(means, dtype=np.float64) @ np.asarray(precision, dtype=np.float64)
+    b = -0.5 * np.einsum("kd,kd->k", w, np.asarray(means, dtype=np.float64))
+    with torch.no_grad():
+        model.classifier.weight.copy_(torch.from_numpy(w / scale))
+        model.classifier.bias.copy_(torch.from_numpy(b / scale))
+
+
 class ModelBuildError(ImgcleanError, ValueError):
     """The network cannot be built; the message is one line naming the model and the reason."""
 
@@ -156,6 +180,20 @@ def timm_data_config(backbone: nn.Module) -> dict:
     }
 
 
+def timm_train_transform(backbone: nn.Module, input_size: int, channels: int, mean: list[float],
+                         std: list[float], interpolation: str):
+    """timm's standard training transform for this model (random resized crop, horizontal flip,
+    colour jitter: timm.data.create_transform(is_training=True) on the model's data config),
+    for the decoded image (PIL, input_size pixels), normalised with `mean` and `std`."""
+    from timm.data import create_transform, resolve_model_data_config
+
+    cfg = resolve_model_data_config(backbone)
+    cfg.update(input_size=(channels, input_size, input_size), mean=tuple(mean), std=tuple(std),
+               interpolation=interpolation)
+    cfg.pop("crop_mode", None)
+    return create_transform(**cfg, is_training=True)
+
+
 def build_model(
     arch: str,
     num_classes: int,
@@ -163,12 +201,19 @@ def build_model(
     input_size: int | None,
     pretrained: bool = False,
     weights: Path | None = None,
+    logits: str = "linear",
 ) -> Classifier:
     """Build a classifier; `weights` is a local state dict for the backbone.
+
+    `logits` "gaussian": the class logits come from the normalised deep features through one
+    linear layer set by set_gaussian_logits (fit --epochs 0: a frozen backbone, no training);
+    "linear" (default): the trained classifier head.
 
     For a timm model `input_size` None means its own default size (timm_data_config).
     Raises ModelBuildError (a ValueError) with one line for any model that cannot be built.
     """
+    if logits not in LOGITS:
+        raise ModelBuildError(f"logits must be one of {', '.join(LOGITS)}, got {logits!r}")
     if arch == LENET:
         if pretrained:
             raise ModelBuildError("--pretrained needs a timm architecture; lenet has no pretrained weights")
@@ -177,12 +222,17 @@ def build_model(
         lenet = LeNet(in_channels, input_size)
         if weights is not None:
             load_backbone_weights(lenet, weights)
+        if logits == "gaussian":
+            return Classifier(lenet, lenet.num_features, num_classes, L2Normalize(), lenet.num_features)
         return Classifier(lenet, lenet.num_features, num_classes, lenet.make_neck(), lenet.neck_features)
     backbone = _timm_backbone(arch, in_channels, pretrained, input_size)
     if weights is not None:
         load_backbone_weights(backbone, weights)
     size = input_size or timm_data_config(backbone)["input_size"]
-    return Classifier(backbone, _output_dim(backbone, arch, in_channels, size), num_classes)
+    dim = _output_dim(backbone, arch, in_channels, size)
+    if logits == "gaussian":
+        return Classifier(backbone, dim, num_classes, L2Normalize(), dim)
+    return Classifier(backbone, dim, num_classes)
 
 
 def _output_dim(backbone: nn.Module, arch: str, in_channels: int, input_size: int) -> int:

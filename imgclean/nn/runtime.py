@@ -134,9 +134,10 @@ def prepare_for_inference(model: nn.Module, device, arch: str, input_size: int) 
     return model
 
 
-def to_tensor(images: np.ndarray, mean: list[float], std: list[float]) -> torch.Tensor:
-    """uint8 (N, H, W, C) -> normalised float (N, C, H, W)."""
-    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(255.0)
+def to_tensor(images, mean: list[float], std: list[float]) -> torch.Tensor:
+    """uint8 (N, H, W, C) array or tensor -> normalised float (N, C, H, W)."""
+    raw = images if isinstance(images, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(images))
+    x = raw.permute(0, 3, 1, 2).float().div_(255.0)
     m = torch.tensor(mean, dtype=x.dtype).view(1, -1, 1, 1)
     s = torch.tensor(std, dtype=x.dtype).view(1, -1, 1, 1)
     return (x - m) / s
@@ -157,10 +158,16 @@ def predict_arrays(
     asynchronously, normalised on the device, and the forward pass runs under
     autocast(amp_dtype(device)); outputs come back as float32. On a CPU: plain float32.
     """
+    batch_size = batch_size or default_batch_size(device)
+    chunks = (images[start : start + batch_size] for start in range(0, len(images), batch_size))
+    return predict_batches(model, chunks, mean, std, device)
+
+
+def predict_batches(model: nn.Module, batches, mean: list[float], std: list[float], device) -> tuple[np.ndarray, np.ndarray]:
+    """predict_arrays over an iterable of uint8 (N, H, W, C) batches (arrays or tensors)."""
     model.eval()
     device = torch.device(device)
     cuda = device.type == "cuda"
-    batch_size = batch_size or default_batch_size(device)
     channels_last = is_channels_last(model)
     dtype = amp_dtype(device)
     logits, feats = [], []
@@ -168,10 +175,10 @@ def predict_arrays(
         if cuda:
             m = torch.tensor(mean, device=device).view(1, -1, 1, 1)
             s = torch.tensor(std, device=device).view(1, -1, 1, 1)
-        for start in range(0, len(images), batch_size):
-            chunk = images[start : start + batch_size]
+        for chunk in batches:
             if cuda:
-                raw = torch.from_numpy(np.ascontiguousarray(chunk)).pin_memory()
+                raw = chunk if isinstance(chunk, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(chunk))
+                raw = raw if raw.is_pinned() else raw.pin_memory()
                 x = raw.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
                 x = (x - m) / s
             else:
@@ -188,3 +195,25 @@ def predict_arrays(
             np.zeros((0, model.feature_dim), dtype=np.float32),
         )
     return np.concatenate(logits), np.concatenate(feats)
+
+
+def predict_images(model: nn.Module, images, indices: np.ndarray | None, mean: list[float], std: list[float],
+                   device, batch_size: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(logits, features, indices kept) for `images[indices]`: an in-memory uint8 array, or
+    nn.datasets.StreamedImages decoded by DataLoader workers (an image whose decode fails now is
+    left out; the third array says which rows came back). `indices` None: all of them."""
+    from .datasets import StreamedImages, iterate
+
+    indices = np.arange(len(images)) if indices is None else np.asarray(indices, dtype=np.int64)
+    if not isinstance(images, StreamedImages):
+        logits, feats = predict_arrays(model, images[indices], mean, std, device, batch_size)
+        return logits, feats, indices
+    kept: list[np.ndarray] = []
+
+    def batches():
+        for idx, x in iterate(images, indices, batch_size or default_batch_size(device), device):
+            kept.append(idx.numpy())
+            yield x
+
+    logits, feats = predict_batches(model, batches(), mean, std, device)
+    return logits, feats, (np.concatenate(kept) if kept else np.zeros(0, dtype=np.int64))

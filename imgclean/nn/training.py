@@ -1,7 +1,11 @@
 """Training the classifier with cross-entropy + lambda * center loss, and embedding images.
 
-Images arrive already decoded, as one uint8 array (N, H, W, C): each training image is decoded
-once, not once per epoch. Read top to bottom: split, loop over epochs, evaluate.
+Images arrive as one uint8 array (N, H, W, C), each decoded once (the decode-once cache), or as
+nn.datasets.StreamedImages, decoded per batch by DataLoader workers (memory flat in the number of
+images); the epoch order, the batches and the random shifts are the same either way, so on a
+CPU both give the same model. A `transform` (timm's training transform for photo models) runs
+on each decoded image in the workers instead of the small random shift. Read top to bottom:
+split, loop over epochs, evaluate.
 
 How the network runs (device, mixed precision, memory layout) is nn.runtime's decision: on a CPU
 nothing changes (plain float32, the results bit-for-bit those before the runtime existed); on
@@ -22,6 +26,9 @@ import torch.nn.functional as F
 from ..config import LENET, TrainSettings
 from ..metrics import macro_f1
 from . import runtime as rt
+from .datasets import (
+    BatchList, ChannelHistogram, ImagesDataset, StreamedImages, batches_of, loader_workers, make_loader,
+)
 from .losses import CenterLoss
 from .models import Classifier, LeNet
 
@@ -47,6 +54,7 @@ class TrainResult:
     epochs: int = 0
     train_indices: np.ndarray | None = None
     val_indices: np.ndarray | None = None
+    centers: np.ndarray | None = None  # the center loss's final centres
 
 
 # Called after every batch: (epoch, epochs, batch, batches_per_epoch, running_loss, running_accuracy).
@@ -61,10 +69,18 @@ def seed_everything(seed: int) -> None:
 
 
 def channel_stats(images: np.ndarray) -> tuple[list[float], list[float]]:
-    """Per-channel mean and std of uint8 images, on the 0..1 scale."""
-    x = images.reshape(-1, images.shape[-1]).astype(np.float64) / 255.0
-    std = np.maximum(x.std(axis=0), 1e-3)
-    return x.mean(axis=0).tolist(), std.tolist()
+    """Per-channel mean and std of uint8 images, on the 0..1 scale (std at least 1e-3).
+
+    Exact per-channel histograms, one image at a time: no float copy of the array."""
+    hist = ChannelHistogram(images.shape[-1])
+    for image in images:
+        hist.add(image)
+    return hist.mean_std()
+
+
+def plain(model):
+    """The network inside a DistributedDataParallel wrapper (or the model itself)."""
+    return getattr(model, "module", model)
 
 
 def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -99,8 +115,16 @@ def train_classifier(
     device: torch.device,
     on_batch: BatchCallback | None = None,
     on_epoch: EpochCallback | None = None,
+    transform: Callable | None = None,
+    dist=None,
 ) -> TrainResult:
-    """Train `model` in place; returns per-epoch statistics and validation metrics."""
+    """Train `model` in place; returns per-epoch statistics and validation metrics.
+
+    `images`: a uint8 array or nn.datasets.StreamedImages. `transform`: a per-image training
+    transform (PIL image -> normalised tensor) that replaces the random shift. `dist`: an
+    nn.distributed.Distributed when torchrun started several processes (each trains on its
+    share of every batch; nn/distributed.py), else None.
+    """
     seed_everything(settings.seed)
     num_classes = model.classifier.out_features
     train_idx, val_idx = stratified_split(labels, settings.val_fraction, settings.seed)
@@ -131,16 +155,39 @@ def train_classifier(
     )
     generator = torch.Generator().manual_seed(settings.seed)
     y_all = torch.from_numpy(labels.astype(np.int64))
+    loader = batch_list = None
+    if transform is not None or isinstance(images, StreamedImages):
+        batch_list = BatchList()
+        workers = images.workers if isinstance(images, StreamedImages) else loader_workers()
+        loader = make_loader(ImagesDataset(images, transform), batch_list, device, workers, settings.seed)
+    shift_generator = generator
+    if dist is not None:
+        model, center_loss = dist.wrap(model, center_loss, device)
+        # the epoch order must stay the same on every rank: shifts draw from a generator of their own
+        shift_generator = torch.Generator().manual_seed(settings.seed + 7919 * (dist.rank + 1))
 
     for epoch in range(1, epochs + 1):
         model.train()
         order = train_idx[torch.randperm(len(train_idx), generator=generator).numpy()]
         sums = {"loss": 0.0, "ce": 0.0, "center": 0.0, "correct": 0, "seen": 0}
-        for b, start in enumerate(range(0, len(order), settings.batch_size), start=1):
-            idx = order[start : start + settings.batch_size]
-            x = rt.to_tensor(images[idx], mean, std)
-            if settings.augment:
-                x = random_shift(x, generator)
+        epoch_batches = batches_of(order, settings.batch_size)
+        if dist is not None:
+            epoch_batches = [dist.shard(idx) for idx in epoch_batches if len(idx) >= dist.world_size]
+        if batch_list is not None:
+            batch_list.batches = epoch_batches
+            batches = loader
+        else:
+            batches = ((idx, images[idx]) for idx in epoch_batches)
+        for b, item in enumerate(batches, start=1):
+            if item is None:  # every image of this batch failed to decode (changed on disk since)
+                continue
+            idx, raw = item
+            if transform is None:
+                x = rt.to_tensor(raw, mean, std)
+                if settings.augment:
+                    x = random_shift(x, shift_generator)
+            else:
+                x = raw
             x, y = x.to(device), y_all[idx].to(device)
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
@@ -173,14 +220,16 @@ def train_classifier(
         seen = max(sums["seen"], 1)
         stats = EpochStats(epoch, epochs, sums["loss"] / seen, sums["ce"] / seen, sums["center"] / seen, sums["correct"] / seen)
         if len(val_idx):
-            logits, _ = rt.predict_arrays(model, images[val_idx], mean, std, device)
+            logits, _, kept = rt.predict_images(plain(model), images, val_idx, mean, std, device)
             pred = logits.argmax(1)
-            stats.val_accuracy = float(np.mean(pred == labels[val_idx]))
-            stats.val_macro_f1 = macro_f1(labels[val_idx], pred, num_classes)
+            stats.val_accuracy = float(np.mean(pred == labels[kept]))
+            stats.val_macro_f1 = macro_f1(labels[kept], pred, num_classes)
         result.history.append(stats)
         if on_epoch is not None:
             on_epoch(stats)
 
+    del loader  # stops its workers
+    result.centers = center_loss.centers.detach().cpu().numpy().copy()
     last = result.history[-1] if result.history else None
     result.val_metrics = {
         "val_images": int(len(val_idx)),

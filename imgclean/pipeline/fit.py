@@ -18,13 +18,17 @@ import numpy as np
 
 from .. import config as cfg
 from .. import data
+from ..metrics import macro_f1
 from ..store.artifact import ModelBundle
 from ..detectors import MahalanobisDetector, registry
+from .decode import DecodeSettings
+from .fitparts import drop_lost, embed_distributed, gaussian_logits, untrained
 from .trainset import (  # noqa: F401  (FitError, decode_classes, detect_geometry: public here as before)
     FitError,
     ProgressCallback,
     decode_classes,
     detect_geometry,
+    read_training_set,
 )
 
 log = logging.getLogger(__name__)
@@ -158,16 +162,22 @@ def fit_model(
     config: cfg.FitConfig,
     progress: ProgressCallback | None = None,
     reject_dir: Path | None = None,
+    dist=None,
 ) -> tuple[ModelBundle, FitReport]:
     """Train a classifier on `train_dir` and calibrate its Mahalanobis detector.
 
     With `reject_dir`, also train the supervised reject head on the frozen features
-    (training images = 1, the images of reject_dir = 0).
+    (training images = 1, the images of reject_dir = 0). `dist`: an nn.distributed.Distributed
+    under torchrun; every rank calls this, and only rank 0 gets (bundle, report), the others
+    (None, None) once their part of the statistics is done.
     """
-    from ..nn.models import build_model
-    from ..nn.runtime import pick_device, predict_arrays
-    from ..nn.training import channel_stats, seed_everything, train_classifier
+    from ..nn.models import build_model, timm_train_transform
+    from ..nn.runtime import pick_device, predict_arrays, predict_images
+    from ..nn.training import seed_everything, train_classifier
 
+    from ..nn.datasets import fixed_mmap_threshold
+
+    fixed_mmap_threshold()  # memory flat in the number of images (nn/datasets.py)
     started = time.perf_counter()
     try:
         class_names, class_files = data.list_image_folder(Path(train_dir))
@@ -182,15 +192,23 @@ def fit_model(
     size, channels = detect_geometry(class_files)
     arch, size, channels = resolve_architecture(config, size, channels)
     check_preprocessing(config, channels)
-    device = pick_device(config.device)
+    frozen = config.train.epochs == 0  # pretrained features only: no training (docs/training.md)
+    if frozen and not (config.pretrained or config.weights):
+        raise FitError("--epochs 0 trains nothing, so it needs a backbone that already works: "
+                       "add --pretrained or --weights FILE, or train with --epochs 1 or more")
+    device = pick_device(config.device) if dist is None else dist.device()
     seed_everything(config.train.seed)  # the initial weights too
     try:  # built before decoding: a model that cannot be built fails at once
-        model = build_model(arch, len(class_names), channels, size, config.pretrained, config.weights)
+        model = build_model(arch, len(class_names), channels, size, config.pretrained, config.weights,
+                            logits="gaussian" if frozen else "linear")
     except ValueError as exc:
         raise FitError(str(exc)) from None
     prep = resolve_preprocessing(config, arch, channels, size, model)
     size, decode_opts = prep["input_size"], {"interpolation": prep["interpolation"], "crop_pct": prep["crop_pct"]}
-    images, labels, skipped = decode_classes(class_names, class_files, size, channels, progress, **decode_opts)
+    measure = prep["mean"] is None or prep["std"] is None
+    found = read_training_set(class_names, class_files, DecodeSettings(size, channels, **decode_opts), progress,
+                              config.cache_memory, statistics=measure)
+    images, labels, skipped = found.images, found.labels, found.skipped
     rejects = None
     if reject_dir is not None:  # decoded before training, so a bad folder fails fast
         from .headfit import HeadError, decode_folder
@@ -199,11 +217,13 @@ def fit_model(
             rejects, rejects_skipped = decode_folder(reject_dir, size, channels, **decode_opts)
         except HeadError as exc:
             raise FitError(str(exc)) from None
-    if prep["mean"] is None or prep["std"] is None:
-        measured = channel_stats(images)
-        prep["mean"] = measured[0] if prep["mean"] is None else prep["mean"]
-        prep["std"] = measured[1] if prep["std"] is None else prep["std"]
+    if measure:
+        prep["mean"] = found.mean if prep["mean"] is None else prep["mean"]
+        prep["std"] = found.std if prep["std"] is None else prep["std"]
     mean, std = prep["mean"], prep["std"]
+    transform = None
+    if arch != "lenet" and config.train.augment and not frozen:  # photos: timm's training transform, in the loader's workers
+        transform = timm_train_transform(model.backbone, size, channels, mean, std, prep["interpolation"])
 
     def on_batch(epoch, epochs, batch, batches, loss, acc):
         if progress is not None:
@@ -213,13 +233,26 @@ def fit_model(
         if progress is not None:
             progress("epoch", stats.epoch, stats.epochs, asdict(stats))
 
-    result = train_classifier(model, images, labels, mean, std, config.train, device, on_batch, on_epoch)
+    if frozen:
+        result = untrained(labels, config.train)
+    else:
+        result = train_classifier(model, images, labels, mean, std, config.train, device, on_batch, on_epoch, transform,
+                                  dist=dist)
 
     if progress is not None:
         progress("embed", 0, len(images), {})
-    logits, feats = predict_arrays(model, images, mean, std, device)
+    if dist is None:
+        logits, feats, kept = predict_images(model, images, None, mean, std, device)
+        detector = None
+    else:
+        logits, feats, kept, detector = embed_distributed(model, images, labels, mean, std, device, result, config,
+                                                          len(class_names), dist)
+        if not dist.is_main:
+            return None, None
     if progress is not None:
         progress("embed", len(images), len(images), {})
+    if len(kept) < len(labels):  # files that changed on disk since they were read: skipped now
+        labels, skipped = drop_lost(images, labels, kept, result, skipped)
     # With a validation split, the detector is fitted on the training split only, and the held-out
     # images calibrate its thresholds: new images of a known class lie further from the class
     # Gaussians than the images those were fitted on, and the more so the fewer images a class
@@ -228,11 +261,12 @@ def fit_model(
     # tail. With 800 images a class the scale is about 1.01; with 30 about 1.15 (docs/method.md).
     metrics = dict(result.val_metrics)
     fit_idx = result.train_indices if len(result.val_indices) else np.arange(len(labels))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the generic warning is replaced by one naming the classes
-        detector = MahalanobisDetector(config.percentile, config.covariance).fit(
-            feats[fit_idx], labels[fit_idx], num_classes=len(class_names)
-        )
+    if detector is None:  # (under torchrun: fitted above from the statistics of every rank)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the generic warning is replaced by one naming the classes
+            detector = MahalanobisDetector(config.percentile, config.covariance).fit(
+                feats[fit_idx], labels[fit_idx], num_classes=len(class_names)
+            )
     warn_if_few_images(class_names, labels[fit_idx], feats.shape[1], config.covariance)
     if len(result.val_indices):
         val_scores = detector.score(feats[result.val_indices])
@@ -249,6 +283,13 @@ def fit_model(
                 "model does not generalise well yet; train longer (--epochs) or add images",
                 100 * held_out_rate, 100 * nominal,
             )
+    if frozen:  # the class logits: the Gaussian classifier of the deep features (nearest class)
+        logits = gaussian_logits(model, detector, feats[fit_idx], labels[fit_idx], feats, len(class_names))
+        if len(result.val_indices):
+            pred = logits[result.val_indices].argmax(1)
+            metrics["val_accuracy"] = float(np.mean(pred == labels[result.val_indices]))
+            metrics["val_macro_f1"] = macro_f1(labels[result.val_indices], pred, len(class_names))
+        metrics["train_accuracy"] = float(np.mean(logits[fit_idx].argmax(1) == labels[fit_idx]))
     metrics["train_rejected_fraction"] = float(np.mean(detector.predict(feats)))
     detectors = {
         "mahalanobis": detector,
@@ -273,7 +314,10 @@ def fit_model(
         "covariance": config.covariance,
         "pretrained": bool(config.pretrained),
         "weights": os.fsdecode(config.weights) if config.weights else None,
-        "training": {**asdict(config.train), "epochs_trained": int(result.epochs)},
+        "training": {**asdict(config.train), "epochs_trained": int(result.epochs), "backbone_trained": not frozen},
+        "backbone_trained": not frozen,
+        "world_size": dist.world_size if dist is not None else 1,
+        "logits": "gaussian" if frozen else "linear",
         "data": {"train_dir": os.fsdecode(Path(train_dir).absolute()), "images_per_class": counts, "skipped": len(skipped)},
         "metrics": metrics,
         "score": "min over classes of mahalanobis distance / class threshold; higher = more out-of-distribution; > 1 = rejected",

@@ -1,10 +1,19 @@
-"""Turning class folders into training arrays: the image geometry, and each image decoded once.
+"""Turning class folders into training data: the image geometry, and one pass over every image.
 
 Shared by `fit` and `fit-head` (kept apart from both so neither imports the other).
+
+`read_training_set` is fit's one pass over the files: each file's status (a file that cannot be
+decoded is skipped and reported), the per-channel statistics (exact histograms, no float copy),
+and the decoded images kept in one preallocated uint8 array when all of them fit the cache
+budget; otherwise they are dropped as soon as counted and training streams them
+(nn.datasets.StreamedImages, decoded again per batch by DataLoader workers with the same
+decode_one). `decode_classes` is that pass with an unlimited budget (the arrays, as before).
 """
 from __future__ import annotations
 
+import functools
 import os
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -12,7 +21,7 @@ import numpy as np
 from .. import config as cfg
 from .. import data
 from ..errors import ImgcleanError
-from .decode import Decoder, DecodeSettings
+from .decode import Decoder, DecodeSettings, decode_one
 
 GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
 PROBE_IMAGES_PER_CLASS = 20
@@ -43,6 +52,69 @@ def detect_geometry(class_files: list[list[data.FileEntry]]) -> tuple[int, int]:
     return int(np.median(sizes)), 1 if gray else 3
 
 
+@dataclass
+class TrainingSet:
+    """What fit's one pass found: `images` is a uint8 array (cached) or StreamedImages."""
+
+    images: object
+    labels: np.ndarray
+    skipped: list[tuple[str, str, str]] = field(default_factory=list)
+    mean: list[float] | None = None
+    std: list[float] | None = None
+    cached: bool = True
+
+
+def read_training_set(
+    class_names: list[str],
+    class_files: list[list[data.FileEntry]],
+    settings: DecodeSettings,
+    progress: ProgressCallback | None = None,
+    cache_bytes: int | None = None,
+    statistics: bool = True,
+) -> TrainingSet:
+    """Decode every training image once: statuses, channel statistics, and the images kept in
+    memory when all of them fit `cache_bytes` (None: nn.datasets.cache_budget())."""
+    from ..nn.datasets import ChannelHistogram, StreamedImages, cache_budget
+
+    entries = [entry for files in class_files for entry in files]
+    label_of = [label for label, files in enumerate(class_files) for _ in files]
+    shape = (settings.size, settings.size, settings.channels)
+    budget = cache_budget(cache_bytes)
+    cache = np.empty((len(entries), *shape), dtype=np.uint8) if len(entries) * int(np.prod(shape)) <= budget else None
+    hist = ChannelHistogram(settings.channels) if statistics else None
+    good, labels, skipped = [], [], []
+    done = 0
+    with Decoder(settings) as decoder:
+        for batch, decoded in decoder.batches(entries, PROGRESS_EVERY):
+            for i, (entry, d) in enumerate(zip(batch, decoded, strict=True), start=done):
+                if d.ok:
+                    if cache is not None:
+                        cache[len(good)] = d.array
+                    if hist is not None:
+                        hist.add(d.array)
+                    good.append(entry)
+                    labels.append(label_of[i])
+                else:
+                    skipped.append((os.fsdecode(entry.path), d.status, d.message))
+            done += len(batch)
+            if progress is not None:
+                progress("decode", done, len(entries), {})
+    labels = np.array(labels, dtype=np.int64)
+    counts = np.bincount(labels, minlength=len(class_names))
+    empty = [class_names[j] for j in range(len(class_names)) if counts[j] == 0]
+    if empty:
+        raise FitError(
+            f"class {', '.join(repr(n) for n in empty)} has no usable image "
+            "(empty folder, or every file unreadable); add images or remove the folder"
+        )
+    if cache is not None:
+        images = cache[: len(good)]
+    else:
+        images = StreamedImages(good, functools.partial(decode_one, settings=settings), shape)
+    mean, std = hist.mean_std() if hist is not None else (None, None)
+    return TrainingSet(images, labels, skipped, mean, std, cached=cache is not None)
+
+
 def decode_classes(
     class_names: list[str],
     class_files: list[list[data.FileEntry]],
@@ -56,26 +128,6 @@ def decode_classes(
 
     `interpolation` and `crop_pct` are the model's (data.decode_image).
     """
-    entries = [entry for files in class_files for entry in files]
-    label_of = [label for label, files in enumerate(class_files) for _ in files]
-    images, labels, skipped = [], [], []
-    done = 0
-    with Decoder(DecodeSettings(size, channels, interpolation, crop_pct)) as decoder:
-        for batch, decoded in decoder.batches(entries, PROGRESS_EVERY):
-            for i, (entry, d) in enumerate(zip(batch, decoded, strict=True), start=done):
-                if d.ok:
-                    images.append(d.array)
-                    labels.append(label_of[i])
-                else:
-                    skipped.append((os.fsdecode(entry.path), d.status, d.message))
-            done += len(batch)
-            if progress is not None:
-                progress("decode", done, len(entries), {})
-    counts = np.bincount(np.array(labels, dtype=np.int64), minlength=len(class_names))
-    empty = [class_names[j] for j in range(len(class_names)) if counts[j] == 0]
-    if empty:
-        raise FitError(
-            f"class {', '.join(repr(n) for n in empty)} has no usable image "
-            "(empty folder, or every file unreadable); add images or remove the folder"
-        )
-    return np.stack(images), np.array(labels, dtype=np.int64), skipped
+    found = read_training_set(class_names, class_files, DecodeSettings(size, channels, interpolation, crop_pct),
+                              progress, cache_bytes=1 << 62, statistics=False)
+    return found.images, found.labels, found.skipped

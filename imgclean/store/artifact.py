@@ -453,7 +453,8 @@ def _build_network(weights: bytes, config: dict, device: str, file: Path):
     except (SafetensorError, ValueError) as exc:
         raise ModelError(f"{file} is damaged ({exc}); retrain or restore the model") from None
     try:
-        model = build_model(config["arch"], len(config["class_names"]), config["channels"], config["input_size"])
+        model = build_model(config["arch"], len(config["class_names"]), config["channels"], config["input_size"],
+                            logits=str(config.get("logits") or "linear"))
         model.load_state_dict(state, strict=True)
     except (RuntimeError, ValueError) as exc:
         raise ModelError(f"{file} does not fit the architecture in {CONFIG_FILE}: {exc}") from None

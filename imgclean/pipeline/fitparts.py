@@ -1,0 +1,79 @@
+"""fit's steps that are not the main line: --epochs 0 (no training), torchrun's embedding and
+statistics, and images a streamed pass could no longer decode. Used by pipeline/fit.py only."""
+from __future__ import annotations
+
+import os
+import warnings
+
+import numpy as np
+
+from .. import config as cfg
+from .. import data
+from ..detectors import MahalanobisDetector
+
+
+def drop_lost(images, labels: np.ndarray, kept: np.ndarray, result, skipped: list) -> tuple[np.ndarray, list]:
+    """Leave out the images a streamed embedding pass could no longer decode (changed on disk
+    since the first pass): they join the skipped files, and the split's indices follow."""
+    lost = np.setdiff1d(np.arange(len(labels)), kept)
+    for i in lost:
+        item = images.items[i]
+        skipped.append((os.fsdecode(getattr(item, "path", item)), data.UNREADABLE,
+                        "could not be decoded again after it was first read (changed on disk during fit?)"))
+    pos = np.full(len(labels), -1, dtype=np.int64)
+    pos[kept] = np.arange(len(kept))
+    for name in ("train_indices", "val_indices"):
+        moved = pos[getattr(result, name)]
+        setattr(result, name, moved[moved >= 0])
+    return labels[kept], skipped
+
+
+def untrained(labels: np.ndarray, settings: cfg.TrainSettings):
+    """The TrainResult of `--epochs 0`: the same held-out split training would make, no epochs."""
+    from ..nn.training import TrainResult, stratified_split
+
+    train_idx, val_idx = stratified_split(labels, settings.val_fraction, settings.seed)
+    return TrainResult(epochs=0, train_indices=train_idx, val_indices=val_idx,
+                       val_metrics={"val_images": int(len(val_idx)), "epochs": 0})
+
+
+def gaussian_logits(model, detector: MahalanobisDetector, fit_feats: np.ndarray, fit_labels: np.ndarray,
+                    feats: np.ndarray, num_classes: int) -> np.ndarray:
+    """Set the untrained classifier to the Gaussian classifier of the features (the class means
+    and the tied precision of `detector`, or of a tied fit when it has one per class; scaled by
+    1 / feature dimension so the logits stay small) and return the logits of `feats`."""
+    from ..nn.models import set_gaussian_logits
+
+    tied = detector
+    if len(detector.precisions_) != 1:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            tied = MahalanobisDetector(detector.percentile, "tied").fit(fit_feats, fit_labels, num_classes=num_classes)
+    set_gaussian_logits(model, tied.means_, tied.precisions_[0], float(feats.shape[1]))
+    w = model.classifier.weight.detach().cpu().numpy()
+    b = model.classifier.bias.detach().cpu().numpy()
+    return (feats @ w.T + b).astype(np.float32)
+
+
+def embed_distributed(model, images, labels, mean, std, device, result, config: cfg.FitConfig, num_classes: int,
+                      dist) -> tuple[np.ndarray, np.ndarray, np.ndarray, MahalanobisDetector]:
+    """Under torchrun: each rank embeds its unpadded share of the images; the Mahalanobis detector
+    is fitted from the statistics summed over ranks (distances gathered for the thresholds); the
+    features and logits are gathered in the original order (KNN, energy and the calibration need
+    them all). Returns (logits, features, kept indices, detector) on every rank."""
+    from ..nn.runtime import predict_images
+    from ..nn.training import plain
+
+    net = plain(model)
+    logits, feats, kept = predict_images(net, images, dist.shard(np.arange(len(labels))), mean, std, device)
+    in_fit = np.zeros(len(labels), dtype=bool)
+    in_fit[result.train_indices if len(result.val_indices) else np.arange(len(labels))] = True
+    rows = in_fit[kept]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the generic warning is replaced by one naming the classes
+        detector = MahalanobisDetector(config.percentile, config.covariance).fit_chunks(
+            lambda: [(feats[rows], labels[kept][rows])], num_classes, reduce=dist.reduce_arrays, gather=dist.gather_rows
+        )
+    kept_all = dist.gather_rows(kept)
+    order = np.argsort(kept_all, kind="stable")
+    return dist.gather_rows(logits)[order], dist.gather_rows(feats)[order], kept_all[order], detector

@@ -1,0 +1,53 @@
+"""torchrun with 2 CPU processes (gloo) gives the centres and detector statistics of one process."""
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import ddp_equivalence
+
+ROOT = Path(__file__).resolve().parents[1]
+TIMEOUT_S = 480  # generous: the machine running the tests may be busy
+
+
+def torchrun(*args, cwd=None):
+    """Run `torchrun --standalone --nproc_per_node=2 ARGS` in its own session; on a timeout the
+    whole process group (torchrun and its workers) is killed."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")]), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *map(str, args)]
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True, text=True)
+    try:
+        output, _ = proc.communicate(timeout=TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        pytest.fail(f"torchrun did not finish within {TIMEOUT_S}s")
+    return proc.returncode, output
+
+
+@pytest.mark.parametrize("covariance", ["tied", "class"])
+def test_two_processes_give_the_single_process_centres_and_statistics(tmp_path, covariance):
+    out = tmp_path / "ddp.npz"
+    code, output = torchrun(ROOT / "tests" / "ddp_equivalence.py", out, covariance)
+    assert code == 0, output[-3000:]
+    got = np.load(out)
+    assert int(got["world_size"]) == 2
+    want = ddp_equivalence.run(None, covariance)
+    for key, value in want.items():
+        assert np.allclose(got[key], value, rtol=1e-6, atol=1e-6), key
+
+
+def test_torchrun_fit_writes_one_model_recording_world_size(tmp_path, train_dir):
+    code, output = torchrun("-m", "imgclean", "fit", train_dir, "-o", tmp_path / "m", "--device", "cpu",
+                            "--epochs", "1", "--min-steps", "0", "--batch-size", "16", "--json", cwd=tmp_path)
+    assert code == 0, output[-3000:]
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert config["world_size"] == 2
+    assert output.count('"thresholds"') == 1  # only rank 0 printed its summary
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]

@@ -112,9 +112,10 @@ def scan(
     with open_run(root, folder, move_to, dry_run, report, review, printer) as run:
         progress = run.progress
         if not progress.disable:
-            from ..data import walk_images
+            from ..walk import count_images
 
-            printer.total = sum(1 for _ in walk_images(root, exclude))
+            # From the folder listings alone (no stat per file): the walk itself happens once, in the scan.
+            printer.total = count_images(root, exclude)
             printer.task = progress.add_task("scanning", total=printer.total, info="")
             show_model_loading(bundle, progress, printer.task)
         try:

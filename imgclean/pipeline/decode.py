@@ -21,10 +21,10 @@ small files decode several times faster in worker processes (pipeline/decode_wor
 memory hand-off, one shared memory budget, dead workers replaced); large JPEGs, decoded in draft
 mode, release the GIL and do as well in threads, which start instantly and copy nothing. The
 rule in "auto" (the default; IMGCLEAN_DECODE=threads|processes|auto overrides it, for tests and
-benchmarks): threads while batches are small (under MIN_PROCESS_BATCH files: a handful of new
-files in a cached rescan is not worth starting processes) or there is one worker; at the first
-batch of MIN_PROCESS_BATCH files or more, processes when its median file size is under
-LARGE_FILE_BYTES, else threads, and that choice then holds for the Decoder's life.
+benchmarks): threads with one worker, and until MIN_PROCESS_FILES files have been submitted (a
+handful of new files in a cached rescan, or a small folder, is not worth starting processes);
+then processes when the median size of the files seen so far is under LARGE_FILE_BYTES, else
+threads, and that choice holds for the Decoder's life.
 """
 from __future__ import annotations
 
@@ -72,9 +72,9 @@ class Decoded:
 
 MODE_ENV = "IMGCLEAN_DECODE"
 MODES = ("auto", "threads", "processes")
-MIN_PROCESS_BATCH = 64  # files in one batch before processes are worth starting
+MIN_PROCESS_FILES = 200  # files submitted before processes are worth starting (~30 ms to start them)
 LARGE_FILE_BYTES = 256 * 1024  # median file size from which threads decode as fast (GIL released)
-PROCESS_CHUNK = 128  # most files per process task
+PROCESS_CHUNK = 256  # most files per process task
 PROCESS_CHUNK_BYTES = 32 * 2**20  # and most decoded bytes per task (its shared block)
 
 
@@ -86,9 +86,15 @@ def default_workers() -> int:
         return os.cpu_count() or 1
 
 
+def _processes_available() -> bool:
+    from .decode_workers import available
+
+    return available()
+
+
 def item_path(item):
-    """The path of an item: a data.FileEntry's `.path`, or the item itself."""
-    return item.path if isinstance(item, data.FileEntry) else item
+    """The path of an item: a data.FileEntry's path (as the walk joined it), or the item itself."""
+    return item.fspath if isinstance(item, data.FileEntry) else item
 
 
 def decode_one(item, settings: DecodeSettings) -> Decoded:
@@ -145,6 +151,8 @@ class Decoder:
         self._pool: ThreadPoolExecutor | None = None
         self._procs = None  # decode_workers.ProcessDecodePool, started at the first process batch
         self._thread_futures: list[Future] = []
+        self._seen = 0  # files submitted while the mode is undecided
+        self._sizes: list[int] = []  # their sizes (the first MIN_PROCESS_FILES)
 
     def __enter__(self) -> "Decoder":
         self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="imgclean-decode")
@@ -169,18 +177,18 @@ class Decoder:
         """threads or processes for this batch (see the module docstring)."""
         if self.mode is not None:
             return self.mode
-        if len(items) < MIN_PROCESS_BATCH:
-            return "threads"
-        sizes = []
-        for item in items[:MIN_PROCESS_BATCH]:
+        self._seen += len(items)
+        for item in items[: max(0, MIN_PROCESS_FILES - len(self._sizes))]:
             if isinstance(item, data.FileEntry):
-                sizes.append(item.size)
+                self._sizes.append(item.size)
             else:
                 try:
-                    sizes.append(os.stat(item).st_size)
+                    self._sizes.append(os.stat(item).st_size)
                 except (OSError, TypeError, ValueError):
                     pass
-        sizes.sort()
+        if self._seen < MIN_PROCESS_FILES:
+            return "threads"
+        sizes = sorted(self._sizes)
         small = not sizes or sizes[len(sizes) // 2] < LARGE_FILE_BYTES
         self.mode = "processes" if small else "threads"
         return self.mode
@@ -193,7 +201,7 @@ class Decoder:
         if not items:
             return Pending([])
         step = max(1, -(-len(items) // (2 * self.workers)))
-        if self._choose(items) == "processes":
+        if self._choose(items) == "processes" and _processes_available():
             return self._submit_processes(items, step)
         futures = [
             self._pool.submit(_decode_chunk, items[i : i + step], self.settings) for i in range(0, len(items), step)
@@ -212,6 +220,8 @@ class Decoder:
             self._thread_futures = []
             self._procs = ProcessDecodePool(decode_one, self.settings, self.workers, Decoded)
         item_bytes = self.settings.size * self.settings.size * self.settings.channels
+        # One chunk per worker per batch: each chunk is a task, a pipe message and a block.
+        step = -(-len(items) // self.workers)
         step = max(1, min(step, PROCESS_CHUNK, PROCESS_CHUNK_BYTES // max(1, item_bytes)))
         return Pending([self._procs.submit(items[i : i + step]) for i in range(0, len(items), step)])
 

@@ -19,9 +19,11 @@ add up for folders of small images; processes do. How:
   one file at a time, and a file whose own decode kills its worker ends `unreadable` with a
   message saying so. No file is lost and nothing waits forever.
 - Workers ignore SIGINT (the parent decides when to stop and shuts them down), die on SIGTERM,
-  and exit by themselves when the parent disappears (a watchdog thread polls getppid), so a
-  parent killed with -9 leaves no decoder behind; its blocks are unlinked by multiprocessing's
-  resource tracker, which is started before the first worker so that workers and parent share it.
+  and exit by themselves when the parent disappears (a watchdog thread polls getppid), unlinking
+  the blocks they made on the way out, so even a parent killed with -9 leaves no decoder and no
+  block behind. The blocks are made with multiprocessing's own POSIX primitives (_posixshmem)
+  but without its resource tracker: that would cost two pipe writes per block in the scanning
+  process, and the lifetimes here are explicit.
 """
 from __future__ import annotations
 
@@ -35,13 +37,17 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
-from multiprocessing import resource_tracker
-from multiprocessing.shared_memory import SharedMemory
+import mmap
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
 from .. import data
+
+try:  # POSIX shared memory (multiprocessing.shared_memory's own primitives, without its tracker)
+    import _posixshmem
+except ImportError:  # pragma: no cover - not POSIX: the Decoder uses threads
+    _posixshmem = None
 
 log = logging.getLogger(__name__)
 
@@ -90,10 +96,16 @@ class SharedBudget:
 
 
 # ---- in the worker -------------------------------------------------------------------------
+_created: list[str] = []  # blocks this worker made (the parent unlinks them as it collects)
+
+
 def _watch_parent(parent: int) -> None:
+    """Exit when the parent is gone, unlinking the blocks it can no longer collect."""
     while True:
         time.sleep(0.5)
         if os.getppid() != parent:
+            for name in list(_created):
+                _unlink(name)
             os._exit(1)
 
 
@@ -119,29 +131,44 @@ def _run_chunk(fn: Callable, items: Sequence, settings, shape: tuple, name: str)
         else:
             arrays.append(d.array)
     if arrays:
+        nbytes = len(arrays) * int(np.prod(shape))
         try:
-            shm = SharedMemory(name=name, create=True, size=len(arrays) * int(np.prod(shape)))
-        except OSError:  # no room in /dev/shm: the arrays travel pickled instead
+            fd = _posixshmem.shm_open("/" + name, os.O_CREAT | os.O_EXCL | os.O_RDWR, mode=0o600)
+        except OSError:  # no shared memory: the arrays travel pickled instead
             return len(arrays), failures, np.stack(arrays)
+        _created.append(name)
+        del _created[:-256]
         try:
-            view = np.ndarray((len(arrays), *shape), np.uint8, buffer=shm.buf)
-            for j, a in enumerate(arrays):
-                view[j] = a
-            del view
+            os.ftruncate(fd, nbytes)
+            with mmap.mmap(fd, nbytes) as mm:
+                view = np.ndarray((len(arrays), *shape), np.uint8, buffer=mm)
+                for j, a in enumerate(arrays):
+                    view[j] = a
+                del view
+        except OSError:  # e.g. /dev/shm is full
+            _unlink(name)
+            return len(arrays), failures, np.stack(arrays)
         finally:
-            shm.close()
+            os.close(fd)
     return len(arrays), failures, None
 
 
 # ---- in the parent -------------------------------------------------------------------------
+def _unlink(name: str) -> None:
+    try:
+        _posixshmem.shm_unlink("/" + name)
+    except OSError:  # FileNotFoundError: never made, or already collected
+        pass
+
+
 def unlink_block(name: str) -> None:
     """Remove a shared block if it exists (a worker may have died before or after creating it)."""
-    try:
-        shm = SharedMemory(name=name)
-    except FileNotFoundError:
-        return
-    shm.close()
-    shm.unlink()
+    _unlink(name)
+
+
+def available() -> bool:
+    """Process decoding needs POSIX shared memory."""
+    return _posixshmem is not None
 
 
 def _context():
@@ -168,7 +195,6 @@ class ProcessDecodePool:
         self._start()
 
     def _start(self) -> None:
-        resource_tracker.ensure_running()  # before the fork: workers and parent share one tracker
         self.budget = SharedBudget(data.DECODE_BUDGET.total, self._ctx)
         self._executor = ProcessPoolExecutor(
             self.workers, mp_context=self._ctx, initializer=_init_worker, initargs=(self.budget, os.getpid()),
@@ -223,13 +249,13 @@ class ProcessDecodePool:
     def _read(self, name: str, n: int, count: int, failures: list, inline=None) -> list:
         block = inline
         if count and block is None:
-            shm = SharedMemory(name=name)
+            nbytes = count * int(np.prod(self.shape))
+            fd = _posixshmem.shm_open("/" + name, os.O_RDONLY, mode=0o600)
             try:
-                view = np.ndarray((count, *self.shape), np.uint8, buffer=shm.buf)
-                block = view.copy()  # the one copy: a memcpy of the chunk's pixels
-                del view
+                with mmap.mmap(fd, nbytes, prot=mmap.PROT_READ) as mm:
+                    block = np.frombuffer(mm, np.uint8, nbytes).reshape(count, *self.shape).copy()  # the one copy
             finally:
-                shm.close()
+                os.close(fd)
         out: list = [None] * n
         for i, status, message in failures:
             out[i] = self._make(None, status, message)
@@ -284,7 +310,7 @@ class ProcessDecodePool:
 
 
 def _path_of(item):
-    return item.path if isinstance(item, data.FileEntry) else item
+    return item.fspath if isinstance(item, data.FileEntry) else item
 
 
 class ProcessChunk:

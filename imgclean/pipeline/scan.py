@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +53,8 @@ def relative_name(path: Path, root: Path) -> str:
 
 # Batches decoded ahead of the one being scored: decode of batch n+1 overlaps scoring of batch n.
 PREFETCH_BATCHES = 2
+# While the network loads, batches are decoded ahead up to this many bytes of pixels.
+LOADING_AHEAD_BYTES = 128 * 2**20
 # Records resolved without decoding (cache hits, skipped files) per yielded group, so an
 # all-cached folder still streams records instead of collecting them.
 MAX_GROUP = 4096
@@ -80,20 +83,62 @@ class Scorer:
         self.cache = cache
         self.settings = DecodeSettings.from_model(bundle)
         self._torch_ready = False
+        self._load_lock = threading.Lock()
+        self._preload: threading.Thread | None = None
+        self._preload_error: BaseException | None = None
         self.decoded = 0  # files decoded by this scorer (cache misses)
 
     def _prepare_torch(self) -> None:
-        if self._torch_ready:
-            return
-        self._torch_ready = True
-        from ..nn.runtime import prepare_for_inference
+        with self._load_lock:
+            if self._torch_ready:
+                return
+            from ..nn.runtime import prepare_for_inference
 
-        prepare_for_inference(self.bundle.model, self.device, self.bundle.config.get("arch", ""), self.bundle.input_size)
+            prepare_for_inference(self.bundle.model, self.device, self.bundle.config.get("arch", ""), self.bundle.input_size)
+            self._torch_ready = True
+
+    def preload(self) -> None:
+        """Start loading the network (importing torch: seconds) in a background thread, so it
+        overlaps the walk and the first decodes; `scan` calls this at its first file to decode."""
+        if self._torch_ready or self._preload is not None:
+            return
+
+        def load() -> None:
+            try:
+                self._prepare_torch()
+            except BaseException as exc:  # raised in the scanning thread, at its first batch
+                self._preload_error = exc
+
+        self._preload = threading.Thread(target=load, name="imgclean-model-load", daemon=True)
+        self._preload.start()
+
+    def _wait_preload(self) -> None:
+        thread, self._preload = self._preload, None
+        if thread is not None:
+            thread.join()
+            error, self._preload_error = self._preload_error, None
+            if error is not None:
+                raise error
+
+    def close(self) -> None:
+        """Wait for a model load still running (a scan stopped early), so no thread outlives it."""
+        thread = self._preload
+        if thread is not None:
+            thread.join()
+
+    def _ahead(self) -> int:
+        """Batches decoded ahead: more while the network loads (up to LOADING_AHEAD_BYTES of
+        pixels), so the decoders work through the load instead of waiting for it."""
+        if self._torch_ready or self._preload is None:
+            return PREFETCH_BATCHES
+        s = self.settings
+        return max(PREFETCH_BATCHES, LOADING_AHEAD_BYTES // (self.batch_size * s.size * s.size * s.channels))
 
     def score_arrays(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(predicted class index, nearest class index, score) for uint8 images."""
         from ..nn.runtime import predict_arrays
 
+        self._wait_preload()
         self._prepare_torch()
         cfg = self.bundle.config
         # On CUDA the runtime picks the inference batch (it knows the device's memory); on the CPU
@@ -169,6 +214,8 @@ class Scorer:
 
             def submit() -> None:
                 nonlocal slots, to_decode
+                if to_decode:
+                    self.preload()
                 pending.append((slots, to_decode, decoder.submit(to_decode)))
                 slots, to_decode = [], []
 
@@ -190,7 +237,7 @@ class Scorer:
                         slots.append((entry, record))
                     if len(to_decode) >= self.batch_size or len(slots) >= MAX_GROUP:
                         submit()
-                        while len(pending) > PREFETCH_BATCHES or (pending and not pending[0][1]):
+                        while len(pending) > self._ahead() or (pending and not pending[0][1]):
                             yield from finish()
                 if slots:
                     submit()
@@ -272,6 +319,7 @@ def run_scan(
             cache.close()
             summary.cached = cache.hits
         summary.decoded = scorer.decoded
+        scorer.close()
     summary.seconds = time.perf_counter() - started
     return summary
 

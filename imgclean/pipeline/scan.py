@@ -214,9 +214,9 @@ class Scorer:
 
             def submit() -> None:
                 nonlocal slots, to_decode
-                if to_decode:
-                    self.preload()
                 pending.append((slots, to_decode, decoder.submit(to_decode)))
+                if to_decode:  # after the submit: decode workers are forked before the load thread starts
+                    self.preload()
                 slots, to_decode = [], []
 
             def finish() -> Iterator[tuple[ScanRecord, data.FileEntry]]:

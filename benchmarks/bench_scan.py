@@ -116,6 +116,9 @@ def make_fashion(work: Path, n: int) -> Path:
     """The first n Fashion-MNIST training images (all 60,000 by default) as flat 28x28 PNGs."""
     x, _ = load_fashion_mnist("train")
     folder = work / "fashion"
+    if folder.is_dir() and len(os.listdir(folder)) == n:
+        return folder  # a --work folder from an earlier run
+    shutil.rmtree(folder, ignore_errors=True)
     write_pngs(folder, x[:n])
     age_tree(folder)
     return folder
@@ -140,6 +143,10 @@ def make_photos(work: Path, n: int) -> tuple[Path, Path]:
     rng = np.random.default_rng(1)
     scan = work / "photos"
     train = work / "photos-train"
+    if scan.is_dir() and len(os.listdir(scan)) == n and train.is_dir():
+        return train, scan  # a --work folder from an earlier run
+    shutil.rmtree(scan, ignore_errors=True)
+    shutil.rmtree(train, ignore_errors=True)
     scan.mkdir(parents=True)
 
     def variant(i: int, long_side: int) -> Image.Image:
@@ -171,6 +178,8 @@ def make_photos(work: Path, n: int) -> tuple[Path, Path]:
 
 
 def fit_model_dir(train: Path, out: Path, args: list[str]) -> Path:
+    if (out / "config.json").is_file():  # a --work folder from an earlier run: the same model
+        return out
     sh([PY, "-m", "imgclean", "fit", str(train), "-o", str(out), "--quiet", *args])
     return out
 
@@ -429,7 +438,8 @@ def fit_epochs(n_per_class: int, epochs: int, lines: list[str]) -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small sizes for development (~2 minutes)")
-    ap.add_argument("--work", type=Path, default=None, help="scratch folder [default: a temp dir, deleted]")
+    ap.add_argument("--work", type=Path, default=None,
+                    help="scratch folder, kept, whose models and Fashion-MNIST folder a later run reuses [default: a temp dir, deleted]")
     ap.add_argument("--out", type=Path, default=None, help="also write the Markdown report here")
     ap.add_argument("--repeats", type=int, default=None)
     args = ap.parse_args()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import stat
-from operator import itemgetter
+from operator import attrgetter, itemgetter
 from pathlib import Path
 from typing import Iterator
 
@@ -134,6 +134,9 @@ def _open_deep(path: str) -> int:
     return fd
 
 
+_name = attrgetter("name")
+
+
 def _listing(folder: str) -> list[tuple[str, os.stat_result | None]]:
     """Sorted (name, lstat or None) of the non-hidden entries of `folder`; [] when unreadable."""
     deep = len(os.fsencode(os.path.abspath(folder))) >= _FD_WALK_FROM
@@ -141,7 +144,11 @@ def _listing(folder: str) -> list[tuple[str, os.stat_result | None]]:
     try:
         fd = _open_deep(folder) if deep else None
         with os.scandir(fd if deep else folder) as it:
-            entries = sorted((e for e in it if not is_hidden(e.name)), key=lambda e: os.fsencode(e.name))
+            entries = [e for e in it if not is_hidden(e.name)]
+            if isinstance(folder, str) and all(e.name.isascii() for e in entries):
+                entries.sort(key=_name)  # ASCII: the order of the bytes, without encoding each name
+            else:
+                entries.sort(key=lambda e: os.fsencode(e.name))
             out = []
             for e in entries:
                 try:
@@ -177,7 +184,8 @@ def walk_images(root: Path, exclude: tuple[Path, ...] = ()) -> Iterator[FileEntr
     seen_inodes: set[tuple[int, int]] = set()
     base = os.fspath(root)
     isdir, islnk, isreg = stat.S_ISDIR, stat.S_ISLNK, stat.S_ISREG
-    join, extensions, splitext = os.path.join, IMAGE_EXTENSIONS, os.path.splitext
+    join, extensions = os.path.join, IMAGE_EXTENSIONS
+    dotchar = "." if isinstance(base, str) else b"."
     # Explicit stack of (folder path, remaining sorted entries reversed, its absolute path's byte
     # length + 1): same order as recursion. The length makes too_long() one addition per file.
     stack = [(base, _listing(base)[::-1], _prefix_len(base))]
@@ -201,7 +209,8 @@ def walk_images(root: Path, exclude: tuple[Path, ...] = ()) -> Iterator[FileEntr
                 continue
             stack.append((path, listing[::-1], _prefix_len(path)))
             continue
-        if splitext(name)[1].lower() not in extensions:
+        dot = name.rfind(dotchar)  # splitext's extension: a name starting with a dot is hidden, never here
+        if dot < 1 or name[dot:].lower() not in extensions:
             continue
         path = join(folder, name)
         if islnk(mode):

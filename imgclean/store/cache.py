@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import sqlite3
+import sys
 import time
 from pathlib import Path
 
@@ -29,6 +30,7 @@ CACHE_FILE = "scan-cache.sqlite"
 SCHEMA_VERSION = 1
 RACY_SECONDS = 2.0
 _COMMIT_EVERY = 4096
+_FS_UTF8 = (sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()) == ("utf-8", "surrogateescape")
 LOOKUP_CHUNK = 500  # keys per SELECT ... IN (...): under SQLite's oldest limit of 999 variables
 
 
@@ -120,6 +122,8 @@ class ScanCache:
     @staticmethod
     def _path_key(path: Path) -> bytes:
         path = os.fspath(path)
+        if _FS_UTF8 and path.__class__ is str and path[:1] == "/":
+            return path.encode("utf-8", "surrogateescape")  # what os.fsencode does, without its lookups
         return os.fsencode(path if os.path.isabs(path) else os.path.abspath(path))
 
     def get(self, path: Path, size: int, mtime_ns: int) -> tuple[str, str | None, str | None, float | None, str] | None:

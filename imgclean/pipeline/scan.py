@@ -188,7 +188,7 @@ class Scorer:
             elif self.cache is not None:
                 lookup.append(i)
         if lookup:
-            hits = self.cache.get_many([(entries[i][0], entries[i][1], entries[i][2]) for i in lookup])
+            hits = self.cache.get_many(entries if len(lookup) == len(entries) else [entries[i] for i in lookup])
             for i, hit in zip(lookup, hits, strict=True):
                 if hit is not None and hit[0] in _CACHEABLE:
                     e = entries[i]

@@ -151,7 +151,7 @@ class ScanCache:
             self.misses += len(keys)
             return [None] * len(keys)
         path_key = self._path_key
-        wanted = [path_key(k[0]) for k in keys]
+        wanted = [path_key(k[0]) for k in keys]  # keys may be data.FileEntry: (path, size, mtime_ns, ...)
         rows: dict = {}
         try:
             for i in range(0, len(wanted), LOOKUP_CHUNK):
@@ -167,9 +167,9 @@ class ScanCache:
             self.misses += len(keys)
             return [None] * len(keys)
         out: list = []
-        for key, (_, size, mtime_ns) in zip(wanted, keys, strict=True):
+        for key, k in zip(wanted, keys, strict=True):
             row = rows.get(key)
-            if row is None or row[1] != size or row[2] != mtime_ns:
+            if row is None or row[1] != k[1] or row[2] != k[2]:
                 out.append(None)
             else:
                 out.append(row[3:])

@@ -36,7 +36,7 @@ class ScanError(ImgcleanError, ValueError):
 @dataclass
 class ScanOptions:
     batch_size: int = 256
-    workers: int = 0  # decode threads; 0 = one per CPU core
+    workers: int = 0  # decode workers (processes or threads: pipeline/decode.py); 0 = one per CPU core
     keep_unreadable: bool = False  # leave unreadable/too_large/unsupported files in place
     exclude: tuple[Path, ...] = ()
     method: str = "mahalanobis"  # a detector or combining rule (detectors/registry.py)

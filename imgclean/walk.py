@@ -144,7 +144,8 @@ def _listing(folder: str) -> list[tuple[str, os.stat_result | None]]:
     try:
         fd = _open_deep(folder) if deep else None
         with os.scandir(fd if deep else folder) as it:
-            entries = [e for e in it if not is_hidden(e.name)]
+            dot = "." if isinstance(folder, str) or deep else b"."
+            entries = [e for e in it if not e.name.startswith(dot)]  # is_hidden, inline
             if isinstance(folder, str) and all(e.name.isascii() for e in entries):
                 entries.sort(key=_name)  # ASCII: the order of the bytes, without encoding each name
             else:
@@ -188,9 +189,9 @@ def walk_images(root: Path, exclude: tuple[Path, ...] = ()) -> Iterator[FileEntr
     dotchar = "." if isinstance(base, str) else b"."
     # Explicit stack of (folder path, remaining sorted entries reversed, its absolute path's byte
     # length + 1): same order as recursion. The length makes too_long() one addition per file.
-    stack = [(base, _listing(base)[::-1], _prefix_len(base))]
+    stack = [(base, _listing(base)[::-1], _prefix_len(base), _joiner(base))]
     while stack:
-        folder, pending, prefix = stack[-1]
+        folder, pending, prefix, head = stack[-1]
         if not pending:
             stack.pop()
             continue
@@ -207,12 +208,12 @@ def walk_images(root: Path, exclude: tuple[Path, ...] = ()) -> Iterator[FileEntr
             if _is_quarantine(listing):
                 log.info("skipping quarantine folder %s", os.fsdecode(path))
                 continue
-            stack.append((path, listing[::-1], _prefix_len(path)))
+            stack.append((path, listing[::-1], _prefix_len(path), _joiner(path)))
             continue
         dot = name.rfind(dotchar)  # splitext's extension: a name starting with a dot is hidden, never here
         if dot < 1 or name[dot:].lower() not in extensions:
             continue
-        path = join(folder, name)
+        path = head + name  # os.path.join(folder, name), as one concatenation
         if islnk(mode):
             yield _new_entry(FileEntry, (path, 0, 0, "symbolic link (not followed)", None, None))
         elif not isreg(mode):
@@ -226,6 +227,12 @@ def walk_images(root: Path, exclude: tuple[Path, ...] = ()) -> Iterator[FileEntr
             else:
                 seen_inodes.add(key)
                 yield _new_entry(FileEntry, (path, st.st_size, st.st_mtime_ns, "", st.st_dev, st.st_ino))
+
+
+def _joiner(folder):
+    """What os.path.join(folder, name) puts before name."""
+    sep = os.sep if isinstance(folder, str) else os.sep.encode()
+    return folder if not folder or folder.endswith(sep) else folder + sep
 
 
 def _prefix_len(folder) -> int:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import stat
-from dataclasses import dataclass
+from operator import attrgetter, itemgetter
 from pathlib import Path
 from typing import Iterator
 
@@ -47,16 +47,44 @@ except (OSError, ValueError, AttributeError):
 _FD_WALK_FROM = PATH_MAX - 512
 
 
-@dataclass(frozen=True)
-class FileEntry:
-    """A candidate file found by a walk, with the stat seen at that moment."""
+class FileEntry(tuple):
+    """A candidate file found by a walk, with the stat seen at that moment.
 
-    path: Path
-    size: int
-    mtime_ns: int
-    skip_reason: str = ""  # non-empty: not to be opened (symlink, FIFO, hard-link duplicate...)
-    dev: int | None = None  # st_dev and st_ino seen by the walk: a move checks the file is still this one
-    ino: int | None = None
+    FileEntry(path, size, mtime_ns, skip_reason="", dev=None, ino=None). Immutable, compared and
+    hashed by its fields. `path` is a Path made on access; `fspath` is the path as the walk
+    joined it (str or bytes), which is all a scan needs, so a walk of 100,000 files does not
+    build 100,000 Path objects.
+    """
+
+    __slots__ = ()
+    _fields = ("path", "size", "mtime_ns", "skip_reason", "dev", "ino")
+
+    def __new__(cls, path, size: int, mtime_ns: int, skip_reason: str = "", dev: int | None = None,
+                ino: int | None = None) -> "FileEntry":
+        return tuple.__new__(cls, (os.fspath(path), size, mtime_ns, skip_reason, dev, ino))
+
+    fspath = property(itemgetter(0))
+    size = property(itemgetter(1))
+    mtime_ns = property(itemgetter(2))
+    skip_reason = property(itemgetter(3))  # non-empty: not to be opened (symlink, FIFO, hard-link duplicate...)
+    dev = property(itemgetter(4))  # st_dev and st_ino seen by the walk: a move checks the file is still this one
+    ino = property(itemgetter(5))
+
+    @property
+    def path(self) -> Path:
+        return Path(self[0])
+
+    def __fspath__(self):
+        return self[0]
+
+    def __repr__(self) -> str:
+        return "FileEntry(" + ", ".join(f"{k}={v!r}" for k, v in zip(self._fields, self, strict=True)) + ")"
+
+    def __getnewargs__(self):
+        return tuple(self)
+
+
+_new_entry = tuple.__new__
 
 
 def is_hidden(name: str | bytes) -> bool:
@@ -106,6 +134,9 @@ def _open_deep(path: str) -> int:
     return fd
 
 
+_name = attrgetter("name")
+
+
 def _listing(folder: str) -> list[tuple[str, os.stat_result | None]]:
     """Sorted (name, lstat or None) of the non-hidden entries of `folder`; [] when unreadable."""
     deep = len(os.fsencode(os.path.abspath(folder))) >= _FD_WALK_FROM
@@ -113,7 +144,12 @@ def _listing(folder: str) -> list[tuple[str, os.stat_result | None]]:
     try:
         fd = _open_deep(folder) if deep else None
         with os.scandir(fd if deep else folder) as it:
-            entries = sorted((e for e in it if not is_hidden(e.name)), key=lambda e: os.fsencode(e.name))
+            dot = "." if isinstance(folder, str) or deep else b"."
+            entries = [e for e in it if not e.name.startswith(dot)]  # is_hidden, inline
+            if isinstance(folder, str) and all(e.name.isascii() for e in entries):
+                entries.sort(key=_name)  # ASCII: the order of the bytes, without encoding each name
+            else:
+                entries.sort(key=lambda e: os.fsencode(e.name))
             out = []
             for e in entries:
                 try:
@@ -148,18 +184,23 @@ def walk_images(root: Path, exclude: tuple[Path, ...] = ()) -> Iterator[FileEntr
             pass
     seen_inodes: set[tuple[int, int]] = set()
     base = os.fspath(root)
-    # Explicit stack of (folder path, remaining sorted entries, reversed): same order as recursion.
-    stack = [(base, _listing(base)[::-1])]
+    isdir, islnk, isreg = stat.S_ISDIR, stat.S_ISLNK, stat.S_ISREG
+    join, extensions = os.path.join, IMAGE_EXTENSIONS
+    dotchar = "." if isinstance(base, str) else b"."
+    # Explicit stack of (folder path, remaining sorted entries reversed, its absolute path's byte
+    # length + 1): same order as recursion. The length makes too_long() one addition per file.
+    stack = [(base, _listing(base)[::-1], _prefix_len(base), _joiner(base))]
     while stack:
-        folder, pending = stack[-1]
+        folder, pending, prefix, head = stack[-1]
         if not pending:
             stack.pop()
             continue
         name, st = pending.pop()
-        path = os.path.join(folder, name)
         if st is None:
             continue  # vanished between listing and stat
-        if stat.S_ISDIR(st.st_mode):
+        mode = st.st_mode
+        if isdir(mode):
+            path = join(folder, name)
             if (st.st_dev, st.st_ino) in excluded:
                 log.info("skipping excluded folder %s", os.fsdecode(path))
                 continue
@@ -167,22 +208,98 @@ def walk_images(root: Path, exclude: tuple[Path, ...] = ()) -> Iterator[FileEntr
             if _is_quarantine(listing):
                 log.info("skipping quarantine folder %s", os.fsdecode(path))
                 continue
-            stack.append((path, listing[::-1]))
+            stack.append((path, listing[::-1], _prefix_len(path), _joiner(path)))
             continue
-        if not has_image_extension(name):
+        dot = name.rfind(dotchar)  # splitext's extension: a name starting with a dot is hidden, never here
+        if dot < 1 or name[dot:].lower() not in extensions:
             continue
-        long_reason = too_long(path)
-        if stat.S_ISLNK(st.st_mode):
-            yield FileEntry(Path(path), 0, 0, "symbolic link (not followed)")
-        elif not stat.S_ISREG(st.st_mode):
-            yield FileEntry(Path(path), 0, 0, "not a regular file")
-        elif long_reason:
-            yield FileEntry(Path(path), st.st_size, st.st_mtime_ns, long_reason)
-        elif (st.st_dev, st.st_ino) in seen_inodes:
-            yield FileEntry(Path(path), st.st_size, st.st_mtime_ns, "hard link to a file already scanned")
+        path = head + name  # os.path.join(folder, name), as one concatenation
+        if islnk(mode):
+            yield _new_entry(FileEntry, (path, 0, 0, "symbolic link (not followed)", None, None))
+        elif not isreg(mode):
+            yield _new_entry(FileEntry, (path, 0, 0, "not a regular file", None, None))
+        elif prefix + 4 * len(name) >= PATH_MAX and too_long(path):  # 4: most UTF-8 bytes per character
+            yield _new_entry(FileEntry, (path, st.st_size, st.st_mtime_ns, too_long(path), None, None))
         else:
-            seen_inodes.add((st.st_dev, st.st_ino))
-            yield FileEntry(Path(path), st.st_size, st.st_mtime_ns, dev=st.st_dev, ino=st.st_ino)
+            key = (st.st_dev, st.st_ino)
+            if key in seen_inodes:
+                yield _new_entry(FileEntry, (path, st.st_size, st.st_mtime_ns, "hard link to a file already scanned", None, None))
+            else:
+                seen_inodes.add(key)
+                yield _new_entry(FileEntry, (path, st.st_size, st.st_mtime_ns, "", st.st_dev, st.st_ino))
+
+
+def _joiner(folder):
+    """What os.path.join(folder, name) puts before name."""
+    sep = os.sep if isinstance(folder, str) else os.sep.encode()
+    return folder if not folder or folder.endswith(sep) else folder + sep
+
+
+def _prefix_len(folder) -> int:
+    """Bytes of `folder`'s absolute path plus the separator a name is joined with."""
+    n = len(os.fsencode(os.path.abspath(folder)))
+    return n if n == 1 else n + 1  # "/" + name adds no second separator
+
+
+def count_images(root: Path, exclude: tuple[Path, ...] = ()) -> int:
+    """How many entries walk_images(root, exclude) yields, counted from the folder listings alone
+    (names and the file types the kernel returns with them: no stat per file), so a progress bar
+    can know its total without a second full walk. Follows the walk's rules: hidden names, folder
+    links, excluded folders and quarantines are not entered; every image-named non-folder counts
+    (skipped ones included). When the count cannot be made that way it falls back to the walk."""
+    from .fileops import MANIFEST_NAME
+
+    excluded: set[tuple[int, int]] = set()
+    for p in exclude:
+        try:
+            st = os.stat(p)
+            excluded.add((st.st_dev, st.st_ino))
+        except OSError:
+            pass
+    base = os.fspath(root)
+    if len(os.fsencode(os.path.abspath(base))) >= _FD_WALK_FROM:
+        return sum(1 for _ in walk_images(root, exclude))
+    manifest = MANIFEST_NAME if isinstance(base, str) else os.fsencode(MANIFEST_NAME)
+    extensions, splitext = IMAGE_EXTENSIONS, os.path.splitext
+    total = 0
+    folders = [(base, True)]
+    while folders:
+        folder, is_root = folders.pop()
+        if not is_root and len(os.fsencode(os.path.abspath(folder))) >= _FD_WALK_FROM:
+            total += sum(1 for _ in walk_images(Path(folder), exclude))  # deep: the walk's own listing
+            continue
+        files = 0
+        subdirs = []
+        quarantine = False
+        try:
+            with os.scandir(folder) as it:
+                for e in it:
+                    name = e.name
+                    if is_hidden(name):
+                        continue
+                    try:
+                        is_dir = e.is_dir(follow_symlinks=False)
+                    except OSError:
+                        continue
+                    if is_dir:
+                        subdirs.append(e)
+                    elif splitext(name)[1].lower() in extensions:
+                        files += 1
+                    elif name == manifest and e.is_file(follow_symlinks=False):
+                        quarantine = True
+        except OSError:
+            continue
+        if quarantine and not is_root:
+            continue
+        total += files
+        for e in subdirs:
+            try:
+                st = e.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            if (st.st_dev, st.st_ino) not in excluded:
+                folders.append((e.path, False))
+    return total
 
 
 def list_image_folder(root: Path) -> tuple[list[str], list[list[FileEntry]]]:
@@ -212,5 +329,5 @@ def list_image_folder(root: Path) -> tuple[list[str], list[list[FileEntry]]]:
 
 __all__ = [
     "FileEntry", "IMAGE_EXTENSIONS", "DECODED_EXTENSIONS", "UNSUPPORTED_FORMATS", "PATH_MAX",
-    "walk_images", "list_image_folder", "is_hidden", "has_image_extension", "unsupported_format", "too_long",
+    "walk_images", "count_images", "list_image_folder", "is_hidden", "has_image_extension", "unsupported_format", "too_long",
 ]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
@@ -90,10 +91,11 @@ class Printer:
     total: Optional[int] = None  # what the progress bar counts to, when known
     plan: list[dict] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=lambda: {"ok": 0, "rej": 0, "other": 0})
+    _unshown: int = 0  # records counted and not yet shown on the bar
+    _shown_at: float = 0.0
 
     def __call__(self, rec) -> None:
-        from ..reports.records import is_rejected
-
+        rejected = _is_rejected(rec, self.keep_unreadable)
         if rec.action in ("would move", "moved"):
             if self.dry_run:
                 self.plan.append({"source": rec.path, "destination": rec.destination, "reason": rec.status, "score": rec.score})
@@ -101,12 +103,34 @@ class Printer:
                     out.print(f"would move {rec.path!r} -> {rec.destination!r} ({rec.status})", highlight=False, markup=False)
             elif self.verbose:
                 err.print(f"moved {rec.path!r} -> {rec.destination!r} ({rec.status})", highlight=False, markup=False)
-        elif self.verbose and is_rejected(rec, self.keep_unreadable):
+        elif self.verbose and rejected:
             err.print(f"{rec.status}: {rec.path!r} {rec.message}", highlight=False, markup=False)
-        rejected = is_rejected(rec, self.keep_unreadable)
         self.counts["ok" if rec.status == "ok" else "rej" if rejected else "other"] += 1
-        if self.task is not None:  # after counting, so the last update shows the exact totals
-            self.progress.update(self.task, advance=1, info=f"ok {self.counts['ok']} rejected {self.counts['rej']}")
+        if self.task is not None:
+            self._unshown += 1
+            now = time.monotonic()
+            if now - self._shown_at >= PROGRESS_EVERY_S:
+                self.flush(now)
+
+    def flush(self, now: float | None = None) -> None:
+        """Show the counts so far on the bar (records are shown at most every PROGRESS_EVERY_S;
+        the run's resources call this once more before the bar closes, so it ends exact)."""
+        if self.task is not None and self._unshown:
+            self.progress.update(self.task, advance=self._unshown, info=f"ok {self.counts['ok']} rejected {self.counts['rej']}")
+            self._unshown = 0
+            self._shown_at = time.monotonic() if now is None else now
+
+
+def _is_rejected(rec, keep_unreadable: bool) -> bool:
+    from ..reports.records import is_rejected
+
+    global _is_rejected
+    _is_rejected = is_rejected  # imported once, at the first record
+    return is_rejected(rec, keep_unreadable)
+
+
+# How often the progress bar is updated: per record, rich's update costs more than the record.
+PROGRESS_EVERY_S = 0.1
 
 
 def feed(sinks: list[Callable]) -> Callable:
@@ -159,6 +183,7 @@ def open_run(root: Path, label: Path, move_to: Optional[Path], dry_run: bool, re
             sinks.append(printer)
             stop = stack.enter_context(StopFlag())
             printer.progress = stack.enter_context(printer.progress)
+            stack.callback(printer.flush)  # before the bar closes: its last update is exact
             yield Resources(quarantine, stop, printer.progress, sinks, printer)
     except OSError as exc:
         raise os_error(exc) from None

@@ -53,7 +53,7 @@ def scan(
     verbose: Verbose = False,
     no_cache: bool = typer.Option(False, "--no-cache", help="Decode and score every file, ignoring results cached by earlier scans."),
     cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Where the scan cache lives [default: $XDG_CACHE_HOME/imgclean or ~/.cache/imgclean]."),
-    workers: int = typer.Option(0, "--workers", min=0, help="Decode threads [default: 0 = one per CPU core]."),
+    workers: int = typer.Option(0, "--workers", min=0, help="Decode workers: processes for many small images, threads for large photos (chosen automatically; IMGCLEAN_DECODE=threads|processes forces it) [default: 0 = one per CPU core]."),
     config_file: Optional[Path] = config_option(),
 ) -> None:
     """Score every image in a folder; report, and with --move-to quarantine, the ones that do not belong."""
@@ -112,9 +112,10 @@ def scan(
     with open_run(root, folder, move_to, dry_run, report, review, printer) as run:
         progress = run.progress
         if not progress.disable:
-            from ..data import walk_images
+            from ..walk import count_images
 
-            printer.total = sum(1 for _ in walk_images(root, exclude))
+            # From the folder listings alone (no stat per file): the walk itself happens once, in the scan.
+            printer.total = count_images(root, exclude)
             printer.task = progress.add_task("scanning", total=printer.total, info="")
             show_model_loading(bundle, progress, printer.task)
         try:

@@ -15,12 +15,22 @@ A Decoder owns its pool; `submit` starts a batch and returns at once, so a calle
 next batches while it scores the current one (`batches` does exactly that). `decode_one` is the
 per-item function with no state beyond its (picklable) settings, so a process that decodes on its
 own (a DataLoader worker, say) calls it and gets the same statuses.
+
+Threads or processes (`mode`): Pillow holds the GIL for most of a small file's decode, so many
+small files decode several times faster in worker processes (pipeline/decode_workers.py: shared
+memory hand-off, one shared memory budget, dead workers replaced); large JPEGs, decoded in draft
+mode, release the GIL and do as well in threads, which start instantly and copy nothing. The
+rule in "auto" (the default; IMGCLEAN_DECODE=threads|processes|auto overrides it, for tests and
+benchmarks): threads with one worker, and until MIN_PROCESS_FILES files have been submitted (a
+handful of new files in a cached rescan, or a small folder, is not worth starting processes);
+then processes when the median size of the files seen so far is under LARGE_FILE_BYTES, else
+threads, and that choice holds for the Decoder's life.
 """
 from __future__ import annotations
 
 import os
 from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Iterable, Iterator, Sequence
 
@@ -60,6 +70,14 @@ class Decoded:
         return self.array is not None
 
 
+MODE_ENV = "IMGCLEAN_DECODE"
+MODES = ("auto", "threads", "processes")
+MIN_PROCESS_FILES = 200  # files submitted before processes are worth starting (~30 ms to start them)
+LARGE_FILE_BYTES = 256 * 1024  # median file size from which threads decode as fast (GIL released)
+PROCESS_CHUNK = 256  # most files per process task
+PROCESS_CHUNK_BYTES = 32 * 2**20  # and most decoded bytes per task (its shared block)
+
+
 def default_workers() -> int:
     """One decode worker per CPU this process may run on."""
     try:
@@ -68,9 +86,15 @@ def default_workers() -> int:
         return os.cpu_count() or 1
 
 
+def _processes_available() -> bool:
+    from .decode_workers import available
+
+    return available()
+
+
 def item_path(item):
-    """The path of an item: a data.FileEntry's `.path`, or the item itself."""
-    return item.path if isinstance(item, data.FileEntry) else item
+    """The path of an item: a data.FileEntry's path (as the walk joined it), or the item itself."""
+    return item.fspath if isinstance(item, data.FileEntry) else item
 
 
 def decode_one(item, settings: DecodeSettings) -> Decoded:
@@ -94,8 +118,8 @@ class Pending:
     """A batch in flight: `result()` gives one Decoded per input, in input order (it waits);
     `cancel()` drops the chunks not started yet (result() must not be called after it)."""
 
-    def __init__(self, futures: list[Future]):
-        self._futures = futures
+    def __init__(self, futures: list):
+        self._futures = futures  # Future (threads) or decode_workers.ProcessChunk (processes)
 
     def result(self) -> list[Decoded]:
         return [d for f in self._futures for d in f.result()]
@@ -108,33 +132,98 @@ class Pending:
 class Decoder:
     """A pool of decode workers for one model's settings; a context manager.
 
-    Threads: Pillow releases the GIL for much of a decode, and a thread hands its array back
-    without a copy. Leaving the `with` block cancels what has not started and waits for the rest.
+    Threads hand their arrays back without a copy; processes through shared memory (see the
+    module docstring for which). Leaving the `with` block cancels what has not started and
+    waits for the rest; leaving it on an exception stops worker processes at once. Either way
+    no worker process and no shared-memory block outlives the block.
     """
 
-    def __init__(self, settings: DecodeSettings, workers: int = 0):
+    def __init__(self, settings: DecodeSettings, workers: int = 0, mode: str | None = None):
         self.settings = settings
         self.workers = workers or default_workers()
+        requested = mode or "auto"
+        if requested == "auto":
+            requested = os.environ.get(MODE_ENV, "").strip().lower() or "auto"
+        if requested not in MODES:
+            raise ValueError(f"decode mode must be one of {', '.join(MODES)}, got {requested!r} (mode or ${MODE_ENV})")
+        self.requested = requested
+        self.mode: str | None = requested if requested != "auto" else ("threads" if self.workers < 2 else None)
         self._pool: ThreadPoolExecutor | None = None
+        self._procs = None  # decode_workers.ProcessDecodePool, started at the first process batch
+        self._thread_futures: list[Future] = []
+        self._seen = 0  # files submitted while the mode is undecided
+        self._sizes: list[int] = []  # their sizes (the first MIN_PROCESS_FILES)
 
     def __enter__(self) -> "Decoder":
         self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="imgclean-decode")
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type, *exc) -> None:
         pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
+        procs, self._procs = self._procs, None
+        try:
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
+        finally:
+            if procs is not None:
+                procs.close(wait=exc_type is None)
+
+    @property
+    def process_pool(self):
+        """The worker processes' pool (decode_workers.ProcessDecodePool), or None: for tests."""
+        return self._procs
+
+    def _choose(self, items: list) -> str:
+        """threads or processes for this batch (see the module docstring)."""
+        if self.mode is not None:
+            return self.mode
+        self._seen += len(items)
+        for item in items[: max(0, MIN_PROCESS_FILES - len(self._sizes))]:
+            if isinstance(item, data.FileEntry):
+                self._sizes.append(item.size)
+            else:
+                try:
+                    self._sizes.append(os.stat(item).st_size)
+                except (OSError, TypeError, ValueError):
+                    pass
+        if self._seen < MIN_PROCESS_FILES:
+            return "threads"
+        sizes = sorted(self._sizes)
+        small = not sizes or sizes[len(sizes) // 2] < LARGE_FILE_BYTES
+        self.mode = "processes" if small else "threads"
+        return self.mode
 
     def submit(self, items: Sequence) -> Pending:
         """Start decoding `items` (paths or data.FileEntry), split into about two chunks per worker."""
         if self._pool is None:
             raise RuntimeError("Decoder.submit outside its `with` block")
         items = list(items)
+        if not items:
+            return Pending([])
         step = max(1, -(-len(items) // (2 * self.workers)))
-        return Pending([
+        if self._choose(items) == "processes" and _processes_available():
+            return self._submit_processes(items, step)
+        futures = [
             self._pool.submit(_decode_chunk, items[i : i + step], self.settings) for i in range(0, len(items), step)
-        ])
+        ]
+        if self.mode is None:  # still deciding: remembered, so a switch to processes can wait for them
+            self._thread_futures = [f for f in self._thread_futures if not f.done()] + futures
+        return Pending(futures)
+
+    def _submit_processes(self, items: list, step: int) -> Pending:
+        if self._procs is None:
+            from .decode_workers import ProcessDecodePool
+
+            # Thread decodes still running hold the parent's budget: let them end, so the
+            # processes' shared budget is the only one in use (one process's total, never two).
+            wait(self._thread_futures)
+            self._thread_futures = []
+            self._procs = ProcessDecodePool(decode_one, self.settings, self.workers, Decoded)
+        item_bytes = self.settings.size * self.settings.size * self.settings.channels
+        # One chunk per worker per batch: each chunk is a task, a pipe message and a block.
+        step = -(-len(items) // self.workers)
+        step = max(1, min(step, PROCESS_CHUNK, PROCESS_CHUNK_BYTES // max(1, item_bytes)))
+        return Pending([self._procs.submit(items[i : i + step]) for i in range(0, len(items), step)])
 
     def decode(self, items: Sequence) -> list[Decoded]:
         """One Decoded per item, in order (waits for all of them)."""
@@ -168,10 +257,10 @@ class Decoder:
                 p.cancel()
 
 
-def decode_many(items: Sequence, settings: DecodeSettings, workers: int = 0) -> list[Decoded]:
+def decode_many(items: Sequence, settings: DecodeSettings, workers: int = 0, mode: str | None = None) -> list[Decoded]:
     """Decode every item (paths or data.FileEntry) with a pool of its own; one Decoded each, in order."""
     items = list(items)
     if not items:
         return []
-    with Decoder(settings, workers) as decoder:
+    with Decoder(settings, workers, mode) as decoder:
         return decoder.decode(items)

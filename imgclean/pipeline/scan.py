@@ -7,7 +7,9 @@ that `imgclean apply` also runs on a saved report. Only quarantine.moves touches
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +36,7 @@ class ScanError(ImgcleanError, ValueError):
 @dataclass
 class ScanOptions:
     batch_size: int = 256
-    workers: int = 0  # decode threads; 0 = one per CPU core
+    workers: int = 0  # decode workers (processes or threads: pipeline/decode.py); 0 = one per CPU core
     keep_unreadable: bool = False  # leave unreadable/too_large/unsupported files in place
     exclude: tuple[Path, ...] = ()
     method: str = "mahalanobis"  # a detector or combining rule (detectors/registry.py)
@@ -51,6 +53,8 @@ def relative_name(path: Path, root: Path) -> str:
 
 # Batches decoded ahead of the one being scored: decode of batch n+1 overlaps scoring of batch n.
 PREFETCH_BATCHES = 2
+# While the network loads, batches are decoded ahead up to this many bytes of pixels.
+LOADING_AHEAD_BYTES = 128 * 2**20
 # Records resolved without decoding (cache hits, skipped files) per yielded group, so an
 # all-cached folder still streams records instead of collecting them.
 MAX_GROUP = 4096
@@ -79,20 +83,62 @@ class Scorer:
         self.cache = cache
         self.settings = DecodeSettings.from_model(bundle)
         self._torch_ready = False
+        self._load_lock = threading.Lock()
+        self._preload: threading.Thread | None = None
+        self._preload_error: BaseException | None = None
         self.decoded = 0  # files decoded by this scorer (cache misses)
 
     def _prepare_torch(self) -> None:
-        if self._torch_ready:
-            return
-        self._torch_ready = True
-        from ..nn.runtime import prepare_for_inference
+        with self._load_lock:
+            if self._torch_ready:
+                return
+            from ..nn.runtime import prepare_for_inference
 
-        prepare_for_inference(self.bundle.model, self.device, self.bundle.config.get("arch", ""), self.bundle.input_size)
+            prepare_for_inference(self.bundle.model, self.device, self.bundle.config.get("arch", ""), self.bundle.input_size)
+            self._torch_ready = True
+
+    def preload(self) -> None:
+        """Start loading the network (importing torch: seconds) in a background thread, so it
+        overlaps the walk and the first decodes; `scan` calls this at its first file to decode."""
+        if self._torch_ready or self._preload is not None:
+            return
+
+        def load() -> None:
+            try:
+                self._prepare_torch()
+            except BaseException as exc:  # raised in the scanning thread, at its first batch
+                self._preload_error = exc
+
+        self._preload = threading.Thread(target=load, name="imgclean-model-load", daemon=True)
+        self._preload.start()
+
+    def _wait_preload(self) -> None:
+        thread, self._preload = self._preload, None
+        if thread is not None:
+            thread.join()
+            error, self._preload_error = self._preload_error, None
+            if error is not None:
+                raise error
+
+    def close(self) -> None:
+        """Wait for a model load still running (a scan stopped early), so no thread outlives it."""
+        thread = self._preload
+        if thread is not None:
+            thread.join()
+
+    def _ahead(self) -> int:
+        """Batches decoded ahead: more while the network loads (up to LOADING_AHEAD_BYTES of
+        pixels), so the decoders work through the load instead of waiting for it."""
+        if self._torch_ready or self._preload is None:
+            return PREFETCH_BATCHES
+        s = self.settings
+        return max(PREFETCH_BATCHES, LOADING_AHEAD_BYTES // (self.batch_size * s.size * s.size * s.channels))
 
     def score_arrays(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(predicted class index, nearest class index, score) for uint8 images."""
         from ..nn.runtime import predict_arrays
 
+        self._wait_preload()
         self._prepare_torch()
         cfg = self.bundle.config
         # On CUDA the runtime picks the inference batch (it knows the device's memory); on the CPU
@@ -111,53 +157,66 @@ class Scorer:
     def _score_decoded(self, entries: list[data.FileEntry], decoded: list[Decoded], root: Path) -> list[ScanRecord]:
         names = self.bundle.class_names
         self.decoded += len(entries)
+        rel = _relative_namer(root)
         records = [
-            ScanRecord(relative_name(e.path, root), d.status, message=d.message, size=e.size, mtime_ns=e.mtime_ns,
-                       dev=e.dev, ino=e.ino)
+            ScanRecord(rel(e[0]), d.status, None, None, None, d.message, "", None, e[1], e[2], e[4], e[5])
             for e, d in zip(entries, decoded, strict=True)
         ]
         good = [i for i, d in enumerate(decoded) if d.ok]
         if good:
             pred, near, score = self.score_arrays(np.stack([decoded[i].array for i in good]))
-            for i, p, n, s in zip(good, pred, near, score, strict=True):
+            for i, p, n, s in zip(good, np.asarray(pred).tolist(), np.asarray(near).tolist(),
+                                  np.asarray(score, dtype=float).tolist(), strict=True):
                 rec = records[i]
-                rec.predicted, rec.nearest, rec.score = names[int(p)], names[int(n)], float(s)
+                rec.predicted, rec.nearest, rec.score = names[p], names[n], s
                 rec.status = OOD if s > 1.0 else data.OK
         if self.cache is not None:
-            for e, rec in zip(entries, records, strict=True):
-                self.cache.put(e.path, e.size, e.mtime_ns, rec.status, rec.predicted, rec.nearest, rec.score, rec.message)
+            self.cache.put_many(
+                (e[0], e[1], e[2], rec.status, rec.predicted, rec.nearest, rec.score, rec.message)
+                for e, rec in zip(entries, records, strict=True)
+            )
         return records
 
-    def _cached_record(self, entry: data.FileEntry, root: Path) -> ScanRecord | None:
-        if self.cache is None:
-            return None
-        hit = self.cache.get(entry.path, entry.size, entry.mtime_ns)
-        if hit is None:
-            return None
-        status, predicted, nearest, score, message = hit
-        if status not in STATUSES or status in (data.SKIPPED, CHANGED):
-            return None
-        return ScanRecord(
-            relative_name(entry.path, root), status, predicted=predicted, nearest=nearest, score=score,
-            message=message, size=entry.size, mtime_ns=entry.mtime_ns, dev=entry.dev, ino=entry.ino,
-        )
+    def _resolve(self, entries: list[data.FileEntry], rel) -> list[ScanRecord | None]:
+        """Records for the entries that need no decoding (skipped files, cache hits; one cache
+        query for all of them), None for the others."""
+        out: list[ScanRecord | None] = [None] * len(entries)
+        lookup = []
+        for i, e in enumerate(entries):
+            if e[3]:  # skip_reason
+                out[i] = ScanRecord(rel(e[0]), data.SKIPPED, None, None, None, e[3], "", None, e[1], e[2], e[4], e[5])
+            elif self.cache is not None:
+                lookup.append(i)
+        if lookup:
+            hits = self.cache.get_many(entries if len(lookup) == len(entries) else [entries[i] for i in lookup])
+            for i, hit in zip(lookup, hits, strict=True):
+                if hit is not None and hit[0] in _CACHEABLE:
+                    e = entries[i]
+                    out[i] = ScanRecord(rel(e[0]), hit[0], hit[1], hit[2], hit[3], hit[4], "", None, e[1], e[2], e[4], e[5])
+        return out
 
     def scan(self, root: Path, exclude: Iterable[Path] = ()) -> Iterator[tuple[ScanRecord, data.FileEntry]]:
         """Yield (record, entry) for every image-named file below root, in walk order."""
         from collections import deque
+        from itertools import islice
 
         root = Path(root)
+        rel = _relative_namer(root)
         # A group: walk-ordered slots, each (entry, record) when resolved without decoding, or
-        # (entry, None) for a file whose decode is in flight in `futures`.
+        # (entry, None) for a file whose decode is in flight.
         pending: deque = deque()
         slots: list[tuple[data.FileEntry, ScanRecord | None]] = []
         to_decode: list[data.FileEntry] = []
+        walk = data.walk_images(root, tuple(exclude))
+        step = min(self.batch_size, LOOKUP_BATCH)
 
         with Decoder(self.settings, self.workers) as decoder:
 
             def submit() -> None:
                 nonlocal slots, to_decode
                 pending.append((slots, to_decode, decoder.submit(to_decode)))
+                if to_decode:  # after the submit: decode workers are forked before the load thread starts
+                    self.preload()
                 slots, to_decode = [], []
 
             def finish() -> Iterator[tuple[ScanRecord, data.FileEntry]]:
@@ -168,18 +227,17 @@ class Scorer:
                     yield (record if record is not None else next(scored)), entry
 
             try:
-                for entry in data.walk_images(root, tuple(exclude)):
-                    if entry.skip_reason:
-                        record = ScanRecord(relative_name(entry.path, root), data.SKIPPED, message=entry.skip_reason,
-                                            size=entry.size, mtime_ns=entry.mtime_ns, dev=entry.dev, ino=entry.ino)
-                    else:
-                        record = self._cached_record(entry, root)
+                while True:
+                    entries = list(islice(walk, step))
+                    if not entries:
+                        break
+                    for entry, record in zip(entries, self._resolve(entries, rel), strict=True):
                         if record is None:
                             to_decode.append(entry)
-                    slots.append((entry, record))
+                        slots.append((entry, record))
                     if len(to_decode) >= self.batch_size or len(slots) >= MAX_GROUP:
                         submit()
-                        while len(pending) > PREFETCH_BATCHES or (pending and not pending[0][1]):
+                        while len(pending) > self._ahead() or (pending and not pending[0][1]):
                             yield from finish()
                 if slots:
                     submit()
@@ -190,6 +248,27 @@ class Scorer:
                     in_flight.cancel()
                 if self.cache is not None:
                     self.cache.flush()
+
+
+# Cached statuses a scan may reuse (a skipped or changed result is never reused).
+_CACHEABLE = frozenset(STATUSES) - {data.SKIPPED, CHANGED}
+# Entries looked up in the cache with one query.
+LOOKUP_BATCH = 512
+
+
+def _relative_namer(root: Path) -> Callable:
+    """relative_name(path, root) for one root, as a function of the walk's joined path: a slice
+    when the path is the root plus names (always so for the walk's paths under a resolved root)."""
+    base = os.fspath(root)
+    prefix = base.rstrip(os.sep) + os.sep
+    cut = len(prefix)
+
+    def rel(full):
+        if isinstance(full, str) and full.startswith(prefix) and prefix[0] == os.sep and "/.." not in full and "/./" not in full:
+            return full[cut:]
+        return relative_name(Path(os.fsdecode(full)), root)
+
+    return rel
 
 
 def run_scan(
@@ -227,18 +306,29 @@ def run_scan(
     scorer = Scorer(bundle, options.batch_size, options.workers, device, options.method, cache=cache)
     apply = Applier(root, quarantine, summary, options.keep_unreadable, dry_run)
     started = time.perf_counter()
+    blas = contextlib.nullcontext()
+    if not str(device).startswith("cuda"):
+        from .blas import single_blas_thread
+
+        blas = single_blas_thread()  # the cores are the decoders' and the network's (pipeline/blas.py)
     try:
-        for record, _ in scorer.scan(root, options.exclude):
-            apply(record)
-            if on_record is not None:
-                on_record(record)
-            if should_stop():
-                summary.interrupted = True
-                break
+        with blas:
+            _run(scorer, root, options, apply, on_record, should_stop, summary)
     finally:
         if cache is not None:
             cache.close()
             summary.cached = cache.hits
         summary.decoded = scorer.decoded
+        scorer.close()
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def _run(scorer, root, options, apply, on_record, should_stop, summary) -> None:
+    for record, _ in scorer.scan(root, options.exclude):
+        apply(record)
+        if on_record is not None:
+            on_record(record)
+        if should_stop():
+            summary.interrupted = True
+            break

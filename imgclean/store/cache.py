@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import sqlite3
+import sys
 import time
 from pathlib import Path
 
@@ -28,7 +29,9 @@ log = logging.getLogger(__name__)
 CACHE_FILE = "scan-cache.sqlite"
 SCHEMA_VERSION = 1
 RACY_SECONDS = 2.0
-_COMMIT_EVERY = 512
+_COMMIT_EVERY = 4096
+_FS_UTF8 = (sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()) == ("utf-8", "surrogateescape")
+LOOKUP_CHUNK = 500  # keys per SELECT ... IN (...): under SQLite's oldest limit of 999 variables
 
 
 def default_cache_dir() -> Path:
@@ -44,7 +47,8 @@ def model_key(config: dict, extra: str = "") -> str:
 
 
 class ScanCache:
-    """get(path, size, mtime_ns) -> cached tuple or None; put(...) stores one result."""
+    """get(path, size, mtime_ns) -> cached tuple or None; put(...) stores one result; get_many and
+    put_many do the same for many files with one query (a scan calls those)."""
 
     def __init__(self, directory: Path | None, key: str):
         self.directory = Path(directory) if directory is not None else default_cache_dir()
@@ -118,6 +122,8 @@ class ScanCache:
     @staticmethod
     def _path_key(path: Path) -> bytes:
         path = os.fspath(path)
+        if _FS_UTF8 and path.__class__ is str and path[:1] == "/":
+            return path.encode("utf-8", "surrogateescape")  # what os.fsencode does, without its lookups
         return os.fsencode(path if os.path.isabs(path) else os.path.abspath(path))
 
     def get(self, path: Path, size: int, mtime_ns: int) -> tuple[str, str | None, str | None, float | None, str] | None:
@@ -139,17 +145,55 @@ class ScanCache:
         self.hits += 1
         return row[2], row[3], row[4], row[5], row[6]
 
+    def get_many(self, keys: list[tuple]) -> list[tuple | None]:
+        """get() for many (path, size, mtime_ns) at once, in order: one query per LOOKUP_CHUNK."""
+        if not self.enabled or not keys:
+            self.misses += len(keys)
+            return [None] * len(keys)
+        path_key = self._path_key
+        wanted = [path_key(k[0]) for k in keys]  # keys may be data.FileEntry: (path, size, mtime_ns, ...)
+        rows: dict = {}
+        try:
+            for i in range(0, len(wanted), LOOKUP_CHUNK):
+                part = wanted[i : i + LOOKUP_CHUNK]
+                sql = (
+                    "SELECT path, size, mtime_ns, status, predicted, nearest, score, message FROM results"
+                    f" WHERE model=? AND path IN ({','.join('?' * len(part))})"
+                )
+                for row in self._db.execute(sql, (self.key, *part)):
+                    rows[row[0]] = row
+        except sqlite3.Error as exc:
+            self._disable(exc)
+            self.misses += len(keys)
+            return [None] * len(keys)
+        out: list = []
+        for key, k in zip(wanted, keys, strict=True):
+            row = rows.get(key)
+            if row is None or row[1] != k[1] or row[2] != k[2]:
+                out.append(None)
+            else:
+                out.append(row[3:])
+        hits = len(out) - out.count(None)
+        self.hits += hits
+        self.misses += len(out) - hits
+        return out
+
     def put(self, path: Path, size: int, mtime_ns: int, status: str, predicted, nearest, score, message: str) -> None:
-        if not self.enabled or mtime_ns >= self._racy_after_ns:
+        self.put_many([(path, size, mtime_ns, status, predicted, nearest, score, message)])
+
+    def put_many(self, results) -> None:
+        """put() for many (path, size, mtime_ns, status, predicted, nearest, score, message) at once."""
+        if not self.enabled:
+            return
+        racy, key, path_key = self._racy_after_ns, self.key, self._path_key
+        rows = [(key, path_key(r[0]), *r[1:]) for r in results if r[2] < racy]
+        if not rows:
             return
         try:
             if self._pending == 0:
                 self._db.execute("BEGIN")
-            self._db.execute(
-                "INSERT OR REPLACE INTO results VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (self.key, self._path_key(path), size, mtime_ns, status, predicted, nearest, score, message),
-            )
-            self._pending += 1
+            self._db.executemany("INSERT OR REPLACE INTO results VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            self._pending += len(rows)
             if self._pending >= _COMMIT_EVERY:
                 self.flush()
         except sqlite3.Error as exc:

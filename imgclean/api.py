@@ -7,6 +7,7 @@
     result = api.scan("incoming/", model, move_to="rejected/")   # quarantine the rejects
     api.apply("report.jsonl", move_to="rejected/")          # carry out a saved `scan --report`
     metrics = api.evaluate("model/", "labelled/", "known-junk/").results
+    found = api.audit("train/")                             # wrong labels, foreign pictures, duplicates
     api.restore("rejected/")                                # put everything back
 
 Nothing here prints or exits: progress goes to optional callbacks, problems are raised as
@@ -25,7 +26,7 @@ from typing import Callable, Iterable
 from .config import FitConfig, TrainSettings
 from .errors import ImgcleanError
 
-__all__ = ["ApiError", "ApplyResult", "ScanResult", "apply", "evaluate", "fit", "load", "restore", "scan"]
+__all__ = ["ApiError", "ApplyResult", "ScanResult", "apply", "audit", "evaluate", "fit", "load", "restore", "scan"]
 
 
 class ApiError(ImgcleanError, ValueError):
@@ -218,6 +219,35 @@ def evaluate(model, in_dir, ood_dir, *, methods: Iterable[str] | None = None, ba
     bundle = _model(model, device)
     return run_evaluate(bundle, Path(in_dir), Path(ood_dir), list(methods) if methods else None, batch_size,
                         device, progress)
+
+
+def audit(train_dir, model=None, *, move_to=None, dry_run: bool = False, device: str = "auto",
+          progress: Callable[[str, int, int, dict], None] | None = None, **options):
+    """Audit a training folder: wrong labels (out-of-sample confident learning), foreign pictures,
+    duplicates, unreadable files (pipeline.audit.AuditResult: .records, .summary). `options` are
+    pipeline.audit.AuditOptions fields (folds, method, epochs, near_threshold, ...). With
+    `move_to`, the flagged files (later copies only, for duplicates) are quarantined like scan's."""
+    from .pipeline.apply import quarantine_exclusion
+    from .pipeline.audit import AuditOptions, apply_audit, run_audit
+
+    root = Path(os.path.realpath(train_dir))
+    if not root.is_dir():
+        raise ApiError(f"training folder {os.fsdecode(train_dir)} does not exist or is not a folder")
+    if dry_run and move_to is None:
+        raise ApiError("dry_run plans moves; give move_to too")
+    known = {f.name for f in fields(AuditOptions)}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise ApiError(f"unknown option(s) {', '.join(unknown)}; audit takes {', '.join(sorted(known))}")
+    if move_to is not None:
+        quarantine_exclusion(root, Path(move_to))
+    device = _device(device)
+    bundle = _model(model, device) if model is not None else None
+    with _moving(root, move_to, dry_run) as quarantine:  # the lock is held from the walk to the last move
+        result = run_audit(root, AuditOptions(**options), bundle=bundle, device=device, progress=progress)
+        if quarantine is not None:
+            apply_audit(result.records, root, result.summary, quarantine, dry_run)
+    return result
 
 
 def restore(quarantine_dir, *, paths: Iterable | None = None, dry_run: bool = False) -> list:

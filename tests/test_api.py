@@ -122,3 +122,26 @@ def test_evaluate_returns_the_cli_metrics(model_dir, train_dir, tmp_path):
     assert 0.0 <= result.results["mahalanobis"]["auroc"] <= 1.0
     assert result.results["counts"]["unreadable"] == 1  # the broken file
     json.dumps(result.results)  # plain data
+
+
+def test_audit_finds_a_planted_problem_and_moves_only_flagged_files(tmp_path):
+    from conftest import make_train_folder
+
+    train = make_train_folder(tmp_path / "train", per_class=12)
+    first = sorted((train / "checker").iterdir())[0]
+    (train / "stripes_h" / "copy.png").write_bytes(first.read_bytes())  # an exact duplicate across classes
+    (train / "stripes_h" / "broken.png").write_bytes(b"not an image")
+    with pytest.raises(api.ApiError, match="unknown option"):
+        api.audit(train, fold=2)
+    result = api.audit(train, folds=2, epochs=2, min_steps=0, device="cpu", move_to=tmp_path / "q")
+    by_path = {r.path: r for r in result.records}
+    dup = by_path[os.path.join("stripes_h", "copy.png")]
+    assert dup.issue == "duplicate" and dup.duplicate_of == os.path.join("checker", first.name)
+    assert by_path[os.path.join("stripes_h", "broken.png")].issue == "unreadable"
+    original = by_path[os.path.join("checker", first.name)]
+    assert original.issue != "duplicate"  # the first copy in path order is the original
+    assert first.is_file() == (original.issue == "ok")  # it moves only for an issue of its own
+    assert not (train / "stripes_h" / "copy.png").exists() and (tmp_path / "q" / "stripes_h" / "copy.png").is_file()
+    moved = {p for p in tree_snapshot(tmp_path / "q") if not p.startswith("imgclean-manifest")}
+    flagged = {r.path for r in result.records if r.issue != "ok"}
+    assert os.path.join("stripes_h", "copy.png") in moved and moved <= flagged

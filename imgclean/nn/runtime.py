@@ -204,10 +204,14 @@ def predict_images(model: nn.Module, images, indices: np.ndarray | None, mean: l
     left out; the third array says which rows came back). `indices` None: all of them."""
     from .datasets import StreamedImages, iterate
 
-    indices = np.arange(len(images)) if indices is None else np.asarray(indices, dtype=np.int64)
     if not isinstance(images, StreamedImages):
+        if indices is None:  # all of them: no copy of the array
+            logits, feats = predict_arrays(model, images, mean, std, device, batch_size)
+            return logits, feats, np.arange(len(images))
+        indices = np.asarray(indices, dtype=np.int64)
         logits, feats = predict_arrays(model, images[indices], mean, std, device, batch_size)
         return logits, feats, indices
+    indices = np.arange(len(images)) if indices is None else np.asarray(indices, dtype=np.int64)
     kept: list[np.ndarray] = []
 
     def batches():

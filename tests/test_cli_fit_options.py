@@ -1,6 +1,8 @@
 """fit --interpolation/--crop-pct/--mean/--std reach FitConfig by name (contract 6)."""
 import dataclasses
 
+import numpy as np
+
 import pytest
 from typer.testing import CliRunner
 
@@ -61,3 +63,21 @@ def test_bad_values_are_usage_errors(captured, train_dir, tmp_path, args):
     result = invoke("fit", train_dir, "-o", tmp_path / "m", *args)
     assert result.exit_code == EXIT_USAGE, result.output
     assert "Traceback" not in result.output and captured == []
+
+
+def test_fit_suggests_audit_when_held_out_accuracy_is_low(tmp_path):
+    """Two classes of pure noise: nothing generalises, so fit points at `imgclean audit`."""
+    from typer.testing import CliRunner
+
+    from conftest import write_png
+    from imgclean.cli import app
+
+    rng = np.random.default_rng(3)
+    for name in ("a", "b"):
+        for i in range(20):
+            write_png(tmp_path / "noise" / name / f"{i}.png", rng.integers(0, 256, (16, 16), dtype=np.uint8))
+    result = CliRunner().invoke(app, ["fit", str(tmp_path / "noise"), "-o", str(tmp_path / "m"), "--epochs", "1",
+                                      "--min-steps", "0", "--val-fraction", "0.5", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "held-out accuracy is low" in text and "imgclean audit" in text

@@ -17,6 +17,10 @@ from .common import (
 from .options import config_option, resolved_settings
 
 
+# Below this held-out accuracy, fit suggests `imgclean audit` (the folder may be dirty).
+LOW_ACCURACY = 0.9
+
+
 class Interpolation(str, Enum):
     """The resampling filters of imgclean.data.INTERPOLATIONS (timm's names)."""
 
@@ -180,6 +184,10 @@ def fit(
     if trained is not None and trained != asked and not quiet:
         note(f"trained {trained} epochs instead of the {asked} asked for, so that at least --min-steps {min_steps} "
              "batches ran (lower --min-steps to train fewer)")
+    val_acc = report.metrics.get("val_accuracy")
+    if val_acc is not None and val_acc < LOW_ACCURACY and not quiet:
+        note(f"held-out accuracy is low ({val_acc:.2f}): mislabelled, foreign or duplicate images may be in "
+             f"{train_dir}; try `imgclean audit {train_dir}`")
     summary = {
         "model": os.fsdecode(path),
         "arch": report.arch,

@@ -15,11 +15,27 @@ ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT_S = 480  # generous: the machine running the tests may be busy
 
 
+def own_network_namespace() -> list[str]:
+    """A command prefix that runs in a network namespace of its own with only loopback up
+    (`unshare -rn`), or [] where that is not possible (then rendezvous and gloo are still
+    pointed at 127.0.0.1 / lo)."""
+    probe = ["unshare", "-rn", "sh", "-c", "ip link set lo up"]
+    try:
+        ok = subprocess.run(probe, capture_output=True, timeout=30).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        ok = False
+    return ["unshare", "-rn", "sh", "-c", 'ip link set lo up && exec "$@"', "sh"] if ok else []
+
+
 def torchrun(*args, cwd=None):
-    """Run `torchrun --standalone --nproc_per_node=2 ARGS` in its own session; on a timeout the
-    whole process group (torchrun and its workers) is killed."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")]), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *map(str, args)]
+    """Run a 2-process torchrun (rendezvous on 127.0.0.1, gloo on lo, in a network namespace of
+    its own where possible) in its own session; on a timeout the whole process group (torchrun
+    and its workers) is killed."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")]), "OMP_NUM_THREADS": "1",
+           "GLOO_SOCKET_IFNAME": "lo", "MASTER_ADDR": "127.0.0.1"}
+    cmd = [*own_network_namespace(), sys.executable, "-m", "torch.distributed.run", "--nnodes=1",
+           "--nproc_per_node=2", "--rdzv-backend=c10d", "--rdzv-endpoint=127.0.0.1:0", "--rdzv-id=imgclean-test",
+           *map(str, args)]
     proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             start_new_session=True, text=True)
     try:

@@ -51,10 +51,20 @@ ENV = {**os.environ, "PYTHONPATH": str(REPO)}
 OLD_NS = 1_600_000_000 * 10**9  # files as a nightly job finds them: not written this second
 
 
+CPU = {"last": 0.0}  # CPU seconds (user + sys, the command and its children) of the last sh()
+
+
+def children_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
 def sh(cmd: list[str], **kw) -> tuple[float, subprocess.CompletedProcess]:
+    c = children_cpu()
     t = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=ENV, **kw)
     dt = time.perf_counter() - t
+    CPU["last"] = children_cpu() - c
     if proc.returncode not in (0, 3):
         raise RuntimeError(f"{' '.join(map(str, cmd))} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     return dt, proc
@@ -204,12 +214,20 @@ def machine_decode_limit(files: list[str], size: int, channels: int, workers: in
     import multiprocessing as mp
 
     mode = "L" if channels == 1 else "RGB"
-    jobs = [(files[i : i + 256], size, mode) for i in range(0, len(files), 256)]
-    with mp.get_context("fork").Pool(workers) as pool:
+    step = max(1, min(256, len(files) // (8 * workers)))
+    jobs = [(files[i : i + step], size, mode) for i in range(0, len(files), step)]
+    c = children_cpu()
+    pool = mp.get_context("fork").Pool(workers)
+    try:
         pool.map(abs, range(workers))  # the workers are up
         t = time.perf_counter()
-        n = sum(pool.imap(_plain_decode, jobs))
-        return n / (time.perf_counter() - t)
+        n = sum(pool.imap_unordered(_plain_decode, jobs))
+        rate = n / (time.perf_counter() - t)
+    finally:
+        pool.close()
+        pool.join()
+    CPU["last"] = children_cpu() - c  # (start-up included: a few ms)
+    return rate
 
 
 def decode_limit(folder: Path, size: int, channels: int, workers: int, mode: str) -> float:
@@ -307,13 +325,18 @@ def compare(name: str, folder: Path, model: Path, work: Path, repeats: int, line
         shutil.rmtree(cache, ignore_errors=True)
         row = {"load": os.getloadavg()[0]}
         row["a_proc"] = machine_decode_limit(files, size, channels, workers)
+        row["a_proc_cpu"] = CPU["last"] / n * 1e6
         row["a_thr"] = decode_limit(folder, size, channels, workers, "threads")
         row["a_img"] = decode_limit(folder, size, channels, workers, "processes")
         row["m"] = model_rate(folder, model)
         row["one"], _ = sh(scan_cmd(one, model, work / "one.csv", None))
+        one_cpu = CPU["last"]
         row["cold"], proc = sh(scan_cmd(folder, model, work / "r.csv", cache))
+        row["cold_cpu"] = CPU["last"]
+        row["steady_cpu"] = (CPU["last"] - one_cpu) / n * 1e6
         row["cold_json"] = json.loads(proc.stdout)
         row["warm"], proc = sh(scan_cmd(folder, model, work / "r.csv", cache))
+        row["warm_cpu"] = CPU["last"]
         row["warm_json"] = json.loads(proc.stdout)
         row["nocache"], _ = sh(scan_cmd(folder, model, work / "r.csv", None))
         row["c"], _ = sh([PY, str(baseline_py), str(folder), str(model), str(work / "base.csv")])
@@ -336,6 +359,15 @@ def compare(name: str, folder: Path, model: Path, work: Path, repeats: int, line
             f"| {row['c'] / row['cold']:.2f} |"
         )
         assert row["warm_json"]["cached"] == n and row["warm_json"]["decoded"] == 0, row["warm_json"]
+    lines.append("\nCPU time (user + sys, the process and its children; what the load does not change much):\n")
+    lines.append("| run | (a-proc) CPU us/img | scan steady CPU us/img ((cold - one file) / files) | (a-proc) / scan, CPU | "
+                 "cold CPU s | warm CPU s | cold / warm, CPU |")
+    lines.append("|---|---|---|---|---|---|---|")
+    for i, row in enumerate(rows, 1):
+        lines.append(
+            f"| {i} | {row['a_proc_cpu']:.0f} | {row['steady_cpu']:.0f} | {row['a_proc_cpu'] / row['steady_cpu']:.2f} "
+            f"| {row['cold_cpu']:.2f} | {row['warm_cpu']:.2f} | {row['cold_cpu'] / row['warm_cpu']:.1f} |"
+        )
     return {
         "steady_over_a": [round(r["steady"] / r["a_proc"], 2) for r in rows],
         "baseline_ratio": [round(r["c"] / r["cold"], 2) for r in rows],
@@ -444,7 +476,7 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=None)
     args = ap.parse_args()
     q = args.quick
-    sizes = dict(fashion=3000 if q else 60000, train=3000, photos=100 if q else 1000,
+    sizes = dict(fashion=3000 if q else 60000, train=3000, photos=100 if q else 500,
                  mem=(2000, 20000) if q else (10000, 100000), fit_per_class=200 if q else 1000,
                  fit_epochs=3, repeats=args.repeats or (1 if q else 2))
     work = args.work or Path(tempfile.mkdtemp(prefix="imgclean-bench-"))

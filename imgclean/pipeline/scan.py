@@ -53,8 +53,10 @@ def relative_name(path: Path, root: Path) -> str:
 
 # Batches decoded ahead of the one being scored: decode of batch n+1 overlaps scoring of batch n.
 PREFETCH_BATCHES = 2
-# While the network loads, batches are decoded ahead up to this many bytes of pixels.
-LOADING_AHEAD_BYTES = 128 * 2**20
+# While the network loads, batches are decoded ahead up to this many bytes of pixels and this
+# many batches (what is held does not grow with the folder: at most 32 MB of pixels).
+LOADING_AHEAD_BYTES = 32 * 2**20
+LOADING_AHEAD_BATCHES = 64
 # Records resolved without decoding (cache hits, skipped files) per yielded group, so an
 # all-cached folder still streams records instead of collecting them.
 MAX_GROUP = 4096
@@ -128,11 +130,12 @@ class Scorer:
 
     def _ahead(self) -> int:
         """Batches decoded ahead: more while the network loads (up to LOADING_AHEAD_BYTES of
-        pixels), so the decoders work through the load instead of waiting for it."""
+        pixels, LOADING_AHEAD_BATCHES batches), so the decoders work through the load instead of waiting for it."""
         if self._torch_ready or self._preload is None:
             return PREFETCH_BATCHES
         s = self.settings
-        return max(PREFETCH_BATCHES, LOADING_AHEAD_BYTES // (self.batch_size * s.size * s.size * s.channels))
+        by_bytes = LOADING_AHEAD_BYTES // (self.batch_size * s.size * s.size * s.channels)
+        return max(PREFETCH_BATCHES, min(LOADING_AHEAD_BATCHES, by_bytes))
 
     def score_arrays(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(predicted class index, nearest class index, score) for uint8 images."""

@@ -165,6 +165,18 @@ def _listing(folder: str) -> list[tuple[str, os.stat_result | None]]:
             os.close(fd)
 
 
+def _identities(folders) -> set[tuple[int, int]]:
+    """(st_dev, st_ino) of each folder that exists: how the walk recognises excluded folders."""
+    out: set[tuple[int, int]] = set()
+    for folder in folders:
+        try:
+            st = os.stat(folder)
+            out.add((st.st_dev, st.st_ino))
+        except OSError:
+            pass
+    return out
+
+
 def walk_images(root: Path, exclude: tuple[Path, ...] = ()) -> Iterator[FileEntry]:
     """Yield image-named entries below `root`, sorted, depth first.
 
@@ -175,13 +187,7 @@ def walk_images(root: Path, exclude: tuple[Path, ...] = ()) -> Iterator[FileEntr
     open come back with a skip_reason so they can be reported; a file reached twice through hard
     links is yielded once for scoring and then as a duplicate.
     """
-    excluded: set[tuple[int, int]] = set()
-    for p in exclude:
-        try:
-            st = os.stat(p)
-            excluded.add((st.st_dev, st.st_ino))
-        except OSError:
-            pass
+    excluded = _identities(exclude)
     seen_inodes: set[tuple[int, int]] = set()
     base = os.fspath(root)
     isdir, islnk, isreg = stat.S_ISDIR, stat.S_ISLNK, stat.S_ISREG
@@ -249,13 +255,7 @@ def count_images(root: Path, exclude: tuple[Path, ...] = ()) -> int:
     (skipped ones included). When the count cannot be made that way it falls back to the walk."""
     from .fileops import MANIFEST_NAME
 
-    excluded: set[tuple[int, int]] = set()
-    for p in exclude:
-        try:
-            st = os.stat(p)
-            excluded.add((st.st_dev, st.st_ino))
-        except OSError:
-            pass
+    excluded = _identities(exclude)
     base = os.fspath(root)
     if len(os.fsencode(os.path.abspath(base))) >= _FD_WALK_FROM:
         return sum(1 for _ in walk_images(root, exclude))

@@ -17,8 +17,9 @@ from .common import (
 from .options import config_option, resolved_settings
 
 
-# Below this held-out accuracy, fit suggests `imgclean audit` (the folder may be dirty).
-LOW_ACCURACY = 0.9
+# Below this held-out accuracy, fit suggests `imgclean audit` (the folder may be dirty). The
+# shipped 1,000 sample digits reach about 0.86, so the README demo does not trigger it.
+LOW_ACCURACY = 0.8
 
 
 class Interpolation(str, Enum):

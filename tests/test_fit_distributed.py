@@ -56,7 +56,11 @@ def test_two_processes_give_the_single_process_centres_and_statistics(tmp_path, 
     assert int(got["world_size"]) == 2
     want = ddp_equivalence.run(None, covariance)
     for key, value in want.items():
-        assert np.allclose(got[key], value, rtol=1e-6, atol=1e-6), key
+        # To 1e-6 of each array's own scale: an element near 0 of a precision matrix whose large
+        # entries are ~1e4 differs by float rounding of those, not by 1e-6 absolute.
+        scale = max(1.0, float(np.abs(value).max()))
+        error = float(np.abs(got[key] - value).max())
+        assert error <= 1e-6 * scale, f"{key}: largest difference {error:.3g} for a scale of {scale:.3g}"
 
 
 def test_torchrun_fit_writes_one_model_recording_world_size(tmp_path, train_dir):

@@ -100,6 +100,6 @@ def test_scan_lets_the_runtime_pick_the_batch_on_cuda(model_dir, monkeypatch):
     images = np.zeros((2, 16, 16, 1), np.uint8)
     for device in ("cuda", "cpu"):
         scorer = Scorer(bundle, batch_size=7, device=device)
-        monkeypatch.setattr("imgclean.pipeline.scan.score_outputs", lambda *a: (np.zeros(2), np.zeros(2), np.zeros(2)))
+        monkeypatch.setattr("imgclean.pipeline.scoring.score_outputs", lambda *a: (np.zeros(2), np.zeros(2), np.zeros(2)))
         scorer.score_arrays(images)
     assert seen == [None, 7]

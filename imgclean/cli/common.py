@@ -117,6 +117,11 @@ class Device(str, Enum):
     mps = "mps"
 
 
+class Engine(str, Enum):  # pipeline/scan.ENGINES
+    local = "local"
+    ray = "ray"
+
+
 def fail(message: str, code: int = EXIT_ERROR) -> typer.Exit:
     """Print one clear error line and return the Exit to raise."""
     err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, markup=True)

@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from ..config import DEFAULT_MODEL_DIR
-from .common import Device, Method, command, fail, log, make_progress, resolve_device, setup_logging, usage_error
+from .common import Device, Engine, Method, command, fail, log, make_progress, resolve_device, setup_logging, usage_error
 from .options import (
     DryRun, FailOnReject, FailOnSkip, HtmlOut, JsonOut, KeepUnreadable, MoveTo, Quiet, ReportOut, Verbose, config_option,
 )
@@ -33,6 +33,26 @@ def show_model_loading(bundle, progress, task) -> None:
     bundle._loader = load
 
 
+def check_engine(engine: Engine, address: Optional[str], workers: int, gpus: float):
+    """The Ray options (pipeline/ray_scan.RayOptions) for --engine ray, None for local; a usage
+    error for Ray options without it, one line on how to install Ray when it is missing."""
+    given = [name for name, value in (("--ray-address", address), ("--ray-workers", workers),
+                                      ("--ray-gpus-per-worker", gpus)) if value]
+    if engine is not Engine.ray:
+        if given:
+            raise usage_error(f"{given[0]} needs --engine ray")
+        return None
+    import importlib.util
+
+    from ..pipeline.ray_scan import INSTALL_HINT, RayOptions
+
+    if importlib.util.find_spec("ray") is None:
+        raise fail(INSTALL_HINT)
+    if address is not None and not address.strip():
+        raise usage_error("--ray-address is empty; give host:port or auto")
+    return RayOptions(address=address.strip() if address else None, workers=workers, gpus_per_worker=gpus)
+
+
 @command()
 def scan(
     ctx: typer.Context,
@@ -54,6 +74,10 @@ def scan(
     no_cache: bool = typer.Option(False, "--no-cache", help="Decode and score every file, ignoring results cached by earlier scans."),
     cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Where the scan cache lives [default: $XDG_CACHE_HOME/imgclean or ~/.cache/imgclean]."),
     workers: int = typer.Option(0, "--workers", min=0, help="Decode workers: processes for many small images, threads for large photos (chosen automatically; IMGCLEAN_DECODE=threads|processes forces it) [default: 0 = one per CPU core]."),
+    engine: Engine = typer.Option(Engine.local, "--engine", help="Where files are decoded and scored: local (this process) or ray (the workers of a Ray cluster; the walk, cache, report and moves stay in this process). ray needs `pip install 'imgclean[ray]'`."),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="With --engine ray: the cluster to join, host:port or auto (the one `ray start` runs on this machine) [default: start a local Ray for this scan]."),
+    ray_workers: int = typer.Option(0, "--ray-workers", min=0, help="With --engine ray: workers, one CPU each [default: 0 = one per CPU of the cluster, or one per GPU share]."),
+    ray_gpus_per_worker: float = typer.Option(0.0, "--ray-gpus-per-worker", min=0.0, help="With --engine ray: the share of a GPU each worker takes (0.25: four per GPU); above 0 the workers score on CUDA."),
     config_file: Optional[Path] = config_option(),
 ) -> None:
     """Score every image in a folder; report, and with --move-to quarantine, the ones that do not belong."""
@@ -74,6 +98,7 @@ def scan(
     root = Path(os.path.realpath(folder))
     if dry_run and move_to is None:
         raise usage_error("--dry-run shows planned moves; give --move-to DIR too")
+    ray_options = check_engine(engine, ray_address, ray_workers, ray_gpus_per_worker)
     exclude: tuple[Path, ...] = ()
     if move_to is not None:
         exclude = check_move_target(folder, move_to)
@@ -106,7 +131,7 @@ def scan(
         review = ReviewCollector(root=root, quarantine=move_to)
     options = ScanOptions(
         batch_size=batch_size, workers=workers, keep_unreadable=keep_unreadable, exclude=exclude,
-        use_cache=use_cache, cache_dir=cache_dir, method=method.value,
+        use_cache=use_cache, cache_dir=cache_dir, method=method.value, engine=engine.value, ray=ray_options,
     )
     printer = Printer(dry_run, json_out, verbose, keep_unreadable, progress=make_progress(quiet or json_out))
     with open_run(root, folder, move_to, dry_run, report, review, printer) as run:

@@ -25,8 +25,7 @@ from ..reports.records import (  # noqa: F401  (re-exported: the record type and
 from ..store.artifact import ModelBundle
 from .apply import Applier, ScanSummary
 from .decode import Decoded, Decoder, DecodeSettings
-from .scoring import check_method, score_outputs
-
+from .scoring import Outcome, check_method, outcomes, predict_scores
 
 
 class ScanError(ImgcleanError, ValueError):
@@ -42,6 +41,12 @@ class ScanOptions:
     method: str = "mahalanobis"  # a detector or combining rule (detectors/registry.py)
     use_cache: bool = False  # reuse results of unchanged files from earlier scans (cache.ScanCache)
     cache_dir: Path | None = None  # None: the user cache dir ($XDG_CACHE_HOME/imgclean)
+    engine: str = "local"  # ENGINES: where files are decoded and scored
+    ray: object = None  # ray_scan.RayOptions for engine "ray" (None: its defaults)
+
+
+# local: in this process; ray: on Ray workers (pipeline/ray_scan.py), applied here all the same.
+ENGINES = ("local", "ray")
 
 
 def relative_name(path: Path, root: Path) -> str:
@@ -139,40 +144,30 @@ class Scorer:
 
     def score_arrays(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(predicted class index, nearest class index, score) for uint8 images."""
-        from ..nn.runtime import predict_arrays
-
         self._wait_preload()
         self._prepare_torch()
-        cfg = self.bundle.config
         # On CUDA the runtime picks the inference batch (it knows the device's memory); on the CPU
         # the scan's own batch keeps memory as the user set it.
-        logits, feats = predict_arrays(
-            self.bundle.model, images, cfg["mean"], cfg["std"], self.device,
-            batch_size=None if self.on_cuda else self.batch_size,
-        )
-        return score_outputs(self.bundle, self.method, logits, feats)
+        return predict_scores(self.bundle, self.method, images, self.device, None if self.on_cuda else self.batch_size)
 
     def score_entries(self, entries: list[data.FileEntry], root: Path) -> list[ScanRecord]:
         """Decode and score one batch (no cache, no overlap); `scan` is the fast path."""
         with Decoder(self.settings, self.workers) as decoder:
-            return self._score_decoded(entries, decoder.decode(entries), root)
+            return self.records(entries, self.outcomes(decoder.decode(entries)), _relative_namer(root))
 
-    def _score_decoded(self, entries: list[data.FileEntry], decoded: list[Decoded], root: Path) -> list[ScanRecord]:
+    def outcomes(self, decoded: list[Decoded]) -> list[Outcome]:
+        """What the model says of each decoded file."""
+        return outcomes(decoded, self.score_arrays)
+
+    def records(self, entries: list[data.FileEntry], outcomes: list[Outcome], rel) -> list[ScanRecord]:
+        """The records of scored entries (the driver's part: names, identity, cache writes)."""
         names = self.bundle.class_names
         self.decoded += len(entries)
-        rel = _relative_namer(root)
         records = [
-            ScanRecord(rel(e[0]), d.status, None, None, None, d.message, "", None, e[1], e[2], e[4], e[5])
-            for e, d in zip(entries, decoded, strict=True)
+            ScanRecord(rel(e[0]), st, names[p] if p >= 0 else None, names[n] if n >= 0 else None, s, msg, "", None,
+                       e[1], e[2], e[4], e[5])
+            for e, (st, msg, p, n, s) in zip(entries, outcomes, strict=True)
         ]
-        good = [i for i, d in enumerate(decoded) if d.ok]
-        if good:
-            pred, near, score = self.score_arrays(np.stack([decoded[i].array for i in good]))
-            for i, p, n, s in zip(good, np.asarray(pred).tolist(), np.asarray(near).tolist(),
-                                  np.asarray(score, dtype=float).tolist(), strict=True):
-                rec = records[i]
-                rec.predicted, rec.nearest, rec.score = names[p], names[n], s
-                rec.status = OOD if s > 1.0 else data.OK
         if self.cache is not None:
             self.cache.put_many(
                 (e[0], e[1], e[2], rec.status, rec.predicted, rec.nearest, rec.score, rec.message)
@@ -198,8 +193,13 @@ class Scorer:
                     out[i] = ScanRecord(rel(e[0]), hit[0], hit[1], hit[2], hit[3], hit[4], "", None, e[1], e[2], e[4], e[5])
         return out
 
-    def scan(self, root: Path, exclude: Iterable[Path] = ()) -> Iterator[tuple[ScanRecord, data.FileEntry]]:
-        """Yield (record, entry) for every image-named file below root, in walk order."""
+    def scan(self, root: Path, exclude: Iterable[Path] = (), engine=None) -> Iterator[tuple[ScanRecord, data.FileEntry]]:
+        """Yield (record, entry) for every image-named file below root, in walk order.
+
+        `engine` decodes and scores the files the cache cannot answer (LocalEngine when None;
+        pipeline/ray_scan.RayEngine on a cluster): batches go out as the walk finds them, at most
+        engine.ahead() in flight, and their records come back here, in walk order, whatever
+        order the engine finishes them in."""
         from collections import deque
         from itertools import islice
 
@@ -213,19 +213,16 @@ class Scorer:
         walk = data.walk_images(root, tuple(exclude))
         step = min(self.batch_size, LOOKUP_BATCH)
 
-        with Decoder(self.settings, self.workers) as decoder:
+        with engine if engine is not None else LocalEngine(self) as engine:
 
             def submit() -> None:
                 nonlocal slots, to_decode
-                pending.append((slots, to_decode, decoder.submit(to_decode)))
-                if to_decode:  # after the submit: decode workers are forked before the load thread starts
-                    self.preload()
+                pending.append((slots, to_decode, engine.submit(to_decode) if to_decode else None))
                 slots, to_decode = [], []
 
             def finish() -> Iterator[tuple[ScanRecord, data.FileEntry]]:
                 group, entries, in_flight = pending.popleft()
-                decoded = in_flight.result()
-                scored = iter(self._score_decoded(entries, decoded, root) if entries else ())
+                scored = iter(self.records(entries, engine.collect(entries, in_flight), rel) if entries else ())
                 for entry, record in group:
                     yield (record if record is not None else next(scored)), entry
 
@@ -240,7 +237,7 @@ class Scorer:
                         slots.append((entry, record))
                     if len(to_decode) >= self.batch_size or len(slots) >= MAX_GROUP:
                         submit()
-                        while len(pending) > self._ahead() or (pending and not pending[0][1]):
+                        while len(pending) > engine.ahead() or (pending and not pending[0][1]):
                             yield from finish()
                 if slots:
                     submit()
@@ -248,9 +245,40 @@ class Scorer:
                     yield from finish()
             finally:
                 for _, _, in_flight in pending:
-                    in_flight.cancel()
+                    if in_flight is not None:
+                        engine.cancel(in_flight)
                 if self.cache is not None:
                     self.cache.flush()
+
+
+class LocalEngine:
+    """Decode and score in this process: a Decoder pool decodes the next batches while the
+    model scores the current one in the calling thread (the default engine)."""
+
+    def __init__(self, scorer: Scorer):
+        self.scorer = scorer
+        self.decoder = Decoder(scorer.settings, scorer.workers)
+
+    def __enter__(self) -> "LocalEngine":
+        self.decoder.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.decoder.__exit__(*exc)
+
+    def submit(self, entries: list[data.FileEntry]):
+        pending = self.decoder.submit(entries)
+        self.scorer.preload()  # after the submit: decode workers are forked before the load thread starts
+        return pending
+
+    def collect(self, entries: list[data.FileEntry], pending) -> list[Outcome]:
+        return self.scorer.outcomes(pending.result())
+
+    def cancel(self, pending) -> None:
+        pending.cancel()
+
+    def ahead(self) -> int:
+        return self.scorer._ahead()
 
 
 # Cached statuses a scan may reuse (a skipped or changed result is never reused).
@@ -294,6 +322,8 @@ def run_scan(
     from ..quarantine.moves import MANIFEST_NAME, is_quarantine
 
     root = Path(os.path.realpath(root))
+    if options.engine not in ENGINES:
+        raise ScanError(f"unknown engine {options.engine!r}; use {' or '.join(ENGINES)}")
     if is_quarantine(root):
         raise ScanError(
             f"{os.fsdecode(root)} is an imgclean quarantine (it holds {MANIFEST_NAME}); scans never read one. "
@@ -309,14 +339,18 @@ def run_scan(
     scorer = Scorer(bundle, options.batch_size, options.workers, device, options.method, cache=cache)
     apply = Applier(root, quarantine, summary, options.keep_unreadable, dry_run)
     started = time.perf_counter()
-    blas = contextlib.nullcontext()
-    if not str(device).startswith("cuda"):
+    engine, blas = None, contextlib.nullcontext()
+    if options.engine == "ray":
+        from .ray_scan import RayEngine, RayOptions
+
+        engine = RayEngine(scorer, options.ray or RayOptions())
+    elif not str(device).startswith("cuda"):
         from .blas import single_blas_thread
 
         blas = single_blas_thread()  # the cores are the decoders' and the network's (pipeline/blas.py)
     try:
         with blas:
-            _run(scorer, root, options, apply, on_record, should_stop, summary)
+            _run(scorer, root, options, apply, on_record, should_stop, summary, engine)
     finally:
         if cache is not None:
             cache.close()
@@ -327,8 +361,8 @@ def run_scan(
     return summary
 
 
-def _run(scorer, root, options, apply, on_record, should_stop, summary) -> None:
-    for record, _ in scorer.scan(root, options.exclude):
+def _run(scorer, root, options, apply, on_record, should_stop, summary, engine=None) -> None:
+    for record, _ in scorer.scan(root, options.exclude, engine):
         apply(record)
         if on_record is not None:
             on_record(record)

@@ -40,3 +40,33 @@ def score_outputs(bundle, method: str, logits: np.ndarray, feats: np.ndarray) ->
         bundle.detectors, method, features=feats, logits=logits, known={"mahalanobis": ratios.min(1)}
     )
     return logits.argmax(1), ratios.argmin(1), score
+
+
+# What a scan says of one file before it is a record: (status, message, predicted class index,
+# nearest class index, score); the indexes are -1 and the score None for a file that did not decode.
+Outcome = tuple
+
+
+def predict_scores(bundle, method: str, images: np.ndarray, device: str, batch_size: int | None):
+    """(predicted class index, nearest class index, score) for uint8 images (the network must be
+    prepared for inference: nn.runtime.prepare_for_inference)."""
+    from ..nn.runtime import predict_arrays
+
+    cfg = bundle.config
+    logits, feats = predict_arrays(bundle.model, images, cfg["mean"], cfg["std"], device, batch_size=batch_size)
+    return score_outputs(bundle, method, logits, feats)
+
+
+def outcomes(decoded: list, score_arrays) -> list[Outcome]:
+    """One Outcome per decode.Decoded, the decoded arrays scored with `score_arrays` in one call."""
+    from ..data import OK
+    from ..reports.records import OOD
+
+    out: list[Outcome] = [(d.status, d.message, -1, -1, None) for d in decoded]
+    good = [i for i, d in enumerate(decoded) if d.ok]
+    if good:
+        pred, near, score = score_arrays(np.stack([decoded[i].array for i in good]))
+        for i, p, n, s in zip(good, np.asarray(pred).tolist(), np.asarray(near).tolist(),
+                              np.asarray(score, dtype=float).tolist(), strict=True):
+            out[i] = (OOD if s > 1.0 else OK, "", p, n, s)
+    return out

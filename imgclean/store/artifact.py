@@ -380,6 +380,21 @@ def _read_snapshot(path: Path) -> tuple[_Snapshot, dict[str, object]]:
     return snapshot, parsed
 
 
+def read_model_files(path: Path) -> dict[str, bytes]:
+    """name -> bytes of every file a model needs (config, weights, detector states), read through
+    one descriptor of the directory: what a remote worker rebuilds the model from (load_model on
+    a copy checks them against each other and the fingerprint)."""
+    path = Path(path)
+    fd = _open(path)
+    try:
+        raw = _read(fd, path, CONFIG_FILE, f"{path} has no {CONFIG_FILE}; is it an imgclean model directory?")
+        config = parse_config(raw, os.fspath(path / CONFIG_FILE))
+        names = [WEIGHTS_FILE, *(entry["file"] for entry in detector_entries(config).values())]
+        return {CONFIG_FILE: raw, **{name: _read(fd, path, name, f"{path} has no {name}") for name in names}}
+    finally:
+        os.close(fd)
+
+
 @dataclass(frozen=True)
 class ModelInfo:
     """What `imgclean info` shows, read torch-free: the checked config, the Mahalanobis

@@ -1,0 +1,282 @@
+"""`scan --engine ray`: Ray workers decode and score; this process does everything that writes.
+
+The split follows the peers that scan at cluster scale (NeMo Curator, img2dataset): workers
+only read, and the results are applied in one place.
+
+- Workers (Ray actors, :class:`ScoreWorker`): each gets the model once (its files' bytes, put in
+  the object store once), rebuilds it, checks that its config and fingerprint are the driver's,
+  and then decodes files with imgclean's own decoder (its statuses: unreadable, too_large,
+  unsupported) and scores them. Paths travel as bytes, so names need not be UTF-8. A worker
+  never writes, moves or caches anything.
+- The driver (:class:`RayEngine`, plugged into pipeline/scan.Scorer.scan) keeps the walk, the
+  lock, the cache (only misses are sent out; results are cached here), the report, the review
+  page and every move through the quarantine and its journal: records come back into the same
+  record -> apply path as the local engine and `imgclean apply`, in walk order.
+- Failures: a dead worker is restarted by Ray and its batch retried (max_restarts,
+  max_task_retries); results are matched to the batch sent by path, so a retried batch counts
+  once, and a file moves at most once whatever a worker does. A batch that still fails after
+  RETRIES tries stops the scan with one error line (records applied so far stay consistent).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from .. import data
+from ..errors import ImgcleanError
+from .scoring import outcomes, predict_scores
+
+# Tries of a batch beyond the first when its worker dies (Ray restarts the worker each time).
+RETRIES = 3
+# Batches queued per worker: one running, one waiting, so a worker never idles between batches.
+IN_FLIGHT_PER_WORKER = 2
+# How long the workers may take to start and load the model before the scan gives up (a cluster
+# that cannot place them, e.g. asking for more GPUs than it has, would otherwise wait forever).
+START_TIMEOUT_S = float(os.environ.get("IMGCLEAN_RAY_START_TIMEOUT", "300"))
+# Test hook: "N:MARKER" kills the worker (SIGKILL) in its N-th batch, once (the one that creates
+# MARKER); read by the driver and handed to the workers.
+KILL_ENV = "IMGCLEAN_RAY_TEST_KILL"
+INSTALL_HINT = "--engine ray needs Ray: pip install 'imgclean[ray]' (the same Ray version as the cluster's)"
+
+
+class RayEngineError(ImgcleanError, RuntimeError):
+    """Ray is missing, the cluster cannot be reached, or its workers failed."""
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    address: str | None = None  # None: start a local Ray for this scan; "auto" or host:port: join one
+    workers: int = 0  # 0: one per CPU of the cluster (per GPU share with gpus_per_worker)
+    gpus_per_worker: float = 0.0  # > 0: workers score on CUDA, this share of a GPU each
+
+
+def import_ray():
+    try:
+        import ray
+    except ImportError:
+        raise RayEngineError(INSTALL_HINT) from None
+    return ray
+
+
+class ScoreWorker:
+    """One Ray worker: a model rebuilt from its files, scoring batches of paths (bytes)."""
+
+    def __init__(self, files, config: dict, method: str, batch_size: int, device: str, kill_at: str = ""):
+        """`files`: name -> bytes of the model's files, or a one-item list holding the ObjectRef
+        of that dict (the one copy in the object store, fetched again by a restarted worker)."""
+        from ..nn.runtime import prepare_for_inference
+        from ..store.artifact import load_model
+        from .decode import DecodeSettings
+        from .scoring import check_method
+
+        if isinstance(files, list):
+            import ray
+
+            files = ray.get(files[0])
+        folder = tempfile.mkdtemp(prefix="imgclean-model-")
+        try:
+            for name, blob in files.items():
+                if os.sep in name or name in ("", ".", ".."):
+                    raise RayEngineError(f"model file name {name!r} is not a plain name")
+                with open(os.path.join(folder, name), "wb") as fh:
+                    fh.write(blob)
+            bundle = load_model(Path(folder), device=device)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+        if bundle.config != config:
+            raise RayEngineError(
+                f"the worker's model (fingerprint {bundle.fingerprint[:12]}) is not the driver's "
+                f"({str(config.get('fingerprint', ''))[:12]}); was the model replaced during the scan?"
+            )
+        check_method(bundle, method)
+        prepare_for_inference(bundle.model, device, config.get("arch", ""), bundle.input_size)
+        self.fingerprint = bundle.fingerprint
+        self.bundle, self.method, self.device = bundle, method, device
+        self.batch_size = None if device == "cuda" else batch_size
+        self.settings = DecodeSettings.from_model(bundle)
+        self.batches = 0
+        self.kill_at = kill_at
+
+    def ready(self) -> str:
+        return self.fingerprint
+
+    def score(self, paths: list[bytes]) -> tuple[list[bytes], list[tuple]]:
+        """(paths, outcomes) for one batch, in its order (pipeline/scan.Outcome)."""
+        from .decode import decode_one
+
+        self.batches += 1
+        self._maybe_die()
+        return paths, outcomes([decode_one(p, self.settings) for p in paths], self.score_arrays)
+
+    def score_arrays(self, images):
+        return predict_scores(self.bundle, self.method, images, self.device, self.batch_size)
+
+    def _maybe_die(self) -> None:
+        if not self.kill_at:
+            return
+        at, _, marker = self.kill_at.partition(":")
+        if self.batches == int(at):
+            try:
+                os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+            except FileExistsError:
+                return
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+@dataclass
+class _Batch:
+    ref: object  # ObjectRef of ScoreWorker.score
+    worker: int
+    paths: list[bytes]
+
+
+class RayEngine:
+    """The engine pipeline/scan.Scorer.scan sends its cache misses to; a context manager that
+    joins (or starts) Ray and its workers, and leaves both as it found them."""
+
+    def __init__(self, scorer, options: RayOptions):
+        self.scorer = scorer
+        self.options = options
+        self.ray = None
+        self.started_ray = False
+        self.workers: list = []
+        self.files_ref = None
+        self.in_flight: list[int] = []
+        self.duplicates = 0  # results a worker sent twice (ignored)
+
+    # ------------------------------------------------------------------ start and stop
+    def __enter__(self) -> "RayEngine":
+        self.ray = import_ray()
+        return self
+
+    def _start(self) -> None:
+        """Join (or start) Ray and start the workers: at the first batch to score, so a rescan
+        that the cache answers whole never starts a cluster."""
+        self._connect(self.ray)
+        self._start_workers(self.ray)
+
+    def _connect(self, ray) -> None:
+        if ray.is_initialized():  # a program that runs its own Ray (the Python API): use it, leave it up
+            return
+        address = self.options.address
+        try:
+            ray.init(address=address, include_dashboard=False if address is None else None, log_to_driver=False,
+                     logging_level=logging.ERROR, configure_logging=True)
+        except (ConnectionError, RuntimeError, ValueError, TimeoutError) as exc:
+            where = f"the Ray cluster at {address}" if address else "a local Ray"
+            raise RayEngineError(f"cannot start or reach {where}: {' '.join(str(exc).split())[:300]}") from None
+        self.started_ray = True
+
+    def _count(self, ray) -> int:
+        if self.options.workers:
+            return self.options.workers
+        resources = ray.cluster_resources()
+        gpus = self.options.gpus_per_worker
+        if gpus > 0:
+            return max(1, int(resources.get("GPU", 0) / gpus))
+        return max(1, int(resources.get("CPU", 1)))
+
+    def _start_workers(self, ray) -> None:
+        from ..store.artifact import read_model_files
+
+        scorer = self.scorer
+        bundle = scorer.bundle
+        gpus = self.options.gpus_per_worker
+        # Shipped once: every worker (and a restarted one) reads the one copy, held here until the end.
+        self.files_ref = ray.put(read_model_files(bundle.path))
+        remote = ray.remote(ScoreWorker).options(
+            num_cpus=1, num_gpus=gpus, max_restarts=-1, max_task_retries=RETRIES,
+        )
+        device = "cuda" if gpus > 0 else "cpu"
+        kill_at = os.environ.get(KILL_ENV, "")
+        self.workers = [
+            remote.remote([self.files_ref], bundle.config, scorer.method, scorer.batch_size, device, kill_at)
+            for _ in range(self._count(ray))
+        ]
+        self.in_flight = [0] * len(self.workers)
+        try:
+            prints = ray.get([w.ready.remote() for w in self.workers], timeout=START_TIMEOUT_S)
+        except ray.exceptions.GetTimeoutError:
+            raise RayEngineError(
+                f"the Ray cluster did not start {len(self.workers)} workers ({gpus or 1:g} "
+                f"{'GPU' if gpus else 'CPU'} each) within {START_TIMEOUT_S:g} s; give fewer --ray-workers "
+                f"or check `ray status`"
+            ) from None
+        except ray.exceptions.RayError as exc:
+            raise RayEngineError(f"a Ray worker could not load the model: {_cause(exc)}") from None
+        if any(p != bundle.fingerprint for p in prints):
+            raise RayEngineError("a Ray worker loaded another model than the driver's")
+
+    def __exit__(self, *exc) -> None:
+        ray, workers, self.workers, self.files_ref = self.ray, self.workers, [], None
+        if ray is None or not (workers or self.started_ray):
+            return
+        for w in workers:
+            try:
+                ray.kill(w)
+            except Exception:  # already gone with its cluster
+                pass
+        if self.started_ray:
+            self.started_ray = False
+            ray.shutdown()
+
+    # ------------------------------------------------------------------ the engine protocol
+    def ahead(self) -> int:
+        return IN_FLIGHT_PER_WORKER * max(1, len(self.workers))
+
+    def submit(self, entries: list[data.FileEntry]) -> _Batch:
+        if not self.workers:
+            self._start()
+        worker = min(range(len(self.workers)), key=self.in_flight.__getitem__)
+        paths = [os.fsencode(e[0]) for e in entries]
+        self.in_flight[worker] += 1
+        return _Batch(self.workers[worker].score.remote(paths), worker, paths)
+
+    def collect(self, entries: list[data.FileEntry], batch: _Batch) -> list[tuple]:
+        """The outcomes of `entries`, matched by path to what the worker sent back: a path it
+        sent twice counts once, a path it did not send stops the scan."""
+        ray = self.ray
+        try:
+            paths, outcomes = ray.get(batch.ref)
+        except ray.exceptions.RayError as exc:
+            raise RayEngineError(
+                f"a Ray worker failed {RETRIES + 1} times scoring a batch of {len(entries)} files "
+                f"(first {os.fsdecode(batch.paths[0])!r}): {_cause(exc)}"
+            ) from None
+        finally:
+            self.in_flight[batch.worker] -= 1
+        return match_outcomes(batch.paths, paths, outcomes, self)
+
+    def cancel(self, batch: _Batch) -> None:
+        try:
+            self.ray.cancel(batch.ref)
+        except Exception:  # finished or gone already
+            pass
+
+
+def match_outcomes(sent: list[bytes], paths: list[bytes], outcomes: list, counter=None) -> list[tuple]:
+    """The outcome of each path in `sent`, in its order, from a worker's (paths, outcomes)."""
+    by_path: dict[bytes, tuple] = {}
+    for path, outcome in zip(paths, outcomes, strict=True):
+        if path in by_path:
+            if counter is not None:
+                counter.duplicates += 1
+            continue
+        by_path[path] = tuple(outcome)
+    missing = [p for p in sent if p not in by_path]
+    if missing:
+        raise RayEngineError(f"a Ray worker sent no result for {len(missing)} files (first {os.fsdecode(missing[0])!r})")
+    return [by_path[p] for p in sent]
+
+
+def _cause(exc: BaseException) -> str:
+    """The one-line reason of a Ray error (the worker's own exception when there is one)."""
+    inner = getattr(exc, "cause", None)
+    text = str(inner if isinstance(inner, BaseException) else exc)
+    lines = [line for line in text.splitlines() if line.strip()]
+    return (lines[-1] if lines else type(exc).__name__)[:300]

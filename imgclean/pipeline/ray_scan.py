@@ -31,6 +31,8 @@ from .. import data
 from ..errors import ImgcleanError
 from .scoring import outcomes, predict_scores
 
+log = logging.getLogger(__name__)
+
 # Tries of a batch beyond the first when its worker dies (Ray restarts the worker each time).
 RETRIES = 3
 # Batches queued per worker: one running, one waiting, so a worker never idles between batches.
@@ -38,6 +40,8 @@ IN_FLIGHT_PER_WORKER = 2
 # How long the workers may take to start and load the model before the scan gives up (a cluster
 # that cannot place them, e.g. asking for more GPUs than it has, would otherwise wait forever).
 START_TIMEOUT_S = float(os.environ.get("IMGCLEAN_RAY_START_TIMEOUT", "300"))
+# How long a cluster address may take to accept a connection.
+CONNECT_TIMEOUT_S = 10.0
 # Test hook: "N:MARKER" kills the worker (SIGKILL) in its N-th batch, once (the one that creates
 # MARKER); read by the driver and handed to the workers.
 KILL_ENV = "IMGCLEAN_RAY_TEST_KILL"
@@ -146,6 +150,7 @@ class RayEngine:
         self.started_ray = False
         self.workers: list = []
         self.files_ref = None
+        self._restore_printing = None
         self.in_flight: list[int] = []
         self.duplicates = 0  # results a worker sent twice (ignored)
 
@@ -161,9 +166,11 @@ class RayEngine:
         self._start_workers(self.ray)
 
     def _connect(self, ray) -> None:
+        self._restore_printing = route_ray_messages_to_log()
         if ray.is_initialized():  # a program that runs its own Ray (the Python API): use it, leave it up
             return
         address = self.options.address
+        check_reachable(address)
         try:
             ray.init(address=address, include_dashboard=False if address is None else None, log_to_driver=False,
                      logging_level=logging.ERROR, configure_logging=True)
@@ -214,16 +221,21 @@ class RayEngine:
 
     def __exit__(self, *exc) -> None:
         ray, workers, self.workers, self.files_ref = self.ray, self.workers, [], None
-        if ray is None or not (workers or self.started_ray):
+        if ray is None or not (workers or self.started_ray or self._restore_printing):
             return
         for w in workers:
             try:
                 ray.kill(w)
             except Exception:  # already gone with its cluster
                 pass
-        if self.started_ray:
-            self.started_ray = False
-            ray.shutdown()
+        try:
+            if self.started_ray:
+                self.started_ray = False
+                ray.shutdown()
+        finally:
+            restore, self._restore_printing = self._restore_printing, None
+            if restore is not None:
+                restore()
 
     # ------------------------------------------------------------------ the engine protocol
     def ahead(self) -> int:
@@ -257,6 +269,48 @@ class RayEngine:
             self.ray.cancel(batch.ref)
         except Exception:  # finished or gone already
             pass
+
+
+def route_ray_messages_to_log():
+    """Send what Ray's driver prints about its workers (e.g. "(raylet) A worker died ...", which
+    Ray writes to stdout) to imgclean's log, so stdout keeps only the scan's own output (its
+    --json). Returns the function that undoes it; a Ray without that hook is left as it is."""
+    try:
+        from ray._private import worker as ray_worker
+    except ImportError:
+        return None
+    original = getattr(ray_worker, "print_to_stdstream", None)
+    if original is None:
+        return None
+
+    def to_log(data, ignore_prefix=False):
+        for line in data.get("lines") or ():
+            log.warning("ray (%s): %s", data.get("pid", ""), " ".join(str(line).split())[:500])
+
+    ray_worker.print_to_stdstream = to_log
+
+    def restore() -> None:
+        ray_worker.print_to_stdstream = original
+
+    return restore
+
+
+def check_reachable(address: str | None) -> None:
+    """Fail fast, with one line, when a host:port cluster address does not answer: ray.init
+    itself would retry for minutes."""
+    import socket
+
+    if address is None or address == "auto" or "://" in address:
+        return
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise RayEngineError(f"--ray-address {address!r} is not host:port or auto")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as exc:
+        raise RayEngineError(
+            f"cannot reach the Ray cluster at {address} ({exc.strerror or exc}); is `ray start --head` running there?"
+        ) from None
 
 
 def match_outcomes(sent: list[bytes], paths: list[bytes], outcomes: list, counter=None) -> list[tuple]:

@@ -254,8 +254,12 @@ def watch_for_first_move(quarantine: Path, proc: subprocess.Popen, timeout: floa
     return None
 
 
+# Extra scan options: `--engine ray` sets ["--engine", "ray", ...] (main()).
+SCAN_ENGINE: list = []
+
+
 def scan_args(folder: Path, model: Path, quarantine: Path) -> list:
-    return ["scan", folder, "-m", model, "--move-to", quarantine, "--json", "-q", "--batch-size", "8"]
+    return ["scan", folder, "-m", model, "--move-to", quarantine, "--json", "-q", "--batch-size", "8", *SCAN_ENGINE]
 
 
 def start_scan(folder: Path, model: Path, quarantine: Path) -> subprocess.Popen:
@@ -967,8 +971,12 @@ def figures_block(figures: dict) -> list[str]:
 
 
 def write_docs(figures: dict, out: Path) -> None:
-    """reliability.json in full; in reliability.md only the block between the markers."""
+    """reliability.json in full; in reliability.md only the block between the markers. A campaign
+    with --engine ray writes reliability-ray.json only (docs/scale.md quotes it)."""
     out.mkdir(parents=True, exist_ok=True)
+    if SCAN_ENGINE:
+        (out / "reliability-ray.json").write_text(json.dumps(figures, indent=2) + "\n")
+        return
     (out / "reliability.json").write_text(json.dumps(figures, indent=2) + "\n")
     block = "\n".join([FIGURES_BEGIN, *figures_block(figures), FIGURES_END])
     md = out / "reliability.md"
@@ -999,7 +1007,17 @@ def main() -> int:
     ap.add_argument("--junit", type=Path, help="reuse this pytest JUnit XML for the per-category counts")
     ap.add_argument("--skip-pytest", action="store_true", help="no per-category counts")
     ap.add_argument("--rerun-subprocess", action="store_true", help="rerun each killed scan as a subprocess too (slower)")
+    ap.add_argument("--engine", choices=("local", "ray"), default="local",
+                    help="scan with this engine; ray: each scan starts a local Ray with --ray-workers 2, reruns "
+                         "run as subprocesses, --kinds defaults to kill9, figures go to reliability-ray.json")
     args = ap.parse_args()
+    if args.engine == "ray":
+        SCAN_ENGINE.extend(["--engine", "ray", "--ray-workers", "2"])
+        args.rerun_subprocess = True
+        if "--kinds" not in sys.argv:
+            args.kinds = "kill9"
+        ENV.update(RAY_USAGE_STATS_ENABLED="0")
+        ENV.pop("RAY_ADDRESS", None)
     kinds = {k.strip() for k in args.kinds.split(",") if k.strip()}
     if kinds - set(KINDS):
         ap.error(f"unknown --kinds {sorted(kinds - set(KINDS))}; choose from {','.join(KINDS)}")
@@ -1133,6 +1151,7 @@ def main() -> int:
 
     figures = {
         "command": "python benchmarks/fault_campaign.py " + " ".join(sys.argv[1:]),
+        "engine": args.engine,
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "seconds": round(time.monotonic() - started, 1),
         "cpus": os.cpu_count(),

@@ -141,13 +141,16 @@ def scan(
     folder, model, *, move_to=None, dry_run: bool = False, method: str = "mahalanobis",
     keep_unreadable: bool = False, use_cache: bool = False, cache_dir=None, batch_size: int = 256,
     workers: int = 0, device: str = "auto", on_record: Callable | None = None, keep_records: bool = True,
-    should_stop: Callable[[], bool] = lambda: False,
+    should_stop: Callable[[], bool] = lambda: False, engine: str = "local", ray_address: str | None = None,
+    ray_workers: int = 0, ray_gpus_per_worker: float = 0.0,
 ) -> ScanResult:
     """Score every image below `folder`; with `move_to`, quarantine the rejected ones.
 
     Records are kept in `result.records` unless keep_records=False (for huge folders: use
     `on_record` to stream them). `dry_run` plans the moves (record.action "would move") and
-    changes nothing. The cache is off by default here (the CLI's is on).
+    changes nothing. The cache is off by default here (the CLI's is on). engine="ray" decodes
+    and scores on Ray workers (`scan --engine ray`): a program that already called ray.init()
+    has its Ray used and left running; otherwise the scan joins `ray_address` or starts a local Ray.
     """
     from .pipeline.apply import quarantine_exclusion
     from .pipeline.scan import ScanOptions, run_scan
@@ -168,12 +171,25 @@ def scan(
     options = ScanOptions(
         batch_size=batch_size, workers=workers, keep_unreadable=keep_unreadable, exclude=exclude,
         method=method, use_cache=use_cache, cache_dir=Path(cache_dir) if cache_dir is not None else None,
+        engine=engine, ray=_ray_options(engine, ray_address, ray_workers, ray_gpus_per_worker),
     )
     records: list = []
     with _moving(root, move_to, dry_run) as quarantine:
         summary = run_scan(root, bundle, options, quarantine, dry_run, device,
                            _collector(keep_records, on_record, records), should_stop)
     return ScanResult(summary, records)
+
+
+def _ray_options(engine: str, address, workers: int, gpus: float):
+    from .pipeline.scan import ENGINES
+
+    if engine not in ENGINES:
+        raise ApiError(f"unknown engine {engine!r}; use {' or '.join(ENGINES)}")
+    if engine != "ray":
+        return None
+    from .pipeline.ray_scan import RayOptions
+
+    return RayOptions(address=address, workers=workers, gpus_per_worker=gpus)
 
 
 def apply(

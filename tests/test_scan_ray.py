@@ -212,6 +212,38 @@ def test_only_cache_misses_go_to_the_workers(model_dir, tmp_path):
     assert s3["decoded"] == 0 and s3["cached"] == n + 2 and s3["ood"] == s2["ood"]
 
 
+@needs_ray
+def test_sigterm_during_a_ray_scan_stops_it_cleanly(model_dir, tmp_path):
+    """ray.init installs a SIGTERM handler of its own (a stack dump, then death): the scan must
+    keep its own, finish the file in flight, say it was interrupted and exit 143."""
+    import time
+
+    folder = tmp_path / "many"
+    rng = np.random.default_rng(3)
+    for i in range(400):
+        write_png(folder / f"odd_{i:03d}.png", ood_image(rng))
+    q = tmp_path / "q"
+    args = ["scan", folder, "-m", model_dir, "--move-to", q, "--json", "-q", "--no-cache", "--batch-size", "2",
+            "--engine", "ray", "--ray-workers", "1"]
+    proc = subprocess.Popen([sys.executable, "-m", "imgclean", *map(os.fsdecode, args)], env=ray_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    manifest = q / "imgclean-manifest.jsonl"
+    deadline = time.monotonic() + RAY_SCAN_TIMEOUT_S
+    while proc.poll() is None and time.monotonic() < deadline and not (manifest.exists() and manifest.stat().st_size):
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)  # the first move is journaled: the scan is well under way
+    try:
+        out, err = proc.communicate(timeout=RAY_SCAN_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        pytest.fail("the scan did not stop after SIGTERM")
+    assert proc.returncode == 143, err.decode(errors="replace")[-2000:]
+    summary = json.loads(out)
+    assert summary["interrupted"] is True and 0 < summary["moved"] < 400
+    journal_is_consistent(q, Path(os.path.realpath(folder)), summary["moved"])
+    assert len(list(folder.glob("*.png"))) + summary["moved"] == 400
+
+
 # ------------------------------------------------------------------ a two-node cluster on loopback
 def private_namespace() -> list[str]:
     """A user, network, mount and PID namespace with only loopback: everything Ray binds stays on

@@ -24,6 +24,7 @@ import os
 import shutil
 import signal
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -171,12 +172,21 @@ class RayEngine:
             return
         address = self.options.address
         check_reachable(address)
+        if not log.isEnabledFor(logging.DEBUG):
+            # Ray's C++ side logs to stderr, e.g. a warning that the workers' constructor argument
+            # is in the object store (we hold it until the end); `scan -v` (debug) keeps them.
+            os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
+        handlers = _signal_handlers()
         try:
             ray.init(address=address, include_dashboard=False if address is None else None, log_to_driver=False,
                      logging_level=logging.ERROR, configure_logging=True)
         except (ConnectionError, RuntimeError, ValueError, TimeoutError) as exc:
             where = f"the Ray cluster at {address}" if address else "a local Ray"
             raise RayEngineError(f"cannot start or reach {where}: {' '.join(str(exc).split())[:300]}") from None
+        finally:
+            # ray.init installs its own SIGTERM handler (a stack dump, then death); the scan's
+            # stop flag must keep its signals: finish the file in flight, report, exit 143.
+            _restore_signal_handlers(handlers)
         self.started_ray = True
 
     def _count(self, ray) -> int:
@@ -269,6 +279,18 @@ class RayEngine:
             self.ray.cancel(batch.ref)
         except Exception:  # finished or gone already
             pass
+
+
+def _signal_handlers() -> dict:
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+
+def _restore_signal_handlers(handlers: dict) -> None:
+    for sig, handler in handlers.items():
+        if handler is not None and signal.getsignal(sig) is not handler:
+            signal.signal(sig, handler)
 
 
 def route_ray_messages_to_log():

@@ -371,6 +371,12 @@ def test_ray_options_need_the_ray_engine(model_dir, tmp_path):
         assert result.exit_code == 2 and flat(f"{option} needs --engine ray") in flat(result.output)
 
 
+def test_the_device_option_is_the_local_engines(model_dir, tmp_path):
+    (tmp_path / "in").mkdir()
+    result = invoke("scan", tmp_path / "in", "-m", model_dir, "--engine", "ray", "--device", "cuda")
+    assert result.exit_code == 2 and flat("--ray-gpus-per-worker") in flat(result.output)
+
+
 def test_without_ray_installed_the_engine_says_how_to_install_it(model_dir, tmp_path, monkeypatch):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ray" else real(name, *a))
@@ -391,3 +397,116 @@ def test_a_cluster_address_that_does_not_answer_is_one_line(model_dir, tmp_path)
             check_reachable(bad)
     check_reachable(None)
     check_reachable("auto")
+
+
+class FakeRay:
+    """Just enough of `ray` to see what RayEngine asks of it: actors run in this process."""
+
+    class exceptions:
+        class RayError(Exception):
+            pass
+
+        class GetTimeoutError(RayError):
+            pass
+
+    def __init__(self, resources):
+        self.resources = resources
+        self.options_seen: list[dict] = []
+        self.inits: list[dict] = []
+        self.killed = 0
+        self.shut = 0
+        self._up = False
+
+    def is_initialized(self):
+        return self._up
+
+    def init(self, **kw):
+        self.inits.append(kw)
+        self._up = True
+
+    def shutdown(self):
+        self.shut += 1
+        self._up = False
+
+    def cluster_resources(self):
+        return self.resources
+
+    def put(self, value):
+        return ("ref", value)
+
+    def get(self, refs, timeout=None):
+        return [r() for r in refs] if isinstance(refs, list) else refs()
+
+    def kill(self, actor):
+        self.killed += 1
+
+    def cancel(self, ref):
+        pass
+
+    def remote(self, cls):
+        fake = self
+
+        class Handle:
+            def __init__(self, instance):
+                self.instance = instance
+
+            def __getattr__(self, name):
+                method = getattr(self.instance, name)
+
+                class Method:
+                    @staticmethod
+                    def remote(*a):
+                        return lambda: method(*a)
+
+                return Method
+
+        class Remote:
+            def options(self, **kw):
+                fake.options_seen.append(kw)
+                return self
+
+            def remote(self, files, config, method, batch_size, device, kill_at):
+                fake.devices = getattr(fake, "devices", []) + [device]
+                files = files[0][1] if isinstance(files, list) else files
+                return Handle(cls(files, config, method, batch_size, "cpu", kill_at))
+
+        return Remote()
+
+
+@pytest.mark.parametrize("gpus, resources, workers, expected", [
+    (0.0, {"CPU": 3.0}, 0, 3),            # one per CPU of the cluster
+    (0.5, {"CPU": 16.0, "GPU": 2.0}, 0, 4),  # one per GPU share
+    (0.0, {"CPU": 8.0}, 2, 2),            # as asked
+])
+def test_the_engine_asks_ray_for_the_workers_and_devices_it_was_given(model_dir, tmp_path, monkeypatch, gpus, resources,
+                                                                      workers, expected):
+    from imgclean.pipeline import ray_scan
+    from imgclean.pipeline.scan import Scorer
+    from imgclean.store.artifact import load_model
+
+    fake = FakeRay(resources)
+    monkeypatch.setattr(ray_scan, "import_ray", lambda: fake)
+    monkeypatch.setattr(ray_scan, "route_ray_messages_to_log", lambda: None)
+    folder = dirty_folder(tmp_path / "in")
+    scorer = Scorer(load_model(model_dir, lazy=True), 4)
+    engine = ray_scan.RayEngine(scorer, ray_scan.RayOptions(workers=workers, gpus_per_worker=gpus))
+    records = [r for r, _ in scorer.scan(folder, (), engine)]
+    assert len(fake.options_seen) == 1 and fake.options_seen[0]["num_gpus"] == gpus
+    assert fake.options_seen[0]["max_restarts"] == -1 and fake.options_seen[0]["max_task_retries"] == ray_scan.RETRIES
+    assert fake.devices == ["cuda" if gpus else "cpu"] * expected
+    assert fake.killed == expected and fake.shut == 1 and fake.inits[0]["address"] is None
+    local = [r for r, _ in Scorer(load_model(model_dir, lazy=True), 4).scan(folder)]
+    assert [(r.path, r.status, r.predicted) for r in records] == [(r.path, r.status, r.predicted) for r in local]
+
+
+def test_a_folder_the_cache_answers_whole_never_starts_ray(model_dir, tmp_path, monkeypatch):
+    from imgclean.pipeline import ray_scan
+    from imgclean.pipeline.scan import Scorer
+    from imgclean.store.artifact import load_model
+
+    fake = FakeRay({"CPU": 2.0})
+    monkeypatch.setattr(ray_scan, "import_ray", lambda: fake)
+    (tmp_path / "empty").mkdir()
+    scorer = Scorer(load_model(model_dir, lazy=True), 4)
+    assert list(scorer.scan(tmp_path / "empty", (), ray_scan.RayEngine(scorer, ray_scan.RayOptions()))) == []
+    assert fake.inits == [] and fake.options_seen == [] and fake.shut == 0

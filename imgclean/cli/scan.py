@@ -33,7 +33,7 @@ def show_model_loading(bundle, progress, task) -> None:
     bundle._loader = load
 
 
-def check_engine(engine: Engine, address: Optional[str], workers: int, gpus: float):
+def check_engine(engine: Engine, address: Optional[str], workers: int, gpus: float, device: Device = Device.auto):
     """The Ray options (pipeline/ray_scan.RayOptions) for --engine ray, None for local; a usage
     error for Ray options without it, one line on how to install Ray when it is missing."""
     given = [name for name, value in (("--ray-address", address), ("--ray-workers", workers),
@@ -42,6 +42,8 @@ def check_engine(engine: Engine, address: Optional[str], workers: int, gpus: flo
         if given:
             raise usage_error(f"{given[0]} needs --engine ray")
         return None
+    if device not in (Device.auto, Device.cpu):
+        raise usage_error(f"--device {device.value} is for the local engine; Ray workers use CUDA with --ray-gpus-per-worker")
     import importlib.util
 
     from ..pipeline.ray_scan import INSTALL_HINT, RayOptions
@@ -98,7 +100,7 @@ def scan(
     root = Path(os.path.realpath(folder))
     if dry_run and move_to is None:
         raise usage_error("--dry-run shows planned moves; give --move-to DIR too")
-    ray_options = check_engine(engine, ray_address, ray_workers, ray_gpus_per_worker)
+    ray_options = check_engine(engine, ray_address, ray_workers, ray_gpus_per_worker, device)
     exclude: tuple[Path, ...] = ()
     if move_to is not None:
         exclude = check_move_target(folder, move_to)
@@ -117,7 +119,8 @@ def scan(
     if html is not None:
         check_html_output(html, "--html", move_to)
     try:
-        dev = resolve_device(device.value)
+        # With Ray the workers choose their device (--ray-gpus-per-worker); this process never runs the model.
+        dev = "cpu" if ray_options is not None else resolve_device(device.value)
         # The network is loaded (and torch imported) when the first file needs scoring.
         bundle = load_model(model, device=dev, lazy=True)
         check_method(bundle, method.value)  # a ModelError is an ImgcleanError: the Command says it

@@ -75,7 +75,7 @@ while sum(n['Alive'] for n in ray.nodes()) < 2 and time.time() < deadline:
 print('NODES', sum(n['Alive'] for n in ray.nodes()), flush=True)
 " >&2
 set +e
-"$PY" -c "$DRIVER_CODE" "$@"
+"$@"
 rc=$?
 "$RAY" stop --force > /dev/null 2>&1
 exit $rc
@@ -179,7 +179,7 @@ def main() -> int:
                 res["ray_2_nodes"] = run(
                     [*base, "--report", work / "ray2.jsonl", "--engine", "ray", "--ray-address", "127.0.0.1:6391",
                      "--ray-workers", "2"],
-                    prefix=[*ns, "sh", "-c", CLUSTER, "sh"], env={"PY": PY, "RAYTMP": raytmp, "DRIVER_CODE": DRIVER})
+                    prefix=[*ns, "sh", "-c", CLUSTER, "sh"], env={"PY": PY, "RAYTMP": raytmp})
             finally:
                 shutil.rmtree(raytmp, ignore_errors=True)
             res["ray_2_nodes"].update(compare_reports(work / "local.jsonl", work / "ray2.jsonl"))

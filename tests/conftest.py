@@ -54,6 +54,30 @@ def tree_snapshot(root: Path) -> dict[str, tuple[int, int, str]]:
     return out
 
 
+def journal_view(q: Path, root: Path, digits: int | None = None) -> list[tuple]:
+    """A quarantine manifest's moves, paths relative to their folders (comparable across two
+    runs); scores rounded to `digits` when given (two engines may batch differently)."""
+    import os
+
+    from imgclean.quarantine.moves import read_manifest
+
+    out = []
+    for rec in read_manifest(q):
+        if rec["state"] == "started":
+            d = rec["details"]
+            score = d["score"] if digits is None or d["score"] is None else round(d["score"], digits)
+            out.append((os.path.relpath(rec["source"], root), os.path.relpath(rec["destination"], q), rec["reason"],
+                        rec["size"], rec["sha256"], d["predicted"], d["nearest"], score, d["message"]))
+        else:
+            out.append((rec["state"],))
+    return sorted(out, key=str)
+
+
+def quarantined(q: Path) -> dict[str, str]:
+    """File -> sha256 of what a quarantine holds (its manifest left out)."""
+    return {k: v[2] for k, v in tree_snapshot(q).items() if not k.startswith("imgclean-manifest")}
+
+
 @pytest.fixture(scope="session")
 def train_dir(tmp_path_factory) -> Path:
     return make_train_folder(tmp_path_factory.mktemp("train"))

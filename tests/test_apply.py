@@ -10,9 +10,8 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from conftest import make_incoming_folder, ood_image, tree_snapshot, write_png
+from conftest import journal_view, make_incoming_folder, ood_image, quarantined, tree_snapshot, write_png
 from imgclean.cli import EXIT_LOCKED, EXIT_REJECTED, EXIT_SKIPPED, EXIT_TERMINATED, app
-from imgclean.quarantine.moves import read_manifest
 from imgclean.reports.records import read_report
 
 runner = CliRunner()
@@ -32,24 +31,6 @@ def twin_folders(tmp_path: Path) -> tuple[Path, Path]:
     b = tmp_path / "b"
     shutil.copytree(a, b)
     return a, b
-
-
-def journal_view(q: Path, root: Path) -> list[tuple]:
-    """The manifest's moves, with paths relative to their folders: comparable across two runs."""
-    out = []
-    for rec in read_manifest(q):
-        if rec["state"] == "started":
-            d = rec["details"]
-            out.append((os.path.relpath(rec["source"], root), os.path.relpath(rec["destination"], q), rec["reason"],
-                        rec["size"], rec["sha256"], d["predicted"], d["nearest"], d["score"], d["message"]))
-        else:
-            out.append((rec["state"],))
-    return sorted(out, key=str)
-
-
-def quarantined(q: Path) -> dict[str, str]:
-    snap = tree_snapshot(q)
-    return {k: v[2] for k, v in snap.items() if not k.startswith("imgclean-manifest")}
 
 
 @pytest.mark.parametrize("fmt", ["jsonl", "csv"])

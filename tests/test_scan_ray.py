@@ -20,11 +20,10 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from conftest import flat, make_incoming_folder, ood_image, tree_snapshot, write_png
+from conftest import flat, journal_view, make_incoming_folder, ood_image, quarantined, tree_snapshot, write_png
 from imgclean.cli import app
 from imgclean.pipeline.ray_scan import RayEngineError, ScoreWorker, check_reachable, match_outcomes
 from imgclean.quarantine.journal import fold
-from imgclean.quarantine.moves import read_manifest
 from imgclean.reports.records import read_report
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -103,22 +102,6 @@ def record_view(report: Path) -> list[tuple]:
     return rows
 
 
-def journal_view(q: Path, root: Path) -> list[tuple]:
-    out = []
-    for rec in read_manifest(q):
-        if rec["state"] == "started":
-            d = rec["details"]
-            out.append((os.path.relpath(rec["source"], root), os.path.relpath(rec["destination"], q), rec["reason"],
-                        rec["size"], rec["sha256"], d["predicted"], d["nearest"], round(d["score"] or 0, 6)))
-        else:
-            out.append((rec["state"],))
-    return sorted(out, key=str)
-
-
-def quarantined(q: Path) -> dict[str, str]:
-    return {k: v[2] for k, v in tree_snapshot(q).items() if not k.startswith("imgclean-manifest")}
-
-
 def summary_view(stdout: str) -> dict:
     out = json.loads(stdout)
     for key in ("seconds", "images_per_second", "root"):
@@ -139,7 +122,7 @@ def assert_same_outcome(tmp_path, local: tuple[Path, Path, Path, str], ray: tupl
     for path, score in rows_a.items():
         assert (score is None) == (rows_b[path] is None) and abs((score or 0) - (rows_b[path] or 0)) <= 1e-6, path
     assert quarantined(qa) == quarantined(qb)
-    assert journal_view(qa, Path(os.path.realpath(fa))) == journal_view(qb, Path(os.path.realpath(fb)))
+    assert journal_view(qa, Path(os.path.realpath(fa)), 6) == journal_view(qb, Path(os.path.realpath(fb)), 6)
     assert tree_snapshot(fa) == tree_snapshot(fb)
 
 
@@ -510,3 +493,21 @@ def test_a_folder_the_cache_answers_whole_never_starts_ray(model_dir, tmp_path, 
     scorer = Scorer(load_model(model_dir, lazy=True), 4)
     assert list(scorer.scan(tmp_path / "empty", (), ray_scan.RayEngine(scorer, ray_scan.RayOptions()))) == []
     assert fake.inits == [] and fake.options_seen == [] and fake.shut == 0
+
+
+def test_more_workers_than_a_local_ray_has_cpus_is_one_error_at_once(model_dir, tmp_path, monkeypatch):
+    from imgclean.pipeline import ray_scan
+    from imgclean.pipeline.scan import Scorer
+    from imgclean.store.artifact import load_model
+
+    fake = FakeRay({"CPU": 2.0})
+    monkeypatch.setattr(ray_scan, "import_ray", lambda: fake)
+    monkeypatch.setattr(ray_scan, "route_ray_messages_to_log", lambda: None)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    folder = dirty_folder(tmp_path / "in")
+    scorer = Scorer(load_model(model_dir, lazy=True), 4)
+    for options, match in ((ray_scan.RayOptions(workers=5), "5 Ray workers need 5 CPUs, the cluster has 2"),
+                           (ray_scan.RayOptions(gpus_per_worker=0.5, workers=1), "need 1 CPUs and 0.5 GPUs|0.5 GPUs, the cluster has 0")):
+        with pytest.raises(RayEngineError, match=match):
+            list(scorer.scan(folder, (), ray_scan.RayEngine(scorer, options)))
+        assert fake.options_seen[-1]["num_cpus"] == 1 and fake.shut == len(fake.inits)  # stopped what it started

@@ -211,9 +211,11 @@ class RayEngine:
         )
         device = "cuda" if gpus > 0 else "cpu"
         kill_at = os.environ.get(KILL_ENV, "")
+        count = self._count(ray)
+        self._check_capacity(ray, count, gpus)
         self.workers = [
             remote.remote([self.files_ref], bundle.config, scorer.method, scorer.batch_size, device, kill_at)
-            for _ in range(self._count(ray))
+            for _ in range(count)
         ]
         self.in_flight = [0] * len(self.workers)
         try:
@@ -228,6 +230,20 @@ class RayEngine:
             raise RayEngineError(f"a Ray worker could not load the model: {_cause(exc)}") from None
         if any(p != bundle.fingerprint for p in prints):
             raise RayEngineError("a Ray worker loaded another model than the driver's")
+
+    def _check_capacity(self, ray, count: int, gpus: float) -> None:
+        """Workers the cluster cannot place: an error at once for the local Ray this scan started
+        (it cannot grow), a warning for a cluster (an autoscaler may add nodes; START_TIMEOUT_S)."""
+        have = ray.cluster_resources()
+        need = {"CPU": float(count), **({"GPU": count * gpus} if gpus > 0 else {})}
+        short = [f"{n:g} {kind}s, the cluster has {have.get(kind, 0):g}" for kind, n in need.items()
+                 if n > have.get(kind, 0) + 1e-9]
+        if not short:
+            return
+        what = f"{count} Ray workers need {' and '.join(short)}"
+        if self.started_ray and self.options.address is None and not os.environ.get("RAY_ADDRESS"):
+            raise RayEngineError(f"{what}; give fewer --ray-workers (the local Ray this scan started cannot grow)")
+        log.warning("%s; waiting up to %g s for the cluster to place them", what, START_TIMEOUT_S)
 
     def __exit__(self, *exc) -> None:
         ray, workers, self.workers, self.files_ref = self.ray, self.workers, [], None

@@ -172,6 +172,34 @@ def test_a_worker_killed_in_its_second_batch_is_retried_and_nothing_moves_twice(
 
 
 @needs_ray
+def test_a_file_that_kills_every_worker_ends_unreadable_and_the_scan_goes_on(model_dir, tmp_path):
+    """As with the local engine's decode processes: the batch is retried, then scored one file
+    at a time; the file that kills a worker on its own is unreadable (and quarantined as such)."""
+    fa, fb = twins(tmp_path)
+    qa, qb, ra, rb = tmp_path / "qa", tmp_path / "qb", tmp_path / "ra.jsonl", tmp_path / "rb.jsonl"
+    local = invoke(*scan_args(fa, model_dir, qa, ra, "--batch-size", "4"))
+    assert local.exit_code == 0, local.output
+    ray = run_cli(scan_args(fb, model_dir, qb, rb, "--batch-size", "4", "--engine", "ray", "--ray-workers", "1"),
+                  env=ray_env(IMGCLEAN_RAY_TEST_KILL="poison:normal_03.png", IMGCLEAN_RAY_RETRIES="1"))
+    assert ray.returncode == 0, ray.stderr
+    rows_a = {r.path: r for r in (row.record for row in read_report(ra))}
+    rows_b = {r.path: r for r in (row.record for row in read_report(rb))}
+    assert rows_a.keys() == rows_b.keys()
+    poison = rows_b.pop("normal_03.png")
+    assert poison.status == "unreadable" and "died while decoding or scoring this file alone" in poison.message
+    assert poison.action == "moved" and (qb / "normal_03.png").exists()
+    del rows_a["normal_03.png"]
+    for path, a in rows_a.items():
+        b = rows_b[path]
+        assert (a.status, a.predicted, a.nearest, a.action) == (b.status, b.predicted, b.nearest, b.action), path
+        # The poison's batch-mates were scored alone (a batch of 1): float32 sums in another order.
+        assert (a.score is None and b.score is None) or abs(a.score - b.score) <= 1e-5 * max(1.0, abs(a.score)), path
+    summary = json.loads(ray.stdout)
+    assert summary["moved"] == json.loads(local.stdout)["moved"] + (rows_a and 1)
+    journal_is_consistent(qb, Path(os.path.realpath(fb)), summary["moved"])
+
+
+@needs_ray
 def test_only_cache_misses_go_to_the_workers(model_dir, tmp_path):
     folder = dirty_folder(tmp_path / "in")
     age(folder)

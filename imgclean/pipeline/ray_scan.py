@@ -14,8 +14,10 @@ only read, and the results are applied in one place.
   record -> apply path as the local engine and `imgclean apply`, in walk order.
 - Failures: a dead worker is restarted by Ray and its batch retried (max_restarts,
   max_task_retries); results are matched to the batch sent by path, so a retried batch counts
-  once, and a file moves at most once whatever a worker does. A batch that still fails after
-  RETRIES tries stops the scan with one error line (records applied so far stay consistent).
+  once, and a file moves at most once whatever a worker does. A batch that kills its worker
+  RETRIES + 1 times is scored again one file at a time on a worker of its own: a file that kills
+  it alone ends unreadable, as with the local engine's decode processes. Any other failure stops
+  the scan with one error line (the records applied so far stay consistent).
 """
 from __future__ import annotations
 
@@ -34,8 +36,9 @@ from .scoring import outcomes, predict_scores
 
 log = logging.getLogger(__name__)
 
-# Tries of a batch beyond the first when its worker dies (Ray restarts the worker each time).
-RETRIES = 3
+# Tries of a batch beyond the first when its worker dies (Ray restarts the worker each time);
+# IMGCLEAN_RAY_RETRIES sets it (more on a cluster that loses nodes often).
+RETRIES = max(0, int(os.environ.get("IMGCLEAN_RAY_RETRIES", "3") or 3))
 # Batches queued per worker: one running, one waiting, so a worker never idles between batches.
 IN_FLIGHT_PER_WORKER = 2
 # How long the workers may take to start and load the model before the scan gives up (a cluster
@@ -43,9 +46,13 @@ IN_FLIGHT_PER_WORKER = 2
 START_TIMEOUT_S = float(os.environ.get("IMGCLEAN_RAY_START_TIMEOUT", "300"))
 # How long a cluster address may take to accept a connection.
 CONNECT_TIMEOUT_S = 10.0
-# Test hook: "N:MARKER" kills the worker (SIGKILL) in its N-th batch, once (the one that creates
-# MARKER); read by the driver and handed to the workers.
+# Test hook, read by the driver and handed to the workers: "N:MARKER" kills a worker (SIGKILL) in
+# its N-th batch, once (the one that creates MARKER); "poison:NAME" kills every worker whose batch
+# holds a file named NAME (a file that crashes the decoder).
 KILL_ENV = "IMGCLEAN_RAY_TEST_KILL"
+# The message of a file that killed its worker on its own (the local engine's decode workers say
+# the same of a file that kills them).
+DIED = "the Ray worker died while decoding or scoring this file alone (killed, out of memory, or a crash in the image library)"
 INSTALL_HINT = "--engine ray needs Ray: pip install 'imgclean[ray]' (the same Ray version as the cluster's)"
 
 
@@ -115,16 +122,20 @@ class ScoreWorker:
         from .decode import decode_one
 
         self.batches += 1
-        self._maybe_die()
+        self._maybe_die(paths)
         return paths, outcomes([decode_one(p, self.settings) for p in paths], self.score_arrays)
 
     def score_arrays(self, images):
         return predict_scores(self.bundle, self.method, images, self.device, self.batch_size)
 
-    def _maybe_die(self) -> None:
+    def _maybe_die(self, paths: list[bytes]) -> None:
         if not self.kill_at:
             return
         at, _, marker = self.kill_at.partition(":")
+        if at == "poison":  # every batch holding a file of this name kills its worker
+            if any(os.path.basename(p) == os.fsencode(marker) for p in paths):
+                os.kill(os.getpid(), signal.SIGKILL)
+            return
         if self.batches == int(at):
             try:
                 os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
@@ -151,6 +162,7 @@ class RayEngine:
         self.started_ray = False
         self.workers: list = []
         self.files_ref = None
+        self._worker_class = None
         self._restore_printing = None
         self.in_flight: list[int] = []
         self.duplicates = 0  # results a worker sent twice (ignored)
@@ -206,17 +218,11 @@ class RayEngine:
         gpus = self.options.gpus_per_worker
         # Shipped once: every worker (and a restarted one) reads the one copy, held here until the end.
         self.files_ref = ray.put(read_model_files(bundle.path))
-        remote = ray.remote(ScoreWorker).options(
-            num_cpus=1, num_gpus=gpus, max_restarts=-1, max_task_retries=RETRIES,
-        )
-        device = "cuda" if gpus > 0 else "cpu"
-        kill_at = os.environ.get(KILL_ENV, "")
+        self._worker_class = ray.remote(ScoreWorker)
+        remote = self._worker_class.options(num_cpus=1, num_gpus=gpus, max_restarts=-1, max_task_retries=RETRIES)
         count = self._count(ray)
         self._check_capacity(ray, count, gpus)
-        self.workers = [
-            remote.remote([self.files_ref], bundle.config, scorer.method, scorer.batch_size, device, kill_at)
-            for _ in range(count)
-        ]
+        self.workers = [remote.remote(*self._worker_args("cuda" if gpus > 0 else "cpu")) for _ in range(count)]
         self.in_flight = [0] * len(self.workers)
         try:
             prints = ray.get([w.ready.remote() for w in self.workers], timeout=START_TIMEOUT_S)
@@ -230,6 +236,11 @@ class RayEngine:
             raise RayEngineError(f"a Ray worker could not load the model: {_cause(exc)}") from None
         if any(p != bundle.fingerprint for p in prints):
             raise RayEngineError("a Ray worker loaded another model than the driver's")
+
+    def _worker_args(self, device: str) -> tuple:
+        scorer = self.scorer
+        return ([self.files_ref], scorer.bundle.config, scorer.method, scorer.batch_size, device,
+                os.environ.get(KILL_ENV, ""))
 
     def _check_capacity(self, ray, count: int, gpus: float) -> None:
         """Workers the cluster cannot place: an error at once for the local Ray this scan started
@@ -281,6 +292,11 @@ class RayEngine:
         ray = self.ray
         try:
             paths, outcomes = ray.get(batch.ref)
+        except ray.exceptions.RayActorError:
+            # The batch killed its worker RETRIES + 1 times: find the file that does it.
+            log.warning("a Ray worker died %d times on a batch of %d files (first %r); scoring them one at a time",
+                        RETRIES + 1, len(entries), os.fsdecode(batch.paths[0]))
+            return self._one_at_a_time(batch.paths)
         except ray.exceptions.RayError as exc:
             raise RayEngineError(
                 f"a Ray worker failed {RETRIES + 1} times scoring a batch of {len(entries)} files "
@@ -289,6 +305,43 @@ class RayEngine:
         finally:
             self.in_flight[batch.worker] -= 1
         return match_outcomes(batch.paths, paths, outcomes, self)
+
+    def _one_at_a_time(self, paths: list[bytes]) -> list[tuple]:
+        """Score each path alone on a worker of its own (no restart, no retry, checked alive
+        before each file), so a death is that file's: it ends unreadable (DIED), as a file that
+        kills a local decode worker does. The isolating worker takes no CPU or GPU from the
+        pool (it runs while the scan waits for it) and scores on the CPU."""
+        ray = self.ray
+        out: list[tuple] = []
+        worker = None
+        try:
+            for path in paths:
+                if worker is None:
+                    worker = self._new_worker(num_cpus=0, num_gpus=0, max_restarts=0, max_task_retries=0,
+                                              device="cpu")
+                try:
+                    got, result = ray.get(worker.score.remote([path]))
+                except ray.exceptions.RayActorError:
+                    out.append((data.UNREADABLE, DIED, -1, -1, None))
+                    worker = None
+                    continue
+                out.extend(match_outcomes([path], got, result, self))
+        finally:
+            if worker is not None:
+                ray.kill(worker)
+        return out
+
+    def _new_worker(self, device: str, **options):
+        """A worker started with these options, waited for until it has loaded the model."""
+        ray = self.ray
+        worker = self._worker_class.options(**options).remote(*self._worker_args(device))
+        try:
+            fingerprint = ray.get(worker.ready.remote(), timeout=START_TIMEOUT_S)
+        except ray.exceptions.RayError as exc:
+            raise RayEngineError(f"a Ray worker could not be started: {_cause(exc)}") from None
+        if fingerprint != self.scorer.bundle.fingerprint:
+            raise RayEngineError("a Ray worker loaded another model than the driver's")
+        return worker
 
     def cancel(self, batch: _Batch) -> None:
         try:

@@ -539,3 +539,20 @@ def test_more_workers_than_a_local_ray_has_cpus_is_one_error_at_once(model_dir, 
         with pytest.raises(RayEngineError, match=match):
             list(scorer.scan(folder, (), ray_scan.RayEngine(scorer, options)))
         assert fake.options_seen[-1]["num_cpus"] == 1 and fake.shut == len(fake.inits)  # stopped what it started
+
+
+def test_the_python_api_takes_the_engine_and_its_options(model_dir, tmp_path, monkeypatch):
+    from imgclean import api
+    from imgclean.pipeline import ray_scan
+
+    fake = FakeRay({"CPU": 4.0})
+    monkeypatch.setattr(ray_scan, "import_ray", lambda: fake)
+    monkeypatch.setattr(ray_scan, "route_ray_messages_to_log", lambda: None)
+    monkeypatch.setattr(ray_scan, "check_reachable", lambda address: None)
+    folder = dirty_folder(tmp_path / "in")
+    local = api.scan(folder, model_dir)
+    result = api.scan(folder, model_dir, engine="ray", ray_address="10.0.0.1:6379", ray_workers=3)
+    assert fake.inits[0]["address"] == "10.0.0.1:6379" and len(fake.devices) == 3
+    assert [(r.path, r.status) for r in result.records] == [(r.path, r.status) for r in local.records]
+    with pytest.raises(api.ApiError, match="unknown engine"):
+        api.scan(folder, model_dir, engine="spark")

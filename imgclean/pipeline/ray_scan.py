@@ -3,7 +3,7 @@
 The split follows the peers that scan at cluster scale (NeMo Curator, img2dataset): workers
 only read, and the results are applied in one place.
 
-- Workers (Ray actors, :class:`ScoreWorker`): each gets the model once (its files' bytes, put in
+- Workers (Ray actors, pipeline/ray_worker.ScoreWorker): each gets the model once (its files' bytes, put in
   the object store once), rebuilds it, checks that its config and fingerprint are the driver's,
   and then decodes files with imgclean's own decoder (its statuses: unreadable, too_large,
   unsupported) and scores them. Paths travel as bytes, so names need not be UTF-8. A worker
@@ -23,16 +23,12 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import signal
-import tempfile
 import threading
 from dataclasses import dataclass
-from pathlib import Path
 
 from .. import data
-from ..errors import ImgcleanError
-from .scoring import outcomes, predict_scores
+from .ray_worker import RayEngineError, ScoreWorker  # noqa: F401  (ScoreWorker: the actor class, public here)
 
 log = logging.getLogger(__name__)
 
@@ -56,10 +52,6 @@ DIED = "the Ray worker died while decoding or scoring this file alone (killed, o
 INSTALL_HINT = "--engine ray needs Ray: pip install 'imgclean[ray]' (the same Ray version as the cluster's)"
 
 
-class RayEngineError(ImgcleanError, RuntimeError):
-    """Ray is missing, the cluster cannot be reached, or its workers failed."""
-
-
 @dataclass(frozen=True)
 class RayOptions:
     address: str | None = None  # None: start a local Ray for this scan; "auto" or host:port: join one
@@ -73,75 +65,6 @@ def import_ray():
     except ImportError:
         raise RayEngineError(INSTALL_HINT) from None
     return ray
-
-
-class ScoreWorker:
-    """One Ray worker: a model rebuilt from its files, scoring batches of paths (bytes)."""
-
-    def __init__(self, files, config: dict, method: str, batch_size: int, device: str, kill_at: str = ""):
-        """`files`: name -> bytes of the model's files, or a one-item list holding the ObjectRef
-        of that dict (the one copy in the object store, fetched again by a restarted worker)."""
-        from ..nn.runtime import prepare_for_inference
-        from ..store.artifact import load_model
-        from .decode import DecodeSettings
-        from .scoring import check_method
-
-        if isinstance(files, list):
-            import ray
-
-            files = ray.get(files[0])
-        folder = tempfile.mkdtemp(prefix="imgclean-model-")
-        try:
-            for name, blob in files.items():
-                if os.sep in name or name in ("", ".", ".."):
-                    raise RayEngineError(f"model file name {name!r} is not a plain name")
-                with open(os.path.join(folder, name), "wb") as fh:
-                    fh.write(blob)
-            bundle = load_model(Path(folder), device=device)
-        finally:
-            shutil.rmtree(folder, ignore_errors=True)
-        if bundle.config != config:
-            raise RayEngineError(
-                f"the worker's model (fingerprint {bundle.fingerprint[:12]}) is not the driver's "
-                f"({str(config.get('fingerprint', ''))[:12]}); was the model replaced during the scan?"
-            )
-        check_method(bundle, method)
-        prepare_for_inference(bundle.model, device, config.get("arch", ""), bundle.input_size)
-        self.fingerprint = bundle.fingerprint
-        self.bundle, self.method, self.device = bundle, method, device
-        self.batch_size = None if device == "cuda" else batch_size
-        self.settings = DecodeSettings.from_model(bundle)
-        self.batches = 0
-        self.kill_at = kill_at
-
-    def ready(self) -> str:
-        return self.fingerprint
-
-    def score(self, paths: list[bytes]) -> tuple[list[bytes], list[tuple]]:
-        """(paths, outcomes) for one batch, in its order (pipeline/scan.Outcome)."""
-        from .decode import decode_one
-
-        self.batches += 1
-        self._maybe_die(paths)
-        return paths, outcomes([decode_one(p, self.settings) for p in paths], self.score_arrays)
-
-    def score_arrays(self, images):
-        return predict_scores(self.bundle, self.method, images, self.device, self.batch_size)
-
-    def _maybe_die(self, paths: list[bytes]) -> None:
-        if not self.kill_at:
-            return
-        at, _, marker = self.kill_at.partition(":")
-        if at == "poison":  # every batch holding a file of this name kills its worker
-            if any(os.path.basename(p) == os.fsencode(marker) for p in paths):
-                os.kill(os.getpid(), signal.SIGKILL)
-            return
-        if self.batches == int(at):
-            try:
-                os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
-            except FileExistsError:
-                return
-            os.kill(os.getpid(), signal.SIGKILL)
 
 
 @dataclass

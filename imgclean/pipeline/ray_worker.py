@@ -1,0 +1,92 @@
+"""The worker half of `scan --engine ray` (pipeline/ray_scan.py is the driver's half).
+
+A ScoreWorker runs as a Ray actor on any machine of the cluster. It only reads: it rebuilds the
+model from the files the driver put in the object store, refuses it unless its config (and so
+its fingerprint) is the driver's, then decodes batches of paths (bytes: any file name) with
+imgclean's own decoder, so every status is the local engine's, and scores them. It never
+writes, caches or moves anything; the driver applies what it returns.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import tempfile
+from pathlib import Path
+
+from ..errors import ImgcleanError
+from .scoring import outcomes, predict_scores
+
+
+class RayEngineError(ImgcleanError, RuntimeError):
+    """Ray is missing, the cluster cannot be reached, or its workers failed."""
+
+
+
+class ScoreWorker:
+    """One Ray worker: a model rebuilt from its files, scoring batches of paths (bytes)."""
+
+    def __init__(self, files, config: dict, method: str, batch_size: int, device: str, kill_at: str = ""):
+        """`files`: name -> bytes of the model's files, or a one-item list holding the ObjectRef
+        of that dict (the one copy in the object store, fetched again by a restarted worker)."""
+        from ..nn.runtime import prepare_for_inference
+        from ..store.artifact import load_model
+        from .decode import DecodeSettings
+        from .scoring import check_method
+
+        if isinstance(files, list):
+            import ray
+
+            files = ray.get(files[0])
+        folder = tempfile.mkdtemp(prefix="imgclean-model-")
+        try:
+            for name, blob in files.items():
+                if os.sep in name or name in ("", ".", ".."):
+                    raise RayEngineError(f"model file name {name!r} is not a plain name")
+                with open(os.path.join(folder, name), "wb") as fh:
+                    fh.write(blob)
+            bundle = load_model(Path(folder), device=device)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+        if bundle.config != config:
+            raise RayEngineError(
+                f"the worker's model (fingerprint {bundle.fingerprint[:12]}) is not the driver's "
+                f"({str(config.get('fingerprint', ''))[:12]}); was the model replaced during the scan?"
+            )
+        check_method(bundle, method)
+        prepare_for_inference(bundle.model, device, config.get("arch", ""), bundle.input_size)
+        self.fingerprint = bundle.fingerprint
+        self.bundle, self.method, self.device = bundle, method, device
+        self.batch_size = None if device == "cuda" else batch_size
+        self.settings = DecodeSettings.from_model(bundle)
+        self.batches = 0
+        self.kill_at = kill_at
+
+    def ready(self) -> str:
+        return self.fingerprint
+
+    def score(self, paths: list[bytes]) -> tuple[list[bytes], list[tuple]]:
+        """(paths, outcomes) for one batch, in its order (pipeline/scan.Outcome)."""
+        from .decode import decode_one
+
+        self.batches += 1
+        self._maybe_die(paths)
+        return paths, outcomes([decode_one(p, self.settings) for p in paths], self.score_arrays)
+
+    def score_arrays(self, images):
+        return predict_scores(self.bundle, self.method, images, self.device, self.batch_size)
+
+    def _maybe_die(self, paths: list[bytes]) -> None:
+        if not self.kill_at:
+            return
+        at, _, marker = self.kill_at.partition(":")
+        if at == "poison":  # every batch holding a file of this name kills its worker
+            if any(os.path.basename(p) == os.fsencode(marker) for p in paths):
+                os.kill(os.getpid(), signal.SIGKILL)
+            return
+        if self.batches == int(at):
+            try:
+                os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+            except FileExistsError:
+                return
+            os.kill(os.getpid(), signal.SIGKILL)

@@ -351,9 +351,10 @@ def test_a_worker_scores_bytes_paths_as_the_local_scorer_does(model_dir, tmp_pat
     folder = dirty_folder(tmp_path / "in")
     paths = sorted(os.fsencode(os.path.join(d, f)) for d, _, fs in os.walk(os.fsencode(folder)) for f in fs)
     bundle = load_model(model_dir)
-    worker = ScoreWorker(read_model_files(model_dir), bundle.config, "mahalanobis", 4, "cpu")
-    assert worker.ready() == bundle.fingerprint
-    got_paths, outcomes = worker.score(paths)
+    files = read_model_files(model_dir)
+    worker = ScoreWorker(bundle.config, "mahalanobis", 4, "cpu")
+    assert worker.ready(files) == bundle.fingerprint
+    got_paths, outcomes = worker.score(files, paths)
     assert got_paths == paths
     scorer = Scorer(bundle, 4)
     with Decoder(scorer.settings, 1) as decoder:
@@ -370,9 +371,9 @@ def test_a_worker_refuses_a_model_that_is_not_the_drivers(model_dir):
 
     config = dict(load_model(model_dir, lazy=True).config, fingerprint="0" * 64)
     with pytest.raises(RayEngineError, match="is not the driver's"):
-        ScoreWorker(read_model_files(model_dir), config, "mahalanobis", 4, "cpu")
+        ScoreWorker(config, "mahalanobis", 4, "cpu").ready(read_model_files(model_dir))
     with pytest.raises(RayEngineError, match="not a plain name"):
-        ScoreWorker({"../x": b""}, config, "mahalanobis", 4, "cpu")
+        ScoreWorker(config, "mahalanobis", 4, "cpu").score({"../x": b""}, [b"a.png"])
 
 
 def test_ray_options_need_the_ray_engine(model_dir, tmp_path):
@@ -466,8 +467,8 @@ class FakeRay:
 
                 class Method:
                     @staticmethod
-                    def remote(*a):
-                        return lambda: method(*a)
+                    def remote(files, *a):
+                        return lambda: method(files[0][1], *a)  # [("ref", dict)]: what put() gave
 
                 return Method
 
@@ -476,10 +477,9 @@ class FakeRay:
                 fake.options_seen.append(kw)
                 return self
 
-            def remote(self, files, config, method, batch_size, device, kill_at):
+            def remote(self, config, method, batch_size, device, kill_at):
                 fake.devices = getattr(fake, "devices", []) + [device]
-                files = files[0][1] if isinstance(files, list) else files
-                return Handle(cls(files, config, method, batch_size, "cpu", kill_at))
+                return Handle(cls(config, method, batch_size, "cpu", kill_at))
 
         return Remote()
 

@@ -107,10 +107,6 @@ class RayEngine:
             return
         address = self.options.address
         check_reachable(address)
-        if not log.isEnabledFor(logging.DEBUG):
-            # Ray's C++ side logs to stderr, e.g. a warning that the workers' constructor argument
-            # is in the object store (we hold it until the end); `scan -v` (debug) keeps them.
-            os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
         handlers = _signal_handlers()
         try:
             ray.init(address=address, include_dashboard=False if address is None else None, log_to_driver=False,
@@ -148,7 +144,7 @@ class RayEngine:
         self.workers = [remote.remote(*self._worker_args("cuda" if gpus > 0 else "cpu")) for _ in range(count)]
         self.in_flight = [0] * len(self.workers)
         try:
-            prints = ray.get([w.ready.remote() for w in self.workers], timeout=START_TIMEOUT_S)
+            prints = ray.get([w.ready.remote(self._files()) for w in self.workers], timeout=START_TIMEOUT_S)
         except ray.exceptions.GetTimeoutError:
             raise RayEngineError(
                 f"the Ray cluster did not start {len(self.workers)} workers ({gpus or 1:g} "
@@ -162,8 +158,11 @@ class RayEngine:
 
     def _worker_args(self, device: str) -> tuple:
         scorer = self.scorer
-        return ([self.files_ref], scorer.bundle.config, scorer.method, scorer.batch_size, device,
-                os.environ.get(KILL_ENV, ""))
+        return (scorer.bundle.config, scorer.method, scorer.batch_size, device, os.environ.get(KILL_ENV, ""))
+
+    def _files(self) -> list:
+        """The model's files as workers take them: the one object-store copy, by reference."""
+        return [self.files_ref]
 
     def _check_capacity(self, ray, count: int, gpus: float) -> None:
         """Workers the cluster cannot place: an error at once for the local Ray this scan started
@@ -207,7 +206,7 @@ class RayEngine:
         worker = min(range(len(self.workers)), key=self.in_flight.__getitem__)
         paths = [os.fsencode(e[0]) for e in entries]
         self.in_flight[worker] += 1
-        return _Batch(self.workers[worker].score.remote(paths), worker, paths)
+        return _Batch(self.workers[worker].score.remote(self._files(), paths), worker, paths)
 
     def collect(self, entries: list[data.FileEntry], batch: _Batch) -> list[tuple]:
         """The outcomes of `entries`, matched by path to what the worker sent back: a path it
@@ -243,7 +242,7 @@ class RayEngine:
                     worker = self._new_worker(num_cpus=0, num_gpus=0, max_restarts=0, max_task_retries=0,
                                               device="cpu")
                 try:
-                    got, result = ray.get(worker.score.remote([path]))
+                    got, result = ray.get(worker.score.remote(self._files(), [path]))
                 except ray.exceptions.RayActorError:
                     out.append((data.UNREADABLE, DIED, -1, -1, None))
                     worker = None
@@ -259,7 +258,7 @@ class RayEngine:
         ray = self.ray
         worker = self._worker_class.options(**options).remote(*self._worker_args(device))
         try:
-            fingerprint = ray.get(worker.ready.remote(), timeout=START_TIMEOUT_S)
+            fingerprint = ray.get(worker.ready.remote(self._files()), timeout=START_TIMEOUT_S)
         except ray.exceptions.RayError as exc:
             raise RayEngineError(f"a Ray worker could not be started: {_cause(exc)}") from None
         if fingerprint != self.scorer.bundle.fingerprint:

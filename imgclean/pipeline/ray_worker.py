@@ -24,11 +24,22 @@ class RayEngineError(ImgcleanError, RuntimeError):
 
 
 class ScoreWorker:
-    """One Ray worker: a model rebuilt from its files, scoring batches of paths (bytes)."""
+    """One Ray worker: a model rebuilt from its files, scoring batches of paths (bytes).
 
-    def __init__(self, files, config: dict, method: str, batch_size: int, device: str, kill_at: str = ""):
-        """`files`: name -> bytes of the model's files, or a one-item list holding the ObjectRef
-        of that dict (the one copy in the object store, fetched again by a restarted worker)."""
+    The model's files come with each call, as a one-item list holding the ObjectRef of the one
+    copy in the object store (Ray does not fetch a nested reference; only its id travels): the
+    worker fetches and loads them at its first call, and again after Ray restarts it. The
+    constructor takes no object-store argument, so a restart never depends on one.
+    """
+
+    def __init__(self, config: dict, method: str, batch_size: int, device: str, kill_at: str = ""):
+        self.config, self.method, self.device, self.kill_at = config, method, device, kill_at
+        self.batch_size = None if device == "cuda" else batch_size
+        self.bundle = None
+        self.batches = 0
+
+    def _load(self, files) -> None:
+        """`files`: name -> bytes of the model's files, or [ObjectRef of that dict]."""
         from ..nn.runtime import prepare_for_inference
         from ..store.artifact import load_model
         from .decode import DecodeSettings
@@ -45,30 +56,31 @@ class ScoreWorker:
                     raise RayEngineError(f"model file name {name!r} is not a plain name")
                 with open(os.path.join(folder, name), "wb") as fh:
                     fh.write(blob)
-            bundle = load_model(Path(folder), device=device)
+            bundle = load_model(Path(folder), device=self.device)
         finally:
             shutil.rmtree(folder, ignore_errors=True)
-        if bundle.config != config:
+        if bundle.config != self.config:
             raise RayEngineError(
                 f"the worker's model (fingerprint {bundle.fingerprint[:12]}) is not the driver's "
-                f"({str(config.get('fingerprint', ''))[:12]}); was the model replaced during the scan?"
+                f"({str(self.config.get('fingerprint', ''))[:12]}); was the model replaced during the scan?"
             )
-        check_method(bundle, method)
-        prepare_for_inference(bundle.model, device, config.get("arch", ""), bundle.input_size)
-        self.fingerprint = bundle.fingerprint
-        self.bundle, self.method, self.device = bundle, method, device
-        self.batch_size = None if device == "cuda" else batch_size
+        check_method(bundle, self.method)
+        prepare_for_inference(bundle.model, self.device, self.config.get("arch", ""), bundle.input_size)
         self.settings = DecodeSettings.from_model(bundle)
-        self.batches = 0
-        self.kill_at = kill_at
+        self.bundle = bundle
 
-    def ready(self) -> str:
-        return self.fingerprint
+    def ready(self, files) -> str:
+        """Load the model (once); its fingerprint."""
+        if self.bundle is None:
+            self._load(files)
+        return self.bundle.fingerprint
 
-    def score(self, paths: list[bytes]) -> tuple[list[bytes], list[tuple]]:
-        """(paths, outcomes) for one batch, in its order (pipeline/scan.Outcome)."""
+    def score(self, files, paths: list[bytes]) -> tuple[list[bytes], list[tuple]]:
+        """(paths, outcomes) for one batch, in its order (pipeline/scoring.Outcome)."""
         from .decode import decode_one
 
+        if self.bundle is None:
+            self._load(files)
         self.batches += 1
         self._maybe_die(paths)
         return paths, outcomes([decode_one(p, self.settings) for p in paths], self.score_arrays)

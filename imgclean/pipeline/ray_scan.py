@@ -132,28 +132,30 @@ class RayEngine:
     def _start_workers(self, ray) -> None:
         from ..store.artifact import read_model_files
 
-        scorer = self.scorer
-        bundle = scorer.bundle
         gpus = self.options.gpus_per_worker
         # Shipped once: every worker (and a restarted one) reads the one copy, held here until the end.
-        self.files_ref = ray.put(read_model_files(bundle.path))
+        self.files_ref = ray.put(read_model_files(self.scorer.bundle.path))
         self._worker_class = ray.remote(ScoreWorker)
         remote = self._worker_class.options(num_cpus=1, num_gpus=gpus, max_restarts=-1, max_task_retries=RETRIES)
         count = self._count(ray)
         self._check_capacity(ray, count, gpus)
         self.workers = [remote.remote(*self._worker_args("cuda" if gpus > 0 else "cpu")) for _ in range(count)]
         self.in_flight = [0] * len(self.workers)
+        self._wait_ready(self.workers)
+
+    def _wait_ready(self, workers: list) -> None:
+        """Wait until every worker has loaded the model, and check it is the driver's."""
+        ray, gpus = self.ray, self.options.gpus_per_worker
         try:
-            prints = ray.get([w.ready.remote(self._files()) for w in self.workers], timeout=START_TIMEOUT_S)
+            prints = ray.get([w.ready.remote(self._files()) for w in workers], timeout=START_TIMEOUT_S)
         except ray.exceptions.GetTimeoutError:
             raise RayEngineError(
-                f"the Ray cluster did not start {len(self.workers)} workers ({gpus or 1:g} "
-                f"{'GPU' if gpus else 'CPU'} each) within {START_TIMEOUT_S:g} s; give fewer --ray-workers "
-                f"or check `ray status`"
+                f"the Ray cluster did not start {len(workers)} workers ({gpus or 1:g} {'GPU' if gpus else 'CPU'} "
+                f"each) within {START_TIMEOUT_S:g} s; give fewer --ray-workers or check `ray status`"
             ) from None
         except ray.exceptions.RayError as exc:
             raise RayEngineError(f"a Ray worker could not load the model: {_cause(exc)}") from None
-        if any(p != bundle.fingerprint for p in prints):
+        if any(p != self.scorer.bundle.fingerprint for p in prints):
             raise RayEngineError("a Ray worker loaded another model than the driver's")
 
     def _worker_args(self, device: str) -> tuple:
@@ -255,14 +257,8 @@ class RayEngine:
 
     def _new_worker(self, device: str, **options):
         """A worker started with these options, waited for until it has loaded the model."""
-        ray = self.ray
         worker = self._worker_class.options(**options).remote(*self._worker_args(device))
-        try:
-            fingerprint = ray.get(worker.ready.remote(self._files()), timeout=START_TIMEOUT_S)
-        except ray.exceptions.RayError as exc:
-            raise RayEngineError(f"a Ray worker could not be started: {_cause(exc)}") from None
-        if fingerprint != self.scorer.bundle.fingerprint:
-            raise RayEngineError("a Ray worker loaded another model than the driver's")
+        self._wait_ready([worker])
         return worker
 
     def cancel(self, batch: _Batch) -> None:

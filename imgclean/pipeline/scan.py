@@ -294,10 +294,8 @@ LOOKUP_BATCH = 512
 
 def _relative_namer(root: Path) -> Callable:
     """relative_name(path, root) for one root, as a function of the walk's joined path: a slice
-    when the path is the root plus names (always so for the walk's paths under a resolved root).
-    When that holds for every path the walk can make (root an absolute str path without `.` or
-    `..` components, as run_scan's realpath gives), the function's `cut` attribute says so:
-    rel(path) == path[rel.cut:], which the hot loops use inline."""
+    when the path is the root plus names. With `cut` set (root absolute, str, no `.`/`..`/empty
+    parts, as run_scan's realpath gives) that holds for every walk path: path[rel.cut:]."""
     base = os.fspath(root)
     prefix = base.rstrip(os.sep) + os.sep
     cut = len(prefix)
@@ -372,10 +370,8 @@ def run_scan(
     return summary
 
 
-# The cyclic garbage collector's first threshold during a scan. A scan allocates a few acyclic
-# objects per file (entry, record, report row); at Python's default (700) the collector ran every
-# few dozen files and its older generations traversed the walk's listings: a quarter of a warm
-# rescan's CPU time. Cycles are still collected, every this many allocations.
+# gc's first threshold during a scan. At Python's 700 the collector ran every few dozen files (a
+# few acyclic objects each) and traversed the walk's listings: a quarter of a warm rescan's CPU.
 SCAN_GC_THRESHOLD = 50_000
 
 

@@ -164,9 +164,10 @@ class Scorer:
         """The records of scored entries (the driver's part: names, identity, cache writes)."""
         names = self.bundle.class_names
         self.decoded += len(entries)
+        cut = getattr(rel, "cut", None)
         records = [
-            ScanRecord(rel(e[0]), st, names[p] if p >= 0 else None, names[n] if n >= 0 else None, s, msg, "", None,
-                       e[1], e[2], e[4], e[5])
+            ScanRecord(e[0][cut:] if cut else rel(e[0]), st, names[p] if p >= 0 else None, names[n] if n >= 0 else None,
+                       s, msg, "", None, e[1], e[2], e[4], e[5])
             for e, (st, msg, p, n, s) in zip(entries, outcomes, strict=True)
         ]
         if self.cache is not None:

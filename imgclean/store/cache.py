@@ -198,8 +198,9 @@ class ScanCache:
         """put() for many (path, size, mtime_ns, status, predicted, nearest, score, message) at once."""
         if not self.enabled:
             return
-        racy, key, path_key = self._racy_after_ns, self.key, self._path_key
-        rows = [(key, path_key(r[0]), *r[1:]) for r in results if r[2] < racy]
+        racy, key = self._racy_after_ns, self.key
+        results = [r for r in results if r[2] < racy]
+        rows = [(key, k, *r[1:]) for k, r in zip(self._keys_of(results), results, strict=True)]
         if not rows:
             return
         try:

@@ -7,11 +7,12 @@ Measures, on the same files, interleaved (a, m, b, c back to back, repeated):
   (a) decode limits, no model: (a-proc) the machine's: plain Pillow (open, draft for JPEG,
       convert, resize to the model's size, to a numpy array) in N processes, one per core;
       (a-thr) imgclean's Decoder in a thread pool (one thread per core); (a-img) imgclean's
-      Decoder in processes (its shared-memory hand-off included);
+      Decoder in processes (its shared-memory hand-off included), with the CPU time of each;
   (m) model only: the scan's network + detector on already decoded images, in-process, as
       the scan runs them (torch threads as the scan sets them, one BLAS thread);
   (b) `imgclean scan FOLDER --report r.csv` as a subprocess, cold (empty cache), warm (every
-      file a cache hit) and --no-cache, plus a one-file scan (start-up);
+      file a cache hit) and --no-cache, plus a one-file scan (start-up) and a warm one-file
+      rescan (a rescan's start-up: the rest of a warm rescan's CPU time is per file);
   (c) the baseline a user would write: a torchvision-style Dataset (PIL open, transforms), a
       DataLoader with default settings except batch_size=64, the model, Mahalanobis in torch,
       also as a whole subprocess.
@@ -235,11 +236,19 @@ def decode_limit(folder: Path, size: int, channels: int, workers: int, mode: str
     from imgclean import data
     from imgclean.pipeline.decode import DecodeSettings, Decoder
 
+    c = own_and_children_cpu()
     t = time.perf_counter()
     entries = [e for e in data.walk_images(folder) if not e.skip_reason]
     with Decoder(DecodeSettings(size, channels), workers, mode=mode) as decoder:
         n = sum(len(decoded) for _, decoded in decoder.batches(entries, 256))
-    return n / (time.perf_counter() - t)
+    rate = n / (time.perf_counter() - t)
+    CPU["last"] = own_and_children_cpu() - c  # this process (walk, hand-off) and its decode workers
+    return rate
+
+
+def own_and_children_cpu() -> float:
+    s = resource.getrusage(resource.RUSAGE_SELF)
+    return s.ru_utime + s.ru_stime + children_cpu()
 
 
 def model_rate(folder: Path, model: Path, n: int = 2048) -> float:
@@ -257,10 +266,12 @@ def model_rate(folder: Path, model: Path, n: int = 2048) -> float:
     reps = max(1, n // len(arrays))
     with single_blas_thread():
         scorer.score_arrays(arrays[:256])  # warm-up
+        c = time.process_time()
         t = time.perf_counter()
         for _ in range(reps):
             for i in range(0, len(arrays), 256):
                 scorer.score_arrays(arrays[i : i + 256])
+        CPU["model_us"] = (time.process_time() - c) / (reps * len(arrays)) * 1e6
         return reps * len(arrays) / (time.perf_counter() - t)
 
 
@@ -328,9 +339,16 @@ def compare(name: str, folder: Path, model: Path, work: Path, repeats: int, line
         row["a_proc_cpu"] = CPU["last"] / n * 1e6
         row["a_thr"] = decode_limit(folder, size, channels, workers, "threads")
         row["a_img"] = decode_limit(folder, size, channels, workers, "processes")
+        row["a_img_cpu"] = CPU["last"] / n * 1e6
         row["m"] = model_rate(folder, model)
+        row["m_cpu"] = CPU["model_us"]
         row["one"], _ = sh(scan_cmd(one, model, work / "one.csv", None))
         one_cpu = CPU["last"]
+        one_cache = work / f"cache-{name}-one"
+        shutil.rmtree(one_cache, ignore_errors=True)
+        sh(scan_cmd(one, model, work / "one.csv", one_cache))
+        row["one_warm"], _ = sh(scan_cmd(one, model, work / "one.csv", one_cache))  # start-up of a rescan
+        row["one_warm_cpu"] = CPU["last"]
         row["cold"], proc = sh(scan_cmd(folder, model, work / "r.csv", cache))
         row["cold_cpu"] = CPU["last"]
         row["steady_cpu"] = (CPU["last"] - one_cpu) / n * 1e6
@@ -360,13 +378,16 @@ def compare(name: str, folder: Path, model: Path, work: Path, repeats: int, line
         )
         assert row["warm_json"]["cached"] == n and row["warm_json"]["decoded"] == 0, row["warm_json"]
     lines.append("\nCPU time (user + sys, the process and its children; what the load does not change much):\n")
-    lines.append("| run | (a-proc) CPU us/img | scan steady CPU us/img ((cold - one file) / files) | (a-proc) / scan, CPU | "
-                 "cold CPU s | warm CPU s | cold / warm, CPU |")
-    lines.append("|---|---|---|---|---|---|---|")
+    lines.append("| run | (a-proc) CPU us/img | (a-img) CPU us/img | (m) CPU us/img | scan steady CPU us/img ((cold - one file) / files) "
+                 "| (a-proc) / scan, CPU | cold CPU s | warm CPU s | cold / warm, CPU | rescan start-up s (CPU s) "
+                 "| warm CPU us/file ((warm - start-up) / files) |")
+    lines.append("|---|---|---|---|---|---|---|---|---|---|---|")
     for i, row in enumerate(rows, 1):
         lines.append(
-            f"| {i} | {row['a_proc_cpu']:.0f} | {row['steady_cpu']:.0f} | {row['a_proc_cpu'] / row['steady_cpu']:.2f} "
-            f"| {row['cold_cpu']:.2f} | {row['warm_cpu']:.2f} | {row['cold_cpu'] / row['warm_cpu']:.1f} |"
+            f"| {i} | {row['a_proc_cpu']:.0f} | {row['a_img_cpu']:.0f} | {row['m_cpu']:.0f} | {row['steady_cpu']:.0f} "
+            f"| {row['a_proc_cpu'] / row['steady_cpu']:.2f} | {row['cold_cpu']:.2f} | {row['warm_cpu']:.2f} "
+            f"| {row['cold_cpu'] / row['warm_cpu']:.1f} | {row['one_warm']:.2f} ({row['one_warm_cpu']:.2f}) "
+            f"| {(row['warm_cpu'] - row['one_warm_cpu']) / n * 1e6:.1f} |"
         )
     return {
         "steady_over_a": [round(r["steady"] / r["a_proc"], 2) for r in rows],

@@ -150,19 +150,23 @@ def _listing(folder: str) -> list[tuple[str, os.stat_result | None]]:
                 entries.sort(key=_name)  # ASCII: the order of the bytes, without encoding each name
             else:
                 entries.sort(key=lambda e: os.fsencode(e.name))
-            out = []
-            for e in entries:
-                try:
-                    out.append((e.name, e.stat(follow_symlinks=False)))
-                except OSError:
-                    out.append((e.name, None))
-            return out
+            try:
+                return [(e.name, e.stat(follow_symlinks=False)) for e in entries]
+            except OSError:  # an entry vanished (or cannot be stat'ed): one at a time, that one None
+                return [(e.name, _lstat_or_none(e)) for e in entries]
     except OSError as exc:
         log.warning("cannot list %s: %s", os.fsdecode(folder), exc.strerror or exc)
         return []
     finally:
         if fd is not None:
             os.close(fd)
+
+
+def _lstat_or_none(entry: os.DirEntry) -> os.stat_result | None:
+    try:
+        return entry.stat(follow_symlinks=False)
+    except OSError:
+        return None
 
 
 def _identities(folders) -> set[tuple[int, int]]:

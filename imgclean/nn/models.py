@@ -47,10 +47,23 @@ class LeNet(nn.Module):
         self.neck_features = 84
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc1(self.features(x))
+        f = self.features
+        if torch.is_grad_enabled() or len(f) != 7:
+            return self.fc1(f(x))
+        # Inference (a scan): the same numbers, faster. max_pool2d(relu(c)) == relu(max(c's 2x2
+        # cells)) exactly; on one CPU thread max_pool2d took a third of lenet's time.
+        return self.fc1(_pool2_relu(f[3](_pool2_relu(f[0](x)))).flatten(1))
 
     def make_neck(self) -> nn.Module:
         return nn.Linear(120, self.neck_features)
+
+
+def _pool2_relu(x: torch.Tensor) -> torch.Tensor:
+    """relu(max_pool2d(x, 2)) as the maximum of strided views (odd sizes floored, as max_pool2d
+    does): exactly max_pool2d's values (NaN included), several times faster on a CPU."""
+    h, w = x.shape[-2] // 2 * 2, x.shape[-1] // 2 * 2
+    rows = torch.maximum(x[..., 0:h:2, :w], x[..., 1:h:2, :w])
+    return torch.maximum(rows[..., 0::2], rows[..., 1::2]).relu_()
 
 
 class Classifier(nn.Module):

@@ -217,7 +217,8 @@ class ProcessDecodePool:
         return sorted(p.pid for p in (getattr(ex, "_processes", None) or {}).values()) if ex else []
 
     def submit(self, items: Sequence) -> "ProcessChunk":
-        paths = [os.fspath(_path_of(i)) for i in items]
+        entry, fspath = data.FileEntry, os.fspath
+        paths = [i[0] if i.__class__ is entry else fspath(i) for i in items]  # what _path_of gives
         self._serial += 1
         name = f"{self._token}{self._serial}"
         self._names.add(name)
@@ -256,13 +257,16 @@ class ProcessDecodePool:
                     block = np.frombuffer(mm, np.uint8, nbytes).reshape(count, *self.shape).copy()  # the one copy
             finally:
                 os.close(fd)
+        make = self._make
+        if not failures:
+            return [make(a, data.OK, "") for a in block] if count else []
         out: list = [None] * n
         for i, status, message in failures:
-            out[i] = self._make(None, status, message)
+            out[i] = make(None, status, message)
         j = 0
         for i in range(n):
             if out[i] is None:
-                out[i] = self._make(block[j], data.OK, "")
+                out[i] = make(block[j], data.OK, "")
                 j += 1
         return out
 

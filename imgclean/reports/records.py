@@ -19,6 +19,7 @@ import csv
 import json
 import math
 import os
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -70,6 +71,7 @@ FIELDS = ("path", "status", "predicted", "nearest", "score", "action", "destinat
 _RECORD_FIELDS = tuple(f for f in FIELDS if f != "root")  # root is the last column; the writer adds it
 _json_encode = json.JSONEncoder(ensure_ascii=True).encode
 _BUFFER = 2**20
+_NEEDS_QUOTES = re.compile('["\r\n]').search  # (or a comma) what makes csv.writer quote a field (excel dialect)
 FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl"}
 
 
@@ -112,13 +114,29 @@ class RecordWriter:
         if self.format == "csv":
             self._csv = csv.writer(self._fh)  # what csv.DictWriter writes, without a dict per row
             self._csv.writerow(FIELDS)
+            root = "" if self.root is None else self.root
+            # The root's cell and the line's end, when the root needs no quoting (else csv.writer writes every row).
+            self._csv_end = None if _NEEDS_QUOTES(root) or "," in root or not root else root + "\r\n"
         return self
 
     def write(self, record: ScanRecord) -> None:
         d = record.__dict__
         try:
             if self.format == "csv":
-                self._csv.writerow([d[k] for k in _RECORD_FIELDS] + [self.root])
+                # What csv.writer writes, formatted here when no field needs quoting (the line then
+                # holds exactly 12 commas and no quote, CR or LF before the root); else csv.writer.
+                r, end = record, self._csv_end
+                line = (
+                    f"{r.path},{r.status},{'' if r.predicted is None else r.predicted},"
+                    f"{'' if r.nearest is None else r.nearest},{'' if r.score is None else r.score},{r.action},"
+                    f"{'' if r.destination is None else r.destination},{r.message},{'' if r.size is None else r.size},"
+                    f"{'' if r.mtime_ns is None else r.mtime_ns},{'' if r.dev is None else r.dev},"
+                    f"{'' if r.ino is None else r.ino},"
+                )
+                if end is None or line.count(",") != 12 or _NEEDS_QUOTES(line) or r.__class__ is not ScanRecord:
+                    self._csv.writerow([d[k] for k in _RECORD_FIELDS] + [self.root])
+                else:
+                    self._fh.write(line + end)
             else:
                 row = {k: d[k] for k in _RECORD_FIELDS}
                 row["root"] = self.root

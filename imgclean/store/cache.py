@@ -34,6 +34,19 @@ _FS_UTF8 = (sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()) == ("u
 LOOKUP_CHUNK = 500  # keys per SELECT ... IN (...): under SQLite's oldest limit of 999 variables
 
 
+def _lookup_sql(n: int) -> str:
+    sql = (
+        "SELECT path, size, mtime_ns, status, predicted, nearest, score, message FROM results"
+        f" WHERE model=? AND path IN ({','.join('?' * n)})"
+    )
+    if len(_LOOKUP_SQL) < 64:
+        _LOOKUP_SQL[n] = sql
+    return sql
+
+
+_LOOKUP_SQL: dict[int, str] = {}
+
+
 def default_cache_dir() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "imgclean"
@@ -150,33 +163,33 @@ class ScanCache:
         if not self.enabled or not keys:
             self.misses += len(keys)
             return [None] * len(keys)
-        path_key = self._path_key
-        wanted = [path_key(k[0]) for k in keys]  # keys may be data.FileEntry: (path, size, mtime_ns, ...)
+        wanted = self._keys_of(keys)  # keys may be data.FileEntry: (path, size, mtime_ns, ...)
         rows: dict = {}
         try:
             for i in range(0, len(wanted), LOOKUP_CHUNK):
                 part = wanted[i : i + LOOKUP_CHUNK]
-                sql = (
-                    "SELECT path, size, mtime_ns, status, predicted, nearest, score, message FROM results"
-                    f" WHERE model=? AND path IN ({','.join('?' * len(part))})"
-                )
-                for row in self._db.execute(sql, (self.key, *part)):
-                    rows[row[0]] = row
+                sql = _LOOKUP_SQL.get(len(part)) or _lookup_sql(len(part))
+                rows.update({row[0]: row for row in self._db.execute(sql, (self.key, *part))})
         except sqlite3.Error as exc:
             self._disable(exc)
             self.misses += len(keys)
             return [None] * len(keys)
-        out: list = []
-        for key, k in zip(wanted, keys, strict=True):
-            row = rows.get(key)
-            if row is None or row[1] != k[1] or row[2] != k[2]:
-                out.append(None)
-            else:
-                out.append(row[3:])
+        get = rows.get
+        out = [
+            row[3:] if (row := get(w)) is not None and row[1] == k[1] and row[2] == k[2] else None
+            for w, k in zip(wanted, keys, strict=True)
+        ]
         hits = len(out) - out.count(None)
         self.hits += hits
         self.misses += len(out) - hits
         return out
+
+    def _keys_of(self, keys) -> list[bytes]:
+        """The stored path keys of (path, ...) tuples: one encode each when all are absolute str."""
+        paths = [k[0] for k in keys]
+        if _FS_UTF8 and all(p.__class__ is str and p[:1] == "/" for p in paths):
+            return [p.encode("utf-8", "surrogateescape") for p in paths]
+        return [self._path_key(p) for p in paths]
 
     def put(self, path: Path, size: int, mtime_ns: int, status: str, predicted, nearest, score, message: str) -> None:
         self.put_many([(path, size, mtime_ns, status, predicted, nearest, score, message)])
@@ -185,8 +198,9 @@ class ScanCache:
         """put() for many (path, size, mtime_ns, status, predicted, nearest, score, message) at once."""
         if not self.enabled:
             return
-        racy, key, path_key = self._racy_after_ns, self.key, self._path_key
-        rows = [(key, path_key(r[0]), *r[1:]) for r in results if r[2] < racy]
+        racy, key = self._racy_after_ns, self.key
+        results = [r for r in results if r[2] < racy]
+        rows = [(key, k, *r[1:]) for k, r in zip(self._keys_of(results), results, strict=True)]
         if not rows:
             return
         try:

@@ -123,12 +123,12 @@ def decode_one(item, settings: DecodeSettings) -> Decoded:
 # A 28-px PNG took ~63 us through data.decode_image, two thirds of it Pillow's Python-level
 # Image.open and load. A small PNG of the plainest kind (8-bit grey or RGB, not interlaced, only
 # IHDR, IDAT and IEND chunks, every CRC right) is decoded here by Pillow's own PNG (zip) decoder
-# straight from its IDAT bytes (~40 us), then converted and resized as data.decode_image does:
+# straight from its IDAT bytes (~35 us), then converted and resized as data.decode_image does:
 # the same pixels. Anything else, or any failure here, goes through data.decode_image, which
 # then gives the file's status and message. Such a file needs at most ~1 MB to decode, so it
 # takes nothing from the decode budget.
-# False: every file through data.decode_image. So is it when data.decode_image has been replaced
-# (a test watching every decode, say): this path stands in for the original only.
+# SIMPLE_PNG False: every file through data.decode_image; so too when data.decode_image has
+# been replaced (a test watching every decode, say): this path stands in for the original only.
 SIMPLE_PNG = True
 _DECODE_IMAGE = data.decode_image
 SIMPLE_PNG_BYTES = 64 * 1024  # files up to this size (the walk's size) are tried

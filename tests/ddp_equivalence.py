@@ -60,4 +60,6 @@ if __name__ == "__main__":
     finally:
         dist.barrier()
         dist.close()
-    sys.exit(0 if os.path.exists(sys.argv[1]) or not dist.is_main else 1)
+    from imgclean.nn.distributed import leave_process
+
+    leave_process(0 if os.path.exists(sys.argv[1]) or not dist.is_main else 1)

@@ -71,3 +71,20 @@ def test_torchrun_fit_writes_one_model_recording_world_size(tmp_path, train_dir)
     assert config["world_size"] == 2
     assert output.count('"thresholds"') == 1  # only rank 0 printed its summary
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
+
+
+@pytest.mark.parametrize("joined", [True, False])
+def test_a_process_that_ran_in_a_group_leaves_without_the_interpreters_teardown(tmp_path, joined):
+    """After destroy_process_group, gloo can abort the process during the interpreter's teardown
+    (after the work is done); such a process leaves through os._exit with its exit code, its
+    output flushed. A process that never joined a group exits normally (atexit runs)."""
+    marker = tmp_path / "atexit-ran"
+    code = (
+        "import atexit, sys; marker = sys.argv[1]; atexit.register(lambda: open(marker, 'w').close()); "
+        f"import imgclean.nn.distributed as d; d.group_closed = {joined}; "
+        "from imgclean.cli import main; sys.argv = ['imgclean', 'info', sys.argv[2]]; main()"
+    )
+    proc = subprocess.run([sys.executable, "-c", code, str(marker), str(tmp_path / "no-model")], capture_output=True,
+                          text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
+    assert proc.returncode == 1 and "no model at" in proc.stderr  # the command's own exit code and message
+    assert marker.exists() is not joined

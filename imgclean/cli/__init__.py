@@ -15,4 +15,24 @@ from .runs import StopFlag  # noqa: F401
 
 
 def main() -> None:
-    app()
+    try:
+        app()
+    except SystemExit as exc:
+        leave_if_distributed(exc.code)
+        raise
+    leave_if_distributed(0)
+
+
+def leave_if_distributed(code) -> None:
+    """A process that ran in a torchrun group leaves through nn.distributed.leave_process (no
+    interpreter teardown, where gloo can abort it after the work is done); others return. Looked
+    up in sys.modules: a command that never joined a group never imports torch for this."""
+    import sys
+
+    dist = sys.modules.get("imgclean.nn.distributed")
+    if dist is None or not dist.group_closed:
+        return
+    if isinstance(code, str):  # SystemExit("message"): printed, exit 1, as Python does
+        print(code, file=sys.stderr)
+        code = 1
+    dist.leave_process(code or 0)

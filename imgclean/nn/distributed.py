@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import sys
 
 import numpy as np
 import torch
@@ -32,6 +33,8 @@ from torch import nn
 
 CHUNK = 1 << 24  # elements per all_reduce call (128 MB of float64)
 TIMEOUT_S = 1800
+# True once this process has destroyed its process group: it then leaves with leave_process.
+group_closed = False
 
 
 def requested() -> bool:
@@ -128,5 +131,22 @@ class Distributed:
             tdist.barrier()
 
     def close(self) -> None:
+        global group_closed
         if tdist.is_initialized():
             tdist.destroy_process_group()
+            group_closed = True
+
+
+def leave_process(code: int):
+    """Exit now with `code`, stdout and stderr flushed, skipping the interpreter's teardown.
+
+    After a gloo group is destroyed, a thread of it can still abort the process while the
+    interpreter tears down ("terminate called without an active exception", SIGABRT; seen under
+    load, after all work was done and the model saved), and torchrun then reports the whole run
+    as failed. Everything a command writes is closed before this is called."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)

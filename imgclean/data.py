@@ -225,7 +225,7 @@ INTERPOLATIONS = {
 }
 
 
-def _resize(img: Image.Image, size: int, interpolation: str = "bilinear", crop_pct: float = 1.0) -> Image.Image:
+def resize_for_model(img: Image.Image, size: int, interpolation: str = "bilinear", crop_pct: float = 1.0) -> Image.Image:
     """Centre-crop a square of crop_pct x the shorter side, resized to size x size.
 
     That is timm's evaluation transform (resize the shorter side to size / crop_pct, then
@@ -248,7 +248,7 @@ def decode_image(
 ) -> np.ndarray:
     """Decode `path` into a uint8 array of shape (size, size, channels).
 
-    `interpolation` (a key of INTERPOLATIONS) and `crop_pct` set the resize (see _resize).
+    `interpolation` (a key of INTERPOLATIONS) and `crop_pct` set the resize (see resize_for_model).
     `budget`: the memory shared with concurrent decodes (default DECODE_BUDGET).
 
     Raises DecodeError with status unreadable / too_large / unsupported. Applies EXIF
@@ -302,7 +302,7 @@ def _pixels(img: Image.Image, size: int, channels: int, interpolation: str, crop
     img = _to_mode(img, channels)
     if transpose is not None:
         img = img.transpose(transpose)
-    return np.asarray(_resize(img, size, interpolation, crop_pct), dtype=np.uint8)
+    return np.asarray(resize_for_model(img, size, interpolation, crop_pct), dtype=np.uint8)
 
 
 def probe_image(path: Path) -> tuple[int, int, str]:

@@ -184,7 +184,7 @@ def _simple_png(path, settings: DecodeSettings) -> np.ndarray | None:
     target = "L" if settings.channels == 1 else "RGB"
     if mode != target:
         img = img.convert(target)  # what data._to_mode does for these modes
-    arr = np.asarray(data._resize(img, settings.size, settings.interpolation, settings.crop_pct), dtype=np.uint8)
+    arr = np.asarray(data.resize_for_model(img, settings.size, settings.interpolation, settings.crop_pct), dtype=np.uint8)
     return arr[:, :, None] if arr.ndim == 2 else arr
 
 

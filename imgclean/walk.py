@@ -140,11 +140,14 @@ _name = attrgetter("name")
 def _listing(folder: str) -> list[tuple[str, os.stat_result | None]]:
     """Sorted (name, lstat or None) of the non-hidden entries of `folder`; [] when unreadable."""
     deep = len(os.fsencode(os.path.abspath(folder))) >= _FD_WALK_FROM
+    # A str folder is listed and stat'ed through a descriptor (fstatat on each name: no path to
+    # resolve again per file, and every stat is of this very folder); bytes names need the path.
+    by_fd = deep or isinstance(folder, str)
     fd = None
     try:
-        fd = _open_deep(folder) if deep else None
-        with os.scandir(fd if deep else folder) as it:
-            dot = "." if isinstance(folder, str) or deep else b"."
+        fd = (_open_deep(folder) if deep else os.open(folder, os.O_RDONLY | os.O_DIRECTORY)) if by_fd else None
+        with os.scandir(fd if by_fd else folder) as it:
+            dot = "." if by_fd else b"."
             entries = [e for e in it if not e.name.startswith(dot)]  # is_hidden, inline
             if isinstance(folder, str) and all(e.name.isascii() for e in entries):
                 entries.sort(key=_name)  # ASCII: the order of the bytes, without encoding each name
@@ -191,52 +194,83 @@ def walk_images(root: Path, exclude: tuple[Path, ...] = ()) -> Iterator[FileEntr
     open come back with a skip_reason so they can be reported; a file reached twice through hard
     links is yielded once for scoring and then as a duplicate.
     """
+    for _, _, run in walk_runs(root, exclude):
+        yield from run
+
+
+# Most entries in one run of walk_runs (a scan's cache keeps one snapshot per run).
+RUN_LIMIT = 4096
+
+
+def walk_runs(root: Path, exclude: tuple[Path, ...] = (), limit: int = RUN_LIMIT) -> Iterator[tuple[str | bytes, int, list[FileEntry]]]:
+    """walk_images' entries, in the same order, as (folder, ordinal, entries) runs: consecutive
+    entries of one folder's listing, ended by a sub-folder in that listing or by `limit` entries.
+    `ordinal` numbers the runs of each folder listing from 0, so (folder, ordinal) names a run
+    again in the next walk of an unchanged tree."""
     excluded = _identities(exclude)
     seen_inodes: set[tuple[int, int]] = set()
+    seen, new = seen_inodes.add, _new_entry
     base = os.fspath(root)
-    isdir, islnk, isreg = stat.S_ISDIR, stat.S_ISLNK, stat.S_ISREG
-    join, extensions = os.path.join, IMAGE_EXTENSIONS
+    isdir, islnk = stat.S_ISDIR, stat.S_ISLNK
+    reg, kind = stat.S_IFREG, 0o170000  # S_ISREG(mode) is mode & kind == reg, inline
+    extensions = IMAGE_EXTENSIONS
     dotchar = "." if isinstance(base, str) else b"."
-    # Explicit stack of (folder path, remaining sorted entries reversed, its absolute path's byte
-    # length + 1): same order as recursion. The length makes too_long() one addition per file.
-    stack = [(base, _listing(base)[::-1], _prefix_len(base), _joiner(base))]
+    # Explicit stack of [folder path, sorted (name, lstat) listing, next index in it, its absolute
+    # path's byte length + 1, what joins a name onto it, runs yielded]: same order as recursion.
+    # The length makes too_long() one addition per file.
+    stack = [[base, _listing(base), 0, _prefix_len(base), _joiner(base), 0]]
     while stack:
-        folder, pending, prefix, head = stack[-1]
-        if not pending:
-            stack.pop()
-            continue
-        name, st = pending.pop()
-        if st is None:
-            continue  # vanished between listing and stat
-        mode = st.st_mode
-        if isdir(mode):
-            path = join(folder, name)
-            if (st.st_dev, st.st_ino) in excluded:
-                log.info("skipping excluded folder %s", os.fsdecode(path))
+        frame = stack[-1]
+        folder, listing, i, prefix, head, _ = frame
+        run: list[FileEntry] = []
+        add = run.append
+        j = stop = min(len(listing), i + limit)  # at most `limit` listing entries per run
+        at_folder = False
+        for j in range(i, stop):
+            name, st = listing[j]
+            if st is None:
+                continue  # vanished between listing and stat
+            mode = st.st_mode
+            if mode & kind != reg and isdir(mode):
+                at_folder = True
+                break  # a sub-folder ends the run
+            dot = name.rfind(dotchar)  # splitext's extension: a name starting with a dot is hidden, never here
+            if dot < 1 or name[dot:].lower() not in extensions:
                 continue
-            listing = _listing(path)
-            if _is_quarantine(listing):
-                log.info("skipping quarantine folder %s", os.fsdecode(path))
-                continue
-            stack.append((path, listing[::-1], _prefix_len(path), _joiner(path)))
-            continue
-        dot = name.rfind(dotchar)  # splitext's extension: a name starting with a dot is hidden, never here
-        if dot < 1 or name[dot:].lower() not in extensions:
-            continue
-        path = head + name  # os.path.join(folder, name), as one concatenation
-        if islnk(mode):
-            yield _new_entry(FileEntry, (path, 0, 0, "symbolic link (not followed)", None, None))
-        elif not isreg(mode):
-            yield _new_entry(FileEntry, (path, 0, 0, "not a regular file", None, None))
-        elif prefix + 4 * len(name) >= PATH_MAX and too_long(path):  # 4: most UTF-8 bytes per character
-            yield _new_entry(FileEntry, (path, st.st_size, st.st_mtime_ns, too_long(path), None, None))
-        else:
-            key = (st.st_dev, st.st_ino)
-            if key in seen_inodes:
-                yield _new_entry(FileEntry, (path, st.st_size, st.st_mtime_ns, "hard link to a file already scanned", None, None))
+            path = head + name  # os.path.join(folder, name), as one concatenation
+            if mode & kind != reg:
+                add(new(FileEntry, (path, 0, 0, "symbolic link (not followed)" if islnk(mode) else "not a regular file", None, None)))
+            elif prefix + 4 * len(name) >= PATH_MAX and too_long(path):  # 4: most UTF-8 bytes per character
+                add(new(FileEntry, (path, st.st_size, st.st_mtime_ns, too_long(path), None, None)))
             else:
-                seen_inodes.add(key)
-                yield _new_entry(FileEntry, (path, st.st_size, st.st_mtime_ns, "", st.st_dev, st.st_ino))
+                key = (dev := st.st_dev, ino := st.st_ino)
+                if key in seen_inodes:
+                    add(new(FileEntry, (path, st.st_size, st.st_mtime_ns, "hard link to a file already scanned", None, None)))
+                else:
+                    seen(key)
+                    add(new(FileEntry, (path, st.st_size, st.st_mtime_ns, "", dev, ino)))
+        else:
+            j = stop
+        frame[2] = j
+        if run:
+            frame[5] += 1
+            yield folder, frame[5] - 1, run
+            continue
+        if not at_folder:
+            if j >= len(listing):
+                stack.pop()
+            continue  # (or `limit` entries without an image: on with the listing)
+        name, st = listing[j]
+        frame[2] = j + 1
+        path = os.path.join(folder, name)
+        if (st.st_dev, st.st_ino) in excluded:
+            log.info("skipping excluded folder %s", os.fsdecode(path))
+            continue
+        sub = _listing(path)
+        if _is_quarantine(sub):
+            log.info("skipping quarantine folder %s", os.fsdecode(path))
+            continue
+        stack.append([path, sub, 0, _prefix_len(path), _joiner(path), 0])
 
 
 def _joiner(folder):
@@ -333,5 +367,5 @@ def list_image_folder(root: Path) -> tuple[list[str], list[list[FileEntry]]]:
 
 __all__ = [
     "FileEntry", "IMAGE_EXTENSIONS", "DECODED_EXTENSIONS", "UNSUPPORTED_FORMATS", "PATH_MAX",
-    "walk_images", "count_images", "list_image_folder", "is_hidden", "has_image_extension", "unsupported_format", "too_long",
+    "walk_images", "walk_runs", "count_images", "list_image_folder", "is_hidden", "has_image_extension", "unsupported_format", "too_long",
 ]

@@ -112,6 +112,27 @@ class Printer:
             if now - self._shown_at >= PROGRESS_EVERY_S:
                 self.flush(now)
 
+    def write_block(self, block) -> None:
+        """A block of records (reports.records.RecordBlock): counted at once, unless a record of
+        it is to be shown (a dry run's plan, -v)."""
+        if self.dry_run or self.verbose:
+            for record in block.records():
+                self(record)
+            return
+        from ..reports.records import OOD, UNDECODABLE
+
+        counts = block.status_counts()
+        ok = counts.get("ok", 0)
+        rej = counts.get(OOD, 0) + (0 if self.keep_unreadable else sum(counts.get(s, 0) for s in UNDECODABLE))
+        self.counts["ok"] += ok
+        self.counts["rej"] += rej
+        self.counts["other"] += len(block) - ok - rej
+        if self.task is not None:
+            self._unshown += len(block)
+            now = time.monotonic()
+            if now - self._shown_at >= PROGRESS_EVERY_S:
+                self.flush(now)
+
     def flush(self, now: float | None = None) -> None:
         """Show the counts so far on the bar (records are shown at most every PROGRESS_EVERY_S;
         the run's resources call this once more before the bar closes, so it ends exact)."""
@@ -134,12 +155,24 @@ PROGRESS_EVERY_S = 0.1
 
 
 def feed(sinks: list[Callable]) -> Callable:
-    """One on_record callback that gives each record to every sink, in order."""
+    """One on_record callback that gives each record to every sink, in order. Its `block`
+    gives a block of records (reports.records.RecordBlock) to each sink: whole to a sink with
+    a `write_block` method, record by record to the others."""
 
     def on_record(record) -> None:
         for sink in sinks:
             sink(record)
 
+    def block(records) -> None:
+        for sink in sinks:
+            write_block = getattr(sink, "write_block", None)
+            if write_block is not None:
+                write_block(records)
+            else:
+                for record in records.records():
+                    sink(record)
+
+    on_record.block = block
     return on_record
 
 

@@ -16,7 +16,7 @@ from typing import Callable, Iterable
 
 from .. import data
 from ..errors import ImgcleanError
-from ..reports.records import CHANGED, OOD, STATUSES, UNDECODABLE, ReportRow, ScanRecord, is_rejected
+from ..reports.records import CHANGED, OOD, STATUSES, UNDECODABLE, RecordBlock, ReportRow, ScanRecord, is_rejected
 
 # The fields of a record the journal keeps beside each move.
 DETAILS = ("predicted", "nearest", "score", "message")
@@ -128,6 +128,19 @@ class Applier:
             ino=record.ino,
             details={k: getattr(record, k) for k in DETAILS},
         )
+
+    def take_block(self, block: RecordBlock) -> bool:
+        """Count a block's records at once when none of them is to be moved (no quarantine, or
+        no reject in it) and say so; False (nothing counted): apply its records one by one."""
+        counts = block.status_counts()
+        if self.quarantine is not None:
+            rejected = counts.get(OOD, 0) + (0 if self.keep_unreadable else sum(counts.get(s, 0) for s in UNDECODABLE))
+            if rejected:
+                return False
+        total = self.summary.counts
+        for status, n in counts.items():
+            total[status] += n
+        return True
 
     def __call__(self, record: ScanRecord) -> ScanRecord:
         summary = self.summary

@@ -4,6 +4,9 @@ Files stream through in batches, so memory does not grow with the folder. Every 
 one record (reports/records.py) with one status and the identity the file had when scored;
 applying records (pipeline/apply.py: the moves, or the plan of a dry run) is a separate step
 that `imgclean apply` also runs on a saved report. Only quarantine.moves touches files.
+
+Longer than 400 lines: Scorer.scan_items keeps walk order across cache hits, run snapshots and
+batches in flight on an engine; that order is easiest to check in one place.
 """
 from __future__ import annotations
 
@@ -21,11 +24,13 @@ import numpy as np
 from .. import data
 from ..errors import ImgcleanError
 from ..reports.records import (  # noqa: F401  (re-exported: the record type and statuses used to live here)
-    CHANGED, OOD, STATUSES, UNDECODABLE, ScanRecord, is_rejected,
+    CHANGED, OOD, STATUSES, UNDECODABLE, RecordBlock, ScanRecord, is_rejected,
 )
 from ..store.artifact import ModelBundle
+from ..walk import walk_runs
 from .apply import Applier, ScanSummary
 from .decode import Decoded, Decoder, DecodeSettings
+from .run_snapshots import CACHEABLE as _CACHEABLE, SNAPSHOT_STATUSES as _SNAPSHOT_STATUSES, RunSnapshots
 from .scoring import Outcome, check_method, outcomes, predict_scores
 
 
@@ -185,7 +190,7 @@ class Scorer:
         for i, e in enumerate(entries):
             if e[3]:  # skip_reason
                 out[i] = ScanRecord(rel(e[0]), data.SKIPPED, None, None, None, e[3], "", None, e[1], e[2], e[4], e[5])
-            elif self.cache is not None:
+            elif self.cache is not None and not self.cache.held_nothing:
                 lookup.append(i)
         if lookup:
             if len(lookup) < len(entries):
@@ -200,24 +205,36 @@ class Scorer:
         return out
 
     def scan(self, root: Path, exclude: Iterable[Path] = (), engine=None) -> Iterator[tuple[ScanRecord, data.FileEntry]]:
-        """Yield (record, entry) for every image-named file below root, in walk order.
+        """Yield (record, entry) for every image-named file below root, in walk order (scan_items
+        with its blocks taken apart)."""
+        for item in self.scan_items(root, exclude, engine):
+            if item.__class__ is RecordBlock:
+                yield from zip(item.records(), item.entries)
+            else:
+                yield item
+
+    def scan_items(self, root: Path, exclude: Iterable[Path] = (), engine=None) -> Iterator:
+        """Yield, in walk order, (record, entry) for every image-named file below root, except
+        that a run of the walk the cache holds a snapshot of comes whole, as one RecordBlock.
 
         `engine` decodes and scores the files the cache cannot answer (LocalEngine when None;
         pipeline/ray_scan.RayEngine on a cluster): batches go out as the walk finds them, at most
         engine.ahead() in flight, and their records come back here, in walk order, whatever
-        order the engine finishes them in."""
+        order the engine finishes them in. Each run answered file by file is snapshot in the
+        cache once all its records are out and applied (pipeline/run_snapshots.py)."""
         from collections import deque
-        from itertools import islice
 
         root = Path(root)
         rel = _relative_namer(root)
         # A group: walk-ordered slots, each (entry, record) when resolved without decoding, or
-        # (entry, None) for a file whose decode is in flight.
+        # (entry, None) for a file whose decode is in flight; or a RecordBlock.
         pending: deque = deque()
         slots: list[tuple[data.FileEntry, ScanRecord | None]] = []
         to_decode: list[data.FileEntry] = []
-        walk = data.walk_images(root, tuple(exclude))
         step = min(self.batch_size, LOOKUP_BATCH)
+        cache = self.cache
+        snapshots = RunSnapshots(cache) if cache is not None else None
+        look_up = cache is not None and not cache.held_nothing  # else every file is a miss: no queries
 
         with engine if engine is not None else LocalEngine(self) as engine:
 
@@ -226,35 +243,54 @@ class Scorer:
                 pending.append((slots, to_decode, engine.submit(to_decode) if to_decode else None))
                 slots, to_decode = [], []
 
-            def finish() -> Iterator[tuple[ScanRecord, data.FileEntry]]:
+            def finish() -> Iterator:
                 group, entries, in_flight = pending.popleft()
+                if group.__class__ is RecordBlock:
+                    yield group
+                    snapshots.after_block(*in_flight, group)  # in_flight: the run's (folder, ordinal)
+                    return
                 scored = iter(self.records(entries, engine.collect(entries, in_flight), rel) if entries else ())
                 for entry, record in group:
-                    yield (record if record is not None else next(scored)), entry
+                    if record is None:
+                        record = next(scored)
+                    yield record, entry
+                    if snapshots is not None:  # after the consumer applied it
+                        snapshots.saw(entry, record)
+
+            def drain() -> Iterator:
+                while len(pending) > engine.ahead() or (pending and not pending[0][1]):
+                    yield from finish()
 
             try:
-                while True:
-                    entries = list(islice(walk, step))
-                    if not entries:
-                        break
-                    for entry, record in zip(entries, self._resolve(entries, rel), strict=True):
-                        if record is None:
-                            to_decode.append(entry)
-                        slots.append((entry, record))
-                    if len(to_decode) >= self.batch_size or len(slots) >= MAX_GROUP:
-                        submit()
-                        while len(pending) > engine.ahead() or (pending and not pending[0][1]):
-                            yield from finish()
+                for folder, ordinal, run in walk_runs(root, tuple(exclude)):
+                    if snapshots is not None:
+                        stored = cache.get_run(folder, ordinal, run, _SNAPSHOT_STATUSES) if look_up else None
+                        if stored is not None:
+                            if slots:
+                                submit()
+                            pending.append((RecordBlock(run, stored[0], rel, folder, stored[1]), (), (folder, ordinal)))
+                            yield from drain()
+                            continue
+                        snapshots.expect(folder, ordinal, len(run))
+                    for i in range(0, len(run), step):
+                        entries = run[i : i + step]
+                        for entry, record in zip(entries, self._resolve(entries, rel), strict=True):
+                            if record is None:
+                                to_decode.append(entry)
+                            slots.append((entry, record))
+                        if len(to_decode) >= self.batch_size or len(slots) >= MAX_GROUP:
+                            submit()
+                            yield from drain()
                 if slots:
                     submit()
                 while pending:
                     yield from finish()
             finally:
-                for _, _, in_flight in pending:
-                    if in_flight is not None:
+                for group, _, in_flight in pending:
+                    if in_flight is not None and group.__class__ is not RecordBlock:
                         engine.cancel(in_flight)
-                if self.cache is not None:
-                    self.cache.flush()
+                if cache is not None:
+                    cache.flush()
 
 
 class LocalEngine:
@@ -287,8 +323,6 @@ class LocalEngine:
         return self.scorer._ahead()
 
 
-# Cached statuses a scan may reuse (a skipped or changed result is never reused).
-_CACHEABLE = frozenset(STATUSES) - {data.SKIPPED, CHANGED}
 # Entries looked up in the cache with one query.
 LOOKUP_BATCH = 512
 
@@ -324,6 +358,10 @@ def run_scan(
 ) -> ScanSummary:
     """Scan `root` into records, and apply each one (pipeline/apply.py): move, or plan to move,
     the rejected files per the options. Returns counts.
+
+    `on_record` gets every record, after it is applied. If it has a `block` attribute, a block
+    of records the cache answered whole and that moves nothing (reports.records.RecordBlock)
+    goes to on_record.block instead, in one call.
 
     `root` is resolved once (symlinks and `..` as the kernel follows them) and that one path is
     walked, checked and moved from: `sub/..` after a symlink `sub` never means two folders.
@@ -391,10 +429,25 @@ def fewer_collections(threshold: int = SCAN_GC_THRESHOLD):
 
 
 def _run(scorer, root, options, apply, on_record, should_stop, summary, engine=None) -> None:
-    for record, _ in scorer.scan(root, options.exclude, engine):
-        apply(record)
-        if on_record is not None:
-            on_record(record)
+    on_block = getattr(on_record, "block", None)
+    for item in scorer.scan_items(root, options.exclude, engine):
+        if item.__class__ is not RecordBlock:
+            apply(item[0])
+            if on_record is not None:
+                on_record(item[0])
+        elif apply.take_block(item):  # nothing in it to move: counted whole
+            if on_block is not None:
+                on_block(item)
+            elif on_record is not None:
+                for record in item.records():
+                    on_record(record)
+        else:
+            for record in item.records():
+                apply(record)
+                if on_record is not None:
+                    on_record(record)
+                if should_stop():
+                    break
         if should_stop():
             summary.interrupted = True
             break

@@ -10,16 +10,26 @@ The cache can only make a scan faster, never different:
   second write in the same clock tick, like git's "racily clean" files);
 - a cache file that is unreadable or not ours is moved aside and rebuilt; any SQLite error later
   turns the cache off for the rest of the run (every lookup a miss). Nothing here raises.
+
+Besides one row per file, the cache keeps a snapshot per run of the walk (walk.walk_runs: up to
+4,096 consecutive files of one folder): every entry exactly as the walk saw it (path, size,
+mtime_ns, skip reason, device, inode) and its outcome. A rescan whose run is equal, entry for
+entry, takes the run's records from the snapshot in one query instead of one look-up per file;
+any difference (a file added, removed, touched, replaced) makes the run a miss, answered file by
+file as before. A snapshot is written only when every file of the run has a cacheable outcome
+and none is racy.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
+import marshal
 import os
 import sqlite3
 import sys
 import time
+import zlib
 from pathlib import Path
 
 from .. import __version__
@@ -73,6 +83,9 @@ class ScanCache:
         self._db: sqlite3.Connection | None = None
         self._pending = 0
         self._racy_after_ns = time.time_ns() - int(RACY_SECONDS * 1e9)
+        # True when the cache held no result for this model as it was opened: a scan then has
+        # nothing to look up (a first scan with a new model) and skips the queries.
+        self.held_nothing = False
 
     # ---- opening -----------------------------------------------------------------------------
     def open(self) -> "ScanCache":
@@ -83,6 +96,7 @@ class ScanCache:
             except sqlite3.DatabaseError as exc:
                 self._set_aside(exc)
                 self._db = self._connect()
+            self.held_nothing = self._db.execute("SELECT 1 FROM results WHERE model=? LIMIT 1", (self.key,)).fetchone() is None
         except (OSError, sqlite3.Error) as exc:
             log.warning("scan cache %s cannot be used (%s); scanning without it", self.path, exc)
             self._close_quietly()
@@ -105,6 +119,12 @@ class ScanCache:
                 db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             elif version != SCHEMA_VERSION or "results" not in tables:
                 raise sqlite3.DatabaseError(f"schema version {version}, expected {SCHEMA_VERSION}")
+            # Added later, in the same schema version: a cache without it gains it, and an older
+            # imgclean reading this one never looks at it.
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS runs (model TEXT NOT NULL, folder BLOB NOT NULL, ordinal INTEGER NOT NULL,"
+                " snapshot BLOB NOT NULL, PRIMARY KEY (model, folder, ordinal))"
+            )
             db.execute("SELECT model, path, size, mtime_ns, status, predicted, nearest, score, message FROM results LIMIT 1")
         except BaseException:
             db.close()
@@ -212,6 +232,60 @@ class ScanCache:
                 self.flush()
         except sqlite3.Error as exc:
             self._disable(exc)
+
+    # ---- run snapshots ---------------------------------------------------------------------------
+    def get_run(self, folder, ordinal: int, entries: list, statuses: frozenset) -> tuple[list[tuple], str | None] | None:
+        """(outcomes, rows) stored for a walk run: the outcomes (status, predicted, nearest, score,
+        message) in order and the text stored with them, when the stored snapshot of (folder,
+        ordinal) holds exactly these entries and only these statuses; else None."""
+        if not self.enabled:
+            return None
+        try:
+            row = self._db.execute(
+                "SELECT snapshot FROM runs WHERE model=? AND folder=? AND ordinal=?",
+                (self.key, self._folder_key(folder), ordinal),
+            ).fetchone()
+        except sqlite3.Error as exc:
+            self._disable(exc)
+            return None
+        if row is None:
+            return None
+        blob = row[0]
+        if not isinstance(blob, bytes) or len(blob) < 4 or zlib.crc32(blob[4:]) != int.from_bytes(blob[:4], "big"):
+            return None  # damaged: a miss, rewritten by this scan
+        try:
+            stored, outcomes, rows = marshal.loads(blob[4:])
+            if (stored != entries or len(outcomes) != len(entries) or not (rows is None or rows.__class__ is str)
+                    or any(o.__class__ is not tuple or len(o) != 5 for o in outcomes)
+                    or not {o[0] for o in outcomes} <= statuses):
+                return None
+        except (ValueError, EOFError, TypeError):
+            return None
+        self.hits += sum(1 for e in entries if not e[3])  # skipped files are never looked up
+        return outcomes, rows
+
+    def put_run(self, folder, ordinal: int, entries: list, outcomes: list[tuple], rows: str | None = None) -> None:
+        """Store a run's snapshot: its entries (path, size, mtime_ns, skip_reason, dev, ino), each
+        one's outcome, and `rows` (a text given back with them). Callers pass only cacheable
+        outcomes; a run holding a racy file is not stored."""
+        if not self.enabled or any(e[2] >= self._racy_after_ns for e in entries):
+            return
+        try:
+            data = marshal.dumps(([tuple(e) for e in entries], [tuple(o) for o in outcomes], rows))
+        except ValueError:  # a value marshal cannot store: no snapshot, the per-file rows still serve
+            return
+        try:
+            if self._pending == 0:
+                self._db.execute("BEGIN")
+            self._db.execute("INSERT OR REPLACE INTO runs VALUES (?, ?, ?, ?)", (self.key, self._folder_key(folder), ordinal, zlib.crc32(data).to_bytes(4, "big") + data))
+            self._pending += len(entries)
+            if self._pending >= _COMMIT_EVERY:
+                self.flush()
+        except sqlite3.Error as exc:
+            self._disable(exc)
+
+    def _folder_key(self, folder) -> bytes:
+        return self._path_key(folder)
 
     def flush(self) -> None:
         if self._db is not None and self._pending:

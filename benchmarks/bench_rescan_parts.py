@@ -1,0 +1,68 @@
+"""Where a warm rescan's time goes, in-process: the walk, the run-snapshot look-ups, and the whole
+scan loop with a CSV report, in CPU microseconds per file (best of --repeats).
+
+    python benchmarks/bench_rescan_parts.py --folder FOLDER --model MODEL_DIR [--cache-dir DIR]
+
+The folder is scanned once first (filling the cache: run snapshots and per-file rows), so every
+repeat is a rescan of an unchanged folder. Prints one line per part.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from imgclean.cli.runs import Printer, feed  # noqa: E402
+from imgclean.pipeline.run_snapshots import SNAPSHOT_STATUSES  # noqa: E402
+from imgclean.pipeline.scan import ScanOptions, fewer_collections, run_scan  # noqa: E402
+from imgclean.reports.records import RecordWriter  # noqa: E402
+from imgclean.store.artifact import load_model  # noqa: E402
+from imgclean.store.cache import ScanCache, model_key  # noqa: E402
+from imgclean.walk import walk_runs  # noqa: E402
+
+
+def scan_once(root: Path, bundle, cache_dir: Path, report: Path):
+    printer = Printer(dry_run=False, json_out=True, verbose=False, keep_unreadable=False)
+    with RecordWriter(report, root) as writer:
+        return run_scan(root, bundle, ScanOptions(use_cache=True, cache_dir=cache_dir), on_record=feed([writer, printer]))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--folder", type=Path, required=True)
+    ap.add_argument("--model", type=Path, required=True)
+    ap.add_argument("--cache-dir", type=Path, default=None, help="[default: a temp dir]")
+    ap.add_argument("--repeats", type=int, default=4)
+    args = ap.parse_args()
+    root = Path(os.path.realpath(args.folder))
+    bundle = load_model(args.model, lazy=True)
+    work = Path(tempfile.mkdtemp(prefix="imgclean-rescan-"))
+    cache_dir = args.cache_dir or work / "cache"
+    first = scan_once(root, bundle, cache_dir, work / "r.csv")
+    n = first.scanned
+    best = {"walk (scandir + fstatat + entries)": [], "run snapshot look-ups": [], "whole scan loop, CSV report": []}
+    for _ in range(args.repeats):
+        with fewer_collections():
+            c = time.process_time()
+            runs = list(walk_runs(os.fspath(root)))
+            best["walk (scandir + fstatat + entries)"].append(time.process_time() - c)
+            with ScanCache(cache_dir, model_key(bundle.config, extra="mahalanobis")) as cache:
+                c = time.process_time()
+                answered = sum(cache.get_run(f, o, run, SNAPSHOT_STATUSES) is not None for f, o, run in runs)
+                best["run snapshot look-ups"].append(time.process_time() - c)
+        c = time.process_time()
+        summary = scan_once(root, bundle, cache_dir, work / "r.csv")
+        best["whole scan loop, CSV report"].append(time.process_time() - c)
+    print(f"{n:,} files, {len(runs)} runs, {answered} answered by their snapshot; cached {summary.cached:,}, decoded {summary.decoded}")
+    for part, seconds in best.items():
+        print(f"{part}: {min(seconds) / n * 1e6:.2f} us/file (CPU, best of {args.repeats})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

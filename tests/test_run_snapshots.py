@@ -1,0 +1,313 @@
+"""Run snapshots in the scan cache: a rescan takes an unchanged run of a folder whole (one
+RecordBlock), anything changed in a run is answered file by file, and every sink ends with what
+a file-by-file scan gives it."""
+from __future__ import annotations
+
+import os
+import shutil
+import sqlite3
+import zlib
+from pathlib import Path
+
+import marshal
+import numpy as np
+import pytest
+
+from conftest import class_image, make_incoming_folder, ood_image, write_png
+from imgclean.cli.runs import Printer, feed
+from imgclean.pipeline.scan import ScanOptions, run_scan
+from imgclean.reports.records import RecordBlock, RecordWriter, ScanRecord
+from imgclean.store.artifact import load_model
+from imgclean.store.cache import CACHE_FILE
+from imgclean.walk import walk_images, walk_runs
+from test_perf import OLD_NS, age
+
+
+class BlockSink:
+    """An on_record that also takes blocks whole, keeping every record in order."""
+
+    def __init__(self):
+        self.records: list[ScanRecord] = []
+        self.blocks = 0
+        self.block_records = 0
+
+    def __call__(self, record):
+        self.records.append(record)
+
+    def block(self, block):
+        self.blocks += 1
+        self.block_records += len(block)
+        self.records.extend(block.records())
+
+
+def snapshot_tree(root: Path) -> Path:
+    """Files before, between and after sub-folders, a link (skipped), a broken file, a hard link."""
+    make_incoming_folder(root, normal=5, ood=3)
+    rng = np.random.default_rng(4)
+    write_png(root / "m-sub" / "in.png", class_image("checker", rng))
+    write_png(root / "m-sub" / "out.png", ood_image(rng))
+    write_png(root / "z-after.png", class_image("stripes_h", rng))
+    (root / "broken.png").write_bytes(b"\x89PNG not really")
+    os.symlink(root / "normal_00.png", root / "link.png")
+    os.link(root / "normal_01.png", root / "m-sub" / "hard.png")
+    age(root)
+    return root
+
+
+def scan(root, model_dir, cache, sink=None, move_to=None, **kw):
+    sink = sink if sink is not None else BlockSink()
+    opts = ScanOptions(batch_size=3, workers=1, use_cache=cache is not None, cache_dir=cache, **kw)
+    quarantine = None
+    if move_to is not None:
+        from imgclean.quarantine.moves import Quarantine
+
+        opts.exclude = (Path(move_to),)
+        quarantine = Quarantine(move_to)
+        quarantine.__enter__()
+    try:
+        summary = run_scan(root, load_model(model_dir, lazy=True), opts, quarantine, on_record=sink)
+    finally:
+        if quarantine is not None:
+            quarantine.__exit__(None, None, None)
+    return summary, sink
+
+
+def rows(sink) -> list[dict]:
+    return [r.to_dict() for r in sink.records]
+
+
+def same_rows(a, b) -> bool:
+    """Equal records; a score computed again may differ in its last bits (another batch)."""
+    def key(r):
+        return {**r, "score": None if r["score"] is None else round(r["score"], 4)}
+
+    return [key(r) for r in rows(a)] == [key(r) for r in rows(b)] and all(
+        (x.score is None) == (y.score is None) and (x.score is None or abs(x.score - y.score) <= 1e-5 * max(1, abs(y.score)))
+        for x, y in zip(a.records, b.records)
+    )
+
+
+# ---- the walk's runs ------------------------------------------------------------------------------
+def test_walk_runs_are_the_walk_cut_at_sub_folders_and_at_the_limit(tmp_path):
+    root = snapshot_tree(tmp_path / "t")
+    runs = list(walk_runs(root))
+    assert [e for _, _, run in runs for e in run] == list(walk_images(root))
+    where = [(os.path.basename(f), n, [os.path.basename(e[0]) for e in run]) for f, n, run in runs]
+    top = "t"
+    assert where[0][:2] == (top, 0) and where[0][2][-1] == "link.png"  # everything before m-sub
+    assert where[1] == ("m-sub", 0, ["hard.png", "in.png", "out.png"])
+    assert where[2][:2] == (top, 1) and where[2][2][0] == "normal_00.png" and where[2][2][-1] == "z-after.png"
+    small = list(walk_runs(root, limit=2))
+    assert all(len(run) <= 2 for _, _, run in small)
+    assert [e for _, _, run in small for e in run] == list(walk_images(root))
+    assert [n for f, n, _ in small if f == os.fspath(root)] == list(range(sum(1 for f, _, _ in small if f == os.fspath(root))))
+    for i in range(5):  # stretches of names that are not images, longer than the limit
+        (root / f"m-sub/notes{i}.txt").write_text("x")
+        (root / f"a-notes{i}.txt").write_text("x")
+    for limit in (1, 2, 3, 5, 7):
+        assert [e for _, _, run in walk_runs(root, limit=limit) for e in run] == list(walk_images(root))
+
+
+# ---- rescans -------------------------------------------------------------------------------------
+def test_a_rescan_takes_unchanged_runs_whole_with_the_same_records(model_dir, tmp_path):
+    root = snapshot_tree(tmp_path / "t")
+    cache = tmp_path / "cache"
+    truth_summary, truth = scan(root, model_dir, None)
+    cold_summary, cold = scan(root, model_dir, cache)
+    assert cold.blocks == 0 and rows(cold) == rows(truth)
+    warm_summary, warm = scan(root, model_dir, cache)
+    assert warm.blocks == 3 and warm.block_records == len(warm.records) == len(truth.records)
+    assert rows(warm) == rows(truth)
+    assert warm_summary.counts == truth_summary.counts and warm_summary.decoded == 0
+    assert warm_summary.cached == sum(1 for r in truth.records if r.status != "skipped") == cold_summary.decoded
+    statuses = {r.status for r in warm.records}
+    assert {"ok", "ood", "unreadable", "skipped"} <= statuses
+
+
+@pytest.mark.parametrize("change", ["touch", "new inode", "added", "removed", "now unreadable"])
+def test_a_changed_run_is_answered_file_by_file(model_dir, tmp_path, change):
+    root = snapshot_tree(tmp_path / "t")
+    cache = tmp_path / "cache"
+    scan(root, model_dir, cache)
+    target = root / "m-sub" / "in.png"
+    if change == "touch":
+        os.utime(target, ns=(OLD_NS + 10**12, OLD_NS + 10**12))
+    elif change == "new inode":  # same name, size and mtime: only the inode tells
+        st = target.stat()
+        shutil.copyfile(target, tmp_path / "copy")
+        os.replace(tmp_path / "copy", target)
+        os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
+    elif change == "added":
+        write_png(root / "m-sub" / "j.png", ood_image(np.random.default_rng(9)))
+        os.utime(root / "m-sub" / "j.png", ns=(OLD_NS, OLD_NS))
+    elif change == "removed":
+        target.unlink()
+    else:
+        st = target.stat()
+        target.write_bytes(b"x" * st.st_size)
+        os.utime(target, ns=(OLD_NS + 10**12, OLD_NS + 10**12))
+    summary, warm = scan(root, model_dir, cache)
+    _, truth = scan(root, model_dir, None)
+    assert same_rows(warm, truth)
+    assert warm.blocks == 2  # the two runs of the top folder; m-sub's run differs
+    assert summary.decoded == (1 if change in ("touch", "added", "now unreadable") else 0)
+    assert scan(root, model_dir, cache)[1].blocks == 3  # and its new snapshot serves the next rescan
+
+
+def test_damaged_or_foreign_snapshots_are_misses(model_dir, tmp_path):
+    root = snapshot_tree(tmp_path / "t")
+    cache = tmp_path / "cache"
+    _, truth = scan(root, model_dir, None)
+    scan(root, model_dir, cache)
+    db = sqlite3.connect(cache / CACHE_FILE)
+    (n,) = db.execute("SELECT count(*) FROM runs").fetchone()
+    assert n == 3
+
+    def rewrite(fn):
+        with db:
+            for rowid, blob in db.execute("SELECT rowid, snapshot FROM runs").fetchall():
+                db.execute("UPDATE runs SET snapshot=? WHERE rowid=?", (fn(blob), rowid))
+
+    def sealed(data: bytes) -> bytes:
+        return zlib.crc32(data).to_bytes(4, "big") + data
+
+    def wrong_status(blob):
+        entries, outcomes, rows = marshal.loads(blob[4:])
+        return sealed(marshal.dumps((entries, [("bogus", *o[1:]) for o in outcomes], rows)))
+
+    def wrong_rows(blob):
+        entries, outcomes, _ = marshal.loads(blob[4:])
+        return sealed(marshal.dumps((entries, outcomes, 5)))
+
+    for damage in (
+        lambda b: b[:4] + bytes([b[4] ^ 1]) + b[5:],  # a flipped bit: the checksum fails
+        lambda b: sealed(b"\x00not marshal"),  # right checksum, not a snapshot
+        lambda b: sealed(marshal.dumps(([], [], None))),  # another shape
+        lambda b: sealed(marshal.dumps(marshal.loads(b[4:])[:2])),
+        wrong_status,  # a status no scan gives
+        wrong_rows,
+        lambda b: b"",
+    ):
+        rewrite(damage)
+        summary, warm = scan(root, model_dir, cache)
+        assert warm.blocks == 0 and rows(warm) == rows(truth) and summary.decoded == 0  # the per-file rows answer
+        assert scan(root, model_dir, cache)[1].blocks == 3  # rewritten by the scan that missed
+    db.close()
+
+
+def test_a_run_with_a_racy_file_is_not_snapshot(model_dir, tmp_path):
+    root = snapshot_tree(tmp_path / "t")
+    os.utime(root / "m-sub" / "in.png")  # modified just now: within the racy window
+    cache = tmp_path / "cache"
+    scan(root, model_dir, cache)
+    _, warm = scan(root, model_dir, cache)
+    assert warm.blocks == 2
+
+
+def test_a_snapshot_with_rejects_still_moves_them_one_by_one(model_dir, tmp_path):
+    root = snapshot_tree(tmp_path / "t")
+    twin = tmp_path / "twin"
+    shutil.copytree(root, twin, symlinks=True)
+    os.unlink(twin / "m-sub" / "hard.png")
+    os.link(twin / "normal_01.png", twin / "m-sub" / "hard.png")
+    cache = tmp_path / "cache"
+    scan(root, model_dir, cache)  # a report-only scan fills the cache
+    summary, warm = scan(root, model_dir, cache, move_to=tmp_path / "q1")
+    expected_summary, expected = scan(twin, model_dir, None, move_to=tmp_path / "q2")
+    assert warm.blocks == 0  # every run holds a reject: applied record by record
+    assert summary.moved == expected_summary.moved > 0
+    assert [(r.path, r.status, r.action) for r in warm.records] == [(r.path, r.status, r.action) for r in expected.records]
+    assert sorted(p.name for p in (tmp_path / "q1").rglob("*.png")) == sorted(p.name for p in (tmp_path / "q2").rglob("*.png"))
+    # Without rejects left, the next rescan counts the runs whole and moves nothing.
+    again, rescan = scan(root, model_dir, cache, move_to=tmp_path / "q1")
+    assert rescan.blocks >= 1 and again.moved == 0 and again.counts["ood"] == 0
+
+
+def test_a_stop_request_ends_a_scan_between_blocks(model_dir, tmp_path):
+    root = snapshot_tree(tmp_path / "t")
+    cache = tmp_path / "cache"
+    scan(root, model_dir, cache)
+    sink = BlockSink()
+    opts = ScanOptions(batch_size=3, workers=1, use_cache=True, cache_dir=cache)
+    summary = run_scan(root, load_model(model_dir, lazy=True), opts, on_record=sink, should_stop=lambda: sink.blocks >= 1)
+    assert summary.interrupted and sink.blocks == 1 and summary.scanned == len(sink.records) < 15
+
+
+# ---- sinks ---------------------------------------------------------------------------------------
+NAMES = ["plain.png", "comma,name.png", 'quote"name.png', "line\nbreak.png", "caf\udce9.png", "é.png"]
+
+
+def block_of(names, tmp_path, statuses=("ok", "ood", "unreadable", "skipped", "too_large", "unsupported"), stored=False):
+    """A block of records for files in tmp_path/sub; stored: with the rows a snapshot keeps."""
+    from imgclean.pipeline.scan import _relative_namer
+    from imgclean.reports.records import csv_rows
+
+    root = os.fspath(tmp_path)
+    entries = [(f"{root}/sub/{n}", 10 + i, OLD_NS + i, "" if i % 4 != 3 else "symbolic link (not followed)",
+                None if i % 4 == 3 else 7, None if i % 4 == 3 else 100 + i) for i, n in enumerate(names)]
+    outcomes = [(statuses[i % len(statuses)], "a" if i % 2 else None, "b", 0.1 * i if i % 3 else None,
+                 "" if i % 2 else "a message") for i in range(len(names))]
+    folder = f"{root}/sub"
+    rows = csv_rows(entries, outcomes, len(folder) + 1) if stored else None
+    return RecordBlock(entries, outcomes, _relative_namer(Path(root)), folder, rows)
+
+
+@pytest.mark.parametrize("stored", [False, True], ids=["formatted", "stored-rows"])
+@pytest.mark.parametrize("suffix", ["csv", "jsonl"])
+@pytest.mark.parametrize("names", [NAMES[:1] * 3, NAMES], ids=["plain", "needs-quoting"])
+def test_a_block_writes_the_report_rows_its_records_write(tmp_path, suffix, names, stored):
+    names = [f"{i}-{n}" for i, n in enumerate(names)]
+    block = block_of(names, tmp_path, stored=stored)
+    with RecordWriter(tmp_path / f"whole.{suffix}", tmp_path) as whole:
+        whole.write_block(block)
+    with RecordWriter(tmp_path / f"each.{suffix}", tmp_path) as each:
+        for record in block_of(names, tmp_path).records():
+            each.write(record)
+    assert (tmp_path / f"whole.{suffix}").read_bytes() == (tmp_path / f"each.{suffix}").read_bytes()
+    assert len(block.records()) == len(names)
+    if stored and "," not in "".join(names):  # the stored rows are what is written, not formatted again
+        b = block_of(names, tmp_path, stored=True)
+        marked = RecordBlock(b.entries, b.outcomes, b.rel, b.folder, b.rows.replace(",ok,", ",OK,"))
+        assert ",OK," in marked.csv_text(f"{tmp_path}\r\n")
+
+
+@pytest.mark.parametrize("keep_unreadable", [False, True])
+def test_the_printer_counts_a_block_as_its_records(tmp_path, keep_unreadable):
+    whole = Printer(dry_run=False, json_out=False, verbose=False, keep_unreadable=keep_unreadable)
+    each = Printer(dry_run=False, json_out=False, verbose=False, keep_unreadable=keep_unreadable)
+    block = block_of(NAMES * 2, tmp_path)
+    feed([whole]).block(block)
+    for record in block.records():
+        each(record)
+    assert whole.counts == each.counts and sum(whole.counts.values()) == len(block)
+
+
+def test_feed_gives_a_block_record_by_record_to_plain_sinks(tmp_path):
+    got = []
+    block = block_of(NAMES, tmp_path)
+    feed([got.append]).block(block)
+    assert got == block.records()
+
+
+def test_a_cache_without_results_for_the_model_is_not_queried(model_dir, tmp_path, monkeypatch):
+    from imgclean.store.cache import ScanCache
+
+    with ScanCache(tmp_path / "c", "model-b") as other:
+        other.put(tmp_path / "a.png", 1, OLD_NS, "ok", None, None, 0.5, "")
+    with ScanCache(tmp_path / "c", "model-a") as cache:
+        assert cache.held_nothing
+    with ScanCache(tmp_path / "c", "model-b") as cache:
+        assert not cache.held_nothing and cache.get(tmp_path / "a.png", 1, OLD_NS)[0] == "ok"
+    root = snapshot_tree(tmp_path / "t")
+    _, truth = scan(root, model_dir, None)
+
+    def no_query(*_):
+        raise AssertionError("a cache that held nothing for the model was queried")
+
+    with monkeypatch.context() as m:
+        m.setattr(ScanCache, "get_many", no_query)
+        m.setattr(ScanCache, "get_run", no_query)
+        summary, cold = scan(root, model_dir, tmp_path / "c")
+    assert rows(cold) == rows(truth) and summary.cached == 0
+    summary, warm = scan(root, model_dir, tmp_path / "c")  # and what it stored answers the next scan
+    assert warm.blocks == 3 and summary.decoded == 0 and rows(warm) == rows(truth)

@@ -5,6 +5,9 @@ decode needs is estimated from the mode and size in the header before any pixel 
 file over DECODE_MEMORY_LIMIT is too_large, and decodes running at once in several threads share
 one budget (DecodeBudget), so a folder of small files declaring large canvases cannot exhaust RAM.
 Walking folders lives in `walk` (re-exported here).
+
+numpy and Pillow are imported on the first decode (`modules()`), not with this module: the
+statuses, the walk and the limits are all a rescan whose every file is a cache hit needs.
 """
 from __future__ import annotations
 
@@ -13,16 +16,17 @@ import threading
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
-
-import numpy as np
-from PIL import Image, ImageFile
+from typing import TYPE_CHECKING, Iterator
 
 from .walk import (  # noqa: F401  (re-exported: the walk used to live here)
     IMAGE_EXTENSIONS, FileEntry, has_image_extension, is_hidden, list_image_folder, too_long,
     unsupported_format, walk_images,
 )
 from .errors import ImgcleanError
+
+if TYPE_CHECKING:  # for annotations only: modules() imports them when a file is decoded
+    import numpy as np
+    from PIL import Image
 
 # Decoders Pillow may use. An explicit list keeps EPS/PDF (Ghostscript) and exotic plugins out,
 # whatever the file is named.
@@ -31,7 +35,8 @@ ALLOWED_FORMATS = ("JPEG", "PNG", "BMP", "GIF", "WEBP", "TIFF", "PPM")
 # Images above this many pixels are reported as too_large instead of decoded.
 MAX_PIXELS = 64_000_000
 
-ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is unreadable, not silently padded
+# Resampling filters by the names timm's data configs use (INTERPOLATIONS maps them to Pillow's).
+INTERPOLATION_NAMES = ("nearest", "bilinear", "bicubic", "lanczos", "box", "hamming")
 
 # Statuses a file can end in before it reaches the model.
 OK = "ok"
@@ -47,6 +52,40 @@ class DecodeError(ImgcleanError):
     def __init__(self, status: str, message: str):
         super().__init__(message)
         self.status = status
+
+
+_MODULES: tuple | None = None  # (numpy, PIL.Image), once modules() has imported them
+
+
+def modules() -> tuple:
+    """(numpy, PIL.Image), imported on first use (callers keep them for a batch or a file)."""
+    global _MODULES, INTERPOLATIONS, _ORIENTATION
+    if _MODULES is None:
+        import numpy
+        from PIL import Image, ImageFile
+
+        ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is unreadable, not silently padded
+        INTERPOLATIONS = {name: getattr(Image, name.upper()) for name in INTERPOLATION_NAMES}
+        # EXIF orientation -> the transposition that makes the image upright (as ImageOps.exif_transpose).
+        _ORIENTATION = {
+            2: Image.Transpose.FLIP_LEFT_RIGHT,
+            3: Image.Transpose.ROTATE_180,
+            4: Image.Transpose.FLIP_TOP_BOTTOM,
+            5: Image.Transpose.TRANSPOSE,
+            6: Image.Transpose.ROTATE_270,
+            7: Image.Transpose.TRANSVERSE,
+            8: Image.Transpose.ROTATE_90,
+        }
+        _MODULES = (numpy, Image)  # last: another thread that sees it sees the tables too
+    return _MODULES
+
+
+def __getattr__(name: str):
+    """INTERPOLATIONS (name -> Pillow's filter) imports Pillow when first asked for."""
+    if name in ("INTERPOLATIONS", "_ORIENTATION"):
+        modules()
+        return globals()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # Signatures of real formats we deliberately do not decode (reported as unsupported, while
@@ -161,6 +200,7 @@ def _bands(img: Image.Image) -> Iterator[tuple[int, Image.Image]]:
 
 
 def _finite(band: Image.Image) -> np.ndarray:
+    np = (_MODULES or modules())[0]
     return np.nan_to_num(np.asarray(band, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
 
 
@@ -171,6 +211,7 @@ def _to_mode(img: Image.Image, channels: int) -> Image.Image:
     finite min..max); transparency is flattened onto black, the background of the paper's digit
     data. Both work band by band, the result is the same as converting the whole image at once.
     """
+    np, Image = _MODULES or modules()
     target = "L" if channels == 1 else "RGB"
     mode = img.mode
     if mode in _NUMERIC_MODES:
@@ -202,35 +243,13 @@ def _to_mode(img: Image.Image, channels: int) -> Image.Image:
     return out
 
 
-# EXIF orientation -> the transposition that makes the image upright (as ImageOps.exif_transpose).
-_ORIENTATION = {
-    2: Image.Transpose.FLIP_LEFT_RIGHT,
-    3: Image.Transpose.ROTATE_180,
-    4: Image.Transpose.FLIP_TOP_BOTTOM,
-    5: Image.Transpose.TRANSPOSE,
-    6: Image.Transpose.ROTATE_270,
-    7: Image.Transpose.TRANSVERSE,
-    8: Image.Transpose.ROTATE_90,
-}
-
-
-# Resampling filters by the names timm's data configs use.
-INTERPOLATIONS = {
-    "nearest": Image.NEAREST,
-    "bilinear": Image.BILINEAR,
-    "bicubic": Image.BICUBIC,
-    "lanczos": Image.LANCZOS,
-    "box": Image.BOX,
-    "hamming": Image.HAMMING,
-}
-
-
 def resize_for_model(img: Image.Image, size: int, interpolation: str = "bilinear", crop_pct: float = 1.0) -> Image.Image:
     """Centre-crop a square of crop_pct x the shorter side, resized to size x size.
 
     That is timm's evaluation transform (resize the shorter side to size / crop_pct, then
     centre-crop size x size); crop_pct 1.0 keeps the whole shorter side.
     """
+    Image = (_MODULES or modules())[1]
     w, h = img.size
     if (w, h) == (size, size) and crop_pct >= 1.0:
         return img
@@ -254,6 +273,7 @@ def decode_image(
     Raises DecodeError with status unreadable / too_large / unsupported. Applies EXIF
     orientation, takes the first frame of animations, and never trusts the file name.
     """
+    np, Image = _MODULES or modules()
     budget = budget if budget is not None else DECODE_BUDGET
     try:
         with warnings.catch_warnings():
@@ -296,6 +316,7 @@ def decode_image(
 
 def _pixels(img: Image.Image, size: int, channels: int, interpolation: str, crop_pct: float) -> np.ndarray:
     """Load, convert, orient and resize an opened image; the large images die with this frame."""
+    np = (_MODULES or modules())[0]
     img.load()  # decode now, inside the caller's try: truncated files fail here
     transpose = _ORIENTATION.get(img.getexif().get(0x0112, 1))
     # Orientation after the conversion (per pixel, so it commutes): the copy is of the small mode.
@@ -307,6 +328,7 @@ def _pixels(img: Image.Image, size: int, channels: int, interpolation: str, crop
 
 def probe_image(path: Path) -> tuple[int, int, str]:
     """(width, height, mode) without decoding pixels; raises DecodeError like decode_image."""
+    Image = (_MODULES or modules())[1]
     try:
         with open(path, "rb") as fh, Image.open(fh, formats=ALLOWED_FORMATS) as img:
             return img.size[0], img.size[1], img.mode

@@ -20,9 +20,11 @@ registry.DETECTORS; tests/test_detectors.py then checks it against this protocol
 """
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
-import numpy as np
+if TYPE_CHECKING:  # annotations only: numpy is imported in the functions that use it
+    import numpy as np
+
 from ..errors import ImgcleanError
 
 INPUTS = ("features", "logits")
@@ -34,6 +36,7 @@ class NotFittedError(ImgcleanError, RuntimeError):
 
 def check_features(features, name: str = "features", dim: int | None = None) -> np.ndarray:
     """Return `features` as a finite 2-D float64 array, or raise ValueError saying what is wrong."""
+    import numpy as np
     if hasattr(features, "detach"):  # a torch tensor
         features = features.detach().cpu().numpy()
     if features is None:
@@ -94,6 +97,7 @@ class Detector:
 def scalar(arrays, key: str, kind: str = "f", low: float | None = None, high: float | None = None,
            low_open: bool = True) -> float:
     """A finite 0-d number from `arrays`, checked; ValueError naming `key` otherwise (check_state's helper)."""
+    import numpy as np
     if key not in arrays:
         raise ValueError(f"it lacks {key}")
     a = np.asarray(arrays[key])

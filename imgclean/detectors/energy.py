@@ -22,13 +22,17 @@ counterpart (E is a log) of the Mahalanobis threshold_scale; s is left as it was
 """
 from __future__ import annotations
 
-import numpy as np
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # annotations only: numpy is imported in the functions that use it
+    import numpy as np
 
 from .base import Detector, NotFittedError, check_features, scalar
 
 
 def energy(logits, temperature: float = 1.0) -> np.ndarray:
     """-T * logsumexp(logits / T) per row, computed stably (float64)."""
+    import numpy as np
     z = check_features(logits, name="logits") / temperature
     m = z.max(axis=1)
     return -temperature * (m + np.log(np.exp(z - m[:, None]).sum(axis=1)))
@@ -48,6 +52,7 @@ class EnergyDetector(Detector):
         self.temperature = temperature
 
     def fit(self, features=None, labels=None, *, logits=None, num_classes: int | None = None) -> "EnergyDetector":
+        import numpy as np
         if not 0.0 < self.percentile < 100.0:
             raise ValueError(f"percentile must be between 0 and 100, got {self.percentile}")
         if not (np.isfinite(self.temperature) and self.temperature > 0):
@@ -76,6 +81,7 @@ class EnergyDetector(Detector):
 
     def calibrate(self, features=None, logits=None) -> dict:
         """Raise the threshold by max(0, median(held-out energies) - median(training energies))."""
+        import numpy as np
         self._check_fitted()
         e = self.energies(logits)
         if len(e) == 0:
@@ -92,6 +98,7 @@ class EnergyDetector(Detector):
         return 1.0 + (self.energies(logits) - self.threshold_) / self.spread_
 
     def to_arrays(self) -> dict[str, np.ndarray]:
+        import numpy as np
         self._check_fitted()
         return {
             "percentile": np.array(float(self.percentile)),

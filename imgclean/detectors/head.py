@@ -16,7 +16,10 @@ standardisation), saved as head.safetensors; ``settings()`` goes to config.json.
 """
 from __future__ import annotations
 
-import numpy as np
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # annotations only: numpy is imported in the functions that use it
+    import numpy as np
 
 from .base import Detector, NotFittedError, check_features
 
@@ -64,6 +67,7 @@ class RejectHead(Detector):
         return nn.Sequential(*layers)
 
     def fit(self, features=None, labels=None, *, logits=None, num_classes: int | None = None) -> "RejectHead":
+        import numpy as np
         import torch
 
         if not 0.0 < self.threshold < 1.0:
@@ -127,6 +131,7 @@ class RejectHead(Detector):
 
     def predict_proba(self, features) -> np.ndarray:
         """p(belongs) = sigmoid(logit) per row."""
+        import numpy as np
         import torch
 
         self._check_fitted()
@@ -153,6 +158,7 @@ class RejectHead(Detector):
     # ---- persistence ---------------------------------------------------------------------
     def to_arrays(self) -> dict[str, np.ndarray]:
         """Arrays to save (names start with 'head.'; the layers float32); settings go to settings()."""
+        import numpy as np
         self._check_fitted()
         out = {f"{PREFIX}net.{k}": v.detach().cpu().contiguous().numpy().copy() for k, v in self.net_.state_dict().items()}
         out[f"{PREFIX}feature_mean"] = np.ascontiguousarray(self.feature_mean_, dtype=np.float64)
@@ -174,6 +180,7 @@ class RejectHead(Detector):
     @classmethod
     def from_state(cls, arrays, settings: dict | None = None) -> "RejectHead":
         """Rebuild from to_arrays()'s arrays (numpy, or torch tensors) and settings()."""
+        import numpy as np
         import torch
 
         settings = settings or {}

@@ -25,7 +25,10 @@ block sized so that its similarity matrix stays under CHUNK_BYTES (32 MiB). For 
 """
 from __future__ import annotations
 
-import numpy as np
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # annotations only: numpy is imported in the functions that use it
+    import numpy as np
 
 from .base import Detector, NotFittedError, check_features, scalar
 
@@ -37,6 +40,7 @@ MAX_STORED_BANK = 2_000_000  # what a model file may hold at most (a larger max_
 
 def normalise(x: np.ndarray) -> np.ndarray:
     """Rows scaled to unit length (a zero row stays zero), float32."""
+    import numpy as np
     x = np.asarray(x, dtype=np.float64)
     norms = np.linalg.norm(x, axis=1, keepdims=True)
     return (x / np.where(norms > 0, norms, 1.0)).astype(np.float32)
@@ -48,6 +52,7 @@ def kth_distances(queries: np.ndarray, bank: np.ndarray, k: int, leave_one_out: 
 
     leave_one_out: the queries are the bank itself, and row i does not count as its own neighbour.
     """
+    import numpy as np
     n, m = len(queries), len(bank)
     rows = max(1, chunk_bytes // (4 * max(m, 1)))
     out = np.empty(n, dtype=np.float64)
@@ -77,6 +82,7 @@ class KNNDetector(Detector):
         self.seed = seed
 
     def fit(self, features=None, labels=None, *, logits=None, num_classes: int | None = None) -> "KNNDetector":
+        import numpy as np
         if not 0.0 < self.percentile < 100.0:
             raise ValueError(f"percentile must be between 0 and 100, got {self.percentile}")
         if self.k < 1 or self.max_bank < 2:
@@ -115,6 +121,7 @@ class KNNDetector(Detector):
         return self.distances(features) / self.threshold_
 
     def to_arrays(self) -> dict[str, np.ndarray]:
+        import numpy as np
         self._check_fitted()
         return {
             "percentile": np.array(float(self.percentile)),
@@ -132,6 +139,7 @@ class KNNDetector(Detector):
 
     @classmethod
     def from_state(cls, arrays, settings: dict | None = None) -> "KNNDetector":
+        import numpy as np
         settings = settings or {}
         det = cls(percentile=float(arrays["percentile"]), k=int(settings.get("k_asked", int(arrays["k"]))),
                   max_bank=int(settings.get("max_bank", MAX_BANK)), seed=int(settings.get("seed", 0)))
@@ -143,6 +151,7 @@ class KNNDetector(Detector):
 
     @classmethod
     def check_state(cls, arrays, feature_dim: int, num_classes: int) -> None:
+        import numpy as np
         scalar(arrays, "percentile", low=0, high=100)
         scalar(arrays, "threshold", low=0)
         if "bank" not in arrays:

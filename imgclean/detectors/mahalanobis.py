@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import logging
 import warnings
+from typing import TYPE_CHECKING
 
-import numpy as np
+if TYPE_CHECKING:  # annotations only: numpy is imported in the functions that use it
+    import numpy as np
 
 from .base import Detector, NotFittedError, check_features
 
@@ -34,6 +36,7 @@ MIN_IMAGES_FOR_OWN_THRESHOLD = 10
 
 def ledoit_wolf(x: np.ndarray) -> tuple[np.ndarray, float]:
     """Ledoit-Wolf shrunk covariance of the rows of `x` and the shrinkage used (0..1)."""
+    import numpy as np
     xc = x - x.mean(axis=0)
     return ledoit_wolf_from(len(x), xc.T @ xc, float(np.sum(np.sum(xc**2, axis=1) ** 2)))
 
@@ -41,6 +44,7 @@ def ledoit_wolf(x: np.ndarray) -> tuple[np.ndarray, float]:
 def ledoit_wolf_from(n: int, scatter: np.ndarray, quartic: float) -> tuple[np.ndarray, float]:
     """Ledoit-Wolf from sufficient statistics of n centred rows xc: scatter = sum xc xc^T and
     quartic = sum ||xc||^4 (both additive over chunks and processes)."""
+    import numpy as np
     p = scatter.shape[0]
     emp = scatter / max(n, 1)
     mu = np.trace(emp) / p
@@ -62,6 +66,7 @@ FIT_CHUNK_ROWS = 16384  # rows converted to float64 at a time
 
 def first_moments(x: np.ndarray, y: np.ndarray, num_classes: int) -> dict[str, np.ndarray]:
     """Per-class counts and feature sums of one chunk."""
+    import numpy as np
     x = np.asarray(x, dtype=np.float64)
     sums = np.zeros((num_classes, x.shape[1]))
     np.add.at(sums, y, x) if len(x) < 64 else _class_sums(sums, x, y)
@@ -69,6 +74,7 @@ def first_moments(x: np.ndarray, y: np.ndarray, num_classes: int) -> dict[str, n
 
 
 def _class_sums(sums: np.ndarray, x: np.ndarray, y: np.ndarray) -> None:
+    import numpy as np
     for j in np.unique(y):
         sums[j] += x[y == j].sum(axis=0)
 
@@ -78,6 +84,7 @@ def second_moments(
 ) -> dict[str, np.ndarray]:
     """Around the class means: the pooled scatter and sum ||xc||^4 (Ledoit-Wolf), per class too
     when `per_class`, and sum (x - grand mean)^2 per dimension (the ridge's scale)."""
+    import numpy as np
     x = np.asarray(x, dtype=np.float64)
     xc = x - means[y]
     q = np.sum(xc**2, axis=1) ** 2
@@ -94,6 +101,7 @@ def second_moments(
 
 
 def _add(total: dict | None, part: dict) -> dict:
+    import numpy as np
     if total is None:
         return {k: np.array(v, dtype=np.float64, copy=True) for k, v in part.items()}
     for k, v in part.items():
@@ -107,6 +115,7 @@ def _chunks_of(x: np.ndarray, y: np.ndarray, rows: int = FIT_CHUNK_ROWS):
 
 
 def _precision(cov: np.ndarray, ridge: float) -> np.ndarray:
+    import numpy as np
     cov = cov.copy()
     cov.flat[:: cov.shape[0] + 1] += ridge
     precision = np.linalg.inv(cov)
@@ -128,6 +137,7 @@ class MahalanobisDetector(Detector):
 
     # ---- fitting -------------------------------------------------------------------------
     def fit(self, features=None, labels=None, num_classes: int | None = None, *, logits=None) -> "MahalanobisDetector":
+        import numpy as np
         if labels is None:
             raise ValueError("the Mahalanobis detector needs the class labels of its training features")
         if hasattr(features, "detach"):  # a torch tensor
@@ -152,6 +162,7 @@ class MahalanobisDetector(Detector):
         and `gather(array) -> the arrays of all processes concatenated in rank order`. Equal to
         fit() on all the rows in one process (up to float64 rounding).
         """
+        import numpy as np
         if not 0.0 < self.percentile < 100.0:
             raise ValueError(f"percentile must be between 0 and 100, got {self.percentile}")
         if self.covariance not in COVARIANCES:
@@ -218,6 +229,7 @@ class MahalanobisDetector(Detector):
 
     def set_threshold_scale(self, scale: float) -> "MahalanobisDetector":
         """Multiply every threshold by `scale` (a calibration measured on held-out images)."""
+        import numpy as np
         self._check_fitted()
         if not np.isfinite(scale) or scale <= 0:
             raise ValueError(f"threshold scale must be a positive number, got {scale}")
@@ -230,6 +242,7 @@ class MahalanobisDetector(Detector):
 
         This is how the paper moves all thresholds together to draw a ROC curve.
         """
+        import numpy as np
         self._check_fitted()
         pooled = np.percentile(self.train_distances_, percentile)
         out = np.empty(len(self.means_))
@@ -244,6 +257,7 @@ class MahalanobisDetector(Detector):
             raise NotFittedError("this MahalanobisDetector is not fitted yet; call fit() first")
 
     def _distances(self, x: np.ndarray) -> np.ndarray:
+        import numpy as np
         if len(self.precisions_) == 1:
             return self._tied_distances(x)
         out = np.empty((x.shape[0], len(self.means_)))
@@ -255,6 +269,7 @@ class MahalanobisDetector(Detector):
     def _tied_distances(self, x: np.ndarray) -> np.ndarray:
         # One shared precision P = L L^T: whiten once (z = x L), then d_j^2 = ||z - mu_j L||^2.
         # One n x d x d product instead of one per class.
+        import numpy as np
         whiten = getattr(self, "_whiten", None)
         if whiten is None:
             whiten = np.linalg.cholesky(self.precisions_[0])
@@ -285,6 +300,7 @@ class MahalanobisDetector(Detector):
 
     # ---- persistence ---------------------------------------------------------------------
     def to_arrays(self) -> dict[str, np.ndarray]:
+        import numpy as np
         self._check_fitted()
         return {
             "percentile": np.array(self.percentile),
@@ -306,6 +322,7 @@ class MahalanobisDetector(Detector):
     @classmethod
     def from_state(cls, arrays, settings: dict | None = None) -> "MahalanobisDetector":
         """Rebuild from to_arrays()'s arrays (they hold the settings too; `settings` is not needed)."""
+        import numpy as np
         det = cls(percentile=float(arrays["percentile"]), covariance=str(arrays["covariance"]))
         det.threshold_scale_ = float(arrays["threshold_scale"])
         det.means_ = np.asarray(arrays["means"], dtype=np.float64)

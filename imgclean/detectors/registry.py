@@ -9,9 +9,10 @@ it, and its score is the largest of the members' normalised scores.
 """
 from __future__ import annotations
 
-from typing import Iterable, Mapping
+from typing import TYPE_CHECKING, Iterable, Mapping
 
-import numpy as np
+if TYPE_CHECKING:  # annotations only: numpy is imported in the functions that use it
+    import numpy as np
 
 from .base import Detector
 from .energy import EnergyDetector
@@ -67,6 +68,7 @@ def missing(method: str, present: Iterable[str]) -> list[str]:
 
 def combine(method: str, scores: Mapping[str, np.ndarray]) -> np.ndarray:
     """A method's normalised score from its members' scores (the combining rule: the largest)."""
+    import numpy as np
     names = members(method)
     if len(names) == 1:
         return scores[names[0]]

@@ -6,12 +6,16 @@ whitening matrix) between long stretches of other work, so those threads mostly 
 core from the decoders and the network: measured on 20,000 28-px PNGs on 2 cores, one BLAS
 thread cut the scan's CPU time by a quarter. `single_blas_thread()` sets OpenBLAS (as loaded by
 numpy, whatever its symbol prefix) to one thread and puts the old count back on exit; where no
-OpenBLAS is found it does nothing.
+OpenBLAS is found it does nothing. When numpy is not loaded yet at the block's start (a rescan
+whose every file is a cache hit never loads it), the limit waits for the first batch scored:
+scoring.predict_scores calls `engage()`, which sets it then, and the block's end undoes it.
 """
 from __future__ import annotations
 
 import ctypes
 import logging
+import sys
+import threading
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -58,20 +62,45 @@ def _controls() -> list[tuple]:
     return out
 
 
-@contextmanager
-def single_blas_thread() -> Iterator[None]:
-    import numpy  # noqa: F401  (loads numpy's OpenBLAS, so that it is found)
-
+def _limit() -> list[tuple]:
+    """Every loaded OpenBLAS set to one thread; returns (set, count before) pairs to undo it."""
     try:
         controls = _controls()
-        before = [get() for get, _ in controls]
+        before = [(put, get()) for get, put in controls]
         for _, put in controls:
             put(1)
+        return before
     except Exception as exc:  # never fail a scan over a speed setting
         log.debug("cannot limit BLAS threads: %s", exc)
-        controls, before = [], []
+        return []
+
+
+_lock = threading.Lock()
+_waiting: list[list] = []  # the undo lists of blocks whose limit waits for numpy (engage())
+
+
+def engage() -> None:
+    """Set the limit of every single_blas_thread() block still waiting for numpy (numpy loaded
+    now). Called once a batch: a list's truth test when nothing waits."""
+    if _waiting:
+        with _lock:
+            for undo in _waiting:
+                undo.extend(_limit())
+            _waiting.clear()
+
+
+@contextmanager
+def single_blas_thread() -> Iterator[None]:
+    undo: list[tuple] = []
+    if "numpy" in sys.modules:  # its OpenBLAS is loaded, so it is found now
+        undo.extend(_limit())
+    else:
+        with _lock:
+            _waiting.append(undo)
     try:
         yield
     finally:
-        for (_, put), n in zip(controls, before, strict=True):
+        with _lock:
+            _waiting[:] = [w for w in _waiting if w is not undo]
+        for put, n in reversed(undo):
             put(n)

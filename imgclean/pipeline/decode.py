@@ -33,14 +33,14 @@ import struct
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from typing import Iterable, Iterator, Sequence
-
-import numpy as np
-from PIL import Image
+from typing import TYPE_CHECKING, Iterable, Iterator, Sequence
 from zlib import crc32
 
 from .. import data
 from ..config import decode_options
+
+if TYPE_CHECKING:  # annotations only: numpy and Pillow come from data.modules() at the first decode
+    import numpy as np
 
 
 @dataclass(frozen=True)
@@ -177,6 +177,7 @@ def _simple_png(path, settings: DecodeSettings) -> np.ndarray | None:
     need = pixels * (1 if mode == "L" else 4) + 2 * pixels * (1 if settings.channels == 1 else 4)  # data.decode_memory
     if pixels > data.MAX_PIXELS or need > data.DECODE_MEMORY_LIMIT:
         return None  # too large for the limits in force: data.decode_image says so
+    np, Image = data.modules()
     try:
         img = Image.frombytes(mode, (width, height), b"".join(idat), "zip", mode)
     except (ValueError, OSError):  # truncated or broken data: data.decode_image says so

@@ -7,8 +7,10 @@ the image is least far outside, whatever the method.
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
-import numpy as np
+if TYPE_CHECKING:  # annotations only: numpy is imported in the functions that use it
+    import numpy as np
 
 from ..detectors import registry
 
@@ -17,7 +19,8 @@ def check_method(bundle, method: str) -> None:
     """ValueError when `method` is unknown or needs a detector the model does not have."""
     if method not in registry.method_names():
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(registry.method_names())}")
-    lacking = registry.missing(method, bundle.detectors)
+    names = getattr(bundle, "detector_names", None)  # a lazy bundle's, without parsing the states
+    lacking = registry.missing(method, bundle.detectors if names is None else names)
     if not lacking:
         return
     where = f" {os.fsdecode(bundle.path)}" if bundle.path else ""
@@ -51,7 +54,9 @@ def predict_scores(bundle, method: str, images: np.ndarray, device: str, batch_s
     """(predicted class index, nearest class index, score) for uint8 images (the network must be
     prepared for inference: nn.runtime.prepare_for_inference)."""
     from ..nn.runtime import predict_arrays
+    from .blas import engage
 
+    engage()  # a single_blas_thread() block waiting for numpy (pipeline/blas.py): loaded by now
     cfg = bundle.config
     logits, feats = predict_arrays(bundle.model, images, cfg["mean"], cfg["std"], device, batch_size=batch_size)
     return score_outputs(bundle, method, logits, feats)
@@ -59,6 +64,7 @@ def predict_scores(bundle, method: str, images: np.ndarray, device: str, batch_s
 
 def outcomes(decoded: list, score_arrays) -> list[Outcome]:
     """One Outcome per decode.Decoded, the decoded arrays scored with `score_arrays` in one call."""
+    import numpy as np
     from ..data import OK
     from ..reports.records import OOD
 

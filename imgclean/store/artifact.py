@@ -39,117 +39,25 @@ import os
 import secrets
 import shutil
 from dataclasses import dataclass
-from functools import cached_property
-from importlib import metadata
 from pathlib import Path
-from typing import Callable
 
 from .. import __version__
-from ..config import decode_options
-from ..detectors import Detector, MahalanobisDetector, RejectHead, registry
+from ..detectors import MahalanobisDetector, registry
+from .bundle import ModelBundle  # noqa: F401  (re-exported: it lived here)
 from ..fileops import fsync_dir
-from .detector_state import build_detectors, encode_state, missing_state_message, parse_states
 from .model_carry import carry_foreign, clear_backup
 from .model_files import (  # noqa: F401  (re-exported: the public names of a model directory)
     CONFIG_FILE, DETECTOR_FILE, FORMAT_VERSION, HEAD_FILE, LEGACY_DETECTORS, OWN_FILES, REQUIRED_KEYS,
-    WEIGHTS_FILE, ModelError, check_config, check_head_tensors, detector_entries, open_model_dir, parse_config,
-    parse_detector_arrays, read_model_file, safetensors_index,
+    WEIGHTS_FILE, ModelError, check_config, check_head_tensors, detector_entries, missing_state_message,
+    open_model_dir, parse_config, parse_detector_arrays, read_model_file, safetensors_index,
 )
 
 log = logging.getLogger(__name__)
 
 
-class ModelBundle:
-    """Everything `scan` needs: settings, the network and the fitted detectors.
-
-    `detectors` maps registry names to fitted detectors; `detector` (Mahalanobis, always there)
-    and `head` (the optional supervised head; config["head"] describes it) are two of them.
-    `model` may be given as None with a `loader`: the network (and torch) is then loaded on the
-    first access of `bundle.model`, so a scan whose every file is a cache hit never imports torch.
-    """
-
-    def __init__(
-        self, config: dict, model: object = None, detector: MahalanobisDetector | None = None,
-        path: Path | None = None, head: RejectHead | None = None, loader: Callable[[], object] | None = None,
-        detectors: dict[str, Detector] | None = None,
-    ):
-        self.config = config
-        self.detectors: dict[str, Detector] = dict(detectors or {})
-        if detector is not None:
-            self.detectors["mahalanobis"] = detector
-        if head is not None:
-            self.detectors["head"] = head
-        self.path = path
-        self._loader = loader
-        if model is not None:
-            self.__dict__["model"] = model  # where cached_property keeps its value
-        elif loader is None:
-            raise ValueError("a ModelBundle needs a model or a loader")
-
-    @cached_property
-    def model(self):  # models.Classifier; torch is imported here for a lazy bundle
-        model = self._loader()
-        self._loader = None  # drops the weights' bytes
-        return model
-
-    @property
-    def model_loaded(self) -> bool:
-        return "model" in self.__dict__
-
-    @property
-    def detector(self) -> MahalanobisDetector | None:
-        return self.detectors.get("mahalanobis")  # type: ignore[return-value]
-
-    @detector.setter
-    def detector(self, value: MahalanobisDetector | None) -> None:
-        self._set("mahalanobis", value)
-
-    @property
-    def head(self) -> RejectHead | None:
-        return self.detectors.get("head")  # type: ignore[return-value]
-
-    @head.setter
-    def head(self, value: RejectHead | None) -> None:
-        self._set("head", value)
-
-    def _set(self, name: str, value) -> None:
-        if value is None:
-            self.detectors.pop(name, None)
-        else:
-            self.detectors[name] = value
-
-    def available_methods(self) -> list[str]:
-        """The --method values this model can serve (detectors/registry.py)."""
-        return registry.available_methods(self.detectors)
-
-    @property
-    def class_names(self) -> list[str]:
-        return list(self.config["class_names"])
-
-    @property
-    def input_size(self) -> int:
-        return int(self.config["input_size"])
-
-    @property
-    def channels(self) -> int:
-        return int(self.config["channels"])
-
-    @property
-    def interpolation(self) -> str:
-        """The resize filter of the model's inputs (a key of data.INTERPOLATIONS)."""
-        return decode_options(self.config)["interpolation"]
-
-    @property
-    def crop_pct(self) -> float:
-        """The share of the centre square kept before resizing (timm's crop_pct)."""
-        return decode_options(self.config)["crop_pct"]
-
-    @property
-    def fingerprint(self) -> str:
-        return str(self.config.get("fingerprint", ""))
-
-
 def package_versions() -> dict[str, str | None]:
+    from importlib import metadata  # ~18 ms to import: only saving a model needs it
+
     out: dict[str, str | None] = {"imgclean": __version__}
     for name in ("torch", "timm", "numpy"):
         try:
@@ -223,6 +131,8 @@ def _new_name(parent: Path, prefix: str, create: bool) -> Path:
 def _serialise(bundle: ModelBundle) -> tuple[dict, dict[str, bytes]]:
     """(config, name -> bytes) of everything save_model writes."""
     from safetensors.torch import save as safetensors_bytes
+
+    from .detector_state import encode_state
 
     state = {k: v.detach().cpu().contiguous() for k, v in bundle.model.state_dict().items()}
     blobs = {WEIGHTS_FILE: safetensors_bytes(state)}
@@ -351,9 +261,10 @@ def read_config(path: Path) -> dict:
         os.close(fd)
 
 
-def _read_snapshot(path: Path) -> tuple[_Snapshot, dict[str, object]]:
+def _read_snapshot(path: Path, parse: bool = True) -> tuple[_Snapshot, dict[str, object] | None]:
     """Every file the model needs, read once through one descriptor of the directory and checked
-    against each other and the fingerprint; returns the snapshot and each detector's parsed state."""
+    against each other and the fingerprint; returns the snapshot and each detector's parsed state
+    (None with parse=False: load_model(lazy=True) parses them when they are first used)."""
     fd = _open(path)
     try:
         config = _read_config(fd, path)
@@ -365,7 +276,30 @@ def _read_snapshot(path: Path) -> tuple[_Snapshot, dict[str, object]]:
     finally:
         os.close(fd)
     snapshot = _Snapshot(config, weights, states)
-    parsed = parse_states(config, states, path)
+    parsed = _parse_states(config, states, path) if parse else None
+    try:
+        _check_files(path, config, weights, states)
+    except ModelError:
+        if parsed is None:  # a damaged state's own message first, as when it is parsed up front
+            _parse_states(config, states, path)
+        raise
+    return snapshot, parsed
+
+
+def _parse_states(config: dict, states: dict[str, bytes], path: Path) -> dict[str, object]:
+    from .detector_state import parse_states  # numpy: only once a state is parsed
+
+    return parse_states(config, states, path)
+
+
+def _build_detectors(parsed: dict[str, object], config: dict, path: Path) -> dict:
+    from .detector_state import build_detectors
+
+    return build_detectors(parsed, config, path)
+
+
+def _check_files(path: Path, config: dict, weights: bytes, states: dict[str, bytes]) -> None:
+    """The weights' index readable, and every file matching the fingerprint; ModelError if not."""
     safetensors_index(weights, os.fspath(path / WEIGHTS_FILE))
     blobs = {WEIGHTS_FILE: weights, **{registry.DETECTORS[n].state_file: raw for n, raw in states.items()}}
     digests = {name: hashlib.sha256(blob).hexdigest() for name, blob in blobs.items()}
@@ -377,7 +311,6 @@ def _read_snapshot(path: Path) -> tuple[_Snapshot, dict[str, object]]:
             f"{path}: {what} not match the fingerprint in {CONFIG_FILE} (from another model, or changed "
             "after saving); retrain or restore the model"
         )
-    return snapshot, parsed
 
 
 def read_model_files(path: Path) -> dict[str, bytes]:
@@ -435,25 +368,29 @@ def load_model(path: Path, device: str = "cpu", lazy: bool = False) -> ModelBund
     """Load a model directory; raises ModelError with a clear message when it cannot.
 
     Every file is read and checked now. lazy=True builds the network (importing torch) from
-    the bytes read now on the first use of `bundle.model`. Files that do not match each other
+    the bytes read now on the first use of `bundle.model`, and parses the detectors' states
+    (numpy) on the first use of `bundle.detectors`: a damaged state then fails there, with the
+    same ModelError (files that match the fingerprint were saved so by imgclean). Files that do not match each other
     (the directory replaced while it was read) are read once more before giving up.
     """
     path = Path(path)
     _recover_interrupted_save(path.absolute())
     try:
-        snapshot, parsed = _read_snapshot(path)
+        snapshot, parsed = _read_snapshot(path, parse=not lazy)
     except ModelError as exc:
         log.debug("reading %s again: %s", path, exc)
-        snapshot, parsed = _read_snapshot(path)
+        snapshot, parsed = _read_snapshot(path, parse=not lazy)
     config = snapshot.config
-    detectors = build_detectors(parsed, config, path)
     weights = snapshot.weights
+    loader = lambda: _build_network(weights, config, device, path / WEIGHTS_FILE)  # noqa: E731
+    if parsed is not None:
+        return ModelBundle(config=config, path=path, detectors=_build_detectors(parsed, config, path), model=loader())
+    states = snapshot.states
     bundle = ModelBundle(
-        config=config, path=path, detectors=detectors,
-        loader=lambda: _build_network(weights, config, device, path / WEIGHTS_FILE),
+        config=config, path=path, loader=loader, detector_names=tuple(states),
+        # numpy parses the states on the first use of bundle.detectors (a scored file), not now
+        detector_loader=lambda: _build_detectors(_parse_states(config, states, path), config, path),
     )
-    if not lazy:
-        bundle.model
     return bundle
 
 

@@ -16,8 +16,8 @@ import numpy as np
 
 from ..detectors import Detector, RejectHead, registry
 from .model_files import (
-    CONFIG_FILE, HEAD_FILE, ModelError, check_head_tensors, detector_entries, parse_detector_arrays,
-    parse_state_arrays,
+    HEAD_FILE, ModelError, check_head_tensors, detector_entries, missing_state_message,  # noqa: F401  (re-exported)
+    parse_detector_arrays, parse_state_arrays,
 )
 
 
@@ -31,15 +31,6 @@ def encode_state(det: Detector) -> bytes:
     buf = io.BytesIO()
     np.savez(buf, **arrays)
     return buf.getvalue()
-
-
-def missing_state_message(path: Path, name: str, file: str) -> str:
-    """The one line for a detector file that config.json names but the directory lacks."""
-    if name == "mahalanobis":
-        return f"{path} has no {file}"
-    if registry.DETECTORS[name].supervised:
-        return f"{path} has no {file} though {CONFIG_FILE} names a {name}; run `imgclean fit-head` again"
-    return f"{path} has no {file} though {CONFIG_FILE} names a {name} detector; refit the model with `imgclean fit`"
 
 
 def parse_states(config: dict, states: dict[str, bytes], path: Path) -> dict[str, object]:

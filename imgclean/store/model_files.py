@@ -17,8 +17,10 @@ import math
 import os
 import stat
 import zipfile
+from typing import TYPE_CHECKING
 
-import numpy as np
+if TYPE_CHECKING:  # annotations only: numpy is imported in the functions that use it
+    import numpy as np
 
 from ..detectors import registry
 from ..errors import ImgcleanError
@@ -170,10 +172,10 @@ def check_config(config: dict, shown: str) -> None:
         raise bad("percentile", "must be a number in (0, 100]", config["percentile"])
     interpolation = config.get("interpolation")
     if interpolation is not None:
-        from ..data import INTERPOLATIONS
+        from ..data import INTERPOLATION_NAMES
 
-        if not isinstance(interpolation, str) or interpolation not in INTERPOLATIONS:
-            raise bad("interpolation", f"must be one of {', '.join(INTERPOLATIONS)}", interpolation)
+        if not isinstance(interpolation, str) or interpolation not in INTERPOLATION_NAMES:
+            raise bad("interpolation", f"must be one of {', '.join(INTERPOLATION_NAMES)}", interpolation)
     crop = config.get("crop_pct")
     if crop is not None and not (_is_number(crop) and 0 < crop <= 1):
         raise bad("crop_pct", "must be a number in (0, 1]", crop)
@@ -236,6 +238,7 @@ def detector_entries(config: dict) -> dict[str, dict]:
 # ----------------------------------------------------------------------------- detector.npz
 def read_npz(raw: bytes, shown: str, limit: int, required: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
     """Every array of an npz archive, read without pickle; ModelError "... is not a valid detector file"."""
+    import numpy as np
     if raw[:4] != b"PK\x03\x04":
         raise ModelError(f"{shown} is not a valid detector file (not an npz archive)")
     try:
@@ -280,6 +283,7 @@ def parse_state_arrays(raw: bytes, name: str, config: dict, shown: str) -> dict[
 
 
 def check_detector_arrays(a: dict[str, np.ndarray], config: dict, shown: str) -> None:
+    import numpy as np
     def bad(problem: str):
         return ModelError(f"{shown} is not a valid detector file ({problem})")
 
@@ -362,6 +366,7 @@ def safetensors_index(raw: bytes, shown: str) -> dict[str, tuple[str, tuple[int,
 
 def check_head_tensors(raw: bytes, config: dict, shown: str) -> None:
     """The head's tensors: the layer shapes its settings imply, finite standardisation values."""
+    import numpy as np
     from ..detectors.head import PREFIX
 
     index = safetensors_index(raw, shown)
@@ -385,3 +390,11 @@ def check_head_tensors(raw: bytes, config: dict, shown: str) -> None:
         values = np.frombuffer(raw[base + start : base + end], dtype="<f8" if dtype == "F64" else "<f4")
         if not np.isfinite(values).all() or (key == "feature_std" and not (values > 0).all()):
             raise ModelError(f"{shown}: {key} holds values that are not finite{' and positive' if key == 'feature_std' else ''}")
+
+
+def missing_state_message(path, name: str, file: str) -> str:
+    """The one line for a detector file that config.json names but the directory lacks."""
+    if name == "mahalanobis":
+        return f"{path} has no {file}"
+    what, fix = ("", "run `imgclean fit-head` again") if registry.DETECTORS[name].supervised else (" detector", "refit the model with `imgclean fit`")
+    return f"{path} has no {file} though {CONFIG_FILE} names a {name}{what}; {fix}"

@@ -262,11 +262,6 @@ def test_cli_warm_rescan_skips_torch_and_no_cache_forces_scoring(model_dir, aged
 
 
 # ---- start-up: what --help, info and a fully cached rescan import -----------------------------------
-# pipeline/scan.py imported numpy at its top (for an annotation); until it no longer does, a rescan
-# imports numpy through it, and the test of that is expected to fail (strict: it says when it passes).
-SCAN_IMPORTS_NUMPY = bool(re.search(r"^import numpy", (ROOT / "imgclean" / "pipeline" / "scan.py").read_text(), re.M))
-
-
 def warm_cli_rescan(model_dir, root, tmp_path) -> subprocess.CompletedProcess:
     cache = tmp_path / "cache"
     cold, _ = scan_records(root, load_model(model_dir, lazy=True), cache)  # the CLI's cache key: method mahalanobis
@@ -283,7 +278,6 @@ def test_a_fully_cached_cli_rescan_imports_neither_pillow_nor_torch(model_dir, a
     assert imported(proc, "torch", "timm", "PIL") == {"torch": False, "timm": False, "PIL": False}
 
 
-@pytest.mark.xfail(SCAN_IMPORTS_NUMPY, reason="pipeline/scan.py imports numpy at its top", strict=True)
 def test_a_fully_cached_cli_rescan_imports_no_numpy(model_dir, aged_incoming, tmp_path):
     proc = warm_cli_rescan(model_dir, aged_incoming, tmp_path)
     assert imported(proc, "numpy") == {"numpy": False}

@@ -17,9 +17,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
-
-import numpy as np
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
 from .. import data
 from ..errors import ImgcleanError
@@ -32,6 +30,9 @@ from .apply import Applier, ScanSummary
 from .decode import Decoded, Decoder, DecodeSettings
 from .run_snapshots import CACHEABLE as _CACHEABLE, SNAPSHOT_STATUSES as _SNAPSHOT_STATUSES, RunSnapshots
 from .scoring import Outcome, check_method, outcomes, predict_scores
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 class ScanError(ImgcleanError, ValueError):

@@ -16,7 +16,8 @@ import pytest
 from conftest import class_image, make_incoming_folder, ood_image, write_png
 from imgclean.cli.runs import Printer, feed
 from imgclean.pipeline.scan import ScanOptions, run_scan
-from imgclean.reports.records import RecordBlock, RecordWriter, ScanRecord
+from imgclean.reports.record_blocks import RecordBlock
+from imgclean.reports.records import RecordWriter, ScanRecord
 from imgclean.store.artifact import load_model
 from imgclean.store.cache import CACHE_FILE
 from imgclean.walk import walk_images, walk_runs
@@ -240,7 +241,7 @@ NAMES = ["plain.png", "comma,name.png", 'quote"name.png', "line\nbreak.png", "ca
 def block_of(names, tmp_path, statuses=("ok", "ood", "unreadable", "skipped", "too_large", "unsupported"), stored=False):
     """A block of records for files in tmp_path/sub; stored: with the rows a snapshot keeps."""
     from imgclean.pipeline.scan import _relative_namer
-    from imgclean.reports.records import csv_rows
+    from imgclean.reports.record_blocks import csv_rows
 
     root = os.fspath(tmp_path)
     entries = [(f"{root}/sub/{n}", 10 + i, OLD_NS + i, "" if i % 4 != 3 else "symbolic link (not followed)",
@@ -317,7 +318,7 @@ def test_a_cache_without_results_for_the_model_is_not_queried(model_dir, tmp_pat
 def test_a_long_listing_is_stated_in_two_halves_with_the_same_result(tmp_path, monkeypatch):
     import threading
 
-    from imgclean import walk
+    from imgclean import listing as walk  # the walk's listing and stat
 
     root = snapshot_tree(tmp_path / "t")
     os.mkfifo(root / "fifo.png")

@@ -113,7 +113,7 @@ class Printer:
                 self.flush(now)
 
     def write_block(self, block) -> None:
-        """A block of records (reports.records.RecordBlock): counted at once, unless a record of
+        """A block of records (reports.record_blocks.RecordBlock): counted at once, unless a record of
         it is to be shown (a dry run's plan, -v)."""
         if self.dry_run or self.verbose:
             for record in block.records():
@@ -156,7 +156,7 @@ PROGRESS_EVERY_S = 0.1
 
 def feed(sinks: list[Callable]) -> Callable:
     """One on_record callback that gives each record to every sink, in order. Its `block`
-    gives a block of records (reports.records.RecordBlock) to each sink: whole to a sink with
+    gives a block of records (reports.record_blocks.RecordBlock) to each sink: whole to a sink with
     a `write_block` method, record by record to the others."""
 
     def on_record(record) -> None:

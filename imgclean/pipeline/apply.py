@@ -16,7 +16,8 @@ from typing import Callable, Iterable
 
 from .. import data
 from ..errors import ImgcleanError
-from ..reports.records import CHANGED, OOD, STATUSES, UNDECODABLE, RecordBlock, ReportRow, ScanRecord, is_rejected
+from ..reports.record_blocks import RecordBlock
+from ..reports.records import CHANGED, OOD, STATUSES, UNDECODABLE, ReportRow, ScanRecord, is_rejected
 
 # The fields of a record the journal keeps beside each move.
 DETAILS = ("predicted", "nearest", "score", "message")

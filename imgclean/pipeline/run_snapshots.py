@@ -10,7 +10,8 @@ import os
 from collections import deque
 
 from .. import data
-from ..reports.records import CHANGED, STATUSES, RecordBlock, ScanRecord, csv_rows
+from ..reports.record_blocks import RecordBlock, csv_rows
+from ..reports.records import CHANGED, STATUSES, ScanRecord
 
 # Cached statuses a scan may reuse (a skipped or changed result is never reused).
 CACHEABLE = frozenset(STATUSES) - {data.SKIPPED, CHANGED}

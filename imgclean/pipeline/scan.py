@@ -22,8 +22,9 @@ from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 from .. import data
 from ..errors import ImgcleanError
 from ..reports.records import (  # noqa: F401  (re-exported: the record type and statuses used to live here)
-    CHANGED, OOD, STATUSES, UNDECODABLE, RecordBlock, ScanRecord, is_rejected,
+    CHANGED, OOD, STATUSES, UNDECODABLE, ScanRecord, is_rejected,
 )
+from ..reports.record_blocks import RecordBlock
 from ..store.artifact import ModelBundle
 from ..walk import walk_runs
 from .apply import Applier, ScanSummary
@@ -361,7 +362,7 @@ def run_scan(
     the rejected files per the options. Returns counts.
 
     `on_record` gets every record, after it is applied. If it has a `block` attribute, a block
-    of records the cache answered whole and that moves nothing (reports.records.RecordBlock)
+    of records the cache answered whole and that moves nothing (reports.record_blocks.RecordBlock)
     goes to on_record.block instead, in one call.
 
     `root` is resolved once (symlinks and `..` as the kernel follows them) and that one path is

@@ -1,6 +1,5 @@
-"""Where a warm rescan's time goes, in-process: the walk (stat'ed in this process, and with long
-listings in two halves), the run-snapshot look-ups, and the whole scan loop with a CSV report, in
-microseconds per file (best of --repeats).
+"""Where a warm rescan's time goes, in-process: the walk, the run-snapshot look-ups, and the whole
+scan loop with a CSV report, in CPU microseconds per file (best of --repeats).
 
     python benchmarks/bench_rescan_parts.py --folder FOLDER --model MODEL_DIR [--cache-dir DIR]
 
@@ -24,7 +23,6 @@ from imgclean.pipeline.scan import ScanOptions, fewer_collections, run_scan  # n
 from imgclean.reports.records import RecordWriter  # noqa: E402
 from imgclean.store.artifact import load_model  # noqa: E402
 from imgclean.store.cache import ScanCache, model_key  # noqa: E402
-from imgclean import listing  # noqa: E402
 from imgclean.walk import walk_runs  # noqa: E402
 
 
@@ -47,19 +45,12 @@ def main() -> int:
     cache_dir = args.cache_dir or work / "cache"
     first = scan_once(root, bundle, cache_dir, work / "r.csv")
     n = first.scanned
-    one, halves = "walk, stat in this process (wall)", "walk, long listings stat'ed in two halves (wall)"
-    best = {one: [], halves: [], "run snapshot look-ups": [], "whole scan loop, CSV report": []}
-    default = listing.PARALLEL_STAT_FROM
+    best = {"walk (scandir, fstatat, entries)": [], "run snapshot look-ups": [], "whole scan loop, CSV report": []}
     for _ in range(args.repeats):
         with fewer_collections():
-            listing.PARALLEL_STAT_FROM = 1 << 62
-            t = time.perf_counter()
+            c = time.process_time()
             runs = list(walk_runs(os.fspath(root)))
-            best[one].append(time.perf_counter() - t)
-            listing.PARALLEL_STAT_FROM = default
-            t = time.perf_counter()  # wall: the child's CPU is not this process's
-            runs = list(walk_runs(os.fspath(root)))
-            best[halves].append(time.perf_counter() - t)
+            best["walk (scandir, fstatat, entries)"].append(time.process_time() - c)
             with ScanCache(cache_dir, model_key(bundle.config, extra="mahalanobis")) as cache:
                 c = time.process_time()
                 answered = sum(cache.get_run(f, o, run, SNAPSHOT_STATUSES) is not None for f, o, run in runs)
@@ -69,8 +60,7 @@ def main() -> int:
         best["whole scan loop, CSV report"].append(time.process_time() - c)
     print(f"{n:,} files, {len(runs)} runs, {answered} answered by their snapshot; cached {summary.cached:,}, decoded {summary.decoded}")
     for part, seconds in best.items():
-        kind = "wall" if part in (one, halves) else "CPU"
-        print(f"{part}: {min(seconds) / n * 1e6:.2f} us/file ({kind}, best of {args.repeats})", flush=True)
+        print(f"{part}: {min(seconds) / n * 1e6:.2f} us/file (CPU, best of {args.repeats})", flush=True)
     return 0
 
 

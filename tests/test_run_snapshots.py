@@ -314,46 +314,21 @@ def test_a_cache_without_results_for_the_model_is_not_queried(model_dir, tmp_pat
     assert warm.blocks == 3 and summary.decoded == 0 and rows(warm) == rows(truth)
 
 
-# ---- the walk's stat in two halves -----------------------------------------------------------------
-def test_a_long_listing_is_stated_in_two_halves_with_the_same_result(tmp_path, monkeypatch):
-    import threading
-
-    from imgclean import listing as walk  # the walk's listing and stat
+def test_the_listing_stats_each_name_through_the_folder_descriptor(tmp_path):
+    from imgclean import listing
 
     root = snapshot_tree(tmp_path / "t")
     os.mkfifo(root / "fifo.png")
-    serial = list(walk_runs(root))
-    calls = []
-    real = walk._stat_halves
-    monkeypatch.setattr(walk, "_stat_halves", lambda entries, fd: calls.append(len(entries)) or real(entries, fd))
-    monkeypatch.setattr(walk, "PARALLEL_STAT_FROM", 2)
-    assert list(walk_runs(root)) == serial and calls  # links, FIFOs, hard links, folders all the same
-
-    with os.scandir(root) as it:
-        entries = sorted(it, key=lambda e: e.name)
+    by_name = listing.listing(os.fspath(root))
+    by_path = listing.listing(os.fsencode(root))  # bytes: by path, through DirEntry
+    fields = ("st_mode", "st_size", "st_mtime_ns", "st_dev", "st_ino")
+    assert [os.fsencode(n) for n, _ in by_name] == [n for n, _ in by_path]
+    assert [tuple(getattr(s, f) for f in fields) for _, s in by_name] == [tuple(getattr(s, f) for f in fields) for _, s in by_path]
+    names = [n for n, _ in by_name]
     fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        halves = real(entries, fd)
-        each = walk._stat_each(entries)
-        fields = ("st_mode", "st_size", "st_mtime_ns", "st_dev", "st_ino")
-        assert [tuple(getattr(s, f) for f in fields) for s in halves] == [tuple(getattr(s, f) for f in fields) for s in each]
-        # A name gone before the child stats it is None, as in _stat_each.
-        late = entries[-1]
-        os.rename(root / late.name, tmp_path / "away")
-        assert real(entries, fd)[-1] is None
-        os.rename(tmp_path / "away", root / late.name)
-        # A child that fails sends nothing usable: the caller stats everything itself.
-        with monkeypatch.context() as m:
-            m.setattr(walk, "_STAT", type("Broken", (), {"pack": None, "size": walk._STAT.size, "iter_unpack": None})())
-            assert real(entries, fd) is None
-        # Another thread running: no fork at all.
-        stop = threading.Event()
-        other = threading.Thread(target=stop.wait, daemon=True)
-        other.start()
-        try:
-            assert real(entries, fd) is None
-        finally:
-            stop.set()
-            other.join()
+        os.rename(root / names[-1], tmp_path / "away")  # gone after the listing: None, the rest stat'ed
+        stats = listing._stat_names(names, fd)
+        assert stats[-1] is None and all(s is not None for s in stats[:-1])
     finally:
         os.close(fd)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import sqlite3
+import time
 import zlib
 from pathlib import Path
 
@@ -198,7 +199,8 @@ def test_damaged_or_foreign_snapshots_are_misses(model_dir, tmp_path):
 
 def test_a_run_with_a_racy_file_is_not_snapshot(model_dir, tmp_path):
     root = snapshot_tree(tmp_path / "t")
-    os.utime(root / "m-sub" / "in.png")  # modified just now: within the racy window
+    soon = time.time_ns() + 600 * 10**9  # modified "now" for any scan in the next ten minutes: racy
+    os.utime(root / "m-sub" / "in.png", ns=(soon, soon))
     cache = tmp_path / "cache"
     scan(root, model_dir, cache)
     _, warm = scan(root, model_dir, cache)

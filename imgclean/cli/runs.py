@@ -119,11 +119,8 @@ class Printer:
             for record in block.records():
                 self(record)
             return
-        from ..reports.records import OOD, UNDECODABLE
-
-        counts = block.status_counts()
-        ok = counts.get("ok", 0)
-        rej = counts.get(OOD, 0) + (0 if self.keep_unreadable else sum(counts.get(s, 0) for s in UNDECODABLE))
+        ok = block.status_counts().get("ok", 0)
+        rej = block.rejected(self.keep_unreadable)
         self.counts["ok"] += ok
         self.counts["rej"] += rej
         self.counts["other"] += len(block) - ok - rej

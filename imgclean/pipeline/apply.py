@@ -133,13 +133,10 @@ class Applier:
     def take_block(self, block: RecordBlock) -> bool:
         """Count a block's records at once when none of them is to be moved (no quarantine, or
         no reject in it) and say so; False (nothing counted): apply its records one by one."""
-        counts = block.status_counts()
-        if self.quarantine is not None:
-            rejected = counts.get(OOD, 0) + (0 if self.keep_unreadable else sum(counts.get(s, 0) for s in UNDECODABLE))
-            if rejected:
-                return False
+        if self.quarantine is not None and block.rejected(self.keep_unreadable):
+            return False
         total = self.summary.counts
-        for status, n in counts.items():
+        for status, n in block.status_counts().items():
             total[status] += n
         return True
 

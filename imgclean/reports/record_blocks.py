@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from .records import ScanRecord
+from .records import OOD, UNDECODABLE, ScanRecord
 
 
 class RecordBlock:
@@ -52,6 +52,11 @@ class RecordBlock:
                 counts[o[0]] = counts.get(o[0], 0) + 1
             self._counts = counts
         return self._counts
+
+    def rejected(self, keep_unreadable: bool) -> int:
+        """How many of its records records.is_rejected counts as rejected."""
+        counts = self.status_counts()
+        return counts.get(OOD, 0) + (0 if keep_unreadable else sum(counts.get(s, 0) for s in UNDECODABLE))
 
     def csv_text(self, end: str) -> str | None:
         """Every record's CSV line (what RecordWriter.write writes, `end` being the root cell and

@@ -11,8 +11,9 @@ Measures, on the same files, interleaved (a, m, b, c back to back, repeated):
   (m) model only: the scan's network + detector on already decoded images, in-process, as
       the scan runs them (torch threads as the scan sets them, one BLAS thread);
   (b) `imgclean scan FOLDER --report r.csv` as a subprocess, cold (empty cache; best of 2),
-      warm (every file a cache hit; best of 3) and --no-cache, plus a one-file scan (start-up) and a warm one-file
-      rescan (a rescan's start-up: the rest of a warm rescan's CPU time is per file);
+      warm (every file a cache hit; best of 3) and --no-cache (also with the network in the
+      scanning process: IMGCLEAN_SCORE_IN_WORKERS=0), plus a one-file scan (start-up) and a warm
+      one-file rescan (a rescan's start-up: the rest of a warm rescan's CPU time is per file);
   (c) the baseline a user would write: a torchvision-style Dataset (PIL open, transforms), a
       DataLoader with default settings except batch_size=64, the model, Mahalanobis in torch,
       also as a whole subprocess.
@@ -60,10 +61,10 @@ def children_cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def sh(cmd: list[str], **kw) -> tuple[float, subprocess.CompletedProcess]:
+def sh(cmd: list[str], env: dict | None = None, **kw) -> tuple[float, subprocess.CompletedProcess]:
     c = children_cpu()
     t = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=ENV, **kw)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=ENV if env is None else env, **kw)
     dt = time.perf_counter() - t
     CPU["last"] = children_cpu() - c
     if proc.returncode not in (0, 3):
@@ -372,6 +373,8 @@ def compare(name: str, folder: Path, model: Path, work: Path, repeats: int, line
         row["warm"], row["warm_cpu"], proc = min(warms, key=lambda w: w[0])
         row["warm_json"] = json.loads(proc.stdout)
         row["nocache"], _ = sh(scan_cmd(folder, model, work / "r.csv", None))
+        # The same with the network in the scanning process (pipeline/worker_scoring.py off)
+        row["nocache_here"], _ = sh(scan_cmd(folder, model, work / "r.csv", None), env={**ENV, "IMGCLEAN_SCORE_IN_WORKERS": "0"})
         row["c"], _ = sh([PY, str(baseline_py), str(folder), str(model), str(work / "base.csv")])
         row["load_end"] = os.getloadavg()[0]
         rows.append(row)
@@ -379,16 +382,17 @@ def compare(name: str, folder: Path, model: Path, work: Path, repeats: int, line
     lines.append(
         "| run | load | (a-proc) machine decode limit img/s | (a-thr) Decoder threads img/s | (a-img) Decoder processes img/s "
         "| (m) model only img/s | scan one file s | (b) scan cold s | scan steady img/s | steady / (a-proc) "
-        "| (b) warm s | cold / warm | scan --no-cache s | (c) baseline s | (c) / (b cold) |"
+        "| (b) warm s | cold / warm | scan --no-cache s | the same, network in the scanning process s | (c) baseline s "
+        "| (c) / (b cold) |"
     )
-    lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for i, row in enumerate(rows, 1):
         steady = n / max(row["cold"] - row["one"], 1e-9)
         row["steady"] = steady
         lines.append(
             f"| {i} | {row['load']:.1f}-{row['load_end']:.1f} | {row['a_proc']:.0f} | {row['a_thr']:.0f} | {row['a_img']:.0f} "
             f"| {row['m']:.0f} | {row['one']:.2f} | {row['cold']:.2f} | {steady:.0f} | {steady / row['a_proc']:.2f} "
-            f"| {row['warm']:.2f} | {row['cold'] / row['warm']:.1f} | {row['nocache']:.2f} | {row['c']:.2f} "
+            f"| {row['warm']:.2f} | {row['cold'] / row['warm']:.1f} | {row['nocache']:.2f} | {row['nocache_here']:.2f} | {row['c']:.2f} "
             f"| {row['c'] / row['cold']:.2f} |"
         )
         assert row["warm_json"]["cached"] == n and row["warm_json"]["decoded"] == 0, row["warm_json"]

@@ -76,7 +76,8 @@ def terminal(monkeypatch):
 def test_progress_shows_rate_eta_and_the_exact_final_counts(model_dir, incoming, terminal):
     root, kinds = incoming
     summary = json.loads(invoke("scan", root, "-m", model_dir, "--json", "--no-cache").stdout)
-    result = invoke("scan", root, "-m", model_dir, "--no-cache")
+    # Scored files come a batch at a time: small batches, so the bar is updated more than once
+    result = invoke("scan", root, "-m", model_dir, "--no-cache", "--batch-size", "2")
     assert result.exit_code == 0, result.output
     drawn = terminal.getvalue()
     final = f"{len(kinds)}/{len(kinds)} ok {summary['ok']} rejected {summary['rejected']}"

@@ -44,6 +44,13 @@ def make_files(root: Path) -> dict[str, bool]:
     save("grey_odd.png", Image.fromarray(g[:17, :23]), True)
     save("rgb.png", Image.fromarray(c), True)
     save("flat.png", Image.new("L", (28, 28), 7), True)
+    save("rgb_square.png", Image.fromarray(rng.integers(0, 256, (28, 28, 3), dtype=np.uint8)), True)
+    for name, colour, channels in (("filters.png", 0, 1), ("filters_rgb.png", 2, 3)):
+        # every PNG row filter (none, sub, up, average, paeth) over random bytes, as other encoders write
+        rows = [bytes([i % 5]) + rng.integers(0, 256, 28 * channels, dtype=np.uint8).tobytes() for i in range(28)]
+        (root / name).write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 28, 28, 8, colour, 0, 0, 0))
+                                  + chunk(b"IDAT", zlib.compress(b"".join(rows))) + chunk(b"IEND", b""))
+        out[name] = True
     save("big.png", Image.fromarray(np.zeros((300, 300), np.uint8)), False)  # over SIMPLE_PNG_PIXELS
     save("la.png", Image.fromarray(np.dstack([g, g])), False)
     save("rgba.png", Image.fromarray(np.dstack([c, c[:, :, :1]])), False)

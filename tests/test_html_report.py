@@ -454,7 +454,8 @@ def test_interrupted_scan_still_writes_a_page_that_says_so(model_dir, incoming, 
     folder, _ = incoming
     monkeypatch.setattr(cli.StopFlag, "__call__", lambda self: True)  # as if SIGTERM came at once
     out = tmp_path / "review.html"
-    result = invoke("scan", folder, "-m", model_dir, "--html", out, "-q")
+    # (a scan stops after the batch in hand: batches of one file, so that is one file)
+    result = invoke("scan", folder, "-m", model_dir, "--html", out, "-q", "--batch-size", "1")
     assert result.exit_code == cli.EXIT_TERMINATED, result.output
     source = read_page(out)
     assert "The scan was interrupted" in source

@@ -37,8 +37,9 @@ class BlockSink:
         self.records.append(record)
 
     def block(self, block):
-        self.blocks += 1
-        self.block_records += len(block)
+        if block.stored:  # a run the cache answered whole (a scored batch comes as a block too)
+            self.blocks += 1
+            self.block_records += len(block)
         self.records.extend(block.records())
 
 
@@ -159,11 +160,13 @@ def test_a_changed_run_is_answered_file_by_file(model_dir, tmp_path, change):
 def test_damaged_or_foreign_snapshots_are_misses(model_dir, tmp_path):
     root = snapshot_tree(tmp_path / "t")
     cache = tmp_path / "cache"
-    _, truth = scan(root, model_dir, None)
+    cold, truth = scan(root, model_dir, None)
     scan(root, model_dir, cache)
     db = sqlite3.connect(cache / CACHE_FILE)
     (n,) = db.execute("SELECT count(*) FROM runs").fetchone()
     assert n == 3
+    (n,) = db.execute("SELECT count(*) FROM results").fetchone()
+    assert n == 0  # the snapshots are the only copy
 
     def rewrite(fn):
         with db:
@@ -192,7 +195,8 @@ def test_damaged_or_foreign_snapshots_are_misses(model_dir, tmp_path):
     ):
         rewrite(damage)
         summary, warm = scan(root, model_dir, cache)
-        assert warm.blocks == 0 and rows(warm) == rows(truth) and summary.decoded == 0  # the per-file rows answer
+        # A miss: decoded again (the snapshots were the only copy), the same records
+        assert warm.blocks == 0 and rows(warm) == rows(truth) and summary.decoded == cold.decoded > 0
         assert scan(root, model_dir, cache)[1].blocks == 3  # rewritten by the scan that missed
     db.close()
 
@@ -203,8 +207,9 @@ def test_a_run_with_a_racy_file_is_not_snapshot(model_dir, tmp_path):
     os.utime(root / "m-sub" / "in.png", ns=(soon, soon))
     cache = tmp_path / "cache"
     scan(root, model_dir, cache)
-    _, warm = scan(root, model_dir, cache)
+    summary, warm = scan(root, model_dir, cache)
     assert warm.blocks == 2
+    assert summary.decoded == 1  # the rest of the unsnapshot run was kept as per-file rows
 
 
 def test_a_snapshot_with_rejects_still_moves_them_one_by_one(model_dir, tmp_path):
@@ -224,6 +229,68 @@ def test_a_snapshot_with_rejects_still_moves_them_one_by_one(model_dir, tmp_path
     # Without rejects left, the next rescan counts the runs whole and moves nothing.
     again, rescan = scan(root, model_dir, cache, move_to=tmp_path / "q1")
     assert rescan.blocks >= 1 and again.moved == 0 and again.counts["ood"] == 0
+
+
+@pytest.fixture
+def short_runs(monkeypatch):
+    """Runs of 3 files, so a small folder has several."""
+    import functools
+
+    from imgclean import walk
+    from imgclean.pipeline import scan as scan_module
+
+    monkeypatch.setattr(scan_module, "walk_runs", functools.partial(walk.walk_runs, limit=3))
+
+
+def flat_tree(root: Path) -> Path:
+    make_incoming_folder(root, normal=8, ood=4)  # 13 files: runs of 3, 3, 3, 3, 1
+    age(root)
+    return root
+
+
+@pytest.mark.parametrize("change", ["added first", "removed first", "most removed", "renamed"])
+def test_files_shifted_to_other_runs_are_found_in_the_folders_snapshots(model_dir, tmp_path, short_runs, change):
+    root = flat_tree(tmp_path / "t")
+    cache = tmp_path / "cache"
+    cold, _ = scan(root, model_dir, cache)
+    names = sorted(os.listdir(root))
+    if change == "added first":  # every run of the folder now starts one file later
+        write_png(root / "a-first.png", ood_image(np.random.default_rng(7)))
+        os.utime(root / "a-first.png", ns=(OLD_NS, OLD_NS))
+    elif change == "removed first":
+        os.unlink(root / names[0])
+    elif change == "most removed":  # 13 files become 4: the last runs' snapshots are left behind
+        for name in names[4:]:
+            os.unlink(root / name)
+    else:  # a new name: a new file to the cache, wherever it lands
+        os.rename(root / names[5], root / "zz-renamed.png")
+    summary, warm = scan(root, model_dir, cache)
+    _, truth = scan(root, model_dir, None)
+    assert same_rows(warm, truth)
+    assert summary.decoded == (1 if change in ("added first", "renamed") else 0)
+    assert summary.cached == summary.scanned - summary.decoded - summary.counts.get("skipped", 0)
+    again, rescan = scan(root, model_dir, cache)
+    assert again.decoded == 0 and rescan.blocks == len(list(walk_runs(root, limit=3))) and same_rows(rescan, truth)
+    if change == "most removed":  # files back under the names the stale snapshots still hold: new files
+        for name in names[4:8]:
+            write_png(root / name, ood_image(np.random.default_rng(8)))
+            os.utime(root / name, ns=(OLD_NS, OLD_NS))
+        summary, warm = scan(root, model_dir, cache)
+        assert summary.decoded == 4 and same_rows(warm, scan(root, model_dir, None)[1])
+
+
+def test_a_stopped_scan_keeps_what_it_scored(model_dir, tmp_path, short_runs):
+    root = flat_tree(tmp_path / "t")
+    cache = tmp_path / "cache"
+    full, _ = scan(root, model_dir, None)
+    sink = BlockSink()
+    opts = ScanOptions(batch_size=2, workers=1, use_cache=True, cache_dir=cache)
+    stopped = run_scan(root, load_model(model_dir, lazy=True), opts, on_record=sink, should_stop=lambda: len(sink.records) >= 4)
+    given = len(sink.records)
+    assert stopped.interrupted and 4 <= given < 13 and given % 3  # it stops after the batch in hand, inside a run
+    summary, _ = scan(root, model_dir, cache)
+    # What it gave out is cached: the first run as a snapshot, the files of the next as per-file rows
+    assert summary.decoded == full.decoded - given and summary.cached == given
 
 
 def test_a_stop_request_ends_a_scan_between_blocks(model_dir, tmp_path):
@@ -272,6 +339,33 @@ def test_a_block_writes_the_report_rows_its_records_write(tmp_path, suffix, name
         b = block_of(names, tmp_path, stored=True)
         marked = RecordBlock(b.entries, b.outcomes, b.rel, b.folder, b.rows.replace(",ok,", ",OK,"))
         assert ",OK," in marked.csv_text(f"{tmp_path}\r\n")
+
+
+@pytest.mark.parametrize("suffix", ["csv", "jsonl"])
+def test_scans_write_the_report_their_records_write_one_by_one(model_dir, tmp_path, short_runs, suffix):
+    root = snapshot_tree(tmp_path / "t")
+    for name in ("comma,name.png", 'quote"name.png', "line\nbreak.png", "caf\udce9.png", "é.png"):
+        shutil.copyfile(root / "normal_00.png", root / "m-sub" / name)
+    age(root)
+    cache = tmp_path / "cache"
+
+    class Records(list):  # takes blocks whole without giving their records out (as the printer does)
+        __call__ = list.append
+
+        def write_block(self, block):
+            self.extend(RecordBlock(block.entries, block.outcomes, block.rel).records())
+
+    for i in range(2):  # scored blocks (their rows then go to the snapshots), then stored runs
+        report, records = tmp_path / f"r{i}.{suffix}", Records()
+        with RecordWriter(report, root) as writer:
+            summary = run_scan(root, load_model(model_dir, lazy=True), ScanOptions(batch_size=4, workers=1, use_cache=True, cache_dir=cache),
+                               on_record=feed([writer, records]))
+        assert summary.decoded == (17 if i == 0 else 0)
+        with RecordWriter(tmp_path / f"each{i}.{suffix}", root) as each:
+            for record in records:
+                each.write(record)
+        assert report.read_bytes() == (tmp_path / f"each{i}.{suffix}").read_bytes()
+    assert (tmp_path / f"r0.{suffix}").read_bytes() == (tmp_path / f"r1.{suffix}").read_bytes()
 
 
 @pytest.mark.parametrize("keep_unreadable", [False, True])

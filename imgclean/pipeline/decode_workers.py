@@ -18,6 +18,10 @@ add up for folders of small images; processes do. How:
   the old one) and each lost chunk is decoded again; a chunk that breaks the pool twice is decoded
   one file at a time, and a file whose own decode kills its worker ends `unreadable` with a
   message saying so. No file is lost and nothing waits forever.
+- `finish` (optional): a function the worker applies to a chunk's decoded list, returning one
+  result per item (a scan scores the chunk there: pipeline/worker_scoring.py); the results come
+  back pickled instead of the arrays, and a file that kills its worker gets `failed(UNREADABLE,
+  DIED)` as its result.
 - Workers ignore SIGINT (the parent decides when to stop and shuts them down), die on SIGTERM,
   and exit by themselves when the parent disappears (a watchdog thread polls getppid), unlinking
   the blocks they made on the way out, so even a parent killed with -9 leaves no decoder and no
@@ -116,6 +120,14 @@ def _init_worker(budget: SharedBudget, parent: int) -> None:
     threading.Thread(target=_watch_parent, args=(parent,), daemon=True, name="imgclean-parent-watch").start()
 
 
+def _run_finished_chunk(fn: Callable, items: Sequence, settings, finish: Callable) -> list:
+    """`finish` of the chunk's decoded items: one result each, in order."""
+    results = finish([fn(item, settings) for item in items])
+    if len(results) != len(items):
+        raise RuntimeError(f"{finish!r} gave {len(results)} results for {len(items)} items")
+    return results
+
+
 def _run_chunk(fn: Callable, items: Sequence, settings, shape: tuple, name: str) -> tuple[int, list, object]:
     """Decode `items` with fn(item, settings); write the good arrays, in order, to a new shared
     block `name`. Returns (number written, [(index, status, message) of the others], None), or
@@ -176,14 +188,19 @@ def _context():
 
 
 class ProcessDecodePool:
-    """Worker processes running `fn(item, settings)` on chunks; `submit` -> ProcessChunk."""
+    """Worker processes running `fn(item, settings)` on chunks; `submit` -> ProcessChunk. With
+    `finish`, a chunk's result is finish(its decoded list), and `failed(status, message)` stands
+    for an item whose worker died on it."""
 
-    def __init__(self, fn: Callable, settings, workers: int, make_decoded: Callable):
+    def __init__(self, fn: Callable, settings, workers: int, make_decoded: Callable,
+                 finish: Callable | None = None, failed: Callable | None = None):
         self.fn = fn
         self.settings = settings
         self.workers = workers
         self.shape = (settings.size, settings.size, settings.channels)
         self._make = make_decoded  # (array or None, status, message) -> Decoded
+        self.finish = finish
+        self._failed = failed if failed is not None else (lambda status, message: make_decoded(None, status, message))
         self._ctx = _context()
         self._token = f"{SHM_PREFIX}{os.getpid()}-{secrets.token_hex(4)}-"
         self._serial = 0
@@ -221,29 +238,42 @@ class ProcessDecodePool:
         paths = [i[0] if i.__class__ is entry else fspath(i) for i in items]  # what _path_of gives
         self._serial += 1
         name = f"{self._token}{self._serial}"
-        self._names.add(name)
+        if self.finish is None:  # (with finish no block is made: the results come pickled)
+            self._names.add(name)
         while True:
             generation = self.generation
             try:
-                future = self._executor.submit(_run_chunk, self.fn, paths, self.settings, self.shape, name)
+                if self.finish is not None:
+                    future = self._executor.submit(_run_finished_chunk, self.fn, paths, self.settings, self.finish)
+                else:
+                    future = self._executor.submit(_run_chunk, self.fn, paths, self.settings, self.shape, name)
                 return ProcessChunk(self, items, future, name, generation)
             except BrokenProcessPool:
                 self._restart(generation)
 
     def collect(self, chunk: "ProcessChunk") -> list:
-        """The chunk's Decoded list; a chunk lost with a dead worker is decoded again."""
+        """The chunk's Decoded list (or its `finish` results); a chunk lost with a dead worker is
+        decoded again."""
         try:
-            count, failures, inline = chunk.future.result()
+            result = chunk.future.result()
         except BrokenProcessPool:
             self.forget(chunk.name)
             self._restart(chunk.generation)
             return self._again(chunk.items)
-        except Exception as exc:  # the machinery failed (not a file): decode this chunk here
-            log.warning("decode worker failed (%s); decoding %d files in the scanning process", exc, len(chunk.items))
+        except Exception as exc:
             self.forget(chunk.name)
+            if self.finish is not None:  # finish's own error (a model that cannot load, say): the caller's
+                raise
+            # the machinery failed (not a file): decode this chunk here
+            log.warning("decode worker failed (%s); decoding %d files in the scanning process", exc, len(chunk.items))
             return [self.fn(i, self.settings) for i in chunk.items]
+        return self._results(chunk, result)
+
+    def _results(self, chunk: "ProcessChunk", result) -> list:
+        if self.finish is not None:
+            return result
         try:
-            return self._read(chunk.name, len(chunk.items), count, failures, inline)
+            return self._read(chunk.name, len(chunk.items), *result)
         finally:
             self.forget(chunk.name)
 
@@ -273,16 +303,12 @@ class ProcessDecodePool:
     def _again(self, items: Sequence) -> list:
         chunk = self.submit(items)
         try:
-            count, failures, inline = chunk.future.result()
-            try:
-                return self._read(chunk.name, len(items), count, failures, inline)
-            finally:
-                self.forget(chunk.name)
+            return self._results(chunk, chunk.future.result())
         except BrokenProcessPool:
             self.forget(chunk.name)
             self._restart(chunk.generation)
         if len(items) == 1:
-            return [self._make(None, data.UNREADABLE, DIED)]
+            return [self._failed(data.UNREADABLE, DIED)]
         out: list = []
         for item in items:  # broke twice: one file at a time finds the file that kills its worker
             out.extend(self._again([item]))

@@ -1,8 +1,14 @@
-"""Writing the scan cache's run snapshots (store/cache.py) as a scan's records come out.
+"""The scan cache's run snapshots (store/cache.py) in a scan: written as its records come out,
+and read back file by file where a run changed.
 
 A run of the walk (walk.walk_runs) answered file by file is snapshot once every record of it has
 been yielded and applied, so the snapshot holds what the next walk of an unchanged folder will
-see: a file moved to the quarantine has left the run.
+see: a file moved to the quarantine has left the run. The files it scored are then cached by the
+snapshot alone; a run that cannot be snapshot (a racy file, a failed move, a scan stopped in the
+middle of it) stores them as per-file rows instead.
+
+A run whose snapshot differs (a file added, removed or touched) is answered file by file: first
+from the folder's stored snapshots (StoredRuns), then from the per-file rows.
 """
 from __future__ import annotations
 
@@ -23,51 +29,151 @@ class RunSnapshots:
     """Writes the cache snapshot of each walk run answered file by file (store/cache.py), from
     its records in walk order once each has been applied: a moved file leaves the run (the next
     walk will not see it); any outcome that is not cacheable (a skipped file's is: it follows
-    from the entry alone), a move that failed or a file found changed keeps the run unstored."""
+    from the entry alone), a move that failed or a file found changed keeps the run unstored,
+    and its files' results are then stored as per-file rows."""
 
     def __init__(self, cache):
         self.cache = cache
-        self.runs: deque = deque()  # [folder, ordinal, entries, outcomes or None when not storable, left]
+        # [folder, ordinal, entries, outcomes, records still to come, storable, their report rows
+        # (csv_rows, one string a file) or None when they are to be formatted]
+        self.runs: deque = deque()
 
     def expect(self, folder, ordinal: int, n: int) -> None:
-        self.runs.append([folder, ordinal, [], [], n])
+        self.runs.append([folder, ordinal, [], [], n, True, []])
 
     def saw(self, entry: data.FileEntry, record: ScanRecord) -> None:
-        """The next record of the oldest expected run."""
+        """The next record of the oldest expected run, as applied."""
         run = self.runs[0]
-        self._add(run, entry, record)
+        _add(run, entry, record)
         if run[4] == 0:
             self.runs.popleft()
             self._store(run)
 
+    def saw_block(self, block: RecordBlock) -> None:
+        """The next records, a block: taken whole (nothing in it applied one by one), its entries
+        and outcomes go to their runs as they are; else record by record."""
+        records = block.built_records()
+        if records is not None:
+            for entry, record in zip(block.entries, records, strict=True):
+                self.saw(entry, record)
+            return
+        entries, outcomes = block.entries, block.outcomes
+        i, n = 0, len(entries)
+        rows = block.rows.split("\0") if block.rows is not None else ()
+        if len(rows) != n + 1:  # (csv_rows ends each row with a NUL)
+            rows = None
+        while i < n:
+            run = self.runs[0]
+            k = min(run[4], n - i)
+            run[2] += entries[i : i + k]
+            run[3] += outcomes[i : i + k]
+            if run[6] is not None:
+                run[6] = run[6] + rows[i : i + k] if rows is not None else None
+            run[4] -= k
+            i += k
+            if run[4] == 0:
+                self.runs.popleft()
+                self._store(run)
+
+    def close(self) -> None:
+        """A scan ending before its runs did (stopped, interrupted, failed): what they found so
+        far is kept as per-file rows."""
+        while self.runs:
+            run = self.runs.popleft()
+            self.cache.put_many(_per_file_rows(run[2], run[3]))
+
     def after_block(self, folder, ordinal: int, block: RecordBlock) -> None:
-        """A block whose records were applied one by one: snapshot the run again if a file of it moved."""
+        """A stored block whose records were applied one by one: snapshot the run again if a
+        file of it moved."""
         records = block.built_records()
         if records is None or not any(r.action == "moved" for r in records):
             return
-        run = [folder, ordinal, [], [], len(records)]
+        run = [folder, ordinal, [], [], len(records), True, None]
         for entry, record in zip(block.entries, records, strict=True):
-            self._add(run, entry, record)
+            _add(run, entry, record)
         self._store(run)
 
-    @staticmethod
-    def _add(run: list, entry: data.FileEntry, record: ScanRecord) -> None:
-        if run[3] is not None:
-            status, action = record.status, record.action
-            if action == "moved":
-                pass
-            elif (status in CACHEABLE if not entry[3] else status == data.SKIPPED) and action in ("", "would move"):
-                run[2].append(entry)
-                run[3].append((status, record.predicted, record.nearest, record.score, record.message))
-            else:
-                run[3] = None
-        run[4] -= 1
-
     def _store(self, run: list) -> None:
-        folder, ordinal, entries, outcomes, _ = run
-        if outcomes is None or not entries:
+        folder, ordinal, entries, outcomes, _, storable, rows = run
+        if storable and entries and all(
+            (o[0] == data.SKIPPED) if e[3] else (o[0] in CACHEABLE) for e, o in zip(entries, outcomes)
+        ):
+            # The report rows, formatted once for the rescans (RecordBlock.csv_text): the scored
+            # blocks' own when they came whole
+            if folder.__class__ is not str:
+                rows = None
+            elif rows is not None and len(rows) == len(entries):
+                rows = "\0".join(rows) + "\0"
+            else:
+                rows = csv_rows(entries, outcomes, len(folder) if folder.endswith(os.sep) else len(folder) + 1)
+            if self.cache.put_run(folder, ordinal, entries, outcomes, rows):
+                return  # the snapshot answers for every file of the run
+        self.cache.put_many(_per_file_rows(entries, outcomes))
+
+
+def _add(run: list, entry: data.FileEntry, record: ScanRecord) -> None:
+    """One applied record into a run being collected: a moved file leaves it; any action but
+    none or a dry run's makes the run unstorable (its other files still get per-file rows)."""
+    action = record.action
+    run[6] = None  # rows formatted at the end
+    if action != "moved":
+        run[2].append(entry)
+        run[3].append((record.status, record.predicted, record.nearest, record.score, record.message))
+        if action and action != "would move":
+            run[5] = False
+    run[4] -= 1
+
+
+def _per_file_rows(entries: list, outcomes: list) -> list[tuple]:
+    """The cache's per-file rows of a run's files: every result that may be reused."""
+    return [
+        (e[0], e[1], e[2], o[0], o[1], o[2], o[3], o[4])
+        for e, o in zip(entries, outcomes, strict=True)
+        if not e[3] and o[0] in CACHEABLE
+    ]
+
+
+class StoredRuns:
+    """Per-file answers from a folder's run snapshots, for the files of a run whose own snapshot
+    differs (a file added or removed shifts every later run of the folder).
+
+    The walk gives a folder's files in name order, and its snapshots, by ordinal, hold them in
+    the same order: one pass over the snapshots, one in memory at a time, finds each file that
+    is still there. A file is answered when its path, size and mtime_ns are the snapshot's (what
+    the per-file rows promise) and its stored outcome may be reused; any other file is left to
+    the per-file rows. Snapshots left out of order (a folder that shrank keeps its later ones)
+    only cost hits, never give a wrong answer."""
+
+    def __init__(self, cache):
+        self.cache = cache
+        self.folder = None
+        self.ordinals: list[int] = []
+        self.found: dict = {}  # path -> (size, mtime_ns, outcome) of the snapshot in memory
+        self.last = None  # its last path
+
+    def look_up(self, folder, entries: list) -> list[tuple | None]:
+        """The stored outcome (status, predicted, nearest, score, message) of each entry, or None."""
+        if folder != self.folder:
+            self.folder, self.ordinals, self.found, self.last = folder, self.cache.run_ordinals(folder)[::-1], {}, None
+        out: list[tuple | None] = []
+        for e in entries:
+            path = e[0]
+            while (self.last is None or path > self.last) and self.ordinals:
+                self._load(self.ordinals.pop())
+            hit = self.found.get(path)
+            out.append(hit[2] if hit is not None and hit[0] == e[1] and hit[1] == e[2] and not e[3] else None)
+        hits = len(out) - out.count(None)
+        self.cache.hits += hits
+        return out
+
+    def _load(self, ordinal: int) -> None:
+        stored = self.cache.load_run(self.folder, ordinal)
+        if stored is None or not stored[0]:
+            self.found, self.last = {}, None
             return
-        rows = None
-        if folder.__class__ is str:  # the report rows, formatted once for the rescans (RecordBlock.csv_text)
-            rows = csv_rows(entries, outcomes, len(folder) if folder.endswith(os.sep) else len(folder) + 1)
-        self.cache.put_run(folder, ordinal, entries, outcomes, rows)
+        entries, outcomes, _ = stored
+        if entries[-1][0].__class__ is not self.folder.__class__:  # walked as bytes then, as str now (or back)
+            self.found, self.last = {}, None
+            return
+        self.found = {e[0]: (e[1], e[2], o) for e, o in zip(entries, outcomes) if not e[3] and o[0] in CACHEABLE}
+        self.last = entries[-1][0]

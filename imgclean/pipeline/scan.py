@@ -15,6 +15,7 @@ import gc
 import os
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterable, Iterator
@@ -24,12 +25,13 @@ from ..errors import ImgcleanError
 from ..reports.records import (  # noqa: F401  (re-exported: the record type and statuses used to live here)
     CHANGED, OOD, STATUSES, UNDECODABLE, ScanRecord, is_rejected,
 )
-from ..reports.record_blocks import RecordBlock
+from ..reports.record_blocks import RecordBlock, csv_rows
 from ..store.artifact import ModelBundle
 from ..walk import walk_runs
 from .apply import Applier, ScanSummary
 from .decode import Decoded, Decoder, DecodeSettings
-from .run_snapshots import CACHEABLE as _CACHEABLE, SNAPSHOT_STATUSES as _SNAPSHOT_STATUSES, RunSnapshots
+from .run_snapshots import CACHEABLE as _CACHEABLE, SNAPSHOT_STATUSES as _SNAPSHOT_STATUSES, RunSnapshots, StoredRuns
+from .local_engine import LocalEngine
 from .scoring import Outcome, check_method, outcomes, predict_scores
 
 if TYPE_CHECKING:
@@ -168,36 +170,54 @@ class Scorer:
         return outcomes(decoded, self.score_arrays)
 
     def records(self, entries: list[data.FileEntry], outcomes: list[Outcome], rel) -> list[ScanRecord]:
-        """The records of scored entries (the driver's part: names, identity, cache writes)."""
+        """The records of scored entries (the driver's part: names, identity; RunSnapshots caches them)."""
         names = self.bundle.class_names
         self.decoded += len(entries)
         cut = getattr(rel, "cut", None)
-        records = [
+        return [
             ScanRecord(e[0][cut:] if cut else rel(e[0]), st, names[p] if p >= 0 else None, names[n] if n >= 0 else None,
                        s, msg, "", None, e[1], e[2], e[4], e[5])
             for e, (st, msg, p, n, s) in zip(entries, outcomes, strict=True)
         ]
-        if self.cache is not None:
-            self.cache.put_many(
-                (e[0], e[1], e[2], rec.status, rec.predicted, rec.nearest, rec.score, rec.message)
-                for e, rec in zip(entries, records, strict=True)
-            )
-        return records
 
-    def _resolve(self, entries: list[data.FileEntry], rel) -> list[ScanRecord | None]:
-        """Records for the entries that need no decoding (skipped files, cache hits; one cache
-        query for all of them), None for the others."""
+    def _block(self, entries: list, records: list, scored: list[Outcome], rel, folder) -> RecordBlock:
+        """A group's records as one block: `records[i]` for an entry resolved without decoding,
+        the next of `scored` where it is None, in order. `folder`: the one folder every entry is
+        in (None when several), whose report rows are then formatted once for the report and the
+        run snapshots (RecordBlock.rows)."""
+        names = self.bundle.class_names
+        if len(scored) != records.count(None):
+            raise RuntimeError(f"the engine gave {len(scored)} outcomes for a batch of another size")
+        self.decoded += len(scored)
+        outcomes = [(st, names[p] if p >= 0 else None, names[n] if n >= 0 else None, s, msg) for st, msg, p, n, s in scored]
+        if len(outcomes) != len(entries):
+            it = iter(outcomes)
+            outcomes = [next(it) if r is None else (r.status, r.predicted, r.nearest, r.score, r.message) for r in records]
+        rows = None
+        if folder.__class__ is str and getattr(rel, "cut", None):
+            rows = csv_rows(entries, outcomes, len(folder) if folder.endswith(os.sep) else len(folder) + 1)
+        return RecordBlock(entries, outcomes, rel, folder or "", rows)
+
+    def _resolve(self, entries: list[data.FileEntry], rel, stored: StoredRuns | None = None, folder=None) -> list[ScanRecord | None]:
+        """Records for the entries that need no decoding (skipped files, cache hits: from the
+        folder's run snapshots (`stored`), then one query of the per-file rows for the rest),
+        None for the others."""
         out: list[ScanRecord | None] = [None] * len(entries)
         lookup = []
+        cache = self.cache
         for i, e in enumerate(entries):
             if e[3]:  # skip_reason
                 out[i] = ScanRecord(rel(e[0]), data.SKIPPED, None, None, None, e[3], "", None, e[1], e[2], e[4], e[5])
-            elif self.cache is not None and not self.cache.held_nothing:
+            elif cache is not None and not cache.held_nothing:
                 lookup.append(i)
         if lookup:
             if len(lookup) < len(entries):
                 entries = [entries[i] for i in lookup]
-            hits = self.cache.get_many(entries)
+            hits = stored.look_up(folder, entries) if stored is not None and cache.held_runs else [None] * len(entries)
+            if cache.held_results and None in hits:
+                rest = [j for j, hit in enumerate(hits) if hit is None]
+                for j, hit in zip(rest, cache.get_many([entries[j] for j in rest]), strict=True):
+                    hits[j] = hit
             cacheable, record = _CACHEABLE, ScanRecord
             cut = getattr(rel, "cut", None)  # rel(path) is path[cut:] (_relative_namer)
             for i, e, hit in zip(lookup, entries, hits, strict=True):
@@ -224,43 +244,46 @@ class Scorer:
         engine.ahead() in flight, and their records come back here, in walk order, whatever
         order the engine finishes them in. Each run answered file by file is snapshot in the
         cache once all its records are out and applied (pipeline/run_snapshots.py)."""
-        from collections import deque
-
         root = Path(root)
         rel = _relative_namer(root)
-        # A group: walk-ordered slots, each (entry, record) when resolved without decoding, or
-        # (entry, None) for a file whose decode is in flight; or a RecordBlock.
+        # Walk-ordered groups: [entries, records (a record for an entry resolved without decoding,
+        # None for one decoded in flight), the entries in flight, in flight, the group's folder
+        # (None: several)]; or [RecordBlock, None, None, (folder, ordinal)] for a stored run.
         pending: deque = deque()
-        slots: list[tuple[data.FileEntry, ScanRecord | None]] = []
-        to_decode: list[data.FileEntry] = []
+        group: list = [[], [], [], None, _NO_FOLDER]
         step = min(self.batch_size, LOOKUP_BATCH)
         cache = self.cache
         snapshots = RunSnapshots(cache) if cache is not None else None
+        stored_runs = StoredRuns(cache) if cache is not None else None
         look_up = cache is not None and not cache.held_nothing  # else every file is a miss: no queries
 
         with engine if engine is not None else LocalEngine(self) as engine:
 
             def submit() -> None:
-                nonlocal slots, to_decode
-                pending.append((slots, to_decode, engine.submit(to_decode) if to_decode else None))
-                slots, to_decode = [], []
+                nonlocal group
+                if group[2]:
+                    group[3] = engine.submit(group[2])
+                pending.append(group)
+                group = [[], [], [], None, _NO_FOLDER]
 
             def finish() -> Iterator:
-                group, entries, in_flight = pending.popleft()
-                if group.__class__ is RecordBlock:
-                    yield group
-                    snapshots.after_block(*in_flight, group)  # in_flight: the run's (folder, ordinal)
+                entries, records, to_decode, in_flight, folder = pending.popleft()
+                if entries.__class__ is RecordBlock:
+                    yield entries
+                    snapshots.after_block(*folder, entries)  # a stored run: its (folder, ordinal)
                     return
-                scored = iter(self.records(entries, engine.collect(entries, in_flight), rel) if entries else ())
-                for entry, record in group:
-                    if record is None:
-                        record = next(scored)
-                    yield record, entry
-                    if snapshots is not None:  # after the consumer applied it
-                        snapshots.saw(entry, record)
+                block = self._block(entries, records, engine.collect(to_decode, in_flight) if to_decode else [], rel, folder)
+                try:
+                    yield block
+                except GeneratorExit:  # the consumer stopped after this block, or while applying it
+                    if snapshots is not None:
+                        snapshots.saw_block(block)
+                    raise
+                if snapshots is not None:  # after the consumer applied it
+                    snapshots.saw_block(block)
 
             def drain() -> Iterator:
-                while len(pending) > engine.ahead() or (pending and not pending[0][1]):
+                while len(pending) > engine.ahead() or (pending and not pending[0][2]):
                     yield from finish()
 
             try:
@@ -268,61 +291,41 @@ class Scorer:
                     if snapshots is not None:
                         stored = cache.get_run(folder, ordinal, run, _SNAPSHOT_STATUSES) if look_up else None
                         if stored is not None:
-                            if slots:
+                            if group[0]:
                                 submit()
-                            pending.append((RecordBlock(run, stored[0], rel, folder, stored[1]), (), (folder, ordinal)))
+                            pending.append([RecordBlock(run, stored[0], rel, folder, stored[1], stored=True), None, None, None,
+                                            (folder, ordinal)])
                             yield from drain()
                             continue
                         snapshots.expect(folder, ordinal, len(run))
                     for i in range(0, len(run), step):
                         entries = run[i : i + step]
-                        for entry, record in zip(entries, self._resolve(entries, rel), strict=True):
-                            if record is None:
-                                to_decode.append(entry)
-                            slots.append((entry, record))
-                        if len(to_decode) >= self.batch_size or len(slots) >= MAX_GROUP:
+                        resolved = self._resolve(entries, rel, stored_runs, folder)
+                        group[4] = folder if group[4] is _NO_FOLDER or group[4] == folder else None
+                        group[0] += entries
+                        group[1] += resolved
+                        if resolved.count(None) == len(entries):
+                            group[2] += entries
+                        else:
+                            group[2] += [e for e, r in zip(entries, resolved) if r is None]
+                        if len(group[2]) >= self.batch_size or len(group[0]) >= MAX_GROUP:
                             submit()
                             yield from drain()
-                if slots:
+                if group[0]:
                     submit()
                 while pending:
                     yield from finish()
             finally:
-                for group, _, in_flight in pending:
-                    if in_flight is not None and group.__class__ is not RecordBlock:
+                for entries, _, to_decode, in_flight, _ in pending:
+                    if in_flight is not None and entries.__class__ is not RecordBlock:
                         engine.cancel(in_flight)
                 if cache is not None:
+                    snapshots.close()
                     cache.flush()
 
 
-class LocalEngine:
-    """Decode and score in this process: a Decoder pool decodes the next batches while the
-    model scores the current one in the calling thread (the default engine)."""
-
-    def __init__(self, scorer: Scorer):
-        self.scorer = scorer
-        self.decoder = Decoder(scorer.settings, scorer.workers)
-
-    def __enter__(self) -> "LocalEngine":
-        self.decoder.__enter__()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.decoder.__exit__(*exc)
-
-    def submit(self, entries: list[data.FileEntry]):
-        pending = self.decoder.submit(entries)
-        self.scorer.preload()  # after the submit: decode workers are forked before the load thread starts
-        return pending
-
-    def collect(self, entries: list[data.FileEntry], pending) -> list[Outcome]:
-        return self.scorer.outcomes(pending.result())
-
-    def cancel(self, pending) -> None:
-        pending.cancel()
-
-    def ahead(self) -> int:
-        return self.scorer._ahead()
+# A group holding no entry yet has no folder.
+_NO_FOLDER = object()
 
 
 # Entries looked up in the cache with one query.

@@ -1,5 +1,5 @@
-"""A block of scan records known all at once (a scan cache's run snapshot), and the CSV rows
-such a block writes in one piece."""
+"""A block of scan records known all at once (a scan cache's run snapshot, a batch just scored),
+and the CSV rows such a block writes in one piece."""
 from __future__ import annotations
 
 import os
@@ -8,23 +8,26 @@ from .records import OOD, UNDECODABLE, ScanRecord
 
 
 class RecordBlock:
-    """The records of a run of files known all at once (a scan cache's snapshot of an unchanged
-    run of a folder): `entries` (walk.FileEntry tuples) and their `outcomes` (status, predicted,
+    """The records of files known all at once (a scan cache's snapshot of an unchanged run of a
+    folder, or a batch just scored): `entries` (walk.FileEntry tuples) and their `outcomes` (status, predicted,
     nearest, score, message), with `rel` naming a path relative to the scanned folder. Sinks that
     know blocks take one whole (RecordWriter.write_block); `records()` gives the ScanRecords,
     built once, to the others.
 
     `rows`, when given: csv_rows(entries, outcomes, start) with the names' start in the entries'
-    paths (all in `folder`), kept with the snapshot so a rescan does not format them again."""
+    paths (all in `folder`), kept with the snapshot so a rescan does not format them again.
+    `stored`: the block is a run snapshot the cache answered whole (else a batch scored now)."""
 
-    __slots__ = ("entries", "outcomes", "rel", "folder", "rows", "_records", "_counts")
+    __slots__ = ("entries", "outcomes", "rel", "folder", "rows", "stored", "_records", "_counts")
 
-    def __init__(self, entries: list, outcomes: list[tuple], rel, folder: str | bytes = "", rows: str | None = None):
+    def __init__(self, entries: list, outcomes: list[tuple], rel, folder: str | bytes = "", rows: str | None = None,
+                 stored: bool = False):
         self.entries = entries
         self.outcomes = outcomes
         self.rel = rel
         self.folder = folder
         self.rows = rows
+        self.stored = stored
         self._records: list[ScanRecord] | None = None
         self._counts: dict[str, int] | None = None
 

@@ -11,13 +11,17 @@ The cache can only make a scan faster, never different:
 - a cache file that is unreadable or not ours is moved aside and rebuilt; any SQLite error later
   turns the cache off for the rest of the run (every lookup a miss). Nothing here raises.
 
-Besides one row per file, the cache keeps a snapshot per run of the walk (walk.walk_runs: up to
-4,096 consecutive files of one folder): every entry exactly as the walk saw it (path, size,
-mtime_ns, skip reason, device, inode) and its outcome. A rescan whose run is equal, entry for
-entry, takes the run's records from the snapshot in one query instead of one look-up per file;
-any difference (a file added, removed, touched, replaced) makes the run a miss, answered file by
-file as before. A snapshot is written only when every file of the run has a cacheable outcome
-and none is racy.
+Results are kept two ways (pipeline/run_snapshots.py decides which):
+- a snapshot per run of the walk (walk.walk_runs: up to 4,096 consecutive files of one folder):
+  every entry exactly as the walk saw it (path, size, mtime_ns, skip reason, device, inode) and
+  its outcome. A rescan whose run is equal, entry for entry, takes the run's records from the
+  snapshot in one query; a run that differs (a file added, removed, touched, replaced) is
+  answered file by file, first from the folder's snapshots (load_run: a file whose path, size
+  and mtime_ns are a snapshot's), then from the per-file rows. A snapshot is written only when
+  every file of the run has a cacheable outcome and none is racy;
+- one row per file, for the files of runs that could not be snapshot (a racy file, a failed
+  move, a scan stopped in the middle of a run). A snapshotted run writes no per-file rows: the
+  two B-trees keyed by (model, path) cost a cold scan more than the scoring's own bookkeeping.
 """
 from __future__ import annotations
 
@@ -71,7 +75,8 @@ def model_key(config: dict, extra: str = "") -> str:
 
 class ScanCache:
     """get(path, size, mtime_ns) -> cached tuple or None; put(...) stores one result; get_many and
-    put_many do the same for many files with one query (a scan calls those)."""
+    put_many do the same for many files with one query; get_run / put_run / load_run /
+    run_ordinals read and write the run snapshots."""
 
     def __init__(self, directory: Path | None, key: str):
         self.directory = Path(directory) if directory is not None else default_cache_dir()
@@ -83,9 +88,11 @@ class ScanCache:
         self._db: sqlite3.Connection | None = None
         self._pending = 0
         self._racy_after_ns = time.time_ns() - int(RACY_SECONDS * 1e9)
-        # True when the cache held no result for this model as it was opened: a scan then has
-        # nothing to look up (a first scan with a new model) and skips the queries.
-        self.held_nothing = False
+        # What the cache held for this model as it was opened: per-file rows, run snapshots. A
+        # scan skips the queries of what it holds nothing of (a first scan with a new model:
+        # all of them).
+        self.held_results = False
+        self.held_runs = False
 
     # ---- opening -----------------------------------------------------------------------------
     def open(self) -> "ScanCache":
@@ -96,7 +103,8 @@ class ScanCache:
             except sqlite3.DatabaseError as exc:
                 self._set_aside(exc)
                 self._db = self._connect()
-            self.held_nothing = self._db.execute("SELECT 1 FROM results WHERE model=? LIMIT 1", (self.key,)).fetchone() is None
+            self.held_results = self._db.execute("SELECT 1 FROM results WHERE model=? LIMIT 1", (self.key,)).fetchone() is not None
+            self.held_runs = self._db.execute("SELECT 1 FROM runs WHERE model=? LIMIT 1", (self.key,)).fetchone() is not None
         except (OSError, sqlite3.Error) as exc:
             log.warning("scan cache %s cannot be used (%s); scanning without it", self.path, exc)
             self._close_quietly()
@@ -150,6 +158,10 @@ class ScanCache:
         log.warning("scan cache %s failed (%s); continuing without it", self.path, exc)
         self.enabled = False
         self._close_quietly()
+
+    @property
+    def held_nothing(self) -> bool:
+        return not (self.held_results or self.held_runs)
 
     # ---- use -----------------------------------------------------------------------------------
     @staticmethod
@@ -238,7 +250,27 @@ class ScanCache:
         """(outcomes, rows) stored for a walk run: the outcomes (status, predicted, nearest, score,
         message) in order and the text stored with them, when the stored snapshot of (folder,
         ordinal) holds exactly these entries and only these statuses; else None."""
-        if not self.enabled:
+        stored = self.load_run(folder, ordinal)
+        if stored is None or stored[0] != entries or not {o[0] for o in stored[1]} <= statuses:
+            return None
+        self.hits += sum(1 for e in entries if not e[3])  # skipped files are never looked up
+        return stored[1], stored[2]
+
+    def run_ordinals(self, folder) -> list[int]:
+        """The ordinals of the runs of `folder` stored for this model, in order."""
+        if not self.enabled or not self.held_runs:
+            return []
+        try:
+            return [r[0] for r in self._db.execute(
+                "SELECT ordinal FROM runs WHERE model=? AND folder=? ORDER BY ordinal", (self.key, self._folder_key(folder)))]
+        except sqlite3.Error as exc:
+            self._disable(exc)
+            return []
+
+    def load_run(self, folder, ordinal: int) -> tuple[list[tuple], list[tuple], str | None] | None:
+        """(entries, outcomes, rows) of the stored snapshot of (folder, ordinal), or None when
+        there is none or it is damaged (bad checksum, wrong shape): a miss, rewritten by the scan."""
+        if not self.enabled or not self.held_runs:
             return None
         try:
             row = self._db.execute(
@@ -252,28 +284,28 @@ class ScanCache:
             return None
         blob = row[0]
         if not isinstance(blob, bytes) or len(blob) < 4 or zlib.crc32(blob[4:]) != int.from_bytes(blob[:4], "big"):
-            return None  # damaged: a miss, rewritten by this scan
+            return None
         try:
             stored, outcomes, rows = marshal.loads(blob[4:])
-            if (stored != entries or len(outcomes) != len(entries) or not (rows is None or rows.__class__ is str)
-                    or any(o.__class__ is not tuple or len(o) != 5 for o in outcomes)
-                    or not {o[0] for o in outcomes} <= statuses):
+            if (stored.__class__ is not list or outcomes.__class__ is not list or len(outcomes) != len(stored)
+                    or not (rows is None or rows.__class__ is str)
+                    or any(e.__class__ is not tuple or len(e) != 6 for e in stored)
+                    or any(o.__class__ is not tuple or len(o) != 5 for o in outcomes)):
                 return None
         except (ValueError, EOFError, TypeError):
             return None
-        self.hits += sum(1 for e in entries if not e[3])  # skipped files are never looked up
-        return outcomes, rows
+        return stored, outcomes, rows
 
-    def put_run(self, folder, ordinal: int, entries: list, outcomes: list[tuple], rows: str | None = None) -> None:
+    def put_run(self, folder, ordinal: int, entries: list, outcomes: list[tuple], rows: str | None = None) -> bool:
         """Store a run's snapshot: its entries (path, size, mtime_ns, skip_reason, dev, ino), each
         one's outcome, and `rows` (a text given back with them). Callers pass only cacheable
-        outcomes; a run holding a racy file is not stored."""
+        outcomes; a run holding a racy file is not stored. True when stored."""
         if not self.enabled or any(e[2] >= self._racy_after_ns for e in entries):
-            return
+            return False
         try:
             data = marshal.dumps(([tuple(e) for e in entries], [tuple(o) for o in outcomes], rows))
-        except ValueError:  # a value marshal cannot store: no snapshot, the per-file rows still serve
-            return
+        except ValueError:  # a value marshal cannot store: no snapshot (the caller stores rows per file)
+            return False
         try:
             if self._pending == 0:
                 self._db.execute("BEGIN")
@@ -283,6 +315,8 @@ class ScanCache:
                 self.flush()
         except sqlite3.Error as exc:
             self._disable(exc)
+            return False
+        return self.enabled
 
     def _folder_key(self, folder) -> bytes:
         return self._path_key(folder)

@@ -1,0 +1,96 @@
+"""Scoring in the decode worker processes, for a CPU scan whose files decode in processes.
+
+Why: a scan of many small images on a CPU spends about as long in the network as in decoding.
+Scored in the scanning process, the network runs on one core beside that process's own work (the
+walk, records, report, cache), all under one GIL; scored where each chunk was decoded, it runs
+on every core, one torch thread a worker, and the scanning process only turns outcomes into
+records. It also means the scanning process never imports torch for those batches.
+
+How: before the decode workers are forked, the scan registers (bundle, method, batch size)
+under a token; `ScoreChunk(token)` (only the token travels with each chunk) is the decode pool's
+`finish` (pipeline/decode_workers.py). In a worker, the first chunk builds the model from the
+registered lazy bundle (importing torch there, one thread), and each chunk's decoded list is
+answered with scoring.outcomes, exactly as the scanning process would answer it. A worker that
+dies on a file gives that file `failed(UNREADABLE, DIED)`; an error in the model (say, weights
+that cannot be read) reaches the scan as it would in the scanning process.
+
+Only where workers are forked (they inherit the registry), and only when the scanning process
+has not imported torch when the workers start (`fork_is_safe`): a process that has run torch's
+thread pools (a program that trained a model, then scans through imgclean.api) cannot fork
+children that use them (they hang in OpenMP). Elsewhere the scan scores itself, as it does with
+IMGCLEAN_SCORE_IN_WORKERS=0 (benchmarks compare both).
+"""
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import secrets
+import sys
+from typing import Callable
+
+from .scoring import Outcome, outcomes, predict_scores
+
+ENV = "IMGCLEAN_SCORE_IN_WORKERS"
+
+_registered: dict[str, tuple] = {}  # token -> (bundle, method, batch_size), set before the fork
+_ready: dict[str, Callable] = {}  # in a worker: token -> its score_arrays, once built
+
+
+def wanted(device: str) -> bool:
+    """Whether a scan on `device` scores in its decode workers (when they are processes)."""
+    return (str(device) == "cpu" and "fork" in mp.get_all_start_methods()
+            and os.environ.get(ENV, "").strip() not in ("0", "false", "no"))
+
+
+def fork_is_safe() -> bool:
+    """Whether workers forked now may run torch: the scanning process has not imported it."""
+    return "torch" not in sys.modules
+
+
+def register(bundle, method: str, batch_size: int) -> str:
+    token = secrets.token_hex(8)
+    _registered[token] = (bundle, method, batch_size)
+    return token
+
+
+def unregister(token: str) -> None:
+    _registered.pop(token, None)
+    _ready.pop(token, None)
+
+
+def failed(status: str, message: str) -> Outcome:
+    """The outcome of a file whose worker died on it."""
+    return (status, message, -1, -1, None)
+
+
+class ScoreChunk:
+    """A decode pool's `finish`: a chunk's decoded list -> one Outcome each (in the worker)."""
+
+    def __init__(self, token: str):
+        self.token = token
+
+    def __call__(self, decoded: list) -> list[Outcome]:
+        score_arrays = _ready.get(self.token) or _prepare(self.token)
+        return outcomes(decoded, score_arrays)
+
+    def __repr__(self) -> str:
+        return f"ScoreChunk({self.token})"
+
+
+def _prepare(token: str) -> Callable:
+    entry = _registered.get(token)
+    if entry is None:
+        raise RuntimeError("scoring in a decode worker that was not forked from the scan (no model registered)")
+    bundle, method, batch_size = entry
+    os.environ["IMGCLEAN_TORCH_THREADS"] = "1"  # one thread a worker: the workers fill the cores
+    from . import blas
+    from ..nn.runtime import prepare_for_inference
+
+    blas._limit()  # one BLAS thread too (the detector's products are small)
+    prepare_for_inference(bundle.model, "cpu", bundle.config.get("arch", ""), bundle.input_size)
+
+    def score_arrays(images):
+        return predict_scores(bundle, method, images, "cpu", batch_size)
+
+    _ready[token] = score_arrays
+    return score_arrays

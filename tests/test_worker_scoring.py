@@ -167,3 +167,22 @@ def test_a_network_that_cannot_be_built_fails_the_scan_as_in_the_scanning_proces
     make_incoming_folder(root, normal=3, ood=2)
     errors = [scan_elsewhere(root, model_dir, tmp_path, in_workers=w, damage=True).get("error") for w in (False, True)]
     assert errors[0] == errors[1] == ["ModelError", "the network cannot be built (injected)"]
+
+
+def test_scoring_in_workers_is_for_cpu_scans_whose_workers_fit_in_memory(monkeypatch):
+    monkeypatch.delenv(worker_scoring.ENV, raising=False)
+    monkeypatch.setattr(worker_scoring, "_available_bytes", lambda: 16 * 2**30)
+    assert worker_scoring.wanted("cpu", 2) and worker_scoring.wanted("cpu", worker_scoring.MAX_WORKERS)
+    assert not worker_scoring.wanted("cpu", worker_scoring.MAX_WORKERS + 1)  # torch imported in each: ~300 MB
+    assert not worker_scoring.wanted("cuda", 2) and not worker_scoring.wanted("mps", 2)
+    monkeypatch.setattr(worker_scoring, "_available_bytes", lambda: 3 * 2**30)
+    assert worker_scoring.wanted("cpu", 2) and not worker_scoring.wanted("cpu", 4)  # half of what is available
+    monkeypatch.setenv(worker_scoring.ENV, "0")
+    assert not worker_scoring.wanted("cpu", 2)
+
+
+def test_available_memory_is_read_from_meminfo():
+    if not os.path.exists("/proc/meminfo"):
+        pytest.skip("no /proc/meminfo")
+    available = worker_scoring._available_bytes()
+    assert 0 < available < float("inf")

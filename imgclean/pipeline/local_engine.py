@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .. import data
 from . import worker_scoring
-from .decode import Decoder
+from .decode import Decoder, default_workers
 from .scoring import Outcome
 
 
@@ -18,7 +18,7 @@ class LocalEngine:
         self.scorer = scorer
         self.token = None
         finish = failed = None
-        if worker_scoring.wanted(scorer.device):
+        if worker_scoring.wanted(scorer.device, scorer.workers or default_workers()):
             self.token = worker_scoring.register(scorer.bundle, scorer.method, scorer.batch_size)
             finish, failed = worker_scoring.ScoreChunk(self.token), worker_scoring.failed
         self.decoder = Decoder(scorer.settings, scorer.workers, finish=finish, failed=failed, finish_if=worker_scoring.fork_is_safe)

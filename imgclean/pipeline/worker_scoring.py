@@ -14,7 +14,10 @@ answered with scoring.outcomes, exactly as the scanning process would answer it.
 dies on a file gives that file `failed(UNREADABLE, DIED)`; an error in the model (say, weights
 that cannot be read) reaches the scan as it would in the scanning process.
 
-Only where workers are forked (they inherit the registry), and only when the scanning process
+Each worker imports torch: ~300 MB of private memory a process (measured: torch 2.14 on Linux),
+so it is used for at most MAX_WORKERS workers and only when their imports fit in half of the
+memory available (MemAvailable); beyond that the scanning process scores, with torch's own
+threads. Only where workers are forked (they inherit the registry), and only when the scanning process
 has not imported torch when the workers start (`fork_is_safe`): a process that has run torch's
 thread pools (a program that trained a model, then scans through imgclean.api) cannot fork
 children that use them (they hang in OpenMP). Elsewhere the scan scores itself, as it does with
@@ -22,24 +25,38 @@ IMGCLEAN_SCORE_IN_WORKERS=0 (benchmarks compare both).
 """
 from __future__ import annotations
 
-import multiprocessing as mp
 import os
-import secrets
 import sys
 from typing import Callable
 
 from .scoring import Outcome, outcomes, predict_scores
 
 ENV = "IMGCLEAN_SCORE_IN_WORKERS"
+MAX_WORKERS = 8
+WORKER_BYTES = 512 * 2**20  # what one scoring worker is counted to need (torch's import, the model)
 
 _registered: dict[str, tuple] = {}  # token -> (bundle, method, batch_size), set before the fork
 _ready: dict[str, Callable] = {}  # in a worker: token -> its score_arrays, once built
 
 
-def wanted(device: str) -> bool:
-    """Whether a scan on `device` scores in its decode workers (when they are processes)."""
-    return (str(device) == "cpu" and "fork" in mp.get_all_start_methods()
-            and os.environ.get(ENV, "").strip() not in ("0", "false", "no"))
+def wanted(device: str, workers: int) -> bool:
+    """Whether a scan on `device` with `workers` decode workers scores in them (when they are
+    processes)."""
+    return (str(device) == "cpu" and hasattr(os, "fork")  # (decode_workers forks where it can)
+            and os.environ.get(ENV, "").strip() not in ("0", "false", "no")
+            and workers <= MAX_WORKERS and workers * WORKER_BYTES <= _available_bytes() / 2)
+
+
+def _available_bytes() -> float:
+    """MemAvailable (Linux), or no limit where it cannot be read."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return float("inf")
 
 
 def fork_is_safe() -> bool:
@@ -48,7 +65,7 @@ def fork_is_safe() -> bool:
 
 
 def register(bundle, method: str, batch_size: int) -> str:
-    token = secrets.token_hex(8)
+    token = os.urandom(8).hex()
     _registered[token] = (bundle, method, batch_size)
     return token
 

@@ -68,7 +68,10 @@ class RunSnapshots:
             run[2] += entries[i : i + k]
             run[3] += outcomes[i : i + k]
             if run[6] is not None:
-                run[6] = run[6] + rows[i : i + k] if rows is not None else None
+                if rows is not None:
+                    run[6] += rows[i : i + k]
+                else:
+                    run[6] = None
             run[4] -= k
             i += k
             if run[4] == 0:

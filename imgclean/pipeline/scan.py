@@ -183,8 +183,8 @@ class Scorer:
     def _block(self, entries: list, records: list, scored: list[Outcome], rel, folder) -> RecordBlock:
         """A group's records as one block: `records[i]` for an entry resolved without decoding,
         the next of `scored` where it is None, in order. `folder`: the one folder every entry is
-        in (None when several), whose report rows are then formatted once for the report and the
-        run snapshots (RecordBlock.rows)."""
+        in (None when several); with a cache, the block's report rows are then formatted once,
+        for the report and the run snapshots (RecordBlock.rows)."""
         names = self.bundle.class_names
         if len(scored) != records.count(None):
             raise RuntimeError(f"the engine gave {len(scored)} outcomes for a batch of another size")
@@ -194,7 +194,7 @@ class Scorer:
             it = iter(outcomes)
             outcomes = [next(it) if r is None else (r.status, r.predicted, r.nearest, r.score, r.message) for r in records]
         rows = None
-        if folder.__class__ is str and getattr(rel, "cut", None):
+        if self.cache is not None and folder.__class__ is str and getattr(rel, "cut", None):
             rows = csv_rows(entries, outcomes, len(folder) if folder.endswith(os.sep) else len(folder) + 1)
         return RecordBlock(entries, outcomes, rel, folder or "", rows)
 

@@ -1,4 +1,5 @@
-"""Listing one folder for the walk (walk.py): its sorted non-hidden names with their lstat.
+"""Listing one folder for the walk (walk.py): its sorted non-hidden names with their lstat
+fields, in columns.
 
 A folder is listed and stat'ed through a directory descriptor (fstatat on each name), opened a
 component at a time when its path is too long for the kernel; a folder given as bytes is listed
@@ -9,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 from operator import attrgetter
+from typing import NamedTuple
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +41,27 @@ def _open_deep(path: str) -> int:
 
 
 _name = attrgetter("name")
+_MODE, _SIZE, _MTIME, _DEV, _INO = (attrgetter(f) for f in ("st_mode", "st_size", "st_mtime_ns", "st_dev", "st_ino"))
 
 
-def listing(folder: str) -> list[tuple[str, os.stat_result | None]]:
-    """Sorted (name, lstat or None) of the non-hidden entries of `folder`; [] when unreadable."""
+class Listing(NamedTuple):
+    """One folder's sorted non-hidden names and, in columns (one list each, index for index), the
+    lstat fields the walk uses. A name that could not be stat'ed (it vanished between the listing
+    and its stat) has mode 0 (no file type) and zeros."""
+
+    names: list
+    modes: list[int]
+    sizes: list[int]
+    mtimes: list[int]  # st_mtime_ns
+    devs: list[int]
+    inos: list[int]
+
+
+EMPTY = Listing([], [], [], [], [], [])
+
+
+def listing(folder: str | bytes) -> Listing:
+    """The sorted non-hidden entries of `folder` with their lstat fields; empty when unreadable."""
     deep = len(os.fsencode(os.path.abspath(folder))) >= _FD_WALK_FROM
     fd = None
     try:
@@ -50,7 +69,7 @@ def listing(folder: str) -> list[tuple[str, os.stat_result | None]]:
             with os.scandir(folder) as it:
                 entries = [e for e in it if not e.name.startswith(b".")]  # is_hidden, inline
             entries.sort(key=_name)
-            return list(zip([e.name for e in entries], _stat_each(entries)))
+            return _columns([e.name for e in entries], _stat_each(entries))
         # Listed and stat'ed through a descriptor: fstatat on each name, no path to resolve
         # again per file, and every stat is of this very folder.
         fd = _open_deep(folder) if deep else os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
@@ -61,13 +80,28 @@ def listing(folder: str) -> list[tuple[str, os.stat_result | None]]:
             names.sort()  # ASCII: the order of the bytes, without encoding each name
         else:
             names.sort(key=os.fsencode)
-        return list(zip(names, _stat_names(names, fd)))
+        return _columns(names, _stat_names(names, fd))
     except OSError as exc:
         log.warning("cannot list %s: %s", os.fsdecode(folder), exc.strerror or exc)
-        return []
+        return EMPTY
     finally:
         if fd is not None:
             os.close(fd)
+
+
+def _columns(names: list, stats: list[os.stat_result | None]) -> Listing:
+    if None in stats:
+        stats = [_VANISHED if s is None else s for s in stats]
+    return Listing(names, *(list(map(field, stats)) for field in (_MODE, _SIZE, _MTIME, _DEV, _INO)))
+
+
+class _Vanished:
+    """The stat of a name that could not be stat'ed: mode 0 (no file type), zeros."""
+
+    st_mode = st_size = st_mtime_ns = st_dev = st_ino = 0
+
+
+_VANISHED = _Vanished()
 
 
 def _stat_each(entries: list[os.DirEntry]) -> list[os.stat_result | None]:

@@ -15,7 +15,7 @@ from operator import itemgetter
 from pathlib import Path
 from typing import Iterator
 
-from .listing import _FD_WALK_FROM, PATH_MAX, listing as _listing
+from .listing import _FD_WALK_FROM, PATH_MAX, Listing, listing as _listing
 
 log = logging.getLogger(__name__)
 
@@ -103,13 +103,13 @@ def too_long(path: str | os.PathLike) -> str:
     return ""
 
 
-def _is_quarantine(listing: list[tuple[str, os.stat_result | None]]) -> bool:
+def _is_quarantine(listing: Listing) -> bool:
     """The folder's listing holds an imgclean manifest as a regular file (as moves.is_quarantine
     decides, from the lstat the walk already has: a folder or link of that name is user data)."""
     from .fileops import MANIFEST_NAME
 
     manifest = os.fsencode(MANIFEST_NAME)
-    return any(os.fsencode(n) == manifest and st is not None and stat.S_ISREG(st.st_mode) for n, st in listing)
+    return any(os.fsencode(n) == manifest and stat.S_ISREG(m) for n, m in zip(listing.names, listing.modes))
 
 
 def _identities(folders) -> set[tuple[int, int]]:
@@ -134,19 +134,44 @@ def walk_images(root: Path, exclude: tuple[Path, ...] = ()) -> Iterator[FileEntr
     open come back with a skip_reason so they can be reported; a file reached twice through hard
     links is yielded once for scoring and then as a duplicate.
     """
-    for _, _, run in walk_runs(root, exclude):
-        yield from run
+    for run in walk_runs(root, exclude):
+        yield from run.entries
 
 
 # Most entries in one run of walk_runs (a scan's cache keeps one snapshot per run).
 RUN_LIMIT = 4096
 
 
-def walk_runs(root: Path, exclude: tuple[Path, ...] = (), limit: int = RUN_LIMIT) -> Iterator[tuple[str | bytes, int, list[FileEntry]]]:
-    """walk_images' entries, in the same order, as (folder, ordinal, entries) runs: consecutive
-    entries of one folder's listing, ended by a sub-folder in that listing or by `limit` entries.
-    `ordinal` numbers the runs of each folder listing from 0, so (folder, ordinal) names a run
-    again in the next walk of an unchanged tree."""
+class Run:
+    """Consecutive entries of one folder's listing, as walk_runs gives them.
+
+    folder, ordinal: which run (ordinals number each folder's runs from 0, so the pair names a run
+    again in the next walk of an unchanged tree); entries: its FileEntry tuples (plain tuples when
+    taken from a snapshot); span: the names of the listing entries it covers, images or not (None
+    when one of them could not be stat'ed: such a run is never matched from its names); positions:
+    each entry's index in span (None when entry i is span[i]); snapshot: what `known` returned for
+    it; matched: its entries come from that snapshot, checked against the listing without building
+    them one by one."""
+
+    __slots__ = ("folder", "ordinal", "entries", "span", "positions", "snapshot", "matched")
+
+    def __init__(self, folder, ordinal: int, entries: list, span: list | None, positions: list[int] | None,
+                 snapshot=None, matched: bool = False):
+        self.folder, self.ordinal, self.entries = folder, ordinal, entries
+        self.span, self.positions, self.snapshot, self.matched = span, positions, snapshot, matched
+
+
+def walk_runs(root: Path, exclude: tuple[Path, ...] = (), limit: int = RUN_LIMIT, known=None) -> Iterator[Run]:
+    """walk_images' entries, in the same order, as Runs: consecutive entries of one folder's
+    listing, ended by a sub-folder in that listing or by `limit` listing entries.
+
+    `known(folder, ordinal)`, when given, returns a stored snapshot of the run about to be walked
+    or None. A snapshot is a sequence whose first seven items are the columns of a Run seen
+    before: (span, positions, sizes, mtimes, skip reasons, devs, inos), one item per entry in the
+    last five. When the listing shows that run again, unchanged (the same names, no sub-folder
+    among them, every entry the same regular file, same size, mtime, device and inode, none
+    already walked), the Run comes `matched`, its entries built from those columns with a few
+    whole-list operations instead of one by one."""
     excluded = _identities(exclude)
     seen_inodes: set[tuple[int, int]] = set()
     seen, new = seen_inodes.add, _new_entry
@@ -155,25 +180,44 @@ def walk_runs(root: Path, exclude: tuple[Path, ...] = (), limit: int = RUN_LIMIT
     reg, kind = stat.S_IFREG, 0o170000  # S_ISREG(mode) is mode & kind == reg, inline
     extensions = IMAGE_EXTENSIONS
     dotchar = "." if isinstance(base, str) else b"."
-    # Explicit stack of [folder path, sorted (name, lstat) listing, next index in it, its absolute
-    # path's byte length + 1, what joins a name onto it, runs yielded]: same order as recursion.
-    # The length makes too_long() one addition per file.
-    stack = [[base, _listing(base), 0, _prefix_len(base), _joiner(base), 0]]
+    # Explicit stack of [folder path, its Listing, next index in it, its absolute path's byte
+    # length + 1, what joins a name onto it, runs yielded, (ordinal, snapshot) last asked of
+    # `known`]: same order as recursion. The length makes too_long() one addition per file.
+    stack = [[base, _listing(base), 0, _prefix_len(base), _joiner(base), 0, None]]
     while stack:
         frame = stack[-1]
-        folder, listing, i, prefix, head, _ = frame
+        folder, listing, i, prefix, head, ordinal, asked = frame
+        names, modes, sizes, mtimes, devs, inos = listing
+        n = len(names)
+        snapshot = None
+        if known is not None and i < n:
+            if asked is None or asked[0] != ordinal:
+                frame[6] = asked = (ordinal, known(folder, ordinal))
+            snapshot = asked[1]
+            if snapshot is not None:
+                entries = _match(listing, i, limit, prefix, head, snapshot, seen_inodes)
+                if entries is not None:
+                    frame[2] = i + len(snapshot[0])
+                    frame[5] += 1
+                    yield Run(folder, ordinal, entries, snapshot[0], snapshot[1], snapshot, True)
+                    continue
         run: list[FileEntry] = []
         add = run.append
-        j = stop = min(len(listing), i + limit)  # at most `limit` listing entries per run
+        positions: list[int] = []
+        at = positions.append
+        vanished = False
+        j = stop = min(n, i + limit)  # at most `limit` listing entries per run
         at_folder = False
         for j in range(i, stop):
-            name, st = listing[j]
-            if st is None:
-                continue  # vanished between listing and stat
-            mode = st.st_mode
-            if mode & kind != reg and isdir(mode):
-                at_folder = True
-                break  # a sub-folder ends the run
+            mode = modes[j]
+            if mode & kind != reg:
+                if mode == 0:
+                    vanished = True  # vanished between listing and stat
+                    continue
+                if isdir(mode):
+                    at_folder = True
+                    break  # a sub-folder ends the run
+            name = names[j]
             dot = name.rfind(dotchar)  # splitext's extension: a name starting with a dot is hidden, never here
             if dot < 1 or name[dot:].lower() not in extensions:
                 continue
@@ -181,36 +225,73 @@ def walk_runs(root: Path, exclude: tuple[Path, ...] = (), limit: int = RUN_LIMIT
             if mode & kind != reg:
                 add(new(FileEntry, (path, 0, 0, "symbolic link (not followed)" if islnk(mode) else "not a regular file", None, None)))
             elif prefix + 4 * len(name) >= PATH_MAX and too_long(path):  # 4: most UTF-8 bytes per character
-                add(new(FileEntry, (path, st.st_size, st.st_mtime_ns, too_long(path), None, None)))
+                add(new(FileEntry, (path, sizes[j], mtimes[j], too_long(path), None, None)))
             else:
-                key = (dev := st.st_dev, ino := st.st_ino)
+                key = (dev := devs[j], ino := inos[j])
                 if key in seen_inodes:
-                    add(new(FileEntry, (path, st.st_size, st.st_mtime_ns, "hard link to a file already scanned", None, None)))
+                    add(new(FileEntry, (path, sizes[j], mtimes[j], "hard link to a file already scanned", None, None)))
                 else:
                     seen(key)
-                    add(new(FileEntry, (path, st.st_size, st.st_mtime_ns, "", dev, ino)))
+                    add(new(FileEntry, (path, sizes[j], mtimes[j], "", dev, ino)))
+            at(j - i)
         else:
             j = stop
         frame[2] = j
         if run:
             frame[5] += 1
-            yield folder, frame[5] - 1, run
+            span = None if vanished else names[i:j]
+            yield Run(folder, ordinal, run, span, None if len(positions) == j - i else positions, snapshot)
             continue
         if not at_folder:
-            if j >= len(listing):
+            if j >= n:
                 stack.pop()
             continue  # (or `limit` entries without an image: on with the listing)
-        name, st = listing[j]
         frame[2] = j + 1
-        path = os.path.join(folder, name)
-        if (st.st_dev, st.st_ino) in excluded:
+        path = os.path.join(folder, names[j])
+        if (devs[j], inos[j]) in excluded:
             log.info("skipping excluded folder %s", os.fsdecode(path))
             continue
         sub = _listing(path)
         if _is_quarantine(sub):
             log.info("skipping quarantine folder %s", os.fsdecode(path))
             continue
-        stack.append([path, sub, 0, _prefix_len(path), _joiner(path), 0])
+        stack.append([path, sub, 0, _prefix_len(path), _joiner(path), 0, None])
+
+
+def _match(listing: Listing, i: int, limit: int, prefix: int, head, snapshot, seen_inodes: set) -> list[tuple] | None:
+    """The entries of the run starting at listing index `i` when it is exactly the run the
+    snapshot's columns describe (walk_runs' `known`) and every entry a plain file (no skip
+    reason), built from those columns; else None. Whole-list operations only: this is what makes
+    a rescan of an unchanged folder cost little more than its stat calls."""
+    try:
+        span, positions, sizes, mtimes, skips, devs, inos = snapshot[:7]
+        names, modes = listing.names, listing.modes
+        k = len(span)
+        e = i + k
+        if not (0 < k <= limit and e <= len(names) and (k == limit or e == len(names) or stat.S_ISDIR(modes[e]))):
+            return None  # the walk would not end the run where the snapshot's run ended
+        if any(skips) or names[i:e] != span:
+            return None
+        window = modes[i:e]
+        if any(map(stat.S_ISDIR, window)):
+            return None  # a name that became a folder
+        columns = [window, listing.sizes[i:e], listing.mtimes[i:e], listing.devs[i:e], listing.inos[i:e]]
+        named = span
+        if positions is not None:
+            columns = [list(map(c.__getitem__, positions)) for c in columns]
+            named = list(map(span.__getitem__, positions))
+        if not (all(map(stat.S_ISREG, columns[0])) and columns[1] == sizes and columns[2] == mtimes
+                and columns[3] == devs and columns[4] == inos):
+            return None
+        if prefix + 4 * max(map(len, named)) >= PATH_MAX:
+            return None  # perhaps too long to open: the walk decides file by file
+        keys = list(zip(devs, inos))
+        if not seen_inodes.isdisjoint(keys):
+            return None  # a hard link to a file walked before: the walk marks it file by file
+        seen_inodes.update(keys)
+        return list(zip(map(head.__add__, named), sizes, mtimes, skips, devs, inos))
+    except (TypeError, ValueError, IndexError, AttributeError):
+        return None  # a snapshot of another shape: not a match
 
 
 def _joiner(folder):

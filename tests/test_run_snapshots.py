@@ -93,14 +93,14 @@ def same_rows(a, b) -> bool:
 # ---- the walk's runs ------------------------------------------------------------------------------
 def test_walk_runs_are_the_walk_cut_at_sub_folders_and_at_the_limit(tmp_path):
     root = snapshot_tree(tmp_path / "t")
-    runs = list(walk_runs(root))
+    runs = [(r.folder, r.ordinal, r.entries) for r in walk_runs(root)]
     assert [e for _, _, run in runs for e in run] == list(walk_images(root))
     where = [(os.path.basename(f), n, [os.path.basename(e[0]) for e in run]) for f, n, run in runs]
     top = "t"
     assert where[0][:2] == (top, 0) and where[0][2][-1] == "link.png"  # everything before m-sub
     assert where[1] == ("m-sub", 0, ["hard.png", "in.png", "out.png"])
     assert where[2][:2] == (top, 1) and where[2][2][0] == "normal_00.png" and where[2][2][-1] == "z-after.png"
-    small = list(walk_runs(root, limit=2))
+    small = [(r.folder, r.ordinal, r.entries) for r in walk_runs(root, limit=2)]
     assert all(len(run) <= 2 for _, _, run in small)
     assert [e for _, _, run in small for e in run] == list(walk_images(root))
     assert [n for f, n, _ in small if f == os.fspath(root)] == list(range(sum(1 for f, _, _ in small if f == os.fspath(root))))
@@ -108,7 +108,7 @@ def test_walk_runs_are_the_walk_cut_at_sub_folders_and_at_the_limit(tmp_path):
         (root / f"m-sub/notes{i}.txt").write_text("x")
         (root / f"a-notes{i}.txt").write_text("x")
     for limit in (1, 2, 3, 5, 7):
-        assert [e for _, _, run in walk_runs(root, limit=limit) for e in run] == list(walk_images(root))
+        assert [e for run in walk_runs(root, limit=limit) for e in run.entries] == list(walk_images(root))
 
 
 # ---- rescans -------------------------------------------------------------------------------------
@@ -417,10 +417,11 @@ def test_the_listing_stats_each_name_through_the_folder_descriptor(tmp_path):
     os.mkfifo(root / "fifo.png")
     by_name = listing.listing(os.fspath(root))
     by_path = listing.listing(os.fsencode(root))  # bytes: by path, through DirEntry
-    fields = ("st_mode", "st_size", "st_mtime_ns", "st_dev", "st_ino")
-    assert [os.fsencode(n) for n, _ in by_name] == [n for n, _ in by_path]
-    assert [tuple(getattr(s, f) for f in fields) for _, s in by_name] == [tuple(getattr(s, f) for f in fields) for _, s in by_path]
-    names = [n for n, _ in by_name]
+    assert [os.fsencode(n) for n in by_name.names] == by_path.names and by_name[1:] == by_path[1:]
+    names = by_name.names
+    for name, mode, size, mtime, dev, ino in zip(*by_name):
+        st = os.lstat(root / name)
+        assert (mode, size, mtime, dev, ino) == (st.st_mode, st.st_size, st.st_mtime_ns, st.st_dev, st.st_ino)
     fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.rename(root / names[-1], tmp_path / "away")  # gone after the listing: None, the rest stat'ed

@@ -287,7 +287,8 @@ class Scorer:
                     yield from finish()
 
             try:
-                for folder, ordinal, run in walk_runs(root, tuple(exclude)):
+                for walked in walk_runs(root, tuple(exclude)):
+                    folder, ordinal, run = walked.folder, walked.ordinal, walked.entries
                     if snapshots is not None:
                         stored = cache.get_run(folder, ordinal, run, _SNAPSHOT_STATUSES) if look_up else None
                         if stored is not None:

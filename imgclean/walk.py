@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import stat
+from functools import partial
 from operator import itemgetter
 from pathlib import Path
 from typing import Iterator
@@ -80,6 +81,7 @@ class FileEntry(tuple):
 
 
 _new_entry = tuple.__new__
+_as_entry = partial(_new_entry, FileEntry)  # a tuple of the six fields as a FileEntry, in C
 
 
 def is_hidden(name: str | bytes) -> bool:
@@ -146,12 +148,11 @@ class Run:
     """Consecutive entries of one folder's listing, as walk_runs gives them.
 
     folder, ordinal: which run (ordinals number each folder's runs from 0, so the pair names a run
-    again in the next walk of an unchanged tree); entries: its FileEntry tuples (plain tuples when
-    taken from a snapshot); span: the names of the listing entries it covers, images or not (None
-    when one of them could not be stat'ed: such a run is never matched from its names); positions:
-    each entry's index in span (None when entry i is span[i]); snapshot: what `known` returned for
-    it; matched: its entries come from that snapshot, checked against the listing without building
-    them one by one."""
+    again in the next walk of an unchanged tree); entries: its FileEntry tuples; span: the names
+    of the listing entries it covers, images or not (None when one of them could not be stat'ed:
+    such a run is never matched by its names); positions: each entry's index in span (None when
+    entry i is span[i]); snapshot: what `known` returned for it; matched: its entries were built
+    from that snapshot's columns, checked against the listing with whole-list operations."""
 
     __slots__ = ("folder", "ordinal", "entries", "span", "positions", "snapshot", "matched")
 
@@ -289,7 +290,7 @@ def _match(listing: Listing, i: int, limit: int, prefix: int, head, snapshot, se
         if not seen_inodes.isdisjoint(keys):
             return None  # a hard link to a file walked before: the walk marks it file by file
         seen_inodes.update(keys)
-        return list(zip(map(head.__add__, named), sizes, mtimes, skips, devs, inos))
+        return list(map(_as_entry, zip(map(head.__add__, named), sizes, mtimes, skips, devs, inos)))
     except (TypeError, ValueError, IndexError, AttributeError):
         return None  # a snapshot of another shape: not a match
 

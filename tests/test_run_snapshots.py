@@ -176,21 +176,32 @@ def test_damaged_or_foreign_snapshots_are_misses(model_dir, tmp_path):
     def sealed(data: bytes) -> bytes:
         return zlib.crc32(data).to_bytes(4, "big") + data
 
-    def wrong_status(blob):
-        entries, outcomes, rows = marshal.loads(blob[4:])
-        return sealed(marshal.dumps((entries, [("bogus", *o[1:]) for o in outcomes], rows)))
+    fields = ("span", "positions", "sizes", "mtimes", "skips", "devs", "inos", "names", "outcomes", "rows")
 
-    def wrong_rows(blob):
-        entries, outcomes, _ = marshal.loads(blob[4:])
-        return sealed(marshal.dumps((entries, outcomes, 5)))
+    def edited(**changes):
+        def edit(blob):
+            stored = list(marshal.loads(blob[4:]))
+            assert len(stored) == len(fields)
+            for name, change in changes.items():
+                stored[fields.index(name)] = change(stored)
+            return sealed(marshal.dumps(tuple(stored)))
+        return edit
+
+    def names(stored):
+        span, positions, names = stored[0], stored[1], stored[7]
+        return names if names is not None else span if positions is None else [span[p] for p in positions]
 
     for damage in (
         lambda b: b[:4] + bytes([b[4] ^ 1]) + b[5:],  # a flipped bit: the checksum fails
         lambda b: sealed(b"\x00not marshal"),  # right checksum, not a snapshot
         lambda b: sealed(marshal.dumps(([], [], None))),  # another shape
         lambda b: sealed(marshal.dumps(marshal.loads(b[4:])[:2])),
-        wrong_status,  # a status no scan gives
-        wrong_rows,
+        edited(outcomes=lambda t: [("bogus", *o[1:]) for o in t[8]]),  # a status no scan gives
+        edited(outcomes=lambda t: [o[:4] for o in t[8]]),  # outcomes of another shape
+        edited(rows=lambda t: 5),
+        edited(sizes=lambda t: t[2][:-1]),  # a column one short
+        edited(names=names, span=lambda t: "abc"),  # a span that is not a list
+        edited(names=lambda t: None, span=lambda t: names(t), positions=lambda t: [10**6] * len(names(t))),  # out of range
         lambda b: b"",
     ):
         rewrite(damage)
@@ -429,3 +440,37 @@ def test_the_listing_stats_each_name_through_the_folder_descriptor(tmp_path):
         assert stats[-1] is None and all(s is not None for s in stats[:-1])
     finally:
         os.close(fd)
+
+
+@pytest.fixture
+def matched_runs(monkeypatch):
+    """The `matched` flag of every run the scans walk, in order (reset by the test)."""
+    from imgclean import walk
+    from imgclean.pipeline import scan as scan_module
+
+    seen: list[bool] = []
+
+    def recording(*args, **kwargs):
+        for run in walk.walk_runs(*args, **kwargs):
+            seen.append(run.matched)
+            yield run
+
+    monkeypatch.setattr(scan_module, "walk_runs", recording)
+    return seen
+
+
+def test_a_rescan_after_rejects_were_moved_is_matched_from_the_listing(model_dir, tmp_path, matched_runs):
+    root = flat_tree(tmp_path / "t")
+    (root / "notes.txt").write_text("not an image: part of the run's stretch of the listing")
+    (root / "z-sub").mkdir()
+    write_png(root / "z-sub" / "in.png", class_image("checker", np.random.default_rng(1)))
+    age(root)
+    cache = tmp_path / "cache"
+    scan(root, model_dir, cache)
+    matched_runs.clear()
+    summary, _ = scan(root, model_dir, cache, move_to=tmp_path / "q")
+    assert summary.moved > 0 and matched_runs == [True, True]  # the rejects came out of matched runs
+    matched_runs.clear()
+    again, rescan = scan(root, model_dir, cache, move_to=tmp_path / "q")
+    # Their snapshots lost the moved files (and their names): the next listing matches them again.
+    assert matched_runs == [True, True] and rescan.blocks == 2 and again.moved == 0 and again.decoded == 0

@@ -35,11 +35,12 @@ class RunSnapshots:
     def __init__(self, cache):
         self.cache = cache
         # [folder, ordinal, entries, outcomes, records still to come, storable, their report rows
-        # (csv_rows, one string a file) or None when they are to be formatted]
+        # (csv_rows, one string a file) or None when they are to be formatted, the listing
+        # stretch the walk's run covered (walk.Run.span, .positions)]
         self.runs: deque = deque()
 
-    def expect(self, folder, ordinal: int, n: int) -> None:
-        self.runs.append([folder, ordinal, [], [], n, True, []])
+    def expect(self, folder, ordinal: int, n: int, span: list | None = None, positions: list[int] | None = None) -> None:
+        self.runs.append([folder, ordinal, [], [], n, True, [], span, positions])
 
     def saw(self, entry: data.FileEntry, record: ScanRecord) -> None:
         """The next record of the oldest expected run, as applied."""
@@ -85,19 +86,20 @@ class RunSnapshots:
             run = self.runs.popleft()
             self.cache.put_many(_per_file_rows(run[2], run[3]))
 
-    def after_block(self, folder, ordinal: int, block: RecordBlock) -> None:
+    def after_block(self, block: RecordBlock, folder, ordinal: int, span: list | None = None,
+                    positions: list[int] | None = None) -> None:
         """A stored block whose records were applied one by one: snapshot the run again if a
         file of it moved."""
         records = block.built_records()
         if records is None or not any(r.action == "moved" for r in records):
             return
-        run = [folder, ordinal, [], [], len(records), True, None]
+        run = [folder, ordinal, [], [], len(records), True, None, span, positions]
         for entry, record in zip(block.entries, records, strict=True):
             _add(run, entry, record)
         self._store(run)
 
     def _store(self, run: list) -> None:
-        folder, ordinal, entries, outcomes, _, storable, rows = run
+        folder, ordinal, entries, outcomes, _, storable, rows, span, positions = run
         if storable and entries and all(
             (o[0] == data.SKIPPED) if e[3] else (o[0] in CACHEABLE) for e, o in zip(entries, outcomes)
         ):
@@ -109,7 +111,7 @@ class RunSnapshots:
                 rows = "\0".join(rows) + "\0"
             else:
                 rows = csv_rows(entries, outcomes, len(folder) if folder.endswith(os.sep) else len(folder) + 1)
-            if self.cache.put_run(folder, ordinal, entries, outcomes, rows):
+            if self.cache.put_run(folder, ordinal, entries, outcomes, rows, span, positions):
                 return  # the snapshot answers for every file of the run
         self.cache.put_many(_per_file_rows(entries, outcomes))
 

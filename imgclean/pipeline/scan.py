@@ -248,7 +248,7 @@ class Scorer:
         rel = _relative_namer(root)
         # Walk-ordered groups: [entries, records (a record for an entry resolved without decoding,
         # None for one decoded in flight), the entries in flight, in flight, the group's folder
-        # (None: several)]; or [RecordBlock, None, None, (folder, ordinal)] for a stored run.
+        # (None: several)]; or [RecordBlock, None, None, (folder, ordinal, span, positions)] for a stored run.
         pending: deque = deque()
         group: list = [[], [], [], None, _NO_FOLDER]
         step = min(self.batch_size, LOOKUP_BATCH)
@@ -270,7 +270,7 @@ class Scorer:
                 entries, records, to_decode, in_flight, folder = pending.popleft()
                 if entries.__class__ is RecordBlock:
                     yield entries
-                    snapshots.after_block(*folder, entries)  # a stored run: its (folder, ordinal)
+                    snapshots.after_block(entries, *folder)  # a stored run: its (folder, ordinal, span, positions)
                     return
                 block = self._block(entries, records, engine.collect(to_decode, in_flight) if to_decode else [], rel, folder)
                 try:
@@ -287,18 +287,25 @@ class Scorer:
                     yield from finish()
 
             try:
-                for walked in walk_runs(root, tuple(exclude)):
+                # The cache's snapshot of each run, asked by the walk: an unchanged run comes
+                # matched (its entries taken from the snapshot), or else is compared whole here.
+                known = cache.snapshot if look_up and cache.held_runs else None
+                for walked in walk_runs(root, tuple(exclude), known=known):
                     folder, ordinal, run = walked.folder, walked.ordinal, walked.entries
                     if snapshots is not None:
-                        stored = cache.get_run(folder, ordinal, run, _SNAPSHOT_STATUSES) if look_up else None
+                        stored = None
+                        if walked.matched:
+                            stored = cache.answered(walked.snapshot, _SNAPSHOT_STATUSES)
+                        elif walked.snapshot is not None:
+                            stored = cache.get_run(folder, ordinal, run, _SNAPSHOT_STATUSES, walked.snapshot)
                         if stored is not None:
                             if group[0]:
                                 submit()
                             pending.append([RecordBlock(run, stored[0], rel, folder, stored[1], stored=True), None, None, None,
-                                            (folder, ordinal)])
+                                            (folder, ordinal, walked.span, walked.positions)])
                             yield from drain()
                             continue
-                        snapshots.expect(folder, ordinal, len(run))
+                        snapshots.expect(folder, ordinal, len(run), walked.span, walked.positions)
                     for i in range(0, len(run), step):
                         entries = run[i : i + step]
                         resolved = self._resolve(entries, rel, stored_runs, folder)

@@ -13,9 +13,11 @@ The cache can only make a scan faster, never different:
 
 Results are kept two ways (pipeline/run_snapshots.py decides which):
 - a snapshot per run of the walk (walk.walk_runs: up to 4,096 consecutive files of one folder):
-  every entry exactly as the walk saw it (path, size, mtime_ns, skip reason, device, inode) and
-  its outcome. A rescan whose run is equal, entry for entry, takes the run's records from the
-  snapshot in one query; a run that differs (a file added, removed, touched, replaced) is
+  every entry exactly as the walk saw it (path, size, mtime_ns, skip reason, device, inode), its
+  outcome, and the stretch of the folder's listing it covered (store/run_format.py). A rescan
+  whose listing shows that run again unchanged (walk_runs' `known`: checked with whole-list
+  operations, no entry built one by one), or whose run is equal entry for entry, takes the
+  run's records from the snapshot in one query; a run that differs (a file added, removed, touched, replaced) is
   answered file by file, first from the folder's snapshots (load_run: a file whose path, size
   and mtime_ns are a snapshot's), then from the per-file rows. A snapshot is written only when
   every file of the run has a cacheable outcome and none is racy;
@@ -28,15 +30,14 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import marshal
 import os
 import sqlite3
 import sys
 import time
-import zlib
 from pathlib import Path
 
 from .. import __version__
+from . import run_format
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +76,7 @@ def model_key(config: dict, extra: str = "") -> str:
 
 class ScanCache:
     """get(path, size, mtime_ns) -> cached tuple or None; put(...) stores one result; get_many and
-    put_many do the same for many files with one query; get_run / put_run / load_run /
+    put_many do the same for many files with one query; snapshot / get_run / put_run / load_run /
     run_ordinals read and write the run snapshots."""
 
     def __init__(self, directory: Path | None, key: str):
@@ -246,15 +247,44 @@ class ScanCache:
             self._disable(exc)
 
     # ---- run snapshots ---------------------------------------------------------------------------
-    def get_run(self, folder, ordinal: int, entries: list, statuses: frozenset) -> tuple[list[tuple], str | None] | None:
+    # The snapshots' format, and how one is checked and read back: store/run_format.py.
+
+    def snapshot(self, folder, ordinal: int) -> tuple | None:
+        """The stored snapshot of (folder, ordinal) as a tuple (see above), or None when there
+        is none or it is damaged (bad checksum, wrong shape): a miss, rewritten by the scan."""
+        if not self.enabled or not self.held_runs:
+            return None
+        try:
+            row = self._db.execute(
+                "SELECT snapshot FROM runs WHERE model=? AND folder=? AND ordinal=?",
+                (self.key, self._folder_key(folder), ordinal),
+            ).fetchone()
+        except sqlite3.Error as exc:
+            self._disable(exc)
+            return None
+        if row is None:
+            return None
+        return run_format.decoded(row[0])
+
+    def get_run(self, folder, ordinal: int, entries: list, statuses: frozenset, snapshot=False) -> tuple[list[tuple], str | None] | None:
         """(outcomes, rows) stored for a walk run: the outcomes (status, predicted, nearest, score,
         message) in order and the text stored with them, when the stored snapshot of (folder,
-        ordinal) holds exactly these entries and only these statuses; else None."""
-        stored = self.load_run(folder, ordinal)
-        if stored is None or stored[0] != entries or not {o[0] for o in stored[1]} <= statuses:
+        ordinal) (`snapshot` when already read, False to read it) holds exactly these entries and
+        only these statuses; else None."""
+        if snapshot is False:
+            snapshot = self.snapshot(folder, ordinal)
+        if snapshot is None or len(snapshot[7]) != len(entries) or run_format.entries(snapshot, folder) != entries:
             return None
-        self.hits += sum(1 for e in entries if not e[3])  # skipped files are never looked up
-        return stored[1], stored[2]
+        return self.answered(snapshot, statuses)
+
+    def answered(self, snapshot: tuple, statuses: frozenset) -> tuple[list[tuple], str | None] | None:
+        """(outcomes, rows) of a snapshot whose entries are the run's, when it holds only these
+        statuses (counted as cache hits); else None."""
+        outcomes = snapshot[8]
+        if not set(map(run_format.status, outcomes)) <= statuses:
+            return None
+        self.hits += snapshot[4].count("")  # skipped files are never looked up
+        return outcomes, snapshot[9]
 
     def run_ordinals(self, folder) -> list[int]:
         """The ordinals of the runs of `folder` stored for this model, in order."""
@@ -268,48 +298,27 @@ class ScanCache:
             return []
 
     def load_run(self, folder, ordinal: int) -> tuple[list[tuple], list[tuple], str | None] | None:
-        """(entries, outcomes, rows) of the stored snapshot of (folder, ordinal), or None when
-        there is none or it is damaged (bad checksum, wrong shape): a miss, rewritten by the scan."""
-        if not self.enabled or not self.held_runs:
+        """(entries, outcomes, rows) of the stored snapshot of (folder, ordinal), or None."""
+        snapshot = self.snapshot(folder, ordinal)
+        if snapshot is None:
             return None
-        try:
-            row = self._db.execute(
-                "SELECT snapshot FROM runs WHERE model=? AND folder=? AND ordinal=?",
-                (self.key, self._folder_key(folder), ordinal),
-            ).fetchone()
-        except sqlite3.Error as exc:
-            self._disable(exc)
-            return None
-        if row is None:
-            return None
-        blob = row[0]
-        if not isinstance(blob, bytes) or len(blob) < 4 or zlib.crc32(blob[4:]) != int.from_bytes(blob[:4], "big"):
-            return None
-        try:
-            stored, outcomes, rows = marshal.loads(blob[4:])
-            if (stored.__class__ is not list or outcomes.__class__ is not list or len(outcomes) != len(stored)
-                    or not (rows is None or rows.__class__ is str)
-                    or any(e.__class__ is not tuple or len(e) != 6 for e in stored)
-                    or any(o.__class__ is not tuple or len(o) != 5 for o in outcomes)):
-                return None
-        except (ValueError, EOFError, TypeError):
-            return None
-        return stored, outcomes, rows
+        return run_format.entries(snapshot, folder), snapshot[8], snapshot[9]
 
-    def put_run(self, folder, ordinal: int, entries: list, outcomes: list[tuple], rows: str | None = None) -> bool:
-        """Store a run's snapshot: its entries (path, size, mtime_ns, skip_reason, dev, ino), each
-        one's outcome, and `rows` (a text given back with them). Callers pass only cacheable
+    def put_run(self, folder, ordinal: int, entries: list, outcomes: list[tuple], rows: str | None = None,
+                span: list | None = None, positions: list[int] | None = None) -> bool:
+        """Store a run's snapshot: its entries (path, size, mtime_ns, skip_reason, dev, ino), all
+        in `folder`, each one's outcome, `rows` (a text given back with them) and the listing
+        stretch it covered (`span`, `positions`: walk.Run's). Callers pass only cacheable
         outcomes; a run holding a racy file is not stored. True when stored."""
-        if not self.enabled or any(e[2] >= self._racy_after_ns for e in entries):
+        if not self.enabled or not entries or any(e[2] >= self._racy_after_ns for e in entries):
             return False
-        try:
-            data = marshal.dumps(([tuple(e) for e in entries], [tuple(o) for o in outcomes], rows))
-        except ValueError:  # a value marshal cannot store: no snapshot (the caller stores rows per file)
+        blob = run_format.encoded(folder, entries, outcomes, rows, span, positions)
+        if blob is None:  # a value marshal cannot store: no snapshot (the caller stores rows per file)
             return False
         try:
             if self._pending == 0:
                 self._db.execute("BEGIN")
-            self._db.execute("INSERT OR REPLACE INTO runs VALUES (?, ?, ?, ?)", (self.key, self._folder_key(folder), ordinal, zlib.crc32(data).to_bytes(4, "big") + data))
+            self._db.execute("INSERT OR REPLACE INTO runs VALUES (?, ?, ?, ?)", (self.key, self._folder_key(folder), ordinal, blob))
             self._pending += len(entries)
             if self._pending >= _COMMIT_EVERY:
                 self.flush()

@@ -71,3 +71,47 @@ def test_interpolation_choices_are_the_decoder_filters():
     from imgclean.data import INTERPOLATIONS
 
     assert {i.value for i in Interpolation} == set(INTERPOLATIONS)
+
+
+def declared_texts():
+    """Every help text as declared (before the Command escapes it), of the app, its commands and their parameters."""
+    import inspect
+
+    texts = [app.info.help or ""]
+    for info in app.registered_commands:
+        texts.append(inspect.getdoc(info.callback) or "")
+        for value in inspect.signature(info.callback).parameters.values():
+            for source in (value.default, *getattr(value.annotation, "__metadata__", ())):
+                texts.append(getattr(source, "help", None) or "")
+    return [t for t in texts if t]
+
+
+def test_the_cli_escape_is_rich_markup_escape():
+    """common.escape stands in for rich.markup.escape (so building the commands does not import
+    rich): the same text for every help text the CLI declares and for the odd cases."""
+    from rich.markup import escape as rich_escape
+
+    from imgclean.cli.common import escape
+
+    odd = ["", "[", "]", "[]", "[b]", "[bold red]x[/]", "\\[b]", "\\\\[b]", "a\\", "a\\\\", "[1]", "[default: x]",
+           "[@click=x]", "[#ff0000]", "[/]", "[[b]]", "x [a] [B] [ok] \\", "[default: $XDG_CACHE_HOME/imgclean or ~/.cache/imgclean]"]
+    texts = declared_texts() + odd
+    assert sum("[default:" in t for t in texts) >= 12  # the declared texts were found
+    for text in texts:
+        assert escape(text) == rich_escape(text), text
+
+
+def test_command_annotations_are_objects_not_strings():
+    """Typer evaluates string annotations three times per command at every start (~4 ms in all):
+    the command modules do without `from __future__ import annotations` (cli/__init__.py)."""
+    import inspect
+
+    from imgclean.cli import common
+
+    callbacks = [info.callback for info in app.registered_commands] + [common.main_options, common.version_callback]
+    for command in typer.main.get_command(app).commands.values():
+        callbacks += [p.callback for p in command.params if getattr(p, "callback", None) is not None]
+    for callback in callbacks:
+        callback = inspect.unwrap(callback)
+        strings = {k: v for k, v in inspect.get_annotations(callback).items() if isinstance(v, str)}
+        assert not strings, (callback.__module__, callback.__qualname__, strings)

@@ -55,13 +55,15 @@ def aged_incoming(tmp_path):
 
 # Modules worth not importing: torch and timm (seconds), numpy (~0.1 s), Pillow, importlib.metadata.
 HEAVY = ("torch", "timm", "numpy", "PIL", "importlib.metadata")
+# Reported too: rich (~20 ms, plus rich.progress and rich.table) is imported only to draw something.
+RICH = ("rich", "rich.progress", "rich.table")
 
 
 def run_cli(*args, pre: str = "", env_extra: dict | None = None) -> subprocess.CompletedProcess:
     """Run the CLI in a fresh interpreter and report which heavy modules it imported."""
     code = (
         "import atexit, json, sys\n"
-        f"atexit.register(lambda: sys.stderr.write('\\nMODULES ' + json.dumps({{m: m in sys.modules for m in {HEAVY!r}}}) + '\\n'))\n"
+        f"atexit.register(lambda: sys.stderr.write('\\nMODULES ' + json.dumps({{m: m in sys.modules for m in {HEAVY + RICH!r}}}) + '\\n'))\n"
         f"{pre}\n"
         f"sys.argv = ['imgclean', *{list(map(str, args))!r}]\n"
         "from imgclean.cli import main\n"
@@ -72,10 +74,10 @@ def run_cli(*args, pre: str = "", env_extra: dict | None = None) -> subprocess.C
 
 
 def imported(proc: subprocess.CompletedProcess, *names: str) -> dict:
-    """Which of HEAVY (or of `names`) the run imported: name -> bool."""
+    """Which of HEAVY (or of `names`, from HEAVY and RICH) the run imported: name -> bool."""
     line = [l for l in proc.stderr.splitlines() if l.startswith("MODULES ")][-1]
     found = json.loads(line[len("MODULES "):])
-    return {n: found[n] for n in names} if names else found
+    return {n: found[n] for n in names or HEAVY}
 
 
 # ---- pipeline --------------------------------------------------------------------------------
@@ -284,6 +286,30 @@ def test_a_fully_cached_cli_rescan_imports_no_numpy(model_dir, aged_incoming, tm
     assert imported(proc, "numpy") == {"numpy": False}
 
 
+def test_a_quiet_json_rescan_imports_no_rich(model_dir, aged_incoming, tmp_path):
+    # --json --quiet draws nothing: no console, no progress bar, no table (cli/common.py)
+    proc = warm_cli_rescan(model_dir, aged_incoming, tmp_path)
+    assert imported(proc, *RICH) == dict.fromkeys(RICH, False)
+
+
+def test_a_table_or_a_bar_still_brings_rich(model_dir, aged_incoming, tmp_path):
+    proc = run_cli("scan", aged_incoming, "-m", model_dir, "--cache-dir", tmp_path / "cache", "--quiet")
+    assert proc.returncode in (0, 1), proc.stderr
+    assert "scanned" in proc.stdout  # the summary table
+    assert imported(proc, "rich.table", "rich.progress") == {"rich.table": True, "rich.progress": False}  # no terminal: no bar
+
+
+@pytest.mark.parametrize("args, code", [(["--version"], 0), (["info", "/nonexistent/model"], 1), (["scan"], 2)])
+def test_main_freezes_the_heap_and_still_exits_as_the_command_says(args, code):
+    # cli.main: gc.freeze() before the interpreter's teardown (its last collection is the cost);
+    # the exit code, the output and the atexit handlers are as before.
+    pre = "import gc; atexit.register(lambda: sys.stderr.write(f'\\nFROZEN {gc.get_freeze_count() > 0}\\n'))"
+    proc = run_cli(*args, pre=pre)
+    assert proc.returncode == code, proc.stderr
+    assert "FROZEN True" in proc.stderr and "MODULES " in proc.stderr
+    assert ("imgclean" in proc.stdout) if code == 0 else proc.stderr.strip()
+
+
 def test_help_imports_nothing_heavy():
     proc = run_cli("--help")
     assert proc.returncode == 0, proc.stderr
@@ -293,7 +319,7 @@ def test_help_imports_nothing_heavy():
 def test_info_imports_numpy_only_for_the_thresholds(model_dir):
     proc = run_cli("info", model_dir)
     assert proc.returncode == 0, proc.stderr
-    # numpy reads detector.npz (the thresholds info shows); importlib.metadata comes with typer's pydantic
+    # numpy reads detector.npz (the thresholds info shows)
     assert imported(proc, "torch", "timm", "PIL") == {"torch": False, "timm": False, "PIL": False}
 
 

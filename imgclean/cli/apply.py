@@ -1,5 +1,5 @@
 """apply: carry out a saved scan report's rejections, without scoring anything again."""
-from __future__ import annotations
+# No `from __future__ import annotations` here: see imgclean/cli/__init__.py.
 
 import os
 from pathlib import Path

@@ -1,5 +1,5 @@
 """audit: check a training folder for wrong labels, foreign pictures, duplicates, unreadable files."""
-from __future__ import annotations
+# No `from __future__ import annotations` here: see imgclean/cli/__init__.py.
 
 import contextlib
 import os
@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.table import Table
 
 from ..detectors.registry import unsupervised
 from .common import (
@@ -197,6 +196,8 @@ def _print(result, summary, json_out: bool, quiet: bool, verbose: bool, dry_run:
     for issue, n in shown.items():
         if not verbose and n > SHOWN_PER_ISSUE and not quiet:
             err.print(f"... {n - SHOWN_PER_ISSUE} more {issue} (see --report, or -v)", highlight=False, markup=False)
+    from rich.table import Table
+
     table = Table(title=f"audit of {summary.root}")
     keys = ["images", "ok", "label_issues", "outliers", "duplicates", "unreadable"]
     keys += [k for k in ("moved", "would_move", "changed", "move_errors") if data[k]]

@@ -1,19 +1,18 @@
 """What every command shares: the app, consoles, exit codes, error lines, logging, progress,
 device choice and the checks on paths that imgclean writes."""
-from __future__ import annotations
+# No `from __future__ import annotations` here: see imgclean/cli/__init__.py.
 
 import glob
 import json
 import logging
 import os
+import re
 import sys
 import warnings
 from enum import Enum
 from pathlib import Path
 
 import typer
-from rich.console import Console
-from rich.markup import escape
 
 from .. import __version__
 from ..errors import ImgcleanError
@@ -96,9 +95,53 @@ def command(name: str | None = None):
     return app.command(name, cls=Command)
 
 
-out = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)
+class LazyConsole:
+    """A rich Console made at its first use, then used through this object (out.print,
+    err.is_terminal...): a run that prints nothing through rich (scan --json --quiet) never
+    imports it (~20 ms of start-up). The console writes to sys.stdout or sys.stderr as they are
+    at each print, as a Console made at import did."""
+
+    def __init__(self, **settings):
+        self._settings = settings
+        self._console = None
+
+    @property
+    def console(self):
+        """The rich Console itself (for rich's own classes, such as Progress)."""
+        if self._console is None:
+            from rich.console import Console
+
+            self._console = Console(**self._settings)
+        return self._console
+
+    def __getattr__(self, name):
+        if name.startswith("_"):  # its own fields before __init__ (copy, pickle), dunder probes
+            raise AttributeError(name)
+        return getattr(self.console, name)
+
+
+out = LazyConsole(soft_wrap=True)
+err = LazyConsole(stderr=True, soft_wrap=True)
 log = logging.getLogger("imgclean")
+
+
+def rich_console(console):
+    """The rich Console behind `console` (a LazyConsole, or a Console as tests put in its place)."""
+    return console.console if isinstance(console, LazyConsole) else console
+
+
+# What rich.markup.escape does, without importing rich (~18 ms) just to build the commands:
+# a "[" that would open a markup tag gets a backslash (and so do the backslashes before it).
+# tests/test_cli_help.py checks it against the installed rich's, on every help text and odd strings.
+_MARKUP_TAG = re.compile(r"(\\*)(\[[a-z#/@][^[]*?])")
+
+
+def escape(markup: str) -> str:
+    """Text shown as it is where rich reads markup (help texts, error lines)."""
+    markup = _MARKUP_TAG.sub(lambda m: f"{m.group(1)}{m.group(1)}\\{m.group(2)}", markup)
+    if markup.endswith("\\") and not markup.endswith("\\\\"):
+        return markup + "\\"
+    return markup
 
 
 # --method's choices: every registered detector and combining rule (detectors/registry.py).
@@ -215,7 +258,31 @@ def resolve_device(requested: str) -> str:
 
 
 # ---- progress ----------------------------------------------------------------------------
+class NoProgress:
+    """make_progress's answer when no bar is drawn (--quiet, --json, stderr not a terminal): the
+    part of rich's Progress the commands use (a context manager, add_task, update, disable),
+    doing nothing, so such a run never imports rich.progress."""
+
+    disable = True
+
+    def __enter__(self) -> "NoProgress":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+    def add_task(self, description: str, total=None, **fields) -> int:
+        return 0
+
+    def update(self, task, **changes) -> None:
+        return None
+
+
 def make_progress(quiet: bool):
+    """A rich progress bar on stderr, or NoProgress when none is to be drawn (quiet, or stderr
+    is not a terminal)."""
+    if quiet or not err.is_terminal:
+        return NoProgress()
     from rich.progress import (
         BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn,
         TimeRemainingColumn,
@@ -238,8 +305,7 @@ def make_progress(quiet: bool):
         TimeElapsedColumn(),
         TextColumn("eta"),
         TimeRemainingColumn(),
-        console=err,
-        disable=quiet or not err.is_terminal,
+        console=rich_console(err),
         transient=False,
     )
 

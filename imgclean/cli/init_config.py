@@ -1,5 +1,5 @@
 """init-config: write a commented settings file keyed by the option names."""
-from __future__ import annotations
+# No `from __future__ import annotations` here: see imgclean/cli/__init__.py.
 
 import os
 from enum import Enum

@@ -1,12 +1,11 @@
 """evaluate and info: measure a model, show a model."""
-from __future__ import annotations
+# No `from __future__ import annotations` here: see imgclean/cli/__init__.py.
 
 import os
 from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.table import Table
 
 from ..config import DEFAULT_MODEL_DIR
 from ..detectors.registry import method_names
@@ -74,6 +73,8 @@ def evaluate(
         f"classification accuracy {c['accuracy']:.4f}, macro-F1 {c['macro_f1']:.4f}",
         highlight=False,
     )
+    from rich.table import Table
+
     table = Table(title="out-of-distribution detection (ood = positive class)")
     keys = ("precision", "recall", "f1", "false_reject_rate", "auroc", "aupr", "fpr_at_95_tpr")
     table.add_column("method")
@@ -107,6 +108,8 @@ def info(
         print_json({**config, "thresholds": thresholds, "methods": described.methods,
                     "detector_settings": described.detectors})
         return
+    from rich.table import Table
+
     table = Table(title=f"imgclean model {model}")
     table.add_column("class")
     table.add_column("images", justify="right")

@@ -1,5 +1,5 @@
 """--config: a settings file's values become a command's defaults, so flags still win."""
-from __future__ import annotations
+# No `from __future__ import annotations` here: see imgclean/cli/__init__.py.
 
 import os
 from enum import Enum

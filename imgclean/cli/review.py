@@ -1,5 +1,5 @@
 """restore and report: finish a review of a quarantine."""
-from __future__ import annotations
+# No `from __future__ import annotations` here: see imgclean/cli/__init__.py.
 
 import os
 from pathlib import Path

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import typer
-from rich.table import Table
 
 from .common import (
     EXIT_INTERRUPTED, EXIT_TERMINATED, check_output_path, err, exit_code, fail, os_error, out, print_json,
@@ -241,6 +240,8 @@ def finish(summary, outcome: Outcome, printer: Printer, stop: StopFlag, *, json_
     if json_out:
         print_json(result)
     else:
+        from rich.table import Table
+
         table = Table(title=outcome.title)
         keys = ("scanned", "ok", "ood", "unreadable", "too_large", "unsupported", "skipped", "changed", "moved",
                 "would_move", "move_errors", *outcome.extra_columns)

@@ -1,5 +1,5 @@
 """scan: score every image in a folder; report, and with --move-to quarantine, the rejects."""
-from __future__ import annotations
+# No `from __future__ import annotations` here: see imgclean/cli/__init__.py.
 
 import os
 from pathlib import Path

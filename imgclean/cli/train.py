@@ -1,5 +1,5 @@
 """fit and fit-head: train a model, or add a reject head to one."""
-from __future__ import annotations
+# No `from __future__ import annotations` here: see imgclean/cli/__init__.py.
 
 import os
 from enum import Enum
@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.table import Table
 
 from ..config import DEFAULT_MODEL_DIR, DEFAULT_PERCENTILE, FitConfig, TrainSettings
 from .common import (
@@ -209,6 +208,8 @@ def fit(
     if json_out:
         print_json(summary)
         return
+    from rich.table import Table
+
     table = Table(title=f"imgclean model {path}")
     table.add_column("class")
     table.add_column("images", justify="right")

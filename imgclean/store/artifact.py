@@ -36,7 +36,6 @@ import hashlib
 import json
 import logging
 import os
-import secrets
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,7 +44,6 @@ from .. import __version__
 from ..detectors import MahalanobisDetector, registry
 from .bundle import ModelBundle  # noqa: F401  (re-exported: it lived here)
 from ..fileops import fsync_dir
-from .model_carry import carry_foreign, clear_backup
 from .model_files import (  # noqa: F401  (re-exported: the public names of a model directory)
     CONFIG_FILE, DETECTOR_FILE, FORMAT_VERSION, HEAD_FILE, LEGACY_DETECTORS, OWN_FILES, REQUIRED_KEYS,
     WEIGHTS_FILE, ModelError, check_config, check_head_tensors, detector_entries, missing_state_message,
@@ -115,7 +113,24 @@ def _write_new(path: Path, blob: bytes) -> None:
 _fsync_dir = fsync_dir  # a module attribute, so tests can fail it
 
 
+# Only saving needs model_carry and secrets: loading (a scan's start-up) does not import them.
+def carry_foreign(target: Path, tmp: Path) -> list:
+    """model_carry.carry_foreign (a module attribute, so tests can fail it)."""
+    from .model_carry import carry_foreign as carry
+
+    return carry(target, tmp)
+
+
+def clear_backup(old: Path, carried: list) -> bool:
+    """model_carry.clear_backup."""
+    from .model_carry import clear_backup as clear
+
+    return clear(old, carried)
+
+
 def _new_name(parent: Path, prefix: str, create: bool) -> Path:
+    import secrets
+
     while True:
         path = parent / f"{prefix}{secrets.token_hex(4)}"
         if create:

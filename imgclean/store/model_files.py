@@ -16,7 +16,6 @@ import json
 import math
 import os
 import stat
-import zipfile
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # annotations only: numpy is imported in the functions that use it
@@ -238,6 +237,7 @@ def detector_entries(config: dict) -> dict[str, dict]:
 # ----------------------------------------------------------------------------- detector.npz
 def read_npz(raw: bytes, shown: str, limit: int, required: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
     """Every array of an npz archive, read without pickle; ModelError "... is not a valid detector file"."""
+    import zipfile  # here, as numpy: only parsing a detector's state needs them
     import numpy as np
     if raw[:4] != b"PK\x03\x04":
         raise ModelError(f"{shown} is not a valid detector file (not an npz archive)")

@@ -190,18 +190,21 @@ def open_run(root: Path, label: Path, move_to: Optional[Path], dry_run: bool, re
     the quarantine, the report writer, the stop flag and the progress bar, in that order, and
     close them in reverse whatever happens. Yields Resources. A report that cannot be finished
     (e.g. its disk is full) becomes one error line once everything else is closed."""
-    from ..quarantine.locking import LockError, ScanLock
-    from ..quarantine.moves import Quarantine
     from ..reports.records import RecordWriter
 
     try:
         with contextlib.ExitStack() as stack:
-            if move_to is not None and not dry_run:
-                try:
-                    stack.enter_context(ScanLock(root))
-                except LockError as exc:
-                    raise fail(f"cannot lock {label}: {exc}") from None
-            quarantine = Quarantine(move_to) if move_to is not None else None
+            quarantine = None
+            if move_to is not None:  # (the quarantine's modules only for runs that move)
+                from ..quarantine.locking import LockError, ScanLock
+                from ..quarantine.moves import Quarantine
+
+                if not dry_run:
+                    try:
+                        stack.enter_context(ScanLock(root))
+                    except LockError as exc:
+                        raise fail(f"cannot lock {label}: {exc}") from None
+                quarantine = Quarantine(move_to)
             if quarantine is not None and not dry_run:
                 stack.enter_context(quarantine)
             sinks: list[Callable] = []

@@ -84,7 +84,7 @@ def scan(
 ) -> None:
     """Score every image in a folder; report, and with --move-to quarantine, the ones that do not belong."""
     from ..store.artifact import load_model
-    from ..quarantine.moves import MANIFEST_NAME, is_quarantine
+    from ..fileops import MANIFEST_NAME, is_quarantine
     from ..pipeline.scan import ScanOptions, run_scan
     from ..pipeline.scoring import check_method
 

@@ -12,7 +12,6 @@ scoring.predict_scores calls `engage()`, which sets it then, and the block's end
 """
 from __future__ import annotations
 
-import ctypes
 import logging
 import sys
 import threading
@@ -42,6 +41,8 @@ def _openblas_libraries() -> list[str]:
 
 def _controls() -> list[tuple]:
     """(get, set) function pairs of every OpenBLAS loaded in this process."""
+    import ctypes  # (here: a rescan that scores nothing never needs it)
+
     out = []
     for path in _openblas_libraries():
         try:

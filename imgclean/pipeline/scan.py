@@ -380,7 +380,7 @@ def run_scan(
     walked, checked and moved from: `sub/..` after a symlink `sub` never means two folders.
     Raises ScanError (a ValueError) when `root` is a quarantine: a scan never reads one as data.
     """
-    from ..quarantine.moves import MANIFEST_NAME, is_quarantine
+    from ..fileops import MANIFEST_NAME, is_quarantine
 
     root = Path(os.path.realpath(root))
     if options.engine not in ENGINES:

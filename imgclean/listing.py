@@ -4,11 +4,26 @@ fields, in columns.
 A folder is listed and stat'ed through a directory descriptor (fstatat on each name), opened a
 component at a time when its path is too long for the kernel; a folder given as bytes is listed
 by path.
+
+A large folder (SPLIT_FROM names or more, more in a process with much memory to fork) is
+stat'ed in two processes at once: a forked child stats the tail of the names (CHILD_SHARE of
+them) while this process stats the rest, and sends its columns back through a pipe as packed
+64-bit integers. Only where forking is safe: os.fork exists, this process runs one thread
+(Python's count and the kernel's), the main one, SIGCHLD is not handled, and it may run on two
+CPUs or more. The child only stats, packs and writes, and leaves with os._exit; on any failure
+of it (no fork, a non-zero exit, short data) this process stats the child's share itself, and it
+never leaves a child behind. IMGCLEAN_SPLIT_STAT=0 in the environment turns the split off.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import gc
 import logging
 import os
+import signal
+import threading
+from array import array
 from operator import attrgetter
 from typing import NamedTuple
 
@@ -69,7 +84,7 @@ def listing(folder: str | bytes) -> Listing:
             with os.scandir(folder) as it:
                 entries = [e for e in it if not e.name.startswith(b".")]  # is_hidden, inline
             entries.sort(key=_name)
-            return _columns([e.name for e in entries], _stat_each(entries))
+            return Listing([e.name for e in entries], *_stat_columns(entries, _stat_each))
         # Listed and stat'ed through a descriptor: fstatat on each name, no path to resolve
         # again per file, and every stat is of this very folder.
         fd = _open_deep(folder) if deep else os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
@@ -80,7 +95,7 @@ def listing(folder: str | bytes) -> Listing:
             names.sort()  # ASCII: the order of the bytes, without encoding each name
         else:
             names.sort(key=os.fsencode)
-        return _columns(names, _stat_names(names, fd))
+        return Listing(names, *_stat_columns(names, lambda share: _stat_names(share, fd)))
     except OSError as exc:
         log.warning("cannot list %s: %s", os.fsdecode(folder), exc.strerror or exc)
         return EMPTY
@@ -89,10 +104,11 @@ def listing(folder: str | bytes) -> Listing:
             os.close(fd)
 
 
-def _columns(names: list, stats: list[os.stat_result | None]) -> Listing:
+def _fields(stats: list[os.stat_result | None]) -> list[list[int]]:
+    """The five columns (modes, sizes, mtimes, devs, inos) of `stats`; zeros for a None."""
     if None in stats:
         stats = [_VANISHED if s is None else s for s in stats]
-    return Listing(names, *(list(map(field, stats)) for field in (_MODE, _SIZE, _MTIME, _DEV, _INO)))
+    return [list(map(field, stats)) for field in (_MODE, _SIZE, _MTIME, _DEV, _INO)]
 
 
 class _Vanished:
@@ -132,3 +148,143 @@ def _lstat_or_none(entry: os.DirEntry) -> os.stat_result | None:
         return entry.stat(follow_symlinks=False)
     except OSError:
         return None
+
+
+# Split from this many names (and 32 more per MiB this process holds, its fork's cost). Measured
+# on two cores, listing() in-process and split: 4,096 names 12.0 and 10.5 ms, 8,192 names 24.8
+# and 19.7 ms, 60,000 names 205 and 145 ms; a busy machine gives the child no core to run on.
+SPLIT_FROM = 8192
+# The child's share, the tail: this process also unpacks the child's columns (0.45 and 0.5
+# measured alike, 0.4 slower).
+CHILD_SHARE = 0.45
+_TYPES = "qQqQQ"  # array types of mode, size, mtime_ns (may be negative), dev, ino: 8 bytes each
+
+
+def _stat_columns(items: list, stats_of) -> list[list[int]]:
+    """The five columns of `items`, stat'ed by `stats_of(items)`: split with a child when worth it."""
+    n = len(items)
+    if _may_split(n):
+        return _split(items, stats_of, n - int(n * CHILD_SHARE))
+    return _fields(stats_of(items))
+
+
+def _may_split(n: int) -> bool:
+    """Whether n names are worth a child, and forking one is safe here."""
+    return (n >= SPLIT_FROM and hasattr(os, "fork") and os.environ.get("IMGCLEAN_SPLIT_STAT") != "0"
+            and threading.active_count() == 1 and threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGCHLD) == signal.SIG_DFL  # no handler that would reap the child
+            and n >= SPLIT_FROM + 32 * _resident_mib()  # a fork costs ~20 us per MiB, a name saves ~1 us
+            and _os_threads() == 1 and _cpus() >= 2)
+
+
+def _resident_mib() -> int:
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") >> 20
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def _os_threads() -> int:
+    """This process's threads as the kernel counts them: threads started outside Python too."""
+    try:
+        return len(os.listdir("/proc/self/task"))
+    except OSError:
+        return 1
+
+
+def _cpus() -> int:
+    """The CPUs this process may run on."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def _split(items: list, stats_of, cut: int) -> list[list[int]]:
+    """The columns of items[:cut] stat'ed here and of items[cut:] in a forked child, or here too
+    when the child fails."""
+    tail, got, pid = items[cut:], None, 0
+    r, w = os.pipe()
+    try:
+        with contextlib.suppress(OSError, AttributeError):  # room for all the child writes (Linux)
+            fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, min(8 * len(_TYPES) * len(tail), 1 << 20))
+        # Signals with a Python handler wait until the child has dropped its copy of the handler.
+        handled = [s for s in signal.valid_signals() if callable(signal.getsignal(s))]
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, handled)
+        try:
+            pid = os.fork()
+            if pid == 0:
+                _child(stats_of, tail, r, w, handled, mask)  # never returns
+        except OSError:
+            pass
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        os.close(w)
+        w = -1
+        head = _fields(stats_of(items[:cut]))
+        if pid:
+            with contextlib.suppress(OSError):  # a failed read or wait: the child's share here
+                got = _unpack(_read_all(r), len(tail))  # while the child's exit tears it down
+                status = os.waitpid(pid, 0)[1]
+                pid = 0
+                if status != 0:
+                    got = None
+    finally:
+        if pid:  # interrupted, or the read failed: the child does not outlive this call
+            _kill(pid)
+        os.close(r)
+        if w >= 0:
+            os.close(w)
+    for column, more in zip(head, _fields(stats_of(tail)) if got is None else got):
+        column += more
+    return head
+
+
+def _child(stats_of, items: list, r: int, w: int, handled: list, mask) -> None:
+    """In the forked child: stat `items`, write their packed columns to `w`, exit (0 when all
+    went out). Never returns, never raises, never runs the parent's handlers or exit handlers."""
+    code = 1
+    try:
+        for sig in handled:  # a signal for the parent's Python handler does what it does by default
+            signal.signal(sig, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        gc.disable()  # no full collection touching (copying) every page of the parent's heap
+        os.close(r)  # the parent gone, a write fails (EPIPE) instead of blocking
+        data = memoryview(_pack(_fields(stats_of(items))))
+        while data:
+            data = data[os.write(w, data):]
+        os.close(w)  # EOF for the parent now, not after this process is torn down
+        code = 0
+    finally:
+        os._exit(code)
+
+
+def _pack(columns: list[list[int]]) -> bytes:
+    """The columns as 8-byte integers, one after the other (OverflowError for one that does not fit)."""
+    return b"".join(array(t, column).tobytes() for t, column in zip(_TYPES, columns))
+
+
+def _unpack(data: bytes, n: int) -> list[list[int]] | None:
+    """The columns of n names from _pack's bytes; None when they are not all there."""
+    if len(data) != 8 * n * len(_TYPES):
+        return None
+    view, columns = memoryview(data), []
+    for i, t in enumerate(_TYPES):
+        column = array(t)
+        column.frombytes(view[8 * n * i:8 * n * (i + 1)])
+        columns.append(column.tolist())
+    return columns
+
+
+def _read_all(r: int) -> bytes:
+    chunks = []
+    while chunk := os.read(r, 1 << 20):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _kill(pid: int) -> None:
+    with contextlib.suppress(OSError):
+        os.kill(pid, signal.SIGKILL)
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, 0)

@@ -172,9 +172,14 @@ def _may_split(n: int) -> bool:
     """Whether n names are worth a child, and forking one is safe here."""
     return (n >= SPLIT_FROM and hasattr(os, "fork") and os.environ.get("IMGCLEAN_SPLIT_STAT") != "0"
             and threading.active_count() == 1 and threading.current_thread() is threading.main_thread()
-            and signal.getsignal(signal.SIGCHLD) == signal.SIG_DFL  # no handler that would reap the child
+            and _sigchld_default()
             and n >= SPLIT_FROM + 32 * _resident_mib()  # a fork costs ~20 us per MiB, a name saves ~1 us
             and _os_threads() == 1 and _cpus() >= 2)
+
+
+def _sigchld_default() -> bool:
+    """SIGCHLD has its default disposition: no handler (Python's or a library's) would reap the child."""
+    return signal.getsignal(signal.SIGCHLD) == signal.SIG_DFL
 
 
 def _resident_mib() -> int:

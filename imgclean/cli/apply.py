@@ -17,7 +17,7 @@ from .runs import Outcome, Printer, check_html_output, check_move_target, check_
 def _root(report: Path, given: Optional[Path]) -> tuple[Path, str | None]:
     """The folder the report's paths are relative to (resolved), and the root the report
     records (None when --root was given: then every row is taken as relative to it)."""
-    from ..quarantine.moves import MANIFEST_NAME, is_quarantine
+    from ..fileops import MANIFEST_NAME, is_quarantine
     from ..reports.records import report_root
 
     recorded = None

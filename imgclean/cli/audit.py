@@ -15,7 +15,7 @@ from .common import (
     resolve_device, setup_logging, usage_error,
 )
 from .options import DryRun, JsonOut, KeepUnreadable, Quiet, Verbose, config_option
-from .runs import StopFlag, check_html_output, check_move_target, check_report_output
+from .runs import StopFlag, check_html_output, check_move_target, check_report_output, enter_quarantine
 
 # The audit's methods: the detectors fitted from the training images alone (detectors/registry.py).
 AuditMethod = Enum("AuditMethod", {cls.name: cls.name for cls in unsupervised()}, type=str)
@@ -91,7 +91,7 @@ def audit(
     is found (0 when the folder is clean).
     """
     from ..pipeline.audit import AuditInterrupted, AuditOptions, apply_audit, run_audit
-    from ..quarantine.moves import MANIFEST_NAME, is_quarantine
+    from ..fileops import MANIFEST_NAME, is_quarantine
 
     setup_logging(quiet, verbose)
     if not train_dir.is_dir():
@@ -124,19 +124,7 @@ def audit(
     progress = make_progress(quiet or json_out)
     try:
         with contextlib.ExitStack() as stack:
-            quarantine = None
-            if move_to is not None:
-                from ..quarantine.locking import LockError, ScanLock
-                from ..quarantine.moves import Quarantine
-
-                if not dry_run:
-                    try:
-                        stack.enter_context(ScanLock(root))
-                    except LockError as exc:
-                        raise fail(f"cannot lock {train_dir}: {exc}") from None
-                quarantine = Quarantine(move_to)
-                if not dry_run:
-                    stack.enter_context(quarantine)
+            quarantine = enter_quarantine(stack, root, train_dir, move_to, dry_run)
             stop = stack.enter_context(StopFlag())
             with progress:
                 try:

@@ -318,7 +318,7 @@ def check_output_path(option: str, path: Path, move_to: Path | None = None, is_d
     every folder above the output up to the filesystem root, both as written and resolved
     (so a link does not hide one); and the scan's own --move-to folder, which may not exist yet.
     """
-    from ..quarantine.moves import MANIFEST_NAME, is_quarantine
+    from ..fileops import MANIFEST_NAME, is_quarantine
 
     if path.name == MANIFEST_NAME:
         raise usage_error(f"{option} {path} would overwrite a quarantine's journal ({MANIFEST_NAME}); choose another name")

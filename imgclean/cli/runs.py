@@ -183,6 +183,26 @@ class Resources:
     printer: Printer
 
 
+def enter_quarantine(stack: contextlib.ExitStack, root: Path, label: Path, move_to: Optional[Path], dry_run: bool):
+    """For a run that moves files (`move_to`): lock `root` and open the quarantine on `stack`
+    (a dry run does neither: it writes nothing), and return the Quarantine; None otherwise. The
+    quarantine's modules are imported only then."""
+    if move_to is None:
+        return None
+    from ..quarantine.locking import LockError, ScanLock
+    from ..quarantine.moves import Quarantine
+
+    if not dry_run:
+        try:
+            stack.enter_context(ScanLock(root))
+        except LockError as exc:
+            raise fail(f"cannot lock {label}: {exc}") from None
+    quarantine = Quarantine(move_to)
+    if not dry_run:
+        stack.enter_context(quarantine)
+    return quarantine
+
+
 @contextlib.contextmanager
 def open_run(root: Path, label: Path, move_to: Optional[Path], dry_run: bool, report: Optional[Path], review,
              printer: Printer):
@@ -194,19 +214,7 @@ def open_run(root: Path, label: Path, move_to: Optional[Path], dry_run: bool, re
 
     try:
         with contextlib.ExitStack() as stack:
-            quarantine = None
-            if move_to is not None:  # (the quarantine's modules only for runs that move)
-                from ..quarantine.locking import LockError, ScanLock
-                from ..quarantine.moves import Quarantine
-
-                if not dry_run:
-                    try:
-                        stack.enter_context(ScanLock(root))
-                    except LockError as exc:
-                        raise fail(f"cannot lock {label}: {exc}") from None
-                quarantine = Quarantine(move_to)
-            if quarantine is not None and not dry_run:
-                stack.enter_context(quarantine)
+            quarantine = enter_quarantine(stack, root, label, move_to, dry_run)
             sinks: list[Callable] = []
             if report is not None:
                 sinks.append(stack.enter_context(RecordWriter(report, root)))

@@ -5,6 +5,10 @@ imgclean manifest) or an excluded folder (recognised by device and inode, not by
 Depth is bounded by nothing but the disk: an explicit stack instead of recursion, and folders whose
 path is too long for the kernel are listed through directory file descriptors, so a file there is
 reported (skipped, with the reason) instead of silently dropped.
+
+Longer than 400 lines: the walk's rules (which entries a folder's listing gives, where a run
+ends) and `_match`, the whole-list check that a cache snapshot still describes a run, must be
+read and changed side by side: the check is only right while it follows those rules exactly.
 """
 from __future__ import annotations
 
@@ -151,8 +155,9 @@ class Run:
     again in the next walk of an unchanged tree); entries: its FileEntry tuples; span: the names
     of the listing entries it covers, images or not (None when one of them could not be stat'ed:
     such a run is never matched by its names); positions: each entry's index in span (None when
-    entry i is span[i]); snapshot: what `known` returned for it; matched: its entries were built
-    from that snapshot's columns, checked against the listing with whole-list operations."""
+    entry i is span[i]); snapshot: what `known` returned for it; matched: its entries come from
+    that snapshot's columns (MatchedEntries), checked against the listing with whole-list
+    operations."""
 
     __slots__ = ("folder", "ordinal", "entries", "span", "positions", "snapshot", "matched")
 
@@ -259,10 +264,47 @@ def walk_runs(root: Path, exclude: tuple[Path, ...] = (), limit: int = RUN_LIMIT
         stack.append([path, sub, 0, _prefix_len(path), _joiner(path), 0, None])
 
 
-def _match(listing: Listing, i: int, limit: int, prefix: int, head, snapshot, seen_inodes: set) -> list[tuple] | None:
+class MatchedEntries:
+    """The entries of a matched run, as a read-only sequence of FileEntry built from the
+    snapshot's columns only when asked for: a rescan that counts a run and writes its stored
+    report rows never builds its 4,096 paths and entries (nor frees them). One entry by index
+    is built alone; iterating or slicing builds the list once."""
+
+    __slots__ = ("_columns", "_built")
+
+    def __init__(self, head, names: list, *columns: list):
+        self._columns = (head, names, *columns)  # head, names, sizes, mtimes, skips, devs, inos
+        self._built: list | None = None
+
+    def __len__(self) -> int:
+        return len(self._columns[1])
+
+    def _list(self) -> list:
+        if self._built is None:
+            head, names, *rest = self._columns
+            self._built = list(map(_as_entry, zip(map(head.__add__, names), *rest)))
+        return self._built
+
+    def __getitem__(self, i):
+        if i.__class__ is slice or self._built is not None:
+            return self._list()[i]
+        head, names, *rest = self._columns
+        i = range(len(names))[i]  # a negative index counts from the end; IndexError past it
+        return _as_entry((head + names[i], *(column[i] for column in rest)))
+
+    def __iter__(self):
+        return iter(self._list())
+
+    def __eq__(self, other):
+        return self._list() == (other._list() if other.__class__ is MatchedEntries else other)
+
+    __hash__ = None
+
+
+def _match(listing: Listing, i: int, limit: int, prefix: int, head, snapshot, seen_inodes: set) -> MatchedEntries | None:
     """The entries of the run starting at listing index `i` when it is exactly the run the
     snapshot's columns describe (walk_runs' `known`) and every entry a plain file (no skip
-    reason), built from those columns; else None. Whole-list operations only: this is what makes
+    reason), from those columns; else None. Whole-list operations only: this is what makes
     a rescan of an unchanged folder cost little more than its stat calls."""
     try:
         span, positions, sizes, mtimes, skips, devs, inos = snapshot[:7]
@@ -290,7 +332,7 @@ def _match(listing: Listing, i: int, limit: int, prefix: int, head, snapshot, se
         if not seen_inodes.isdisjoint(keys):
             return None  # a hard link to a file walked before: the walk marks it file by file
         seen_inodes.update(keys)
-        return list(map(_as_entry, zip(map(head.__add__, named), sizes, mtimes, skips, devs, inos)))
+        return MatchedEntries(head, named, sizes, mtimes, skips, devs, inos)
     except (TypeError, ValueError, IndexError, AttributeError):
         return None  # a snapshot of another shape: not a match
 

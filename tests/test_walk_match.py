@@ -187,3 +187,19 @@ def test_a_run_left_without_its_moved_files_keeps_its_stretch_of_the_listing():
     assert _narrowed(span, [0, 2, 3], ["c.png", "a.png"]) == (None, None)  # not in the stretch's order
     assert _narrowed(span, [0, 2, 3], ["e.png"]) == (None, None)
     assert _narrowed(span, [0, 9], ["a.png"]) == (None, None)
+
+
+def test_matched_entries_are_built_only_when_asked_for(tmp_path, cache):
+    root = tree(tmp_path / "t")
+    snapshot_all(root, cache, 4096)
+    cache.held_runs = True
+    plain = [r.entries for r in walk_runs(root)]
+    asked = [r.entries for r in walk_runs(root, known=cache.snapshot)]
+    lazy, truth = asked[0], plain[0]
+    assert isinstance(lazy, walk.MatchedEntries) and len(lazy) == len(truth) > 2
+    assert lazy[0] == truth[0] and lazy[-1] == truth[-1] and lazy[1].__class__ is FileEntry
+    assert lazy._built is None  # one entry by index builds that entry alone
+    with pytest.raises(IndexError):
+        lazy[len(truth)]
+    assert lazy[1:3] == truth[1:3] and list(lazy) == truth and lazy == truth and lazy._built is not None
+    assert all(a == p for a, p in zip(asked, plain))

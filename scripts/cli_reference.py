@@ -13,7 +13,7 @@ import typer
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from imgclean.cli import app  # noqa: E402
 from imgclean.cli.common import argument_usage  # noqa: E402
-from imgclean.cli.help_text import option_row  # noqa: E402
+from imgclean.cli.help_text import argument_row, option_row  # noqa: E402
 
 TARGET = Path(__file__).resolve().parents[1] / "docs" / "cli.md"
 WIDE = 10_000  # one line per option: the choices stay in the term, as -h shows them at 80 columns
@@ -24,9 +24,8 @@ def plain(text: str | None) -> str:
     return " ".join((text or "").split())
 
 
-def option_line(param) -> str:
+def row_line(term: str, described: str) -> str:
     """`- `-o, --output PATH`: help [default: ...]`: the term and extras as -h shows them."""
-    term, described = option_row(param, WIDE)
     text, _, extras = described.partition("\n")
     return f"- `{term}`: " + " ".join(filter(None, (text, extras)))
 
@@ -46,9 +45,9 @@ def reference() -> str:
             if p.name == "help":
                 continue
             if p.param_type_name == "argument":
-                lines.append(f"- `{(p.metavar or p.name).upper()}`: {plain(getattr(p, 'help', ''))}")
+                lines.append(row_line(*argument_row(p)))
             else:
-                lines.append(option_line(p))
+                lines.append(row_line(*option_row(p, WIDE)))
         lines.append("")
     return "\n".join(lines)
 

@@ -192,6 +192,7 @@ def test_fit_help_is_compact_at_80_columns(monkeypatch):
 def test_every_option_and_its_help_and_default_are_in_the_help(monkeypatch):
     from imgclean.cli.help_text import option_names, shown_default
 
+    shown = 0
     for name, cmd in commands().items():
         text = help_at(monkeypatch, WIDTH, name)
         rendered = flat(text)
@@ -202,9 +203,11 @@ def test_every_option_and_its_help_and_default_are_in_the_help(monkeypatch):
                 for opt in (*param.opts, *param.secondary_opts):  # --augment / --no-augment as --[no-]augment
                     paired = "--[no-]" + opt.removeprefix("--no-").removeprefix("--")
                     assert re.search(rf"(^|[ ,]){re.escape(opt)}\b", text, re.M) or paired in text, (name, opt)
-                default = shown_default(param)
-                if default is not None:
-                    assert flat(f"default: {default}") in rendered, (name, param.name, default)
+            default = shown_default(param)
+            if default is not None:
+                assert flat(f"default: {default}") in rendered, (name, param.name, default)
+                shown += param.param_type_name == "argument"
+    assert shown >= 2  # info's MODEL, init-config's PATH
 
 
 def option_blocks(text: str) -> dict[str, str]:

@@ -30,10 +30,10 @@ def help_width() -> int:
 
 
 def shown_default(param):
-    """The default -h shows for `param`, or None: none for arguments, required options, empty
-    defaults, plain flags, show_default=False, or a help text that says its own "[default: ...]"
-    (the rule that keeps a default from being shown twice)."""
-    if param.param_type_name != "option" or param.required or getattr(param, "hidden", False):
+    """The default -h shows for `param`, or None: none for required parameters, empty defaults,
+    plain flags, show_default=False, or a help text that says its own "[default: ...]" (the rule
+    that keeps a default from being shown twice)."""
+    if param.required or getattr(param, "hidden", False):
         return None
     if "[default:" in (param.help or ""):
         return None
@@ -46,7 +46,7 @@ def shown_default(param):
     if callable(value):
         return None
     if getattr(param, "is_flag", False):
-        if not param.secondary_opts:
+        if not getattr(param, "secondary_opts", None):
             return None
         return _longest(param.opts) if value else _longest(param.secondary_opts)
     if isinstance(value, (list, tuple)):
@@ -127,6 +127,13 @@ def option_row(param, width: int) -> tuple[str, str]:
     return term, _join(param.help, extras)
 
 
+def argument_row(param) -> tuple[str, str]:
+    """An argument's name as the usage line gives it, and its help with its default."""
+    default = shown_default(param)
+    return (param.metavar or param.name or "").upper(), _join(getattr(param, "help", None),
+                                                             [f"default: {default}"] if default is not None else [])
+
+
 def _join(help_text, extras) -> str:
     text = " ".join((help_text or "").split())
     bracket = f"[{'; '.join(extras)}]" if extras else ""
@@ -180,8 +187,7 @@ def render_help(command, ctx, width: int | None = None) -> str:
     if command.help:
         lines += ["", *paragraphs(command.help, width)]
     params = [p for p in command.get_params(ctx) if not getattr(p, "hidden", False)]
-    arguments = [((p.metavar or p.name or "").upper(), " ".join((getattr(p, "help", None) or "").split()))
-                 for p in params if p.param_type_name == "argument"]
+    arguments = [argument_row(p) for p in params if p.param_type_name == "argument"]
     if any(help_text for _, help_text in arguments):
         lines += ["", "Arguments:", *rows_block(arguments, width)]
     options = [option_row(p, width) for p in params if p.param_type_name == "option"]

@@ -208,6 +208,9 @@ def test_a_decisions_file_that_is_not_ours_to_trust_is_refused(root):
     assert "0 decision(s)" in listed.stdout
     result = invoke("accept", root / "b.png")
     assert result.exit_code == 1 and "refusing to write decisions" in result.output
+    result = invoke("reject", root / "b.png", "--move-to", root.parent / "q")
+    assert result.exit_code == 1 and "refusing to write decisions" in result.output
+    assert (root / "b.png").exists() and not (root.parent / "q").exists()  # nothing moves undecided
     assert (root / DECISIONS_NAME).read_bytes() == before
 
 
@@ -251,6 +254,34 @@ def test_two_accepts_at_once_are_both_recorded(root):
     assert accepted(root, "a.png") and accepted(root, "b.png")
 
 
+def test_a_file_named_twice_is_decided_once(root, tmp_path):
+    result = invoke("reject", root / "a.png", root / "sub" / ".." / "a.png", "--move-to", tmp_path / "q", "--json")
+    assert result.exit_code == 0, result.output
+    assert as_json(result)["counts"] == {"rejected": 1}
+    assert len(read_folder(root).log.records) == 1
+
+
 def test_decisions_needs_a_folder(tmp_path):
     result = invoke("decisions", tmp_path / "nope")
     assert result.exit_code == 2 and "not a folder" in result.output
+
+
+def test_a_write_that_fails_is_a_problem_for_that_file_only(root, monkeypatch):
+    from imgclean import fileops
+
+    writes = []
+
+    def full_disk(step):
+        if step == "decision":
+            writes.append(step)
+            if len(writes) == 2:
+                raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(fileops, "fault_hook", full_disk)
+    result = invoke("accept", root / "a.png", root / "b.png", "--json")
+    monkeypatch.setattr(fileops, "fault_hook", None)
+    assert result.exit_code == 1
+    doc = as_json(result)
+    assert [f["status"] for f in doc["files"]] == ["accepted", "error"]
+    assert "No space left" in doc["files"][1]["message"]
+    assert [d.path for d in read_folder(root).log.records] == ["a.png"]

@@ -321,3 +321,52 @@ def test_an_invalid_record_is_never_written(tmp_path):
         w.append(bad)
     assert (tmp_path / DECISIONS_NAME).read_bytes() == b""
     assert decisions.read_folder(tmp_path).log.records == []
+
+
+def test_records_appended_after_a_torn_line_know_their_line_numbers(tmp_path):
+    torn = (json.dumps(good()) + "\n").encode()[:-20]
+    write_lines(tmp_path, good(), b"\n", torn)
+    with DecisionWriter(tmp_path) as w:
+        appended = w.append(new_decision("accepted", tmp_path, "y.png", 1, SHA, "accept"))
+    log = read_folder(tmp_path).log
+    assert appended.line == 4 and log.records[-1].line == 4 and log.records[-1] == appended
+    assert [b.line for b in log.invalid] == [3]
+
+
+def test_a_failed_write_leaves_the_writer_as_the_file_is(tmp_path, monkeypatch):
+    from imgclean import fileops
+
+    def full(step):
+        raise OSError(28, "No space left on device")
+
+    with DecisionWriter(tmp_path) as w:
+        decision = new_decision("accepted", tmp_path, "y.png", 1, SHA, "accept")
+        monkeypatch.setattr(fileops, "fault_hook", full)
+        with pytest.raises(DecisionError, match="No space left"):
+            w.append(decision)
+        monkeypatch.setattr(fileops, "fault_hook", None)
+        assert w.log.records == [] and w.log.current == {}  # nothing on disk, nothing believed
+        assert w.append(decision) == decision  # a retry writes it
+    assert read_folder(tmp_path).log.records == [decision]
+
+
+def test_a_write_torn_by_a_full_disk_is_closed_by_the_retry(tmp_path, monkeypatch):
+    real_write = os.write
+
+    def half(fd, data):  # the first write stops halfway, then the disk is full
+        monkeypatch.setattr(decisions, "write_all", records_write_all)
+        real_write(fd, bytes(data[: len(data) // 2]))
+        raise OSError(28, "No space left on device")
+
+    from imgclean.fileops import write_all as records_write_all
+
+    with DecisionWriter(tmp_path) as w:
+        w.append(new_decision("accepted", tmp_path, "x.png", 1, SHA, "accept"))
+        monkeypatch.setattr(decisions, "write_all", half)
+        second = new_decision("accepted", tmp_path, "y.png", 1, "b" * 64, "accept")
+        with pytest.raises(DecisionError, match="No space left"):
+            w.append(second)
+        assert w.append(second).line == 3  # the torn half is line 2, closed first
+    log = read_folder(tmp_path).log
+    assert [r.path for r in log.records] == ["x.png", "y.png"] and [b.line for b in log.invalid] == [2]
+    assert log.records[1].line == 3

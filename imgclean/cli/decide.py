@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from .common import EXIT_ERROR, command, err, fail, os_error, out, print_json, setup_logging, usage_error
-from .options import JsonOut, Quiet
+from .options import JsonOut
 
 Root = Annotated[Optional[Path], typer.Option(
     "--root", help="The folder your scans run on; its decisions file records these [default: the nearest folder "
@@ -17,6 +17,7 @@ Root = Annotated[Optional[Path], typer.Option(
 DecideDryRun = Annotated[bool, typer.Option("--dry-run", help="Print what would be recorded and change nothing.")]
 FromReview = Annotated[bool, typer.Option(
     "--from-review", help="Record the decision as made on a review page (the page's script passes this).")]
+Quiet = Annotated[bool, typer.Option("-q", "--quiet", help="Print only problems.")]
 Paths = Annotated[list[Path], typer.Argument(metavar="PATH", help="Files in the scanned folder.")]
 
 VERB = {

@@ -95,10 +95,12 @@ def resolve(paths: Iterable[str | os.PathLike], root: str | os.PathLike | None, 
             raise DecisionPathError(f"--root {os.fsdecode(root)} is not a folder")
         if is_quarantine(given_root):
             raise DecisionPathError(f"--root {os.fsdecode(root)} is a quarantine; give the folder your scans run on")
-    targets = []
+    targets: list[Target] = []
     for given in paths:
         name = os.fsdecode(given)
         full = absolute(given)
+        if any(t.path == full for t in targets):
+            continue  # the same file named twice: decided once
         q = quarantine_above(given)
         if q is not None:
             raise DecisionPathError(f"{name} is inside the quarantine {os.fsdecode(q)}; give the file's original path "
@@ -193,7 +195,10 @@ def _accept_one(t: Target, current: Mapping, writer: DecisionWriter | None, sour
     decision = new_decision(ACCEPTED, t.folder, t.rel, content[0], content[1], source)
     if writer is None:
         return Outcome(t.path, "would_accept", "dry run", (decision,), folder=t.folder)
-    return Outcome(t.path, "accepted", "", (writer.append(decision),), folder=t.folder)
+    try:
+        return Outcome(t.path, "accepted", "", (writer.append(decision),), folder=t.folder)
+    except DecisionError as e:  # e.g. the disk is full: this file is not recorded, the others are said
+        return Outcome(t.path, "error", str(e), folder=t.folder)
 
 
 # ----------------------------------------------------------------------------- reject

@@ -253,10 +253,7 @@ class DecisionLog:
         """Fold in line ``n`` (a parsed value, or the ValueError of a line that did not parse)."""
         self.lines = max(self.lines, n)
         try:
-            if isinstance(value, ValueError):
-                raise _Bad(f"not a JSON record ({value})")
-            decision = validate(value, n)
-            self._check_against_earlier(decision)
+            decision = self.check(value, n)
         except _Bad as e:
             self.invalid.append(BadRecord(n, str(e)))
             return None
@@ -269,6 +266,14 @@ class DecisionLog:
         else:
             self.active[decision.id] = decision
             self.current[decision.content] = decision
+        return decision
+
+    def check(self, value: Any, n: int = 0) -> Decision:
+        """``value`` as the Decision line ``n`` would fold in, or ValueError; changes nothing."""
+        if isinstance(value, ValueError):
+            raise _Bad(f"not a JSON record ({value})")
+        decision = validate(value, n)
+        self._check_against_earlier(decision)
         return decision
 
     def _check_against_earlier(self, decision: Decision) -> None:

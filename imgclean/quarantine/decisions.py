@@ -24,6 +24,7 @@ This module reads and writes files only through descriptors: the folder is opene
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import json
@@ -217,6 +218,7 @@ class DecisionWriter:
         self._dir_fd: int | None = None
         self._torn = False
         self._created = False
+        self._line = 0
 
     def __enter__(self) -> "DecisionWriter":
         try:
@@ -251,8 +253,14 @@ class DecisionWriter:
         self.log = fold_lines(lines)
         for bad in self.log.invalid:
             log.warning("%s", bad.message(where))
+        self._measure()
+
+    def _measure(self) -> None:
+        """Whether the file ends in a torn line, and how many lines it has (a torn one too)."""
+        assert self._fd is not None
         size = os.fstat(self._fd).st_size
         self._torn = bool(size) and os.pread(self._fd, 1, size - 1) != b"\n"
+        self._line = _newlines(self._fd) + (1 if self._torn else 0)
 
     def _flock(self) -> None:
         assert self._fd is not None
@@ -271,21 +279,27 @@ class DecisionWriter:
         if self._fd is None:
             raise DecisionError("the decisions file is not open; use DecisionWriter as a context manager")
         line = decision.to_line()
-        folded = self.log.add(self.log.lines + 1, _as_read(line))
-        if folded is None:
-            raise DecisionError(f"not recorded: {self.log.invalid.pop().reason}")  # a bug in the caller
-        data = (b"\n" if self._torn else b"") + line  # close a torn last line first
-        step("decision")
-        self._torn = True  # until the write is known to be whole
         try:
+            self.log.check(_as_read(line))  # never write what a reader would refuse
+        except ValueError as e:
+            raise DecisionError(f"not recorded: {e}") from None
+        data = (b"\n" if self._torn else b"") + line  # close a torn last line first
+        try:
+            step("decision")
+            self._torn = True  # until the write is known to be whole
             write_all(self._fd, data)
             os.fsync(self._fd)
             if self._created:
                 fsync_dir(self.folder)  # the new file's name survives a crash too
                 self._created = False
         except OSError as e:
+            with contextlib.suppress(OSError):
+                self._measure()  # what a partial write left, so a retry closes it and counts right
             raise DecisionError(f"cannot write to {self.path}: {e.strerror or e}") from e
         self._torn = False
+        self._line += 1
+        folded = self.log.add(self._line, _as_read(line))
+        assert folded is not None  # checked above
         return folded
 
     def close(self) -> None:
@@ -301,6 +315,14 @@ def _size_or_none(dir_fd: int) -> int | None:
         return os.stat(DECISIONS_NAME, dir_fd=dir_fd, follow_symlinks=False).st_size
     except FileNotFoundError:
         return None
+
+
+def _newlines(fd: int) -> int:
+    count, offset = 0, 0
+    while chunk := os.pread(fd, 1 << 20, offset):
+        count += chunk.count(b"\n")
+        offset += len(chunk)
+    return count
 
 
 def _as_read(line: bytes) -> object:

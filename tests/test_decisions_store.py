@@ -135,6 +135,7 @@ def test_the_latest_decision_about_a_picture_is_the_one_in_force(tmp_path):
     (b"\x00\x00\x00", "JSON"),
     (b"not json at all", "JSON"),
     (b"1" * 5000, "JSON"),  # an integer too long to convert
+    (b"[[[[[" + b'"\\' * 7000, "JSON"),  # quadratic for a regular expression of strings; one pass here
 ])  # fmt: skip
 def test_hostile_lines_become_one_line_reports(tmp_path, line, reason):
     write_lines(tmp_path, good(), line + b"\n", good())

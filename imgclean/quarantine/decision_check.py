@@ -39,38 +39,61 @@ class AcceptedFiles:
 
     def __init__(self, root: str | os.PathLike):
         self.root = Path(os.path.realpath(root))
-        self._files: dict[Path, DecisionFile] = {}
-        self._sizes: dict[Path, set[int]] = {}  # per folder: sizes of the pictures accepted there
+        self._read: dict[Path, DecisionFile] = {}  # every decisions file read, by folder
+        self._accepted: dict[Path, frozenset[int]] = {}  # by folder: sizes of the pictures accepted there
+        # Per folder of the tree (relative to root; "" is root): the files with decisions that
+        # apply there, nearest first, and the sizes of the pictures they accept.
+        self._chains: dict[str, tuple[DecisionFile, ...]] = {}
+        self._sizes: dict[str, frozenset[int]] = {}
         self.hashed = 0  # files hashed so far (for tests and benchmarks)
-        for folder in (self.root, *self.root.parents):
-            self._file(folder)
+        self._remember("", [self._file(f) for f in (self.root, *self.root.parents)])
 
     def _file(self, folder: Path) -> DecisionFile:
-        found = self._files.get(folder)
+        found = self._read.get(folder)
         if found is None:
-            found = self._files[folder] = read_folder(folder)
-            self._sizes[folder] = found.log.accepted_sizes()
+            found = self._read[folder] = read_folder(folder)
+            self._accepted[folder] = frozenset(found.log.accepted_sizes())
         return found
+
+    def _remember(self, reldir: str, files: list[DecisionFile]) -> None:
+        useful = tuple(f for f in files if f.log.current)
+        self._chains[reldir] = useful
+        sizes = [self._accepted[f.folder] for f in useful if self._accepted[f.folder]]
+        self._sizes[reldir] = sizes[0] if len(sizes) == 1 else frozenset().union(*sizes)
+
+    def _chain_of(self, reldir: str) -> str | None:
+        """Make sure ``reldir`` (a folder inside root) has its chain; None when it is no such folder."""
+        missing = []
+        while reldir not in self._chains:
+            name = os.path.basename(reldir)
+            if not name or name in (".", "..") or os.path.isabs(reldir):
+                return None
+            missing.append(reldir)
+            reldir = os.path.dirname(reldir)
+        for folder in reversed(missing):  # from the outermost down: each extends its parent's chain
+            parent = self._chains[os.path.dirname(folder)]
+            self._remember(folder, [self._file(self.root / folder), *parent])
+        return missing[0] if missing else reldir
 
     def problems(self) -> list[str]:
         """Every refused file and invalid record met so far, one line each (for the run's report)."""
-        return [line for f in self._files.values() for line in f.problems()]
+        return [line for f in self._read.values() for line in f.problems()]
 
     def accepted(self, path: str | os.PathLike, size: int, mtime_ns: int, dev: int | None = None,
                  ino: int | None = None) -> Acceptance | None:
         """The acceptance in force for the file at ``path`` (relative to the root) if it is the
         file described (size, mtime_ns; ino and dev when given) and its content was accepted;
         else None. Never raises for a file that is gone, changed or unreadable (None)."""
-        rel = Path(os.fsdecode(path))
-        if rel.is_absolute() or ".." in rel.parts or not rel.parts:
+        path = os.fsdecode(path)
+        reldir = os.path.dirname(path)
+        if reldir not in self._sizes and self._chain_of(reldir) is None:
             return None
-        folders = [self.root.joinpath(*rel.parts[:i]) for i in range(len(rel.parts) - 1, 0, -1)]
-        files = [self._file(f) for f in folders] + [self._files[f] for f in (self.root, *self.root.parents)]
-        if not any(size in self._sizes[f.folder] for f in files):
-            return None
-        sha = self._sha256(self.root / rel, size, mtime_ns, dev, ino)
+        if size not in self._sizes[reldir] or not os.path.basename(path) or os.path.basename(path) in (".", ".."):
+            return None  # no acceptance of a picture of this size applies here: nothing to hash
+        sha = self._sha256(self.root / path, size, mtime_ns, dev, ino)
         if sha is None:
             return None
+        files = self._chains[reldir]
         found = [(f.log.current[(size, sha)], i, f.folder) for i, f in enumerate(files) if (size, sha) in f.log.current]
         if not found:
             return None

@@ -36,8 +36,7 @@ MAX_DEPTH = 3  # a record is an object holding at most one object ("journal")
 MAX_PATH_BYTES = 4096
 _TOKEN = re.compile(r"[A-Za-z0-9_-]{1,128}")
 _SHA = re.compile(r"[0-9a-f]{64}")
-_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')  # a JSON string literal (linear: no nested repetition)
-_BRACKET = re.compile(rb"[\[\]{}]")
+_SIGNIFICANT = re.compile(rb'["\\\[\]{}]')  # what nesting depth depends on: quotes, escapes, brackets
 
 
 class DecisionFileError(ValueError):
@@ -73,13 +72,33 @@ def read_decision_lines(fd: int, name: str = DECISIONS_NAME) -> list[tuple[int, 
 def _parse(line: bytes) -> Any:
     if len(line) > MAX_LINE_BYTES:
         raise ValueError(f"line longer than {MAX_LINE_BYTES} bytes")
-    depth = deepest = 0
-    for m in _BRACKET.finditer(_STRING.sub(b'""', line)):  # brackets outside string literals
-        depth += 1 if m.group() in b"[{" else -1
-        deepest = max(deepest, depth)
-    if deepest > MAX_DEPTH:
+    if line.count(b"[") + line.count(b"{") > MAX_DEPTH and _depth(line) > MAX_DEPTH:  # else it cannot be
         raise ValueError(f"nested deeper than {MAX_DEPTH} levels")
     return json.loads(line.decode("utf-8"))  # strict UTF-8; NUL or a raw control character fails
+
+
+def _depth(line: bytes) -> int:
+    """How deep brackets outside string literals nest: one pass over the quotes, backslashes and
+    brackets (linear whatever the line; a regular expression for strings is quadratic on some)."""
+    depth = deepest = 0
+    in_string, escaped = False, -1  # escaped: the index of the character a backslash escapes
+    for m in _SIGNIFICANT.finditer(line):
+        i, c = m.start(), line[m.start()]
+        if in_string:
+            if i == escaped:
+                continue
+            if c == 0x5C:  # backslash
+                escaped = i + 1
+            elif c == 0x22:  # quote
+                in_string = False
+        elif c == 0x22:
+            in_string = True
+        elif c in (0x5B, 0x7B):  # [ {
+            depth += 1
+            deepest = max(deepest, depth)
+        elif c in (0x5D, 0x7D):
+            depth -= 1
+    return deepest
 
 
 # ----------------------------------------------------------------------------- records

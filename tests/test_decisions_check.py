@@ -9,9 +9,10 @@ import pytest
 
 from imgclean.quarantine import decision_ops as ops
 from imgclean.quarantine.decision_check import AcceptedFiles
+from imgclean.quarantine.decision_reject import reject
 from imgclean.quarantine.decision_records import DECISIONS_NAME
 from imgclean.quarantine.decision_views import decisions_of
-from imgclean.quarantine.decisions import DecisionWriter, new_decision, read_folder
+from imgclean.quarantine.decisions import read_folder
 from imgclean.quarantine.journal import fold
 from imgclean.quarantine.moves import MoveRequest, Quarantine, restore
 
@@ -159,7 +160,7 @@ def test_record_restore_never_raises(root, tmp_path):
 def test_decisions_of_a_quarantine_carry_labels_and_the_rejects_place(root, tmp_path):
     q = tmp_path / "q"
     make(root / "miss.png", b"a missed one")
-    [rejected] = ops.reject([root / "miss.png"], q, root)
+    [rejected] = reject([root / "miss.png"], q, root)
     ops.accept([root / "keep.png"], root)
     quarantine_one(root, q, "other.png")
     restore_and_record(q, [root / "other.png"])
@@ -236,3 +237,22 @@ def test_a_restored_file_is_accepted_by_every_later_scan(model_dir, model_with_h
                 quarantine.move(MoveRequest(root / r.path, root, r.status, r.size, r.mtime_ns, dev=r.dev, ino=r.ino))
     assert (root / chosen).exists()
     assert not any(p.name == Path(chosen).name for p in q2.rglob("*.png"))
+
+
+# ----------------------------------------------------------------------------- the call sites
+
+
+@pytest.mark.parametrize("caller, callee", [
+    ("imgclean.quarantine.restore", "imgclean.quarantine.decision_ops"),  # restore records its acceptances
+    ("imgclean.pipeline.apply", "imgclean.quarantine.decision_check"),  # scan and apply ask AcceptedFiles
+    ("imgclean.reports.records", "imgclean.quarantine.decision_check"),  # the review page may show the decision
+    ("imgclean.reports.review", "imgclean.quarantine.decision_views"),
+])  # fmt: skip
+def test_the_call_sites_can_import_these_modules_without_a_cycle(caller, callee):
+    from test_architecture import LAYERS, find_cycle, import_graph, layer_of
+
+    graph = import_graph()
+    assert caller in graph and callee in graph
+    assert layer_of(callee) in LAYERS[layer_of(caller)] or layer_of(callee) == layer_of(caller)
+    graph[caller].add(callee)
+    assert find_cycle(graph) is None, " -> ".join(find_cycle(graph) or [])

@@ -113,7 +113,7 @@ def reject(
     never overwriting; `imgclean restore` puts it back) with the reason "rejected", and the
     decision is kept for learning. A file that cannot be moved gets no decision.
     """
-    from ..quarantine.decision_ops import reject as reject_files
+    from ..quarantine.decision_reject import reject as reject_files
 
     setup_logging(quiet, False)
     source = "review" if from_review else "reject"

@@ -1,5 +1,6 @@
-"""Recording decisions: accept files, reject files (moving them into a quarantine), withdraw
-decisions, and the acceptance a restore records. Library code: returns outcomes, never prints.
+"""Recording decisions: accept files, withdraw decisions, and the acceptance a restore records
+(rejecting, which moves files, is in decision_reject.py: this module imports nothing that moves
+files, so quarantine/restore.py can call record_restore). Library code: never prints.
 
 Where a decision goes: ``root`` given, that folder's decisions file; else the nearest folder
 above the file that already holds a decisions file or that a moving run marked as scanned
@@ -22,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from ..fileops import Abort, hash_unchanged, is_quarantine, is_scanned_root
-from .decision_records import ACCEPTED, DECISIONS_NAME, REJECTED, WITHDRAWN, Decision, check_relative
-from .decisions import DecisionError, DecisionWriter, chain, new_decision, read_folder, relative_in, user_name
+from .decision_records import ACCEPTED, DECISIONS_NAME, WITHDRAWN, Decision, check_relative
+from .decisions import DecisionError, DecisionWriter, chain, new_decision, read_folder, relative_in
 from .locking import LockHeld, ScanLock
 
 LOCK_WAIT_S = 15.0  # how long a command waits for another accept/reject/withdraw/restore to finish
@@ -128,7 +129,7 @@ def resolve(paths: Iterable[str | os.PathLike], root: str | os.PathLike | None, 
     return targets
 
 
-def _by_folder(targets: list[Target]) -> dict[Path, list[Target]]:
+def by_folder(targets: list[Target]) -> dict[Path, list[Target]]:
     groups: dict[Path, list[Target]] = {}
     for t in targets:
         groups.setdefault(t.folder, []).append(t)
@@ -173,7 +174,7 @@ def accept(paths: Iterable[str | os.PathLike], root: str | os.PathLike | None = 
     """Record that a person accepted each file (its current content); one Outcome per PATH."""
     outcomes: dict[Path, Outcome] = {}
     targets = resolve(paths, root)
-    for folder, group in _by_folder(targets).items():
+    for folder, group in by_folder(targets).items():
         if dry_run:
             log = read_folder(folder).log
             for t in group:
@@ -199,75 +200,6 @@ def _accept_one(t: Target, current: Mapping, writer: DecisionWriter | None, sour
         return Outcome(t.path, "accepted", "", (writer.append(decision),), folder=t.folder)
     except DecisionError as e:  # e.g. the disk is full: this file is not recorded, the others are said
         return Outcome(t.path, "error", str(e), folder=t.folder)
-
-
-# ----------------------------------------------------------------------------- reject
-
-
-def reject(paths: Iterable[str | os.PathLike], move_to: str | os.PathLike, root: str | os.PathLike | None = None, *,
-           source: str = "reject", dry_run: bool = False, lock_wait_s: float | None = None) -> list[Outcome]:
-    """Record each file as rejected by a person and move it into the quarantine ``move_to``
-    (journaled: ``imgclean restore`` puts it back). The move comes first: a file that could
-    not be moved gets no decision."""
-    from .moves import Quarantine  # moves imports much; only reject needs it
-
-    targets = resolve(paths, root)
-    quarantine = Path(os.path.abspath(move_to))
-    real_q = Path(os.path.realpath(quarantine))
-    for t in targets:
-        if real_q == t.folder or t.folder.is_relative_to(real_q):
-            raise DecisionPathError(f"--move-to {os.fsdecode(move_to)} is {os.fsdecode(t.folder)} or contains it; "
-                                    "choose a quarantine outside the folder")
-        if t.path.is_relative_to(real_q):
-            raise DecisionPathError(f"{os.fsdecode(t.path)} is inside --move-to {os.fsdecode(move_to)} already")
-    outcomes: dict[Path, Outcome] = {}
-    for folder, group in _by_folder(targets).items():
-        if dry_run:
-            q = Quarantine(quarantine)
-            for t in group:
-                dest = q.plan_destination(_request(t, source))
-                outcomes[t.path] = Outcome(t.path, "would_reject", "dry run", destination=dest, folder=folder)
-            continue
-        with run_lock(folder, lock_wait_s), DecisionWriter(folder) as writer, Quarantine(quarantine) as q:
-            for t in group:
-                outcomes[t.path] = _reject_one(t, q, writer, source)
-    return [outcomes[t.path] for t in targets]
-
-
-def _request(t: Target, source: str):
-    from .moves import MoveRequest
-
-    assert t.st is not None
-    details = {"decision": "rejected by a person", "user": user_name(os.geteuid()), "source": source}
-    return MoveRequest(source=t.path, scan_root=t.folder, reason="rejected", size=t.st.st_size,
-                       mtime_ns=t.st.st_mtime_ns, details=details, dev=t.st.st_dev, ino=t.st.st_ino)
-
-
-def _reject_one(t: Target, q: Any, writer: DecisionWriter, source: str) -> Outcome:
-    result = q.move(_request(t, source))
-    if result.status != "moved":
-        status = result.status if result.status in PROBLEMS else "error"
-        return Outcome(t.path, status, result.message, folder=t.folder)
-    move = _journaled_move(q, result.destination)
-    if move is None:  # cannot happen while the quarantine's fold is kept current; never guess
-        return Outcome(t.path, "error", f"moved to {result.destination}, but its journal record was not found; "
-                       "no decision recorded", destination=result.destination, folder=t.folder)
-    decision = new_decision(REJECTED, t.folder, t.rel, move["size"], move["sha256"], source,
-                            journal=(os.fspath(q.root), move["id"]))
-    try:
-        return Outcome(t.path, "rejected", "", (writer.append(decision),), result.destination, t.folder)
-    except DecisionError as e:
-        return Outcome(t.path, "error", f"moved to {result.destination}, but the decision was not recorded: {e}",
-                       destination=result.destination, folder=t.folder)
-
-
-def _journaled_move(q: Any, destination: Path) -> dict | None:
-    journal = getattr(q, "journal", None)
-    ops = list(journal.ops.values()) if journal is not None else []
-    for op in reversed(ops):
-        if op["op"] == "move" and op["state"] == "done" and op["destination"] == os.fsdecode(destination):
-            return op
-    return None
 
 
 # ----------------------------------------------------------------------------- withdraw

@@ -58,7 +58,7 @@ class Target:
     path: Path  # absolute, its folder resolved (the last component is never followed)
     folder: Path  # the folder whose decisions file it goes to (resolved)
     rel: str  # path relative to folder
-    st: os.stat_result | None  # lstat when checked (None: no such file)
+    st: os.stat_result  # lstat when checked
 
 
 # ----------------------------------------------------------------------------- paths
@@ -87,34 +87,35 @@ def find_root(folder: Path) -> Path | None:
     return None
 
 
-def resolve(paths: Iterable[str | os.PathLike], root: str | os.PathLike | None, must_exist: bool = True) -> list[Target]:
+def resolve(paths: Iterable[str | os.PathLike], root: str | os.PathLike | None) -> list[Target]:
     """Check every PATH before anything is written; raises DecisionPathError at the first bad one."""
     given_root = None
     if root is not None:
         given_root = Path(os.path.realpath(root))
         if not given_root.is_dir():
             raise DecisionPathError(f"--root {os.fsdecode(root)} is not a folder")
-        if is_quarantine(given_root):
-            raise DecisionPathError(f"--root {os.fsdecode(root)} is a quarantine; give the folder your scans run on")
+        if is_quarantine(given_root) or quarantine_above(given_root) is not None:
+            raise DecisionPathError(f"--root {os.fsdecode(root)} is a quarantine or inside one; "
+                                    "give the folder your scans run on")
     targets: list[Target] = []
+    seen: set[Path] = set()
     for given in paths:
         name = os.fsdecode(given)
         full = absolute(given)
-        if any(t.path == full for t in targets):
+        if full in seen:
             continue  # the same file named twice: decided once
+        seen.add(full)
         q = quarantine_above(given)
         if q is not None:
             raise DecisionPathError(f"{name} is inside the quarantine {os.fsdecode(q)}; give the file's original path "
                                     "(`imgclean restore` puts it back and records it as accepted)")
         try:
-            st: os.stat_result | None = os.lstat(full)
+            st = os.lstat(full)
         except FileNotFoundError:
-            st = None
+            raise DecisionPathError(f"{name} does not exist") from None
         except OSError as e:
             raise DecisionPathError(f"{name}: {e.strerror or e}") from None
-        if must_exist and st is None:
-            raise DecisionPathError(f"{name} does not exist")
-        if st is not None and not stat.S_ISREG(st.st_mode):
+        if not stat.S_ISREG(st.st_mode):
             raise DecisionPathError(f"{name} is not a regular file (a link, a folder...); decisions are about files")
         folder = given_root or find_root(full.parent)
         if folder is None:
@@ -125,7 +126,10 @@ def resolve(paths: Iterable[str | os.PathLike], root: str | os.PathLike | None, 
             raise DecisionPathError(f"{name} is outside --root {os.fsdecode(folder)}")
         if any(part.startswith(".") for part in Path(rel).parts):
             raise DecisionPathError(f"{name} is hidden or in a hidden folder: scans never look at it")
-        targets.append(Target(full, folder, check_relative(rel), st))
+        try:
+            targets.append(Target(full, folder, check_relative(rel), st))
+        except ValueError as e:  # e.g. a path too long to record
+            raise DecisionPathError(f"{name}: {e}") from None
     return targets
 
 
@@ -155,7 +159,6 @@ def run_lock(folder: Path, wait_s: float | None = None):
 
 def _content(t: Target) -> tuple[int, str] | Outcome:
     """(size, sha256) of the target, checked against its lstat; an Outcome when it changed."""
-    assert t.st is not None
     try:
         return t.st.st_size, hash_unchanged(t.path, t.st)
     except Abort as a:

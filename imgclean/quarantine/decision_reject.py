@@ -45,7 +45,6 @@ def reject(paths: Iterable[str | os.PathLike], move_to: str | os.PathLike, root:
 
 
 def _request(t: Target, source: str) -> MoveRequest:
-    assert t.st is not None
     details = {"decision": "rejected by a person", "user": user_name(os.geteuid()), "source": source}
     return MoveRequest(source=t.path, scan_root=t.folder, reason="rejected", size=t.st.st_size,
                        mtime_ns=t.st.st_mtime_ns, details=details, dev=t.st.st_dev, ino=t.st.st_ino)

@@ -165,7 +165,7 @@ def chain(folder: str | os.PathLike) -> list[Path]:
 
 
 def folders_below(folder: str | os.PathLike) -> list[Path]:
-    """Folders under ``folder`` (resolved) holding a decisions file, nearest first; hidden folders,
+    """Folders under ``folder`` (resolved) holding a decisions file, in walk order; hidden folders,
     symbolic links and quarantines are not entered (as a scan's walk does not)."""
     found, stack = [], [Path(os.path.realpath(folder))]
     while stack:

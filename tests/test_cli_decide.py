@@ -284,3 +284,16 @@ def test_a_write_that_fails_is_a_problem_for_that_file_only(root, monkeypatch):
     assert [f["status"] for f in doc["files"]] == ["accepted", "error"]
     assert "No space left" in doc["files"][1]["message"]
     assert [d.path for d in read_folder(root).log.records] == ["a.png"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a file to another user needs root")
+def test_a_decisions_file_planted_by_another_user_is_refused(root):
+    assert invoke("accept", root / "a.png").exit_code == 0
+    os.chown(root / DECISIONS_NAME, 54321, 54321)
+    before = (root / DECISIONS_NAME).read_bytes()
+    listed = invoke("decisions", root, "--json")
+    assert listed.exit_code == 1 and "not by you, root or the folder's owner" in as_json(listed)["problems"][0]
+    assert as_json(listed)["decisions"] == [] and not accepted(root, "a.png")
+    result = invoke("accept", root / "b.png")
+    assert result.exit_code == 1 and "refusing to write decisions" in result.output
+    assert (root / DECISIONS_NAME).read_bytes() == before

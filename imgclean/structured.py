@@ -242,6 +242,11 @@ class CsvRows:
                 return
             if not values:
                 continue  # a blank line, as csv.DictReader skips it
+            if self._count[0] > first and max(map(len, values)) > self.limits.field_chars:
+                # (a row on one line is bounded by the line limit; csv's own limit may be higher)
+                raise StructuredInputError(
+                    self.where, f"not readable CSV (a field is longer than {self.limits.field_chars:,} characters (the limit))", first
+                )
             if len(values) == width:
                 yield first, dict(zip(names, values))
             else:  # short rows get None, long ones keep the rest under None (as csv.DictReader)

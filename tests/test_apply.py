@@ -201,11 +201,17 @@ def test_a_report_from_an_older_imgclean_moves_nothing(model_dir, tmp_path):
         w.writeheader()
         w.writerows(rows)
     before = tree_snapshot(a)
-    result = invoke("apply", tmp_path / "old.csv", "--move-to", tmp_path / "q")
+    for root in ((), ("--root", a)):  # its rows are refused before any folder is chosen
+        result = invoke("apply", tmp_path / "old.csv", "--move-to", tmp_path / "q", *root, "--json")
+        assert result.exit_code == 1 and "scan again" in result.stderr
+        assert json.loads(result.stdout)["moved"] == 0 and tree_snapshot(a) == before
+    ok_rows = tmp_path / "ok.csv"  # no rejected row, so nothing to refuse, and no folder named
+    with open(ok_rows, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=old, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(r for r in rows if r["status"] == "ok")
+    result = invoke("apply", ok_rows, "--move-to", tmp_path / "q")
     assert result.exit_code == 2 and "--root" in result.output
-    result = invoke("apply", tmp_path / "old.csv", "--move-to", tmp_path / "q", "--root", a, "--json")
-    assert result.exit_code == 1 and "scan again" in result.stderr
-    assert json.loads(result.stdout)["moved"] == 0 and tree_snapshot(a) == before
     # the review page still reads both kinds of report
     for r in (report, tmp_path / "old.csv"):
         assert invoke("report", r, "-o", tmp_path / "page.html", "--root", a).exit_code == 0

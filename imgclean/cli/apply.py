@@ -3,6 +3,7 @@
 
 import contextlib
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -21,27 +22,63 @@ from .runs import (
 SHOWN_BAD_ROWS = 20
 
 
+@dataclass
+class Plan:
+    """What checking a report before anything moves settled: the folder (None when the report
+    was refused before one could be chosen), the root every row must record, whether device
+    numbers are compared, the check's result (pipeline.apply.ReportCheck) and its stop flag."""
+
+    folder: Optional[Path]
+    recorded: Optional[str]
+    same_folder: bool
+    checked: object
+    stop: StopFlag
+
+    @property
+    def refused(self) -> bool:
+        return bool(self.checked.invalid or self.checked.error or self.checked.interrupted)
+
+
+def _plan(source, given: Optional[Path], move_to: Path, keep_unreadable: bool, said) -> Plan:
+    """Choose the folder (pipeline/apply_sources.resolve_folder has the rule) and check the whole
+    report against it. A report that names no folder is checked first all the same: one with a
+    bad row is refused as such (exit 1, with its summary), a sound one is a usage error."""
+    from ..pipeline.apply import check_report
+    from ..pipeline.apply_sources import ApplyFolderError, resolve_folder
+    from ..reports.records import report_root
+
+    recorded = report_root(source)
+    folder, same, excluded = None, False, ()
+    if given is not None or recorded is not None:
+        try:
+            folder, same = resolve_folder(source.path, source.stat, given, recorded)
+        except ApplyFolderError as exc:
+            raise usage_error(str(exc)) from None
+        excluded = check_move_target(folder, move_to)
+    with StopFlag() as stop:  # the whole report is checked before anything is locked or moved
+        checked = check_report(source, folder, recorded, keep_unreadable, said, stop, excluded)
+    plan = Plan(folder, recorded, same, checked, stop)
+    if folder is None and not plan.refused:
+        raise usage_error(f"{source.path} names no scanned folder (a report from an older imgclean, or no valid row); "
+                          "give --root FOLDER")
+    return plan
+
+
+def _check_outputs(report_in: Path, move_to: Path, report: Optional[Path], html: Optional[Path]) -> None:
+    if report is not None:
+        check_report_output(report, move_to)
+        if os.path.realpath(report) == os.path.realpath(report_in):
+            raise usage_error(f"--report {report} would overwrite the report being applied; choose another file name")
+    if html is not None:
+        check_html_output(html, "--html", move_to)
+
+
 def _refuse(summary, message: str, json_out: bool) -> typer.Exit:
     """A report that cannot be read at all: the summary (--json) and one error line."""
     summary.refused, summary.error, summary.invalid = True, message, max(summary.invalid, 1)
     if json_out:
         print_json(summary.to_dict())
     return fail(message)
-
-
-def _folder(report, given: Optional[Path], move_to: Path) -> tuple[Path, str | None, bool, tuple]:
-    """The folder to apply `report` (reports.records.ReportFile) to, the root its rows must
-    record, whether device numbers are checked, and the folders no source may lie in (see
-    pipeline/apply_sources.resolve_folder for the rule)."""
-    from ..pipeline.apply_sources import ApplyFolderError, resolve_folder
-    from ..reports.records import report_root
-
-    recorded = report_root(report)
-    try:
-        folder, same = resolve_folder(report.path, report.stat, given, recorded)
-    except ApplyFolderError as exc:
-        raise usage_error(str(exc)) from None
-    return folder, recorded, same, check_move_target(folder, move_to)
 
 
 @command()
@@ -72,7 +109,7 @@ def apply(
     place and counted as changed, one that is gone as changed (missing). Takes the same lock and
     journal as `scan --move-to`; exit codes as for scan.
     """
-    from ..pipeline.apply import ApplySummary, check_report, run_apply
+    from ..pipeline.apply import ApplySummary, run_apply
     from ..reports.records import ReportError, ReportFile, report_format
 
     setup_logging(quiet, verbose)
@@ -82,41 +119,34 @@ def apply(
         report_format(report_in)
     except ValueError as exc:
         raise usage_error(str(exc)) from None
+    _check_outputs(report_in, move_to, report, html)
     summary = ApplySummary(root="", model="", report=os.fsdecode(report_in))
+    printer = Printer(dry_run, json_out, verbose, keep_unreadable, progress=make_progress(quiet or json_out))
+    review = None
     with contextlib.ExitStack() as held:
         try:
             source = held.enter_context(ReportFile(report_in))
-            folder, recorded, same, excluded = _folder(source, root, move_to)
+            plan = _plan(source, root, move_to, keep_unreadable, _bad_row_printer(report_in))
         except ReportError as exc:
             raise _refuse(summary, str(exc), json_out) from None
-        summary.root = os.fsdecode(folder)
-        if report is not None:
-            check_report_output(report, move_to)
-            if os.path.realpath(report) == os.path.realpath(report_in):
-                raise usage_error(f"--report {report} would overwrite the report being applied; choose another file name")
-        if html is not None:
-            check_html_output(html, "--html", move_to)
-        printer = Printer(dry_run, json_out, verbose, keep_unreadable, progress=make_progress(quiet or json_out))
-        said = _bad_row_printer(report_in)
-        with StopFlag() as stop:  # the whole report is checked before anything is locked or moved
-            checked = check_report(source, folder, recorded, keep_unreadable, said, stop, excluded)
-        if checked.error:
-            raise _refuse(summary, checked.error, json_out)
-        review = None
-        if html is not None and not (checked.invalid or checked.interrupted):
-            from ..reports.review import ReviewCollector
-
-            review = ReviewCollector(root=folder, quarantine=move_to)
-        if checked.invalid or checked.interrupted:
-            run_apply(source, folder, summary, checked=checked)  # refused or stopped: moves nothing
+        if plan.checked.error:
+            raise _refuse(summary, plan.checked.error, json_out)
+        stop = plan.stop
+        if plan.refused:
+            run_apply(source, plan.folder, summary, checked=plan.checked)  # refused or stopped: moves nothing
         else:
-            with open_run(folder, folder, move_to, dry_run, report, review, printer) as run:
+            summary.root = os.fsdecode(plan.folder)
+            if html is not None:
+                from ..reports.review import ReviewCollector
+
+                review = ReviewCollector(root=plan.folder, quarantine=move_to)
+            with open_run(plan.folder, plan.folder, move_to, dry_run, report, review, printer) as run:
                 stop = run.stop
-                printer.total = checked.rows
+                printer.total = plan.checked.rows
                 if not run.progress.disable:
                     printer.task = run.progress.add_task("applying", total=printer.total, info="")
-                run_apply(source, folder, summary, run.quarantine, checked=checked, dry_run=dry_run,
-                          keep_unreadable=keep_unreadable, recorded_root=recorded, check_device=same,
+                run_apply(source, plan.folder, summary, run.quarantine, checked=plan.checked, dry_run=dry_run,
+                          keep_unreadable=keep_unreadable, recorded_root=plan.recorded, check_device=plan.same_folder,
                           on_record=feed(run.sinks), should_stop=run.stop)
     if summary.error:
         err.print(summary.error, highlight=False, markup=False)

@@ -189,7 +189,7 @@ class Applier:
         return record
 
 
-def run_apply(report: ReportFile, root: Path, summary: ApplySummary, quarantine=None, *, checked: ReportCheck,
+def run_apply(report: ReportFile, root: Path | None, summary: ApplySummary, quarantine=None, *, checked: ReportCheck,
               dry_run: bool = False, keep_unreadable: bool = False, recorded_root: str | None = None,
               check_device: bool = False, on_record: Callable[[ScanRecord], None] | None = None,
               should_stop: Callable[[], bool] = lambda: False) -> ApplySummary:
@@ -236,15 +236,16 @@ class ReportCheck:
     interrupted: bool = False
 
 
-def check_report(report: ReportFile, root: Path, recorded_root: str | None, keep_unreadable: bool = False,
+def check_report(report: ReportFile, root: Path | None, recorded_root: str | None, keep_unreadable: bool = False,
                  on_invalid: Callable[[ReportRow], None] | None = None,
                  should_stop: Callable[[], bool] = lambda: False, excluded: tuple[Path, ...] = ()) -> ReportCheck:
     """Read every row of `report` and check it as applying it would (:func:`_row_problem`, and
-    for rows to move the walk's rules: apply_sources.SourceCheck), touching nothing."""
+    for rows to move the walk's rules: apply_sources.SourceCheck, unless `root` is None: no
+    folder chosen yet), touching nothing."""
     from .apply_sources import SourceCheck
 
     result = ReportCheck()
-    sources = SourceCheck(root, excluded, remember=True)
+    sources = SourceCheck(root, excluded, remember=True) if root is not None else None
     try:
         for row in report.rows():
             result.rows += 1

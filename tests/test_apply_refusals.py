@@ -221,20 +221,47 @@ def test_a_folder_swapped_for_a_link_after_the_check_is_refused_at_the_move(mode
     assert json.loads(result.stdout)["move_errors"] == 1
 
 
-def test_a_report_edited_between_the_check_and_the_moves_stops_the_apply(model_dir, tmp_path, monkeypatch):
+@pytest.mark.parametrize("kept", [True, False])
+def test_a_report_edited_after_its_check_never_applies_the_edit(model_dir, tmp_path, monkeypatch, kept):
+    """A report short enough to keep is applied from the records its check kept (the edit is not
+    read at all); a longer one is read again and stops at the change, before moving anything."""
     import imgclean.pipeline.apply as pipeline_apply
 
     root, report = scanned(model_dir, tmp_path)
+    if not kept:
+        monkeypatch.setattr(pipeline_apply, "KEEP_ROWS", 0)
     checked = pipeline_apply.check_report
+    victim = root / "sub" / "odd_deep.png"
 
     def check_then_edit(*args, **kwargs):
         result = checked(*args, **kwargs)
-        with open(report, "a") as fh:
-            fh.write(BOMB + "\n")
+        lines = report.read_text().splitlines(keepends=True)
+        report.write_text("".join(line for line in lines if "odd_deep" not in line) + BOMB + "\n")
         return result
 
     monkeypatch.setattr(pipeline_apply, "check_report", check_then_edit)
     before = tree_snapshot(root)
     result = invoke("apply", report, "--move-to", tmp_path / "q", "--json")
-    assert result.exit_code == 1 and "changed while it was checked" in result.stderr, result.output
-    assert json.loads(result.stdout)["moved"] == 0 and tree_snapshot(root) == before
+    summary = json.loads(result.stdout)
+    if kept:
+        assert result.exit_code == 0 and summary["moved"] >= 3 and not victim.exists(), result.output
+    else:
+        assert result.exit_code == 1 and "changed while it was checked" in result.stderr, result.output
+        assert summary["moved"] == 0 and tree_snapshot(root) == before
+
+
+def test_a_long_report_read_again_applies_what_a_kept_one_does(model_dir, tmp_path, monkeypatch):
+    import imgclean.pipeline.apply as pipeline_apply
+
+    root, report = scanned(model_dir, tmp_path)
+    copy = tmp_path / "b"
+    shutil.copytree(root, copy)
+    report_b = tmp_path / "b.jsonl"
+    assert invoke("scan", copy, "-m", model_dir, "--report", report_b, "-q").exit_code == 0
+    kept = invoke("apply", report, "--move-to", tmp_path / "qa", "--json")
+    monkeypatch.setattr(pipeline_apply, "KEEP_ROWS", 2)
+    again = invoke("apply", report_b, "--move-to", tmp_path / "qb", "--json")
+    assert kept.exit_code == again.exit_code == 0, kept.output + again.output
+    a, b = json.loads(kept.stdout), json.loads(again.stdout)
+    assert a["moved"] == b["moved"] >= 3 and a["rows"] == b["rows"] and a["scanned"] == b["scanned"]
+    assert sorted(quarantined(tmp_path / "qa").values()) == sorted(quarantined(tmp_path / "qb").values())

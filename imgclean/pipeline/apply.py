@@ -16,7 +16,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable, Iterator
 
 from .. import data
 from ..errors import ImgcleanError
@@ -189,6 +189,11 @@ class Applier:
         return record
 
 
+# A report of at most this many rows is applied from the records its check kept (a second read
+# would double the cost of reading it); a longer one is read again, in bounded memory.
+KEEP_ROWS = 100_000
+
+
 def run_apply(report: ReportFile, root: Path | None, summary: ApplySummary, quarantine=None, *, checked: ReportCheck,
               dry_run: bool = False, keep_unreadable: bool = False, recorded_root: str | None = None,
               check_device: bool = False, on_record: Callable[[ScanRecord], None] | None = None,
@@ -198,13 +203,16 @@ def run_apply(report: ReportFile, root: Path | None, summary: ApplySummary, quar
 
     The rule: a report is applied whole or not at all. A report with any bad row (or that could
     not be read) is refused (`summary.refused`, `summary.error`) and nothing moves. Otherwise
-    the rows are read again from the same open file, which must not have changed meanwhile (its
-    stat before each move, its sha256 at the end); if it did, the apply stops there with
-    `summary.error`. A path moves at most once; each move checks its file against the record
-    and its path against the walk's rules (apply_sources.SourceCheck) right before it happens.
-    `recorded_root`: the root every row must record (None: any); `check_device`: compare device
-    numbers too (the folder is the one the report records, not one mounted elsewhere).
+    the records the check kept are applied; a report too long to keep (KEEP_ROWS) is read again
+    from the same open file, which must not have changed since the check (its stat before each
+    move, its sha256 at the end): if it did, the apply stops there with `summary.error`. A path
+    moves at most once; each move checks its file against the record and its path against the
+    walk's rules (apply_sources.SourceCheck) right before it happens. `recorded_root`: the root
+    every row must record (None: any); `check_device`: compare device numbers too (the folder is
+    the one the report records, not one mounted elsewhere).
     """
+    from .apply_sources import SourceCheck
+
     started = time.perf_counter()
     summary.rows = checked.rows
     try:
@@ -214,11 +222,13 @@ def run_apply(report: ReportFile, root: Path | None, summary: ApplySummary, quar
             summary.invalid, summary.refused = max(checked.invalid, 1), True
             summary.error = checked.error or (f"{checked.invalid} bad row(s) in {report.path}; nothing was applied "
                                               "(a report is applied only when every row is sound)")
-        elif not report.unchanged():
-            _changed(summary, report, "while it was checked")
         else:
-            _second_pass(report, root, summary, quarantine, dry_run, keep_unreadable, recorded_root, check_device,
-                         checked, on_record, should_stop)
+            moving = quarantine is not None and not dry_run
+            sources = SourceCheck(root, _excluded(quarantine)) if moving else None  # (a dry run: checked just now)
+            applier = Applier(root, quarantine, summary, keep_unreadable, dry_run, check_device, sources)
+            records = checked.kept if checked.kept is not None else _read_again(
+                report, checked, summary, recorded_root, keep_unreadable, moving)
+            _apply_records(records, applier, summary, on_record, should_stop)
     finally:
         summary.seconds = time.perf_counter() - started
     return summary
@@ -227,13 +237,15 @@ def run_apply(report: ReportFile, root: Path | None, summary: ApplySummary, quar
 @dataclass
 class ReportCheck:
     """What checking a whole report found: `rows` read, `invalid` bad ones, the report's sha256,
-    `error` when it could not be read at all, `interrupted` when a stop came first."""
+    `error` when it could not be read at all, `interrupted` when a stop came first, and `kept`:
+    the records in order when there are at most KEEP_ROWS of them (else None)."""
 
     rows: int = 0
     invalid: int = 0
     digest: str = ""
     error: str = ""
     interrupted: bool = False
+    kept: list[ScanRecord] | None = field(default_factory=list)
 
 
 def check_report(report: ReportFile, root: Path | None, recorded_root: str | None, keep_unreadable: bool = False,
@@ -254,13 +266,18 @@ def check_report(report: ReportFile, root: Path | None, recorded_root: str | Non
                 result.invalid += 1
                 if on_invalid is not None:
                     on_invalid(row)
+            elif result.kept is not None:
+                result.kept.append(row.record)
+                if len(result.kept) > KEEP_ROWS:
+                    result.kept = None  # too many to keep: applying reads the report again
             if should_stop():
                 result.interrupted = True
                 return result
     except ReportError as exc:
         result.error = str(exc)
         return result
-    result.digest = report.digest()
+    if result.kept is None:
+        result.digest = report.digest()
     return result
 
 
@@ -284,37 +301,38 @@ def _row_problem(row: ReportRow, recorded_root: str | None, keep_unreadable: boo
     return ReportRow(row.line, None, row.root, problem, record.path) if problem else row
 
 
-def _second_pass(report, root, summary, quarantine, dry_run, keep_unreadable, recorded_root, check_device,
-                 checked, on_record, should_stop) -> None:
-    from .apply_sources import SourceCheck
-
-    sources = SourceCheck(root, _excluded(quarantine)) if quarantine is not None else None
-    applier = Applier(root, quarantine, summary, keep_unreadable, dry_run, check_device, sources)
+def _apply_records(records: Iterable[ScanRecord], applier: Applier, summary: ApplySummary,
+                   on_record: Callable[[ScanRecord], None] | None, should_stop: Callable[[], bool]) -> None:
     seen: set[str] = set()
+    for record in records:
+        if record.path in seen:
+            summary.duplicates += 1
+        else:
+            seen.add(record.path)
+            record.action, record.destination = "", None  # what this run does, not what an earlier one did
+            applier(record)
+            if on_record is not None:
+                on_record(record)
+        if should_stop():
+            summary.interrupted = True
+            return
+
+
+def _read_again(report: ReportFile, checked: ReportCheck, summary: ApplySummary, recorded_root: str | None,
+                keep_unreadable: bool, moving: bool) -> Iterator[ScanRecord]:
+    """The records of a report too long to keep, read again; ends early, with summary.error,
+    when the report is not the one checked (a changed stat before a move, a bad row, another
+    count of rows or sha256 at the end)."""
+    if not report.unchanged():
+        return _changed(summary, report, "while it was checked")
     rows = 0
-    moving = quarantine is not None and not dry_run
     try:
         for row in report.rows():
             rows += 1
-            row = _row_problem(row, recorded_root, keep_unreadable, None)
-            record = row.record
-            if record is None:  # every row was sound when checked
-                _changed(summary, report, "while it was applied")
-                return
-            if record.path in seen:
-                summary.duplicates += 1
-            else:
-                seen.add(record.path)
-                if moving and is_rejected(record, keep_unreadable) and not report.unchanged():
-                    _changed(summary, report, "while it was applied")
-                    return
-                record.action, record.destination = "", None  # what this run does, not what an earlier one did
-                applier(record)
-                if on_record is not None:
-                    on_record(record)
-            if should_stop():
-                summary.interrupted = True
-                return
+            record = _row_problem(row, recorded_root, keep_unreadable, None).record
+            if record is None or (moving and is_rejected(record, keep_unreadable) and not report.unchanged()):
+                return _changed(summary, report, "while it was applied")
+            yield record
     except ReportError as exc:
         summary.invalid += 1
         summary.error = f"{exc}; stopped after {summary.moved} move(s)"

@@ -21,7 +21,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import math
 import os
 import re
 import stat
@@ -211,28 +210,33 @@ class _Bad(ValueError):
 
 
 def _count(value: Any, key: str) -> int | None:
+    if type(value) is int and value >= 0:  # (the common cases first: a report is read twice by apply)
+        return value
+    if value.__class__ is str and value.isdigit() and value.isascii():
+        return int(value)
     if value is None or value == "":
         return None
-    if isinstance(value, str) and value.isascii() and value.isdigit():
-        return int(value)
-    if type(value) is int and value >= 0:
-        return value
     raise _Bad(f"{key} {_preview(value)} is not a non-negative integer")
 
 
 def _text(value: Any, key: str) -> str | None:
-    if value is None or value == "":
+    if value.__class__ is str and len(value) <= MAX_TEXT:
+        return value or None
+    if value is None:
         return None
     if not isinstance(value, str):
         raise _Bad(f"{key} {_preview(value)} is not a string")
     if len(value) > MAX_TEXT:
         raise _Bad(f"{key} is {len(value):,} characters long, more than the limit of {MAX_TEXT:,}")
-    return value
+    return value or None
 
 
 def _preview(value: Any) -> str:  # a value as an error shows it: never a huge one
     text = repr(value) if isinstance(value, (str, int, float, bool, type(None))) else type(value).__name__
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+_UNNORMAL = frozenset(("", ".", ".."))  # components normpath would remove or resolve
 
 
 def check_relative(path: Any) -> str:
@@ -241,45 +245,46 @@ def check_relative(path: Any) -> str:
         raise _Bad("the path is missing")
     if "\x00" in path:
         raise _Bad("the path holds a NUL character")
+    parts = path.split(os.sep)
+    if _UNNORMAL.isdisjoint(parts):  # relative and normalised: what os.path.normpath leaves as it is
+        return path
     if os.path.isabs(path):
         raise _Bad(f"the path {_preview(path)} is absolute; a report's paths are relative to its root")
-    if ".." in path.split(os.sep):
+    if ".." in parts:
         raise _Bad(f"the path {_preview(path)} climbs out of the root with '..'")
-    if os.path.normpath(path) != path:
-        raise _Bad(f"the path {_preview(path)} is not normalised")
-    return path
+    raise _Bad(f"the path {_preview(path)} is not normalised")
 
 
 def parse_row(row: Any) -> tuple[ScanRecord, str | None]:
     """(record, root) from one row (a CSV dict of strings or a JSON object); _Bad if not valid."""
     if not isinstance(row, dict):
         raise _Bad("not a JSON object")
-    path = check_relative(row.get("path"))
-    status = row.get("status")
+    get = row.get
+    path = check_relative(get("path"))
+    status = get("status")
     if status not in STATUSES:
         raise _Bad(f"unknown status {_preview(status)} (expected one of {', '.join(STATUSES)})")
-    score = row.get("score")
+    score = get("score")
     if score is None or score == "":
         score = None
     else:
         try:
-            if isinstance(score, bool) or not isinstance(score, (int, float, str)) or len(str(score)) > 64:
+            if isinstance(score, bool) or not isinstance(score, (int, float, str)):
                 raise ValueError
             score = float(score)
         except (TypeError, ValueError, OverflowError):
             raise _Bad(f"score {_preview(score)} is not a number") from None
-        if math.isnan(score):
+        if score != score:  # NaN
             score = None
-    root = _text(row.get("root"), "root")
+    root = _text(get("root"), "root")
     if root is not None and ("\x00" in root or not os.path.isabs(root)):
         raise _Bad(f"root {_preview(root)} is not an absolute path")
-    counts = {k: _count(row.get(k), k) for k in ("size", "mtime_ns", "dev", "ino")}
     record = ScanRecord(
-        path=path, status=status, predicted=_text(row.get("predicted"), "predicted"),
-        nearest=_text(row.get("nearest"), "nearest"), score=score,
-        message=_text(row.get("message"), "message") or "", action=_text(row.get("action"), "action") or "",
-        destination=_text(row.get("destination"), "destination"),
-        size=counts["size"], mtime_ns=counts["mtime_ns"], dev=counts["dev"], ino=counts["ino"],
+        path=path, status=status, predicted=_text(get("predicted"), "predicted"),
+        nearest=_text(get("nearest"), "nearest"), score=score,
+        message=_text(get("message"), "message") or "", action=_text(get("action"), "action") or "",
+        destination=_text(get("destination"), "destination"), size=_count(get("size"), "size"),
+        mtime_ns=_count(get("mtime_ns"), "mtime_ns"), dev=_count(get("dev"), "dev"), ino=_count(get("ino"), "ino"),
     )
     return record, root
 

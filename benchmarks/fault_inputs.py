@@ -138,9 +138,13 @@ def contents(*folders: Path) -> Counter:
 
 
 def snapshot(folder: Path) -> dict[str, tuple]:
+    """Every file below `folder` by size, mtime and inode; the lock file a moving run leaves in
+    the folder it locks (by design, before it loads the model) is not a change."""
     out = {}
     for dirpath, _, names in os.walk(folder):
         for name in names:
+            if name == ".imgclean.lock":
+                continue
             path = os.path.join(dirpath, name)
             st = os.lstat(path)
             out[os.path.relpath(path, folder)] = (st.st_size, st.st_mtime_ns, st.st_ino)

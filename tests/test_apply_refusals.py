@@ -265,3 +265,32 @@ def test_a_long_report_read_again_applies_what_a_kept_one_does(model_dir, tmp_pa
     a, b = json.loads(kept.stdout), json.loads(again.stdout)
     assert a["moved"] == b["moved"] >= 3 and a["rows"] == b["rows"] and a["scanned"] == b["scanned"]
     assert sorted(quarantined(tmp_path / "qa").values()) == sorted(quarantined(tmp_path / "qb").values())
+
+
+def test_many_bad_rows_are_counted_and_the_first_ones_named(model_dir, tmp_path):
+    from imgclean.cli.apply import SHOWN_BAD_ROWS
+
+    root, report = scanned(model_dir, tmp_path)
+    with open(report, "a") as fh:
+        fh.write("[1]\n" * (SHOWN_BAD_ROWS + 10))
+    result = invoke("apply", report, "--move-to", tmp_path / "q", "--json")
+    assert result.exit_code == 1 and json.loads(result.stdout)["invalid"] == SHOWN_BAD_ROWS + 10
+    named = [line for line in result.stderr.splitlines() if "not a JSON object" in line]
+    assert len(named) == SHOWN_BAD_ROWS and "more bad rows" in result.stderr
+
+
+def test_the_api_refuses_a_report_with_a_bad_row_the_same_way(model_dir, tmp_path):
+    from imgclean import api
+    from imgclean.reports.records import ReportError
+
+    root, report = scanned(model_dir, tmp_path)
+    before = tree_snapshot(root)
+    with open(report, "a") as fh:
+        fh.write(BOMB + "\n")
+    result = api.apply(report, tmp_path / "q")
+    assert result.summary.refused and result.summary.moved == 0 and len(result.invalid) == 1
+    assert "deeper than" in result.invalid[0].error and tree_snapshot(root) == before and not (tmp_path / "q").exists()
+    broken = tmp_path / "broken.csv"
+    broken.write_text("path,verdict\na.png,ood\n")  # not a scan report at all: no status column
+    with pytest.raises(ReportError, match="no status column"):
+        api.apply(broken, tmp_path / "q", root=root)

@@ -152,3 +152,27 @@ def test_a_bomb_settings_file_is_a_usage_error(tmp_path):
     result = invoke("scan", tmp_path, "--config", settings)
     text = no_traceback(result)
     assert result.exit_code == 2 and "deeperthan" in "".join(text.replace("│", "").split()), text
+
+
+def test_journal_lines_are_read_bounded_and_never_through_a_link_or_a_fifo(tmp_path):
+    from imgclean.quarantine.journal import iter_lines, read_lines
+
+    good = {"op": "move", "id": "a1", "state": "done"}
+    journal = tmp_path / MANIFEST_NAME
+    journal.write_bytes(json.dumps(good).encode() + b"\n" + BOMB.encode() + b"\n" + b'{"x": "\xff"}\n'
+                        + b'{"op": "m' + b"o" * (5 << 20))  # a torn last line, too long: dropped
+    lines = read_lines(journal)
+    assert [n for n, _ in lines] == [1, 2, 3] and lines[0][1] == good
+    assert "deeper than" in str(lines[1][1]) and "not UTF-8" in str(lines[2][1])
+    assert all(isinstance(v, ValueError) for _, v in lines[1:])
+    link = tmp_path / "link" / MANIFEST_NAME
+    link.parent.mkdir()
+    os.symlink(journal, link)
+    with pytest.raises(OSError):
+        read_lines(link)  # a quarantine's own journal is never read through a link
+    assert len(read_lines(link, follow_links=True)) == 3  # a file the user names for the review page may be
+    fifo = tmp_path / "fifo" / MANIFEST_NAME
+    fifo.parent.mkdir()
+    os.mkfifo(fifo)
+    with pytest.raises(OSError, match="not a regular file"):
+        list(iter_lines(fifo))  # at once: a FIFO never hangs the reader

@@ -199,29 +199,27 @@ def apply(
     """Carry out a saved `scan --report` file: move its rejected files into `move_to`, each
     checked against its record first (a changed or replaced file stays). `root`: where the
     report's folder is mounted here, when not where it was made."""
-    from .pipeline.apply import ApplySummary, quarantine_exclusion, run_apply
-    from .reports.records import read_report, report_format, report_root
+    from .pipeline.apply import ApplySummary, check_report, quarantine_exclusion, run_apply
+    from .pipeline.apply_sources import resolve_folder
+    from .reports.records import ReportError, ReportFile, report_root
 
     report = Path(report)
     if not report.is_file():
         raise ApiError(f"{os.fsdecode(report)} does not exist or is not a file")
-    report_format(report)
-    recorded = None
-    if root is None:
-        recorded = report_root(report)
-        if recorded is None:
-            raise ApiError(f"{os.fsdecode(report)} names no scanned folder; give root=")
-        root = recorded
-    folder = Path(os.path.realpath(root))
-    if not folder.is_dir():
-        raise ApiError(f"{os.fsdecode(root)} is not a folder here; give root= (where it is mounted on this machine)")
-    quarantine_exclusion(folder, Path(move_to))
-    summary = ApplySummary(root=os.fsdecode(folder), model="", report=os.fsdecode(report))
     records: list = []
     invalid: list = []
-    with _moving(folder, move_to, dry_run) as quarantine:
-        run_apply(read_report(report), folder, summary, quarantine, dry_run, keep_unreadable, recorded,
-                  _collector(keep_records, on_record, records), invalid.append)
+    with ReportFile(report) as source:  # checked whole first: a report with a bad row moves nothing
+        recorded = report_root(source)
+        folder, same = resolve_folder(report, source.stat, None if root is None else Path(root), recorded)
+        excluded = quarantine_exclusion(folder, Path(move_to))
+        checked = check_report(source, folder, recorded, keep_unreadable, invalid.append, excluded=excluded)
+        if checked.error:
+            raise ReportError(checked.error)
+        summary = ApplySummary(root=os.fsdecode(folder), model="", report=os.fsdecode(report))
+        with _moving(folder, move_to, dry_run) if not checked.invalid else contextlib.nullcontext() as quarantine:
+            run_apply(source, folder, summary, quarantine, checked=checked, dry_run=dry_run,
+                      keep_unreadable=keep_unreadable, recorded_root=recorded, check_device=same,
+                      on_record=_collector(keep_records, on_record, records))
     return ApplyResult(summary, records, invalid)
 
 

@@ -211,7 +211,8 @@ def locked(exc) -> typer.Exit:
     path = Path(getattr(exc, "path", "") or "")
     busy = path.parent if path.name == LOCK_NAME else path
     holder = getattr(exc, "holder", "") or "holder unknown"
-    return fail(f"{busy} is in use by another imgclean run ({holder}); try again when it ends", EXIT_LOCKED)
+    line = getattr(exc, "line", None) or f"{busy} is in use by another imgclean run ({holder}); try again when it ends"
+    return fail(line, EXIT_LOCKED)
 
 
 def setup_logging(quiet: bool, verbose: bool) -> None:

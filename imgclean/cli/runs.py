@@ -189,12 +189,14 @@ def enter_quarantine(stack: contextlib.ExitStack, root: Path, label: Path, move_
     quarantine's modules are imported only then."""
     if move_to is None:
         return None
-    from ..quarantine.locking import LockError, ScanLock
+    from ..quarantine.locking import LockError, LockHeld, ScanLock
     from ..quarantine.moves import Quarantine
 
     if not dry_run:
         try:
             stack.enter_context(ScanLock(root))
+        except LockHeld:
+            raise  # (LockUnusable is both) the lock exit code, from the one handler in common.py
         except LockError as exc:
             raise fail(f"cannot lock {label}: {exc}") from None
     quarantine = Quarantine(move_to)

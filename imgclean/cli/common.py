@@ -25,6 +25,7 @@ EXIT_USAGE = 2
 EXIT_REJECTED = 3  # scan --fail-on-reject found something to reject
 EXIT_LOCKED = 4  # another imgclean run holds a lock on a folder this run needs
 EXIT_SKIPPED = 5  # scan --fail-on-skip: some files were skipped or changed during the scan
+EXIT_HANGUP = 129  # SIGHUP (128 + 1): the terminal closed or the session ended
 EXIT_INTERRUPTED = 130  # SIGINT
 EXIT_TERMINATED = 143  # SIGTERM
 
@@ -183,7 +184,7 @@ def usage_error(message: str) -> typer.Exit:
 def exit_code(summary, fail_on_reject: bool = False, fail_on_skip: bool = False, stop_code: int = EXIT_INTERRUPTED) -> tuple[int, str]:
     """The exit code of a run that scanned or applied records, from its summary and flags, and
     the error line to print with it ("" for none). The rules, first match wins: interrupted ->
-    `stop_code` (130 SIGINT, 143 SIGTERM); files that could not be moved, or report rows that
+    `stop_code` (130 SIGINT, 143 SIGTERM, 129 SIGHUP); files that could not be moved, or report rows that
     are not sound (apply) -> 1; --fail-on-reject and anything rejected -> 3; --fail-on-skip and
     anything skipped or changed -> 5; else 0."""
     if summary.interrupted:

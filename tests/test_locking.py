@@ -308,6 +308,20 @@ def test_check_below_never_follows_a_link(tree: Path, tmp_path: Path) -> None:
         holder.release()
 
 
+def test_check_below_follows_a_link_inside_the_root_to_the_folder_it_reaches(tree: Path) -> None:
+    (tree / "S" / "ln").symlink_to(tree / "C")
+    holder = Holder(tree / "C" / "D")
+    try:
+        with ScanLock(tree):
+            with pytest.raises(LockHeld) as info:
+                check_below(tree, tree / "S" / "ln" / "D")
+            assert info.value.path == real(tree / "C" / "D") / LOCK_NAME
+            with pytest.raises(LockHeld):
+                check_below(tree, tree / "S" / ".." / "C" / "D")
+    finally:
+        holder.release()
+
+
 @pytest.mark.parametrize("plant", ["symlink", "folder", "fifo", "unreadable"])
 def test_planted_lock_files_above_or_below_refuse(tree: Path, tmp_path: Path, plant: str) -> None:
     for where in (tree, tree / "C"):  # above C/D at its start; below P before a move

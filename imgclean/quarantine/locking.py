@@ -383,17 +383,39 @@ def check_below(root: Path, folder: Path) -> None:
     raise :class:`LockHeld` if the lock file of ``root`` is no longer the one this process holds
     (removed or replaced while held), or if a lock file of any folder from below ``root`` down to
     ``folder`` is held (by another run, or by this process under another kind). Folders are walked
-    from ``root``'s descriptor with O_NOFOLLOW (a folder not there yet ends the walk). An OSError
-    means the walk failed (say a folder replaced by a link): the caller leaves the file alone."""
-    real_root = os.path.realpath(root)
-    rel = os.path.relpath(os.path.realpath(folder), real_root)
-    if rel == os.pardir or rel.startswith(os.pardir + os.sep):
+    from ``root``'s descriptor with O_NOFOLLOW (a folder not there yet ends the walk); a path with
+    a link or ``..`` on the way is walked as it resolves. An OSError means the walk failed (say a
+    folder replaced by a link meanwhile): the caller leaves the file alone."""
+    resolve = os.pardir in Path(folder).parts
+    names = _names_below(root, folder, resolve)
+    if names is None:
         return  # not inside: the caller refuses the move for that
-    cur = os.open(real_root, _DIR)
     try:
-        _check_root(cur, Path(real_root), Path(root))
-        where = Path(real_root)
-        for name in [] if rel == os.curdir else rel.split(os.sep):
+        _walk_below(Path(root), names)
+    except NotADirectoryError:  # a link on the way (O_NOFOLLOW): walk the folders it leads to
+        if resolve:
+            raise
+        names = _names_below(root, folder, True)
+        if names is not None:
+            _walk_below(Path(root), names)
+
+
+def _names_below(root: Path, folder: Path, resolve: bool) -> list[str] | None:
+    """The names leading from ``root`` down to ``folder``, lexically or resolved (realpath costs
+    a stat per level of each path: quadratic in a deep tree, so only when needed)."""
+    norm = os.path.realpath if resolve else os.path.abspath
+    rel = os.path.relpath(norm(folder), norm(root))
+    if rel == os.pardir or rel.startswith(os.pardir + os.sep):
+        return None
+    return [] if rel == os.curdir else rel.split(os.sep)
+
+
+def _walk_below(root: Path, names: list[str]) -> None:
+    cur = os.open(root, _DIR)
+    try:
+        _check_root(cur, root)
+        where = root
+        for name in names:
             try:
                 nxt = os.open(name, _DIR | os.O_NOFOLLOW, dir_fd=cur)
             except FileNotFoundError:
@@ -403,12 +425,12 @@ def check_below(root: Path, folder: Path) -> None:
             where = where / name
             busy = probe(cur, where)
             if busy is not None:
-                raise busy.error(Path(root))
+                raise busy.error(root)
     finally:
         os.close(cur)
 
 
-def _check_root(rootfd: int, shown: Path, requested: Path) -> None:
+def _check_root(rootfd: int, shown: Path) -> None:
     """The root's own lock: still the file this process holds, or (a root we did not lock)
     held by nobody."""
     folder = _identity(os.fstat(rootfd))
@@ -416,7 +438,7 @@ def _check_root(rootfd: int, shown: Path, requested: Path) -> None:
     if not ours:
         busy = probe(rootfd, shown)
         if busy is not None:
-            raise busy.error(requested)
+            raise busy.error(None)
         return
     try:
         now = _identity(os.stat(LOCK_NAME, dir_fd=rootfd, follow_symlinks=False))

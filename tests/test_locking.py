@@ -283,17 +283,20 @@ def test_other_process_child_blocks_the_parents_moves_below_it(tree: Path) -> No
 def test_replaced_root_lock_stops_the_run(tree: Path) -> None:
     """Whoever can write the folder can swap its lock file for a fresh one no run holds: the run
     that held it stops before its next move, so a run started meanwhile below is not a second one."""
-    with ScanLock(tree):
-        check_below(tree, tree / "C")
-        (tree / LOCK_NAME).rename(tree / "old-lock")
-        (tree / LOCK_NAME).write_text("")
-        with ScanLock(tree / "C"):  # its start sees no held lock above any more
-            pass
-        with pytest.raises(LockHeld, match="removed or replaced"):
-            check_below(tree, tree / "S")
-        (tree / LOCK_NAME).unlink()
-        with pytest.raises(LockHeld, match="removed or replaced"):
-            check_below(tree, tree)
+    lock = ScanLock(tree).__enter__()
+    check_below(tree, tree / "C")
+    (tree / LOCK_NAME).rename(tree / "old-lock")
+    (tree / LOCK_NAME).write_text("")
+    with ScanLock(tree / "C"):  # its start sees no held lock above any more
+        pass
+    with pytest.raises(LockHeld, match="removed or replaced"):
+        check_below(tree, tree / "S")
+    (tree / LOCK_NAME).unlink()
+    with pytest.raises(LockHeld, match="removed or replaced"):
+        check_below(tree, tree)
+    with pytest.raises(LockHeld, match="removed or replaced"):  # and at its end, even with no move left
+        lock.__exit__(None, None, None)
+    assert not locking._HELD
 
 
 def test_check_below_never_follows_a_link(tree: Path, tmp_path: Path) -> None:

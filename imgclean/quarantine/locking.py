@@ -277,7 +277,19 @@ class ScanLock:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        intact = self._fd is None or exc_type is not None or self.intact()
         self.release()
+        if not intact:
+            raise replaced(self.folder)
+
+    def intact(self) -> bool:
+        """Whether the folder's lock file is still the one this object holds (whoever can write
+        the folder can replace it; a run that started meanwhile could then overlap ours)."""
+        try:
+            st = os.lstat(self.path)
+        except OSError:
+            return False
+        return _identity(st) == self._id
 
     def release(self) -> None:
         """Unlock; the lock file stays."""
@@ -445,9 +457,13 @@ def _check_root(rootfd: int, shown: Path) -> None:
     except FileNotFoundError:
         now = None
     if all(h.lock_id != now for h in ours):
-        raise LockHeld(shown / LOCK_NAME, "", line=(
-            f"the lock file of {shown} was removed or replaced while this run held it, so another run may "
-            f"have started on the same files; stopped before the next move"))
+        raise replaced(shown)
+
+
+def replaced(folder: Path) -> LockHeld:
+    return LockHeld(Path(folder) / LOCK_NAME, "", line=(
+        f"the lock file of {folder} was removed or replaced while this run held it, so another run may "
+        f"have started on the same files; stopped"))
 
 
 def held_kind(folder: Path) -> str | None:

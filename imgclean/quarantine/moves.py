@@ -51,7 +51,7 @@ from .journal import (
     read_manifest,
 )
 from .folders import make_below, make_path, too_long
-from .locking import LockError, LockHeld, ScanLock, check_below
+from .locking import LockError, LockHeld, ScanLock, check_below, replaced
 from .recovery import recover as _recover_ops
 from .restore import RestoreResult, restore_all, restore_targets
 from .transfer import transfer
@@ -141,7 +141,11 @@ class Quarantine:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        lock = self._lock
+        intact = lock is None or exc_type is not None or lock.intact()
         self.close()
+        if not intact:
+            raise replaced(self.root)
 
     def open(self) -> "Quarantine":
         if self._fd is not None:
@@ -270,7 +274,13 @@ class Quarantine:
 
         if src.parent == scan_root and src.name == ROOT_MARKER:  # never yielded by a walk: it is hidden
             return MoveResult(req, "error", None, f"{src} is imgclean's lock file; it is never moved")
-        # Checks before anything is journaled: these leave the file alone.
+        # Checks before anything is journaled: these leave the file alone. First, another run on a
+        # folder between the scanned root and the file (one that started earlier: later ones are
+        # refused at their start), or our lock replaced, raises LockHeld: the run stops.
+        try:
+            check_below(scan_root, src.parent)
+        except OSError as e:
+            return MoveResult(req, "error", None, f"cannot check the folders above {src}: {e.strerror or e}")
         try:
             st = os.lstat(src)
         except FileNotFoundError:
@@ -292,9 +302,6 @@ class Quarantine:
             return MoveResult(req, "error", None, f"{src} would go to a path longer than the system allows "
                               f"(PATH_MAX) in {self.root}; left in place")
         try:
-            # Another run on a folder between the scanned root and the file (one that started
-            # earlier: later ones are refused at their start) raises LockHeld: the run stops.
-            check_below(scan_root, src.parent)
             mark_scanned_root(scan_root)  # recovery and restore act only on folders that have it
             sha = hash_unchanged(src, st)
             step("mkdir")

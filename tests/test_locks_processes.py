@@ -19,7 +19,7 @@ from imgclean.cli.common import EXIT_HANGUP
 from imgclean.pipeline import decode_workers
 from imgclean.quarantine.locking import ScanLock
 from imgclean.quarantine.moves import MANIFEST_NAME, read_manifest
-from test_filesystem import ENV, contents, junk, many_rejects, slow_scan, unfinished, wait_for_moves
+from test_filesystem import ENV, contents, many_rejects, slow_scan, unfinished, wait_for_moves
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="Linux processes, /proc and PR_SET_PDEATHSIG")
 

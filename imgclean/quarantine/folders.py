@@ -1,4 +1,4 @@
-"""Folders made, listed and pruned for moves and restores, without recursion (a tree 1,100
+"""Folders made, probed, listed and pruned for moves and restores, without recursion (a tree 1,100
 levels deep, or deeper than PATH_MAX, is no special case) and, below a given root, one
 descriptor at a time with O_NOFOLLOW (a symlink planted in the way is never followed)."""
 
@@ -7,8 +7,11 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+
+from ..fileops import step
 
 log = logging.getLogger("imgclean.quarantine.moves")
 
@@ -39,6 +42,31 @@ def parts_below(root: Path, folder: Path) -> list[str]:
     if os.pardir in names:
         raise ValueError(f"{folder} is not inside {root}")
     return names
+
+
+def write_problem(folder: Path) -> str | None:
+    """Why files cannot be placed in ``folder``, or None. os.access alone is not enough: root
+    passes it on chmod-555 folders, and it cannot see every read-only mount; a real probe write
+    settles it before anything moves. The probe also links, since no-overwrite placement needs
+    hard links (vfat/exFAT have none)."""
+    if not folder.is_dir():
+        return "not a folder"
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return "permission denied"
+    try:
+        step("probe")
+        fd, name = tempfile.mkstemp(prefix=".imgclean-probe-", dir=folder)
+        os.close(fd)
+    except OSError as e:
+        return e.strerror or str(e)
+    try:
+        os.link(name, name + ".link")
+        os.unlink(name + ".link")
+    except OSError as e:
+        return f"its filesystem cannot make hard links ({e.strerror or e})"
+    finally:
+        os.unlink(name)
+    return None
 
 
 def make_path(folder: Path) -> None:

@@ -28,7 +28,7 @@ user; otherwise it counts as the stricter kind. Anything this module cannot read
 a user who can write a folder can make runs refuse, never make two overlapping runs proceed.
 flock belongs to the open file description: this process's own locks (tracked by the lock file's
 device and inode) are recognised as such, and forked children close their copies at once
-(:func:`_close_in_child`), so no child ever keeps a run's lock alive.
+(`lockfiles._close_in_child`), so no child ever keeps a run's lock alive.
 """
 
 from __future__ import annotations
@@ -37,27 +37,25 @@ import errno
 import fcntl
 import logging
 import os
-import re
 import socket
 import stat
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from types import TracebackType
 
-from ..errors import ImgcleanError
 from .folders import DIR_OPEN as _DIR
+from .lockfiles import HELD as _HELD  # the very dict (tests look at it)
+from .lockfiles import (  # noqa: F401  (LOCK_NAME, Busy and the errors: imgclean.quarantine.locking's names)
+    LOCK_NAME, NO_FLOCK, Busy, Held, LockError, LockHeld, LockUnusable, holder, identity, probe, read_text,
+    replaced, trusted_kind,
+)
 
 log = logging.getLogger(__name__)
 
-LOCK_NAME = ".imgclean.lock"
 KINDS = ("scan", "quarantine")
-_PROBE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC  # a FIFO never blocks the open
-_NO_FLOCK = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS, errno.EINVAL}
 _RETRIES_S = (0.001, 0.004, 0.016)  # another run's probe holds a shared lock for microseconds
-_KIND_LINE = re.compile(rb"^kind (scan|quarantine)$", re.M)
 
 # Tests set this to a callable taking the step name ("folder_locked": our lock held, the folders
 # above not yet tested) to interleave two lock attempts deterministically.
@@ -67,162 +65,6 @@ _fault_hook: Callable[[str], None] | None = None
 def _step(name: str) -> None:
     if _fault_hook is not None:
         _fault_hook(name)
-
-
-class LockError(ImgcleanError):
-    """The lock file cannot be used (folder missing or not writable, no flock there...)."""
-
-
-class LockHeld(ImgcleanError):
-    """Another run holds a lock that excludes ours.
-
-    ``path`` is the lock file of the folder that is actually busy (which may be an ancestor or
-    a descendant of the one asked for); ``holder`` says who (e.g. "pid 1234 on host since ...").
-    ``line``, when set, is the whole one-line message (the CLI prints it as is).
-    """
-
-    def __init__(self, path: Path, holder: str, requested: Path | None = None, kind: str = "scan",
-                 line: str | None = None):
-        self.path = Path(path)
-        self.holder = holder
-        self.requested = requested
-        self.line = line
-        if line is None:
-            what = "in use as a quarantine" if kind == "quarantine" else "being processed"
-            line = f"{_where(self.path.parent, requested)} is {what} by another imgclean run ({holder})"
-        super().__init__(line)
-
-
-class LockUnusable(LockHeld, LockError):
-    """A lock file this module cannot use or test (a symlink, FIFO or folder at its name, or
-    unreadable): the run is refused as if the folder were busy, with a line saying what to remove."""
-
-    def __init__(self, path: Path, problem: str, requested: Path | None = None):
-        folder = Path(path).parent
-        line = (f"lock file {path} {problem}, so whether another imgclean run is using {_where(folder, requested)} "
-                f"cannot be told; remove it if no run is")
-        super().__init__(path, problem, requested, line=line)
-
-
-def _where(busy: Path, requested: Path | None) -> str:
-    if requested is None:
-        return f"{busy}"
-    mine, theirs = Path(os.path.realpath(requested)), Path(os.path.realpath(busy))
-    if mine == theirs:
-        return f"{busy}"
-    relation = ("which contains" if mine.is_relative_to(theirs) else
-                "inside" if theirs.is_relative_to(mine) else "the same tree as")
-    return f"{busy} ({relation} {requested})"
-
-
-# --- this process's own locks
-
-
-@dataclass
-class _Held:
-    lock: "ScanLock"
-    fd: int
-    kind: str
-    lock_id: tuple[int, int]  # the lock file's (st_dev, st_ino)
-    folder_id: tuple[int, int]  # its folder's
-
-
-_HELD: dict[tuple[int, int], _Held] = {}  # by lock file identity
-
-
-def _close_in_child() -> None:
-    """In every forked child: close our copies of the lock descriptors, never unlocking (LOCK_UN
-    would release the parent's lock: both descriptors share one open file description). A child
-    that outlives a killed parent then holds nothing, and the next run is not refused."""
-    for held in list(_HELD.values()):
-        try:
-            os.close(held.fd)
-        except OSError:
-            pass
-        held.lock._fd = None
-    _HELD.clear()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_close_in_child)
-
-
-def _identity(st: os.stat_result) -> tuple[int, int]:
-    return st.st_dev, st.st_ino
-
-
-# --- testing a folder's lock file
-
-
-@dataclass(frozen=True)
-class Busy:
-    """A held lock file met while testing a folder (``own``: held by this process)."""
-
-    path: Path
-    holder: str
-    kind: str | None  # None: not known for certain (counts as the stricter kind)
-    own: bool = False
-    problem: str = ""  # set: the lock file cannot be used or tested at all
-
-    def error(self, requested: Path | None) -> LockHeld:
-        if self.problem:
-            return LockUnusable(self.path, self.problem, requested)
-        return LockHeld(self.path, self.holder, requested, self.kind or "scan")
-
-
-def _text(fd: int) -> bytes:
-    try:
-        return os.pread(fd, 512, 0)
-    except OSError:
-        return b""
-
-
-def _holder(text: bytes) -> str:
-    first = text.split(b"\n", 1)[0].decode("utf-8", "replace")
-    shown = "".join(ch for ch in first if ch.isprintable())[:200].strip()
-    return shown or "holder unknown"
-
-
-def _trusted_kind(st: os.stat_result, text: bytes) -> str | None:
-    """The kind its text names, when only root or this user could have written that text."""
-    if st.st_uid not in (0, os.geteuid()) or st.st_mode & 0o022:
-        return None
-    found = _KIND_LINE.search(text)
-    return found.group(1).decode() if found else None
-
-
-def probe(dirfd: int, where: Path) -> Busy | None:
-    """Whether the lock file in the folder open as ``dirfd`` (``where``, for messages) is held;
-    None when it is absent or free. Never follows a link and never blocks."""
-    path = where / LOCK_NAME
-    try:
-        fd = os.open(LOCK_NAME, _PROBE, dir_fd=dirfd)
-    except FileNotFoundError:
-        return None
-    except OSError as e:
-        problem = ("is a symlink" if e.errno == errno.ELOOP else
-                   "cannot be read" if e.errno in (errno.EACCES, errno.EPERM) else f"cannot be opened ({e.strerror})")
-        return Busy(path, problem, None, problem=problem)
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            return Busy(path, "not a regular file", None, problem="is not a regular file")
-        own = _HELD.get(_identity(st))
-        if own is not None:
-            return Busy(path, f"pid {os.getpid()}, this run", own.kind, own=True)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            text = _text(fd)
-            return Busy(path, _holder(text), _trusted_kind(st, text))
-        except OSError as e:
-            if e.errno in _NO_FLOCK:  # no run can hold a flock there either
-                log.debug("cannot test %s (%s): no flock on its filesystem", path, e)
-                return None
-            raise
-        return None  # free; closing drops our shared lock
-    finally:
-        os.close(fd)
 
 
 def _open_folder(folder: Path) -> int:
@@ -289,7 +131,7 @@ class ScanLock:
             st = os.lstat(self.path)
         except OSError:
             return False
-        return _identity(st) == self._id
+        return identity(st) == self._id
 
     def release(self) -> None:
         """Unlock; the lock file stays."""
@@ -333,16 +175,16 @@ class ScanLock:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
                 raise LockUnusable(self.path, "is not a regular file")
-            if _identity(st) in _HELD:  # this process holds it through another descriptor
-                raise LockHeld(self.path, f"pid {os.getpid()}, this run", kind=_HELD[_identity(st)].kind)
+            if identity(st) in _HELD:  # this process holds it through another descriptor
+                raise LockHeld(self.path, f"pid {os.getpid()}, this run", kind=_HELD[identity(st)].kind)
             self._flock(fd, st)
             if os.fstat(fd).st_uid == os.geteuid():
                 self._write_text(fd)
         except BaseException:
             os.close(fd)
             raise
-        self._fd, self._id = fd, _identity(st)
-        _HELD[self._id] = _Held(self, fd, self.kind, self._id, _identity(os.fstat(dirfd)))
+        self._fd, self._id = fd, identity(st)
+        _HELD[self._id] = Held(self, fd, self.kind, self._id, identity(os.fstat(dirfd)))
 
     def _flock(self, fd: int, st: os.stat_result) -> None:
         for pause in (*_RETRIES_S, None):
@@ -351,11 +193,11 @@ class ScanLock:
                 return
             except BlockingIOError:
                 if pause is None:
-                    text = _text(fd)
-                    raise LockHeld(self.path, _holder(text), kind=_trusted_kind(st, text) or "scan") from None
+                    text = read_text(fd)
+                    raise LockHeld(self.path, holder(text), kind=trusted_kind(st, text) or "scan") from None
                 time.sleep(pause)
             except OSError as e:
-                why = "its filesystem has no flock" if e.errno in _NO_FLOCK else e.strerror or str(e)
+                why = "its filesystem has no flock" if e.errno in NO_FLOCK else e.strerror or str(e)
                 raise LockError(f"cannot lock {self.path}: {why}") from None
 
     def _write_text(self, fd: int) -> None:
@@ -371,14 +213,14 @@ class ScanLock:
     def _check_above(self, dirfd: int) -> None:
         """A held lock file in any folder above ours refuses this run (see the module docstring)."""
         shown = Path(self.root or self.folder).parents
-        here, cur = _identity(os.fstat(dirfd)), dirfd
+        here, cur = identity(os.fstat(dirfd)), dirfd
         try:
             for level in range(1 << 16):
                 parent = os.open("..", _DIR, dir_fd=cur)
                 if cur != dirfd:
                     os.close(cur)
                 cur = parent
-                up = _identity(os.fstat(cur))
+                up = identity(os.fstat(cur))
                 if up == here:  # "/" is its own parent
                     return
                 here = up
@@ -445,7 +287,7 @@ def _walk_below(root: Path, names: list[str]) -> None:
 def _check_root(rootfd: int, shown: Path) -> None:
     """The root's own lock: still the file this process holds, or (a root we did not lock)
     held by nobody."""
-    folder = _identity(os.fstat(rootfd))
+    folder = identity(os.fstat(rootfd))
     ours = [h for h in _HELD.values() if h.folder_id == folder]
     if not ours:
         busy = probe(rootfd, shown)
@@ -453,29 +295,11 @@ def _check_root(rootfd: int, shown: Path) -> None:
             raise busy.error(None)
         return
     try:
-        now = _identity(os.stat(LOCK_NAME, dir_fd=rootfd, follow_symlinks=False))
+        now = identity(os.stat(LOCK_NAME, dir_fd=rootfd, follow_symlinks=False))
     except FileNotFoundError:
         now = None
     if all(h.lock_id != now for h in ours):
         raise replaced(shown)
-
-
-def replaced(folder: Path) -> LockHeld:
-    return LockHeld(Path(folder) / LOCK_NAME, "", line=(
-        f"the lock file of {folder} was removed or replaced while this run held it, so another run may "
-        f"have started on the same files; stopped"))
-
-
-def held_kind(folder: Path) -> str | None:
-    """The kind of the lock this process holds on ``folder``, or None."""
-    try:
-        st = os.stat(folder)
-    except OSError:
-        return None
-    for held in _HELD.values():
-        if held.folder_id == _identity(st):
-            return held.kind
-    return None
 
 
 def _now() -> str:

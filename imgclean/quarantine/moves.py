@@ -25,7 +25,6 @@ import json
 import os
 import stat
 import sys
-import tempfile
 import types
 import uuid
 from collections.abc import Iterable
@@ -50,7 +49,7 @@ from .journal import (
     is_quarantine,
     read_manifest,
 )
-from .folders import make_below, make_path, too_long
+from .folders import make_below, make_path, too_long, write_problem
 from .locking import LockError, LockHeld, ScanLock, check_below, replaced
 from .recovery import recover as _recover_ops
 from .restore import RestoreResult, restore_all, restore_targets
@@ -199,28 +198,7 @@ class Quarantine:
                 self._lock = None
 
     def _check_writable(self) -> None:
-        # os.access alone is not enough: root passes it on chmod-555 folders, and it cannot see
-        # every read-only mount; a real probe write settles it before anything moves. The probe
-        # also links, since no-overwrite placement needs hard links (vfat/exFAT have none).
-        problem = None
-        if not self.root.is_dir():
-            problem = "not a folder"
-        elif not os.access(self.root, os.W_OK | os.X_OK):
-            problem = "permission denied"
-        else:
-            try:
-                step("probe")
-                fd, name = tempfile.mkstemp(prefix=".imgclean-probe-", dir=self.root)
-                os.close(fd)
-            except OSError as e:
-                problem = e.strerror or str(e)
-            else:
-                try:
-                    os.link(name, name + ".link")
-                    os.unlink(name + ".link")
-                except OSError as e:
-                    problem = f"its filesystem cannot make hard links ({e.strerror or e})"
-                os.unlink(name)
+        problem = write_problem(self.root)
         if problem:
             raise QuarantineError(f"quarantine folder {self.root} is not writable: {problem}")
 

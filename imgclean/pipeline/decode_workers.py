@@ -106,15 +106,17 @@ _created: list[str] = []  # blocks this worker made (the parent unlinks them as 
 
 def _watch_parent(parent: int) -> None:
     """Exit on SIGTERM (the pool's terminate, or the parent's death: see _die_with_parent) or
-    when the parent is gone (polled too, where there is no PR_SET_PDEATHSIG), unlinking the blocks
-    the parent can no longer collect."""
+    when the parent is gone (polled too, where there is no PR_SET_PDEATHSIG). A parent that is
+    gone can no longer collect our blocks: unlink them. A live one (it terminated us) may still
+    read the blocks of chunks we finished, and unlinks every name itself when the pool closes."""
     try:
         while os.getppid() == parent:
             if signal.sigtimedwait((signal.SIGTERM,), 0.5) is not None:
                 break
     finally:
-        for name in list(_created):
-            _unlink(name)
+        if os.getppid() != parent:  # (the kernel reparents us before PR_SET_PDEATHSIG's signal)
+            for name in list(_created):
+                _unlink(name)
         os._exit(1)
 
 

@@ -10,14 +10,15 @@ attacking the lock state. Run on its own (root is needed for the second user):
   process. Counts reruns refused (exit 4) or failed (not 0), the folder or quarantine still locked
   right after the kill, files lost or duplicated after the rerun, unfinished journal records, the
   killed run's decode processes still alive after the rerun and its shared-memory blocks left.
-* attack: `--runs` rounds through the scenarios below, each a second local user (nobody, through
-  setpriv) against root's real `scan --move-to` runs on a folder anyone may write: lock files
-  planted and held (deep JSON and escape codes in them), symlinks, FIFOs and folders at a lock
-  file's name, below the scanned folder and at it; a registry folder of earlier versions with a
-  held deep-JSON entry (IMGCLEAN_LOCK_REGISTRY names it); links planted in a shared quarantine;
-  a run's lock file replaced while it runs, then the overlapping run started (both orders); and
-  parent and child runs started together while the attacker keeps replacing both lock files and
-  emptying the registry. Counts overlapping pairs that both exited 0, files lost, duplicated or in
+* attack: one round of each planting scenario and `--runs` rounds of overlapping runs, each with
+  a second local user (nobody, through setpriv) against root's real `scan --move-to` runs on a
+  folder anyone may write. Planting: lock files held (deep JSON and escape codes in them),
+  symlinks, FIFOs and folders at a lock file's name, below the scanned folder and at it; a
+  registry folder of earlier versions with a held deep-JSON entry (IMGCLEAN_LOCK_REGISTRY names
+  it, in every round); links in a shared quarantine. Overlapping: a run's lock file replaced while
+  it runs, then the overlapping run started (both orders); parent and child runs started together
+  (random order and skew) while the attacker now and then replaces one of their lock files and
+  empties the registry. Counts overlapping pairs that both exited 0, files lost, duplicated or in
   both quarantines, entries touched outside the given folders (a victim folder of root's files,
   the attacker's registry folder), and tracebacks.
 
@@ -153,8 +154,10 @@ def kill_rerun(i: int, pristine: Path, model: Path, work: Path, rejected: int, r
 
 
 # ----------------------------------------------------------------------------- (b) a second user
-SCENARIOS = ("held-below", "symlink-below", "fifo-below", "folder-below", "symlink-root", "fifo-root",
-             "held-root", "registry", "quarantine-links", "replace-child-first", "replace-parent-first", "race")
+SINGLES = ("held-below", "symlink-below", "fifo-below", "folder-below", "symlink-root", "fifo-root", "held-root",
+           "registry", "quarantine-links")  # one run of root's against a planted state
+PAIRS = ("replace-child-first", "replace-parent-first", "race")  # a parent and a child run overlapping
+SCENARIOS = SINGLES + PAIRS
 
 
 class Round:
@@ -240,13 +243,15 @@ def race_scenario(r: Round, a: Attacker, model: Path, env: dict, rng: random.Ran
     """Parent and child started together (random skew) while the attacker keeps replacing both
     lock files and emptying the registry folder."""
     stop = threading.Event()
+    pauses = [rng.uniform(0.05, 2.0) for _ in range(64)]
+    targets = [rng.choice((r.p / LOCK, r.p / "C" / LOCK)) for _ in range(64)]
 
-    def churn() -> None:
-        while not stop.is_set():
-            for lock in (r.p / LOCK, r.p / "C" / LOCK):
-                a.do("replace", path=lock)
+    def churn() -> None:  # now and then, one of the two lock files replaced, the registry emptied
+        for pause, lock in zip(pauses, targets):
+            if stop.wait(pause):
+                return
+            a.do("replace", path=lock)
             a.do("clear", path=r.registry)
-            time.sleep(rng.uniform(0, 0.01))
 
     jobs = [(r.p, r.work / "Q1"), (r.p / "C", r.work / "Q2")]
     if rng.random() < 0.5:
@@ -311,16 +316,17 @@ def attack_round(i: int, name: str, pristine: Path, model: Path, rng: random.Ran
 # ----------------------------------------------------------------------------- main
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--runs", type=int, default=20, help="kill -9 runs, and attack rounds")
+    ap.add_argument("--runs", type=int, default=20, help="kill -9 runs, and rounds of overlapping runs under attack")
     ap.add_argument("--files", type=int, default=90, help="files in the scanned folder")
-    ap.add_argument("--quick", action="store_true", help="3 kill -9 runs and one round of each attack")
+    ap.add_argument("--quick", action="store_true", help="3 kill -9 runs and one round of each attack scenario")
     ap.add_argument("--parts", default="kill9-rerun,attack")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--verbose", action="store_true", help="print every run's row")
     args = ap.parse_args()
     parts = {p.strip() for p in args.parts.split(",") if p.strip()}
     kill_runs = 3 if args.quick else args.runs
-    rounds = len(SCENARIOS) if args.quick else max(args.runs, len(SCENARIOS))
+    # every single scenario once, then the overlapping pairs in turn
+    plan = [*SINGLES, *[PAIRS[i % len(PAIRS)] for i in range(len(PAIRS) if args.quick else args.runs)]]
     rng = random.Random(args.seed)
     counter = fc.Counter()
     started = time.monotonic()
@@ -359,8 +365,8 @@ def main() -> int:
                 figures["attack"] = {"skipped": reason}
             else:
                 rows = []
-                for i in range(rounds):
-                    rows.append(attack_round(i, SCENARIOS[i % len(SCENARIOS)], pristine, model, rng, counter))
+                for i, name in enumerate(plan):
+                    rows.append(attack_round(i, name, pristine, model, rng, counter))
                     if args.verbose:
                         print(json.dumps(rows[-1]), flush=True)
                 pairs = [r for r in rows if len(r["exits"]) == 2]

@@ -152,13 +152,6 @@ def _restore_logging():
     logging.captureWarnings(False)
 
 
-@pytest.fixture(autouse=True)
-def _private_lock_registry(tmp_path_factory, monkeypatch):
-    """Held locks are registered machine-wide (/tmp/imgclean-locks): keep each test's runs apart
-    from real runs and from other test sessions on the same machine."""
-    monkeypatch.setenv("IMGCLEAN_LOCK_REGISTRY", str(tmp_path_factory.mktemp("lock-registry")))
-
-
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """Small MLPs train several times faster on one thread when the cores are shared."""

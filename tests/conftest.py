@@ -48,7 +48,7 @@ def tree_snapshot(root: Path) -> dict[str, tuple[int, int, str]]:
 
     out = {}
     for p in sorted(Path(root).rglob("*")):
-        if p.is_file() and p.name != ".imgclean.lock":  # left by moving scans, by design
+        if p.is_file() and p.name not in (".imgclean.lock", ".imgclean-decisions.jsonl"):  # bookkeeping, by design
             st = p.stat()
             out[str(p.relative_to(root))] = (st.st_size, st.st_mtime_ns, hashlib.sha256(p.read_bytes()).hexdigest())
     return out

@@ -15,7 +15,7 @@ import typer
 
 from .common import (
     EXIT_HANGUP, EXIT_INTERRUPTED, EXIT_TERMINATED, check_output_path, err, exit_code, fail, os_error, out, print_json,
-    usage_error,
+    rich_console, usage_error,
 )
 
 
@@ -269,12 +269,13 @@ class Outcome:
 
 
 def finish(summary, outcome: Outcome, printer: Printer, stop: StopFlag, *, json_out: bool, quiet: bool,
-           review=None, html: Optional[Path] = None, fail_on_reject: bool = False, fail_on_skip: bool = False) -> None:
+           review=None, html: Optional[Path] = None, fail_on_reject: bool = False, fail_on_skip: bool = False,
+           allow_unlisted: bool = False) -> None:
     """Print the summary (a table, or JSON), write the review page, and exit as the rules say
     (common.exit_code). After SIGHUP the terminal may be gone: output that fails is dropped."""
     try:
         _finish(summary, outcome, printer, stop, json_out=json_out, quiet=quiet, review=review, html=html,
-                fail_on_reject=fail_on_reject, fail_on_skip=fail_on_skip)
+                fail_on_reject=fail_on_reject, fail_on_skip=fail_on_skip, allow_unlisted=allow_unlisted)
     except OSError:
         if not stop.hung_up:
             raise
@@ -282,23 +283,19 @@ def finish(summary, outcome: Outcome, printer: Printer, stop: StopFlag, *, json_
 
 
 def _finish(summary, outcome: Outcome, printer: Printer, stop: StopFlag, *, json_out: bool, quiet: bool,
-            review, html: Optional[Path], fail_on_reject: bool, fail_on_skip: bool) -> None:
+            review, html: Optional[Path], fail_on_reject: bool, fail_on_skip: bool, allow_unlisted: bool) -> None:
     result = summary.to_dict()
     if printer.dry_run:
         result["plan"] = printer.plan
     if json_out:
         print_json(result)
     else:
-        from rich.table import Table
+        from .console import counts_table
 
-        table = Table(title=outcome.title)
-        keys = ("scanned", "ok", "ood", "unreadable", "too_large", "unsupported", "skipped", "changed", "moved",
-                "would_move", "move_errors", *outcome.extra_columns)
-        for key in keys:
-            if key in ("scanned", "ok", "ood", "unreadable") or result[key]:
-                table.add_column(key, justify="right")
-        table.add_row(*[str(result[c.header]) for c in table.columns])
-        out.print(table)
+        keys = ("scanned", "ok", "ood", "unreadable", "too_large", "unsupported", "skipped", "changed", "accepted",
+                "moved", "would_move", "move_errors", *outcome.extra_columns)
+        shown = {k: result[k] for k in keys if k in ("scanned", "ok", "ood", "unreadable") or result.get(k)}
+        out.print(counts_table(outcome.title, shown, rich_console(out).width))
     if review is not None:
         from ..reports.review import render_html, write_html
 
@@ -309,7 +306,7 @@ def _finish(summary, outcome: Outcome, printer: Printer, stop: StopFlag, *, json
             raise fail(f"cannot write the review page {html}: {exc.strerror or exc}") from None
         if not json_out and not quiet:
             err.print(f"review page: {html}", highlight=False, markup=False)
-    code, message = exit_code(summary, fail_on_reject, fail_on_skip, stop.exit_code)
+    code, message = exit_code(summary, fail_on_reject, fail_on_skip, stop.exit_code, allow_unlisted)
     if summary.interrupted:
         if not quiet:
             of = f" of {printer.total}" if printer.total is not None else ""

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..fileops import ROOT_MARKER, Abort, hash_unchanged, inside, is_scanned_root, resolved_inside
+from .decision_ops import record_restore
 from .folders import make_below, prune_empty, too_long, walk
 from .journal import MANIFEST_NAME, PROBE_PREFIX, RESERVED, TMP_PREFIX, UNFINISHED, Fold, Invalid, fold
 from .locking import check_below
@@ -166,6 +167,11 @@ def restore_one(q: Any, move: dict, dry_run: bool) -> RestoreResult:
     q._finish_quiet("restore", jid, "done")
     prune_empty(q.root, held.parent)
     log.info("restored %s", original)
+    # A restore is a person's decision that the file belongs: later scans leave it in place.
+    accepted = record_restore(move, q.root, sha256=sha, size=st.st_size)
+    if accepted.status == "error":
+        log.warning("%s", accepted.message)
+        return result("restored", accepted.message)
     return result("restored")
 
 

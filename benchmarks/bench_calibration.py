@@ -130,7 +130,7 @@ def old_rule_scale(name: str, raw, feats, logits, fit_idx, val_idx, bundle) -> f
 
 def measure(name: str, settings: dict, paths: dict, work: Path) -> dict:
     from imgclean import api
-    from imgclean.metrics import auroc
+    from imgclean.metrics import auroc, precision_recall_f1
     from imgclean.nn.training import stratified_split
 
     started = time.perf_counter()
@@ -147,13 +147,17 @@ def measure(name: str, settings: dict, paths: dict, work: Path) -> dict:
         now_in = model.detectors[method].score(features=f_in, logits=z_in)
         now_ood = model.detectors[method].score(features=f_ood, logits=z_ood)
         old_cut = old_rule_scale(method, raw, feats, logits, fit_idx, val_idx, model)
-        raw_in = raw(f_in, z_in)
+        raw_in, raw_ood = raw(f_in, z_in), raw(f_ood, z_ood)
+        truth = np.r_[np.zeros(len(now_in)), np.ones(len(now_ood))]
         rows[method] = {
             "frr": float(np.mean(now_in > 1.0)),
             "frr_previous_rule": float(np.mean(raw_in > old_cut)),
             "frr_uncalibrated": float(np.mean(raw_in > 1.0)),
             "ood_rejected": float(np.mean(now_ood > 1.0)),
-            "auroc": float(auroc(np.r_[np.zeros(len(now_in)), np.ones(len(now_ood))], np.r_[now_in, now_ood])),
+            "ood_rejected_previous_rule": float(np.mean(raw_ood > old_cut)),
+            "f1": precision_recall_f1(truth, np.r_[now_in, now_ood] > 1.0)["f1"],
+            "f1_previous_rule": precision_recall_f1(truth, np.r_[raw_in, raw_ood] > old_cut)["f1"],
+            "auroc": float(auroc(truth, np.r_[now_in, now_ood])),
         }
     return {"model": name, "arch": model.config["arch"], "input_size": model.config["input_size"],
             "epochs": train["epochs_trained"], "fit_seconds": round(fit_s, 1),
@@ -164,17 +168,19 @@ def measure(name: str, settings: dict, paths: dict, work: Path) -> dict:
 
 def table(results: list[dict], percentile: float) -> str:
     lines = [
-        "| model | detector | test FRR now | previous rule | uncalibrated | expected (90% interval) | "
-        "unseen rejected | AUROC |",
-        "|---|---|---|---|---|---|---|---|",
+        "| model | detector | test FRR | expected (90% interval) | FRR, previous rule | FRR, uncalibrated | "
+        "unseen rejected (previous) | F1 (previous) | AUROC |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         for method, m in r["methods"].items():
             lo, hi = r["interval"]
             lines.append(
-                f"| {r['model']} | {method} | {100 * m['frr']:.1f}% | {100 * m['frr_previous_rule']:.1f}% | "
-                f"{100 * m['frr_uncalibrated']:.1f}% | {100 * r['expected']:.1f}% ({100 * lo:.1f}-{100 * hi:.1f}%) | "
-                f"{100 * m['ood_rejected']:.1f}% | {m['auroc']:.4f} |")
+                f"| {r['model']} | {method} | {100 * m['frr']:.1f}% | {100 * r['expected']:.1f}% "
+                f"({100 * lo:.1f}-{100 * hi:.1f}%) | {100 * m['frr_previous_rule']:.1f}% | "
+                f"{100 * m['frr_uncalibrated']:.1f}% | {100 * m['ood_rejected']:.1f}% "
+                f"({100 * m['ood_rejected_previous_rule']:.1f}%) | {m['f1']:.3f} ({m['f1_previous_rule']:.3f}) | "
+                f"{m['auroc']:.4f} |")
     lines.append(f"\nAsked for: {100 - percentile:g}% (the {percentile:g}th percentile).")
     return "\n".join(lines)
 

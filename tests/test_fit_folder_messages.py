@@ -69,7 +69,10 @@ def test_a_folder_that_is_not_a_training_folder_is_a_usage_error(tmp_path):
                          (tmp_path / "flat", "no class sub-folders"), (tmp_path / "file.png", "not a folder")):
         result = invoke("fit", folder, "-o", tmp_path / "m", *FAST)
         assert result.exit_code == 2 and text in result.output, (folder, result.output)
-        assert len([line for line in result.output.splitlines() if line.strip()]) == 1, result.output
+        lines = [line for line in result.output.splitlines() if line.strip()]
+        # one plain error line, then the usage hint
+        assert len(lines) == 2 and lines[0].startswith("imgclean fit: error:"), result.output
+        assert lines[1].strip() == "try 'imgclean fit -h'", result.output
     # what is wrong inside a class stays an error about the data (exit 1)
     (tmp_path / "classes" / "a").mkdir(parents=True)
     write_png(tmp_path / "classes" / "b" / "x.png", class_image("checker", np.random.default_rng(0)))

@@ -139,6 +139,7 @@ def journal_is_consistent(q: Path, root: Path, moved: int) -> None:
 
 
 # ------------------------------------------------------------------ with a local Ray
+@pytest.mark.slow
 @needs_ray
 def test_ray_engine_gives_the_local_engines_records_moves_and_journal(model_dir, tmp_path):
     fa, fb = twins(tmp_path)
@@ -154,6 +155,7 @@ def test_ray_engine_gives_the_local_engines_records_moves_and_journal(model_dir,
     journal_is_consistent(qb, Path(os.path.realpath(fb)), summary["moved"])
 
 
+@pytest.mark.slow
 @needs_ray
 def test_a_worker_killed_in_its_second_batch_is_retried_and_nothing_moves_twice(model_dir, tmp_path):
     fa, fb = twins(tmp_path)
@@ -171,6 +173,7 @@ def test_a_worker_killed_in_its_second_batch_is_retried_and_nothing_moves_twice(
     journal_is_consistent(qb, Path(os.path.realpath(fb)), summary["moved"])
 
 
+@pytest.mark.slow
 @needs_ray
 def test_a_file_that_kills_every_worker_ends_unreadable_and_the_scan_goes_on(model_dir, tmp_path):
     """As with the local engine's decode processes: the batch is retried, then scored one file
@@ -199,6 +202,7 @@ def test_a_file_that_kills_every_worker_ends_unreadable_and_the_scan_goes_on(mod
     journal_is_consistent(qb, Path(os.path.realpath(fb)), summary["moved"])
 
 
+@pytest.mark.slow
 @needs_ray
 def test_only_cache_misses_go_to_the_workers(model_dir, tmp_path):
     folder = dirty_folder(tmp_path / "in")
@@ -223,6 +227,7 @@ def test_only_cache_misses_go_to_the_workers(model_dir, tmp_path):
     assert s3["decoded"] == 0 and s3["cached"] == n + 2 and s3["ood"] == s2["ood"]
 
 
+@pytest.mark.slow
 @needs_ray
 def test_sigterm_during_a_ray_scan_stops_it_cleanly(model_dir, tmp_path):
     """ray.init installs a SIGTERM handler of its own (a stack dump, then death): the scan must
@@ -292,6 +297,7 @@ exit 0
 """
 
 
+@pytest.mark.slow
 @needs_ray
 def test_two_node_cluster_on_loopback_gives_the_local_engines_result(model_dir, tmp_path):
     ns = private_namespace()

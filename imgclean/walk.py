@@ -196,8 +196,8 @@ def walk_runs(root: Path, exclude: tuple[Path, ...] = (), limit: int = RUN_LIMIT
     # length + 1, what joins a name onto it, runs yielded, (ordinal, snapshot) last asked of
     # `known`]: same order as recursion. The length makes too_long() one addition per file.
     top = _listing(base)
-    if top.error:
-        yield _unlisted_run(base, top.error)
+    if top.error:  # the root itself, named "." (relative to itself) like the walk's other paths
+        yield _unlisted_run(os.path.join(base, "." if isinstance(base, str) else b"."), top.error)
         return
     stack = [[base, top, 0, _prefix_len(base), _joiner(base), 0, None]]
     while stack:

@@ -117,8 +117,8 @@ class ScanCache:
         try:
             self._folder_fd = cache_trust.open_folder(self.directory)
         except cache_trust.UntrustedCache as exc:
-            log.warning("scan cache not used: %s, so other users could change its verdicts; scanning without it "
-                        "(use a folder only you can write: chmod go-w, or --cache-dir)", exc)
+            log.warning("scan cache not used, since other users could change what it says: %s; scanning without it "
+                        "(use a folder of your own that only you can write: chmod go-w, or --cache-dir)", exc)
             self.enabled = False
             return self
         except OSError as exc:

@@ -46,7 +46,8 @@ def open_folder(directory: Path) -> int:
     try:
         fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError as exc:
-        if exc.errno == errno.ELOOP:
+        # O_NOFOLLOW on a link: ELOOP, or ENOTDIR beside O_DIRECTORY (lstat only words it)
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR) and os.path.islink(directory):
             raise UntrustedCache(f"{os.fsdecode(directory)} is a symbolic link") from None
         raise
     try:

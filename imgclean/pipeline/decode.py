@@ -9,9 +9,8 @@ Contract (every entry point):
   with status data.OK, or None with the status (data.UNREADABLE / TOO_LARGE / UNSUPPORTED) and a
   one-line message. Nothing a decode raises escapes: an unexpected error inside a worker
   becomes that one item's UNREADABLE, and the other items of its chunk are still decoded.
-- A failure that says nothing lasting about the file (EACCES, EIO, EMFILE, MemoryError, a
-  decode process killed, an unexpected error) has a data.TransientMessage as its message: a
-  scan reports it as usual, and its cache never keeps it (the next scan decodes the file again).
+- A failure saying nothing lasting about the file (EACCES, EIO, MemoryError, a process killed,
+  an unexpected error) has a data.TransientMessage for message: reported, never cached.
 - No items, no work: an empty list gives an empty list and starts no thread.
 
 A Decoder owns its pool; `submit` starts a batch and returns at once, so a caller can decode the
@@ -118,8 +117,7 @@ def decode_one(item, settings: DecodeSettings) -> Decoded:
         return Decoded(arr, data.OK)
     except data.DecodeError as exc:
         return Decoded(None, exc.status, exc.message)
-    except Exception as exc:  # a bug or an odd failure is still this file's status, not a lost batch;
-        # not one known to be the file's own, so never cached as its verdict (data.TransientMessage)
+    except Exception as exc:  # a bug or an odd failure: this file's status, not a lost batch; transient
         return Decoded(None, data.UNREADABLE, data.TransientMessage(" ".join(f"{type(exc).__name__}: {exc}".split())))
 
 
@@ -231,9 +229,8 @@ def _plain_pixels(core, mode: str, width: int, height: int, stream: bytes, np) -
 
 
 def died(status: str, message: str) -> Decoded:
-    """The Decoded of a file whose decode process died on it (decode_workers' DIED): killed, out
-    of memory, or a crash in the image library. Nothing says the bytes caused it, so it is
-    transient: reported as it is, never cached as the file's verdict."""
+    """A file whose decode process died on it (killed, out of memory, a crash in the image
+    library): nothing says its bytes did it, so transient."""
     return Decoded(None, status, data.TransientMessage(message))
 
 
@@ -354,11 +351,8 @@ class Decoder:
             wait(self._thread_futures)
             self._thread_futures = []
             self._finishing = self.finish is not None and (self.finish_if is None or self.finish_if())
-            # A file whose worker died on it: `failed` gives the finished result (an outcome) in
-            # place of finish's; unfinished, a Decoded whose message marks it transient.
-            self._procs = ProcessDecodePool(decode_one, self.settings, self.workers, Decoded,
-                                            self.finish if self._finishing else None,
-                                            self.failed if self._finishing else died)
+            finish, failed = (self.finish, self.failed) if self._finishing else (None, died)  # (failed: a death's outcome)
+            self._procs = ProcessDecodePool(decode_one, self.settings, self.workers, Decoded, finish, failed)
         item_bytes = self.settings.size * self.settings.size * self.settings.channels
         # One chunk per worker per batch: each chunk is a task, a pipe message and a block.
         step = -(-len(items) // self.workers)

@@ -2,38 +2,35 @@
 
 One small SQLite file under the user cache dir ($XDG_CACHE_HOME/imgclean/scan-cache.sqlite,
 ~/.cache/imgclean/ by default), never inside a scanned folder. A result is reused only for the
-same file, as git's index decides it: the same absolute path and the same device, inode, size,
-mtime_ns and ctime_ns (walk.FileEntry.identity), and the same model key (the model's
-fingerprint plus a hash of its settings and the imgclean version); anything else is a miss and
-is scored. The inode and device catch a file replaced by another of the same size and mtime
-(`cp --preserve=timestamps`, `rsync -t`, a restore from a backup); ctime, which no user can set,
-catches an edit that put the mtime back (`touch -r`, `exiftool -P`).
+same file, as git's index decides it: the same absolute path, device, inode, size, mtime_ns and
+ctime_ns (walk.FileEntry.identity), and the same model key (the model's fingerprint, a hash of
+its settings, the imgclean version). The inode catches a file replaced by another of the same
+size and mtime (`cp --preserve=timestamps`, `rsync -t`, a backup restored); the ctime, which no
+user can set, an edit that put the mtime back (`touch -r`, `exiftool -P`).
 
 The cache can only make a scan faster, never different:
-- a file whose mtime or ctime is within RACY_SECONDS of the scan's start, or after it (a clock
-  set back, a server's clock ahead), is not stored: a second change in the same clock tick
-  would leave both the same, as git's "racily clean" files;
+- a file whose mtime or ctime is within RACY_SECONDS of the scan's start, or later (a clock set
+  back, a server's ahead), is not stored: a second change in the same clock tick would leave
+  both the same (git's "racily clean" files);
 - an outcome marked transient (data.TransientMessage: EACCES, EIO, EMFILE, MemoryError, a
   decode process killed...) is never stored: it says nothing lasting about the file;
-- a cache folder that another user could write, or that is a link, is not used at all (one
-  warning; store/cache_trust.py); a cache file that is not this user's alone, is unreadable,
-  damaged, not ours or of an older schema is moved aside or rebuilt; any SQLite error later
-  turns the cache off for the rest of the run (every lookup a miss). Nothing here raises.
+- a cache folder another user could write, or a link, is not used (one warning:
+  store/cache_trust.py); a cache file not this user's alone, damaged, foreign or of an older
+  schema is set aside or emptied and rebuilt; a later SQLite error turns the cache off for the
+  rest of the run (every lookup a miss). Nothing here raises.
 
 Results are kept two ways (pipeline/run_snapshots.py decides which):
 - a snapshot per run of the walk (walk.walk_runs: up to 4,096 consecutive files of one folder):
-  every entry exactly as the walk saw it (path and identity, skip reason), its outcome, and the
-  stretch of the folder's listing it covered (store/run_format.py). A rescan whose listing shows
-  that run again unchanged (walk_runs' `known`: checked with whole-list operations, no entry
-  built one by one), or whose run is equal entry for entry, takes the run's records from the
-  snapshot in one query; a run that differs (a file added, removed, touched, replaced) is
-  answered file by file, first from the folder's snapshots (load_run: a file whose path and
-  identity are a snapshot's), then from the per-file rows. A snapshot is written only when
-  every file of the run has a cacheable outcome and none is racy or transient;
+  every entry as the walk saw it, its outcome and the stretch of the folder's listing it covered
+  (store/run_format.py). A rescan whose listing shows that run again unchanged (walk_runs'
+  `known`: whole-list checks), or whose run is equal entry for entry, takes its records from
+  the snapshot in one query; a run that differs is answered file by file, from the folder's
+  snapshots (load_run) and then the per-file rows, each for the same path and identity only. A
+  snapshot is written only when every file of the run has a cacheable outcome and none is racy
+  or transient;
 - one row per file, for the files of runs that could not be snapshot (a racy file, a transient
-  failure, a failed move, a scan stopped in the middle of a run). A snapshotted run writes no
-  per-file rows: the two B-trees keyed by (model, path) cost a cold scan more than the
-  scoring's own bookkeeping.
+  failure, a failed move, a scan stopped mid-run). A snapshotted run writes no per-file rows:
+  the two B-trees keyed by (model, path) cost a cold scan more than its own bookkeeping.
 """
 from __future__ import annotations
 
@@ -49,14 +46,12 @@ from pathlib import Path
 from .. import __version__
 from ..data import is_transient
 from ..walk import identity_of
-from . import cache_trust, run_format
+from . import cache_schema, cache_trust, run_format
 
 log = logging.getLogger(__name__)
 
 CACHE_FILE = "scan-cache.sqlite"
-# 2: per-file rows keep the file's device, inode and ctime_ns (1 kept size and mtime only: such
-# a cache is emptied and rebuilt, its rows and snapshots being unable to say it is the same file).
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = cache_schema.SCHEMA_VERSION
 RACY_SECONDS = 2.0
 _COMMIT_EVERY = 4096
 _FS_UTF8 = (sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()) == ("utf-8", "surrogateescape")
@@ -152,7 +147,7 @@ class ScanCache:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
             if db.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
-                _create_or_migrate(db)
+                cache_schema.create_or_migrate(db)
             db.execute(
                 "SELECT model, path, size, mtime_ns, dev, ino, ctime_ns, status, predicted, nearest, score, message"
                 " FROM results LIMIT 1"
@@ -375,39 +370,3 @@ class ScanCache:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def _create_or_migrate(db: sqlite3.Connection) -> None:
-    """Make the tables of a new cache file, or empty one of an older schema (its results cannot
-    say they are of the same file: misses, all of them); raise DatabaseError for a file that is
-    not a cache of a schema this imgclean knows (a newer one's: set aside, as a damaged file)."""
-    db.execute("BEGIN IMMEDIATE")  # one process creates or migrates; the others then see it done
-    try:
-        version = db.execute("PRAGMA user_version").fetchone()[0]
-        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        if version == SCHEMA_VERSION:
-            db.execute("COMMIT")
-            return
-        if version == 0 and tables:
-            raise sqlite3.DatabaseError(f"not an imgclean scan cache (tables {', '.join(sorted(tables))})")
-        if version not in (0, 1) or (version == 1 and "results" not in tables):
-            raise sqlite3.DatabaseError(f"schema version {version}, expected {SCHEMA_VERSION}")
-        if version == 1:
-            log.info("scan cache of schema 1 (no file identities): emptied, rebuilt by this scan")
-            db.execute("DROP TABLE IF EXISTS results")
-            db.execute("DROP TABLE IF EXISTS runs")
-        db.execute(
-            "CREATE TABLE results (model TEXT NOT NULL, path BLOB NOT NULL, size INTEGER NOT NULL,"
-            " mtime_ns INTEGER NOT NULL, dev INTEGER NOT NULL, ino INTEGER NOT NULL, ctime_ns INTEGER NOT NULL,"
-            " status TEXT NOT NULL, predicted TEXT, nearest TEXT, score REAL, message TEXT NOT NULL,"
-            " PRIMARY KEY (model, path))"
-        )
-        db.execute(
-            "CREATE TABLE runs (model TEXT NOT NULL, folder BLOB NOT NULL, ordinal INTEGER NOT NULL,"
-            " snapshot BLOB NOT NULL, PRIMARY KEY (model, folder, ordinal))"
-        )
-        db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-        db.execute("COMMIT")
-    except BaseException:
-        db.execute("ROLLBACK")
-        raise

@@ -117,10 +117,8 @@ def listing(folder: str | bytes, identity: tuple[int, int] | None = None) -> Lis
         if exc.errno == errno.ENOENT:  # gone since its parent was listed: nothing left to find in it
             log.info("folder %s vanished during the walk", os.fsdecode(folder))
             return EMPTY
-        if exc.errno in (errno.ELOOP, errno.ENOTDIR) and identity is not None:  # (O_NOFOLLOW on a link)
-            if os.path.islink(folder):
-                return _unlisted(folder, "it was replaced by a symbolic link during the walk (not followed)")
-            return _unlisted(folder, "it was replaced by a file during the walk")
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR) and identity is not None:  # (O_NOFOLLOW met a link)
+            return _unlisted(folder, "it was replaced by a symbolic link or a file during the walk (not followed)")
         return _unlisted(folder, exc.strerror or str(exc))
     finally:
         if fd is not None:

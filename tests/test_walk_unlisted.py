@@ -217,3 +217,19 @@ def test_a_chmod_000_folder_walked_as_another_user_is_a_skipped_entry():
     finally:
         (work / "in" / "m-sub").chmod(0o755)
         shutil.rmtree(work, ignore_errors=True)
+
+
+@pytest.mark.parametrize("suffix", ["csv", "jsonl"])
+def test_the_report_holds_the_unlisted_folder(model_dir, tmp_path, monkeypatch, suffix):
+    from imgclean.cli.runs import Printer, feed
+    from imgclean.reports.records import RecordWriter, read_report
+
+    root = tree(tmp_path / "t")
+    failing_open(monkeypatch, root / "m-sub", errno.EACCES)
+    report = tmp_path / f"r.{suffix}"
+    printer = Printer(dry_run=False, json_out=True, verbose=False, keep_unreadable=False)
+    opts = ScanOptions(batch_size=2, workers=1, use_cache=True, cache_dir=tmp_path / "cache")  # blocks with their rows
+    with RecordWriter(report, root) as writer:
+        run_scan(root, load_model(model_dir, lazy=True), opts, on_record=feed([writer, printer]))
+    rows = {row.record.path: row.record for row in read_report(report)}
+    assert rows["m-sub"].status == "skipped" and rows["m-sub"].message == "folder could not be listed: Permission denied"

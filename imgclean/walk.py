@@ -277,9 +277,18 @@ def walk_runs(root: Path, exclude: tuple[Path, ...] = (), limit: int = RUN_LIMIT
         stack.append([path, sub, 0, _prefix_len(path), _joiner(path), 0, None])
 
 
+UNLISTED = "folder could not be listed: "
+
+
 def unlisted_reason(error: str) -> str:
     """The skip reason of a folder that could not be listed."""
-    return f"folder could not be listed: {error}"
+    return UNLISTED + error
+
+
+def is_unlisted(skip_reason: str) -> bool:
+    """Whether a skip reason (or a skipped record's message) is a folder's that could not be
+    listed: part of the tree went unscanned."""
+    return skip_reason.startswith(UNLISTED)
 
 
 def _unlisted_run(folder, error: str) -> Run:
@@ -457,5 +466,5 @@ def list_image_folder(root: Path) -> tuple[list[str], list[list[FileEntry]]]:
 
 __all__ = [
     "FileEntry", "IMAGE_EXTENSIONS", "DECODED_EXTENSIONS", "UNSUPPORTED_FORMATS", "PATH_MAX",
-    "walk_images", "walk_runs", "count_images", "identity_of", "unlisted_reason", "list_image_folder", "is_hidden", "has_image_extension", "unsupported_format", "too_long",
+    "walk_images", "walk_runs", "count_images", "identity_of", "unlisted_reason", "is_unlisted", "list_image_folder", "is_hidden", "has_image_extension", "unsupported_format", "too_long",
 ]

@@ -82,6 +82,21 @@ def test_a_transient_failure_is_reported_but_never_cached(model_dir, tmp_path, m
     assert again[VICTIM].status == real and summary.decoded == 0  # and that one is cached
 
 
+def test_the_mark_comes_back_from_decode_processes(model_dir, tmp_path, monkeypatch):
+    """Decoded in worker processes (forked after the fault is in place), the failure's message
+    crosses a process boundary and is still marked: not cached."""
+    root = bmp_tree(tmp_path / "t")
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("IMGCLEAN_DECODE", "processes")
+    _, truth = scan(root, model_dir, None, workers=2)
+    with monkeypatch.context() as m:
+        faulty_open(m, errno.EIO)
+        _, failed = scan(root, model_dir, cache, workers=2)
+    assert failed[VICTIM].status == "unreadable" and data.is_transient(failed[VICTIM].message)
+    summary, after = scan(root, model_dir, cache, workers=2)
+    assert after[VICTIM].status == truth[VICTIM].status and summary.decoded == 1
+
+
 def test_a_verdict_on_the_bytes_is_still_cached(model_dir, tmp_path):
     """A decoder's complaint about the data (a truncated file) is the file's own: cached."""
     root = bmp_tree(tmp_path / "t")

@@ -20,7 +20,7 @@ from conftest import class_image, make_incoming_folder, ood_image, write_png
 from imgclean import walk
 from imgclean.pipeline.scan import ScanOptions, run_scan
 from imgclean.store.artifact import load_model
-from imgclean.walk import count_images, unlisted_reason, walk_images
+from imgclean.walk import count_images, is_unlisted, unlisted_reason, walk_images
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -136,6 +136,8 @@ def test_a_folder_swapped_during_the_walk_is_not_entered(tmp_path, monkeypatch, 
 
 def test_unlisted_reason_words_the_record():
     assert unlisted_reason("Permission denied") == "folder could not be listed: Permission denied"
+    assert is_unlisted(unlisted_reason("Input/output error"))
+    assert not is_unlisted("symbolic link (not followed)") and not is_unlisted("hard link to a file already scanned")
 
 
 def test_a_folder_another_user_cannot_read_is_reported(model_dir):

@@ -158,14 +158,16 @@ class Run:
     such a run is never matched by its names); positions: each entry's index in span (None when
     entry i is span[i]); snapshot: what `known` returned for it; matched: its entries come from
     that snapshot's columns (MatchedEntries), checked against the listing with whole-list
-    operations."""
+    operations; unlisted: the run stands for a folder that could not be listed (its one entry is
+    that folder, skipped), so part of the tree went unscanned."""
 
-    __slots__ = ("folder", "ordinal", "entries", "span", "positions", "snapshot", "matched")
+    __slots__ = ("folder", "ordinal", "entries", "span", "positions", "snapshot", "matched", "unlisted")
 
     def __init__(self, folder, ordinal: int, entries: list, span: list | None, positions: list[int] | None,
-                 snapshot=None, matched: bool = False):
+                 snapshot=None, matched: bool = False, unlisted: bool = False):
         self.folder, self.ordinal, self.entries = folder, ordinal, entries
         self.span, self.positions, self.snapshot, self.matched = span, positions, snapshot, matched
+        self.unlisted = unlisted
 
 
 def walk_runs(root: Path, exclude: tuple[Path, ...] = (), limit: int = RUN_LIMIT, known=None) -> Iterator[Run]:
@@ -293,7 +295,7 @@ def is_unlisted(skip_reason: str) -> bool:
 
 def _unlisted_run(folder, error: str) -> Run:
     """The Run that stands for a folder that could not be listed: the folder, skipped."""
-    return Run(folder, 0, [FileEntry(folder, 0, 0, unlisted_reason(error))], None, None)
+    return Run(folder, 0, [FileEntry(folder, 0, 0, unlisted_reason(error))], None, None, unlisted=True)
 
 
 class MatchedEntries:

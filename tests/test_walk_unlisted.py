@@ -141,44 +141,49 @@ def test_unlisted_reason_words_the_record():
 
 
 def test_a_folder_another_user_cannot_read_is_reported(model_dir):
-    """chmod 000 for real: root lists it anyway, so the scan runs as `nobody` when the tests run
-    as root (as tests/test_filesystem.py does for an unreadable file)."""
-    work = Path(tempfile.mkdtemp(prefix="imgclean-unlisted-"))
+    """chmod 000 for real, through the CLI: root lists it anyway, so when the tests run as root
+    the scan runs as `nobody` (setpriv, as tests/test_locks_attacks.py does). The folder is a
+    skipped record, counted as unlisted, and the scan exits 5 unless --allow-unlisted."""
+    from locks_attacker import cannot_attack, setpriv_command
+
+    as_other: list[str] = []
+    if os.geteuid() == 0:
+        why = cannot_attack()
+        if why:
+            pytest.skip(f"root lists chmod-000 folders, and imgclean cannot run as another user here: {why}")
+        as_other = setpriv_command()
+    work = Path(tempfile.mkdtemp(prefix="imgclean-unlisted-", dir="/tmp"))
     try:
         work.chmod(0o755)
         model = work / "model"
         shutil.copytree(model_dir, model)
         folder = tree(work / "in")
-        report = work / "out" / "r.jsonl"
-        report.parent.mkdir()
-        for p in [model, *model.rglob("*"), *folder.rglob("*"), folder, report.parent]:
+        (work / "out").mkdir()
+        for p in [model, *model.rglob("*"), *folder.rglob("*"), folder]:
             p.chmod(0o755 if p.is_dir() else 0o644)
         (work / "out").chmod(0o777)
         (folder / "m-sub").chmod(0)
-        as_other = {}
-        if os.geteuid() == 0:
-            def drop():
-                os.setgid(65534)
-                os.setuid(65534)
-            as_other = {"preexec_fn": drop}
-            try:
-                probe = subprocess.run([sys.executable, "-c", "import imgclean.walk"], capture_output=True, timeout=120,
-                                       env={**os.environ, "PYTHONPATH": str(ROOT)}, **as_other)
-            except PermissionError as exc:
-                pytest.skip(f"root lists chmod-000 folders, and this Python cannot run as another user here ({exc})")
-            if probe.returncode != 0:
-                pytest.skip(f"root lists chmod-000 folders, and imgclean cannot run as another user here: {probe.stderr[-200:]!r}")
-        elif os.access(folder / "m-sub", os.R_OK):
+        if not as_other and os.access(folder / "m-sub", os.R_OK):
             pytest.skip("this user lists a chmod-000 folder anyway")
-        proc = subprocess.run(
-            [sys.executable, "-m", "imgclean", "scan", str(folder), "-m", str(model), "--json", "--no-cache", "--report", str(report)],
-            env={**os.environ, "PYTHONPATH": str(ROOT), "HOME": str(work / "out")}, capture_output=True,
-            stdin=subprocess.DEVNULL, timeout=300, **as_other,
-        )
-        assert proc.returncode in (0, 1), proc.stderr
-        rows = {r["path"]: r for r in map(json.loads, report.read_text().splitlines())}
+
+        def scan_as_other(report: Path, *flags: str) -> subprocess.CompletedProcess:
+            return subprocess.run(
+                [*as_other, sys.executable, "-m", "imgclean", "scan", str(folder), "-m", str(model), "--json",
+                 "--no-cache", "--report", str(report), *flags],
+                env={**os.environ, "PYTHONPATH": str(ROOT), "HOME": str(work / "out")}, capture_output=True, text=True,
+                stdin=subprocess.DEVNULL, timeout=300, cwd="/",
+            )
+
+        proc = scan_as_other(work / "out" / "r.jsonl")
+        assert proc.returncode == 5, proc.stderr  # part of the tree went unscanned: a cron job learns it
+        assert "1 folder(s) in the scan could not be listed" in proc.stderr
+        rows = {r["path"]: r for r in map(json.loads, (work / "out" / "r.jsonl").read_text().splitlines())}
         assert rows["m-sub"]["status"] == "skipped" and rows["m-sub"]["message"] == "folder could not be listed: Permission denied"
-        assert json.loads(proc.stdout)["skipped"] == 1 and "in.png" not in " ".join(rows)
+        summary = json.loads(proc.stdout)
+        assert summary["skipped"] == summary["unlisted"] == 1 and "in.png" not in " ".join(rows)
+        allowed = scan_as_other(work / "out" / "r2.jsonl", "--allow-unlisted")
+        assert allowed.returncode == 0, allowed.stderr
+        assert json.loads(allowed.stdout)["unlisted"] == 1
     finally:
         (work / "in" / "m-sub").chmod(0o755)
         shutil.rmtree(work, ignore_errors=True)

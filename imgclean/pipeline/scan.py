@@ -104,6 +104,7 @@ class Scorer:
         self._preload: threading.Thread | None = None
         self._preload_error: BaseException | None = None
         self.decoded = 0  # files decoded by this scorer (cache misses)
+        self.unlisted = 0  # folders the walk could not list (each one skipped record; their files unscanned)
 
     def _prepare_torch(self) -> None:
         with self._load_lock:
@@ -293,6 +294,8 @@ class Scorer:
                 known = cache.snapshot if look_up and cache.held_runs else None
                 for walked in walk_runs(root, tuple(exclude), known=known):
                     folder, ordinal, run = walked.folder, walked.ordinal, walked.entries
+                    if walked.unlisted:
+                        self.unlisted += 1
                     if snapshots is not None:
                         stored = None
                         if walked.matched:
@@ -418,6 +421,7 @@ def run_scan(
             cache.close()
             summary.cached = cache.hits
         summary.decoded = scorer.decoded
+        summary.unlisted = scorer.unlisted
         scorer.close()
     summary.seconds = time.perf_counter() - started
     return summary

@@ -106,7 +106,8 @@ def scan(code: Path, folder: Path, model: Path, cache: Path | None, report: Path
     args = [sys.executable, "-m", "imgclean", "scan", os.fspath(folder), "-m", os.fspath(model), "--json", "--quiet",
             "--report", os.fspath(report), *(["--cache-dir", os.fspath(cache)] if cache else ["--no-cache"])]
     env = {**os.environ, "PYTHONPATH": os.fspath(code)}
-    proc = subprocess.run(args, capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL, timeout=1200)
+    # cwd: `python -m` puts the working folder first on sys.path, before PYTHONPATH
+    proc = subprocess.run(args, capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL, timeout=1200, cwd=code)
     if proc.returncode not in (0, 1):
         raise RuntimeError(f"scan exited {proc.returncode}: {proc.stderr[-2000:]}")
     rows = [json.loads(line) for line in report.read_text().splitlines() if line.strip()]
@@ -179,7 +180,8 @@ def fit_model(work: Path, code: Path) -> Path:
             (train / kind).mkdir(parents=True, exist_ok=True)
             Image.fromarray(class_image(kind, rng), "L").save(train / kind / f"{i:03d}.png")
     proc = subprocess.run([sys.executable, "-m", "imgclean", "fit", os.fspath(train), "-o", os.fspath(model), "--epochs", "1",
-                           "--json", "-q"], capture_output=True, text=True, env={**os.environ, "PYTHONPATH": os.fspath(code)})
+                           "--json", "-q"], capture_output=True, text=True, env={**os.environ, "PYTHONPATH": os.fspath(code)},
+                          cwd=code)
     if proc.returncode != 0:
         raise RuntimeError(f"fit failed: {proc.stderr[-2000:]}")
     return model
@@ -195,6 +197,7 @@ def main() -> int:
     ap.add_argument("--code", type=Path, default=REPO, help="the imgclean checkout to run (PYTHONPATH)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
+    args.code = Path(os.path.realpath(args.code))
     rounds = min(args.runs, 4) if args.quick else args.runs
     work = Path(os.path.realpath(tempfile.mkdtemp(prefix="imgclean-fault-cache-")))
     try:

@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,7 @@ from imgclean.cli import app
 from imgclean.pipeline.ray_scan import RayEngineError, ScoreWorker, check_reachable, match_outcomes
 from imgclean.quarantine.journal import fold
 from imgclean.reports.records import read_report
+from imgclean.store.cache import RACY_SECONDS
 
 ROOT = Path(__file__).resolve().parents[1]
 HAVE_RAY = importlib.util.find_spec("ray") is not None
@@ -73,11 +75,14 @@ def dirty_folder(root: Path) -> Path:
 
 
 def age(folder: Path, seconds: int = 60) -> None:
-    """Date every file back, so the scan cache stores them (it skips files modified just now)."""
+    """Date every file back, so the scan cache stores them (it skips files modified just now),
+    then wait out the cache's racy window: os.utime set their ctimes to now, and no call sets
+    a ctime back."""
     for d, _, files in os.walk(os.fsencode(folder)):
         for f in files:
             st = os.stat(os.path.join(d, f))
             os.utime(os.path.join(d, f), ns=(st.st_atime_ns, st.st_mtime_ns - seconds * 10**9))
+    time.sleep(RACY_SECONDS + 0.5)
 
 
 def twins(tmp_path: Path, n: int = 2) -> list[Path]:
@@ -216,6 +221,7 @@ def test_only_cache_misses_go_to_the_workers(model_dir, tmp_path):
     for new in (folder / "new1.png", folder / "sub" / "new2.png"):
         write_png(new, ood_image(rng))
         os.utime(new, (0, new.stat().st_mtime - 60))
+    time.sleep(RACY_SECONDS + 0.5)  # their ctimes out of the racy window: the second scan stores them
     second = run_cli(base)
     assert second.returncode == 0, second.stderr
     s2 = json.loads(second.stdout)

@@ -9,7 +9,7 @@ from imgclean.pipeline.learn import LabelledFeatures, LearnSettings
 DIM, CLASSES = 8, 3
 # a few small MLPs, few steps and three folds: a learn() call takes about a second
 FAST = LearnSettings(folds=3, fit_rows=300, calibration_rows=300,
-                     detector=dict(members=2, min_steps=150, hidden=(32, 32)))
+                     detector=dict(min_steps=150, hidden=(32, 32)))
 
 
 def inliers(n: int, rng: np.random.Generator) -> np.ndarray:

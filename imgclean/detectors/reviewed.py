@@ -100,11 +100,14 @@ class ReviewedDetector(Detector):
             raise ValueError("min_steps and batch_size must be at least 1")
 
     def fit(self, features=None, labels=None, *, logits=None, num_classes: int | None = None,
-            weights=None, mahalanobis: MahalanobisDetector | None = None, calibration=None) -> "ReviewedDetector":
+            weights=None, mahalanobis: MahalanobisDetector | None = None, calibration=None,
+            member_rows=None) -> "ReviewedDetector":
         """Train on rows labelled 1 (belongs) / 0 (reject) with optional row `weights` (default:
         each label weighs half in total). `mahalanobis`: the model's label-free detector (default:
         one Gaussian fitted to the rows that belong). `calibration`: in-distribution features held
-        out of this fit, for t and s (default: the rows that belong, which is optimistic)."""
+        out of this fit, for t and s (default: the rows that belong, which is optimistic).
+        `member_rows`: a (members, rows) boolean array, the rows each member trains on (default:
+        all rows for each of `members`); learn() leaves a fold of the decisions out of each."""
         import numpy as np
         self._check_settings()
         x = check_features(features)
@@ -116,6 +119,7 @@ class ReviewedDetector(Detector):
             raise ValueError(f"the learned rule needs both kinds; got {int((y == 1).sum())} that belong and "
                              f"{int((y == 0).sum())} rejects")
         w = self._weights(weights, y)
+        masks = self._member_rows(member_rows, len(x))
         if mahalanobis is None:
             mahalanobis = MahalanobisDetector().fit(x[y == 1], np.zeros(int((y == 1).sum()), dtype=np.int64), num_classes=1)
         self.maha_ = mahalanobis_from(mahalanobis.means_, mahalanobis.precisions_, mahalanobis.thresholds_)
@@ -125,12 +129,24 @@ class ReviewedDetector(Detector):
         # each input's spread floored at a share of the average one (as the head): a unit that barely
         # varies in training must not be blown up by a huge factor
         self.input_std_ = np.sqrt(var + 0.1 * var.mean() + 1e-12)
-        self.layers_ = self._train((u - self.input_mean_) / self.input_std_, 1 - y, w)
+        self.layers_ = self._train((u - self.input_mean_) / self.input_std_, 1 - y, w, masks)
         self.dim_ = x.shape[1]
         cal = x[y == 1] if calibration is None else check_features(calibration, "calibration", dim=self.dim_)
         self._calibrate(cal)
         self.fit_counts_ = (int((y == 1).sum()), int((y == 0).sum()), int(len(cal)))
         return self
+
+    def _member_rows(self, member_rows, n: int) -> np.ndarray:
+        import numpy as np
+        if member_rows is None:
+            return np.ones((self.members, n), dtype=bool)
+        masks = np.asarray(member_rows)
+        if masks.dtype != bool or masks.ndim != 2 or masks.shape[1] != n or not 1 <= len(masks) <= MAX_MEMBERS:
+            raise ValueError(f"member_rows must be a (members, {n}) boolean array, at most {MAX_MEMBERS} members")
+        if not masks.any(axis=1).all():
+            raise ValueError("every member needs rows to train on")
+        self.members = len(masks)
+        return masks
 
     @staticmethod
     def _weights(weights, y: np.ndarray) -> np.ndarray:
@@ -143,16 +159,19 @@ class ReviewedDetector(Detector):
             raise ValueError("weights must be finite, non-negative, one per row, and not all zero")
         return w
 
-    def _train(self, u: np.ndarray, target: np.ndarray, w: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Each member trained from its own seed; returns [(weights (members, in, out), biases (members, out))]."""
+    def _train(self, u: np.ndarray, target: np.ndarray, w: np.ndarray, masks: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Each member trained on its rows from its own seed; returns [(weights (members, in, out), biases (members, out))]."""
         import numpy as np
         import torch
 
         xt = torch.from_numpy(u.astype(np.float32))
         yt = torch.from_numpy(target.astype(np.float32))
-        p = torch.from_numpy(w / w.sum())
         per_member = []
         for m in range(self.members):
+            wm = np.where(masks[m], w, 0.0)
+            if wm.sum() <= 0:
+                raise ValueError(f"member {m} has no weighted rows to train on")
+            p = torch.from_numpy(wm / wm.sum())
             gen = torch.Generator().manual_seed(self.seed * 1000 + m)
             torch.manual_seed(self.seed * 1000 + m)
             net = self._build(u.shape[1])
@@ -183,38 +202,45 @@ class ReviewedDetector(Detector):
         import numpy as np
         maha = self.maha_.score(cal)
         self.safety_ = max(float(np.percentile(maha, self.safety_percentile)), 1e-12)
-        raw = self.raw(cal)
-        allowed = int(np.floor((100.0 - self.percentile) / 100.0 * len(cal)))
+        self.threshold_ = self.threshold_for(self.raw(cal), maha)
+        self.calibration_rejected_ = float(np.mean(self.score(cal) > 1.0))
+
+    def threshold_for(self, raw: np.ndarray, maha: np.ndarray) -> float:
+        """The t at which max(exp(raw - t), maha / s) rejects 100 - percentile per cent of these rows."""
+        import numpy as np
+        allowed = int(np.floor((100.0 - self.percentile) / 100.0 * len(raw)))
         # the rows the safety term accepts, their raw scores from the highest: t is the value
         # below the first one that would take the rejected count over `allowed`
         free = np.sort(raw[maha <= self.safety_])[::-1]
         budget = allowed - int(np.sum(maha > self.safety_))
         if len(free) == 0:
-            self.threshold_ = float(raw.max())
-        elif budget <= 0:
-            self.threshold_ = float(free[0])  # the learned term rejects none of them
-        elif budget < len(free):
-            self.threshold_ = float(free[budget])  # the `budget` highest are above it
-        else:
-            self.threshold_ = float(free[-1]) - 1.0
-        self.calibration_rejected_ = float(np.mean(self.score(cal) > 1.0))
+            return float(raw.max())
+        if budget <= 0:
+            return float(free[0])  # the learned term rejects none of them
+        if budget < len(free):
+            return float(free[budget])  # the `budget` highest are above it
+        return float(free[-1]) - 1.0
 
     # ---- scoring -------------------------------------------------------------------------
     def _check_fitted(self) -> None:
         if not hasattr(self, "layers_"):
             raise NotFittedError("this ReviewedDetector is not fitted yet; run `imgclean learn` (or call fit())")
 
-    def raw(self, features) -> np.ndarray:
-        """The members' mean logit of "does not belong" per row."""
+    def member_raw(self, features) -> np.ndarray:
+        """Each member's logit of "does not belong": shape (members, rows)."""
         import numpy as np
         self._check_fitted()
         x = check_features(features, dim=self.dim_)
-        out = np.empty(len(x))
+        out = np.empty((self.layers_[0][0].shape[0], len(x)))
         for start in range(0, len(x), 4096):
             chunk = x[start : start + 4096]
             u = (np.c_[chunk, log_ratios(self.maha_, chunk)] - self.input_mean_) / self.input_std_
-            out[start : start + 4096] = mlp_logits(self.layers_, u).mean(axis=0)
+            out[:, start : start + 4096] = mlp_logits(self.layers_, u)
         return out
+
+    def raw(self, features) -> np.ndarray:
+        """The members' mean logit of "does not belong" per row."""
+        return self.member_raw(features).mean(axis=0)
 
     def score(self, features=None, logits=None) -> np.ndarray:
         """max(exp(raw - t), mahalanobis / s): > 1 = rejected, higher = more out-of-distribution."""

@@ -29,7 +29,7 @@ import numpy as np
 
 from ..detectors import registry
 from ..detectors.base import check_features
-from ..detectors.reviewed import ReviewedDetector
+from ..detectors.reviewed import RAW_CLIP, ReviewedDetector
 from ..errors import ImgcleanError
 
 log = logging.getLogger(__name__)
@@ -86,7 +86,7 @@ class LabelledFeatures:
 class LearnSettings:
     min_decisions: int = 10  # made by a person: restored + accepted + rejected + deleted
     min_rejects: int = 20  # rejects of any kind, "left" included
-    folds: int = 5
+    folds: int = 5  # also the number of MLPs in the learned rule (one left out of each fold)
     alpha: float = 0.05  # one-sided level of the held-out test that makes the learned rule the default
     fit_rows: int = 8000  # training images the rule is fitted on (a sample; the rest are not needed)
     calibration_rows: int = 4000  # training images held out of the fit, for its threshold
@@ -222,25 +222,31 @@ def split_training(train_features, settings: LearnSettings, rng: np.random.Gener
     return TrainingRows(fit=x[order[n_cal:][: settings.fit_rows]], calibration=x[order[:n_cal]])
 
 
-def row_weights(n_train: int, belongs_kinds: int, n_rejects: int, share: float) -> np.ndarray:
-    """Weights of [training rows, restored/accepted rows, reject rows]: each side weighs 1/2 in
-    total; on the belongs side the person's files get `share` of it (all of it never: the training
-    images stay the bulk of what belongs)."""
-    share = share if belongs_kinds else 0.0
-    return np.r_[np.full(n_train, 0.5 * (1 - share) / max(n_train, 1)),
-                 np.full(belongs_kinds, 0.5 * share / max(belongs_kinds, 1)),
-                 np.full(n_rejects, 0.5 / max(n_rejects, 1))]
+def row_weights(n_train: int, kinds: tuple[str, ...], share: float) -> np.ndarray:
+    """Weights of [training rows, decision rows]: each side (belongs, rejects) weighs 1/2 in total;
+    on the belongs side the person's files get `share` of it (never all: the training images stay
+    the bulk of what belongs), and every reject weighs the same."""
+    arr = np.array(kinds, dtype=object)
+    belongs = np.isin(arr, BELONGS)
+    n_bel, n_rej = int(belongs.sum()), int((~belongs).sum())
+    share = share if n_bel else 0.0
+    dec = np.where(belongs, 0.5 * share / max(n_bel, 1), 0.5 / max(n_rej, 1))
+    return np.r_[np.full(n_train, 0.5 * (1 - share) / max(n_train, 1)), dec]
 
 
 def fit_rule(rows: TrainingRows, decisions: LabelledFeatures, mahalanobis, settings: LearnSettings,
-             seed: int) -> ReviewedDetector:
-    """The learned rule fitted on the training sample and every given decision."""
-    belongs = decisions.belongs
-    x = np.r_[rows.fit, decisions.features[belongs], decisions.features[~belongs]]
-    y = np.r_[np.ones(len(rows.fit) + int(belongs.sum())), np.zeros(int((~belongs).sum()))]
-    w = row_weights(len(rows.fit), int(belongs.sum()), int((~belongs).sum()), settings.belongs_share)
-    det = ReviewedDetector(**{**settings.detector, "seed": seed})
-    return det.fit(x, y, weights=w, mahalanobis=mahalanobis, calibration=rows.calibration)
+             seed: int, fold: np.ndarray) -> ReviewedDetector:
+    """The learned rule: one member per fold, each trained on the training sample and every
+    decision outside its fold (cross-validation bagging: the members' verdicts on their own
+    folds are the held-out evidence, their mean is the rule)."""
+    folds = int(fold.max()) + 1
+    x = np.r_[rows.fit, decisions.features]
+    y = np.r_[np.ones(len(rows.fit)), decisions.belongs.astype(float)]
+    w = row_weights(len(rows.fit), decisions.kinds, settings.belongs_share)
+    member_rows = np.ones((folds, len(x)), dtype=bool)
+    member_rows[:, len(rows.fit):] = fold[None, :] != np.arange(folds)[:, None]
+    det = ReviewedDetector(**{**settings.detector, "seed": seed, "members": folds})
+    return det.fit(x, y, weights=w, mahalanobis=mahalanobis, calibration=rows.calibration, member_rows=member_rows)
 
 
 def fold_of(kinds: tuple[str, ...], folds: int, rng: np.random.Generator) -> np.ndarray:
@@ -255,22 +261,19 @@ def fold_of(kinds: tuple[str, ...], folds: int, rng: np.random.Generator) -> np.
     return out
 
 
-def held_out_scores(rows: TrainingRows, decisions: LabelledFeatures, mahalanobis, settings: LearnSettings,
-                    seed: int, rng: np.random.Generator) -> tuple[np.ndarray, int]:
-    """The learned rule's score of each decision by a rule fitted without its fold; (scores, folds)."""
-    folds = max(2, min(settings.folds, len(decisions.kinds)))
-    fold = fold_of(decisions.kinds, folds, rng)
-    scores = np.empty(len(fold))
-    for f in range(folds):
-        out = fold == f
-        if not out.any():
-            continue
-        rest = decisions.subset(np.flatnonzero(~out))
-        if rest.belongs.all():  # no reject left to learn from: this fold cannot be judged
-            scores[out] = np.nan
-            continue
-        scores[out] = fit_rule(rows, rest, mahalanobis, settings, seed + 1 + f).score(decisions.features[out])
-    return scores, folds
+def held_out_scores(det: ReviewedDetector, rows: TrainingRows, decisions: LabelledFeatures,
+                    fold: np.ndarray) -> np.ndarray:
+    """Each decision's score by the member that did not learn from it, that member calibrated alone."""
+    maha_cal = det.maha_.score(rows.calibration)
+    cal_raw = det.member_raw(rows.calibration)
+    raw = det.member_raw(decisions.features)
+    maha = det.maha_.score(decisions.features) / det.safety_
+    out = np.empty(len(fold))
+    for k in range(len(raw)):
+        mine = fold == k
+        t = det.threshold_for(cal_raw[k], maha_cal)
+        out[mine] = np.maximum(np.exp(np.clip(raw[k, mine] - t, -RAW_CLIP, RAW_CLIP)), maha[mine])
+    return out
 
 
 # ---- evidence -------------------------------------------------------------------------------
@@ -347,9 +350,10 @@ def learn(bundle, decisions: LabelledFeatures, train_features, rng: np.random.Ge
         raise LearnError(f"the training features have {rows.fit.shape[1]} dimensions, the model {dim}")
     seed = int(rng.integers(2**31 - 1))
     current = label_free_scores(bundle, baseline, decisions)
-    learned, folds = held_out_scores(rows, decisions, maha, settings, seed, rng)
-    evidence = compare(baseline, current, learned, decisions.belongs, folds, settings.alpha)
-    detector = fit_rule(rows, decisions, maha, settings, seed)
+    fold = fold_of(decisions.kinds, max(2, settings.folds), rng)
+    detector = fit_rule(rows, decisions, maha, settings, seed, fold)
+    learned = held_out_scores(detector, rows, decisions, fold)
+    evidence = compare(baseline, current, learned, decisions.belongs, int(fold.max()) + 1, settings.alpha)
     default = LEARNED_METHOD if evidence.learned_is_better else baseline
     return LearnResult(True, detector, default, previous, baseline, counts, explain(evidence, baseline), evidence)
 

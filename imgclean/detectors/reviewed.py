@@ -298,8 +298,10 @@ class ReviewedDetector(Detector):
         scalar(arrays, "threshold")
         scalar(arrays, "safety", low=0)
         means, prec, thr = arrays["maha_means"], arrays["maha_precisions"], arrays["maha_thresholds"]
-        if means.ndim != 2 or means.shape[1] != feature_dim or means.shape[0] not in (1, num_classes):
-            raise ValueError(f"maha_means must be classes x {feature_dim}, found shape {means.shape}")
+        if means.ndim != 2 or means.shape[0] not in (1, num_classes):
+            raise ValueError(f"maha_means must be classes x features, found shape {means.shape}")
+        if means.shape[1] != feature_dim:
+            raise ValueError(f"it was fitted on {means.shape[1]} features, the model has {feature_dim}")
         k = means.shape[0]
         if prec.shape not in ((1, feature_dim, feature_dim), (k, feature_dim, feature_dim)) or thr.shape != (k,) or (thr <= 0).any():
             raise ValueError("the Mahalanobis parameters have inconsistent shapes or thresholds")

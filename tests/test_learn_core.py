@@ -8,7 +8,7 @@ from learn_synthetic import FAST, Bundle, far_misfits, inliers, near_misfits, re
 from imgclean.detectors import MahalanobisDetector
 from imgclean.pipeline.learn import (
     LEARNED_METHOD, LabelledFeatures, LearnError, LearnSettings, compare, fold_of, learn, one_sided_p,
-    split_training, too_few,
+    row_weights, split_training, too_few,
 )
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -197,6 +197,16 @@ def test_the_threshold_is_set_on_images_the_network_did_not_train_on_when_known(
     assert (rows.fit[:, 0] < 90).all() and len(rows.fit) == 90
     rows = split_training(x, LearnSettings(calibration_rows=5), np.random.default_rng(0))
     assert len(rows.calibration) == 5 and len(rows.fit) == 95
+
+
+def test_rejects_and_what_belongs_weigh_half_each_however_many_rejects():
+    kinds = ("left",) * 30 + ("rejected",) * 3 + ("restored",) * 5
+    w = row_weights(100, kinds, LearnSettings(belongs_share=0.3))
+    train, restored, rejects = w[:100], w[100:][np.array(kinds) == "restored"], w[100:][np.array(kinds) != "restored"]
+    assert rejects.sum() == pytest.approx(0.5) and np.allclose(rejects, rejects[0])
+    assert train.sum() == pytest.approx(0.35) and restored.sum() == pytest.approx(0.15)
+    w = row_weights(100, ("rejected",) * 3, LearnSettings(belongs_share=0.3))  # nobody restored or accepted
+    assert w[:100].sum() == pytest.approx(0.5) and w[100:].sum() == pytest.approx(0.5)
 
 
 def test_folds_are_stratified_by_kind():

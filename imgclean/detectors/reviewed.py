@@ -79,7 +79,7 @@ class ReviewedDetector(Detector):
     state_file = "detector-reviewed.npz"
     summary = "learned from the review: exp(ensemble logit - t), or mahalanobis / s above 1"
 
-    def __init__(self, hidden: tuple[int, ...] = (64, 64), members: int = 5, min_steps: int = 400,
+    def __init__(self, hidden: tuple[int, ...] = (128, 128), members: int = 5, min_steps: int = 800,
                  batch_size: int = 256, lr: float = 1e-3, weight_decay: float = 1e-4,
                  percentile: float = 97.5, safety_percentile: float = 99.5, seed: int = 0):
         self.hidden = tuple(hidden)
@@ -290,7 +290,7 @@ class ReviewedDetector(Detector):
         settings = dict(settings or {})
         kwargs = {k: settings[k] for k in ("members", "min_steps", "batch_size", "lr", "weight_decay", "percentile",
                                           "safety_percentile", "seed") if k in settings}
-        det = cls(hidden=tuple(int(h) for h in settings.get("hidden", (64, 64))), **kwargs)
+        det = cls(hidden=tuple(int(h) for h in settings.get("hidden", (128, 128))), **kwargs)
         det.maha_ = mahalanobis_from(arrays["maha_means"], arrays["maha_precisions"], arrays["maha_thresholds"])
         det.input_mean_ = np.asarray(arrays["input_mean"], dtype=np.float64)
         det.input_std_ = np.asarray(arrays["input_std"], dtype=np.float64)

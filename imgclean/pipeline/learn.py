@@ -87,7 +87,6 @@ class LearnSettings:
     fit_rows: int = 8000  # training images the rule is fitted on (a sample; the rest are not needed)
     calibration_rows: int = 4000  # training images held out of the fit, for its threshold
     belongs_share: float = 0.3  # share of the "belongs" weight given to restored/accepted files
-    misses_share: float = 0.5  # share of the "reject" weight given to rejected misses (vs deleted/left)
     detector: dict = field(default_factory=dict)  # ReviewedDetector settings (hidden, members, ...)
 
 
@@ -220,20 +219,13 @@ def split_training(train_features, settings: LearnSettings, rng: np.random.Gener
 
 
 def row_weights(n_train: int, kinds: tuple[str, ...], settings: LearnSettings) -> np.ndarray:
-    """Weights of [training rows, decision rows]: each side (belongs, rejects) weighs 1/2 in total.
-    On the belongs side the person's files get `belongs_share` of it (never all: the training
-    images stay the bulk of what belongs); on the reject side the misses a person rejected get
-    `misses_share` of it, the quarantine's rejects (deleted or left) the rest: the quarantine holds
-    what the current rule already catches, the misses what it does not."""
-    arr = np.array(kinds, dtype=object)
-    belongs = np.isin(arr, BELONGS)
-    missed = arr == "rejected"
-    caught = ~belongs & ~missed
-    bel_share = settings.belongs_share if belongs.any() else 0.0
-    miss_share = settings.misses_share if missed.any() and caught.any() else float(missed.any())
-    dec = np.select([belongs, missed], [0.5 * bel_share / max(belongs.sum(), 1), 0.5 * miss_share / max(missed.sum(), 1)],
-                    0.5 * (1 - miss_share) / max(caught.sum(), 1))
-    return np.r_[np.full(n_train, 0.5 * (1 - bel_share) / max(n_train, 1)), dec]
+    """Weights of [training rows, decision rows]: each side (belongs, rejects) weighs 1/2 in total,
+    however many rejects there are; on the belongs side the person's files get `belongs_share` of it
+    (never all: the training images stay the bulk of what belongs); every reject weighs the same."""
+    belongs = np.isin(np.array(kinds, dtype=object), BELONGS)
+    share = settings.belongs_share if belongs.any() else 0.0
+    dec = np.where(belongs, 0.5 * share / max(int(belongs.sum()), 1), 0.5 / max(int((~belongs).sum()), 1))
+    return np.r_[np.full(n_train, 0.5 * (1 - share) / max(n_train, 1)), dec]
 
 
 def fit_rule(rows: TrainingRows, decisions: LabelledFeatures, mahalanobis, settings: LearnSettings,

@@ -195,8 +195,13 @@ def test_the_threshold_is_set_on_images_the_network_did_not_train_on_when_known(
     rows = split_training(x, LearnSettings(calibration_rows=5), np.random.default_rng(0), held_out=held)
     assert len(rows.calibration) == 5 and (rows.calibration[:, 0] >= 90).all()
     assert (rows.fit[:, 0] < 90).all() and len(rows.fit) == 90
+    rows = split_training(x, LearnSettings(calibration_rows=5), np.random.default_rng(0), held_out=np.arange(90, 100))
+    assert (rows.calibration[:, 0] >= 90).all()  # indices work as a mask does
     rows = split_training(x, LearnSettings(calibration_rows=5), np.random.default_rng(0))
     assert len(rows.calibration) == 5 and len(rows.fit) == 95
+    for bad in (np.array([5, 100]), np.array([-1]), np.ones(99, dtype=bool), np.array([0.5])):
+        with pytest.raises(LearnError, match="held-out"):
+            split_training(x, LearnSettings(), np.random.default_rng(0), held_out=bad)
 
 
 def test_rejects_and_what_belongs_weigh_half_each_however_many_rejects():

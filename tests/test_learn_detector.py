@@ -124,3 +124,26 @@ def test_once_registered_it_is_saved_and_loaded_with_the_model(model_dir, tmp_pa
     again = load_model(saved)
     assert np.array_equal(again.detectors["reviewed"].score(features=x), det.score(features=x))
     assert "reviewed" in again.available_methods()
+
+
+def test_each_member_trains_on_its_own_rows_and_leaves_the_callers_rng_alone():
+    import torch
+
+    train, bundle = training(0)
+    rng = np.random.default_rng(1)
+    rejects = near_misfits(60, rng)
+    x = np.r_[train[:300], rejects]
+    y = np.r_[np.ones(300), np.zeros(60)]
+    rows = np.ones((2, len(x)), dtype=bool)
+    rows[1, 300:] = False  # member 1 sees no rejects at all
+    rows[1, 300] = True  # ... but one, so it has both kinds to weigh
+    torch.manual_seed(123)
+    before = torch.random.get_rng_state()
+    det = ReviewedDetector(**SMALL).fit(x, y, mahalanobis=bundle.detector, calibration=train[300:], member_rows=rows)
+    assert torch.equal(torch.random.get_rng_state(), before)
+    assert det.members == 2
+    member = det.member_raw(rejects[1:])
+    # the member that learned from the rejects calls them "does not belong" more than the one that did not
+    assert member[0].mean() > member[1].mean()
+    with pytest.raises(ValueError, match="rows to train on"):
+        ReviewedDetector(**SMALL).fit(x, y, member_rows=np.zeros((2, len(x)), dtype=bool))

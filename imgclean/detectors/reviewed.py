@@ -175,8 +175,9 @@ class ReviewedDetector(Detector):
                 raise ValueError(f"member {m} has no weighted rows to train on")
             p = torch.from_numpy(wm / wm.sum())
             gen = torch.Generator().manual_seed(self.seed * 1000 + m)
-            torch.manual_seed(self.seed * 1000 + m)
-            net = self._build(u.shape[1])
+            with torch.random.fork_rng(devices=[]):  # the initial weights from the seed; the caller's RNG untouched
+                torch.manual_seed(self.seed * 1000 + m)
+                net = self._build(u.shape[1])
             opt = torch.optim.AdamW(net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
             for _ in range(self.min_steps):
                 idx = torch.multinomial(p, self.batch_size, replacement=True, generator=gen)

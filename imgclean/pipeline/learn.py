@@ -209,13 +209,27 @@ def split_training(train_features, settings: LearnSettings, rng: np.random.Gener
         raise LearnError(f"{len(x)} training images are too few to learn against (at least 10)")
     order = rng.permutation(len(x))
     if held_out is not None:
-        mask = np.zeros(len(x), dtype=bool)
-        mask[np.asarray(held_out)] = True
+        mask = held_out_mask(held_out, len(x))
         if mask.sum() >= 2 and (~mask).sum() >= 2:
             cal, rest = order[mask[order]][: settings.calibration_rows], order[~mask[order]]
             return TrainingRows(fit=x[rest[: settings.fit_rows]], calibration=x[cal])
+        log.info("%d held-out training images: too few to set the threshold on; a random part is used", mask.sum())
     n_cal = max(1, min(settings.calibration_rows, len(x) // 5))
     return TrainingRows(fit=x[order[n_cal:][: settings.fit_rows]], calibration=x[order[:n_cal]])
+
+
+def held_out_mask(held_out, n: int) -> np.ndarray:
+    """A boolean mask of n rows from a mask or from row indices; LearnError when it cannot be one."""
+    arr = np.asarray(held_out)
+    if arr.dtype == bool:
+        if arr.shape != (n,):
+            raise LearnError(f"the held-out mask has {arr.size} entries for {n} training images")
+        return arr
+    if arr.ndim != 1 or (arr.size and arr.dtype.kind not in "iu") or (arr.size and not (0 <= arr.min() and arr.max() < n)):
+        raise LearnError(f"the held-out rows must be indices of the {n} training images")
+    mask = np.zeros(n, dtype=bool)
+    mask[arr.astype(np.int64)] = True
+    return mask
 
 
 def row_weights(n_train: int, kinds: tuple[str, ...], settings: LearnSettings) -> np.ndarray:

@@ -18,6 +18,7 @@ loaded model (`load`).
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -25,6 +26,11 @@ from typing import Callable, Iterable
 
 from .config import FitConfig, TrainSettings
 from .errors import ImgcleanError
+
+# A library says nothing unless its caller configures logging (the standard NullHandler): without
+# it Python's last-resort handler writes imgclean's warnings to stderr. What a caller should hear
+# is returned as data (fit: model.config["fit_warnings"], ["calibration"], ["training"]).
+logging.getLogger("imgclean").addHandler(logging.NullHandler())
 
 __all__ = ["ApiError", "ApplyResult", "ScanResult", "apply", "audit", "evaluate", "fit", "load", "restore", "scan"]
 
@@ -70,8 +76,11 @@ def fit(
 
     `settings` are FitConfig / TrainSettings fields (arch, epochs, center_weight, device, ...).
     With `output`, the model is saved there (atomically; an existing directory only with
-    force=True). Returns the model (store.artifact.ModelBundle); `model.config["training"]` and
-    `["metrics"]` hold what `imgclean fit` prints.
+    force=True). Returns the model (store.artifact.ModelBundle); its config holds what `imgclean
+    fit` prints: `["training"]` (epochs asked for and `epochs_trained`, raised by min_steps),
+    `["metrics"]`, `["calibration"]` (the false-reject rate the thresholds promise, its interval,
+    and `warning` when too few images carry it), `["fit_warnings"]` (one line each; nothing is
+    printed) and `["weights_mapping"]` (how `weights=` was matched to the backbone).
     """
     from .pipeline.fit import fit_model
     from .store.artifact import check_replaceable, save_model
@@ -199,29 +208,27 @@ def apply(
     """Carry out a saved `scan --report` file: move its rejected files into `move_to`, each
     checked against its record first (a changed or replaced file stays). `root`: where the
     report's folder is mounted here, when not where it was made."""
-    from .pipeline.apply import ApplySummary, quarantine_exclusion, run_apply
-    from .reports.records import read_report, report_format, report_root
+    from .pipeline.apply import ApplySummary, check_report, quarantine_exclusion, run_apply
+    from .pipeline.apply_sources import resolve_folder
+    from .reports.records import ReportError, ReportFile, report_root
 
     report = Path(report)
     if not report.is_file():
         raise ApiError(f"{os.fsdecode(report)} does not exist or is not a file")
-    report_format(report)
-    recorded = None
-    if root is None:
-        recorded = report_root(report)
-        if recorded is None:
-            raise ApiError(f"{os.fsdecode(report)} names no scanned folder; give root=")
-        root = recorded
-    folder = Path(os.path.realpath(root))
-    if not folder.is_dir():
-        raise ApiError(f"{os.fsdecode(root)} is not a folder here; give root= (where it is mounted on this machine)")
-    quarantine_exclusion(folder, Path(move_to))
-    summary = ApplySummary(root=os.fsdecode(folder), model="", report=os.fsdecode(report))
     records: list = []
     invalid: list = []
-    with _moving(folder, move_to, dry_run) as quarantine:
-        run_apply(read_report(report), folder, summary, quarantine, dry_run, keep_unreadable, recorded,
-                  _collector(keep_records, on_record, records), invalid.append)
+    with ReportFile(report) as source:  # checked whole first: a report with a bad row moves nothing
+        recorded = report_root(source)
+        folder, same = resolve_folder(report, source.stat, None if root is None else Path(root), recorded)
+        excluded = quarantine_exclusion(folder, Path(move_to))
+        checked = check_report(source, folder, recorded, keep_unreadable, invalid.append, excluded=excluded)
+        if checked.error:
+            raise ReportError(checked.error)
+        summary = ApplySummary(root=os.fsdecode(folder), model="", report=os.fsdecode(report))
+        with _moving(folder, move_to, dry_run) if not checked.invalid else contextlib.nullcontext() as quarantine:
+            run_apply(source, folder, summary, quarantine, checked=checked, dry_run=dry_run,
+                      keep_unreadable=keep_unreadable, recorded_root=recorded, check_device=same,
+                      on_record=_collector(keep_records, on_record, records))
     return ApplyResult(summary, records, invalid)
 
 

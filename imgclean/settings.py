@@ -8,16 +8,22 @@ Keys are the option names as typed on the command line, with dashes or underscor
 Precedence: built-in defaults < the file < command-line flags.
 
 A settings file is small and plain: at most MAX_FILE_BYTES, no YAML aliases (an alias tree of
-a few hundred bytes can stand for millions of values), and values are scalars or short lists.
+a few hundred bytes can stand for millions of values), at most MAX_DEPTH levels of nesting (the
+bounded reader, imgclean.structured.load_yaml), and values are scalars or short lists. An
+unknown key gets a "did you mean" suggestion, as a mistyped flag does.
 """
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 from typing import Mapping
+
 from .errors import ImgcleanError
+from .structured import Limits, StructuredInputError, load_yaml
 
 CONFIG_SECTIONS = ("fit", "scan")
 MAX_FILE_BYTES = 64 * 1024
+MAX_DEPTH = 8  # a settings file is two levels deep (section: key: value), a list a third
 MAX_VALUE_CHARS = 4096
 MAX_LIST_ITEMS = 64
 PREVIEW_CHARS = 60
@@ -51,23 +57,6 @@ def _short_repr(value: object, budget: int = PREVIEW_CHARS + 1) -> str:
     return text[:budget]
 
 
-def _loader():
-    import yaml
-
-    class PlainLoader(yaml.SafeLoader):
-        """SafeLoader that refuses aliases, so a file cannot expand beyond its own size."""
-
-        def compose_node(self, parent, index):
-            if self.check_event(yaml.AliasEvent):
-                event = self.peek_event()
-                raise yaml.composer.ComposerError(
-                    None, None, "YAML aliases (*name) are not allowed in settings files", event.start_mark
-                )
-            return super().compose_node(parent, index)
-
-    return PlainLoader
-
-
 def _plain_value(path: Path, key: str, value: object) -> object:
     """A scalar, or a short list of scalars (e.g. mean: [0.5, 0.5, 0.5]) as "0.5,0.5,0.5"."""
     if value is None or isinstance(value, (bool, int, float)):
@@ -87,13 +76,42 @@ def read_settings_file(path: Path, command: str, allowed: Mapping[str, str] | se
     """The settings for `command` from a YAML file, keyed by parameter name.
 
     `allowed` maps each accepted key (dashes as underscores) to its parameter name; a set
-    means the keys are the parameter names.
+    means the keys are the parameter names. The YAML is read by imgclean.structured.load_yaml
+    (safe types, no aliases, at most MAX_DEPTH levels).
     """
-    import yaml
-
     if not isinstance(allowed, Mapping):
         allowed = {name: name for name in allowed}
     path = Path(path)
+    raw = _load(path)
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise SettingsFileError(f"{path} must be a mapping with sections {', '.join(CONFIG_SECTIONS)}")
+    unknown = [k for k in raw if k not in CONFIG_SECTIONS]
+    if unknown:
+        raise SettingsFileError(f"{path}: unknown section {preview(unknown[0])}{_did_you_mean(unknown[0], CONFIG_SECTIONS)}; "
+                                f"use {', '.join(CONFIG_SECTIONS)}")
+    section = raw.get(command) or {}
+    if not isinstance(section, dict):
+        raise SettingsFileError(f"{path}: section {command!r} must be a mapping of option: value")
+    settings: dict = {}
+    given: dict[str, str] = {}
+    for key, value in section.items():
+        shown = preview(key) if not isinstance(key, str) else key[:PREVIEW_CHARS]
+        name = allowed.get(str(key).strip().replace("-", "_"))
+        if name is None:
+            suggestion = _did_you_mean(str(key).strip().replace("-", "_"), allowed, dashes=True)
+            raise SettingsFileError(f"{path}: unknown key {command}.{shown}{suggestion}; "
+                                    f"see `imgclean {command} -h` for the options")
+        if name in given:
+            raise SettingsFileError(f"{path}: {command}.{shown} and {command}.{given[name]} set the same option; keep one")
+        given[name] = shown
+        settings[name] = _plain_value(path, f"{command}.{shown}", value)
+    return settings
+
+
+def _load(path: Path) -> object:
+    """The file's YAML document (None when empty), within the limits of a settings file."""
     try:
         with open(path, "rb") as fh:
             data = fh.read(MAX_FILE_BYTES + 1)
@@ -104,30 +122,22 @@ def read_settings_file(path: Path, command: str, allowed: Mapping[str, str] | se
     if len(data) > MAX_FILE_BYTES:
         raise SettingsFileError(f"settings file {path} is larger than {MAX_FILE_BYTES // 1024} KiB; is it the right file?")
     try:
-        raw = yaml.load(data.decode("utf-8"), Loader=_loader())
+        text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise SettingsFileError(f"cannot read settings file {path}: not UTF-8 text ({exc.reason})") from None
-    except yaml.YAMLError as exc:
-        raise SettingsFileError(f"{path} is not valid YAML: {' '.join(str(exc).split())}") from None
-    if raw is None:
-        return {}
-    if not isinstance(raw, dict):
-        raise SettingsFileError(f"{path} must be a mapping with sections {', '.join(CONFIG_SECTIONS)}")
-    unknown = [k for k in raw if k not in CONFIG_SECTIONS]
-    if unknown:
-        raise SettingsFileError(f"{path}: unknown section {preview(unknown[0])}; use {', '.join(CONFIG_SECTIONS)}")
-    section = raw.get(command) or {}
-    if not isinstance(section, dict):
-        raise SettingsFileError(f"{path}: section {command!r} must be a mapping of option: value")
-    settings: dict = {}
-    given: dict[str, str] = {}
-    for key, value in section.items():
-        shown = preview(key) if not isinstance(key, str) else key[:PREVIEW_CHARS]
-        name = allowed.get(str(key).strip().replace("-", "_"))
-        if name is None:
-            raise SettingsFileError(f"{path}: unknown key {command}.{shown}; see `imgclean {command} -h` for the options")
-        if name in given:
-            raise SettingsFileError(f"{path}: {command}.{shown} and {command}.{given[name]} set the same option; keep one")
-        given[name] = shown
-        settings[name] = _plain_value(path, f"{command}.{shown}", value)
-    return settings
+    try:
+        return load_yaml(text, path, Limits(depth=MAX_DEPTH, total_bytes=MAX_FILE_BYTES))
+    except StructuredInputError as exc:
+        if exc.problem.startswith("not valid YAML"):
+            raise SettingsFileError(f"{path} is {exc.problem}") from None
+        raise SettingsFileError(str(exc)) from None
+
+
+def _did_you_mean(key: object, known, dashes: bool = False) -> str:
+    """" (did you mean batch-size?)" for a key close to a known one (as a mistyped flag gets)."""
+    if not isinstance(key, str):
+        return ""
+    close = difflib.get_close_matches(key, list(known), n=1)
+    if not close:
+        return ""
+    return f" (did you mean {close[0].replace('_', '-') if dashes else close[0]}?)"

@@ -1,6 +1,7 @@
 """`imgclean apply`: a saved report replays the moves of the scan that wrote it, re-checking
 every file against its record, and never acts on a row that is not sound."""
 import csv
+import itertools
 import json
 import os
 import shutil
@@ -104,7 +105,7 @@ def test_a_file_edited_between_scan_and_apply_is_left_in_place_as_changed(model_
     assert invoke("apply", report, "--move-to", tmp_path / "q2", "--fail-on-skip", "-q").exit_code == EXIT_SKIPPED
 
 
-def test_bad_rows_are_reported_and_never_acted_on(model_dir, tmp_path):
+def test_bad_rows_are_reported_and_the_report_moves_nothing(model_dir, tmp_path):
     a, _ = twin_folders(tmp_path)
     report = tmp_path / "r.jsonl"
     assert invoke("scan", a, "-m", model_dir, "--report", report, "-q").exit_code == 0
@@ -135,11 +136,14 @@ def test_bad_rows_are_reported_and_never_acted_on(model_dir, tmp_path):
                  "score 'high'", "root 'relative/root'", "not JSON", "not a JSON object"):
         assert any(text in e for e in errors), text
     q = tmp_path / "q"
+    before = tree_snapshot(a)
     result = invoke("apply", report, "--move-to", q, "--json")
     assert result.exit_code == 1, result.output
     summary = json.loads(result.stdout)
-    assert summary["invalid"] == len(bad) + 2 and summary["moved"] >= 5
-    assert victim.exists() and not list(q.rglob("victim.png"))
+    # a report with a bad row is refused whole: the sound rows above and below it move nothing
+    assert summary["invalid"] == len(bad) + 2 and summary["moved"] == 0 and summary["refused"]
+    assert summary["rows"] == len(rows) and "nothing was applied" in summary["error"]
+    assert victim.exists() and not q.exists() and tree_snapshot(a) == before
     assert "line" in result.stderr and "not applied" in result.stderr and "Traceback" not in result.output
 
 
@@ -197,11 +201,17 @@ def test_a_report_from_an_older_imgclean_moves_nothing(model_dir, tmp_path):
         w.writeheader()
         w.writerows(rows)
     before = tree_snapshot(a)
-    result = invoke("apply", tmp_path / "old.csv", "--move-to", tmp_path / "q")
+    for root in ((), ("--root", a)):  # its rows are refused before any folder is chosen
+        result = invoke("apply", tmp_path / "old.csv", "--move-to", tmp_path / "q", *root, "--json")
+        assert result.exit_code == 1 and "scan again" in result.stderr
+        assert json.loads(result.stdout)["moved"] == 0 and tree_snapshot(a) == before
+    ok_rows = tmp_path / "ok.csv"  # no rejected row, so nothing to refuse, and no folder named
+    with open(ok_rows, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=old, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(r for r in rows if r["status"] == "ok")
+    result = invoke("apply", ok_rows, "--move-to", tmp_path / "q")
     assert result.exit_code == 2 and "--root" in result.output
-    result = invoke("apply", tmp_path / "old.csv", "--move-to", tmp_path / "q", "--root", a, "--json")
-    assert result.exit_code == 1 and "scan again" in result.stderr
-    assert json.loads(result.stdout)["moved"] == 0 and tree_snapshot(a) == before
     # the review page still reads both kinds of report
     for r in (report, tmp_path / "old.csv"):
         assert invoke("report", r, "-o", tmp_path / "page.html", "--root", a).exit_code == 0
@@ -239,6 +249,14 @@ def test_fail_on_reject_and_an_interrupted_apply(model_dir, tmp_path, monkeypatc
     assert invoke("scan", a, "-m", model_dir, "--report", report, "-q").exit_code == 0
     assert invoke("apply", report, "--move-to", tmp_path / "q", "--dry-run", "--fail-on-reject", "-q").exit_code == EXIT_REJECTED
     monkeypatch.setattr(cli.StopFlag, "__call__", lambda self: True)  # as if SIGTERM came at once
+    before = tree_snapshot(a)
+    result = invoke("apply", report, "--move-to", tmp_path / "q", "--json")
+    assert result.exit_code == EXIT_TERMINATED, result.output
+    summary = json.loads(result.stdout)  # stopped while the report was being checked: nothing applied
+    assert summary["interrupted"] and summary["scanned"] == 0 and tree_snapshot(a) == before
+    rows = len(report.read_text().splitlines())
+    calls = itertools.count()
+    monkeypatch.setattr(cli.StopFlag, "__call__", lambda self: next(calls) >= rows)  # SIGTERM once checked
     result = invoke("apply", report, "--move-to", tmp_path / "q", "--json")
     assert result.exit_code == EXIT_TERMINATED, result.output
     summary = json.loads(result.stdout)

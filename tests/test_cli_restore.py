@@ -100,6 +100,23 @@ def test_dry_run_says_would_restore(fake_restore):
     assert out.exit_code == 0 and "would restore: '/q/a.png'" in out.stdout
 
 
+def test_a_dry_run_counts_what_it_would_restore_never_restored(fake_restore):
+    """Issue 25: `restore --dry-run` said "restored 4" in its counts line and its JSON."""
+    q, _, results = fake_restore
+    results += [result("restored", f"{i}.png", "dry run") for i in range(4)]
+    results.append(result("discarded", "gone.png", "deleted from the quarantine"))
+    out = invoke("restore", q, "--dry-run")
+    assert out.exit_code == 0, out.output
+    assert out.stdout.splitlines()[-1] == "5 record(s): discarded 1, would restore 4 (dry run: nothing changed)"
+    assert "restored" not in out.stdout
+    data = json.loads(invoke("restore", q, "--dry-run", "--json").stdout)
+    assert data["dry_run"] is True and data["counts"] == {"would_restore": 4, "discarded": 1}
+    assert [f["status"] for f in data["files"]] == ["would_restore"] * 4 + ["discarded"]
+    real = invoke("restore", q)  # a real run's words are unchanged
+    assert real.stdout.splitlines()[-1] == "5 record(s): discarded 1, restored 4"
+    assert json.loads(invoke("restore", q, "--json").stdout)["counts"] == {"restored": 4, "discarded": 1}
+
+
 # ---- the real restore (needs the moves helper's branch: only=, "discarded", .problem) -------
 def test_a_file_deleted_from_the_quarantine_is_discarded_and_restore_succeeds(model_dir, incoming, tmp_path):
     root, _ = incoming
@@ -113,6 +130,21 @@ def test_a_file_deleted_from_the_quarantine_is_discarded_and_restore_succeeds(mo
     assert not (root / "broken.png").exists()
     again = invoke("restore", q, "--dry-run")
     assert again.exit_code == 0, again.output  # not failing forever
+
+
+def test_a_real_dry_run_says_what_it_would_restore_and_changes_nothing(model_dir, incoming, tmp_path):
+    root, _ = incoming
+    q = tmp_path / "q"
+    assert invoke("scan", root, "-m", model_dir, "--move-to", q, "-q").exit_code == 0
+    held = sorted(p.name for p in q.glob("*.png"))
+    assert held
+    before = (tree_snapshot(root), tree_snapshot(q))
+    text = invoke("restore", q, "--dry-run")
+    assert text.exit_code == 0, text.output
+    assert text.stdout.splitlines()[-1] == f"{len(held)} record(s): would restore {len(held)} (dry run: nothing changed)"
+    data = json.loads(invoke("restore", q, "--dry-run", "--json").stdout)
+    assert data["counts"] == {"would_restore": len(held)}
+    assert (tree_snapshot(root), tree_snapshot(q)) == before
 
 
 def test_restore_one_path_by_quarantine_or_original_name(model_dir, incoming, tmp_path):

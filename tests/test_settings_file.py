@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 from typer.testing import CliRunner
 
@@ -157,3 +158,28 @@ def test_lists_of_numbers_become_comma_separated_values(tmp_path):
     path = tmp_path / "s.yaml"
     path.write_text("fit:\n  mean: [0.5, 0.25, 0.125]\n")
     assert read_settings_file(path, "fit", {"mean"}) == {"mean": "0.5,0.25,0.125"}
+
+
+def test_a_mistyped_key_or_section_gets_a_suggestion(train_dir, tmp_path):
+    path = tmp_path / "s.yaml"
+    for text, expected in {"fit:\n  epoch: 3\n": "did you mean epochs?", "fit:\n  center-wieght: 1\n": "did you mean center-weight?",
+                           "fti:\n  epochs: 3\n": "did you mean fit?"}.items():
+        path.write_text(text)
+        result = invoke("fit", train_dir, "-o", tmp_path / "m", "--config", path)
+        assert result.exit_code == 2 and flat(expected) in flat(result.output), (text, result.output)
+    path.write_text("fit:\n  zzzzzz: 3\n")  # nothing close: no suggestion
+    assert "did you mean" not in invoke("fit", train_dir, "-o", tmp_path / "m", "--config", path).output
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("fit:\n  epochs: " + "9" * 5000 + "\n", "not valid YAML"),  # int() refuses: a ValueError, once a traceback
+    ("fit:\n  epochs: 2001-13-45\n", "not valid YAML"),
+    ("fit:\n  mean: " + "[" * 3000 + "]" * 3000 + "\n", "deeper than"),
+    ("fit:\n  epochs: 3\x00\n", "NUL"),
+])
+def test_values_yaml_cannot_build_are_usage_errors(train_dir, tmp_path, text, expected):
+    path = tmp_path / "s.yaml"
+    path.write_text(text)
+    result = invoke("fit", train_dir, "-o", tmp_path / "m", "--config", path)
+    assert result.exit_code == 2 and flat(expected) in flat(result.output), result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)

@@ -1,40 +1,84 @@
 """apply: carry out a saved scan report's rejections, without scoring anything again."""
 # No `from __future__ import annotations` here: see imgclean/cli/__init__.py.
 
+import contextlib
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from .common import command, err, make_progress, setup_logging, usage_error
+from .common import command, err, fail, make_progress, print_json, setup_logging, usage_error
 from .options import (
     DryRun, FailOnReject, FailOnSkip, HtmlOut, JsonOut, KeepUnreadable, Quiet, ReportOut, Verbose, config_option,
 )
-from .runs import Outcome, Printer, check_html_output, check_move_target, check_report_output, feed, finish, open_run
+from .runs import (
+    Outcome, Printer, StopFlag, check_html_output, check_move_target, check_report_output, feed, finish, open_run,
+)
 
 
-def _root(report: Path, given: Optional[Path]) -> tuple[Path, str | None]:
-    """The folder the report's paths are relative to (resolved), and the root the report
-    records (None when --root was given: then every row is taken as relative to it)."""
-    from ..fileops import MANIFEST_NAME, is_quarantine
+# At most this many bad rows are named one by one on stderr (the count is in the summary).
+SHOWN_BAD_ROWS = 20
+
+
+@dataclass
+class Plan:
+    """What checking a report before anything moves settled: the folder (None when the report
+    was refused before one could be chosen), the root every row must record, whether device
+    numbers are compared, the check's result (pipeline.apply.ReportCheck) and its stop flag."""
+
+    folder: Optional[Path]
+    recorded: Optional[str]
+    same_folder: bool
+    checked: object
+    stop: StopFlag
+
+    @property
+    def refused(self) -> bool:
+        return bool(self.checked.invalid or self.checked.error or self.checked.interrupted)
+
+
+def _plan(source, given: Optional[Path], move_to: Path, keep_unreadable: bool, said) -> Plan:
+    """Choose the folder (pipeline/apply_sources.resolve_folder has the rule) and check the whole
+    report against it. A report that names no folder is checked first all the same: one with a
+    bad row is refused as such (exit 1, with its summary), a sound one is a usage error."""
+    from ..pipeline.apply import check_report
+    from ..pipeline.apply_sources import ApplyFolderError, resolve_folder
     from ..reports.records import report_root
 
-    recorded = None
-    if given is None:
-        recorded = report_root(report)
-        if recorded is None:
-            raise usage_error(f"{report} names no scanned folder (a report from an older imgclean, or no valid row); "
-                              "give --root FOLDER")
-        given = Path(recorded)
-        if not given.is_dir():
-            raise usage_error(f"{report} was made from {recorded}, which is not a folder here; "
-                              "give --root FOLDER (where that folder is mounted on this machine)")
-    elif not given.is_dir():
-        raise usage_error(f"--root {given} does not exist or is not a folder")
-    if is_quarantine(given):
-        raise usage_error(f"{given} is an imgclean quarantine (it holds {MANIFEST_NAME}); reports never apply to one")
-    return Path(os.path.realpath(given)), recorded
+    recorded = report_root(source)
+    folder, same, excluded = None, False, ()
+    if given is not None or recorded is not None:
+        try:
+            folder, same = resolve_folder(source.path, source.stat, given, recorded)
+        except ApplyFolderError as exc:
+            raise usage_error(str(exc)) from None
+        excluded = check_move_target(folder, move_to)
+    with StopFlag() as stop:  # the whole report is checked before anything is locked or moved
+        checked = check_report(source, folder, recorded, keep_unreadable, said, stop, excluded)
+    plan = Plan(folder, recorded, same, checked, stop)
+    if folder is None and not plan.refused:
+        raise usage_error(f"{source.path} names no scanned folder (a report from an older imgclean, or no valid row); "
+                          "give --root FOLDER")
+    return plan
+
+
+def _check_outputs(report_in: Path, move_to: Path, report: Optional[Path], html: Optional[Path]) -> None:
+    if report is not None:
+        check_report_output(report, move_to)
+        if os.path.realpath(report) == os.path.realpath(report_in):
+            raise usage_error(f"--report {report} would overwrite the report being applied; choose another file name")
+    if html is not None:
+        check_html_output(html, "--html", move_to)
+
+
+def _refuse(summary, message: str, json_out: bool) -> typer.Exit:
+    """A report that cannot be read at all: the summary (--json) and one error line."""
+    summary.refused, summary.error, summary.invalid = True, message, max(summary.invalid, 1)
+    if json_out:
+        print_json(summary.to_dict())
+    return fail(message)
 
 
 @command()
@@ -42,7 +86,7 @@ def apply(
     ctx: typer.Context,
     report_in: Path = typer.Argument(..., metavar="REPORT", help="A `scan --report` file (.csv or .jsonl) to carry out."),
     move_to: Path = typer.Option(..., "--move-to", help="Move the report's rejected files here (keeping their relative paths)."),
-    root: Optional[Path] = typer.Option(None, "--root", help="The folder the report's paths are relative to [default: the folder the report was made from]; for a folder mounted elsewhere."),
+    root: Optional[Path] = typer.Option(None, "--root", help="The folder whose files the report names [default: the folder the report records, if the report is yours and no other user can write it]; e.g. where that folder is mounted here."),
     dry_run: DryRun = False,
     keep_unreadable: KeepUnreadable = False,
     report: ReportOut = None,
@@ -56,14 +100,17 @@ def apply(
 ) -> None:
     """Move the files a saved scan report rejected into a quarantine, without scoring again.
 
-    Each file is checked against its record first (size, mtime, inode; and device unless --root
-    is given), exactly as a scan checks before moving: a file changed or replaced since the
-    report was written is left in place and counted as changed, one that is gone as changed
-    (missing). Rows that are not sound records are reported and never acted on. Takes the same
-    lock and journal as `scan --move-to`; exit codes as for scan.
+    The whole report is checked before anything moves: if any row is not sound (unreadable, a
+    bad field, another folder than the other rows, or a path no scan reports: through a symbolic
+    link, inside a quarantine, hidden, not an image), each bad row is named and nothing moves
+    (exit 1), whatever the output options. Then each file is checked against its record (size,
+    mtime, inode; and device when the folder is the one the report records), exactly as a scan
+    checks before moving: a file changed or replaced since the report was written is left in
+    place and counted as changed, one that is gone as changed (missing). Takes the same lock and
+    journal as `scan --move-to`; exit codes as for scan.
     """
     from ..pipeline.apply import ApplySummary, run_apply
-    from ..reports.records import read_report, report_format
+    from ..reports.records import ReportError, ReportFile, report_format
 
     setup_logging(quiet, verbose)
     if not report_in.is_file():
@@ -72,38 +119,57 @@ def apply(
         report_format(report_in)
     except ValueError as exc:
         raise usage_error(str(exc)) from None
-    folder, recorded = _root(report_in, root)
-    check_move_target(folder, move_to)
-    if report is not None:
-        check_report_output(report, move_to)
-        if os.path.realpath(report) == os.path.realpath(report_in):
-            raise usage_error(f"--report {report} would overwrite the report being applied; choose another file name")
-    if html is not None:
-        check_html_output(html, "--html", move_to)
-
-    review = None
-    if html is not None:
-        from ..reports.review import ReviewCollector
-
-        review = ReviewCollector(root=folder, quarantine=move_to)
-    summary = ApplySummary(root=os.fsdecode(folder), model="", report=os.fsdecode(report_in))
+    _check_outputs(report_in, move_to, report, html)
+    summary = ApplySummary(root="", model="", report=os.fsdecode(report_in))
     printer = Printer(dry_run, json_out, verbose, keep_unreadable, progress=make_progress(quiet or json_out))
+    review = None
+    with contextlib.ExitStack() as held:
+        try:
+            source = held.enter_context(ReportFile(report_in))
+            plan = _plan(source, root, move_to, keep_unreadable, _bad_row_printer(report_in))
+        except ReportError as exc:
+            raise _refuse(summary, str(exc), json_out) from None
+        if plan.checked.error:
+            raise _refuse(summary, plan.checked.error, json_out)
+        stop = plan.stop
+        if plan.refused:
+            run_apply(source, plan.folder, summary, checked=plan.checked)  # refused or stopped: moves nothing
+        else:
+            summary.root = os.fsdecode(plan.folder)
+            if html is not None:
+                from ..reports.review import ReviewCollector
 
-    def said(row) -> None:
-        where = f" ({row.path!r})" if row.path else ""
-        err.print(f"{report_in} line {row.line}{where}: {row.error}; not applied", highlight=False, markup=False)
-
-    with open_run(folder, folder, move_to, dry_run, report, review, printer) as run:
-        if not run.progress.disable:
-            printer.total = sum(1 for _ in read_report(report_in))
-            printer.task = run.progress.add_task("applying", total=printer.total, info="")
-        run_apply(read_report(report_in), folder, summary, run.quarantine, dry_run, keep_unreadable, recorded,
-                  feed(run.sinks), said, run.stop)
+                review = ReviewCollector(root=plan.folder, quarantine=move_to)
+            with open_run(plan.folder, plan.folder, move_to, dry_run, report, review, printer) as run:
+                stop = run.stop
+                printer.total = plan.checked.rows
+                if not run.progress.disable:
+                    printer.task = run.progress.add_task("applying", total=printer.total, info="")
+                run_apply(source, plan.folder, summary, run.quarantine, checked=plan.checked, dry_run=dry_run,
+                          keep_unreadable=keep_unreadable, recorded_root=plan.recorded, check_device=plan.same_folder,
+                          on_record=feed(run.sinks), should_stop=run.stop)
+    if summary.error:
+        err.print(summary.error, highlight=False, markup=False)
     outcome = Outcome(
         title=f"apply of {report_in}", review_title=f"imgclean review: {report_in}", unit="records",
         not_done="the rest were not applied",
         page_note="The apply was interrupted: this page covers the records applied before it stopped.",
         extra_columns=("invalid", "duplicates"),
     )
-    finish(summary, outcome, printer, run.stop, json_out=json_out, quiet=quiet, review=review, html=html,
+    finish(summary, outcome, printer, stop, json_out=json_out, quiet=quiet, review=review, html=html if review else None,
            fail_on_reject=fail_on_reject, fail_on_skip=fail_on_skip)
+
+
+def _bad_row_printer(report_in: Path):
+    """on_invalid for a report: each bad row on stderr, the first SHOWN_BAD_ROWS of them."""
+    shown = [0]
+
+    def said(row) -> None:
+        shown[0] += 1
+        if shown[0] <= SHOWN_BAD_ROWS:
+            where = f" ({row.path!r})" if row.path else ""
+            err.print(f"{report_in} line {row.line}{where}: {row.error}; not applied", highlight=False, markup=False)
+        elif shown[0] == SHOWN_BAD_ROWS + 1:
+            err.print(f"{report_in}: more bad rows (the summary counts them)", highlight=False, markup=False)
+
+    return said

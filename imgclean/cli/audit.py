@@ -12,8 +12,9 @@ import typer
 from ..detectors.registry import unsupervised
 from .common import (
     EXIT_ERROR, EXIT_OK, EXIT_REJECTED, Device, command, err, fail, make_progress, os_error, out, print_json,
-    resolve_device, setup_logging, usage_error,
+    resolve_device, rich_console, setup_logging, usage_error,
 )
+from .console import counts_table
 from .options import DryRun, JsonOut, KeepUnreadable, Quiet, Verbose, config_option
 from .runs import StopFlag, check_html_output, check_move_target, check_report_output, enter_quarantine
 
@@ -184,15 +185,10 @@ def _print(result, summary, json_out: bool, quiet: bool, verbose: bool, dry_run:
     for issue, n in shown.items():
         if not verbose and n > SHOWN_PER_ISSUE and not quiet:
             err.print(f"... {n - SHOWN_PER_ISSUE} more {issue} (see --report, or -v)", highlight=False, markup=False)
-    from rich.table import Table
-
-    table = Table(title=f"audit of {summary.root}")
     keys = ["images", "ok", "label_issues", "outliers", "duplicates", "unreadable"]
     keys += [k for k in ("moved", "would_move", "changed", "move_errors") if data[k]]
-    for k in keys:
-        table.add_column(k, justify="right")
-    table.add_row(*[str(data[k]) for k in keys])
-    out.print(table)
+    console = rich_console(out)
+    out.print(counts_table(f"audit of {summary.root}", {k: data[k] for k in keys}, console.width))
     if not quiet:
         acc = data["held_out_accuracy"]
         err.print(f"{data['folds']} folds, out-of-sample accuracy {acc:.4f}, settings from {data['settings_from']}, "

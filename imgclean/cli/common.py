@@ -1,12 +1,12 @@
-"""What every command shares: the app, consoles, exit codes, error lines, logging, progress,
-device choice and the checks on paths that imgclean writes."""
+"""What every command shares: the app (its Command and Group classes: help layout, usage and
+runtime errors), exit codes, error lines, logging, progress, device choice and the checks on
+paths that imgclean writes. The consoles are console.py's, usage errors' text usage.py's."""
 # No `from __future__ import annotations` here: see imgclean/cli/__init__.py.
 
 import glob
 import json
 import logging
 import os
-import re
 import sys
 import warnings
 from enum import Enum
@@ -17,6 +17,8 @@ import typer
 from .. import __version__
 from ..errors import ImgcleanError
 from ..detectors.registry import method_names
+from .console import LazyConsole, err, escape, log, out, rich_console  # noqa: F401  (imported from here by the commands)
+from .usage import ClickException, click_error_text, current_context, say_usage_error
 
 # Exit codes (documented in the README; each one is tested).
 EXIT_OK = 0
@@ -24,16 +26,16 @@ EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_REJECTED = 3  # scan --fail-on-reject found something to reject
 EXIT_LOCKED = 4  # another imgclean run holds a lock on a folder this run needs
-EXIT_SKIPPED = 5  # scan --fail-on-skip: some files were skipped or changed during the scan
+EXIT_SKIPPED = 5  # a folder in the scan could not be listed; with --fail-on-skip, any file skipped or changed
+EXIT_HANGUP = 129  # SIGHUP (128 + 1): the terminal closed or the session ended
 EXIT_INTERRUPTED = 130  # SIGINT
 EXIT_TERMINATED = 143  # SIGTERM
 
 
 class Command(typer.core.TyperCommand):
-    """A typer command whose help survives every typer release we support.
+    """A typer command whose help and usage read the same under every typer release we support.
 
-    - Help texts are rich markup in typer's "rich" mode, so a literal "[default: ...]" would be
-      eaten as a style tag: they are escaped once here, when the command is built.
+    - -h is help_text.render_help's compact layout (not typer's rich panels).
     - Usage lines name arguments in capitals (`fit [OPTIONS] TRAIN_DIR`, `info [MODEL]`);
       typer 0.29 writes `{train_dir}`. (typer 0.29 vendors click, so parameters are told
       apart by param_type_name, not by click's classes.)
@@ -41,13 +43,14 @@ class Command(typer.core.TyperCommand):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        if self.help:
-            self.help = escape(self.help)
         for param in self.params:
-            if getattr(param, "help", None):
-                param.help = escape(param.help)
             if param.param_type_name == "argument" and not param.metavar and param.name:
-                param.metavar = param.name.upper()  # the help panel names it as the usage line does
+                param.metavar = param.name.upper()  # the help names it as the usage line does
+
+    def format_help(self, ctx, formatter) -> None:
+        from .help_text import render_help
+
+        formatter.write(render_help(self, ctx))
 
     def invoke(self, ctx):
         """Run the command; an ImgcleanError that escapes it becomes its one-line message and
@@ -72,6 +75,43 @@ class Command(typer.core.TyperCommand):
         return pieces
 
 
+class Group(typer.core.TyperGroup):
+    """The `imgclean` group: its -h in the compact layout, and the one place where a usage
+    error (click's UsageError, BadParameter, NoSuchOption, MissingParameter...) is said: as
+    say_usage_error's one line and hint instead of typer's box, exit code 2."""
+
+    def format_help(self, ctx, formatter) -> None:
+        from .help_text import render_help
+
+        formatter.write(render_help(self, ctx))
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:  # the caller handles click's exceptions itself
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            # Without standalone mode typer's main raises click's errors instead of drawing
+            # them, and returns the exit code of a typer.Exit (or the command's None).
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except ClickException as exc:
+            show_click_error(exc)
+            sys.exit(exc.exit_code)
+        except typer.Abort:
+            sys.stderr.write("Aborted!\n")
+            sys.exit(EXIT_ERROR)
+        sys.exit(code if isinstance(code, int) else EXIT_OK)
+
+
+def show_click_error(exc) -> None:
+    """A click error said as every usage error is (usage.say_usage_error)."""
+    if type(exc).__name__ == "NoArgsIsHelpError":  # `imgclean` alone: the help is the answer
+        text = exc.format_message()
+        if text:
+            sys.stdout.write(text.rstrip("\n") + "\n")
+        return
+    message, hint = click_error_text(exc)
+    say_usage_error(message, getattr(exc, "ctx", None), hint)
+
+
 def argument_usage(param) -> str:
     name = (param.metavar or param.name or "").upper()
     shown = name if param.required else f"[{name}]"
@@ -80,68 +120,22 @@ def argument_usage(param) -> str:
 
 app = typer.Typer(
     name="imgclean",
+    cls=Group,
     help="Keep image datasets clean: learn what belongs from labelled folders, then find and "
     "quarantine images that do not belong. Scores: higher = more out-of-distribution.",
     no_args_is_help=True,
     add_completion=True,
     context_settings={"help_option_names": ["-h", "--help"]},
     pretty_exceptions_enable=False,
-    rich_markup_mode="rich",  # explicit: the default changed between typer releases
+    # Explicit (the default changed between typer releases), though neither typer's rich help
+    # nor its error box is drawn: -h is help_text's, usage errors are Group.main's.
+    rich_markup_mode="rich",
 )
 
 
 def command(name: str | None = None):
     """app.command with imgclean's Command class."""
     return app.command(name, cls=Command)
-
-
-class LazyConsole:
-    """A rich Console made at its first use, then used through this object (out.print,
-    err.is_terminal...): a run that prints nothing through rich (scan --json --quiet) never
-    imports it (~20 ms of start-up). The console writes to sys.stdout or sys.stderr as they are
-    at each print, as a Console made at import did."""
-
-    def __init__(self, **settings):
-        self._settings = settings
-        self._console = None
-
-    @property
-    def console(self):
-        """The rich Console itself (for rich's own classes, such as Progress)."""
-        if self._console is None:
-            from rich.console import Console
-
-            self._console = Console(**self._settings)
-        return self._console
-
-    def __getattr__(self, name):
-        if name.startswith("_"):  # its own fields before __init__ (copy, pickle), dunder probes
-            raise AttributeError(name)
-        return getattr(self.console, name)
-
-
-out = LazyConsole(soft_wrap=True)
-err = LazyConsole(stderr=True, soft_wrap=True)
-log = logging.getLogger("imgclean")
-
-
-def rich_console(console):
-    """The rich Console behind `console` (a LazyConsole, or a Console as tests put in its place)."""
-    return console.console if isinstance(console, LazyConsole) else console
-
-
-# What rich.markup.escape does, without importing rich (~18 ms) just to build the commands:
-# a "[" that would open a markup tag gets a backslash (and so do the backslashes before it).
-# tests/test_cli_help.py checks it against the installed rich's, on every help text and odd strings.
-_MARKUP_TAG = re.compile(r"(\\*)(\[[a-z#/@][^[]*?])")
-
-
-def escape(markup: str) -> str:
-    """Text shown as it is where rich reads markup (help texts, error lines)."""
-    markup = _MARKUP_TAG.sub(lambda m: f"{m.group(1)}{m.group(1)}\\{m.group(2)}", markup)
-    if markup.endswith("\\") and not markup.endswith("\\\\"):
-        return markup + "\\"
-    return markup
 
 
 # --method's choices: every registered detector and combining rule (detectors/registry.py).
@@ -177,15 +171,23 @@ def os_error(exc: OSError) -> typer.Exit:
 
 
 def usage_error(message: str) -> typer.Exit:
-    return fail(message, EXIT_USAGE)
+    """Say a usage error of imgclean's own checks as click's are said (say_usage_error, naming
+    the command that is running) and return the Exit (code 2) to raise."""
+    say_usage_error(message, current_context())
+    return typer.Exit(EXIT_USAGE)
 
 
-def exit_code(summary, fail_on_reject: bool = False, fail_on_skip: bool = False, stop_code: int = EXIT_INTERRUPTED) -> tuple[int, str]:
+
+def exit_code(summary, fail_on_reject: bool = False, fail_on_skip: bool = False, stop_code: int = EXIT_INTERRUPTED,
+              allow_unlisted: bool = False) -> tuple[int, str]:
     """The exit code of a run that scanned or applied records, from its summary and flags, and
     the error line to print with it ("" for none). The rules, first match wins: interrupted ->
-    `stop_code` (130 SIGINT, 143 SIGTERM); files that could not be moved, or report rows that
-    are not sound (apply) -> 1; --fail-on-reject and anything rejected -> 3; --fail-on-skip and
-    anything skipped or changed -> 5; else 0."""
+    `stop_code` (130 SIGINT, 143 SIGTERM, 129 SIGHUP); files that could not be moved, or report rows that
+    are not sound (apply) -> 1; folders inside the scan that could not be listed (summary.unlisted:
+    part of the tree was not scanned) -> 5 with a line saying so, unless `allow_unlisted`;
+    --fail-on-reject and anything rejected -> 3; --fail-on-skip and anything skipped or
+    changed -> 5; else 0. An incomplete scan comes before --fail-on-reject: a cron job learns
+    that its answer covers only part of the tree even when it also found rejects."""
     if summary.interrupted:
         return stop_code, ""
     if summary.move_errors:
@@ -193,6 +195,10 @@ def exit_code(summary, fail_on_reject: bool = False, fail_on_skip: bool = False,
     invalid = getattr(summary, "invalid", 0)
     if invalid:
         return EXIT_ERROR, f"{invalid} record(s) of {summary.report} are not sound and were not applied (see above)"
+    unlisted = getattr(summary, "unlisted", 0) or 0  # summaries from before the walk counted them have none
+    if unlisted and not allow_unlisted:
+        return EXIT_SKIPPED, (f"{unlisted} folder(s) in the scan could not be listed, so part of the tree "
+                              "was not scanned (see the skipped records)")
     if fail_on_reject and summary.rejected:
         return EXIT_REJECTED, ""
     if fail_on_skip and (summary.counts["skipped"] or summary.counts["changed"]):
@@ -211,7 +217,8 @@ def locked(exc) -> typer.Exit:
     path = Path(getattr(exc, "path", "") or "")
     busy = path.parent if path.name == LOCK_NAME else path
     holder = getattr(exc, "holder", "") or "holder unknown"
-    return fail(f"{busy} is in use by another imgclean run ({holder}); try again when it ends", EXIT_LOCKED)
+    line = getattr(exc, "line", None) or f"{busy} is in use by another imgclean run ({holder}); try again when it ends"
+    return fail(line, EXIT_LOCKED)
 
 
 def setup_logging(quiet: bool, verbose: bool) -> None:

@@ -27,7 +27,7 @@ def settings_file_template() -> str:
             default = opt.default.value if isinstance(opt.default, Enum) else opt.default
             default = os.fsdecode(default) if isinstance(default, Path) else default
             value = yaml.safe_dump(default, default_flow_style=True).strip().removesuffix("...").strip()
-            help_text = " ".join((opt.help or "").replace("\\[", "[").split())
+            help_text = " ".join((opt.help or "").split())
             lines.append(f"  # {help_text}")
             lines.append(f"  {option_key(opt)}: {value}")
     return "\n".join(lines) + "\n"

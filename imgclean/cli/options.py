@@ -9,6 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from .common import EXIT_REJECTED, EXIT_SKIPPED
+from .usage import UsageError, plain_type_message
 
 # Options a settings file may not set: the file itself, and what only makes sense per run.
 NOT_IN_SETTINGS_FILE = {"config_file", "help", "force", "dry_run"}
@@ -47,9 +48,55 @@ def load_settings_file(ctx: typer.Context, param: typer.CallbackParam, value: Op
     try:
         settings = read_settings_file(value, ctx.info_name, settings_keys(ctx.command))
     except SettingsFileError as exc:
-        raise typer.BadParameter(str(exc), param=param) from None
+        raise UsageError(str(exc), ctx) from None
+    check_settings_values(ctx, os.fsdecode(value), settings)
     ctx.default_map = {**(ctx.default_map or {}), **settings}
     return value
+
+
+def check_settings_values(ctx: typer.Context, path: str, settings: dict) -> None:
+    """Each value from a settings file checked by its option's type, as the same value given as
+    a flag is (booleans, numbers, choices, ranges, paths), so a bad one is a usage error naming
+    the file and the key (`imgclean.yaml: scan.json: 'maybe' is not a valid boolean`), not one
+    against the flag the user never typed."""
+    params = {p.name: p for p in ctx.command.params}
+    for name, value in settings.items():
+        param = params.get(name)
+        if param is None or value is None:  # None: the option's own default
+            continue
+        problem = value_problem(ctx, param, value)
+        if problem:
+            raise UsageError(f"{path}: {ctx.info_name}.{option_key(param)}: {problem}", ctx)
+
+
+NUMBER_TYPES = {"int": "an integer", "integer": "an integer", "int range": "an integer", "integer range": "an integer",
+                "float": "a number", "float range": "a number"}
+
+
+def value_problem(ctx: typer.Context, param, value) -> str:
+    """Why `value` (from YAML: a bool, int, float or str) is not a value of `param`, or ""."""
+    from ..settings import preview
+
+    type_name = getattr(param.type, "name", "")
+    kind = NUMBER_TYPES.get(type_name)
+    # click would take these silently: int(True) is 1, int(2.5) is 2, and a path 3 is file descriptor 3.
+    if kind and isinstance(value, bool):
+        return f"{str(value).lower()} is not {kind}"
+    if kind == "an integer" and isinstance(value, float) and not value.is_integer():
+        return f"{value} is not an integer"
+    if type_name == "path" and not isinstance(value, str):
+        return f"{preview(value)} is not a path"
+    not_boolean = f"{preview(value)} is not a valid boolean (use true or false)"
+    if type_name == "boolean" and not isinstance(value, (bool, str)):  # click's BOOL fails on 3 with AttributeError
+        return not_boolean
+    try:
+        param.type_cast_value(ctx, value)
+    except UsageError as exc:
+        # click's boolean message lists every spelling it takes ("" first): ours says the two to use
+        return not_boolean if type_name == "boolean" else plain_type_message(exc.message).rstrip(".")
+    except (TypeError, ValueError, AttributeError) as exc:  # a type that did not expect a YAML value
+        return f"{preview(value)} is not a valid value ({exc})"
+    return ""
 
 
 def config_option() -> Path:

@@ -18,7 +18,10 @@ STATUS_TEXT = {
     "unaccounted": "not in the journal",
     "invalid": "invalid journal record, not acted on",
     "not_found": "no such file in the journal",
+    "would_restore": "would restore",
 }
+WOULD_RESTORE = "would_restore"  # a dry run's "restored"
+COUNT_TEXT = {"would_restore": "would restore"}  # the counts line: "4 record(s): would restore 4"
 
 
 @command()
@@ -46,9 +49,12 @@ def restore(
         results = restore_files(quarantine_dir, dry_run=dry_run, **only)
     except (OSError, ValueError) as exc:
         raise fail(str(exc)) from None
+    # A dry run's "restored" is what a real run would do: said as would_restore everywhere, as
+    # a dry scan's moves are would_move.
+    statuses = [WOULD_RESTORE if dry_run and r.status == "restored" else r.status for r in results]
     counts: dict[str, int] = {}
-    for r in results:
-        counts[r.status] = counts.get(r.status, 0) + 1
+    for status in statuses:
+        counts[status] = counts.get(status, 0) + 1
     problems = [r for r in results if r.problem]
     if json_out:
         print_json({
@@ -58,23 +64,30 @@ def restore(
             "files": [
                 {"source": os.fsdecode(r.source) if r.source is not None else None,
                  "destination": os.fsdecode(r.destination) if r.destination is not None else None,
-                 "status": r.status, "problem": r.problem, "message": r.message}
-                for r in results
+                 "status": status, "problem": r.problem, "message": r.message}
+                for r, status in zip(results, statuses)
             ],
         })
     else:
-        for r in results:
-            if quiet and not r.problem:
-                continue
-            verb = "would restore" if dry_run and r.status == "restored" else STATUS_TEXT.get(r.status, r.status)
-            held = os.fsdecode(r.destination) if r.destination is not None else "?"
-            original = os.fsdecode(r.source) if r.source is not None else "?"
-            message = f" ({r.message})" if r.message else ""
-            out.print(f"{verb}: {held!r} -> {original!r}{message}", highlight=False, markup=False, soft_wrap=True)
-        if not quiet:
-            out.print(f"{len(results)} record(s): " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())), highlight=False, markup=False)
+        _print_results(results, statuses, counts, dry_run, quiet)
     if problems:
         raise fail(f"{len(problems)} file(s) were not restored (see above)", EXIT_ERROR)
+
+
+def _print_results(results, statuses, counts: dict, dry_run: bool, quiet: bool) -> None:
+    """One line per file (problems only with -q), then the counts; a dry run says what it would do."""
+    for r, status in zip(results, statuses):
+        if quiet and not r.problem:
+            continue
+        held = os.fsdecode(r.destination) if r.destination is not None else "?"
+        original = os.fsdecode(r.source) if r.source is not None else "?"
+        message = f" ({r.message})" if r.message and status != WOULD_RESTORE else ""
+        out.print(f"{STATUS_TEXT.get(status, status)}: {held!r} -> {original!r}{message}", highlight=False,
+                  markup=False, soft_wrap=True)
+    if not quiet:
+        said = ", ".join(f"{COUNT_TEXT.get(k, k)} {v}" for k, v in sorted(counts.items()))
+        tail = " (dry run: nothing changed)" if dry_run else ""
+        out.print(f"{len(results)} record(s): {said}{tail}", highlight=False, markup=False)
 
 
 @command()

@@ -5,6 +5,10 @@ A scan scores files into records (pipeline/scan.py) and feeds each one to an :cl
 the move re-checks the file against its record (size, mtime, device and inode) right before it
 happens, so a file changed or replaced since it was scored stays in place ("changed"), and a
 file that is gone is "missing". Only quarantine.moves touches files.
+
+A report is applied whole or not at all: every row is read and checked before the first move
+(what apply may move from which folder: apply_sources.py), and a report with a bad row moves
+nothing, whatever the output options.
 """
 from __future__ import annotations
 
@@ -12,12 +16,14 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 from .. import data
 from ..errors import ImgcleanError
 from ..reports.record_blocks import RecordBlock
-from ..reports.records import CHANGED, OOD, STATUSES, UNDECODABLE, ReportRow, ScanRecord, is_rejected
+from ..reports.records import (
+    CHANGED, OOD, STATUSES, UNDECODABLE, ReportError, ReportFile, ReportRow, ScanRecord, is_rejected,
+)
 
 # The fields of a record the journal keeps beside each move.
 DETAILS = ("predicted", "nearest", "score", "message")
@@ -88,15 +94,22 @@ class ScanSummary:
 
 @dataclass
 class ApplySummary(ScanSummary):
-    """A scan's summary for the records of a report, plus the rows that could not be used."""
+    """A scan's summary for the records of a report, plus the rows that could not be used.
+
+    `rows`: rows the check of the whole report read; `refused`: the report had a bad row, so
+    nothing was applied (`invalid` counts them); `error`: why the apply refused or stopped."""
 
     report: str = ""
     invalid: int = 0  # rows that are not sound records (reported, never acted on)
     duplicates: int = 0  # later records for a path already seen (ignored: a path moves at most once)
+    rows: int = 0
+    refused: bool = False
+    error: str = ""
 
     def to_dict(self) -> dict:
         out = super().to_dict()
-        out.update(invalid=self.invalid, duplicates=self.duplicates, report=self.report)
+        out.update(invalid=self.invalid, duplicates=self.duplicates, report=self.report, rows=self.rows,
+                   refused=self.refused, error=self.error)
         return out
 
 
@@ -108,13 +121,15 @@ class Applier:
     """
 
     def __init__(self, root: Path, quarantine, summary: ScanSummary, keep_unreadable: bool = False,
-                 dry_run: bool = False, check_device: bool = True):
+                 dry_run: bool = False, check_device: bool = True,
+                 source_check: Callable[[str], str] | None = None):
         self.root = Path(root)
         self.quarantine = quarantine
         self.summary = summary
         self.keep_unreadable = keep_unreadable
         self.dry_run = dry_run
         self.check_device = check_device
+        self.source_check = source_check  # records from a report: why a path may not move ('' if it may)
 
     def request(self, record: ScanRecord):
         from ..quarantine.moves import MoveRequest
@@ -145,6 +160,11 @@ class Applier:
         summary.counts[record.status] += 1
         if self.quarantine is None or not is_rejected(record, self.keep_unreadable):
             return record
+        refused = self.source_check(record.path) if self.source_check is not None else ""
+        if refused:  # checked right before the move: the folder changed since the report was checked
+            record.action, record.message = "move failed", f"not moved: {refused}"
+            summary.move_errors += 1
+            return record
         request = self.request(record)
         if self.dry_run:
             record.action = "would move"
@@ -169,41 +189,123 @@ class Applier:
         return record
 
 
-def run_apply(
-    rows: Iterable[ReportRow],
-    root: Path,
-    summary: ApplySummary,
-    quarantine=None,
-    dry_run: bool = False,
-    keep_unreadable: bool = False,
-    recorded_root: str | None = None,
-    on_record: Callable[[ScanRecord], None] | None = None,
-    on_invalid: Callable[[ReportRow], None] | None = None,
-    should_stop: Callable[[], bool] = lambda: False,
-) -> ApplySummary:
-    """Apply the rows of a report (reports.records.read_report) to the folder `root` (resolved).
+# A report of at most this many rows is applied from the records its check kept (a second read
+# would double the cost of reading it); a longer one is read again, in bounded memory.
+KEEP_ROWS = 100_000
 
-    `recorded_root`: the folder the report names; rows naming another one are invalid. None
-    (the caller gave the root, e.g. a folder mounted elsewhere) takes every row as relative to
-    `root` and checks inodes without device numbers. A row that is not a sound record, or a
-    rejected record without the identity to check the file against (a report from an older
-    imgclean), is passed to `on_invalid` and counted, never acted on. A path moves at most once.
+
+def run_apply(report: ReportFile, root: Path | None, summary: ApplySummary, quarantine=None, *, checked: ReportCheck,
+              dry_run: bool = False, keep_unreadable: bool = False, recorded_root: str | None = None,
+              check_device: bool = False, on_record: Callable[[ScanRecord], None] | None = None,
+              should_stop: Callable[[], bool] = lambda: False) -> ApplySummary:
+    """Apply an open report (reports.records.ReportFile) to the folder `root` (resolved), after
+    :func:`check_report` has read and checked all of it (`checked`).
+
+    The rule: a report is applied whole or not at all. A report with any bad row (or that could
+    not be read) is refused (`summary.refused`, `summary.error`) and nothing moves. Otherwise
+    the records the check kept are applied; a report too long to keep (KEEP_ROWS) is read again
+    from the same open file, which must not have changed since the check (its stat before each
+    move, its sha256 at the end): if it did, the apply stops there with `summary.error`. A path
+    moves at most once; each move checks its file against the record and its path against the
+    walk's rules (apply_sources.SourceCheck) right before it happens. `recorded_root`: the root
+    every row must record (None: any); `check_device`: compare device numbers too (the folder is
+    the one the report records, not one mounted elsewhere).
     """
-    applier = Applier(root, quarantine, summary, keep_unreadable, dry_run, check_device=recorded_root is not None)
-    seen: set[str] = set()
+    from .apply_sources import SourceCheck
+
     started = time.perf_counter()
-    for row in rows:
-        record = row.record
-        if record is not None and recorded_root is not None and row.root not in (None, recorded_root):
-            row = ReportRow(row.line, None, row.root, f"recorded for another folder ({row.root}), not {recorded_root}", record.path)
-        elif record is not None and is_rejected(record, keep_unreadable) and None in (record.size, record.mtime_ns, record.ino):
-            row = ReportRow(row.line, None, row.root, "no size, mtime_ns or ino to check the file against "
-                            "(a report from an older imgclean); scan again", record.path)
-        if row.record is None:
-            summary.invalid += 1
-            if on_invalid is not None:
-                on_invalid(row)
-        elif record.path in seen:
+    summary.rows = checked.rows
+    try:
+        if checked.interrupted:
+            summary.interrupted = True
+        elif checked.invalid or checked.error:
+            summary.invalid, summary.refused = max(checked.invalid, 1), True
+            summary.error = checked.error or (f"{checked.invalid} bad row(s) in {report.path}; nothing was applied "
+                                              "(a report is applied only when every row is sound)")
+        else:
+            moving = quarantine is not None and not dry_run
+            sources = SourceCheck(root, _excluded(quarantine)) if moving else None  # (a dry run: checked just now)
+            applier = Applier(root, quarantine, summary, keep_unreadable, dry_run, check_device, sources)
+            records = checked.kept if checked.kept is not None else _read_again(
+                report, checked, summary, recorded_root, keep_unreadable, moving)
+            _apply_records(records, applier, summary, on_record, should_stop)
+    finally:
+        summary.seconds = time.perf_counter() - started
+    return summary
+
+
+@dataclass
+class ReportCheck:
+    """What checking a whole report found: `rows` read, `invalid` bad ones, the report's sha256,
+    `error` when it could not be read at all, `interrupted` when a stop came first, and `kept`:
+    the records in order when there are at most KEEP_ROWS of them (else None)."""
+
+    rows: int = 0
+    invalid: int = 0
+    digest: str = ""
+    error: str = ""
+    interrupted: bool = False
+    kept: list[ScanRecord] | None = field(default_factory=list)
+
+
+def check_report(report: ReportFile, root: Path | None, recorded_root: str | None, keep_unreadable: bool = False,
+                 on_invalid: Callable[[ReportRow], None] | None = None,
+                 should_stop: Callable[[], bool] = lambda: False, excluded: tuple[Path, ...] = ()) -> ReportCheck:
+    """Read every row of `report` and check it as applying it would (:func:`_row_problem`, and
+    for rows to move the walk's rules: apply_sources.SourceCheck, unless `root` is None: no
+    folder chosen yet), touching nothing."""
+    from .apply_sources import SourceCheck
+
+    result = ReportCheck()
+    sources = SourceCheck(root, excluded, remember=True) if root is not None else None
+    try:
+        for row in report.rows():
+            result.rows += 1
+            row = _row_problem(row, recorded_root, keep_unreadable, sources)
+            if row.record is None:
+                result.invalid += 1
+                if on_invalid is not None:
+                    on_invalid(row)
+            elif result.kept is not None:
+                result.kept.append(row.record)
+                if len(result.kept) > KEEP_ROWS:
+                    result.kept = None  # too many to keep: applying reads the report again
+            if should_stop():
+                result.interrupted = True
+                return result
+    except ReportError as exc:
+        result.error = str(exc)
+        return result
+    if result.kept is None:
+        result.digest = report.digest()
+    return result
+
+
+def _row_problem(row: ReportRow, recorded_root: str | None, keep_unreadable: bool,
+                 sources: Callable[[str], str] | None) -> ReportRow:
+    """`row`, or a row with the error that makes it unusable: recorded for another folder, a
+    rejected record without the identity to check its file against, or (with `sources`) a path
+    apply may not move."""
+    record = row.record
+    if record is None:
+        return row
+    problem = ""
+    if recorded_root is not None and row.root not in (None, recorded_root):
+        problem = f"recorded for another folder ({row.root}), not {recorded_root}"
+    elif is_rejected(record, keep_unreadable):
+        if None in (record.size, record.mtime_ns, record.ino):
+            problem = "no size, mtime_ns or ino to check the file against (a report from an older imgclean); scan again"
+        elif sources is not None:
+            problem = sources(record.path)
+            problem = f"refused: {problem}" if problem else ""
+    return ReportRow(row.line, None, row.root, problem, record.path) if problem else row
+
+
+def _apply_records(records: Iterable[ScanRecord], applier: Applier, summary: ApplySummary,
+                   on_record: Callable[[ScanRecord], None] | None, should_stop: Callable[[], bool]) -> None:
+    seen: set[str] = set()
+    for record in records:
+        if record.path in seen:
             summary.duplicates += 1
         else:
             seen.add(record.path)
@@ -213,6 +315,37 @@ def run_apply(
                 on_record(record)
         if should_stop():
             summary.interrupted = True
-            break
-    summary.seconds = time.perf_counter() - started
-    return summary
+            return
+
+
+def _read_again(report: ReportFile, checked: ReportCheck, summary: ApplySummary, recorded_root: str | None,
+                keep_unreadable: bool, moving: bool) -> Iterator[ScanRecord]:
+    """The records of a report too long to keep, read again; ends early, with summary.error,
+    when the report is not the one checked (a changed stat before a move, a bad row, another
+    count of rows or sha256 at the end)."""
+    if not report.unchanged():
+        return _changed(summary, report, "while it was checked")
+    rows = 0
+    try:
+        for row in report.rows():
+            rows += 1
+            record = _row_problem(row, recorded_root, keep_unreadable, None).record
+            if record is None or (moving and is_rejected(record, keep_unreadable) and not report.unchanged()):
+                return _changed(summary, report, "while it was applied")
+            yield record
+    except ReportError as exc:
+        summary.invalid += 1
+        summary.error = f"{exc}; stopped after {summary.moved} move(s)"
+        return
+    if rows != checked.rows or not report.unchanged() or report.digest() != checked.digest:
+        _changed(summary, report, "while it was applied")
+
+
+def _changed(summary: ApplySummary, report: ReportFile, when: str) -> None:
+    summary.invalid += 1
+    summary.error = (f"{report.path} changed {when}; stopped after {summary.moved} move(s) "
+                     f"({summary.would_move} planned); apply it again")
+
+
+def _excluded(quarantine) -> tuple[Path, ...]:
+    return (quarantine.root,) if quarantine is not None else ()

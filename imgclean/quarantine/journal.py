@@ -18,16 +18,17 @@ reported as :class:`Invalid` and ignored, and never stops the others.
 
 from __future__ import annotations
 
-import json
+import errno
 import logging
 import os
 import re
 import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable, Iterator
 
 from ..fileops import MANIFEST_NAME, inside, is_quarantine, resolved_inside, write_all  # noqa: F401  (is_quarantine: re-exported)
+from ..structured import Limits, StructuredInputError, json_lines
 
 log = logging.getLogger("imgclean.quarantine.moves")
 
@@ -54,28 +55,46 @@ def copy_tmp_name(destination: Path, jid: str) -> Path:
 # ----------------------------------------------------------------------------- reading
 
 
-def read_lines(manifest: Path) -> list[tuple[int, Any]]:
-    """(line number, parsed value or a ValueError) per non-empty line of a journal file (any
-    name); a torn last line is dropped."""
-    try:
-        data = Path(manifest).read_bytes()
+# A journal line is at most this long: a record holds two paths the kernel could open (each at
+# most PATH_MAX bytes, six characters per escaped byte) and a record's short details.
+JOURNAL_LIMITS = Limits(line_bytes=4 << 20)
+
+
+class UnreadableLine(ValueError):
+    """A journal line the bounded reader refused; str() says why ("not JSON (...)", "nested
+    deeper than ...", "longer than ...")."""
+
+
+def iter_lines(manifest: Path, follow_links: bool = False) -> Iterator[tuple[int, Any]]:
+    """(line number, parsed value, or a ValueError saying what is wrong) per non-empty line of a
+    journal file (any name), read through the bounded reader (structured.json_lines): a line too
+    long, too deep, not UTF-8 or with a NUL is a ValueError like one that is not JSON, reported
+    and never acted on. A torn last line (no newline: a crash mid-append) is dropped. A
+    quarantine's own manifest is never a link (`follow_links` False: OSError); a file named by
+    the user for the review page may be."""
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | (0 if follow_links else os.O_NOFOLLOW)
+    try:  # O_NONBLOCK: a FIFO fails below instead of hanging the open
+        fd = os.open(manifest, flags)
     except FileNotFoundError:
-        return []
-    lines = data.split(b"\n")
-    out: list[tuple[int, Any]] = []
-    for i, line in enumerate(lines):
-        if not line.strip():
-            continue
-        try:
-            out.append((i + 1, json.loads(line)))
-        except ValueError as e:
-            if i != len(lines) - 1:  # the last line may be torn by a crash; others are damage
-                out.append((i + 1, e))
-    return out
+        return
+    with open(fd, "rb", buffering=1 << 20) as fh:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "the journal is not a regular file", os.fspath(manifest))
+        for n, value in json_lines(fh, manifest, JOURNAL_LIMITS):
+            if isinstance(value, StructuredInputError):
+                if value.torn:
+                    continue
+                value = UnreadableLine(value.problem)
+            yield n, value
 
 
-def _lines(quarantine_root: Path) -> list[tuple[int, Any]]:
-    return read_lines(Path(quarantine_root) / MANIFEST_NAME)
+def read_lines(manifest: Path, follow_links: bool = False) -> list[tuple[int, Any]]:
+    """iter_lines as a list."""
+    return list(iter_lines(manifest, follow_links))
+
+
+def _lines(quarantine_root: Path) -> Iterator[tuple[int, Any]]:
+    return iter_lines(Path(quarantine_root) / MANIFEST_NAME)
 
 
 def read_manifest(quarantine_root: Path) -> list[dict]:
@@ -83,7 +102,7 @@ def read_manifest(quarantine_root: Path) -> list[dict]:
     return _objects(_lines(quarantine_root), Path(quarantine_root) / MANIFEST_NAME)
 
 
-def _objects(lines: list[tuple[int, Any]], where: Path) -> list[dict]:
+def _objects(lines: Iterable[tuple[int, Any]], where: Path) -> list[dict]:
     records = []
     for n, value in lines:
         if isinstance(value, dict):
@@ -242,6 +261,8 @@ class Fold:
         """Fold in line ``n`` (a parsed value, or the ValueError of a line that is not JSON)."""
         self.lines = max(self.lines, n)
         try:
+            if isinstance(rec, UnreadableLine):
+                raise _Bad(str(rec))
             if isinstance(rec, ValueError):
                 raise _Bad(f"not JSON ({rec})")
             op = _validate(rec, self.ops, self.qroot, self.strict)
@@ -279,7 +300,7 @@ class Fold:
         return [(op, last_restore.get(op["id"])) for op in self.ops.values() if op["op"] == "move"]
 
 
-def fold(quarantine_root: Path | None, records: list[tuple[int, Any]] | None = None, strict: bool = True) -> Fold:
+def fold(quarantine_root: Path | None, records: Iterable[tuple[int, Any]] | None = None, strict: bool = True) -> Fold:
     """Read (or take ``records``: (line, value) pairs) and fold a journal; see :class:`Fold`."""
     journal = Fold(quarantine_root, strict)
     if records is None:

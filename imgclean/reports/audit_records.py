@@ -21,7 +21,8 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .records import report_format
+from ..structured import CsvRows, StructuredInputError, json_lines
+from .records import REPORT_LIMITS, report_format
 
 OK, LABEL_ISSUE, OUTLIER, DUPLICATE, UNREADABLE = "ok", "label_issue", "outlier", "duplicate", "unreadable"
 ISSUES = (LABEL_ISSUE, OUTLIER, DUPLICATE, UNREADABLE)
@@ -98,17 +99,34 @@ class AuditWriter:
 
 
 def read_audit(path: Path) -> list[dict]:
-    """The rows of an audit report as dicts (numbers parsed back from CSV); for tests and tools."""
+    """The rows of an audit report as dicts (numbers parsed back from CSV); for tests and tools.
+
+    Read through the bounded readers (imgclean.structured); a row that cannot be read or whose
+    numbers are not numbers raises StructuredInputError (a ValueError) naming its line."""
     path = Path(path)
+    if report_format(path) == "jsonl":
+        with open(path, "rb") as fh:
+            rows = []
+            for n, row in json_lines(fh, path, REPORT_LIMITS):
+                if isinstance(row, StructuredInputError):
+                    raise row
+                if not isinstance(row, dict):
+                    raise StructuredInputError(path, "not a JSON object", n)
+                rows.append(row)
+            return rows
     with open(path, encoding="utf-8", newline="", errors="surrogateescape") as fh:
-        if report_format(path) == "jsonl":
-            return [json.loads(line) for line in fh if line.strip()]
-        rows = list(csv.DictReader(fh))
-    for row in rows:
+        return [_parsed(path, n, row) for n, row in CsvRows(fh, path, REPORT_LIMITS)]
+
+
+def _parsed(path: Path, line: int, row: dict) -> dict:
+    """A CSV row with its numbers and empty cells as the JSON-lines form has them."""
+    try:
         for key in ("score", "label_confidence", "outlier_score"):
             row[key] = float(row[key]) if row.get(key) else None
         for key in ("size", "mtime_ns", "dev", "ino"):
             row[key] = int(row[key]) if row.get(key) else None
-        for key in ("label", "suggested", "duplicate_of", "destination"):
-            row[key] = row.get(key) or None
-    return rows
+    except (TypeError, ValueError) as exc:
+        raise StructuredInputError(path, f"{key} is not a number ({str(exc)[:80]})", line) from None
+    for key in ("label", "suggested", "duplicate_of", "destination"):
+        row[key] = row.get(key) or None
+    return row

@@ -12,20 +12,25 @@ into the file as they are), JSON lines write them as \\udcXX escapes (ensure_asc
 A `.json` file is read as JSON lines (older scans wrote JSON lines there) but never
 written: a report streams one record per line, which a `.json` file's readers would take for
 one broken document. The writer asks for `.jsonl` instead.
+
+Longer than 400 lines: the writer and the validating reader of each format stay side by side,
+so that what one writes the other reads back.
 """
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
-import math
 import os
 import re
+import stat
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
 from .. import data
 from ..errors import ImgcleanError
+from ..structured import CsvRows, Limits, StructuredInputError, json_lines
 
 OOD = "ood"
 CHANGED = "changed"
@@ -180,6 +185,12 @@ class RecordWriter:
 
 
 # ----------------------------------------------------------------------------- reading
+# Every report is read through the bounded readers of imgclean.structured: a line or field longer
+# than the limit, nesting deeper than it, a NUL, a JSON line that is not UTF-8 are rows with an
+# error (never a traceback). Text cells other than the path are at most MAX_TEXT characters: a
+# record's message goes into a quarantine's journal when its file is moved.
+MAX_TEXT = 65_536
+REPORT_LIMITS = Limits()
 
 
 @dataclass
@@ -199,21 +210,33 @@ class _Bad(ValueError):
 
 
 def _count(value: Any, key: str) -> int | None:
+    if type(value) is int and value >= 0:  # (the common cases first: a report is read twice by apply)
+        return value
+    if value.__class__ is str and value.isdigit() and value.isascii():
+        return int(value)
     if value is None or value == "":
         return None
-    if isinstance(value, str) and value.isascii() and value.isdigit():
-        return int(value)
-    if type(value) is int and value >= 0:
-        return value
-    raise _Bad(f"{key} {value!r} is not a non-negative integer")
+    raise _Bad(f"{key} {_preview(value)} is not a non-negative integer")
 
 
 def _text(value: Any, key: str) -> str | None:
-    if value is None or value == "":
+    if value.__class__ is str and len(value) <= MAX_TEXT:
+        return value or None
+    if value is None:
         return None
     if not isinstance(value, str):
-        raise _Bad(f"{key} {value!r} is not a string")
-    return value
+        raise _Bad(f"{key} {_preview(value)} is not a string")
+    if len(value) > MAX_TEXT:
+        raise _Bad(f"{key} is {len(value):,} characters long, more than the limit of {MAX_TEXT:,}")
+    return value or None
+
+
+def _preview(value: Any) -> str:  # a value as an error shows it: never a huge one
+    text = repr(value) if isinstance(value, (str, int, float, bool, type(None))) else type(value).__name__
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+_UNNORMAL = frozenset(("", ".", ".."))  # components normpath would remove or resolve
 
 
 def check_relative(path: Any) -> str:
@@ -222,101 +245,168 @@ def check_relative(path: Any) -> str:
         raise _Bad("the path is missing")
     if "\x00" in path:
         raise _Bad("the path holds a NUL character")
+    parts = path.split(os.sep)
+    if _UNNORMAL.isdisjoint(parts):  # relative and normalised: what os.path.normpath leaves as it is
+        return path
     if os.path.isabs(path):
-        raise _Bad(f"the path {path!r} is absolute; a report's paths are relative to its root")
-    if ".." in path.split(os.sep):
-        raise _Bad(f"the path {path!r} climbs out of the root with '..'")
-    if os.path.normpath(path) != path:
-        raise _Bad(f"the path {path!r} is not normalised")
-    return path
+        raise _Bad(f"the path {_preview(path)} is absolute; a report's paths are relative to its root")
+    if ".." in parts:
+        raise _Bad(f"the path {_preview(path)} climbs out of the root with '..'")
+    raise _Bad(f"the path {_preview(path)} is not normalised")
 
 
 def parse_row(row: Any) -> tuple[ScanRecord, str | None]:
     """(record, root) from one row (a CSV dict of strings or a JSON object); _Bad if not valid."""
     if not isinstance(row, dict):
         raise _Bad("not a JSON object")
-    path = check_relative(row.get("path"))
-    status = row.get("status")
+    get = row.get
+    path = check_relative(get("path"))
+    status = get("status")
     if status not in STATUSES:
-        raise _Bad(f"unknown status {status!r} (expected one of {', '.join(STATUSES)})")
-    score = row.get("score")
+        raise _Bad(f"unknown status {_preview(status)} (expected one of {', '.join(STATUSES)})")
+    score = get("score")
     if score is None or score == "":
         score = None
     else:
         try:
-            if isinstance(score, bool):
+            if isinstance(score, bool) or not isinstance(score, (int, float, str)):
                 raise ValueError
             score = float(score)
-        except (TypeError, ValueError):
-            raise _Bad(f"score {score!r} is not a number") from None
-        if math.isnan(score):
+        except (TypeError, ValueError, OverflowError):
+            raise _Bad(f"score {_preview(score)} is not a number") from None
+        if score != score:  # NaN
             score = None
-    root = _text(row.get("root"), "root")
+    root = _text(get("root"), "root")
     if root is not None and ("\x00" in root or not os.path.isabs(root)):
-        raise _Bad(f"root {root!r} is not an absolute path")
-    counts = {k: _count(row.get(k), k) for k in ("size", "mtime_ns", "dev", "ino")}
+        raise _Bad(f"root {_preview(root)} is not an absolute path")
     record = ScanRecord(
-        path=path, status=status, predicted=_text(row.get("predicted"), "predicted"),
-        nearest=_text(row.get("nearest"), "nearest"), score=score,
-        message=_text(row.get("message"), "message") or "", action=_text(row.get("action"), "action") or "",
-        destination=_text(row.get("destination"), "destination"),
-        size=counts["size"], mtime_ns=counts["mtime_ns"], dev=counts["dev"], ino=counts["ino"],
+        path=path, status=status, predicted=_text(get("predicted"), "predicted"),
+        nearest=_text(get("nearest"), "nearest"), score=score,
+        message=_text(get("message"), "message") or "", action=_text(get("action"), "action") or "",
+        destination=_text(get("destination"), "destination"), size=_count(get("size"), "size"),
+        mtime_ns=_count(get("mtime_ns"), "mtime_ns"), dev=_count(get("dev"), "dev"), ino=_count(get("ino"), "ino"),
     )
     return record, root
 
 
-def _raw_rows(path: Path, fh) -> Iterator[tuple[int, Any]]:
-    """(line, row dict or a ValueError) per row; ReportError when the file is not a report."""
-    if report_format(path) == "csv":
-        reader = csv.DictReader(fh)
-        missing = {"path", "status"} - set(reader.fieldnames or ())
-        if missing:
-            raise ReportError(f"{path} is not an imgclean scan report (no {', '.join(sorted(missing))} column)")
-        line = reader.line_num + 1
-        for row in reader:
-            yield line, row
-            line = reader.line_num + 1
-        return
-    for n, text in enumerate(fh, 1):
-        if not text.strip():
-            continue
+def _checked(n: int, row: Any) -> ReportRow:
+    try:
+        record, root = parse_row(row)
+    except _Bad as e:
+        shown = row.get("path") if isinstance(row, dict) and isinstance(row.get("path"), str) else ""
+        return ReportRow(n, None, error=str(e), path=shown[:4096])
+    return ReportRow(n, record, root)
+
+
+class ReportFile:
+    """A report opened once and read in passes (`rows()`), each from the start of the same open
+    file, so a pass that checks a report and a later one that applies it read the same file even
+    if its name is given to another meanwhile. `unchanged()` says whether the open file is still
+    as it was when opened (device, inode, size, mtime and ctime: any write changes the ctime);
+    `digest()` is the sha256 of its bytes now. A context manager; ReportError when the path is
+    not a readable regular file."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.format = report_format(self.path)
+        try:  # O_NONBLOCK: a FIFO given as the report must not hang the open
+            self._fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError as exc:
+            raise ReportError(f"cannot read {self.path}: {exc.strerror or exc}") from None
+        st = os.fstat(self._fd)
+        if not stat.S_ISREG(st.st_mode):
+            os.close(self._fd)
+            raise ReportError(f"{self.path} is not a regular file")
+        self.stat = st
+        self.identity = _identity(st)
+
+    def __enter__(self) -> "ReportFile":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            os.close(fd)
+
+    def unchanged(self) -> bool:
+        return _identity(os.fstat(self._fd)) == self.identity
+
+    def digest(self) -> str:
+        h, offset = hashlib.sha256(), 0
+        while chunk := os.pread(self._fd, _BUFFER, offset):
+            h.update(chunk)
+            offset += len(chunk)
+        return h.hexdigest()
+
+    def rows(self) -> Iterator[ReportRow]:
+        """Stream and validate the rows, from the start of the file (see :func:`read_report`)."""
+        os.lseek(self._fd, 0, os.SEEK_SET)
+        fd = os.dup(self._fd)  # the reading file object closes its own descriptor
         try:
-            yield n, json.loads(text)
-        except ValueError as e:
-            yield n, e
+            if self.format == "csv":
+                fh = open(fd, encoding="utf-8", newline="", errors="surrogateescape", buffering=_BUFFER)
+            else:
+                fh = open(fd, "rb", buffering=_BUFFER)
+        except BaseException:
+            os.close(fd)
+            raise
+        with fh:
+            try:
+                yield from (_csv_rows if self.format == "csv" else _jsonl_rows)(self.path, fh)
+            except OSError as exc:
+                raise ReportError(f"cannot read {self.path}: {exc.strerror or exc}") from None
+
+
+def _identity(st: os.stat_result) -> tuple[int, ...]:
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+
+def _csv_rows(path: Path, fh) -> Iterator[ReportRow]:
+    try:
+        rows = CsvRows(fh, path, REPORT_LIMITS)
+    except StructuredInputError as exc:
+        raise ReportError(f"{exc}; is it an imgclean scan report?") from None
+    missing = {"path", "status"} - set(rows.fieldnames)
+    if missing:
+        raise ReportError(f"{path} is not an imgclean scan report (no {', '.join(sorted(missing))} column)")
+    try:
+        for n, row in rows:
+            yield _checked(n, row)
+    except StructuredInputError as exc:  # csv cannot go on after a broken row: the rest is unread
+        yield ReportRow(exc.line or 0, None, error=f"{exc.problem}; the rest of the file was not read")
+
+
+def _jsonl_rows(path: Path, fh) -> Iterator[ReportRow]:
+    for n, value in json_lines(fh, path, REPORT_LIMITS):
+        if isinstance(value, StructuredInputError):
+            yield ReportRow(n, None, error=value.problem)
+        else:
+            yield _checked(n, value)
 
 
 def read_report(path: Path) -> Iterator[ReportRow]:
     """Stream and validate the rows of a `scan --report` file (.csv, or JSON lines).
 
     A bad row (unknown status, bad numbers, a path that is absolute or climbs out with `..`, a
-    line that is not JSON) becomes a ReportRow with an `error`; the others still come. Raises
-    ReportError (one line) when the file cannot be read as a report at all.
+    line that is not JSON, too long, too deep, not UTF-8, with a NUL) becomes a ReportRow with an
+    `error`; the others still come (a CSV row that csv cannot parse is the last one: see
+    structured.CsvRows). Raises ReportError (one line) when the file cannot be read as a report
+    at all.
     """
-    path = Path(path)
-    report_format(path)
-    try:
-        with open(path, encoding="utf-8", newline="", errors="surrogateescape") as fh:
-            for n, row in _raw_rows(path, fh):
-                shown = row.get("path") if isinstance(row, dict) and isinstance(row.get("path"), str) else ""
-                if isinstance(row, ValueError):
-                    yield ReportRow(n, None, error=f"not JSON ({row})")
-                    continue
-                try:
-                    record, root = parse_row(row)
-                except _Bad as e:
-                    yield ReportRow(n, None, error=str(e), path=shown)
-                    continue
-                yield ReportRow(n, record, root)
-    except csv.Error as exc:
-        raise ReportError(f"{path} is not a readable CSV report ({exc})") from None
-    except OSError as exc:
-        raise ReportError(f"cannot read {path}: {exc.strerror or exc}") from None
+    with ReportFile(path) as report:
+        yield from report.rows()
 
 
-def report_root(path: Path) -> str | None:
+def report_root(path: Path | ReportFile) -> str | None:
     """The scanned folder recorded in a report (its first valid row that names one), or None."""
-    for row in read_report(path):
-        if row.record is not None and row.root is not None:
-            return row.root
-    return None
+    if not isinstance(path, ReportFile):
+        with ReportFile(path) as report:
+            return report_root(report)
+    rows = path.rows()
+    try:
+        return next((row.root for row in rows if row.record is not None and row.root is not None), None)
+    finally:
+        rows.close()

@@ -44,6 +44,7 @@ from .. import __version__
 from ..detectors import MahalanobisDetector, registry
 from .bundle import ModelBundle  # noqa: F401  (re-exported: it lived here)
 from ..fileops import fsync_dir
+from ..structured import load_json
 from .model_files import (  # noqa: F401  (re-exported: the public names of a model directory)
     CONFIG_FILE, DETECTOR_FILE, FORMAT_VERSION, HEAD_FILE, LEGACY_DETECTORS, OWN_FILES, REQUIRED_KEYS,
     WEIGHTS_FILE, ModelError, check_config, check_head_tensors, detector_entries, missing_state_message,
@@ -81,7 +82,8 @@ def _is_model_dir(path: Path) -> bool:
     except OSError:
         return False
     try:
-        return "format_version" in json.loads(read_model_file(fd, path, CONFIG_FILE))
+        config = load_json(read_model_file(fd, path, CONFIG_FILE), path / CONFIG_FILE)  # bounded: never RecursionError
+        return isinstance(config, dict) and "format_version" in config
     except (OSError, ValueError, TypeError, ModelError):
         return False
     finally:

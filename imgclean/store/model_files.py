@@ -3,10 +3,9 @@
 Every file is opened relative to one descriptor of the model directory, without following a
 link and without blocking (a FIFO would hang a plain open), checked to be a regular file of a
 plausible size, and read whole. Then each is checked for what imgclean needs of it: config.json
-field by field (type and range), detector.npz array by array, and the two safetensors files by
-their headers, and each other detector's npz (detector-<name>.npz) by the pickle-free reader here
-and the detector's own check_state. Every problem is a ModelError with one line that names the
-file and the fault.
+and the safetensors headers (JSON, read by imgclean.structured's bounded reader) field by field,
+detector.npz and each other detector's npz array by array (the pickle-free reader here and the
+detector's own check_state). Every problem is a ModelError: one line naming the file and fault.
 """
 from __future__ import annotations
 
@@ -23,6 +22,7 @@ if TYPE_CHECKING:  # annotations only: numpy is imported in the functions that u
 
 from ..detectors import registry
 from ..errors import ImgcleanError
+from ..structured import StructuredInputError, load_json
 
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
@@ -112,9 +112,9 @@ def _is_number(v) -> bool:
 
 def parse_config(raw: bytes, shown: str) -> dict:
     try:
-        config = json.loads(raw.decode("utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ModelError(f"{shown} is damaged ({exc}); retrain or restore the model") from None
+        config = load_json(raw, shown)
+    except StructuredInputError as exc:
+        raise ModelError(f"{shown} is damaged ({exc.problem}); retrain or restore the model") from None
     if not isinstance(config, dict):
         raise ModelError(f"{shown} is not a JSON object")
     check_config(config, shown)
@@ -339,9 +339,9 @@ def safetensors_index(raw: bytes, shown: str) -> dict[str, tuple[str, tuple[int,
     if n > min(len(raw) - 8, 100 * MiB):
         raise ModelError(f"{damaged}; retrain or restore the model")
     try:
-        header = json.loads(raw[8 : 8 + n].decode("utf-8"))
-    except (ValueError, UnicodeDecodeError):
-        raise ModelError(f"{damaged}; retrain or restore the model") from None
+        header = load_json(raw[8 : 8 + n], shown)
+    except StructuredInputError as exc:
+        raise ModelError(f"{damaged}: its header is {exc.problem}; retrain or restore the model") from None
     if not isinstance(header, dict):
         raise ModelError(f"{damaged}; retrain or restore the model")
     data_len = len(raw) - 8 - n

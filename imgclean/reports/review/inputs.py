@@ -1,12 +1,11 @@
 """Inputs of `imgclean report`: a `scan --report` file (CSV / JSON lines) or a quarantine manifest."""
 from __future__ import annotations
 
-import csv
-import json
 import os
 from pathlib import Path
 from typing import Iterable, Iterator
 
+from ...structured import CsvRows, StructuredInputError, json_lines
 from .collector import DEFAULT_MAX_ROWS, ReviewCollector, ReviewInputError
 
 
@@ -20,8 +19,10 @@ def _check_fields(path: Path, fields: Iterable[str] | None) -> None:
 
 
 def iter_report(path: Path) -> Iterator[dict]:
-    """Stream the records of a `scan --report` file (.csv, or JSON lines)."""
-    from ..records import report_format
+    """Stream the records of a `scan --report` file (.csv, or JSON lines), through the bounded
+    readers (imgclean.structured): a line too long, too deep, not UTF-8 or with a NUL stops the
+    page with one error naming the line."""
+    from ..records import REPORT_LIMITS, report_format
 
     path = Path(path)
     try:
@@ -29,35 +30,33 @@ def iter_report(path: Path) -> Iterator[dict]:
     except ValueError as exc:
         raise ReviewInputError(str(exc)) from None
     try:
-        with open(path, encoding="utf-8", newline="", errors="surrogateescape") as fh:
-            if fmt == "csv":
-                reader = csv.DictReader(fh)
-                _check_fields(path, reader.fieldnames)
-                yield from reader
-                return
-            for n, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except ValueError:
-                    raise ReviewInputError(f"{path} line {n} is not JSON; is this an imgclean report?") from None
+        if fmt == "csv":
+            with open(path, encoding="utf-8", newline="", errors="surrogateescape") as fh:
+                rows = CsvRows(fh, path, REPORT_LIMITS)
+                _check_fields(path, rows.fieldnames)
+                for _, row in rows:
+                    yield row
+            return
+        with open(path, "rb") as fh:
+            for n, row in json_lines(fh, path, REPORT_LIMITS):
+                if isinstance(row, StructuredInputError):
+                    raise ReviewInputError(f"{row}; is this an imgclean report?")
                 if not isinstance(row, dict):
                     raise ReviewInputError(f"{path} line {n} is not a JSON object; is this an imgclean report?")
                 _check_fields(path, row.keys())
                 yield row
-    except csv.Error as exc:
-        raise ReviewInputError(f"{path} is not a readable CSV report ({exc})") from None
+    except StructuredInputError as exc:
+        raise ReviewInputError(f"{exc}; is this an imgclean report?") from None
 
 
 def _journal(path: Path):
     """The journal folded by the quarantine's own reader (quarantine.journal.fold), checking only
     each record's shape: the page shows a journal, it never acts on one. A manifest saved under
     another name is read the same way, without the checks that need its quarantine folder."""
-    from ...quarantine.journal import MANIFEST_NAME, fold, read_lines
+    from ...quarantine.journal import MANIFEST_NAME, fold, iter_lines
 
     quarantine = path.parent if path.name == MANIFEST_NAME else None
-    return fold(quarantine, read_lines(path), strict=False)
+    return fold(quarantine, iter_lines(path, follow_links=True), strict=False)
 
 
 # How a move ended, as the page says it. "kept_both": recovery found the source edited after a
@@ -163,13 +162,8 @@ def _looks_like_journal(path: Path) -> bool:
     if path.suffix.lower() not in (".jsonl", ".json", ".ndjson"):
         return False
     with open(path, "rb") as fh:
-        for line in fh:
-            if line.strip():
-                try:
-                    rec = json.loads(line)
-                except ValueError:
-                    return False
-                return isinstance(rec, dict) and "op" in rec and "state" in rec
+        for _, rec in json_lines(fh, path):
+            return isinstance(rec, dict) and "op" in rec and "state" in rec
     return False
 
 

@@ -22,6 +22,7 @@ import hashlib
 import os
 import re
 import shutil
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,6 +80,8 @@ def versions(model: Path) -> list[Version]:
     for name in sorted(names, key=int):
         path = folder / name
         try:
+            if not stat.S_ISDIR(os.lstat(path).st_mode):
+                raise ModelError(f"{path} is not a folder (a link or a file); not used as a version")
             blobs = read_model_files(path)
             out.append(Version(int(name), path, parse_config(blobs[CONFIG_FILE], os.fspath(path / CONFIG_FILE))))
         except (ModelError, OSError, ValueError) as exc:
@@ -176,6 +179,8 @@ def rollback(model: Path) -> Version:
     if not kept:
         raise ModelError(f"{model} has no earlier version to roll back to (`imgclean learn` keeps one each time it saves)")
     newest = kept[-1]
+    if newest.problem is not None:
+        raise ModelError(f"version {newest.number} cannot be put back: {newest.problem}")
     blobs = verified_files(newest.path)  # a damaged version is refused before anything changes
     install(model, blobs)
     shutil.rmtree(model / VERSIONS_DIR / str(newest.number))  # the carried copy: hard links of the kept files

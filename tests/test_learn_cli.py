@@ -234,3 +234,12 @@ def test_only_rejects_learn_against_the_training_folder(scanned):
     assert doc["usable"]["rejected"] == 10 and doc["usable"]["accepted"] == doc["usable"]["restored"] == 0
     config = json.loads((model / "config.json").read_text())
     assert config["learned"]["decisions"]["rejected"] == 10
+
+
+def test_a_missing_model_is_one_line(scanned, tmp_path):
+    _, _, q = scanned
+    for args in (("learn", q, "-m", tmp_path / "no-model"), ("learn", "--rollback", "-m", tmp_path / "no-model")):
+        result = invoke(*args)
+        assert result.exit_code == 1 and "Traceback" not in result.output and "no-model" in result.output
+    result = invoke("learn", "--rollback", "-m", q)  # not a model: refused, nothing created in it
+    assert result.exit_code == 1 and not (q / "versions").exists()

@@ -72,8 +72,10 @@ def _say(outcome) -> None:
 
 def _rollback(model: Path, json_out: bool) -> None:
     from ..store import model_history
+    from ..store.artifact import read_config
 
     try:
+        read_config(model)  # a model directory (ModelError: one line), before anything is created in it
         with model_history.locked(model):
             version = model_history.rollback(model)
     except FileNotFoundError:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from . import train, scan, apply, audit, model, review, init_config  # noqa: F401  (registers the commands, in help order)
 from . import decide  # noqa: F401  (accept, reject, withdraw, decisions: a person's decisions)
+from . import learn  # noqa: F401  (learn: a new model version from a review)
 from .common import (  # noqa: F401  (the public names of imgclean.cli)
     EXIT_ERROR, EXIT_INTERRUPTED, EXIT_LOCKED, EXIT_OK, EXIT_REJECTED, EXIT_SKIPPED, EXIT_TERMINATED, EXIT_USAGE,
     Device, Method, app, resolve_device,

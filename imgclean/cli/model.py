@@ -115,9 +115,12 @@ def info(
     except OSError as exc:
         raise os_error(exc) from None
     config, thresholds = described.config, described.thresholds
+    from ..store.model_history import versions
+
+    kept = [v.summary() for v in versions(model)]
     if json_out:
         print_json({**config, "thresholds": thresholds, "methods": described.methods,
-                    "detector_settings": described.detectors})
+                    "detector_settings": described.detectors, "model_versions": kept})
         return
     from rich.table import Table
 
@@ -161,6 +164,8 @@ def info(
         settings.add_row(f"head.{key}", f"{value:.4f}" if isinstance(value, float) else str(value))
     for key, value in (config.get("versions") or {}).items():
         settings.add_row(f"version.{key}", str(value))
+    for key, value in learned_rows(config, kept):
+        settings.add_row(key, value)
     out.print(settings)
     for line in model_warnings(config):
         out.print(f"WARNING: {line}", highlight=False, markup=False)
@@ -176,3 +181,22 @@ def model_warnings(config: dict) -> list[str]:
     if isinstance(warning, str) and warning not in lines:
         lines.append(warning)
     return lines
+
+
+def learned_rows(config: dict, kept: list[dict]) -> list[tuple[str, str]]:
+    """info's lines for `imgclean learn`: the default method, what the learned rule learned from
+    and why it is (or is not) the default, and the versions kept in MODEL/versions/."""
+    from ..detectors.registry import default_method
+
+    rows = [("default_method", default_method(config))]
+    learned = config.get("learned")
+    if isinstance(learned, dict):
+        decisions = learned.get("decisions")
+        if isinstance(decisions, dict):
+            rows.append(("learned.decisions", ", ".join(f"{k} {v}" for k, v in decisions.items() if v) or "none"))
+        rows.append(("learned.reason", str(learned.get("reason"))))
+    for v in kept:
+        what = v["problem"] or (f"saved {v['created_at']}, default {v['default_method']}"
+                                + (f", learned from {v['decisions']}" if v["decisions"] else ""))
+        rows.append((f"versions/{v['version']}", what))
+    return rows

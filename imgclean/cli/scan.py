@@ -70,7 +70,7 @@ def scan(
     allow_unlisted: bool = typer.Option(False, "--allow-unlisted", help="Exit 0 even when a folder inside the scan could not be listed (its files are not scanned; the report has a skipped record for it)."),
     keep_unreadable: KeepUnreadable = False,
     batch_size: int = typer.Option(256, min=1, help="Images scored per batch."),
-    method: Method = typer.Option(Method.mahalanobis, "--method", help="Who decides: the Mahalanobis thresholds (the paper), the energy score of the logits, the k-nearest-neighbour distance of the features, the supervised head (needs `fit-head`), or both (Mahalanobis or head rejects)."),
+    method: Optional[Method] = typer.Option(None, "--method", help="Who decides: the Mahalanobis thresholds (the paper), the energy score of the logits, the k-nearest-neighbour distance of the features, the supervised head (needs `fit-head`), both (Mahalanobis or head rejects), or the rule learned from reviews (needs `imgclean learn`) [default: the model's default method: mahalanobis, or what `imgclean learn` chose]."),
     device: Device = typer.Option(Device.auto, help="Where to run the model (auto: a GPU when there is one)."),
     quiet: Quiet = False,
     verbose: Verbose = False,
@@ -88,6 +88,7 @@ def scan(
     from ..fileops import MANIFEST_NAME, is_quarantine
     from ..pipeline.scan import ScanOptions, run_scan
     from ..pipeline.scoring import check_method
+    from ..detectors import registry
 
     setup_logging(quiet, verbose)
     if not folder.is_dir():
@@ -124,7 +125,8 @@ def scan(
         dev = "cpu" if ray_options is not None else resolve_device(device.value)
         # The network is loaded (and torch imported) when the first file needs scoring.
         bundle = load_model(model, device=dev, lazy=True)
-        check_method(bundle, method.value)  # a ModelError is an ImgcleanError: the Command says it
+        chosen = method.value if method is not None else registry.default_method(bundle.config)
+        check_method(bundle, chosen)  # a ModelError is an ImgcleanError: the Command says it
     except ValueError as exc:
         raise fail(str(exc)) from None
 
@@ -135,7 +137,7 @@ def scan(
         review = ReviewCollector(root=root, quarantine=move_to)
     options = ScanOptions(
         batch_size=batch_size, workers=workers, keep_unreadable=keep_unreadable, exclude=exclude,
-        use_cache=use_cache, cache_dir=cache_dir, method=method.value, engine=engine.value, ray=ray_options,
+        use_cache=use_cache, cache_dir=cache_dir, method=chosen, engine=engine.value, ray=ray_options,
     )
     printer = Printer(dry_run, json_out, verbose, keep_unreadable, progress=make_progress(quiet or json_out))
     with open_run(root, folder, move_to, dry_run, report, review, printer) as run:

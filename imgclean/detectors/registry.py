@@ -19,14 +19,22 @@ from .energy import EnergyDetector
 from .head import RejectHead
 from .knn import KNNDetector
 from .mahalanobis import MahalanobisDetector
+from .reviewed import ReviewedDetector
 
 # name -> class, in the order of evaluate's columns and of the model's files (mahalanobis first:
 # it is always there, and gives the nearest class).
 DETECTORS: dict[str, type[Detector]] = {
-    cls.name: cls for cls in (MahalanobisDetector, EnergyDetector, KNNDetector, RejectHead)
+    cls.name: cls for cls in (MahalanobisDetector, EnergyDetector, KNNDetector, RejectHead, ReviewedDetector)
 }
 COMBINED: dict[str, tuple[str, ...]] = {"both": ("mahalanobis", "head")}
 DEFAULT_METHOD = "mahalanobis"
+
+
+def default_method(config: Mapping) -> str:
+    """The method a scan uses when none is asked for: config.json's `default_method` (what
+    `imgclean learn` chose on its evidence) when it names a known method, else DEFAULT_METHOD."""
+    chosen = config.get("default_method") if isinstance(config, Mapping) else None
+    return chosen if isinstance(chosen, str) and chosen in method_names() else DEFAULT_METHOD
 
 
 def method_names() -> tuple[str, ...]:

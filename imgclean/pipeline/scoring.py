@@ -28,7 +28,8 @@ def check_method(bundle, method: str) -> None:
     if registry.detector_class(name).supervised:
         raise ValueError(
             f"the model{where} has no supervised {name}, which --method {method} needs; "
-            f"add one with `imgclean fit-head --reject-dir DIR -m MODEL`"
+            + ("learn it from a review with `imgclean learn QUARANTINE -m MODEL`" if name == "reviewed"
+               else "add one with `imgclean fit-head --reject-dir DIR -m MODEL`")
         )
     raise ValueError(
         f"the model{where} has no {name} detector, which --method {method} needs (it was fitted by an "

@@ -199,7 +199,8 @@ def apply(
     """Carry out a saved `scan --report` file: move its rejected files into `move_to`, each
     checked against its record first (a changed or replaced file stays). `root`: where the
     report's folder is mounted here, when not where it was made."""
-    from .pipeline.apply import ApplySummary, check_report, quarantine_exclusion, run_apply
+    from .pipeline.apply import ApplySummary, quarantine_exclusion
+    from .pipeline.apply_report import check_report, run_apply
     from .pipeline.apply_sources import resolve_folder
     from .reports.records import ReportError, ReportFile, report_root
 

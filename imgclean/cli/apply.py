@@ -43,7 +43,7 @@ def _plan(source, given: Optional[Path], move_to: Path, keep_unreadable: bool, s
     """Choose the folder (pipeline/apply_sources.resolve_folder has the rule) and check the whole
     report against it. A report that names no folder is checked first all the same: one with a
     bad row is refused as such (exit 1, with its summary), a sound one is a usage error."""
-    from ..pipeline.apply import check_report
+    from ..pipeline.apply_report import check_report
     from ..pipeline.apply_sources import ApplyFolderError, resolve_folder
     from ..reports.records import report_root
 
@@ -109,7 +109,8 @@ def apply(
     place and counted as changed, one that is gone as changed (missing). Takes the same lock and
     journal as `scan --move-to`; exit codes as for scan.
     """
-    from ..pipeline.apply import ApplySummary, run_apply
+    from ..pipeline.apply import ApplySummary
+    from ..pipeline.apply_report import run_apply
     from ..reports.records import ReportError, ReportFile, report_format
 
     setup_logging(quiet, verbose)

@@ -26,7 +26,7 @@ import re
 import stat
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, NamedTuple
 
 from .. import data
 from ..errors import ImgcleanError
@@ -34,9 +34,23 @@ from ..structured import CsvRows, Limits, StructuredInputError, json_lines
 
 OOD = "ood"
 CHANGED = "changed"
+# A file the scan would reject but a person accepted (quarantine.decision_check): left in place.
+# Never rejected, never skipped; and never a verdict of the scan itself, so never cached as one.
+ACCEPTED = "accepted"
 # Statuses of files that could not be scored; moved too unless keep_unreadable.
 UNDECODABLE = (data.UNREADABLE, data.TOO_LARGE, data.UNSUPPORTED)
-STATUSES = (data.OK, OOD, *UNDECODABLE, data.SKIPPED, CHANGED)
+# What a scan itself says of a file (what the scan cache may keep), and every status a record may have.
+VERDICTS = (data.OK, OOD, *UNDECODABLE, data.SKIPPED, CHANGED)
+STATUSES = (*VERDICTS, ACCEPTED)
+# A record's `review`: empty, or why the scan put the file in its review sample (a short label).
+MAX_REVIEW = 200
+
+
+class Verdict(NamedTuple):
+    """What the scan itself said of a file whose status a person's decision replaced."""
+
+    status: str
+    message: str
 
 
 @dataclass
@@ -44,7 +58,12 @@ class ScanRecord:
     """One file's outcome. `score`: higher = more out-of-distribution, > 1 = rejected.
 
     size, mtime_ns, dev and ino: the file as it was when scored (0/None when not known, e.g. a
-    skipped file); a move re-checks them and leaves a file that differs in place."""
+    skipped file); a move re-checks them and leaves a file that differs in place.
+
+    `review`: empty, or why the scan chose the file for its review sample (a report column).
+    `verdict`: what the scan said of a file before a person's decision replaced its status
+    (status `accepted`, see :func:`mark_accepted`); None otherwise. Kept for the scan cache,
+    which stores verdicts, never decisions; not a report column."""
 
     path: str  # relative to the scanned folder
     status: str
@@ -58,9 +77,19 @@ class ScanRecord:
     mtime_ns: int | None = 0
     dev: int | None = None
     ino: int | None = None
+    review: str = ""
+    verdict: Verdict | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def mark_accepted(record: ScanRecord, message: str) -> None:
+    """Give `record` (one the scan would reject) the status `accepted`, keeping its verdict and
+    saying who accepted it (`message`) before what the scan said of it."""
+    record.verdict = Verdict(record.status, record.message)
+    record.status = ACCEPTED
+    record.message = f"{message}; {record.message}" if record.message else message
 
 
 def is_rejected(record: ScanRecord, keep_unreadable: bool) -> bool:
@@ -69,11 +98,12 @@ def is_rejected(record: ScanRecord, keep_unreadable: bool) -> bool:
     return record.status in UNDECODABLE and not keep_unreadable
 
 
-# The first eight columns are those of older reports, in their order; the rest were added for
-# `imgclean apply`. Readers find columns by name.
+# The first eight columns are those of older reports, in their order; size..root were added for
+# `imgclean apply`, review for the review sample. New columns go at the end: readers find
+# columns by name, so an older imgclean reads a newer report (it ignores columns it does not know).
 FIELDS = ("path", "status", "predicted", "nearest", "score", "action", "destination", "message",
-          "size", "mtime_ns", "dev", "ino", "root")
-_RECORD_FIELDS = tuple(f for f in FIELDS if f != "root")  # root is the last column; the writer adds it
+          "size", "mtime_ns", "dev", "ino", "root", "review")
+_RECORD_FIELDS = FIELDS[: FIELDS.index("root")]  # the record's own columns before root; the writer adds root
 _json_encode = json.JSONEncoder(ensure_ascii=True).encode
 _BUFFER = 2**20
 _NEEDS_QUOTES = re.compile('["\r\n]').search  # (or a comma) what makes csv.writer quote a field (excel dialect)
@@ -120,16 +150,20 @@ class RecordWriter:
             self._csv = csv.writer(self._fh)  # what csv.DictWriter writes, without a dict per row
             self._csv.writerow(FIELDS)
             root = "" if self.root is None else self.root
-            # The root's cell and the line's end, when the root needs no quoting (else csv.writer writes every row).
-            self._csv_end = None if _NEEDS_QUOTES(root) or "," in root or not root else root + "\r\n"
+            # What ends a row after its ino cell when the root needs no quoting (else csv.writer
+            # writes every row): the root's cell and the line's end for a block's rows
+            # (RecordBlock.csv_text), the root's cell, an empty review cell and the line's end for one row.
+            self._block_end = None if _NEEDS_QUOTES(root) or "," in root or not root else root + "\r\n"
+            self._csv_end = None if self._block_end is None else root + ",\r\n"
         return self
 
     def write(self, record: ScanRecord) -> None:
         d = record.__dict__
         try:
             if self.format == "csv":
-                # What csv.writer writes, formatted here when no field needs quoting (the line then
-                # holds exactly 12 commas and no quote, CR or LF before the root); else csv.writer.
+                # What csv.writer writes, formatted here when no field needs quoting and the review
+                # cell is empty (the line then holds exactly 12 commas and no quote, CR or LF before
+                # the root); else csv.writer.
                 r, end = record, self._csv_end
                 line = (
                     f"{r.path},{r.status},{'' if r.predicted is None else r.predicted},"
@@ -138,13 +172,15 @@ class RecordWriter:
                     f"{'' if r.mtime_ns is None else r.mtime_ns},{'' if r.dev is None else r.dev},"
                     f"{'' if r.ino is None else r.ino},"
                 )
-                if end is None or line.count(",") != 12 or _NEEDS_QUOTES(line) or r.__class__ is not ScanRecord:
-                    self._csv.writerow([d[k] for k in _RECORD_FIELDS] + [self.root])
+                if (end is None or r.review or line.count(",") != 12 or _NEEDS_QUOTES(line)
+                        or r.__class__ is not ScanRecord):
+                    self._csv.writerow([d[k] for k in _RECORD_FIELDS] + [self.root, r.review])
                 else:
                     self._fh.write(line + end)
             else:
                 row = {k: d[k] for k in _RECORD_FIELDS}
                 row["root"] = self.root
+                row["review"] = record.review
                 # ensure_ascii keeps one record per line whatever the file name holds
                 self._fh.write(_json_encode(row) + "\n")
         except OSError as e:  # e.g. a full disk: name the report, not just the errno
@@ -153,10 +189,14 @@ class RecordWriter:
     def write_block(self, block) -> None:
         """write() for each record of a block (record_blocks.RecordBlock), as one write when the
         rows need no quoting."""
-        text = block.csv_text(self._csv_end) if self.format == "csv" and self._csv_end is not None else None
+        text = block.csv_text(self._block_end) if self.format == "csv" and self._block_end is not None else None
         if text is None:
             self.write_many(block.records())
             return
+        # Each row's empty review cell. csv_text promised one CR and one LF a row, both in its
+        # line end, so every "\r\n" in the text is a line end. (A block's records have no review:
+        # a record given a review was built, and a built block never comes as text.)
+        text = text.replace("\r\n", ",\r\n")
         try:
             self._fh.write(text)
         except OSError as e:
@@ -285,8 +325,21 @@ def parse_row(row: Any) -> tuple[ScanRecord, str | None]:
         message=_text(get("message"), "message") or "", action=_text(get("action"), "action") or "",
         destination=_text(get("destination"), "destination"), size=_count(get("size"), "size"),
         mtime_ns=_count(get("mtime_ns"), "mtime_ns"), dev=_count(get("dev"), "dev"), ino=_count(get("ino"), "ino"),
+        review=_review(get("review")),
     )
     return record, root
+
+
+def _review(value: Any) -> str:
+    """A row's review cell: empty (or absent: a report from before the column), or a short
+    label of printable characters."""
+    if value is None or value == "":
+        return ""
+    if not isinstance(value, str):
+        raise _Bad(f"review {_preview(value)} is not a string")
+    if len(value) > MAX_REVIEW or not value.isprintable():
+        raise _Bad(f"review {_preview(value)} is not a short label (at most {MAX_REVIEW} printable characters)")
+    return value
 
 
 def _checked(n: int, row: Any) -> ReportRow:

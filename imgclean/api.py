@@ -18,6 +18,7 @@ loaded model (`load`).
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -25,6 +26,11 @@ from typing import Callable, Iterable
 
 from .config import FitConfig, TrainSettings
 from .errors import ImgcleanError
+
+# A library says nothing unless its caller configures logging (the standard NullHandler): without
+# it Python's last-resort handler writes imgclean's warnings to stderr. What a caller should hear
+# is returned as data (fit: model.config["fit_warnings"], ["calibration"], ["training"]).
+logging.getLogger("imgclean").addHandler(logging.NullHandler())
 
 __all__ = ["ApiError", "ApplyResult", "ScanResult", "apply", "audit", "evaluate", "fit", "load", "restore", "scan"]
 
@@ -70,8 +76,11 @@ def fit(
 
     `settings` are FitConfig / TrainSettings fields (arch, epochs, center_weight, device, ...).
     With `output`, the model is saved there (atomically; an existing directory only with
-    force=True). Returns the model (store.artifact.ModelBundle); `model.config["training"]` and
-    `["metrics"]` hold what `imgclean fit` prints.
+    force=True). Returns the model (store.artifact.ModelBundle); its config holds what `imgclean
+    fit` prints: `["training"]` (epochs asked for and `epochs_trained`, raised by min_steps),
+    `["metrics"]`, `["calibration"]` (the false-reject rate the thresholds promise, its interval,
+    and `warning` when too few images carry it), `["fit_warnings"]` (one line each; nothing is
+    printed) and `["weights_mapping"]` (how `weights=` was matched to the backbone).
     """
     from .pipeline.fit import fit_model
     from .store.artifact import check_replaceable, save_model

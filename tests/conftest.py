@@ -48,7 +48,7 @@ def tree_snapshot(root: Path) -> dict[str, tuple[int, int, str]]:
 
     out = {}
     for p in sorted(Path(root).rglob("*")):
-        if p.is_file() and p.name != ".imgclean.lock":  # left by moving scans, by design
+        if p.is_file() and p.name not in (".imgclean.lock", ".imgclean-decisions.jsonl"):  # bookkeeping, by design
             st = p.stat()
             out[str(p.relative_to(root))] = (st.st_size, st.st_mtime_ns, hashlib.sha256(p.read_bytes()).hexdigest())
     return out
@@ -150,13 +150,6 @@ def _restore_logging():
     ours.setLevel(saved[2])
     warnings.formatwarning = saved[3]
     logging.captureWarnings(False)
-
-
-@pytest.fixture(autouse=True)
-def _private_lock_registry(tmp_path_factory, monkeypatch):
-    """Held locks are registered machine-wide (/tmp/imgclean-locks): keep each test's runs apart
-    from real runs and from other test sessions on the same machine."""
-    monkeypatch.setenv("IMGCLEAN_LOCK_REGISTRY", str(tmp_path_factory.mktemp("lock-registry")))
 
 
 @pytest.fixture(scope="module")

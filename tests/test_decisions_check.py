@@ -120,18 +120,16 @@ def quarantine_one(root: Path, q: Path, name: str) -> None:
 
 
 def restore_and_record(q: Path, only: list[Path]) -> list:
-    """What `imgclean restore` does once wired: restore, then record each restored file."""
-    results = restore(q, only=only)
-    moves = {op["source"]: op for op, _ in fold(q).moves()}
-    return [ops.record_restore(moves[os.fsdecode(r.source)], q) for r in results if r.status == "restored"]
+    """`imgclean restore`, which records each restored file as accepted (record_restore)."""
+    return [r for r in restore(q, only=only) if r.status == "restored"]
 
 
 def test_a_restored_file_is_recorded_as_accepted_with_its_journal_link(root, tmp_path):
     q = tmp_path / "q"
     quarantine_one(root, q, "keep.png")
-    [outcome] = restore_and_record(q, [root / "keep.png"])
-    assert outcome.status == "accepted", outcome.message
-    decision = outcome.decisions[0]
+    [result] = restore_and_record(q, [root / "keep.png"])
+    assert result.message == ""
+    [decision] = read_folder(root).log.records
     assert decision.source == "restore" and decision.journal_quarantine == os.fsdecode(q)
     assert decision.journal_id == next(op["id"] for op, _ in fold(q).moves())
     assert ask(AcceptedFiles(root), "keep.png") is not None
@@ -215,8 +213,8 @@ def test_a_restored_file_is_accepted_by_every_later_scan(model_dir, model_with_h
     moved = [r for r in first.records if r.action == "moved" and r.status == "ood"]
     assert moved, "the fixture's odd pictures are rejected"
     chosen = moved[0].path
-    [outcome] = restore_and_record(q1, [root / chosen])
-    assert outcome.status == "accepted"
+    [restored] = restore_and_record(q1, [root / chosen])
+    assert restored.message == "" and read_folder(root).log.records[-1].source == "restore"
     for model, method, cache in ((model_dir, "mahalanobis", True), (model_dir, "mahalanobis", False),
                                  (model_with_head, "head", False)):
         later = api.scan(root, model, device="cpu", use_cache=cache, method=method)

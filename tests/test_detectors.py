@@ -109,17 +109,25 @@ def test_energy_spread_falls_back_when_the_energies_do_not_spread():
     assert det.score(logits=np.zeros((1, 3)))[0] == pytest.approx(1.0)
 
 
-def test_energy_calibration_raises_the_threshold_by_the_held_out_median_shift():
+def test_energy_calibration_moves_the_threshold_to_the_conformal_held_out_energy():
+    from imgclean.detectors.calibration import conformal_rank
+
     _, logits, _ = outputs(n=300)
     det = EnergyDetector().fit(logits=logits)
     before = det.threshold_
     held_out = logits * 0.8  # less confident: higher energies
-    shift = float(np.median(energy(held_out)) - np.median(energy(logits)))
-    assert shift > 0
-    assert det.calibrate(logits=held_out) == {"energy_threshold_shift": pytest.approx(shift)}
-    assert det.threshold_ == pytest.approx(before + shift)
-    assert det.calibrate(logits=logits * 1.5) == {"energy_threshold_shift": 0.0}  # never tighter
-    assert det.threshold_ == pytest.approx(before)
+    e = np.sort(energy(held_out))
+    k = conformal_rank(len(e), 97.5)
+    cut = det.calibrate(logits=held_out)
+    assert cut.rank == k and cut.held_out == 300
+    assert det.threshold_ == pytest.approx(e[k - 1]) and det.threshold_ > before
+    assert det.shift_ == pytest.approx(e[k - 1] - det.base_threshold_)
+    assert det.score(logits=held_out[np.argsort(energy(held_out))][[k - 1]])[0] == pytest.approx(1.0)
+    assert np.sum(det.predict(logits=held_out)) == len(e) - k
+    # more confident held-out images lower it (the old rule only raised it); the state still loads
+    det.calibrate(logits=logits * 1.5)
+    assert det.threshold_ < before
+    EnergyDetector.check_state(det.to_arrays(), 6, 3)
 
 
 def test_energy_checks_its_inputs():

@@ -100,3 +100,27 @@ def test_evaluate_errors(model_dir, folders, tmp_path):
     result = invoke("evaluate", "--in", tmp_path / "nope", "--ood", ood_dir, "-m", model_dir)
     assert result.exit_code == 2 and "does not exist" in result.output
     assert "Traceback" not in result.output
+
+
+def test_evaluate_table_reads_well_at_80_columns(model_dir, folders, monkeypatch):
+    """Issue 25: at 80 columns the headers were cut (`precisi…`); now every header and number is
+    whole, no line is wider than 80, and a legend names the short headers."""
+    import io
+
+    from rich.console import Console
+
+    from imgclean.cli import model as model_cli
+
+    buffer = io.StringIO()
+    monkeypatch.setattr(model_cli, "out", Console(file=buffer, width=80, color_system=None, soft_wrap=True))
+    result = invoke("evaluate", "--in", folders[0], "--ood", folders[1], "-m", model_dir, "-q")
+    assert result.exit_code == 0, result.output
+    text = buffer.getvalue()
+    assert "…" not in text
+    table = [line for line in text.splitlines() if "mahalanobis" in line or "AUROC" in line]
+    assert all(len(line) <= 80 for line in table), table
+    header = next(line for line in table if "AUROC" in line).split()
+    assert header == ["method"] + [h for _, h in model_cli.EVALUATE_COLUMNS]
+    row = next(line for line in table if line.split()[0] == "mahalanobis").split()
+    assert len(row) == 8 and all(len(v) == 6 and 0 <= float(v) <= 1 for v in row[1:])
+    assert "FRR: share of in-distribution images rejected" in text

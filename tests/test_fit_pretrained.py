@@ -41,6 +41,9 @@ def test_offline_without_cache_is_one_line_at_once(empty_hub_cache, monkeypatch,
     message = str(err.value)
     assert "\n" not in message
     assert f"pretrained weights for {ARCH}" in message and "no network" in message and "--weights FILE" in message
+    # where timm looks, what moves it, and how to put the file there (issue 25)
+    assert str(empty_hub_cache) in message and "HF_HUB_CACHE" in message and "HF_HOME" in message
+    assert "hf download timm/test_resnet.r160_in1k --cache-dir DIR" in message
     assert checks == [1]  # asked once, then stopped: no download attempts, no retries
     captured = capfd.readouterr()
     assert captured.err == "" and captured.out == ""
@@ -97,4 +100,5 @@ def test_cli_offline_pretrained_prints_one_line_even_with_quiet(tmp_path):
     assert proc.returncode == 1, proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and ARCH in lines[0] and "--weights" in lines[0], proc.stderr
+    assert str(tmp_path / "hf" / "hub") in lines[0], lines[0]  # the cache folder HF_HOME resolves to
     assert "Retry" not in proc.stderr and "Traceback" not in proc.stderr

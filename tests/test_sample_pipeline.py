@@ -32,8 +32,11 @@ def test_fit_and_scan_the_sample_data(tmp_path):
     kept = Counter(source[p.name] for p in incoming.iterdir() if not p.name.startswith("."))
     assert summary["moved"] == sum(moved.values()) and summary["unreadable"] == 1
     assert moved["broken"] == 1
-    # Measured on this data: all 20 Fashion-MNIST images moved and all 40 digits kept (seed 0).
-    # Other seeds keep 36-40 digits, so allow a little slack rather than pin one float.
-    assert moved["fashion_mnist"] >= 19, moved
+    # Measured on this data (seed 0): all 40 digits kept and 12 of the 20 Fashion-MNIST images
+    # moved. The thresholds are calibrated to reject 2.5% of new digits (split conformal on the 100
+    # held-out digits, docs/method.md); the 8 Fashion images let through score between that cut
+    # and the looser one of the previous rule, which moved all 20 but rejected 4% of held-out
+    # digits. Other seeds keep 36-40 digits, so allow a little slack rather than pin one float.
+    assert moved["fashion_mnist"] >= 10, moved
     assert kept["mnist"] >= 38, kept
     assert sum(moved.values()) + sum(kept.values()) == len(source)  # every file exactly once

@@ -27,6 +27,7 @@ EXIT_USAGE = 2
 EXIT_REJECTED = 3  # scan --fail-on-reject found something to reject
 EXIT_LOCKED = 4  # another imgclean run holds a lock on a folder this run needs
 EXIT_SKIPPED = 5  # a folder in the scan could not be listed; with --fail-on-skip, any file skipped or changed
+EXIT_HANGUP = 129  # SIGHUP (128 + 1): the terminal closed or the session ended
 EXIT_INTERRUPTED = 130  # SIGINT
 EXIT_TERMINATED = 143  # SIGTERM
 
@@ -181,7 +182,7 @@ def exit_code(summary, fail_on_reject: bool = False, fail_on_skip: bool = False,
               allow_unlisted: bool = False) -> tuple[int, str]:
     """The exit code of a run that scanned or applied records, from its summary and flags, and
     the error line to print with it ("" for none). The rules, first match wins: interrupted ->
-    `stop_code` (130 SIGINT, 143 SIGTERM); files that could not be moved, or report rows that
+    `stop_code` (130 SIGINT, 143 SIGTERM, 129 SIGHUP); files that could not be moved, or report rows that
     are not sound (apply) -> 1; folders inside the scan that could not be listed (summary.unlisted:
     part of the tree was not scanned) -> 5 with a line saying so, unless `allow_unlisted`;
     --fail-on-reject and anything rejected -> 3; --fail-on-skip and anything skipped or
@@ -216,7 +217,8 @@ def locked(exc) -> typer.Exit:
     path = Path(getattr(exc, "path", "") or "")
     busy = path.parent if path.name == LOCK_NAME else path
     holder = getattr(exc, "holder", "") or "holder unknown"
-    return fail(f"{busy} is in use by another imgclean run ({holder}); try again when it ends", EXIT_LOCKED)
+    line = getattr(exc, "line", None) or f"{busy} is in use by another imgclean run ({holder}); try again when it ends"
+    return fail(line, EXIT_LOCKED)
 
 
 def setup_logging(quiet: bool, verbose: bool) -> None:

@@ -13,6 +13,14 @@ from .common import (
     Device, Method, command, err, fail, make_progress, os_error, out, print_json, resolve_device, setup_logging,
     usage_error,
 )
+from .train import calibration_line, describe_mapping
+
+
+# evaluate's table: (result key, column header); the legend names the short ones.
+EVALUATE_COLUMNS = (("precision", "prec"), ("recall", "recall"), ("f1", "F1"), ("false_reject_rate", "FRR"),
+                    ("auroc", "AUROC"), ("aupr", "AUPR"), ("fpr_at_95_tpr", "FPR95"))
+EVALUATE_LEGEND = ("prec, recall, F1: of the rejections (ood = positive); FRR: share of in-distribution images "
+                   "rejected; FPR95: share of them rejected at 95% recall (--json: the full names)")
 
 
 @command()
@@ -73,17 +81,20 @@ def evaluate(
         f"classification accuracy {c['accuracy']:.4f}, macro-F1 {c['macro_f1']:.4f}",
         highlight=False,
     )
+    from rich import box
     from rich.table import Table
 
-    table = Table(title="out-of-distribution detection (ood = positive class)")
-    keys = ("precision", "recall", "f1", "false_reject_rate", "auroc", "aupr", "fpr_at_95_tpr")
-    table.add_column("method")
-    for key in keys:
-        table.add_column(key, justify="right")
+    # Short headers (the legend below says what they are): 8 columns of at most 11 characters
+    # fit 80 columns without truncating a header or a number.
+    table = Table(title="out-of-distribution detection (ood = positive class)", box=box.SIMPLE_HEAD)
+    table.add_column("method", no_wrap=True)
+    for _, header in EVALUATE_COLUMNS:
+        table.add_column(header, justify="right", no_wrap=True)
     for name in method_names():
         if name in result.results:
-            table.add_row(name, *[f"{result.results[name][k]:.4f}" for k in keys])
+            table.add_row(name, *[f"{result.results[name][k]:.4f}" for k, _ in EVALUATE_COLUMNS])
     out.print(table)
+    out.print(EVALUATE_LEGEND, highlight=False, markup=False)
     for path in written:
         err.print(f"wrote {os.fsdecode(path)}", highlight=False, markup=False)
 
@@ -136,6 +147,10 @@ def info(
         settings.add_row(f"settings.{key}", str(value))
     for key, value in (config.get("metrics") or {}).items():
         settings.add_row(f"metrics.{key}", f"{value:.4f}" if isinstance(value, float) else str(value))
+    settings.add_row("calibration", calibration_line(config.get("calibration")))
+    weights = config.get("weights_mapping")
+    if isinstance(weights, dict):
+        settings.add_row("weights_mapping", describe_mapping(weights))
     settings.add_row("methods", ", ".join(described.methods))
     for name, values in described.detectors.items():
         shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in values.items()}
@@ -147,3 +162,17 @@ def info(
     for key, value in (config.get("versions") or {}).items():
         settings.add_row(f"version.{key}", str(value))
     out.print(settings)
+    for line in model_warnings(config):
+        out.print(f"WARNING: {line}", highlight=False, markup=False)
+
+
+def model_warnings(config: dict) -> list[str]:
+    """What fit warned about when it made this model (config.json's fit_warnings; the calibration's
+    warning among them), as strings; anything else found there is ignored."""
+    found = config.get("fit_warnings")
+    lines = [w for w in found if isinstance(w, str)] if isinstance(found, list) else []
+    calibration = config.get("calibration")
+    warning = calibration.get("warning") if isinstance(calibration, dict) else None
+    if isinstance(warning, str) and warning not in lines:
+        lines.append(warning)
+    return lines

@@ -14,20 +14,23 @@ from typing import Callable, Optional
 import typer
 
 from .common import (
-    EXIT_INTERRUPTED, EXIT_TERMINATED, check_output_path, err, exit_code, fail, os_error, out, print_json,
-    usage_error,
+    EXIT_HANGUP, EXIT_INTERRUPTED, EXIT_TERMINATED, check_output_path, err, exit_code, fail, os_error, out, print_json,
+    rich_console, usage_error,
 )
 
 
 class StopFlag:
-    """SIGINT/SIGTERM set a flag; the run finishes the file in flight, then stops."""
+    """SIGINT, SIGTERM and SIGHUP (a closed terminal, a cron session ending) set a flag; the run
+    finishes the file in flight, then stops with the signal's exit code (130, 143, 129)."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM, *((signal.SIGHUP,) if hasattr(signal, "SIGHUP") else ()))
 
     def __init__(self):
         self.signum: int | None = None
         self._old: dict[int, object] = {}
 
     def __enter__(self) -> "StopFlag":
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in self.SIGNALS:
             self._old[sig] = signal.signal(sig, self._handle)
         return self
 
@@ -43,7 +46,14 @@ class StopFlag:
 
     @property
     def exit_code(self) -> int:
+        if self.signum == getattr(signal, "SIGHUP", None):
+            return EXIT_HANGUP
         return EXIT_INTERRUPTED if self.signum == signal.SIGINT else EXIT_TERMINATED
+
+    @property
+    def hung_up(self) -> bool:
+        """The terminal went away: printing may fail (EIO), and that must not hide the exit code."""
+        return self.signum is not None and self.signum == getattr(signal, "SIGHUP", None)
 
 
 def check_move_target(folder: Path, move_to: Path) -> tuple[Path, ...]:
@@ -189,12 +199,14 @@ def enter_quarantine(stack: contextlib.ExitStack, root: Path, label: Path, move_
     quarantine's modules are imported only then."""
     if move_to is None:
         return None
-    from ..quarantine.locking import LockError, ScanLock
+    from ..quarantine.locking import LockError, LockHeld, ScanLock
     from ..quarantine.moves import Quarantine
 
     if not dry_run:
         try:
             stack.enter_context(ScanLock(root))
+        except LockHeld:
+            raise  # (LockUnusable is both) the lock exit code, from the one handler in common.py
         except LockError as exc:
             raise fail(f"cannot lock {label}: {exc}") from None
     quarantine = Quarantine(move_to)
@@ -212,6 +224,7 @@ def open_run(root: Path, label: Path, move_to: Optional[Path], dry_run: bool, re
     (e.g. its disk is full) becomes one error line once everything else is closed."""
     from ..reports.records import RecordWriter
 
+    stop: StopFlag | None = None
     try:
         with contextlib.ExitStack() as stack:
             quarantine = enter_quarantine(stack, root, label, move_to, dry_run)
@@ -226,7 +239,21 @@ def open_run(root: Path, label: Path, move_to: Optional[Path], dry_run: bool, re
             stack.callback(printer.flush)  # before the bar closes: its last update is exact
             yield Resources(quarantine, stop, printer.progress, sinks, printer)
     except OSError as exc:
+        if stop is not None and stop.hung_up:  # the terminal is gone (EIO): the exit code still says why
+            raise hang_up(stop) from None
         raise os_error(exc) from None
+
+
+def hang_up(stop: StopFlag) -> typer.Exit:
+    """After SIGHUP, output failed (the terminal is gone): what is still buffered, and anything
+    later, goes to /dev/null, or the interpreter's last flush would fail and exit 120 instead."""
+    fd = os.open(os.devnull, os.O_WRONLY)
+    try:
+        for target in (1, 2):
+            os.dup2(fd, target)
+    finally:
+        os.close(fd)
+    return typer.Exit(stop.exit_code)
 
 
 @dataclass
@@ -242,25 +269,33 @@ class Outcome:
 
 
 def finish(summary, outcome: Outcome, printer: Printer, stop: StopFlag, *, json_out: bool, quiet: bool,
-           review=None, html: Optional[Path] = None, fail_on_reject: bool = False, fail_on_skip: bool = False) -> None:
+           review=None, html: Optional[Path] = None, fail_on_reject: bool = False, fail_on_skip: bool = False,
+           allow_unlisted: bool = False) -> None:
     """Print the summary (a table, or JSON), write the review page, and exit as the rules say
-    (common.exit_code)."""
+    (common.exit_code). After SIGHUP the terminal may be gone: output that fails is dropped."""
+    try:
+        _finish(summary, outcome, printer, stop, json_out=json_out, quiet=quiet, review=review, html=html,
+                fail_on_reject=fail_on_reject, fail_on_skip=fail_on_skip, allow_unlisted=allow_unlisted)
+    except OSError:
+        if not stop.hung_up:
+            raise
+        raise hang_up(stop) from None
+
+
+def _finish(summary, outcome: Outcome, printer: Printer, stop: StopFlag, *, json_out: bool, quiet: bool,
+            review, html: Optional[Path], fail_on_reject: bool, fail_on_skip: bool, allow_unlisted: bool) -> None:
     result = summary.to_dict()
     if printer.dry_run:
         result["plan"] = printer.plan
     if json_out:
         print_json(result)
     else:
-        from rich.table import Table
+        from .console import counts_table
 
-        table = Table(title=outcome.title)
-        keys = ("scanned", "ok", "ood", "unreadable", "too_large", "unsupported", "skipped", "changed", "moved",
-                "would_move", "move_errors", *outcome.extra_columns)
-        for key in keys:
-            if key in ("scanned", "ok", "ood", "unreadable") or result[key]:
-                table.add_column(key, justify="right")
-        table.add_row(*[str(result[c.header]) for c in table.columns])
-        out.print(table)
+        keys = ("scanned", "ok", "ood", "unreadable", "too_large", "unsupported", "skipped", "changed", "accepted",
+                "moved", "would_move", "move_errors", *outcome.extra_columns)
+        shown = {k: result[k] for k in keys if k in ("scanned", "ok", "ood", "unreadable") or result.get(k)}
+        out.print(counts_table(outcome.title, shown, rich_console(out).width))
     if review is not None:
         from ..reports.review import render_html, write_html
 
@@ -271,7 +306,7 @@ def finish(summary, outcome: Outcome, printer: Printer, stop: StopFlag, *, json_
             raise fail(f"cannot write the review page {html}: {exc.strerror or exc}") from None
         if not json_out and not quiet:
             err.print(f"review page: {html}", highlight=False, markup=False)
-    code, message = exit_code(summary, fail_on_reject, fail_on_skip, stop.exit_code)
+    code, message = exit_code(summary, fail_on_reject, fail_on_skip, stop.exit_code, allow_unlisted)
     if summary.interrupted:
         if not quiet:
             of = f" of {printer.total}" if printer.total is not None else ""

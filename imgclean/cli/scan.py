@@ -67,6 +67,7 @@ def scan(
     json_out: JsonOut = False,
     fail_on_reject: FailOnReject = False,
     fail_on_skip: FailOnSkip = False,
+    allow_unlisted: bool = typer.Option(False, "--allow-unlisted", help="Exit 0 even when a folder inside the scan could not be listed (its files are not scanned; the report has a skipped record for it)."),
     keep_unreadable: KeepUnreadable = False,
     batch_size: int = typer.Option(256, min=1, help="Images scored per batch."),
     method: Method = typer.Option(Method.mahalanobis, "--method", help="Who decides: the Mahalanobis thresholds (the paper), the energy score of the logits, the k-nearest-neighbour distance of the features, the supervised head (needs `fit-head`), or both (Mahalanobis or head rejects)."),
@@ -152,4 +153,4 @@ def scan(
             raise fail(str(exc)) from None
     outcome = Outcome(title=f"scan of {folder}", review_title=f"imgclean review: {folder}")
     finish(summary, outcome, printer, run.stop, json_out=json_out, quiet=quiet, review=review, html=html,
-           fail_on_reject=fail_on_reject, fail_on_skip=fail_on_skip)
+           fail_on_reject=fail_on_reject, fail_on_skip=fail_on_skip, allow_unlisted=allow_unlisted)

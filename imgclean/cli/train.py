@@ -60,8 +60,8 @@ def fit(
     mean: Optional[str] = typer.Option(None, help="Normalisation mean per channel, comma-separated (e.g. 0.485,0.456,0.406) [default: the timm model's own, else from the data]."),
     std: Optional[str] = typer.Option(None, help="Normalisation standard deviation per channel, comma-separated [default: the timm model's own, else from the data]."),
     pretrained: bool = typer.Option(False, help="Start a timm model from its pretrained weights (needs them downloadable or cached)."),
-    weights: Optional[Path] = typer.Option(None, help="Local state dict (.safetensors or .pth) for the backbone."),
-    epochs: int = typer.Option(TrainSettings.epochs, min=0, help="Training epochs (raised when needed to reach --min-steps; fit says so). 0 with --pretrained or --weights: no training, the detectors are fitted on the frozen backbone's features."),
+    weights: Optional[Path] = typer.Option(None, help="Local weights file (.safetensors or .pth) for the backbone: timm's, torchvision's or EfficientNet-PyTorch's names, matched by name or by order (fit says which)."),
+    epochs: int = typer.Option(TrainSettings.epochs, min=0, help="Training epochs, raised when needed to reach --min-steps (a note says so when you gave --epochs; the summary shows the epochs trained). 0 with --pretrained or --weights: no training, the detectors are fitted on the frozen backbone's features."),
     min_steps: int = typer.Option(TrainSettings.min_steps, min=0, help="Train at least this many batches (small data sets get more epochs)."),
     batch_size: int = typer.Option(TrainSettings.batch_size, min=1, help="Training batch size."),
     lr: float = typer.Option(TrainSettings.lr, min=0.0, help="Peak learning rate (one-cycle schedule, AdamW)."),
@@ -80,9 +80,14 @@ def fit(
     verbose: bool = typer.Option(False, "-v", "--verbose", help="Name every skipped file and log details."),
     config_file: Optional[Path] = config_option(),
 ) -> None:
-    """Train a model on a labelled image folder and calibrate its out-of-distribution thresholds."""
+    """Train a model on a labelled image folder and calibrate its out-of-distribution thresholds.
+
+    A TRAIN_DIR that is not a training folder (missing, not a folder, or empty: no class
+    sub-folders) is a usage error (exit 2); what is wrong inside a class (no image files, or none
+    readable) is an error (exit 1).
+    """
     from ..store.artifact import ModelError, check_replaceable, save_model
-    from ..pipeline.fit import FitError, fit_model
+    from ..pipeline.fit import FitError, TrainingFolderError, fit_model
 
     follower = os.environ.get("RANK", "0") not in ("", "0") and os.environ.get("WORLD_SIZE", "1") not in ("", "1")
     if follower:  # torchrun: only rank 0 prints and saves
@@ -168,6 +173,8 @@ def fit(
             return
         bundle.config["settings"] = resolved_settings(ctx)
         path = save_model(bundle, output, force=force)
+    except TrainingFolderError as exc:
+        raise usage_error(str(exc)) from None
     except (FitError, ModelError, ValueError) as exc:
         raise fail(str(exc)) from None
     except OSError as exc:
@@ -181,9 +188,18 @@ def fit(
         for p, status, message in report.skipped:
             err.print(f"skipped {p}: {status} ({message})", highlight=False, markup=False)
     asked, trained = report.epochs_requested, report.epochs_trained
-    if trained is not None and trained != asked and not quiet:
-        note(f"trained {trained} epochs instead of the {asked} asked for, so that at least --min-steps {min_steps} "
-             "batches ran (lower --min-steps to train fewer)")
+    if not quiet:
+        for line in report.notes:
+            note(line)
+        # --min-steps raised the epochs: a note when the user asked for a number, else only the
+        # summary's epoch count (the default is a starting point, not a request).
+        # (compared by name: typer releases that vendor click have an enum of their own)
+        source = getattr(ctx.get_parameter_source("epochs"), "name", "DEFAULT")
+        if report.epochs_raised and source != "DEFAULT":
+            note(f"trained {trained} epochs instead of the {asked} asked for, so that at least --min-steps "
+                 f"{min_steps} batches ran ({report.steps_per_epoch} an epoch; --min-steps 0 trains exactly --epochs)")
+        for line in report.warnings:
+            err.print(f"WARNING: {line}", highlight=False, markup=False)
     val_acc = report.metrics.get("val_accuracy")
     if val_acc is not None and val_acc < LOW_ACCURACY and not quiet:
         note(f"held-out accuracy is low ({val_acc:.2f}): mislabelled, foreign or duplicate images may be in "
@@ -200,8 +216,12 @@ def fit(
         "epochs_trained": trained,
         "backbone_trained": bool(bundle.config.get("backbone_trained", True)),
         "preprocessing": report.preprocessing,
+        "weights_mapping": report.weights_mapping,
         "thresholds": report.thresholds,
+        "calibration": report.calibration,
         "metrics": report.metrics,
+        "warnings": report.warnings,
+        "notes": report.notes,
         "head": (bundle.config.get("head") or {}).get("metrics"),
         "seconds": round(report.seconds, 2),
     }
@@ -222,18 +242,50 @@ def fit(
     def fmt(v):
         return "n/a" if v is None else f"{v:.4f}"
 
-    out.print(
+    lines = [
         f"{report.arch} {report.input_size}px x{report.channels}, {sum(report.images_per_class)} images, "
         f"{len(report.skipped)} skipped, {trained if trained is not None else '?'} epochs"
         f"{' (backbone not trained: pretrained features, nearest-class predictions)' if trained == 0 else ''}, "
-        f"{report.seconds:.1f}s\n"
-        f"validation accuracy {fmt(m.get('val_accuracy'))}, macro-F1 {fmt(m.get('val_macro_f1'))}, "
-        f"threshold scale from held-out images {fmt(m.get('threshold_scale'))}, "
-        f"held-out images rejected {fmt(m.get('val_rejected_fraction'))}",
-        highlight=False, markup=False,
-    )
+        f"{report.seconds:.1f}s",
+        f"validation accuracy {fmt(m.get('val_accuracy'))}, macro-F1 {fmt(m.get('val_macro_f1'))}",
+        calibration_line(report.calibration),
+    ]
+    if report.weights_mapping:
+        lines.insert(1, f"weights: {describe_mapping(report.weights_mapping)}")
+    out.print("\n".join(lines), highlight=False, markup=False)
     if summary["head"]:
         print_head_metrics(summary["head"])
+
+
+def calibration_line(c: dict) -> str:
+    """What the thresholds promise: the false-reject rate expected on new in-distribution images,
+    its interval, and what it rests on (shared with `info`)."""
+    if not isinstance(c, dict) or not c:
+        return "thresholds: calibration not recorded (a model saved before imgclean recorded it)"
+    try:
+        asked = 100.0 - float(c["percentile"])
+        n = int(c.get("held_out_images") or 0)
+        if c.get("method") != "split-conformal" or not n:
+            return (f"thresholds: not calibrated (no held-out images); {asked:g}% false rejects asked for, "
+                    "likely more on new images")
+        low, high = (float(v) for v in c["false_reject_interval"])
+        rate = float(c["expected_false_reject_rate"])
+        enough = "" if c.get("enough") else f"; too few images: {int(c['needed_held_out_images'])} held out are needed"
+        return (f"false-reject rate on new in-distribution images: expected {100 * rate:.1f}% "
+                f"({100 * float(c.get('interval_level', 0.9)):.0f}% interval {100 * low:.1f}-{100 * high:.1f}%; "
+                f"{asked:g}% asked for), calibrated on {n} held-out images{enough}")
+    except (KeyError, TypeError, ValueError):
+        return "thresholds: calibration record unreadable"
+
+
+def describe_mapping(w: dict) -> str:
+    """config.json's weights_mapping as fit printed it (nn.weights.WeightsMapping.describe)."""
+    try:
+        from ..nn.weights import WeightsMapping
+
+        return WeightsMapping(**w).describe()
+    except (TypeError, ValueError):
+        return str(w)[:200]
 
 
 def print_head_metrics(h: dict) -> None:

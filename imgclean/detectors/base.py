@@ -12,8 +12,10 @@ A detector has
   > 1 = rejected;
 - its state: `to_arrays()` (numbers, saved pickle-free), `settings()` (JSON, in config.json),
   `from_state(arrays, settings)` to rebuild it and `check_state(...)` to validate loaded arrays;
-- `calibrate(features=..., logits=...)`: optional, held-out in-distribution images adjust the
-  threshold when the training images' own scores are optimistic.
+- `calibrate(features=..., logits=...)`: held-out in-distribution images move the threshold so
+  that new in-distribution images are rejected at the rate the percentile promises (split
+  conformal, detectors/calibration.py); a detector with a percentile threshold only implements
+  `move_threshold(cut)` (the score `cut` becomes 1). Supervised detectors are not calibrated.
 
 Adding a detector: a module with a subclass of Detector, its tests, and one line in
 registry.DETECTORS; tests/test_detectors.py then checks it against this protocol.
@@ -24,6 +26,8 @@ from typing import TYPE_CHECKING, ClassVar
 
 if TYPE_CHECKING:  # annotations only: numpy is imported in the functions that use it
     import numpy as np
+
+    from .calibration import Cut
 
 from ..errors import ImgcleanError
 
@@ -71,13 +75,25 @@ class Detector:
         """True where the row is rejected (score > 1)."""
         return self.score(features=features, logits=logits) > 1.0
 
-    def calibrate(self, features=None, logits=None) -> dict:
-        """Adjust the threshold with held-out in-distribution images; returns what it did (metrics).
-
-        The default does nothing: a detector whose own training scores are not optimistic
-        (KNN, leave-one-out) needs no calibration.
+    def calibrate(self, features=None, logits=None) -> "Cut | None":
+        """Move the threshold with held-out in-distribution images (split conformal: the
+        ceil((n + 1) p)-th smallest of their normalised scores becomes 1, so a new image of the
+        same distribution is rejected with probability at most 1 - p). Returns the Cut (what was
+        done and the false-reject rate it promises), None when there is nothing to calibrate on.
         """
-        return {}
+        from .calibration import conformal_cut
+
+        scores = self.score(features=features, logits=logits)
+        if len(scores) == 0:
+            return None
+        cut = conformal_cut(scores, self.percentile)
+        self.move_threshold(cut.cut)
+        return cut
+
+    def move_threshold(self, cut: float) -> None:
+        """Move the threshold so that a row that scored `cut` now scores exactly 1 (the order
+        of scores is kept; rows above `cut` are the ones rejected)."""
+        raise NotImplementedError(f"{type(self).__name__} has no threshold to move")
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         raise NotImplementedError

@@ -17,8 +17,9 @@ ratio's (typical in-distribution images well below 1).
 
 Calibration: the network is trained on the very images whose energies set t, and its logits are
 more confident on them than on new images of the same classes, so t is optimistic. With held-out
-images `calibrate()` raises t by max(0, median(held-out E) - median(training E)), the additive
-counterpart (E is a log) of the Mahalanobis threshold_scale; s is left as it was.
+images `calibrate()` (split conformal, detectors/calibration.py) moves t to the energy of the
+ceil((n + 1) p)-th smallest held-out score, up or down: `shift_` = t - the training percentile;
+s is left as it was.
 """
 from __future__ import annotations
 
@@ -79,15 +80,10 @@ class EnergyDetector(Detector):
     def threshold_(self) -> float:
         return self.base_threshold_ + self.shift_
 
-    def calibrate(self, features=None, logits=None) -> dict:
-        """Raise the threshold by max(0, median(held-out energies) - median(training energies))."""
-        import numpy as np
+    def move_threshold(self, cut: float) -> None:
+        """Calibration: t moves to the energy whose score was `cut` (E = t + (cut - 1) s)."""
         self._check_fitted()
-        e = self.energies(logits)
-        if len(e) == 0:
-            return {}
-        self.shift_ = max(0.0, float(np.median(e)) - self.train_median_)
-        return {"energy_threshold_shift": self.shift_}
+        self.shift_ += (float(cut) - 1.0) * self.spread_
 
     def energies(self, logits) -> np.ndarray:
         self._check_fitted()
@@ -134,5 +130,5 @@ class EnergyDetector(Detector):
             raise ValueError(f"it was fitted on {classes:g} classes, the model has {num_classes}")
         for key in ("train_median", "base_threshold"):
             scalar(arrays, key)
-        scalar(arrays, "shift", low=0, low_open=False)
+        scalar(arrays, "shift")  # a held-out calibration may lower t (models before it only raised it)
         scalar(arrays, "spread", low=0)

@@ -156,6 +156,12 @@ class RejectHead(Detector):
         return self.predict_proba(features) < self.threshold
 
     # ---- persistence ---------------------------------------------------------------------
+    def calibrate(self, features=None, logits=None) -> None:
+        """Nothing to calibrate: the head's threshold is a probability its training against known
+        rejects chose, not a percentile of in-distribution scores (so no false-reject rate is
+        promised; `evaluate` measures it)."""
+        return None
+
     def to_arrays(self) -> dict[str, np.ndarray]:
         """Arrays to save (names start with 'head.'; the layers float32); settings go to settings()."""
         import numpy as np

@@ -7,8 +7,10 @@ the model's percentile (97.5 by default) of the training images' own k-th-NN dis
 computed leave-one-out (the image itself is excluded from its neighbours, or every training
 image would find itself at distance 0 and the threshold would be far too tight). The normalised
 score is distance / threshold: > 1 = rejected, like the Mahalanobis ratio. Leave-one-out makes a
-training image's distance what a new image of the same distribution would get, so no held-out
-calibration is applied.
+training image's distance close to what a new image of the same distribution gets when the
+features are not fitted to the training images; a trained network's are (its training images lie
+closer together than new ones), so with held-out images `calibrate()` scales the threshold as
+the other detectors do (split conformal, detectors/calibration.py).
 
 k: 50 by default, the paper's setting for its smaller data set (CIFAR-10, 5,000 images a class),
 and never more than the bank allows: at most bank rows - 1 and, when the class labels are given,
@@ -119,6 +121,11 @@ class KNNDetector(Detector):
 
     def score(self, features=None, logits=None) -> np.ndarray:
         return self.distances(features) / self.threshold_
+
+    def move_threshold(self, cut: float) -> None:
+        """Calibration: the threshold times `cut` (a held-out distance that scored `cut` becomes 1)."""
+        self._check_fitted()
+        self.threshold_ = max(self.threshold_ * float(cut), 1e-12)
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         import numpy as np

@@ -12,8 +12,10 @@ dimensions. Measured on MNIST (docs/method.md): with 30 images a class in 120 di
 per-class estimate is poor (AUROC 0.981 vs 0.996 tied), and with 800 a class the two are on a
 par.
 
-`threshold_scale_` (default 1) multiplies every threshold; fit calibrates it on held-out images
-when a class's own training distances are too optimistic (see fit.py).
+`threshold_scale_` (default 1) multiplies every threshold; `calibrate()` sets it from held-out
+images (split conformal, detectors/calibration.py): a class's own training distances are
+optimistic, the more so the fewer images it has, and after calibration the share of new
+in-distribution images rejected is the 1 - percentile promised.
 """
 from __future__ import annotations
 
@@ -236,6 +238,10 @@ class MahalanobisDetector(Detector):
         self.threshold_scale_ = float(scale)
         self.thresholds_ = self.thresholds_at(self.percentile)
         return self
+
+    def move_threshold(self, cut: float) -> None:
+        """Calibration: every threshold times `cut` (a held-out score of `cut` becomes 1)."""
+        self.set_threshold_scale(self.threshold_scale_ * max(float(cut), 1e-12))
 
     def thresholds_at(self, percentile: float) -> np.ndarray:
         """Per-class thresholds at `percentile` of each class's own training distances.

@@ -16,6 +16,7 @@ from ..config import LENET
 from ..data import INTERPOLATIONS
 from ..errors import ImgcleanError
 from .pretrained import PretrainedError, load_pretrained
+from .weights import Checkpoint, WeightsError, WeightsMapping, load_backbone_weights, read_state_dict  # noqa: F401
 # Where a model runs is the runtime's decision (nn.runtime); the name stays importable from here
 # for callers written before it moved (pipeline.fit, cli.common).
 
@@ -76,6 +77,8 @@ class Classifier(nn.Module):
     slightly. For lenet the backbone ends at the 120-unit layer and the 84-unit layer is the
     neck; timm backbones end at their pooled features and have no neck.
     """
+
+    weights_mapping = None  # build_model: how a local weights file was loaded (nn.weights.WeightsMapping)
 
     def __init__(self, backbone: nn.Module, feature_dim: int, num_classes: int, neck: nn.Module | None = None, neck_dim: int | None = None):
         super().__init__()
@@ -213,10 +216,12 @@ def build_model(
     in_channels: int,
     input_size: int | None,
     pretrained: bool = False,
-    weights: Path | None = None,
+    weights: Path | Checkpoint | None = None,
     logits: str = "linear",
 ) -> Classifier:
-    """Build a classifier; `weights` is a local state dict for the backbone.
+    """Build a classifier; `weights` is a local state dict for the backbone (a path, or a
+    Checkpoint already read), loaded by nn.weights' rules; what it did is the classifier's
+    `weights_mapping` (a WeightsMapping; None without weights).
 
     `logits` "gaussian": the class logits come from the normalised deep features through one
     linear layer set by set_gaussian_logits (fit --epochs 0: a frozen backbone, no training);
@@ -233,19 +238,30 @@ def build_model(
         if input_size is None:
             raise ModelBuildError("lenet needs an input size")
         lenet = LeNet(in_channels, input_size)
-        if weights is not None:
-            load_backbone_weights(lenet, weights)
+        mapping = _load_weights(lenet, weights, arch, logits)
         if logits == "gaussian":
-            return Classifier(lenet, lenet.num_features, num_classes, L2Normalize(), lenet.num_features)
-        return Classifier(lenet, lenet.num_features, num_classes, lenet.make_neck(), lenet.neck_features)
+            model = Classifier(lenet, lenet.num_features, num_classes, L2Normalize(), lenet.num_features)
+        else:
+            model = Classifier(lenet, lenet.num_features, num_classes, lenet.make_neck(), lenet.neck_features)
+        model.weights_mapping = mapping
+        return model
     backbone = _timm_backbone(arch, in_channels, pretrained, input_size)
-    if weights is not None:
-        load_backbone_weights(backbone, weights)
+    mapping = _load_weights(backbone, weights, arch, logits)
     size = input_size or timm_data_config(backbone)["input_size"]
     dim = _output_dim(backbone, arch, in_channels, size)
-    if logits == "gaussian":
-        return Classifier(backbone, dim, num_classes, L2Normalize(), dim)
-    return Classifier(backbone, dim, num_classes)
+    model = Classifier(backbone, dim, num_classes, L2Normalize(), dim) if logits == "gaussian" \
+        else Classifier(backbone, dim, num_classes)
+    model.weights_mapping = mapping
+    return model
+
+
+def _load_weights(backbone: nn.Module, weights, arch: str, logits: str) -> WeightsMapping | None:
+    """The local weights file into `backbone` (gaussian logits: a frozen backbone, every tensor needed)."""
+    if weights is None:
+        return None
+    mapping = load_backbone_weights(backbone, weights, arch, frozen=logits == "gaussian")
+    log.info("%s", mapping.describe())
+    return mapping
 
 
 def _output_dim(backbone: nn.Module, arch: str, in_channels: int, input_size: int) -> int:
@@ -263,47 +279,3 @@ def _output_dim(backbone: nn.Module, arch: str, in_channels: int, input_size: in
     finally:
         backbone.train(was_training)
     return int(dim)
-
-
-def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """Read a state dict from .safetensors or a torch file, never running pickled code."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"weights file {path} does not exist")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ValueError(
-            f"cannot read weights from {path}: {type(exc).__name__}: {exc}. imgclean reads "
-            "safetensors files and plain torch state dicts (torch.load with weights_only=True)"
-        ) from None
-    for key in ("state_dict", "model", "model_state_dict"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"{path} does not hold a state dict of tensors")
-    return state
-
-
-def load_backbone_weights(backbone: nn.Module, path: Path) -> None:
-    """Load matching tensors from a local file into `backbone`; the classifier is skipped."""
-    state = read_state_dict(path)
-    own = backbone.state_dict()
-    usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-    if not usable:
-        raise ValueError(
-            f"no tensor in {path} matches the backbone's names and shapes; "
-            "is it for a different architecture?"
-        )
-    missing = [k for k in own if k not in usable]
-    wrong = [f"{k} {tuple(state[k].shape)} != {tuple(own[k].shape)}" for k in own if k in state and k not in usable]
-    if wrong:
-        log.warning("%s: %d tensor(s) have the wrong shape for this backbone and stay at their initial values: %s",
-                    path, len(wrong), "; ".join(wrong[:5]) + (" ..." if len(wrong) > 5 else ""))
-    backbone.load_state_dict(usable, strict=False)
-    log.info("loaded %d tensors from %s (%d left at their initial values)", len(usable), path, len(missing))

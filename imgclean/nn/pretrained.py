@@ -5,7 +5,10 @@ back-off and logs two warnings per try through a handler of its own (so even `-q
 44 lines and about a minute before its error on a machine without network. Here the local cache
 is tried first with the hub switched to offline mode (no request at all); only on a miss is the
 network tried, after a quick check that the hub can be reached, and with the hub's loggers and
-warnings silenced. Every failure is one PretrainedError line.
+warnings silenced. Every failure is one PretrainedError line, and an offline one says where
+the weights would be looked for (the hub cache folder, and the variables that move it) and how to
+put them there, or to pass a file with --weights instead (nn/weights.py reads timm's,
+torchvision's and EfficientNet-PyTorch's layouts).
 """
 from __future__ import annotations
 
@@ -92,12 +95,38 @@ def _reason(exc: BaseException) -> str:
     return " ".join(f"{type(exc).__name__}: {exc}".split())
 
 
+def offline_advice(arch: str) -> str:
+    """Where timm (through huggingface_hub, or torch's hub for plain URLs) looks for the weights
+    of `arch`, and how to put them there or use --weights instead: one clause for an error line."""
+    hub_id = url = None
+    try:
+        import timm
+
+        cfg = timm.models.get_pretrained_cfg(arch)
+        hub_id, url = (getattr(cfg, "hf_hub_id", None) or None), (getattr(cfg, "url", None) or None)
+    except Exception:  # an hf-hub:/local-dir: name or a timm without this model: say it generally
+        pass
+    if hub_id or not url:
+        from huggingface_hub import constants
+
+        repo = hub_id or "the model's repository"
+        return (f"timm looks for {repo} in the huggingface_hub cache {constants.HF_HUB_CACHE} (moved by HF_HUB_CACHE "
+                f"or HF_HOME): on a machine with network run `hf download {repo} --cache-dir DIR`, copy DIR here and "
+                "set HF_HUB_CACHE=DIR; or pass a backbone weights file (such as that repository's model.safetensors) "
+                "with --weights FILE")
+    import torch
+
+    folder = os.path.join(torch.hub.get_dir(), "checkpoints")
+    return (f"timm looks for {os.path.basename(url)} in {folder} (moved by TORCH_HOME): copy it there from {url}; "
+            "or pass it with --weights FILE")
+
+
 def load_pretrained(arch: str, create: Callable[[], T]) -> T:
     """Run `create` (a timm.create_model call with pretrained=True): cache first, then network.
 
     Errors that are not about fetching weights (a bad model argument) propagate unchanged.
     """
-    advice = "download them on a machine with network, or pass --weights FILE"
+    advice = offline_advice(arch)
     try:
         with quiet_hub(), hub_offline():
             return create()
@@ -116,4 +145,4 @@ def load_pretrained(arch: str, create: Callable[[], T]) -> T:
         with quiet_hub():
             return create()
     except Exception as exc:
-        raise PretrainedError(f"cannot download pretrained weights for {arch}: {_reason(exc)}; {advice}") from None
+        raise PretrainedError(f"cannot download pretrained weights for {arch}: {_reason(exc)[:300]}; {advice}") from None

@@ -118,6 +118,10 @@ def _walk_classes(root: Path) -> tuple[list[str], list[list[data.FileEntry]], li
         class_names, _ = data.list_image_folder(root)
     except ValueError as exc:
         raise AuditError(str(exc)) from None
+    from .trainset import stray_images, stray_warning
+
+    if line := stray_warning(root, stray_images(root)):  # images beside the class folders: never audited
+        log.warning("%s", line)
     class_files, skipped = [], []
     for j, name in enumerate(class_names):
         files = []

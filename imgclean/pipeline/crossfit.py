@@ -159,8 +159,7 @@ class OutOfSample:
 def fit_detector(method: str, percentile: float, feats: np.ndarray, logits: np.ndarray, labels: np.ndarray,
                  num_classes: int, fit_idx: np.ndarray, val_idx: np.ndarray, trim: float = 0.0):
     """The registered unsupervised detector `method`, fitted on fit_idx and calibrated on val_idx
-    as fit does (Mahalanobis: thresholds scaled by median(held-out) / median(training), never
-    below 1; the others: their own `calibrate`).
+    as fit does (Detector.calibrate: split conformal, detectors/calibration.py).
 
     `trim` > 0: fitted twice, the second time without that share of the fit_idx images that
     scored highest the first time. A training folder holds its own foreign pictures; fitted on
@@ -179,7 +178,7 @@ def fit_detector(method: str, percentile: float, feats: np.ndarray, logits: np.n
 def _fit_once(method, percentile, feats, logits, labels, num_classes, fit_idx, val_idx):
     import warnings
 
-    from ..detectors import MahalanobisDetector, registry
+    from ..detectors import registry
 
     cls = registry.detector_class(method)
     with warnings.catch_warnings():
@@ -187,12 +186,7 @@ def _fit_once(method, percentile, feats, logits, labels, num_classes, fit_idx, v
         det = cls(percentile=percentile).fit(features=feats[fit_idx], logits=logits[fit_idx],
                                              labels=labels[fit_idx], num_classes=num_classes)
     if len(val_idx):
-        if isinstance(det, MahalanobisDetector):
-            held = np.median(det.score(feats[val_idx]))
-            own = np.median(det.score(feats[fit_idx]))
-            det.set_threshold_scale(max(1.0, float(held / own)) if own > 0 else 1.0)
-        else:
-            det.calibrate(features=feats[val_idx], logits=logits[val_idx])
+        det.calibrate(features=feats[val_idx], logits=logits[val_idx])
     return det
 
 

@@ -22,10 +22,11 @@ add up for folders of small images; processes do. How:
   result per item (a scan scores the chunk there: pipeline/worker_scoring.py); the results come
   back pickled instead of the arrays, and a file that kills its worker gets `failed(UNREADABLE,
   DIED)` as its result.
-- Workers ignore SIGINT (the parent decides when to stop and shuts them down), die on SIGTERM,
-  and exit by themselves when the parent disappears (a watchdog thread polls getppid), unlinking
-  the blocks they made on the way out, so even a parent killed with -9 leaves no decoder and no
-  block behind. The blocks are made with multiprocessing's own POSIX primitives (_posixshmem)
+- Workers ignore SIGINT and SIGHUP (the parent decides when to stop and shuts them down), exit
+  on SIGTERM, and get SIGTERM when the parent dies (Linux PR_SET_PDEATHSIG; elsewhere a watch
+  thread polls getppid), unlinking the blocks they made on the way out, so even a parent killed
+  with -9 leaves no decoder and no block behind. They never hold the run's locks: locking closes
+  its descriptors in every forked child. The blocks are made with multiprocessing's own POSIX primitives (_posixshmem)
   but without its resource tracker: that would cost two pipe writes per block in the scanning
   process, and the lifetimes here are explicit.
 """
@@ -36,8 +37,8 @@ import multiprocessing as mp
 import os
 import secrets
 import signal
+import sys
 import threading
-import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
@@ -104,19 +105,49 @@ _created: list[str] = []  # blocks this worker made (the parent unlinks them as 
 
 
 def _watch_parent(parent: int) -> None:
-    """Exit when the parent is gone, unlinking the blocks it can no longer collect."""
-    while True:
-        time.sleep(0.5)
-        if os.getppid() != parent:
+    """Exit on SIGTERM (the pool's terminate, or the parent's death: see _die_with_parent) or
+    when the parent is gone (polled too, where there is no PR_SET_PDEATHSIG). A parent that is
+    gone can no longer collect our blocks: unlink them. A live one (it terminated us) may still
+    read the blocks of chunks we finished, and unlinks every name itself when the pool closes."""
+    try:
+        while os.getppid() == parent:
+            if signal.sigtimedwait((signal.SIGTERM,), 0.5) is not None:
+                break
+    finally:
+        if os.getppid() != parent:  # (the kernel reparents us before PR_SET_PDEATHSIG's signal)
             for name in list(_created):
                 _unlink(name)
-            os._exit(1)
+        os._exit(1)
+
+
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """Linux: SIGTERM as soon as the parent dies, even by kill -9 (the signal comes when the
+    thread that forked us ends, which is the thread that runs the pool, or the whole process)."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0) != 0:
+            log.debug("prctl(PR_SET_PDEATHSIG) failed: %s", os.strerror(ctypes.get_errno()))
+    except (OSError, AttributeError) as e:  # no libc prctl: the watch thread polls
+        log.debug("no prctl(PR_SET_PDEATHSIG): %s", e)
 
 
 def _init_worker(budget: SharedBudget, parent: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a closed terminal: the parent decides, as for SIGINT
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    # SIGTERM is blocked in every thread (threads made later inherit the mask) and taken by the
+    # watch thread, which unlinks our blocks before exiting.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
     data.DECODE_BUDGET = budget  # decode_image's default budget, shared by all the workers
+    _die_with_parent()
+    # started after the prctl: a parent that died before it is seen by the first getppid()
     threading.Thread(target=_watch_parent, args=(parent,), daemon=True, name="imgclean-parent-watch").start()
 
 

@@ -1,9 +1,13 @@
 """`fit` end to end: read the class folders, train, embed, fit and calibrate the detectors.
 
 Every unsupervised detector of the registry (detectors/registry.py) is fitted here, on the
-training split's deep features and logits; the supervised head only with a reject folder.
+training split's deep features and logits, and calibrated on the held-out split (split conformal:
+detectors/calibration.py); the supervised head only with a reject folder.
 
-Returns a ModelBundle ready to save, and a FitReport for the summary table.
+Returns a ModelBundle ready to save, and a FitReport for the summary table. Nothing is printed or
+logged as a warning: what the user should hear (too few images for the calibration, unused files
+beside the class folders, a weights file that only partly fits) is in FitReport.warnings and
+the model's config.json (`fit_warnings`, `calibration`), for the CLI to print and the API to return.
 """
 from __future__ import annotations
 
@@ -22,12 +26,14 @@ from ..metrics import macro_f1
 from ..store.artifact import ModelBundle
 from ..detectors import MahalanobisDetector, registry
 from .decode import DecodeSettings
-from .fitparts import drop_lost, embed_distributed, gaussian_logits, untrained
+from .fitparts import calibrate_detectors, drop_lost, embed_distributed, gaussian_logits, untrained
 from .trainset import (  # noqa: F401  (FitError, decode_classes, detect_geometry: public here as before)
     FitError,
     ProgressCallback,
+    TrainingFolderError,
     decode_classes,
     detect_geometry,
+    list_training_folder,
     read_training_set,
 )
 
@@ -48,7 +54,17 @@ class FitReport:
     seconds: float = 0.0
     epochs_requested: int = 0
     epochs_trained: int = 0  # more than requested when --min-steps raised it
+    steps_per_epoch: int = 0
     preprocessing: dict = field(default_factory=dict)  # input_size, interpolation, crop_pct, mean, std
+    calibration: dict = field(default_factory=dict)  # fitparts.calibrate_detectors: the promised false-reject rate
+    weights_mapping: dict | None = None  # how --weights was matched to the backbone (nn.weights.WeightsMapping)
+    warnings: list[str] = field(default_factory=list)  # what the user should hear, one line each
+    notes: list[str] = field(default_factory=list)  # what fit chose for the user (e.g. another timm model)
+
+    @property
+    def epochs_raised(self) -> bool:
+        """--min-steps made the run train more epochs than asked for."""
+        return self.epochs_trained > self.epochs_requested > 0
 
 
 def resolve_architecture(config: cfg.FitConfig, detected_size: int, detected_channels: int) -> tuple[str, int | None, int]:
@@ -119,42 +135,45 @@ def resolve_preprocessing(config: cfg.FitConfig, arch: str, channels: int, size:
     return chosen
 
 
-def warn_if_few_images(class_names: list[str], labels: np.ndarray, dim: int, covariance: str) -> None:
-    """Say which classes lean on covariance shrinkage because they have few images."""
+def few_images_warning(class_names: list[str], labels: np.ndarray, dim: int, covariance: str) -> str | None:
+    """Which classes lean on covariance shrinkage because they have few images (None: none)."""
     counts = np.bincount(labels, minlength=len(class_names))
     if covariance == "class":
         few = [f"{class_names[j]!r} ({counts[j]})" for j in range(len(class_names)) if counts[j] <= dim]
     else:  # one pooled covariance: what matters is the total
         few = [f"{class_names[j]!r} ({counts[j]})" for j in range(len(class_names))] if len(labels) - len(class_names) <= dim else []
-    if few:
-        log.warning(
-            "class %s: too few images for the %d feature dimensions; the covariance relies on "
-            "shrinkage and thresholds may be loose (add images for sharper ones)",
-            ", ".join(few), dim,
-        )
+    if not few:
+        return None
+    return (f"class {', '.join(few)}: too few images for the {dim} feature dimensions; the covariance relies on "
+            "shrinkage and thresholds may be loose (add images for sharper ones)")
 
 
-def fit_other_detectors(
-    percentile: float, feats: np.ndarray, logits: np.ndarray, labels: np.ndarray, fit_idx: np.ndarray,
-    val_idx: np.ndarray, num_classes: int, metrics: dict,
-) -> dict:
-    """Every unsupervised registered detector but Mahalanobis (fitted above, with its own
-    calibration), fitted on the training split; with held-out images, each calibrates itself
-    (detector.calibrate: energy shifts its threshold, KNN needs nothing: leave-one-out) and the
-    share of held-out images it rejects goes to metrics as val_rejected_fraction_<name>."""
-    out = {}
-    for cls in registry.unsupervised():
-        if cls is MahalanobisDetector:
-            continue
-        det = cls(percentile=percentile).fit(
-            features=feats[fit_idx], logits=logits[fit_idx], labels=labels[fit_idx], num_classes=num_classes
-        )
-        if len(val_idx):
-            metrics.update(det.calibrate(features=feats[val_idx], logits=logits[val_idx]))
-            rejected = det.predict(features=feats[val_idx], logits=logits[val_idx])
-            metrics[f"val_rejected_fraction_{cls.name}"] = float(np.mean(rejected))
-        out[cls.name] = det
-    return out
+def fit_other_detectors(percentile: float, feats: np.ndarray, logits: np.ndarray, labels: np.ndarray,
+                        fit_idx: np.ndarray, num_classes: int) -> dict:
+    """Every unsupervised registered detector but Mahalanobis (fitted on its own, above), fitted
+    on the training split (calibrate_detectors calibrates them all afterwards)."""
+    return {
+        cls.name: cls(percentile=percentile).fit(features=feats[fit_idx], logits=logits[fit_idx],
+                                                 labels=labels[fit_idx], num_classes=num_classes)
+        for cls in registry.unsupervised() if cls is not MahalanobisDetector
+    }
+
+
+def choose_arch(config: cfg.FitConfig, arch: str, notes: list[str]):
+    """(arch, the weights file read once, or None): a TensorFlow port of EfficientNet weights
+    builds timm's tf_ twin of the model asked for (nn.weights.timm_arch_for; a note says so)."""
+    if not config.weights or arch == cfg.LENET:
+        return arch, None
+    from ..nn.weights import WeightsError, read_checkpoint, timm_arch_for
+
+    try:
+        checkpoint = read_checkpoint(config.weights)
+    except WeightsError as exc:
+        raise FitError(str(exc)) from None
+    chosen, why = timm_arch_for(checkpoint, arch)
+    if why:
+        notes.append(why)
+    return chosen, checkpoint
 
 
 def fit_model(
@@ -179,19 +198,17 @@ def fit_model(
 
     fixed_mmap_threshold()  # memory flat in the number of images (nn/datasets.py)
     started = time.perf_counter()
-    try:
-        class_names, class_files = data.list_image_folder(Path(train_dir))
-    except ValueError as exc:
-        raise FitError(str(exc)) from None
+    folder = list_training_folder(Path(train_dir))
+    class_names, class_files = folder.class_names, folder.class_files
+    warned: list[str] = [w for w in (folder.stray_warning(),) if w]
+    notes: list[str] = []
     if len(class_names) < 2:
-        log.warning("only one class (%s): the classifier learns nothing, the detector still works", class_names[0])
-    empty = [n for n, files in zip(class_names, class_files, strict=True) if not files]
-    if empty:
-        raise FitError(f"class {', '.join(repr(n) for n in empty)} has no image files; add images or remove the folder")
+        warned.append(f"only one class ({class_names[0]}): the classifier learns nothing, the detector still works")
 
     size, channels = detect_geometry(class_files)
     arch, size, channels = resolve_architecture(config, size, channels)
     check_preprocessing(config, channels)
+    arch, weights = choose_arch(config, arch, notes)
     frozen = config.train.epochs == 0  # pretrained features only: no training (docs/training.md)
     if frozen and not (config.pretrained or config.weights):
         raise FitError("--epochs 0 trains nothing, so it needs a backbone that already works: "
@@ -199,10 +216,13 @@ def fit_model(
     device = pick_device(config.device) if dist is None else dist.device()
     seed_everything(config.train.seed)  # the initial weights too
     try:  # built before decoding: a model that cannot be built fails at once
-        model = build_model(arch, len(class_names), channels, size, config.pretrained, config.weights,
+        model = build_model(arch, len(class_names), channels, size, config.pretrained, weights or config.weights,
                             logits="gaussian" if frozen else "linear")
     except ValueError as exc:
         raise FitError(str(exc)) from None
+    mapping = model.weights_mapping
+    if mapping is not None and mapping.left_initial:
+        warned.append(mapping.describe())
     prep = resolve_preprocessing(config, arch, channels, size, model)
     size, decode_opts = prep["input_size"], {"interpolation": prep["interpolation"], "crop_pct": prep["crop_pct"]}
     measure = prep["mean"] is None or prep["std"] is None
@@ -253,50 +273,33 @@ def fit_model(
         progress("embed", len(images), len(images), {})
     if len(kept) < len(labels):  # files that changed on disk since they were read: skipped now
         labels, skipped = drop_lost(images, labels, kept, result, skipped)
-    # With a validation split, the detector is fitted on the training split only, and the held-out
-    # images calibrate its thresholds: new images of a known class lie further from the class
-    # Gaussians than the images those were fitted on, and the more so the fewer images a class
-    # has. All thresholds are scaled by median(held-out scores) / median(training scores)
-    # (never below 1). A median is used because a few dozen held-out images give no reliable
-    # tail. With 800 images a class the scale is about 1.01; with 30 about 1.15 (docs/method.md).
+    # With a validation split, the detectors are fitted on the training split only, and the
+    # held-out images calibrate their thresholds (split conformal: detectors/calibration.py).
     metrics = dict(result.val_metrics)
-    fit_idx = result.train_indices if len(result.val_indices) else np.arange(len(labels))
+    val_idx = result.val_indices
+    fit_idx = result.train_indices if len(val_idx) else np.arange(len(labels))
     if detector is None:  # (under torchrun: fitted above from the statistics of every rank)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the generic warning is replaced by one naming the classes
             detector = MahalanobisDetector(config.percentile, config.covariance).fit(
                 feats[fit_idx], labels[fit_idx], num_classes=len(class_names)
             )
-    warn_if_few_images(class_names, labels[fit_idx], feats.shape[1], config.covariance)
-    if len(result.val_indices):
-        val_scores = detector.score(feats[result.val_indices])
-        metrics["val_rejected_fraction_uncalibrated"] = float(np.mean(val_scores > 1.0))
-        scale = max(1.0, float(np.median(val_scores) / np.median(detector.score(feats[fit_idx]))))
-        detector.set_threshold_scale(scale)
-        metrics["threshold_scale"] = scale
-        held_out_rate = float(np.mean(detector.score(feats[result.val_indices]) > 1.0))
-        metrics["val_rejected_fraction"] = held_out_rate
-        nominal = (100.0 - config.percentile) / 100.0
-        if held_out_rate > max(3 * nominal, 0.1) and len(result.val_indices) >= 20:
-            log.warning(
-                "%.0f%% of the held-out training images would be rejected (%.1f%% expected): the "
-                "model does not generalise well yet; train longer (--epochs) or add images",
-                100 * held_out_rate, 100 * nominal,
-            )
+    warned += [w for w in (few_images_warning(class_names, labels[fit_idx], feats.shape[1], config.covariance),) if w]
     if frozen:  # the class logits: the Gaussian classifier of the deep features (nearest class)
         logits = gaussian_logits(model, detector, feats[fit_idx], labels[fit_idx], feats, len(class_names))
-        if len(result.val_indices):
-            pred = logits[result.val_indices].argmax(1)
-            metrics["val_accuracy"] = float(np.mean(pred == labels[result.val_indices]))
-            metrics["val_macro_f1"] = macro_f1(labels[result.val_indices], pred, len(class_names))
+        if len(val_idx):
+            pred = logits[val_idx].argmax(1)
+            metrics["val_accuracy"] = float(np.mean(pred == labels[val_idx]))
+            metrics["val_macro_f1"] = macro_f1(labels[val_idx], pred, len(class_names))
         metrics["train_accuracy"] = float(np.mean(logits[fit_idx].argmax(1) == labels[fit_idx]))
-    metrics["train_rejected_fraction"] = float(np.mean(detector.predict(feats)))
     detectors = {
         "mahalanobis": detector,
-        **fit_other_detectors(
-            config.percentile, feats, logits, labels, fit_idx, result.val_indices, len(class_names), metrics
-        ),
+        **fit_other_detectors(config.percentile, feats, logits, labels, fit_idx, len(class_names)),
     }
+    calibration = calibrate_detectors(detectors, feats, logits, labels, fit_idx, val_idx, class_names, config,
+                                      metrics)
+    warned += [w for w in (calibration.get("warning"), calibration.get("generalisation_warning")) if w]
+    metrics["train_rejected_fraction"] = float(np.mean(detector.predict(feats)))
 
     counts = np.bincount(labels, minlength=len(class_names)).tolist()
     model_config = {
@@ -314,12 +317,17 @@ def fit_model(
         "covariance": config.covariance,
         "pretrained": bool(config.pretrained),
         "weights": os.fsdecode(config.weights) if config.weights else None,
-        "training": {**asdict(config.train), "epochs_trained": int(result.epochs), "backbone_trained": not frozen},
+        "weights_mapping": mapping.to_dict() if mapping is not None else None,
+        "training": {**asdict(config.train), "epochs_trained": int(result.epochs), "backbone_trained": not frozen,
+                     "steps_per_epoch": int(result.steps_per_epoch)},
         "backbone_trained": not frozen,
         "world_size": dist.world_size if dist is not None else 1,
         "logits": "gaussian" if frozen else "linear",
         "data": {"train_dir": os.fsdecode(Path(train_dir).absolute()), "images_per_class": counts, "skipped": len(skipped)},
         "metrics": metrics,
+        "calibration": calibration,
+        "fit_warnings": warned,
+        "fit_notes": notes,
         "score": "min over classes of mahalanobis distance / class threshold; higher = more out-of-distribution; > 1 = rejected",
     }
     head = None
@@ -344,6 +352,11 @@ def fit_model(
         seconds=time.perf_counter() - started,
         epochs_requested=config.train.epochs,
         epochs_trained=int(result.epochs),
+        steps_per_epoch=int(result.steps_per_epoch),
         preprocessing={**prep, "mean": [float(m) for m in mean], "std": [float(v) for v in std]},
+        calibration=calibration,
+        weights_mapping=model_config["weights_mapping"],
+        warnings=warned,
+        notes=notes,
     )
     return bundle, report

@@ -1,5 +1,6 @@
-"""fit's steps that are not the main line: --epochs 0 (no training), torchrun's embedding and
-statistics, and images a streamed pass could no longer decode. Used by pipeline/fit.py only."""
+"""fit's steps that are not the main line: the held-out calibration of the detectors, --epochs 0
+(no training), torchrun's embedding and statistics, and images a streamed pass could no longer
+decode. Used by pipeline/fit.py only."""
 from __future__ import annotations
 
 import os
@@ -10,6 +11,63 @@ import numpy as np
 from .. import config as cfg
 from .. import data
 from ..detectors import MahalanobisDetector
+from ..detectors import calibration as cal
+from ..detectors.mahalanobis import MIN_IMAGES_FOR_OWN_THRESHOLD
+
+# Above this share of held-out images beyond the training thresholds before calibration (and at
+# least 5x the rate asked for), the thresholds had to move far: the model does not generalise well
+# yet. (The sample digits' model, 900 training images, has 11%: calibration handles that.)
+GENERALISATION_ALARM = 0.2
+
+
+def calibrate_detectors(detectors: dict, feats: np.ndarray, logits: np.ndarray, labels: np.ndarray,
+                        fit_idx: np.ndarray, val_idx: np.ndarray, class_names: list[str], config: cfg.FitConfig,
+                        metrics: dict) -> dict:
+    """Calibrate every detector that has a percentile threshold on the held-out images (split
+    conformal, detectors/calibration.py) and return what the model's config.json records as
+    `calibration`: the false-reject rate promised (expected, and its interval given these
+    held-out images), how many images that rests on and how many are needed (`warning`: one line
+    when too few), and each detector's cut. `metrics` gets the figures fit printed before
+    (threshold_scale, val_rejected_fraction[_<name>], energy_threshold_shift)."""
+    k = len(class_names)
+    needs = cal.assess(class_names, np.bincount(labels[val_idx], minlength=k), np.bincount(labels[fit_idx], minlength=k),
+                       config.percentile, config.train.val_fraction, MIN_IMAGES_FOR_OWN_THRESHOLD)
+    out = {"method": "none", "percentile": float(config.percentile), **needs.to_dict(),
+           "warning": needs.warning(), "detectors": {}}
+    if not len(val_idx):
+        return out
+    cut = None
+    for name, det in detectors.items():
+        before = det.score(features=feats[val_idx], logits=logits[val_idx])
+        done = det.calibrate(features=feats[val_idx], logits=logits[val_idx])
+        if done is None:  # a supervised detector: nothing to calibrate
+            continue
+        cut = done
+        after = det.predict(features=feats[val_idx], logits=logits[val_idx])
+        out["detectors"][name] = {"cut": cut.cut, "held_out_rejected_before": float(np.mean(before > 1.0)),
+                                  "held_out_rejected": float(np.mean(after))}
+        suffix = "" if name == "mahalanobis" else f"_{name}"
+        metrics[f"val_rejected_fraction{suffix}"] = float(np.mean(after))
+    if cut is None:
+        return out
+    maha = detectors.get("mahalanobis")
+    if maha is not None:
+        metrics["val_rejected_fraction_uncalibrated"] = out["detectors"]["mahalanobis"]["held_out_rejected_before"]
+        metrics["threshold_scale"] = float(maha.threshold_scale_)
+        nominal = (100.0 - config.percentile) / 100.0
+        before = metrics["val_rejected_fraction_uncalibrated"]
+        if before > max(5 * nominal, GENERALISATION_ALARM) and len(val_idx) >= 20:
+            out["generalisation_warning"] = (
+                f"{100 * before:.0f}% of the held-out training images scored above the training thresholds "
+                f"({100 * nominal:.1f}% expected), so calibration widened them {maha.threshold_scale_:.2f}x: the model "
+                "does not generalise well yet and will let more foreign images through; train longer (--epochs) "
+                "or add images")
+    if "energy" in detectors:
+        metrics["energy_threshold_shift"] = float(detectors["energy"].shift_)
+    low, high = cut.interval
+    out.update(method=cal.METHOD, rank=cut.rank, expected_false_reject_rate=cut.expected_false_reject_rate,
+               false_reject_interval=[low, high], interval_level=cal.INTERVAL)
+    return out
 
 
 def drop_lost(images, labels: np.ndarray, kept: np.ndarray, result, skipped: list) -> tuple[np.ndarray, list]:

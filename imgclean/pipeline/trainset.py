@@ -2,7 +2,8 @@
 
 Shared by `fit` and `fit-head` (kept apart from both so neither imports the other).
 
-`read_training_set` is fit's one pass over the files: each file's status (a file that cannot be
+`list_training_folder` reads the class folders and names the image files left beside them (they
+belong to no class and are not used). `read_training_set` is fit's one pass over the files: each file's status (a file that cannot be
 decoded is skipped and reported), the per-channel statistics (exact histograms, no float copy),
 and the decoded images kept in one preallocated uint8 array when all of them fit the cache
 budget; otherwise they are dropped as soon as counted and training streams them
@@ -14,6 +15,7 @@ from __future__ import annotations
 import functools
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -34,6 +36,66 @@ ProgressCallback = Callable[[str, int, int, dict], None]
 
 class FitError(ImgcleanError):
     """The training data cannot produce a model (message names the class or setting to fix)."""
+
+
+class TrainingFolderError(FitError):
+    """The folder given is not a training folder: missing, not a folder, or without class
+    sub-folders (an empty folder). The CLI treats all of these as usage errors (exit 2). What is
+    wrong inside a class (no image files, or none readable) is a FitError (exit 1)."""
+
+
+@dataclass
+class TrainingFolder:
+    """A training folder's classes (sorted), each class's image files, and the image files at its
+    top level, beside the class folders (`stray`: names, sorted; they are not used)."""
+
+    root: Path
+    class_names: list[str]
+    class_files: list[list[data.FileEntry]]
+    stray: list[str] = field(default_factory=list)
+
+    def stray_warning(self) -> str | None:
+        return stray_warning(self.root, self.stray)
+
+
+def stray_warning(root: Path, stray: list[str]) -> str | None:
+    """One line naming the unused top-level images (count and an example), or None for none."""
+    if not stray:
+        return None
+    return (f"{len(stray)} image file(s) at the top of {os.fsdecode(root)} (e.g. {stray[0]!r}) are in no class "
+            "folder and are not used; move each into the folder of its class")
+
+
+def list_training_folder(root: Path) -> TrainingFolder:
+    """The class folders of `root` and their image files; TrainingFolderError when it has none,
+    FitError when a class folder has no image file."""
+    root = Path(root)
+    try:
+        names, files = data.list_image_folder(root)
+    except ValueError as exc:
+        raise TrainingFolderError(str(exc)) from None
+    empty = [n for n, f in zip(names, files, strict=True) if not f]
+    if empty:
+        raise FitError(f"class {', '.join(repr(n) for n in empty)} has no image files; add images or remove the folder")
+    return TrainingFolder(root, names, files, stray_images(root))
+
+
+def stray_images(root: Path) -> list[str]:
+    """Names of the (non-hidden) image files directly in `root`, sorted; symlinks are not followed."""
+    out = []
+    try:
+        with os.scandir(root) as entries:
+            for entry in entries:
+                if data.is_hidden(entry.name) or not data.has_image_extension(entry.name):
+                    continue
+                try:
+                    if entry.is_file(follow_symlinks=False):
+                        out.append(os.fsdecode(entry.name))
+                except OSError:
+                    continue
+    except OSError:
+        return []
+    return sorted(out)
 
 
 def detect_geometry(class_files: list[list[data.FileEntry]]) -> tuple[int, int]:

@@ -6,7 +6,10 @@ Guarantees (see docs/reliability.md):
   never removed (see :mod:`imgclean.quarantine.transfer`: link or verified copy, then the source is taken
   away atomically and removed only if it is still the scored file).
 * One process per quarantine folder: ``open()`` flocks ``.imgclean.lock`` in it, so recovery
-  never mistakes another live run's move for a crashed one.
+  never mistakes another live run's move for a crashed one. Before each move the lock files of
+  the folders the file leaves and enters are tested (:func:`imgclean.quarantine.locking.check_below`).
+* Folders are made one descriptor at a time (:mod:`imgclean.quarantine.folders`): any depth, and
+  no link inside the quarantine is followed.
 * Every move is journaled first (:mod:`imgclean.quarantine.journal`): a ``started`` record (fsynced) before
   the file is touched and a final record after. A crash (kill -9) leaves a ``started`` record
   without a final one; :mod:`imgclean.quarantine.recovery` finishes or undoes it at the next ``open()``.
@@ -22,7 +25,6 @@ import json
 import os
 import stat
 import sys
-import tempfile
 import types
 import uuid
 from collections.abc import Iterable
@@ -47,7 +49,8 @@ from .journal import (
     is_quarantine,
     read_manifest,
 )
-from .locking import LockError, LockHeld, ScanLock
+from .folders import make_below, make_path, too_long, write_problem
+from .locking import LockError, LockHeld, ScanLock, check_below, replaced
 from .recovery import recover as _recover_ops
 from .restore import RestoreResult, restore_all, restore_targets
 from .transfer import transfer
@@ -116,6 +119,7 @@ class Quarantine:
         self._inflight: set[str] = set()
         self.recovered: list[dict] = []  # what open() had to finish or undo, for the run report
         self.journal: Fold | None = None  # the journal folded once at open(), kept current as it grows
+        self.locked_roots: list[Path] = []  # scanned folders a restore locked (restore.restore_one)
 
     @property
     def _fd(self) -> int | None:
@@ -136,14 +140,18 @@ class Quarantine:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        lock = self._lock
+        intact = lock is None or exc_type is not None or lock.intact()
         self.close()
+        if not intact:
+            raise replaced(self.root)
 
     def open(self) -> "Quarantine":
         if self._fd is not None:
             return self
         try:
             step("mkdir")
-            self.root.mkdir(parents=True, exist_ok=True)
+            make_path(self.root)
         except OSError as e:
             raise QuarantineError(f"cannot create quarantine folder {self.root}: {e.strerror or e}") from e
         self._check_writable()
@@ -190,28 +198,7 @@ class Quarantine:
                 self._lock = None
 
     def _check_writable(self) -> None:
-        # os.access alone is not enough: root passes it on chmod-555 folders, and it cannot see
-        # every read-only mount; a real probe write settles it before anything moves. The probe
-        # also links, since no-overwrite placement needs hard links (vfat/exFAT have none).
-        problem = None
-        if not self.root.is_dir():
-            problem = "not a folder"
-        elif not os.access(self.root, os.W_OK | os.X_OK):
-            problem = "permission denied"
-        else:
-            try:
-                step("probe")
-                fd, name = tempfile.mkstemp(prefix=".imgclean-probe-", dir=self.root)
-                os.close(fd)
-            except OSError as e:
-                problem = e.strerror or str(e)
-            else:
-                try:
-                    os.link(name, name + ".link")
-                    os.unlink(name + ".link")
-                except OSError as e:
-                    problem = f"its filesystem cannot make hard links ({e.strerror or e})"
-                os.unlink(name)
+        problem = write_problem(self.root)
         if problem:
             raise QuarantineError(f"quarantine folder {self.root} is not writable: {problem}")
 
@@ -255,7 +242,8 @@ class Quarantine:
     # --- moving
 
     def move(self, req: MoveRequest) -> MoveResult:
-        """Move one file into the quarantine; never raises for per-file problems."""
+        """Move one file into the quarantine; never raises for per-file problems. Raises
+        :class:`LockHeld` when another run holds a folder on the way (the run must stop)."""
         src, scan_root = Path(os.path.abspath(req.source)), Path(os.path.abspath(req.scan_root))
         try:
             base = self.plan_destination(req)
@@ -264,7 +252,13 @@ class Quarantine:
 
         if src.parent == scan_root and src.name == ROOT_MARKER:  # never yielded by a walk: it is hidden
             return MoveResult(req, "error", None, f"{src} is imgclean's lock file; it is never moved")
-        # Checks before anything is journaled: these leave the file alone.
+        # Checks before anything is journaled: these leave the file alone. First, another run on a
+        # folder between the scanned root and the file (one that started earlier: later ones are
+        # refused at their start), or our lock replaced, raises LockHeld: the run stops.
+        try:
+            check_below(scan_root, src.parent)
+        except OSError as e:
+            return MoveResult(req, "error", None, f"cannot check the folders above {src}: {e.strerror or e}")
         try:
             st = os.lstat(src)
         except FileNotFoundError:
@@ -282,11 +276,15 @@ class Quarantine:
         scored_inode = req.ino is None or (st.st_ino == req.ino and req.dev in (None, st.st_dev))
         if (st.st_size, st.st_mtime_ns) != (req.size, req.mtime_ns) or not scored_inode:
             return MoveResult(req, "changed", None, f"{src} changed since it was scored; left in place")
+        if too_long(base, slack=16):
+            return MoveResult(req, "error", None, f"{src} would go to a path longer than the system allows "
+                              f"(PATH_MAX) in {self.root}; left in place")
         try:
             mark_scanned_root(scan_root)  # recovery and restore act only on folders that have it
             sha = hash_unchanged(src, st)
             step("mkdir")
-            base.parent.mkdir(parents=True, exist_ok=True)
+            make_below(self.root, base.parent)  # iterative, no link followed inside the quarantine
+            check_below(self.root, base.parent)
             if not resolved_inside(base, self.root):
                 return MoveResult(req, "error", None, f"{base.parent} resolves outside the quarantine")
         except _Abort as a:
@@ -372,7 +370,8 @@ def restore(
         return Quarantine(root)._restore_all(dry_run=True, only=only)
     with contextlib.ExitStack() as stack:
         q = stack.enter_context(Quarantine(root))
-        for scan_root in restore_targets(q.journal):  # no scan may move files there meanwhile
+        q.locked_roots = restore_targets(q.journal)
+        for scan_root in q.locked_roots:  # no scan may move files there meanwhile
             stack.enter_context(ScanLock(scan_root))
         return q._restore_all(dry_run=False, only=only)
 

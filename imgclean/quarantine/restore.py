@@ -17,7 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from ..fileops import ROOT_MARKER, Abort, hash_unchanged, inside, is_scanned_root, resolved_inside
+from .decision_ops import record_restore
+from .folders import make_below, prune_empty, too_long, walk
 from .journal import MANIFEST_NAME, PROBE_PREFIX, RESERVED, TMP_PREFIX, UNFINISHED, Fold, Invalid, fold
+from .locking import check_below
 from .transfer import transfer
 
 log = logging.getLogger("imgclean.quarantine.moves")
@@ -48,8 +51,7 @@ def _key(path: str | os.PathLike) -> str:
 def _unaccounted(root: Path, held: set[str]) -> list[Path]:
     """Files (or links) in the quarantine that are neither our bookkeeping nor a held file."""
     out = []
-    for dirpath, dirs, files in os.walk(root, onerror=lambda e: log.warning("cannot list %s: %s", e.filename, e)):
-        names = files + [d for d in dirs if os.path.islink(os.path.join(dirpath, d))]
+    for dirpath, _, names in walk(root):  # no recursion: a quarantine may be 1,100 folders deep
         for name in sorted(names):
             if name.startswith((TMP_PREFIX, PROBE_PREFIX)) or (name in RESERVED and dirpath == os.fspath(root)):
                 continue
@@ -129,9 +131,14 @@ def restore_one(q: Any, move: dict, dry_run: bool) -> RestoreResult:
                       f"left in quarantine (if you deleted that file, create it again to restore)")
     if dry_run:
         return result("restored", "dry run")
+    if too_long(original, slack=16):
+        return result("error", f"{original} is longer than the system allows (PATH_MAX); left in quarantine")
     try:
+        # another run on a folder the file leaves or enters (one that started before ours) stops the restore
+        check_below(q.root, held.parent)
+        check_below(_locked_root(q, scan_root), original.parent)
         sha = hash_unchanged(held, st)
-        original.parent.mkdir(parents=True, exist_ok=True)
+        make_below(scan_root, original.parent)  # iterative, no link followed below the scanned folder
         if not resolved_inside(original, scan_root):
             return result("error", f"{original.parent} now resolves outside {scan_root}; left in quarantine")
     except Abort as a:
@@ -158,19 +165,24 @@ def restore_one(q: Any, move: dict, dry_run: bool) -> RestoreResult:
             return result("discarded", a.message)
         return result("exists" if a.state == "rolled_back" and os.path.lexists(original) else "error", a.message)
     q._finish_quiet("restore", jid, "done")
-    _prune_empty_dirs(q.root, held.parent)
+    prune_empty(q.root, held.parent)
     log.info("restored %s", original)
+    # A restore is a person's decision that the file belongs: later scans leave it in place.
+    accepted = record_restore(move, q.root, sha256=sha, size=st.st_size)
+    if accepted.status == "error":
+        log.warning("%s", accepted.message)
+        return result("restored", accepted.message)
     return result("restored")
 
 
-def _prune_empty_dirs(root: Path, folder: Path) -> None:
-    real_root = os.path.realpath(root)
-    while inside(os.path.realpath(folder), real_root) and os.path.realpath(folder) != real_root:
-        try:
-            folder.rmdir()
-        except OSError:
-            return
-        folder = folder.parent
+def _locked_root(q: Any, scan_root: str) -> Path:
+    """The folder this restore locked that holds ``scan_root`` (restore_targets keeps the outermost
+    only), from which the folders on the way are tested; ``scan_root`` itself if none."""
+    real = os.path.realpath(scan_root)
+    for root in getattr(q, "locked_roots", ()):
+        if inside(real, os.fspath(root)):
+            return Path(root)
+    return Path(scan_root)
 
 
 def restore_targets(journal: Fold) -> list[Path]:

@@ -160,3 +160,56 @@ def test_page_shows_accepted_status_and_review_column(tmp_path):
     assert 'id="accepted"' in source and 'id="sample"' in source
     cards = page.visible
     assert "accepted" in cards and "Review sample (1)" in page.visible
+
+
+# ----------------------------------------------------------------------------- with the real imgclean
+
+def run_real(script: str, cwd: Path, **env) -> subprocess.CompletedProcess:
+    """Run a page's script with bash, `imgclean` this checkout's CLI."""
+    import sys
+
+    stub = f'imgclean() {{ {sys.executable} -m imgclean "$@"; }}\n'
+    environ = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), **env}
+    return subprocess.run(["bash", "-c", stub + script], cwd=cwd, timeout=300, env=environ,
+                          capture_output=True, text=True)
+
+
+def test_the_scripts_of_real_pages_restore_and_reject_hostile_names(model_dir, incoming, tmp_path):
+    import json
+
+    from test_html_report import invoke
+
+    folder, _ = incoming
+    hostile = "-n it's \"x\"\nnew é.png"
+    (folder / hostile).write_bytes(b"not an image")  # always rejected: unreadable
+    q, page1 = tmp_path / "q", tmp_path / "moved.html"
+    assert invoke("scan", folder, "-m", model_dir, "--move-to", q, "--html", page1, "-q").exit_code == 0
+    assert not (folder / hostile).exists()
+    source = page1.read_text(encoding="utf-8")
+    groups = {r["name"] for t, r in Page(source).tags if t == "input" and r.get("data-cmd") and "x" in r["data-cmd"]
+              and "new" in r["data-cmd"]}
+    script, _ = page_script(source, pick={g: "restore" for g in groups})
+    script = "\n".join(line for line in script.splitlines() if not line.startswith("imgclean ")
+                       or "new" in line) + "\n"  # restore the hostile file only
+    done = run_real(script, tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert (folder / hostile).read_bytes() == b"not an image"
+
+    # The next scan leaves it in place as accepted; a report-only page offers to reject a new broken file.
+    plain = "plain broken.png"
+    (folder / plain).write_bytes(b"not an image either")
+    page2 = tmp_path / "report-only.html"
+    result = invoke("scan", folder, "-m", model_dir, "--html", page2, "--json")
+    summary = json.loads(result.stdout)
+    assert summary["accepted"] == 1, result.stdout
+    source = page2.read_text(encoding="utf-8")
+    radios = [r for t, r in Page(source).tags if t == "input" and r.get("data-cmd")]
+    reject = [r for r in radios if r["value"] == "reject" and "plain" in r["data-cmd"]]
+    assert len(reject) == 1
+    script, _ = page_script(source, pick={reject[0]["name"]: "reject"})
+    script = "\n".join(line for line in script.splitlines() if not line.startswith("imgclean ")
+                       or "plain" in line) + "\n"
+    assert "${Q:?" in script  # this page knows no quarantine
+    done = run_real(script, tmp_path, Q=str(q))
+    assert done.returncode == 0, done.stderr
+    assert not (folder / plain).exists() and [p for p in q.rglob(plain)]

@@ -12,7 +12,8 @@ import typer
 
 from .common import command, err, fail, make_progress, print_json, setup_logging, usage_error
 from .options import (
-    DryRun, FailOnReject, FailOnSkip, HtmlOut, JsonOut, KeepUnreadable, Quiet, ReportOut, Verbose, config_option,
+    DryRun, FailOnReject, FailOnSkip, HtmlOut, JsonOut, KeepUnreadable, OverwriteReport, Quiet, ReportOut, Verbose,
+    config_option,
 )
 from .apply_audit import AuditApplyRequest, apply_audit_report, parse_issues
 from .runs import (
@@ -66,11 +67,11 @@ def _plan(source, given: Optional[Path], move_to: Path, keep_unreadable: bool, s
     return plan
 
 
-def _check_outputs(report_in: Path, move_to: Path, report: Optional[Path], html: Optional[Path]) -> None:
+def _check_outputs(report_in: Path, move_to: Path, report: Optional[Path], html: Optional[Path], overwrite: bool) -> None:
     if report is not None:
-        check_report_output(report, move_to)
         if os.path.realpath(report) == os.path.realpath(report_in):
             raise usage_error(f"--report {report} would overwrite the report being applied; choose another file name")
+        check_report_output(report, move_to, overwrite)
     if html is not None:
         check_html_output(html, "--html", move_to)
 
@@ -93,6 +94,7 @@ def apply(
     dry_run: DryRun = False,
     keep_unreadable: KeepUnreadable = False,
     report: ReportOut = None,
+    overwrite_report: OverwriteReport = False,
     html: HtmlOut = None,
     json_out: JsonOut = False,
     fail_on_reject: FailOnReject = False,
@@ -128,7 +130,7 @@ def apply(
         report_format(report_in)
     except ValueError as exc:
         raise usage_error(str(exc)) from None
-    _check_outputs(report_in, move_to, report, html)
+    _check_outputs(report_in, move_to, report, html, overwrite_report)
     summary = ApplySummary(root="", model="", report=os.fsdecode(report_in))
     printer = Printer(dry_run, json_out, verbose, keep_unreadable, progress=make_progress(quiet or json_out))
     review = None
@@ -139,7 +141,7 @@ def apply(
             if source.kind() == AUDIT:
                 apply_audit_report(source, AuditApplyRequest(
                     report_in, move_to, root, issues, dry_run, keep_unreadable, report, html, json_out,
-                    fail_on_reject, fail_on_skip, quiet, verbose))
+                    fail_on_reject, fail_on_skip, quiet, verbose, overwrite_report))
             if move_issues is not None:
                 raise usage_error(f"--move-issues is for audit reports; {report_in} is a scan report")
             plan = _plan(source, root, move_to, keep_unreadable, _bad_row_printer(report_in))
@@ -156,7 +158,7 @@ def apply(
                 from ..reports.review import ReviewCollector
 
                 review = ReviewCollector(root=plan.folder, quarantine=move_to)
-            with open_run(plan.folder, plan.folder, move_to, dry_run, report, review, printer) as run:
+            with open_run(plan.folder, plan.folder, move_to, dry_run, report, review, printer, overwrite_report) as run:
                 stop = run.stop
                 printer.total = plan.checked.rows
                 if not run.progress.disable:

@@ -47,6 +47,7 @@ class AuditApplyRequest:
     fail_on_skip: bool
     quiet: bool
     verbose: bool
+    overwrite_report: bool = False
 
 
 def apply_audit_report(source, req: AuditApplyRequest) -> None:
@@ -138,7 +139,7 @@ def _write_outputs(req: AuditApplyRequest, records: list, summary, folder: Path)
         from ..reports.audit_records import AuditWriter
 
         try:
-            with AuditWriter(req.report, folder) as writer:
+            with AuditWriter(req.report, folder, req.overwrite_report) as writer:
                 for rec in records:
                     writer.write(rec)
         except OSError as exc:

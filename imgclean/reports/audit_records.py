@@ -73,15 +73,18 @@ FIELDS = ("path", "issue", "label", "suggested", "score", "duplicate_of", "messa
 class AuditWriter:
     """Writes audit records to a .csv or .jsonl file; a context manager (`root` in every row)."""
 
-    def __init__(self, path: Path, root: str | os.PathLike):
+    def __init__(self, path: Path, root: str | os.PathLike, overwrite: bool = False):
         self.path = Path(path)
+        self.overwrite = overwrite  # an existing file is refused unless set (report_files.open_report)
         self.root = os.fsdecode(root)
         self.format = report_format(self.path, write=True)
         self._fh = None
         self._csv = None
 
     def __enter__(self) -> "AuditWriter":
-        self._fh = open(self.path, "w", encoding="utf-8", newline="", errors="surrogateescape")
+        from .report_files import open_report
+
+        self._fh = open_report(self.path, self.overwrite, encoding="utf-8", newline="", errors="surrogateescape")
         if self.format == "csv":
             self._csv = csv.DictWriter(self._fh, fieldnames=FIELDS, extrasaction="ignore")
             self._csv.writeheader()

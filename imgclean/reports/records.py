@@ -135,10 +135,12 @@ def report_format(path: Path, write: bool = False) -> str:
 
 class RecordWriter:
     """Streams records to a report file as they come; a context manager. `root`: the scanned
-    folder the records' paths are relative to (written in every row)."""
+    folder the records' paths are relative to (written in every row). An existing file is
+    refused unless `overwrite` (report_files.open_report)."""
 
-    def __init__(self, path: Path, root: str | os.PathLike | None = None):
+    def __init__(self, path: Path, root: str | os.PathLike | None = None, overwrite: bool = False):
         self.path = Path(path)
+        self.overwrite = overwrite
         self.root = os.fsdecode(root) if root is not None else None
         self.format = report_format(self.path, write=True)
         self._fh = None
@@ -146,7 +148,10 @@ class RecordWriter:
 
     def __enter__(self) -> "RecordWriter":
         # A large buffer: rows go to the disk in 1 MB writes, not one system call per 8 KB.
-        self._fh = open(self.path, "w", encoding="utf-8", newline="", errors="surrogateescape", buffering=_BUFFER)
+        from .report_files import open_report
+
+        self._fh = open_report(self.path, self.overwrite, encoding="utf-8", newline="", errors="surrogateescape",
+                               buffering=_BUFFER)
         if self.format == "csv":
             self._csv = csv.writer(self._fh)  # what csv.DictWriter writes, without a dict per row
             self._csv.writerow(FIELDS)

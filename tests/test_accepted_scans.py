@@ -2,9 +2,8 @@
 scan or apply while its content is unchanged (cache on or off, another model, another
 quarantine, a report applied later), and a changed or withdrawn one is scored afresh.
 
-Until restore records its acceptances itself (wired at merge), these tests record the person's
-decision with `imgclean accept` right after `imgclean restore` (marked STAND-IN below); the
-xfail test at the end uses the real restore path alone and flips when the wiring lands.
+`imgclean restore` records each file it puts back as accepted (quarantine.decision_ops.record_restore);
+these tests use it alone.
 """
 from __future__ import annotations
 
@@ -58,10 +57,7 @@ def first_night(root: Path, model: Path, q: Path) -> str:
     chosen = "odd_00.png"
     assert not (root / chosen).exists() and (q / chosen).exists()
     back = invoke("restore", q, q / chosen)
-    assert back.exit_code == 0, back.output
-    # STAND-IN for restore's own record_restore (wired at merge): the person's acceptance.
-    accepted = invoke("accept", root / chosen, "--root", root)
-    assert accepted.exit_code == 0, accepted.output
+    assert back.exit_code == 0, back.output  # restore records the person's acceptance (decision_ops.record_restore)
     return chosen
 
 
@@ -86,7 +82,7 @@ def test_the_next_scans_leave_a_restored_file_and_say_accepted(night, model_dir,
         assert (root / chosen).exists() and pngs(q) == held
         rows = {row.record.path: row.record for row in read_report(report)}
         assert rows[chosen].status == "accepted" and rows[chosen].action == ""
-        assert "accepted by" in rows[chosen].message and "(accept)" in rows[chosen].message
+        assert "accepted by" in rows[chosen].message and "(restore)" in rows[chosen].message
         if cache and n == 1:
             assert got["cached"] == 0
     if not cache:
@@ -227,9 +223,6 @@ def test_the_cron_recipe_run_twice_moves_nothing_the_person_restored(model_dir, 
         assert (q / name).exists()
         back = invoke("restore", q, q / name)
         assert back.exit_code == 0, back.output
-    # STAND-IN for restore's own record_restore (wired at merge).
-    accept = invoke("accept", *[data / "incoming" / n for n in restored], "--root", data / "incoming")
-    assert accept.exit_code == 0, accept.output
     nightly("night-2")
     codes = (data / "log" / "codes").read_text().split()
     nights = json_documents((data / "log" / "scan.jsonl").read_text())
@@ -243,19 +236,13 @@ def test_the_cron_recipe_run_twice_moves_nothing_the_person_restored(model_dir, 
 
 
 def json_documents(text: str) -> list[dict]:
-    """The JSON documents appended one after another to a log (one a line, or indented)."""
-    decoder, out, i = json.JSONDecoder(), [], 0
-    while text[i:].strip():
-        i += len(text[i:]) - len(text[i:].lstrip())
-        doc, i = decoder.raw_decode(text, i)
-        out.append(doc)
-    return out
+    """The JSON documents of a JSON-lines log, read line by line (--json prints one line)."""
+    return [json.loads(line) for line in text.splitlines()]
 
 
 # ----------------------------------------------------------------------------- restore's own record
 
 
-@pytest.mark.xfail(strict=True, reason="restore wiring lands at merge")
 def test_restore_alone_records_the_acceptance(model_dir, incoming, tmp_path):
     root, _ = incoming
     q = tmp_path / "q"

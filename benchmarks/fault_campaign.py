@@ -82,7 +82,10 @@ ENV = {**os.environ, "PYTHONPATH": str(REPO)}
 ENV.pop("FORCE_COLOR", None)
 MANIFEST = "imgclean-manifest.jsonl"
 EXIT_LOCKED = 4
-KINDS = ("kill9", "dry", "payloads", "disk", "replace", "crash-edit", "overlap", "journal", "apply", "pytest")
+KINDS = ("kill9", "dry", "payloads", "disk", "replace", "crash-edit", "overlap", "journal", "apply", "locks", "inputs",
+         "cache", "pytest")
+# Parts run by their own scripts (each prints its figures as one JSON document and exits non-zero on a miss).
+COMPANIONS = {"locks": "fault_locks.py", "inputs": "fault_inputs.py", "cache": "fault_cache.py"}
 NEW_KINDS = ("replace", "crash-edit", "overlap", "journal", "apply")
 FIGURES_BEGIN = "<!-- BEGIN FIGURES: written by benchmarks/fault_campaign.py; edit above this line only -->"
 FIGURES_END = "<!-- END FIGURES -->"
@@ -880,6 +883,38 @@ NEW_KIND_ROWS = {
 }
 
 
+def run_companion(kind: str, quick: bool) -> dict:
+    """Run benchmarks/<companion> and keep the JSON document it prints last, with its exit code."""
+    script = Path(__file__).resolve().parent / COMPANIONS[kind]
+    if not script.exists():
+        return {"skipped": f"{script.name} is not in this checkout", "exit": None}
+    proc = subprocess.run([sys.executable, os.fspath(script), *(["--quick"] if quick else [])],
+                          capture_output=True, text=True, env=ENV)
+    out = proc.stdout
+    start = max((i for i in range(len(out)) if out.startswith("{", i) and (i == 0 or out[i - 1] == "\n")), default=None)
+    try:
+        result = json.loads(out[start:]) if start is not None else {}
+    except ValueError:
+        result = {"unparsed_output_tail": out[-2000:]}
+    result.pop("examples", None)
+    result.pop("traceback_samples", None)
+    return {"exit": proc.returncode, "stderr_tail": proc.stderr[-1000:] if proc.returncode else "", **result}
+
+
+def companion_lines(figures: dict) -> list[str]:
+    """One table row per companion script: its exit code and its own targets (all 0 on success)."""
+    lines = []
+    for kind, script in COMPANIONS.items():
+        part = figures.get(kind)
+        if part is None:
+            continue
+        if part.get("skipped"):
+            lines.append(f"| {script} | skipped: {part['skipped']} | |")
+            continue
+        lines.append(f"| {script}: exit code (0 = every target met; its figures in reliability.json) | {part['exit']} | 0 |")
+    return ["", "| companion script | value | target |", "| --- | ---: | ---: |", *lines] if lines else []
+
+
 def figures_block(figures: dict) -> list[str]:
     lines = [f"Measured by `{figures['command']}` on {figures['date']} ({figures['seconds']:.0f} s, "
              f"{figures['cpus']} CPU cores shared with other jobs). Raw numbers: `reliability.json`.", ""]
@@ -958,6 +993,7 @@ def figures_block(figures: dict) -> list[str]:
                          f"{f['partial_final']} partial files, {f['tmp_left']} temporary files and "
                          f"{f['unfinished_left']} unfinished journal records left.")
         lines += [""] + [f"- {n}" for n in notes]
+    lines += companion_lines(figures)
     tests = figures.get("tests") or {}
     if "categories" in tests:
         lines += ["", "#### Cases tried and passed per category (pytest)", "", "| category | tried | passed | failed | skipped |", "| --- | ---: | ---: | ---: | ---: |"]
@@ -1045,8 +1081,6 @@ def main() -> int:
     rng = random.Random(args.seed)
     counter = Counter()
     work = Path(os.path.realpath(tempfile.mkdtemp(prefix="imgclean-campaign-")))
-    # a lock registry of our own: runs here never meet other users' imgclean runs
-    os.environ["IMGCLEAN_LOCK_REGISTRY"] = ENV["IMGCLEAN_LOCK_REGISTRY"] = os.fspath(work / "lock-registry")
     shm = Path("/dev/shm")
     other_fs = shm.is_dir() and os.access(shm, os.W_OK) and os.stat(shm).st_dev != os.stat(work).st_dev
     if not other_fs:
@@ -1141,6 +1175,9 @@ def main() -> int:
             figures["disk_full"] = disk_full_campaign(pristine, model, work, originals, counter)
             if "skipped" in figures["disk_full"]:
                 print(f"disk full skipped: {figures['disk_full']['skipped']}")
+        for kind in (k for k in COMPANIONS if k in kinds):
+            print(f"{kind}: benchmarks/{COMPANIONS[kind]} ...", flush=True)
+            figures[kind] = run_companion(kind, args.quick)
         if "pytest" in kinds:
             print("pytest cases ...", flush=True)
             figures["tests"] = pytest_counts(args.junit, args.skip_pytest)
@@ -1171,7 +1208,8 @@ def main() -> int:
                      for key in ("lost", "duplicated", "touched_outside"))
               or any(figures.get("apply", {}).get(key) for key in ("rerun_failed", "not_quarantined", "partial_final",
                                                                     "tmp_left", "unfinished_left"))
-              or figures.get("overlap", {}).get("both_exit_0"))
+              or figures.get("overlap", {}).get("both_exit_0")
+              or any(figures.get(kind, {}).get("exit") for kind in COMPANIONS))
     return 1 if failed else 0
 
 

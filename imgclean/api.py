@@ -9,6 +9,7 @@
     metrics = api.evaluate("model/", "labelled/", "known-junk/").results
     found = api.audit("train/")                             # wrong labels, foreign pictures, duplicates
     api.restore("rejected/")                                # put everything back
+    api.accept(["incoming/img_006.png"])                    # a person's decision: it belongs
 
 Nothing here prints or exits: progress goes to optional callbacks, problems are raised as
 `imgclean.errors.ImgcleanError` subclasses with one-line messages, and moves take the same lock,
@@ -32,7 +33,8 @@ from .errors import ImgcleanError
 # is returned as data (fit: model.config["fit_warnings"], ["calibration"], ["training"]).
 logging.getLogger("imgclean").addHandler(logging.NullHandler())
 
-__all__ = ["ApiError", "ApplyResult", "ScanResult", "apply", "audit", "evaluate", "fit", "load", "restore", "scan"]
+__all__ = ["ApiError", "ApplyResult", "ScanResult", "accept", "apply", "audit", "decisions", "evaluate", "fit", "load",
+           "reject", "restore", "scan", "withdraw"]
 
 
 class ApiError(ImgcleanError, ValueError):
@@ -314,3 +316,35 @@ def restore(quarantine_dir, *, paths: Iterable | None = None, dry_run: bool = Fa
 
     only = {"only": [os.fspath(p) for p in paths]} if paths else {}
     return restore_files(Path(quarantine_dir), dry_run=dry_run, **only)
+
+
+def accept(paths: Iterable, root=None, *, dry_run: bool = False) -> list:
+    """Record that a person accepted each file: every later scan leaves it in place (status
+    `accepted`) while its content is unchanged. One decision_ops.Outcome per path; a path that
+    cannot be decided (inside a quarantine, outside `root`, missing, a link) raises first."""
+    from .quarantine.decision_ops import accept as accept_files
+
+    return accept_files([os.fspath(p) for p in paths], root, dry_run=dry_run)
+
+
+def reject(paths: Iterable, move_to, root=None, *, dry_run: bool = False) -> list:
+    """Record each file as a confirmed reject and move it into the quarantine `move_to`
+    (journaled; `restore` puts it back)."""
+    from .quarantine.decision_reject import reject as reject_files
+
+    return reject_files([os.fspath(p) for p in paths], move_to, root, dry_run=dry_run)
+
+
+def withdraw(paths: Iterable, *, dry_run: bool = False) -> list:
+    """Withdraw the decisions in force about each file; later scans score it afresh."""
+    from .quarantine.decision_ops import withdraw as withdraw_decisions
+
+    return withdraw_decisions([os.fspath(p) for p in paths], dry_run=dry_run)
+
+
+def decisions(folder):
+    """The decisions of a scanned folder, or of every folder a quarantine took files from
+    (quarantine.decision_views.LabelledDecisions)."""
+    from .quarantine.decision_views import decisions_of
+
+    return decisions_of(folder)

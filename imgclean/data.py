@@ -1,6 +1,8 @@
 """Decoding image files safely, in bounded memory.
 
-Decoding never raises for a bad file: it returns a status that the caller reports. The memory a
+Decoding never raises for a bad file: it returns a status that the caller reports (a failure of
+the system rather than of the file, such as EACCES or EIO, is marked transient: a scan cache
+never keeps it). The memory a
 decode needs is estimated from the mode and size in the header before any pixel is decoded; a
 file over DECODE_MEMORY_LIMIT is too_large, and decodes running at once in several threads share
 one budget (DecodeBudget), so a folder of small files declaring large canvases cannot exhaust RAM.
@@ -46,12 +48,45 @@ UNSUPPORTED = "unsupported"
 SKIPPED = "skipped"
 
 
-class DecodeError(ImgcleanError):
-    """A file could not be turned into pixels; `status` says why."""
+class TransientMessage(str):
+    """The message of a failure that says nothing lasting about the file's bytes: the system
+    refused or failed for now (permission denied, an I/O error, too many open files, out of
+    memory, a decoder process killed). The file is reported with its status as usual, but a scan
+    cache never stores that outcome, so the next scan decodes the file again.
 
-    def __init__(self, status: str, message: str):
+    The mark is the message's own type because the message is the one part of an outcome that
+    every layer carries unchanged: worker processes' results (pickled), Ray, the records."""
+
+    __slots__ = ()
+
+
+def is_transient(message) -> bool:
+    """Whether an outcome's message marks a transient failure (see TransientMessage)."""
+    return message.__class__ is TransientMessage
+
+
+def says_nothing_about_the_bytes(exc: BaseException) -> bool:
+    """Whether an exception met while reading or decoding a file is the system's, not the file's:
+    an OSError carrying an errno (EACCES, EPERM, EIO, EMFILE, ENFILE, ENOMEM, ESTALE, ...: the
+    system call failed) or a MemoryError. A decoder's complaints about the data (Pillow's
+    OSErrors carry no errno; SyntaxError, ValueError, zlib and struct errors) are the file's."""
+    return isinstance(exc, MemoryError) or (isinstance(exc, OSError) and exc.errno is not None)
+
+
+class DecodeError(ImgcleanError):
+    """A file could not be turned into pixels; `status` says why. `transient`: the failure was
+    the system's for now, not the file's (its message is a TransientMessage)."""
+
+    def __init__(self, status: str, message: str, transient: bool = False):
         super().__init__(message)
         self.status = status
+        self.transient = transient
+
+    @property
+    def message(self) -> str:
+        """The message, a TransientMessage when the failure is transient."""
+        text = str(self)
+        return TransientMessage(text) if self.transient else text
 
 
 _MODULES: tuple | None = None  # (numpy, PIL.Image), once modules() has imported them
@@ -270,7 +305,8 @@ def decode_image(
     `interpolation` (a key of INTERPOLATIONS) and `crop_pct` set the resize (see resize_for_model).
     `budget`: the memory shared with concurrent decodes (default DECODE_BUDGET).
 
-    Raises DecodeError with status unreadable / too_large / unsupported. Applies EXIF
+    Raises DecodeError with status unreadable / too_large / unsupported, marked transient when
+    the failure was the system's rather than the file's (says_nothing_about_the_bytes). Applies EXIF
     orientation, takes the first frame of animations, and never trusts the file name.
     """
     np, Image = _MODULES or modules()
@@ -305,10 +341,10 @@ def decode_image(
         raise
     except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
         raise DecodeError(TOO_LARGE, str(exc)) from None
-    except MemoryError:
-        raise DecodeError(TOO_LARGE, "ran out of memory decoding it") from None
-    except Exception as exc:  # any decoder failure is a property of the file, not a crash
-        raise DecodeError(UNREADABLE, f"{type(exc).__name__}: {exc}") from None
+    except MemoryError:  # the estimate said it fits: the machine was short of memory just then
+        raise DecodeError(TOO_LARGE, "ran out of memory decoding it", transient=True) from None
+    except Exception as exc:  # any decoder failure is this file's status, not a crash
+        raise DecodeError(UNREADABLE, f"{type(exc).__name__}: {exc}", says_nothing_about_the_bytes(exc)) from None
     if arr.ndim == 2:
         arr = arr[:, :, None]
     return arr

@@ -2,8 +2,9 @@
 fields, in columns.
 
 A folder is listed and stat'ed through a directory descriptor (fstatat on each name), opened a
-component at a time when its path is too long for the kernel; a folder given as bytes is listed
-by path.
+component at a time when its path is too long for the kernel. A sub-folder is opened without
+following a symbolic link and checked to be the folder its parent's listing showed. A folder
+that cannot be listed says why (Listing.error), so the walk can report it.
 
 A large folder (SPLIT_FROM names or more, more in a process with much memory to fork) is
 stat'ed in two processes at once: a forked child stats the tail of the names (CHILD_SHARE of
@@ -17,6 +18,7 @@ never leaves a child behind. IMGCLEAN_SPLIT_STAT=0 in the environment turns the 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import gc
 import logging
@@ -40,13 +42,13 @@ _FD_WALK_FROM = PATH_MAX - 512
 
 def _open_deep(path: str) -> int:
     """A descriptor for a folder whose path may exceed PATH_MAX: openat one component at a time."""
-    parts = os.path.abspath(path).split(os.sep)
-    fd = os.open(os.sep, os.O_RDONLY | os.O_DIRECTORY)
+    parts = os.path.abspath(os.fsdecode(path)).split(os.sep)
+    fd = os.open(os.sep, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         for part in parts:
             if not part:
                 continue
-            nfd = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+            nfd = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
             os.close(fd)
             fd = nfd
     except BaseException:
@@ -55,14 +57,15 @@ def _open_deep(path: str) -> int:
     return fd
 
 
-_name = attrgetter("name")
-_MODE, _SIZE, _MTIME, _DEV, _INO = (attrgetter(f) for f in ("st_mode", "st_size", "st_mtime_ns", "st_dev", "st_ino"))
+_COLUMNS = ("st_mode", "st_size", "st_mtime_ns", "st_dev", "st_ino", "st_ctime_ns")
+_GETTERS = tuple(map(attrgetter, _COLUMNS))
 
 
 class Listing(NamedTuple):
     """One folder's sorted non-hidden names and, in columns (one list each, index for index), the
     lstat fields the walk uses. A name that could not be stat'ed (it vanished between the listing
-    and its stat) has mode 0 (no file type) and zeros."""
+    and its stat) has mode 0 (no file type) and zeros. `error`: why the folder could not be
+    listed ('' when it was; its columns are then empty)."""
 
     names: list
     modes: list[int]
@@ -70,64 +73,80 @@ class Listing(NamedTuple):
     mtimes: list[int]  # st_mtime_ns
     devs: list[int]
     inos: list[int]
+    ctimes: list[int]  # st_ctime_ns: changes with every write, and no user can set it back
+    error: str = ""
 
 
-EMPTY = Listing([], [], [], [], [], [])
+EMPTY = Listing([], [], [], [], [], [], [])
 
 
-def listing(folder: str | bytes) -> Listing:
-    """The sorted non-hidden entries of `folder` with their lstat fields; empty when unreadable."""
+def listing(folder: str | bytes, identity: tuple[int, int] | None = None) -> Listing:
+    """The sorted non-hidden entries of `folder` with their lstat fields (names as str, or as
+    bytes for a bytes folder).
+
+    `identity`: the (st_dev, st_ino) the walk saw for this folder in its parent's listing. Then
+    the folder is opened without following a symbolic link and must still be that folder: one
+    swapped for a link or another folder after its parent was listed is not listed (the walk
+    never leaves the tree through it). A folder that is gone is an empty listing; one that
+    cannot be listed (permission denied, I/O error, replaced) an empty listing with `error`."""
     deep = len(os.fsencode(os.path.abspath(folder))) >= _FD_WALK_FROM
     fd = None
     try:
-        if not (deep or isinstance(folder, str)):  # bytes names: listed and stat'ed by path
-            with os.scandir(folder) as it:
-                entries = [e for e in it if not e.name.startswith(b".")]  # is_hidden, inline
-            entries.sort(key=_name)
-            return Listing([e.name for e in entries], *_stat_columns(entries, _stat_each))
         # Listed and stat'ed through a descriptor: fstatat on each name, no path to resolve
         # again per file, and every stat is of this very folder.
-        fd = _open_deep(folder) if deep else os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        if deep:
+            fd = _open_deep(folder)
+        else:
+            flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | (os.O_NOFOLLOW if identity is not None else 0)
+            fd = os.open(folder, flags)
+        if identity is not None:
+            st = os.fstat(fd)
+            if (st.st_dev, st.st_ino) != identity:
+                return _unlisted(folder, "it was replaced by another folder during the walk")
         with os.scandir(fd) as it:
             names = [e.name for e in it]
         names = [n for n in names if not n.startswith(".")]  # is_hidden, inline
-        if "".join(names).isascii():
+        if isinstance(folder, bytes):
+            names = sorted(map(os.fsencode, names))
+        elif "".join(names).isascii():
             names.sort()  # ASCII: the order of the bytes, without encoding each name
         else:
             names.sort(key=os.fsencode)
         return Listing(names, *_stat_columns(names, lambda share: _stat_names(share, fd)))
     except OSError as exc:
-        log.warning("cannot list %s: %s", os.fsdecode(folder), exc.strerror or exc)
-        return EMPTY
+        if exc.errno == errno.ENOENT:  # gone since its parent was listed: nothing left to find in it
+            log.info("folder %s vanished during the walk", os.fsdecode(folder))
+            return EMPTY
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR) and identity is not None:  # (O_NOFOLLOW met a link)
+            return _unlisted(folder, "it was replaced by a symbolic link or a file during the walk (not followed)")
+        return _unlisted(folder, exc.strerror or str(exc))
     finally:
         if fd is not None:
             os.close(fd)
 
 
+def _unlisted(folder, reason: str) -> Listing:
+    log.warning("cannot list %s: %s", os.fsdecode(folder), reason)
+    return Listing([], [], [], [], [], [], [], reason)
+
+
 def _fields(stats: list[os.stat_result | None]) -> list[list[int]]:
-    """The five columns (modes, sizes, mtimes, devs, inos) of `stats`; zeros for a None."""
+    """The columns (modes, sizes, mtimes, devs, inos, ctimes) of `stats`; zeros for a None."""
     if None in stats:
         stats = [_VANISHED if s is None else s for s in stats]
-    return [list(map(field, stats)) for field in (_MODE, _SIZE, _MTIME, _DEV, _INO)]
+    return [list(map(field, stats)) for field in _GETTERS]
 
 
 class _Vanished:
     """The stat of a name that could not be stat'ed: mode 0 (no file type), zeros."""
 
-    st_mode = st_size = st_mtime_ns = st_dev = st_ino = 0
+    st_mode = st_size = st_mtime_ns = st_dev = st_ino = st_ctime_ns = 0
 
 
 _VANISHED = _Vanished()
 
 
-def _stat_each(entries: list[os.DirEntry]) -> list[os.stat_result | None]:
-    try:
-        return [e.stat(follow_symlinks=False) for e in entries]
-    except OSError:  # an entry vanished (or cannot be stat'ed): one at a time, that one None
-        return [_lstat_or_none(e) for e in entries]
-
-
-def _stat_names(names: list[str], fd: int) -> list[os.stat_result | None]:
+def _stat_names(names: list, fd: int) -> list[os.stat_result | None]:
     """lstat of each name in the folder open as `fd`; None for one that cannot be stat'ed."""
     stat = os.stat
     try:
@@ -136,16 +155,9 @@ def _stat_names(names: list[str], fd: int) -> list[os.stat_result | None]:
         return [_stat_or_none(n, fd) for n in names]
 
 
-def _stat_or_none(name: str, fd: int) -> os.stat_result | None:
+def _stat_or_none(name, fd: int) -> os.stat_result | None:
     try:
         return os.stat(name, dir_fd=fd, follow_symlinks=False)
-    except OSError:
-        return None
-
-
-def _lstat_or_none(entry: os.DirEntry) -> os.stat_result | None:
-    try:
-        return entry.stat(follow_symlinks=False)
     except OSError:
         return None
 
@@ -157,7 +169,7 @@ SPLIT_FROM = 8192
 # The child's share, the tail: this process also unpacks the child's columns (0.45 and 0.5
 # measured alike, 0.4 slower).
 CHILD_SHARE = 0.45
-_TYPES = "qQqQQ"  # array types of mode, size, mtime_ns (may be negative), dev, ino: 8 bytes each
+_TYPES = "qQqQQq"  # array types of mode, size, mtime_ns (may be negative), dev, ino, ctime_ns: 8 bytes each
 
 
 def _stat_columns(items: list, stats_of) -> list[list[int]]:

@@ -4,7 +4,8 @@ Sorted depth first, never follows symbolic links, never enters a quarantine (a f
 imgclean manifest) or an excluded folder (recognised by device and inode, not by path string).
 Depth is bounded by nothing but the disk: an explicit stack instead of recursion, and folders whose
 path is too long for the kernel are listed through directory file descriptors, so a file there is
-reported (skipped, with the reason) instead of silently dropped.
+reported (skipped, with the reason) instead of silently dropped; so is a folder that cannot be
+listed (permission denied, an I/O error, swapped for a link during the walk).
 
 Longer than 400 lines: the walk's rules (which entries a folder's listing gives, where a run
 ends) and `_match`, the whole-list check that a cache snapshot still describes a run, must be
@@ -12,9 +13,11 @@ read and changed side by side: the check is only right while it follows those ru
 """
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import stat
+from collections import namedtuple
 from functools import partial
 from operator import itemgetter
 from pathlib import Path
@@ -47,45 +50,42 @@ IMAGE_EXTENSIONS = DECODED_EXTENSIONS | frozenset(UNSUPPORTED_FORMATS)
 
 
 
-class FileEntry(tuple):
-    """A candidate file found by a walk, with the stat seen at that moment.
+# An entry's identity, (size, mtime_ns, dev, ino, ctime_ns), as one C call: FileEntry.identity,
+# also for a plain tuple of its fields (a cache snapshot's).
+identity_of = itemgetter(1, 2, 4, 5, 6)
 
-    FileEntry(path, size, mtime_ns, skip_reason="", dev=None, ino=None). Immutable, compared and
-    hashed by its fields. `path` is a Path made on access; `fspath` is the path as the walk
-    joined it (str or bytes), which is all a scan needs, so a walk of 100,000 files does not
-    build 100,000 Path objects.
+
+class FileEntry(namedtuple("_EntryFields", "fspath size mtime_ns skip_reason dev ino ctime_ns")):
+    """A candidate file found by a walk, with the lstat fields seen at that moment.
+
+    FileEntry(path, size, mtime_ns, skip_reason="", dev=None, ino=None, ctime_ns=None). Immutable,
+    compared and hashed by its fields, read by name. `fspath` is the path as the walk joined it
+    (str or bytes), which is all a scan needs, so a walk of 100,000 files does not build 100,000
+    Path objects; `path` is a Path made on access. skip_reason: non-empty when the file is not
+    to be opened (symlink, FIFO, hard-link duplicate, a folder that could not be listed...).
+    dev, ino, ctime_ns (st_dev, st_ino, st_ctime_ns): with size and mtime_ns, the file's
+    identity (`identity`): a move checks the file is still this one, and the scan cache reuses
+    a result only for the same identity. None for a skipped entry.
     """
 
     __slots__ = ()
-    _fields = ("path", "size", "mtime_ns", "skip_reason", "dev", "ino")
 
     def __new__(cls, path, size: int, mtime_ns: int, skip_reason: str = "", dev: int | None = None,
-                ino: int | None = None) -> "FileEntry":
-        return tuple.__new__(cls, (os.fspath(path), size, mtime_ns, skip_reason, dev, ino))
-
-    fspath = property(itemgetter(0))
-    size = property(itemgetter(1))
-    mtime_ns = property(itemgetter(2))
-    skip_reason = property(itemgetter(3))  # non-empty: not to be opened (symlink, FIFO, hard-link duplicate...)
-    dev = property(itemgetter(4))  # st_dev and st_ino seen by the walk: a move checks the file is still this one
-    ino = property(itemgetter(5))
+                ino: int | None = None, ctime_ns: int | None = None) -> "FileEntry":
+        return tuple.__new__(cls, (os.fspath(path), size, mtime_ns, skip_reason, dev, ino, ctime_ns))
 
     @property
     def path(self) -> Path:
-        return Path(self[0])
+        return Path(self.fspath)
 
     def __fspath__(self):
-        return self[0]
+        return self.fspath
 
-    def __repr__(self) -> str:
-        return "FileEntry(" + ", ".join(f"{k}={v!r}" for k, v in zip(self._fields, self, strict=True)) + ")"
-
-    def __getnewargs__(self):
-        return tuple(self)
+    identity = property(identity_of, doc="(size, mtime_ns, dev, ino, ctime_ns): equal for a cached result to be reused")
 
 
 _new_entry = tuple.__new__
-_as_entry = partial(_new_entry, FileEntry)  # a tuple of the six fields as a FileEntry, in C
+_as_entry = partial(_new_entry, FileEntry)  # a tuple of the seven fields as a FileEntry, in C
 
 
 def is_hidden(name: str | bytes) -> bool:
@@ -137,8 +137,9 @@ def walk_images(root: Path, exclude: tuple[Path, ...] = ()) -> Iterator[FileEntr
     quarantines (folders holding an imgclean manifest) nor folders in `exclude` (by device and
     inode). `root` itself is walked whatever it holds: callers decide (a scan refuses a quarantine;
     fit-head may learn from one). Symlinks, FIFOs, other non-regular files and paths too long to
-    open come back with a skip_reason so they can be reported; a file reached twice through hard
-    links is yielded once for scoring and then as a duplicate.
+    open come back with a skip_reason so they can be reported, and so does a folder that cannot
+    be listed (its own path, skipped: walk_runs); a file reached twice through hard links is
+    yielded once for scoring and then as a duplicate.
     """
     for run in walk_runs(root, exclude):
         yield from run.entries
@@ -157,14 +158,16 @@ class Run:
     such a run is never matched by its names); positions: each entry's index in span (None when
     entry i is span[i]); snapshot: what `known` returned for it; matched: its entries come from
     that snapshot's columns (MatchedEntries), checked against the listing with whole-list
-    operations."""
+    operations; unlisted: the run stands for a folder that could not be listed (its one entry is
+    that folder, skipped), so part of the tree went unscanned."""
 
-    __slots__ = ("folder", "ordinal", "entries", "span", "positions", "snapshot", "matched")
+    __slots__ = ("folder", "ordinal", "entries", "span", "positions", "snapshot", "matched", "unlisted")
 
     def __init__(self, folder, ordinal: int, entries: list, span: list | None, positions: list[int] | None,
-                 snapshot=None, matched: bool = False):
+                 snapshot=None, matched: bool = False, unlisted: bool = False):
         self.folder, self.ordinal, self.entries = folder, ordinal, entries
         self.span, self.positions, self.snapshot, self.matched = span, positions, snapshot, matched
+        self.unlisted = unlisted
 
 
 def walk_runs(root: Path, exclude: tuple[Path, ...] = (), limit: int = RUN_LIMIT, known=None) -> Iterator[Run]:
@@ -172,12 +175,17 @@ def walk_runs(root: Path, exclude: tuple[Path, ...] = (), limit: int = RUN_LIMIT
     listing, ended by a sub-folder in that listing or by `limit` listing entries.
 
     `known(folder, ordinal)`, when given, returns a stored snapshot of the run about to be walked
-    or None. A snapshot is a sequence whose first seven items are the columns of a Run seen
-    before: (span, positions, sizes, mtimes, skip reasons, devs, inos), one item per entry in the
-    last five. When the listing shows that run again, unchanged (the same names, no sub-folder
-    among them, every entry the same regular file, same size, mtime, device and inode, none
-    already walked), the Run comes `matched`, its entries built from those columns with a few
-    whole-list operations instead of one by one."""
+    or None. A snapshot is a sequence whose first eight items are the columns of a Run seen
+    before: (span, positions, sizes, mtimes, skip reasons, devs, inos, ctimes), one item per
+    entry in the last six. When the listing shows that run again, unchanged (the same names, no
+    sub-folder among them, every entry the same regular file: same size, mtime, device, inode
+    and ctime; none already walked), the Run comes `matched`, its entries built from those
+    columns with a few whole-list operations instead of one by one.
+
+    A folder that cannot be listed (permission denied, an I/O error, replaced during the walk)
+    comes as a Run of its own (folder: that folder, ordinal 0) holding one entry: the folder,
+    skipped with the reason (`unlisted_reason`), so a scan reports it instead of leaving part of
+    the tree out unsaid."""
     excluded = _identities(exclude)
     seen_inodes: set[tuple[int, int]] = set()
     seen, new = seen_inodes.add, _new_entry
@@ -189,11 +197,15 @@ def walk_runs(root: Path, exclude: tuple[Path, ...] = (), limit: int = RUN_LIMIT
     # Explicit stack of [folder path, its Listing, next index in it, its absolute path's byte
     # length + 1, what joins a name onto it, runs yielded, (ordinal, snapshot) last asked of
     # `known`]: same order as recursion. The length makes too_long() one addition per file.
-    stack = [[base, _listing(base), 0, _prefix_len(base), _joiner(base), 0, None]]
+    top = _listing(base)
+    if top.error:  # the root itself, named "." (relative to itself) like the walk's other paths
+        yield _unlisted_run(os.path.join(base, "." if isinstance(base, str) else b"."), top.error)
+        return
+    stack = [[base, top, 0, _prefix_len(base), _joiner(base), 0, None]]
     while stack:
         frame = stack[-1]
         folder, listing, i, prefix, head, ordinal, asked = frame
-        names, modes, sizes, mtimes, devs, inos = listing
+        names, modes, sizes, mtimes, devs, inos, ctimes, _ = listing  # (its error is '': checked before)
         n = len(names)
         snapshot = None
         if known is not None and i < n:
@@ -229,16 +241,16 @@ def walk_runs(root: Path, exclude: tuple[Path, ...] = (), limit: int = RUN_LIMIT
                 continue
             path = head + name  # os.path.join(folder, name), as one concatenation
             if mode & kind != reg:
-                add(new(FileEntry, (path, 0, 0, "symbolic link (not followed)" if islnk(mode) else "not a regular file", None, None)))
+                add(new(FileEntry, (path, 0, 0, "symbolic link (not followed)" if islnk(mode) else "not a regular file", None, None, None)))
             elif prefix + 4 * len(name) >= PATH_MAX and too_long(path):  # 4: most UTF-8 bytes per character
-                add(new(FileEntry, (path, sizes[j], mtimes[j], too_long(path), None, None)))
+                add(new(FileEntry, (path, sizes[j], mtimes[j], too_long(path), None, None, None)))
             else:
                 key = (dev := devs[j], ino := inos[j])
                 if key in seen_inodes:
-                    add(new(FileEntry, (path, sizes[j], mtimes[j], "hard link to a file already scanned", None, None)))
+                    add(new(FileEntry, (path, sizes[j], mtimes[j], "hard link to a file already scanned", None, None, None)))
                 else:
                     seen(key)
-                    add(new(FileEntry, (path, sizes[j], mtimes[j], "", dev, ino)))
+                    add(new(FileEntry, (path, sizes[j], mtimes[j], "", dev, ino, ctimes[j])))
             at(j - i)
         else:
             j = stop
@@ -257,11 +269,33 @@ def walk_runs(root: Path, exclude: tuple[Path, ...] = (), limit: int = RUN_LIMIT
         if (devs[j], inos[j]) in excluded:
             log.info("skipping excluded folder %s", os.fsdecode(path))
             continue
-        sub = _listing(path)
+        sub = _listing(path, (devs[j], inos[j]))
+        if sub.error:
+            yield _unlisted_run(path, sub.error)
+            continue
         if _is_quarantine(sub):
             log.info("skipping quarantine folder %s", os.fsdecode(path))
             continue
         stack.append([path, sub, 0, _prefix_len(path), _joiner(path), 0, None])
+
+
+UNLISTED = "folder could not be listed: "
+
+
+def unlisted_reason(error: str) -> str:
+    """The skip reason of a folder that could not be listed."""
+    return UNLISTED + error
+
+
+def is_unlisted(skip_reason: str) -> bool:
+    """Whether a skip reason (or a skipped record's message) is a folder's that could not be
+    listed: part of the tree went unscanned."""
+    return skip_reason.startswith(UNLISTED)
+
+
+def _unlisted_run(folder, error: str) -> Run:
+    """The Run that stands for a folder that could not be listed: the folder, skipped."""
+    return Run(folder, 0, [FileEntry(folder, 0, 0, unlisted_reason(error))], None, None, unlisted=True)
 
 
 class MatchedEntries:
@@ -273,7 +307,7 @@ class MatchedEntries:
     __slots__ = ("_columns", "_built")
 
     def __init__(self, head, names: list, *columns: list):
-        self._columns = (head, names, *columns)  # head, names, sizes, mtimes, skips, devs, inos
+        self._columns = (head, names, *columns)  # head, names, sizes, mtimes, skips, devs, inos, ctimes
         self._built: list | None = None
 
     def __len__(self) -> int:
@@ -307,7 +341,7 @@ def _match(listing: Listing, i: int, limit: int, prefix: int, head, snapshot, se
     reason), from those columns; else None. Whole-list operations only: this is what makes
     a rescan of an unchanged folder cost little more than its stat calls."""
     try:
-        span, positions, sizes, mtimes, skips, devs, inos = snapshot[:7]
+        span, positions, sizes, mtimes, skips, devs, inos, ctimes = snapshot[:8]
         names, modes = listing.names, listing.modes
         k = len(span)
         e = i + k
@@ -318,21 +352,21 @@ def _match(listing: Listing, i: int, limit: int, prefix: int, head, snapshot, se
         window = modes[i:e]
         if any(map(stat.S_ISDIR, window)):
             return None  # a name that became a folder
-        columns = [window, listing.sizes[i:e], listing.mtimes[i:e], listing.devs[i:e], listing.inos[i:e]]
+        columns = [window, listing.sizes[i:e], listing.mtimes[i:e], listing.devs[i:e], listing.inos[i:e], listing.ctimes[i:e]]
         named = span
         if positions is not None:
             columns = [list(map(c.__getitem__, positions)) for c in columns]
             named = list(map(span.__getitem__, positions))
         if not (all(map(stat.S_ISREG, columns[0])) and columns[1] == sizes and columns[2] == mtimes
-                and columns[3] == devs and columns[4] == inos):
-            return None
+                and columns[3] == devs and columns[4] == inos and columns[5] == ctimes):
+            return None  # a file changed, or was replaced (even by one of the same size and mtime)
         if prefix + 4 * max(map(len, named)) >= PATH_MAX:
             return None  # perhaps too long to open: the walk decides file by file
         keys = list(zip(devs, inos))
         if not seen_inodes.isdisjoint(keys):
             return None  # a hard link to a file walked before: the walk marks it file by file
         seen_inodes.update(keys)
-        return MatchedEntries(head, named, sizes, mtimes, skips, devs, inos)
+        return MatchedEntries(head, named, sizes, mtimes, skips, devs, inos, ctimes)
     except (TypeError, ValueError, IndexError, AttributeError):
         return None  # a snapshot of another shape: not a match
 
@@ -354,7 +388,8 @@ def count_images(root: Path, exclude: tuple[Path, ...] = ()) -> int:
     (names and the file types the kernel returns with them: no stat per file), so a progress bar
     can know its total without a second full walk. Follows the walk's rules: hidden names, folder
     links, excluded folders and quarantines are not entered; every image-named non-folder counts
-    (skipped ones included). When the count cannot be made that way it falls back to the walk."""
+    (skipped ones included), and so does a folder that cannot be listed. When the count cannot be
+    made that way it falls back to the walk."""
     from .fileops import MANIFEST_NAME
 
     excluded = _identities(exclude)
@@ -389,7 +424,9 @@ def count_images(root: Path, exclude: tuple[Path, ...] = ()) -> int:
                         files += 1
                     elif name == manifest and e.is_file(follow_symlinks=False):
                         quarantine = True
-        except OSError:
+        except OSError as exc:
+            if exc.errno != errno.ENOENT:
+                total += 1  # the walk reports a folder it cannot list as one skipped entry
             continue
         if quarantine and not is_root:
             continue
@@ -431,5 +468,5 @@ def list_image_folder(root: Path) -> tuple[list[str], list[list[FileEntry]]]:
 
 __all__ = [
     "FileEntry", "IMAGE_EXTENSIONS", "DECODED_EXTENSIONS", "UNSUPPORTED_FORMATS", "PATH_MAX",
-    "walk_images", "walk_runs", "count_images", "list_image_folder", "is_hidden", "has_image_extension", "unsupported_format", "too_long",
+    "walk_images", "walk_runs", "count_images", "identity_of", "unlisted_reason", "is_unlisted", "list_image_folder", "is_hidden", "has_image_extension", "unsupported_format", "too_long",
 ]

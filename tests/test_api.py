@@ -3,9 +3,11 @@ import json
 import os
 import shutil
 
+import numpy as np
 import pytest
 
-from conftest import make_incoming_folder, tree_snapshot
+from conftest import make_incoming_folder, tree_snapshot, write_png
+from synthetic import class_image
 from imgclean import api
 from imgclean.errors import ImgcleanError
 from imgclean.quarantine.locking import LockHeld, ScanLock
@@ -148,3 +150,27 @@ def test_audit_finds_a_planted_problem_and_moves_only_flagged_files(tmp_path):
     moved = {p for p in tree_snapshot(tmp_path / "q") if not p.startswith("imgclean-manifest")}
     flagged = {r.path for r in result.records if r.issue != "ok"}
     assert (os.path.join("stripes_h", "copy.png") in moved) == copy_moved and moved <= flagged
+
+
+def test_decisions_through_the_api(tmp_path):
+    folder = tmp_path / "incoming"
+    (folder / "sub").mkdir(parents=True)
+    for seed, name in enumerate(("a.png", "b.png", "sub/c.png")):  # three different pictures
+        write_png(folder / name, class_image("checker", np.random.default_rng(seed)))
+    before = (folder / "b.png").read_bytes()
+    accepted = api.accept([folder / "a.png"], root=folder)
+    assert [o.status for o in accepted] == ["accepted"]
+    assert [o.status for o in api.accept([folder / "a.png"], root=folder)] == ["already"]
+    rejected = api.reject([folder / "b.png"], tmp_path / "q", root=folder)
+    assert [o.status for o in rejected] == ["rejected"] and not (folder / "b.png").exists()
+    listed = api.decisions(folder)
+    assert listed.counts() == {"accepted": 1, "rejected": 1} and not listed.problems
+    assert {item.path.name: item.label for item in listed} == {"a.png": "accepted", "b.png": "rejected"}
+    assert [o.status for o in api.withdraw([folder / "a.png"])] == ["withdrawn"]
+    assert api.decisions(folder).counts() == {"accepted": 0, "rejected": 1}
+    # the reject is journaled: restore puts the file back, and records it as accepted
+    api.restore(tmp_path / "q")
+    assert (folder / "b.png").read_bytes() == before
+    assert api.decisions(folder).counts() == {"accepted": 1, "rejected": 0}
+    with pytest.raises(ValueError, match="quarantine"):
+        api.accept([tmp_path / "q" / "x.png"])

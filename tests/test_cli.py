@@ -38,7 +38,7 @@ def test_version_and_help():
 
 def test_fit_writes_a_model_and_refuses_to_overwrite(train_dir, tmp_path):
     out = tmp_path / "m"
-    result = invoke("fit", train_dir, "-o", out, "--epochs", "2", "--json")
+    result = invoke("fit", train_dir, "-o", out, "--epochs", "2", "--min-steps", "0", "--json")
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     assert summary["classes"] == ["checker", "stripes_h", "stripes_v"]
@@ -50,14 +50,14 @@ def test_fit_writes_a_model_and_refuses_to_overwrite(train_dir, tmp_path):
     result = invoke("fit", train_dir, "-o", out, "--epochs", "1")
     assert result.exit_code == 2 and "--force" in result.output
     assert tree_snapshot(out) == before
-    result = invoke("fit", train_dir, "-o", out, "--epochs", "1", "--force", "--seed", "3", "-q")
+    result = invoke("fit", train_dir, "-o", out, "--epochs", "1", "--min-steps", "0", "--force", "--seed", "3", "-q")
     assert result.exit_code == 0, result.output
     assert tree_snapshot(out) != before
 
 
 def test_fit_is_deterministic_on_cpu(train_dir, tmp_path):
     for name in ("a", "b"):
-        assert invoke("fit", train_dir, "-o", tmp_path / name, "--epochs", "2", "-q").exit_code == 0
+        assert invoke("fit", train_dir, "-o", tmp_path / name, "--epochs", "2", "--min-steps", "0", "-q").exit_code == 0
     a = (tmp_path / "a" / "weights.safetensors").read_bytes()
     assert a == (tmp_path / "b" / "weights.safetensors").read_bytes()
 

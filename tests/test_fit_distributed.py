@@ -47,6 +47,7 @@ def torchrun(*args, cwd=None):
     return proc.returncode, output
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("covariance", ["tied", "class"])
 def test_two_processes_give_the_single_process_centres_and_statistics(tmp_path, covariance):
     out = tmp_path / "ddp.npz"
@@ -63,6 +64,7 @@ def test_two_processes_give_the_single_process_centres_and_statistics(tmp_path, 
         assert error <= 1e-6 * scale, f"{key}: largest difference {error:.3g} for a scale of {scale:.3g}"
 
 
+@pytest.mark.slow
 def test_torchrun_fit_writes_one_model_recording_world_size(tmp_path, train_dir):
     code, output = torchrun("-m", "imgclean", "fit", train_dir, "-o", tmp_path / "m", "--device", "cpu",
                             "--epochs", "1", "--min-steps", "0", "--batch-size", "16", "--json", cwd=tmp_path)

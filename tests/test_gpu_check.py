@@ -5,9 +5,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_gpu_check_dry_run_on_cpu_writes_its_section_only(tmp_path):
     docs = tmp_path / "performance.md"
     docs.write_text("# Performance\n\nkept as is\n")

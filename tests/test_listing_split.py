@@ -68,9 +68,9 @@ def truth(folder, names=None) -> tuple:
     for name in in_process(folder).names if names is None else names:
         try:
             st = os.lstat(os.path.join(folder, name))
-            rows.append((st.st_mode, st.st_size, st.st_mtime_ns, st.st_dev, st.st_ino))
+            rows.append((st.st_mode, st.st_size, st.st_mtime_ns, st.st_dev, st.st_ino, st.st_ctime_ns))
         except FileNotFoundError:
-            rows.append((0, 0, 0, 0, 0))
+            rows.append((0, 0, 0, 0, 0, 0))
     return tuple(map(list, zip(*rows)))
 
 
@@ -102,9 +102,9 @@ def test_the_split_listing_equals_the_listing_in_process(folder, forks, as_bytes
     before = fds()
     alone = in_process(path)
     split = L.listing(path)
-    assert len(forks) == 1 and split == alone and tuple(split[1:]) == truth(path)
+    assert len(forks) == 1 and split == alone and tuple(split[1:7]) == truth(path) and split.error == ""
     assert min(split.mtimes) < 0
-    assert all(type(v) is int for column in split[1:] for v in column)
+    assert all(type(v) is int for column in split[1:7] for v in column)
     assert_reaped(forks)
     assert fds() == before
 
@@ -112,7 +112,7 @@ def test_the_split_listing_equals_the_listing_in_process(folder, forks, as_bytes
 def test_a_deep_folder_opened_a_component_at_a_time_is_split_too(folder, forks, monkeypatch):
     monkeypatch.setattr(L, "_FD_WALK_FROM", 1)  # every folder "deep": through _open_deep
     alone = in_process(os.fspath(folder))
-    assert L.listing(os.fspath(folder)) == alone and len(forks) == 1 and tuple(alone[1:]) == truth(folder)
+    assert L.listing(os.fspath(folder)) == alone and len(forks) == 1 and tuple(alone[1:7]) == truth(folder)
     assert_reaped(forks)
 
 
@@ -168,7 +168,7 @@ def test_a_failed_child_leaves_its_share_to_this_process(folder, forks, monkeypa
         assert fds() == before
     finally:
         os.close(fd)
-    assert columns == list(in_process(os.fspath(folder))[1:])
+    assert columns == list(in_process(os.fspath(folder))[1:7])
     assert record == [100, len(names) - 100]  # the child's share stat'ed here after all
     assert len(forks) == 1 and len(statuses) == 1
     assert (statuses[0] == 0) == (pack in (_short, _long))  # wrong data from a child that exited 0
@@ -190,7 +190,7 @@ def test_the_child_stats_its_share_and_a_vanished_name_has_zeros(folder, forks):
         os.close(fd)
     assert record == [100]  # the tail stat'ed by the child alone
     for name in gone:
-        assert [column[names.index(name)] for column in columns] == [0, 0, 0, 0, 0]
+        assert [column[names.index(name)] for column in columns] == [0, 0, 0, 0, 0, 0]
     assert tuple(columns) == truth(folder, names)
     assert_reaped(forks)
 
@@ -243,7 +243,7 @@ def test_no_split_when_the_environment_says_0(folder, able, monkeypatch):
     monkeypatch.setenv("IMGCLEAN_SPLIT_STAT", "0")
     monkeypatch.setattr(os, "fork", lambda: pytest.fail("forked with IMGCLEAN_SPLIT_STAT=0"))
     assert not L._may_split(10**6)
-    assert tuple(L.listing(os.fspath(folder))[1:]) == truth(folder)
+    assert tuple(L.listing(os.fspath(folder))[1:7]) == truth(folder)
 
 
 @pytest.mark.parametrize("condition", ["kernel threads", "one CPU", "SIGCHLD handled", "much memory"])
@@ -274,13 +274,15 @@ def test_a_fresh_single_threaded_process_splits_unless_told_not_to():
 
 
 def test_packed_columns_round_trip_and_what_does_not_fit_fails():
-    columns = [[0o100644, -1], [0, 2**64 - 1], [-(2**63), 2**63 - 1], [2**64 - 1, 3], [1, 2**64 - 1]]
+    columns = [[0o100644, -1], [0, 2**64 - 1], [-(2**63), 2**63 - 1], [2**64 - 1, 3], [1, 2**64 - 1], [-5, 2**63 - 1]]
     assert L._unpack(L._pack(columns), 2) == columns
     assert L._unpack(L._pack(columns)[:-1], 2) is None
     with pytest.raises(OverflowError):
-        L._pack([[0], [-1], [0], [0], [0]])  # a negative size
+        L._pack([[0], [-1], [0], [0], [0], [0]])  # a negative size
     with pytest.raises(OverflowError):
-        L._pack([[0], [0], [2**63], [0], [0]])  # an mtime past int64
+        L._pack([[0], [0], [2**63], [0], [0], [0]])  # an mtime past int64
+    with pytest.raises(OverflowError):
+        L._pack([[0], [0], [0], [0], [0], [2**63]])  # a ctime past int64
 
 
 def test_a_sigchld_handler_is_seen():

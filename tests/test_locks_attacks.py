@@ -18,7 +18,8 @@ from imgclean.cli import EXIT_LOCKED, app
 from locks_attacker import DEEP_JSON, Attacker, cannot_attack, shared_workdir
 from test_filesystem import SLOW_CLI, contents, junk, sha, wait_for_moves
 
-pytestmark = pytest.mark.skipif(bool(cannot_attack()), reason=cannot_attack() or "")
+pytestmark = [pytest.mark.skipif(bool(cannot_attack()), reason=cannot_attack() or ""),
+              pytest.mark.slow]  # a second user's processes racing real scans: ~10 s a test
 
 ROOT = Path(__file__).resolve().parents[1]
 LOCK = ".imgclean.lock"

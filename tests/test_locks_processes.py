@@ -21,7 +21,8 @@ from imgclean.quarantine.locking import ScanLock
 from imgclean.quarantine.moves import MANIFEST_NAME, read_manifest
 from test_filesystem import ENV, contents, many_rejects, slow_scan, unfinished, wait_for_moves
 
-pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="Linux processes, /proc and PR_SET_PDEATHSIG")
+pytestmark = [pytest.mark.skipif(sys.platform != "linux", reason="Linux processes, /proc and PR_SET_PDEATHSIG"),
+              pytest.mark.slow]  # real processes killed and signalled: 5-25 s a test
 
 
 def children(pid: int) -> list[int]:

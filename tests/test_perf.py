@@ -7,6 +7,7 @@ import re
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +29,21 @@ def age(root: Path) -> None:
             os.utime(p, ns=(OLD_NS + i, OLD_NS + i))
 
 
+# A file's ctime cannot be set back: files a test has just written (or aged with os.utime, which
+# sets the ctime to now) stay racy for RACY_SECONDS, and the cache stores none of them. Tests of
+# what a cache answers for such files narrow the window to the instant the scan starts (files
+# written before it are then old enough); the window itself is tested in test_cache_identity.py.
+@pytest.fixture
+def no_racy_window(monkeypatch):
+    from imgclean.store import cache as cache_module
+
+    monkeypatch.setattr(cache_module, "RACY_SECONDS", 0.0)
+
+
+# The same in a CLI run in a fresh interpreter (run_cli's `pre`).
+NO_RACY = "import imgclean.store.cache as _cache; _cache.RACY_SECONDS = 0.0"
+
+
 def scan_records(root, bundle, cache_dir=None, use_cache=True, batch_size=4):
     records = []
     opts = ScanOptions(batch_size=batch_size, workers=2, use_cache=use_cache, cache_dir=cache_dir)
@@ -44,7 +60,7 @@ def same(a, b) -> bool:
 
 
 @pytest.fixture
-def aged_incoming(tmp_path):
+def aged_incoming(tmp_path, no_racy_window):
     root = tmp_path / "incoming"
     make_incoming_folder(root, normal=9, ood=5)
     write_png(root / "sub" / "deep.png", np.full((16, 16), 7, np.uint8))
@@ -60,7 +76,8 @@ RICH = ("rich", "rich.progress", "rich.table")
 
 
 def run_cli(*args, pre: str = "", env_extra: dict | None = None) -> subprocess.CompletedProcess:
-    """Run the CLI in a fresh interpreter and report which heavy modules it imported."""
+    """Run the CLI in a fresh interpreter and report which heavy modules it imported (`pre`: code
+    run first, NO_RACY say)."""
     code = (
         "import atexit, json, sys\n"
         f"atexit.register(lambda: sys.stderr.write('\\nMODULES ' + json.dumps({{m: m in sys.modules for m in {HEAVY + RICH!r}}}) + '\\n'))\n"
@@ -178,7 +195,9 @@ def test_a_different_model_is_a_miss(model_dir, model_copy, aged_incoming, tmp_p
 
 def test_files_written_during_the_racy_window_are_not_cached(model_dir, aged_incoming, tmp_path):
     fresh = aged_incoming / "fresh.png"
-    write_png(fresh, class_image("checker", np.random.default_rng(4)))  # mtime = now
+    write_png(fresh, class_image("checker", np.random.default_rng(4)))
+    soon = time.time_ns() + 600 * 10**9  # modified "now" for any scan in the next ten minutes: racy
+    os.utime(fresh, ns=(soon, soon))
     cache = tmp_path / "cache"
     scan_records(aged_incoming, load_model(model_dir, lazy=True), cache)
     summary, _ = scan_records(aged_incoming, load_model(model_dir, lazy=True), cache)
@@ -204,15 +223,16 @@ def test_a_foreign_database_is_not_trusted(tmp_path):
     db.execute("CREATE TABLE results (x)")
     db.commit()
     db.close()
+    entry = data.FileEntry(tmp_path / "a.png", 1, 1, "", 7, 8, 9)
     with ScanCache(cache, "k") as c:
-        assert c.enabled and c.get(tmp_path / "a.png", 1, 1) is None
-        c.put(tmp_path / "a.png", 1, 1, "ok", "a", "a", 0.5, "")
+        assert c.enabled and c.get(entry) is None
+        c.put_many([entry], [("ok", "a", "a", 0.5, "")])
     with ScanCache(cache, "k") as c:
-        assert c.get(tmp_path / "a.png", 1, 1) == ("ok", "a", "a", 0.5, "")
-        assert c.get(tmp_path / "a.png", 2, 1) is None  # size differs
-        assert c.get(tmp_path / "a.png", 1, 2) is None  # mtime differs
+        assert c.get(entry) == ("ok", "a", "a", 0.5, "")
+        for field in ("size", "mtime_ns", "dev", "ino", "ctime_ns"):  # any part of the identity differs
+            assert c.get(entry._replace(**{field: 2})) is None, field
     with ScanCache(cache, "other") as c:
-        assert c.get(tmp_path / "a.png", 1, 1) is None  # another model
+        assert c.get(entry) is None  # another model
 
 
 def test_an_unwritable_cache_dir_only_turns_the_cache_off(model_dir, aged_incoming, tmp_path):
@@ -249,7 +269,7 @@ def test_info_imports_neither_torch_nor_timm(model_dir):
 
 def test_cli_warm_rescan_skips_torch_and_no_cache_forces_scoring(model_dir, aged_incoming, tmp_path):
     cache = tmp_path / "c"
-    first = run_cli("scan", aged_incoming, "-m", model_dir, "--json", "--cache-dir", cache)
+    first = run_cli("scan", aged_incoming, "-m", model_dir, "--json", "--cache-dir", cache, pre=NO_RACY)
     assert first.returncode == 0, first.stderr
     cold = json.loads(first.stdout)
     assert cold["decoded"] == 16 and imported(first, "torch", "timm") == {"torch": True, "timm": False}  # lenet: no timm

@@ -22,7 +22,10 @@ from imgclean.reports.records import RecordWriter, ScanRecord
 from imgclean.store.artifact import load_model
 from imgclean.store.cache import CACHE_FILE
 from imgclean.walk import walk_images, walk_runs
-from test_perf import OLD_NS, age
+from test_perf import OLD_NS, age, no_racy_window  # noqa: F401  (a fixture)
+
+# Every test here caches files it has just written (see test_perf.no_racy_window).
+pytestmark = pytest.mark.usefixtures("no_racy_window")
 
 
 class BlockSink:
@@ -153,7 +156,8 @@ def test_a_changed_run_is_answered_file_by_file(model_dir, tmp_path, change):
     _, truth = scan(root, model_dir, None)
     assert same_rows(warm, truth)
     assert warm.blocks == 2  # the two runs of the top folder; m-sub's run differs
-    assert summary.decoded == (1 if change in ("touch", "added", "now unreadable") else 0)
+    # (a new inode is another file, even with the same bytes: decoded again, never answered from the cache)
+    assert summary.decoded == (1 if change in ("touch", "new inode", "added", "now unreadable") else 0)
     assert scan(root, model_dir, cache)[1].blocks == 3  # and its new snapshot serves the next rescan
 
 
@@ -176,7 +180,7 @@ def test_damaged_or_foreign_snapshots_are_misses(model_dir, tmp_path):
     def sealed(data: bytes) -> bytes:
         return zlib.crc32(data).to_bytes(4, "big") + data
 
-    fields = ("span", "positions", "sizes", "mtimes", "skips", "devs", "inos", "names", "outcomes", "rows")
+    fields = ("format", "span", "positions", "sizes", "mtimes", "skips", "devs", "inos", "ctimes", "names", "outcomes", "rows")
 
     def edited(**changes):
         def edit(blob):
@@ -188,7 +192,7 @@ def test_damaged_or_foreign_snapshots_are_misses(model_dir, tmp_path):
         return edit
 
     def names(stored):
-        span, positions, names = stored[0], stored[1], stored[7]
+        span, positions, names = stored[1], stored[2], stored[9]
         return names if names is not None else span if positions is None else [span[p] for p in positions]
 
     for damage in (
@@ -196,10 +200,13 @@ def test_damaged_or_foreign_snapshots_are_misses(model_dir, tmp_path):
         lambda b: sealed(b"\x00not marshal"),  # right checksum, not a snapshot
         lambda b: sealed(marshal.dumps(([], [], None))),  # another shape
         lambda b: sealed(marshal.dumps(marshal.loads(b[4:])[:2])),
-        edited(outcomes=lambda t: [("bogus", *o[1:]) for o in t[8]]),  # a status no scan gives
-        edited(outcomes=lambda t: [o[:4] for o in t[8]]),  # outcomes of another shape
+        edited(outcomes=lambda t: [("bogus", *o[1:]) for o in t[10]]),  # a status no scan gives
+        edited(outcomes=lambda t: [o[:4] for o in t[10]]),  # outcomes of another shape
         edited(rows=lambda t: 5),
-        edited(sizes=lambda t: t[2][:-1]),  # a column one short
+        edited(sizes=lambda t: t[3][:-1]),  # a column one short
+        edited(ctimes=lambda t: t[8][:-1]),
+        edited(format=lambda t: 1),  # another format's
+        lambda b: sealed(marshal.dumps(marshal.loads(b[4:])[1:9] + marshal.loads(b[4:])[10:])),  # format 1's layout: no ctimes
         edited(names=names, span=lambda t: "abc"),  # a span that is not a list
         edited(names=lambda t: None, span=lambda t: names(t), positions=lambda t: [10**6] * len(names(t))),  # out of range
         lambda b: b"",
@@ -324,8 +331,11 @@ def block_of(names, tmp_path, statuses=("ok", "ood", "unreadable", "skipped", "t
     from imgclean.reports.record_blocks import csv_rows
 
     root = os.fspath(tmp_path)
-    entries = [(f"{root}/sub/{n}", 10 + i, OLD_NS + i, "" if i % 4 != 3 else "symbolic link (not followed)",
-                None if i % 4 == 3 else 7, None if i % 4 == 3 else 100 + i) for i, n in enumerate(names)]
+    from imgclean.walk import FileEntry
+
+    entries = [FileEntry(f"{root}/sub/{n}", 10 + i, OLD_NS + i, "" if i % 4 != 3 else "symbolic link (not followed)",
+                         None if i % 4 == 3 else 7, None if i % 4 == 3 else 100 + i, None if i % 4 == 3 else OLD_NS + i)
+               for i, n in enumerate(names)]
     outcomes = [(statuses[i % len(statuses)], "a" if i % 2 else None, "b", 0.1 * i if i % 3 else None,
                  "" if i % 2 else "a message") for i in range(len(names))]
     folder = f"{root}/sub"
@@ -400,12 +410,15 @@ def test_feed_gives_a_block_record_by_record_to_plain_sinks(tmp_path):
 def test_a_cache_without_results_for_the_model_is_not_queried(model_dir, tmp_path, monkeypatch):
     from imgclean.store.cache import ScanCache
 
+    from imgclean.walk import FileEntry
+
+    entry = FileEntry(tmp_path / "a.png", 1, OLD_NS, "", 1, 2, OLD_NS)
     with ScanCache(tmp_path / "c", "model-b") as other:
-        other.put(tmp_path / "a.png", 1, OLD_NS, "ok", None, None, 0.5, "")
+        other.put_many([entry], [("ok", None, None, 0.5, "")])
     with ScanCache(tmp_path / "c", "model-a") as cache:
         assert cache.held_nothing
     with ScanCache(tmp_path / "c", "model-b") as cache:
-        assert not cache.held_nothing and cache.get(tmp_path / "a.png", 1, OLD_NS)[0] == "ok"
+        assert not cache.held_nothing and cache.get(entry)[0] == "ok"
     root = snapshot_tree(tmp_path / "t")
     _, truth = scan(root, model_dir, None)
 
@@ -427,12 +440,12 @@ def test_the_listing_stats_each_name_through_the_folder_descriptor(tmp_path):
     root = snapshot_tree(tmp_path / "t")
     os.mkfifo(root / "fifo.png")
     by_name = listing.listing(os.fspath(root))
-    by_path = listing.listing(os.fsencode(root))  # bytes: by path, through DirEntry
+    by_path = listing.listing(os.fsencode(root))  # bytes: the same, names as bytes
     assert [os.fsencode(n) for n in by_name.names] == by_path.names and by_name[1:] == by_path[1:]
     names = by_name.names
-    for name, mode, size, mtime, dev, ino in zip(*by_name):
+    for name, mode, size, mtime, dev, ino, ctime in zip(*by_name[:7]):
         st = os.lstat(root / name)
-        assert (mode, size, mtime, dev, ino) == (st.st_mode, st.st_size, st.st_mtime_ns, st.st_dev, st.st_ino)
+        assert (mode, size, mtime, dev, ino, ctime) == (st.st_mode, st.st_size, st.st_mtime_ns, st.st_dev, st.st_ino, st.st_ctime_ns)
     fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.rename(root / names[-1], tmp_path / "away")  # gone after the listing: None, the rest stat'ed

@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,7 @@ from imgclean.cli import app
 from imgclean.pipeline.ray_scan import RayEngineError, ScoreWorker, check_reachable, match_outcomes
 from imgclean.quarantine.journal import fold
 from imgclean.reports.records import read_report
+from imgclean.store.cache import RACY_SECONDS
 
 ROOT = Path(__file__).resolve().parents[1]
 HAVE_RAY = importlib.util.find_spec("ray") is not None
@@ -73,11 +75,14 @@ def dirty_folder(root: Path) -> Path:
 
 
 def age(folder: Path, seconds: int = 60) -> None:
-    """Date every file back, so the scan cache stores them (it skips files modified just now)."""
+    """Date every file back, so the scan cache stores them (it skips files modified just now),
+    then wait out the cache's racy window: os.utime set their ctimes to now, and no call sets
+    a ctime back."""
     for d, _, files in os.walk(os.fsencode(folder)):
         for f in files:
             st = os.stat(os.path.join(d, f))
             os.utime(os.path.join(d, f), ns=(st.st_atime_ns, st.st_mtime_ns - seconds * 10**9))
+    time.sleep(RACY_SECONDS + 0.5)
 
 
 def twins(tmp_path: Path, n: int = 2) -> list[Path]:
@@ -139,6 +144,7 @@ def journal_is_consistent(q: Path, root: Path, moved: int) -> None:
 
 
 # ------------------------------------------------------------------ with a local Ray
+@pytest.mark.slow
 @needs_ray
 def test_ray_engine_gives_the_local_engines_records_moves_and_journal(model_dir, tmp_path):
     fa, fb = twins(tmp_path)
@@ -154,6 +160,7 @@ def test_ray_engine_gives_the_local_engines_records_moves_and_journal(model_dir,
     journal_is_consistent(qb, Path(os.path.realpath(fb)), summary["moved"])
 
 
+@pytest.mark.slow
 @needs_ray
 def test_a_worker_killed_in_its_second_batch_is_retried_and_nothing_moves_twice(model_dir, tmp_path):
     fa, fb = twins(tmp_path)
@@ -171,6 +178,7 @@ def test_a_worker_killed_in_its_second_batch_is_retried_and_nothing_moves_twice(
     journal_is_consistent(qb, Path(os.path.realpath(fb)), summary["moved"])
 
 
+@pytest.mark.slow
 @needs_ray
 def test_a_file_that_kills_every_worker_ends_unreadable_and_the_scan_goes_on(model_dir, tmp_path):
     """As with the local engine's decode processes: the batch is retried, then scored one file
@@ -199,6 +207,7 @@ def test_a_file_that_kills_every_worker_ends_unreadable_and_the_scan_goes_on(mod
     journal_is_consistent(qb, Path(os.path.realpath(fb)), summary["moved"])
 
 
+@pytest.mark.slow
 @needs_ray
 def test_only_cache_misses_go_to_the_workers(model_dir, tmp_path):
     folder = dirty_folder(tmp_path / "in")
@@ -212,6 +221,7 @@ def test_only_cache_misses_go_to_the_workers(model_dir, tmp_path):
     for new in (folder / "new1.png", folder / "sub" / "new2.png"):
         write_png(new, ood_image(rng))
         os.utime(new, (0, new.stat().st_mtime - 60))
+    time.sleep(RACY_SECONDS + 0.5)  # their ctimes out of the racy window: the second scan stores them
     second = run_cli(base)
     assert second.returncode == 0, second.stderr
     s2 = json.loads(second.stdout)
@@ -223,6 +233,7 @@ def test_only_cache_misses_go_to_the_workers(model_dir, tmp_path):
     assert s3["decoded"] == 0 and s3["cached"] == n + 2 and s3["ood"] == s2["ood"]
 
 
+@pytest.mark.slow
 @needs_ray
 def test_sigterm_during_a_ray_scan_stops_it_cleanly(model_dir, tmp_path):
     """ray.init installs a SIGTERM handler of its own (a stack dump, then death): the scan must
@@ -292,6 +303,7 @@ exit 0
 """
 
 
+@pytest.mark.slow
 @needs_ray
 def test_two_node_cluster_on_loopback_gives_the_local_engines_result(model_dir, tmp_path):
     ns = private_namespace()

@@ -12,28 +12,34 @@ from conftest import make_incoming_folder, write_png
 from imgclean import data
 from imgclean.store.cache import LOOKUP_CHUNK, ScanCache
 from imgclean.walk import count_images, walk_images
-from test_perf import age, run_cli
+from test_perf import NO_RACY, age, no_racy_window, run_cli  # noqa: F401  (a fixture)
 
 OLD_NS = 1_600_000_000 * 10**9
 
 
-def test_batched_lookups_equal_single_ones(tmp_path, monkeypatch):
+def test_batched_lookups_equal_single_ones(tmp_path, no_racy_window):
+    def entry(path, i, mtime=None):
+        return data.FileEntry(path, i, OLD_NS + i if mtime is None else mtime, "", 1, 1000 + i, OLD_NS + i)
+
     with ScanCache(tmp_path / "c", "model-a") as cache:
         paths = [tmp_path / f"f{i:04d}.png" for i in range(LOOKUP_CHUNK + 40)]  # two queries
-        cache.put_many((p, i, OLD_NS + i, "ok" if i % 3 else "ood", "a", "b", i / 7, f"m{i}") for i, p in enumerate(paths))
-        cache.put(tmp_path / "racy.png", 1, 2**62, "ok", "a", "b", 0.5, "")  # written just now: never stored
+        cache.put_many([entry(p, i) for i, p in enumerate(paths)],
+                       [("ok" if i % 3 else "ood", "a", "b", i / 7, f"m{i}") for i in range(len(paths))])
+        cache.put_many([entry(tmp_path / "racy.png", 1, 2**62)], [("ok", "a", "b", 0.5, "")])  # modified "now": never stored
         cache.flush()
-        keys = [(p, i, OLD_NS + i) for i, p in enumerate(paths)]
-        keys[5] = (paths[5], 999, OLD_NS + 5)  # size differs: a miss
-        keys[9] = (paths[9], 9, OLD_NS)  # mtime differs: a miss
-        keys.append((tmp_path / "never.png", 1, 1))
-        keys.append((tmp_path / "racy.png", 1, 2**62))
-        keys.append((os.fsencode(paths[1]), 1, OLD_NS + 1))  # bytes and str name the same file
-        single = [cache.get(*k) for k in keys]
+        keys = [entry(p, i) for i, p in enumerate(paths)]
+        keys[5] = keys[5]._replace(size=999)  # size differs: a miss
+        keys[9] = keys[9]._replace(mtime_ns=OLD_NS)  # mtime differs: a miss
+        keys[11] = keys[11]._replace(ino=1)  # another file of the same size and mtime: a miss
+        keys[12] = keys[12]._replace(ctime_ns=OLD_NS + 10**9)  # changed, mtime put back: a miss
+        keys.append(entry(tmp_path / "never.png", 1))
+        keys.append(entry(tmp_path / "racy.png", 1, 2**62))
+        keys.append(entry(os.fsencode(paths[1]), 1))  # bytes and str name the same file
+        single = [cache.get(k) for k in keys]
         hits = cache.hits
         batched = cache.get_many(keys)
         assert batched == single and cache.hits == 2 * hits
-        assert single[5] is None and single[9] is None and single[-3] is None and single[-2] is None
+        assert [i for i, hit in enumerate(single) if hit is None] == [5, 9, 11, 12, len(keys) - 3, len(keys) - 2]
         assert single[0] == ("ood", "a", "b", 0.0, "m0") and single[-1] == single[1]
         assert cache.get_many([]) == []
     with ScanCache(tmp_path / "c", "model-b") as other:  # another model: all misses
@@ -43,8 +49,9 @@ def test_batched_lookups_equal_single_ones(tmp_path, monkeypatch):
 def test_a_disabled_cache_misses_every_batched_lookup(tmp_path):
     cache = ScanCache(tmp_path / "c", "m").open()
     cache._disable(RuntimeError("gone"))
-    assert cache.get_many([(tmp_path / "a.png", 1, 1)] * 3) == [None] * 3 and cache.misses == 3
-    cache.put_many([(tmp_path / "a.png", 1, 1, "ok", None, None, None, "")])  # no error
+    e = data.FileEntry(tmp_path / "a.png", 1, 1, "", 1, 2, 3)
+    assert cache.get_many([e] * 3) == [None] * 3 and cache.misses == 3
+    cache.put_many([e], [("ok", None, None, None, "")])  # no error
     cache.close()
 
 
@@ -82,8 +89,10 @@ def test_file_entries_are_light_and_keep_their_interface(tmp_path):
     p = tmp_path / "a.png"
     e = data.FileEntry(p, 3, 4, dev=1, ino=2)
     assert e.path == p and isinstance(e.path, Path) and e.fspath == os.fspath(p) and os.fspath(e) == os.fspath(p)
-    assert (e.size, e.mtime_ns, e.skip_reason, e.dev, e.ino) == (3, 4, "", 1, 2)
+    assert (e.size, e.mtime_ns, e.skip_reason, e.dev, e.ino, e.ctime_ns) == (3, 4, "", 1, 2, None)
     assert e == data.FileEntry(os.fspath(p), 3, 4, "", 1, 2) and hash(e) == hash(data.FileEntry(p, 3, 4, dev=1, ino=2))
+    e = data.FileEntry(p, 3, 4, dev=1, ino=2, ctime_ns=5)
+    assert e.identity == (3, 4, 1, 2, 5) and e != data.FileEntry(p, 3, 4, dev=1, ino=2, ctime_ns=6)
     import pickle
 
     assert pickle.loads(pickle.dumps(e)) == e and "size=3" in repr(e)
@@ -99,7 +108,7 @@ def test_a_warm_rescan_writes_the_same_report(model_dir, tmp_path, suffix):
     reports = []
     for i in range(2):
         report = tmp_path / f"r{i}.{suffix}"
-        proc = run_cli("scan", root, "-m", model_dir, "--json", "--cache-dir", cache, "--report", report)
+        proc = run_cli("scan", root, "-m", model_dir, "--json", "--cache-dir", cache, "--report", report, pre=NO_RACY)
         assert proc.returncode == 0, proc.stderr
         reports.append(report.read_text())
     assert reports[0] == reports[1] and len(reports[0].splitlines()) >= 12

@@ -129,6 +129,7 @@ def scan_elsewhere(root, model, tmp_path, in_workers: bool, cache=None, damage=F
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_a_scan_scored_in_its_workers_gives_the_same_records(model_dir, tmp_path):
     root = tmp_path / "in"
     make_incoming_folder(root, normal=9, ood=6)
@@ -162,6 +163,7 @@ def test_a_process_that_imported_torch_scores_itself(model_dir, tmp_path, monkey
     assert summary.decoded == 6 and bundle.model_loaded
 
 
+@pytest.mark.slow
 def test_a_network_that_cannot_be_built_fails_the_scan_as_in_the_scanning_process(model_dir, tmp_path):
     root = tmp_path / "in"
     make_incoming_folder(root, normal=3, ood=2)

@@ -298,7 +298,7 @@ def _finish(summary, outcome: Outcome, printer: Printer, stop: StopFlag, *, json
     else:
         from .console import counts_table
 
-        keys = ("scanned", "ok", "ood", "unreadable", "too_large", "unsupported", "skipped", "changed", "accepted",
+        keys = ("scanned", "ok", "ood", "unreadable", "too_large", "unsupported", "skipped", "unlisted", "changed", "accepted",
                 "moved", "would_move", "move_errors", *outcome.extra_columns)
         shown = {k: result[k] for k in keys if k in ("scanned", "ok", "ood", "unreadable") or result.get(k)}
         out.print(counts_table(outcome.title, shown, rich_console(out).width))

@@ -59,6 +59,7 @@ class ScanSummary:
     seconds: float = 0.0
     cached: int = 0  # results reused from the scan cache (not decoded)
     decoded: int = 0  # files decoded and scored by the model
+    unlisted: int = 0  # folders inside the scan that could not be listed (skipped records; their files unscanned)
 
     @property
     def scanned(self) -> int:
@@ -78,6 +79,7 @@ class ScanSummary:
             "too_large": c[data.TOO_LARGE],
             "unsupported": c[data.UNSUPPORTED],
             "skipped": c[data.SKIPPED],
+            "unlisted": self.unlisted,
             "changed": c[CHANGED],
             "accepted": c[ACCEPTED],
             "rejected": self.rejected,

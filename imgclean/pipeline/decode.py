@@ -9,6 +9,8 @@ Contract (every entry point):
   with status data.OK, or None with the status (data.UNREADABLE / TOO_LARGE / UNSUPPORTED) and a
   one-line message. Nothing a decode raises escapes: an unexpected error inside a worker
   becomes that one item's UNREADABLE, and the other items of its chunk are still decoded.
+- A failure saying nothing lasting about the file (EACCES, EIO, MemoryError, a process killed,
+  an unexpected error) has a data.TransientMessage for message: reported, never cached.
 - No items, no work: an empty list gives an empty list and starts no thread.
 
 A Decoder owns its pool; `submit` starts a batch and returns at once, so a caller can decode the
@@ -114,9 +116,9 @@ def decode_one(item, settings: DecodeSettings) -> Decoded:
         )
         return Decoded(arr, data.OK)
     except data.DecodeError as exc:
-        return Decoded(None, exc.status, str(exc))
-    except Exception as exc:  # a bug or an odd failure is still this file's status, not a lost batch
-        return Decoded(None, data.UNREADABLE, " ".join(f"{type(exc).__name__}: {exc}".split()))
+        return Decoded(None, exc.status, exc.message)
+    except Exception as exc:  # a bug or an odd failure: this file's status, not a lost batch; transient
+        return Decoded(None, data.UNREADABLE, data.TransientMessage(" ".join(f"{type(exc).__name__}: {exc}".split())))
 
 
 # ---- small plain PNGs ----------------------------------------------------------------------------
@@ -224,6 +226,12 @@ def _plain_pixels(core, mode: str, width: int, height: int, stream: bytes, np) -
     if error < 0:
         return None
     return np.frombuffer(b"".join(parts), np.uint8).reshape(height, width, 1 if mode == "L" else 3)
+
+
+def died(status: str, message: str) -> Decoded:
+    """A file whose decode process died on it (killed, out of memory, a crash in the image
+    library): nothing says its bytes did it, so transient."""
+    return Decoded(None, status, data.TransientMessage(message))
 
 
 def _decode_chunk(items: Sequence, settings: DecodeSettings) -> list[Decoded]:
@@ -343,8 +351,8 @@ class Decoder:
             wait(self._thread_futures)
             self._thread_futures = []
             self._finishing = self.finish is not None and (self.finish_if is None or self.finish_if())
-            self._procs = ProcessDecodePool(decode_one, self.settings, self.workers, Decoded,
-                                            self.finish if self._finishing else None, self.failed)
+            finish, failed = (self.finish, self.failed) if self._finishing else (None, died)  # (failed: a death's outcome)
+            self._procs = ProcessDecodePool(decode_one, self.settings, self.workers, Decoded, finish, failed)
         item_bytes = self.settings.size * self.settings.size * self.settings.channels
         # One chunk per worker per batch: each chunk is a task, a pipe message and a block.
         step = -(-len(items) // self.workers)

@@ -16,7 +16,8 @@ only read, and the results are applied in one place.
   max_task_retries); results are matched to the batch sent by path, so a retried batch counts
   once, and a file moves at most once whatever a worker does. A batch that kills its worker
   RETRIES + 1 times is scored again one file at a time on a worker of its own: a file that kills
-  it alone ends unreadable, as with the local engine's decode processes. Any other failure stops
+  it alone ends unreadable, as with the local engine's decode processes, and transient (never
+  cached: the next scan tries it again). Any other failure stops
   the scan with one error line (the records applied so far stay consistent).
 """
 from __future__ import annotations
@@ -206,7 +207,7 @@ class RayEngine:
         if not self.workers:
             self._start()
         worker = min(range(len(self.workers)), key=self.in_flight.__getitem__)
-        paths = [os.fsencode(e[0]) for e in entries]
+        paths = [os.fsencode(e.fspath) for e in entries]
         self.in_flight[worker] += 1
         return _Batch(self.workers[worker].score.remote(self._files(), paths), worker, paths)
 
@@ -246,7 +247,7 @@ class RayEngine:
                 try:
                     got, result = ray.get(worker.score.remote(self._files(), [path]))
                 except ray.exceptions.RayActorError:
-                    out.append((data.UNREADABLE, DIED, -1, -1, None))
+                    out.append((data.UNREADABLE, data.TransientMessage(DIED), -1, -1, None))  # never cached
                     worker = None
                     continue
                 out.extend(match_outcomes([path], got, result, self))

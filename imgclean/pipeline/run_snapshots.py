@@ -4,11 +4,13 @@ and read back file by file where a run changed.
 A run of the walk (walk.walk_runs) answered file by file is snapshot once every record of it has
 been yielded and applied, so the snapshot holds what the next walk of an unchanged folder will
 see: a file moved to the quarantine has left the run. The files it scored are then cached by the
-snapshot alone; a run that cannot be snapshot (a racy file, a failed move, a scan stopped in the
-middle of it) stores them as per-file rows instead.
+snapshot alone; a run that cannot be snapshot (a racy file, a transient failure, a failed move,
+a scan stopped in the middle of it) stores them as per-file rows instead, except the racy and
+transient ones (ScanCache.storable), which are decoded again by the next scan.
 
-A run whose snapshot differs (a file added, removed or touched) is answered file by file: first
-from the folder's stored snapshots (StoredRuns), then from the per-file rows.
+A run whose snapshot differs (a file added, removed, touched or replaced) is answered file by
+file: first from the folder's stored snapshots (StoredRuns), then from the per-file rows; either
+answers a file only for its path and its whole identity (walk.FileEntry.identity).
 """
 from __future__ import annotations
 
@@ -85,7 +87,7 @@ class RunSnapshots:
         far is kept as per-file rows."""
         while self.runs:
             run = self.runs.popleft()
-            self.cache.put_many(_per_file_rows(run[2], run[3]))
+            self.cache.put_many(*_reusable(run[2], run[3]))
 
     def after_block(self, block: RecordBlock, folder, ordinal: int, span: list | None = None,
                     positions: list[int] | None = None) -> None:
@@ -101,9 +103,9 @@ class RunSnapshots:
 
     def _store(self, run: list) -> None:
         folder, ordinal, entries, outcomes, _, storable, rows, span, positions = run
-        if storable and entries and all(
-            (o[0] == data.SKIPPED) if e[3] else (o[0] in CACHEABLE) for e, o in zip(entries, outcomes)
-        ):
+        if storable and not all(e.skip_reason for e in entries) and all(
+            (o[0] == data.SKIPPED) if e.skip_reason else (o[0] in CACHEABLE) for e, o in zip(entries, outcomes)
+        ):  # (a run of skipped entries only, a folder that could not be listed say, needs no snapshot)
             # The report rows, formatted once for the rescans (RecordBlock.csv_text): the scored
             # blocks' own when they came whole
             if folder.__class__ is not str:
@@ -114,7 +116,7 @@ class RunSnapshots:
                 rows = csv_rows(entries, outcomes, len(folder) if folder.endswith(os.sep) else len(folder) + 1)
             if self.cache.put_run(folder, ordinal, entries, outcomes, rows, span, positions):
                 return  # the snapshot answers for every file of the run
-        self.cache.put_many(_per_file_rows(entries, outcomes))
+        self.cache.put_many(*_reusable(entries, outcomes))
 
 
 def _add(run: list, entry: data.FileEntry, record: ScanRecord) -> None:
@@ -131,13 +133,11 @@ def _add(run: list, entry: data.FileEntry, record: ScanRecord) -> None:
     run[4] -= 1
 
 
-def _per_file_rows(entries: list, outcomes: list) -> list[tuple]:
-    """The cache's per-file rows of a run's files: every result that may be reused."""
-    return [
-        (e[0], e[1], e[2], o[0], o[1], o[2], o[3], o[4])
-        for e, o in zip(entries, outcomes, strict=True)
-        if not e[3] and o[0] in CACHEABLE
-    ]
+def _reusable(entries: list, outcomes: list) -> tuple[list, list]:
+    """(entries, outcomes) of a run's files whose status may be reused: what goes to the cache's
+    per-file rows (which then keep only the storable ones)."""
+    kept = [(e, o) for e, o in zip(entries, outcomes, strict=True) if not e.skip_reason and o[0] in CACHEABLE]
+    return [e for e, _ in kept], [o for _, o in kept]
 
 
 class StoredRuns:
@@ -146,16 +146,16 @@ class StoredRuns:
 
     The walk gives a folder's files in name order, and its snapshots, by ordinal, hold them in
     the same order: one pass over the snapshots, one in memory at a time, finds each file that
-    is still there. A file is answered when its path, size and mtime_ns are the snapshot's (what
-    the per-file rows promise) and its stored outcome may be reused; any other file is left to
-    the per-file rows. Snapshots left out of order (a folder that shrank keeps its later ones)
+    is still there. A file is answered when its path and identity (size, mtime_ns, dev, ino,
+    ctime_ns) are the snapshot's (what the per-file rows promise) and its stored outcome may be
+    reused; any other file is left to the per-file rows. Snapshots left out of order (a folder that shrank keeps its later ones)
     only cost hits, never give a wrong answer."""
 
     def __init__(self, cache):
         self.cache = cache
         self.folder = None
         self.ordinals: list[int] = []
-        self.found: dict = {}  # path -> (size, mtime_ns, outcome) of the snapshot in memory
+        self.found: dict = {}  # path -> (identity, outcome) of the snapshot in memory
         self.last = None  # its last path
 
     def look_up(self, folder, entries: list) -> list[tuple | None]:
@@ -164,11 +164,11 @@ class StoredRuns:
             self.folder, self.ordinals, self.found, self.last = folder, self.cache.run_ordinals(folder)[::-1], {}, None
         out: list[tuple | None] = []
         for e in entries:
-            path = e[0]
+            path = e.fspath
             while (self.last is None or path > self.last) and self.ordinals:
                 self._load(self.ordinals.pop())
             hit = self.found.get(path)
-            out.append(hit[2] if hit is not None and hit[0] == e[1] and hit[1] == e[2] and not e[3] else None)
+            out.append(hit[1] if hit is not None and hit[0] == e.identity and not e.skip_reason else None)
         hits = len(out) - out.count(None)
         self.cache.hits += hits
         return out
@@ -179,8 +179,8 @@ class StoredRuns:
             self.found, self.last = {}, None
             return
         entries, outcomes, _ = stored
-        if entries[-1][0].__class__ is not self.folder.__class__:  # walked as bytes then, as str now (or back)
+        if entries[-1].fspath.__class__ is not self.folder.__class__:  # walked as bytes then, as str now (or back)
             self.found, self.last = {}, None
             return
-        self.found = {e[0]: (e[1], e[2], o) for e, o in zip(entries, outcomes) if not e[3] and o[0] in CACHEABLE}
-        self.last = entries[-1][0]
+        self.found = {e.fspath: (e.identity, o) for e, o in zip(entries, outcomes) if not e.skip_reason and o[0] in CACHEABLE}
+        self.last = entries[-1].fspath

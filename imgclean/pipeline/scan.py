@@ -104,6 +104,7 @@ class Scorer:
         self._preload: threading.Thread | None = None
         self._preload_error: BaseException | None = None
         self.decoded = 0  # files decoded by this scorer (cache misses)
+        self.unlisted = 0  # folders the walk could not list (each one skipped record; their files unscanned)
 
     def _prepare_torch(self) -> None:
         with self._load_lock:
@@ -175,8 +176,8 @@ class Scorer:
         self.decoded += len(entries)
         cut = getattr(rel, "cut", None)
         return [
-            ScanRecord(e[0][cut:] if cut else rel(e[0]), st, names[p] if p >= 0 else None, names[n] if n >= 0 else None,
-                       s, msg, "", None, e[1], e[2], e[4], e[5])
+            ScanRecord(e.fspath[cut:] if cut else rel(e.fspath), st, names[p] if p >= 0 else None, names[n] if n >= 0 else None,
+                       s, msg, "", None, e.size, e.mtime_ns, e.dev, e.ino)
             for e, (st, msg, p, n, s) in zip(entries, outcomes, strict=True)
         ]
 
@@ -206,8 +207,9 @@ class Scorer:
         lookup = []
         cache = self.cache
         for i, e in enumerate(entries):
-            if e[3]:  # skip_reason
-                out[i] = ScanRecord(rel(e[0]), data.SKIPPED, None, None, None, e[3], "", None, e[1], e[2], e[4], e[5])
+            if e.skip_reason:
+                out[i] = ScanRecord(rel(e.fspath), data.SKIPPED, None, None, None, e.skip_reason, "", None, e.size, e.mtime_ns,
+                                    e.dev, e.ino)
             elif cache is not None and not cache.held_nothing:
                 lookup.append(i)
         if lookup:
@@ -222,8 +224,8 @@ class Scorer:
             cut = getattr(rel, "cut", None)  # rel(path) is path[cut:] (_relative_namer)
             for i, e, hit in zip(lookup, entries, hits, strict=True):
                 if hit is not None and hit[0] in cacheable:
-                    out[i] = record(e[0][cut:] if cut else rel(e[0]), hit[0], hit[1], hit[2], hit[3], hit[4], "", None,
-                                    e[1], e[2], e[4], e[5])
+                    out[i] = record(e.fspath[cut:] if cut else rel(e.fspath), hit[0], hit[1], hit[2], hit[3], hit[4], "", None,
+                                    e.size, e.mtime_ns, e.dev, e.ino)
         return out
 
     def scan(self, root: Path, exclude: Iterable[Path] = (), engine=None) -> Iterator[tuple[ScanRecord, data.FileEntry]]:
@@ -292,6 +294,8 @@ class Scorer:
                 known = cache.snapshot if look_up and cache.held_runs else None
                 for walked in walk_runs(root, tuple(exclude), known=known):
                     folder, ordinal, run = walked.folder, walked.ordinal, walked.entries
+                    if walked.unlisted:
+                        self.unlisted += 1
                     if snapshots is not None:
                         stored = None
                         if walked.matched:
@@ -417,6 +421,7 @@ def run_scan(
             cache.close()
             summary.cached = cache.hits
         summary.decoded = scorer.decoded
+        summary.unlisted = scorer.unlisted
         scorer.close()
     summary.seconds = time.perf_counter() - started
     return summary

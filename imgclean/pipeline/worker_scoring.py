@@ -11,8 +11,9 @@ under a token; `ScoreChunk(token)` (only the token travels with each chunk) is t
 `finish` (pipeline/decode_workers.py). In a worker, the first chunk builds the model from the
 registered lazy bundle (importing torch there, one thread), and each chunk's decoded list is
 answered with scoring.outcomes, exactly as the scanning process would answer it. A worker that
-dies on a file gives that file `failed(UNREADABLE, DIED)`; an error in the model (say, weights
-that cannot be read) reaches the scan as it would in the scanning process.
+dies on a file gives that file `failed(UNREADABLE, DIED)`, transient (data.TransientMessage: a
+scan cache never keeps it); an error in the model (say, weights that cannot be read) reaches
+the scan as it would in the scanning process.
 
 Each worker imports torch: ~300 MB of private memory a process (measured: torch 2.14 on Linux),
 so it is used for at most MAX_WORKERS workers and only when their imports fit in half of the
@@ -29,6 +30,7 @@ import os
 import sys
 from typing import Callable
 
+from ..data import TransientMessage
 from .scoring import Outcome, outcomes, predict_scores
 
 ENV = "IMGCLEAN_SCORE_IN_WORKERS"
@@ -76,8 +78,9 @@ def unregister(token: str) -> None:
 
 
 def failed(status: str, message: str) -> Outcome:
-    """The outcome of a file whose worker died on it."""
-    return (status, message, -1, -1, None)
+    """The outcome of a file whose worker died on it: transient (killed, out of memory, a crash
+    in the image library: nothing lasting about the file), so a scan cache never keeps it."""
+    return (status, TransientMessage(message), -1, -1, None)
 
 
 class ScoreChunk:

@@ -38,7 +38,8 @@ class RecordBlock:
         if self._records is None:
             rel, cut, record = self.rel, getattr(self.rel, "cut", None), ScanRecord
             self._records = [
-                record(e[0][cut:] if cut else rel(e[0]), o[0], o[1], o[2], o[3], o[4], "", None, e[1], e[2], e[4], e[5])
+                record(e.fspath[cut:] if cut else rel(e.fspath), o[0], o[1], o[2], o[3], o[4], "", None, e.size, e.mtime_ns,
+                       e.dev, e.ino)
                 for e, o in zip(self.entries, self.outcomes, strict=True)
             ]
         return self._records
@@ -69,7 +70,7 @@ class RecordBlock:
             return None
         n = len(self.entries)
         head = self.folder if self.folder.__class__ is not str or self.folder.endswith(os.sep) else self.folder + os.sep
-        if self.rows is not None and head.__class__ is str and self.entries[0][0].startswith(head) and len(head) >= cut:
+        if self.rows is not None and head.__class__ is str and self.entries[0].fspath.startswith(head) and len(head) >= cut:
             prefix = head[cut:]  # the folder, relative to the root
             rows = self.rows
         else:
@@ -89,8 +90,8 @@ def csv_rows(entries: list, outcomes: list[tuple], start: int) -> str:
     when no field needs quoting, without the root cell and line end (a NUL instead, which no path
     holds), each path from its `start`."""
     return "".join([
-        f"{e[0][start:]},{o[0]},{'' if o[1] is None else o[1]},{'' if o[2] is None else o[2]},"
-        f"{'' if o[3] is None else o[3]},,,{o[4]},{e[1]},{e[2]},{'' if e[4] is None else e[4]},"
-        f"{'' if e[5] is None else e[5]},\0"
+        f"{e.fspath[start:]},{o[0]},{'' if o[1] is None else o[1]},{'' if o[2] is None else o[2]},"
+        f"{'' if o[3] is None else o[3]},,,{o[4]},{e.size},{e.mtime_ns},{'' if e.dev is None else e.dev},"
+        f"{'' if e.ino is None else e.ino},\0"
         for e, o in zip(entries, outcomes, strict=True)
     ])

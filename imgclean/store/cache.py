@@ -1,29 +1,36 @@
 """A cache of scan results, so a nightly rescan only decodes what is new or changed.
 
 One small SQLite file under the user cache dir ($XDG_CACHE_HOME/imgclean/scan-cache.sqlite,
-~/.cache/imgclean/ by default), never inside a scanned folder. A result is reused only when the
-file's absolute path, size and mtime_ns, and the model key (the model's fingerprint plus a hash
-of its settings and the imgclean version) all match; anything else is a miss and is scored.
+~/.cache/imgclean/ by default), never inside a scanned folder. A result is reused only for the
+same file, as git's index decides it: the same absolute path, device, inode, size, mtime_ns and
+ctime_ns (walk.FileEntry.identity), and the same model key (the model's fingerprint, a hash of
+its settings, the imgclean version). The inode catches a file replaced by another of the same
+size and mtime (`cp --preserve=timestamps`, `rsync -t`, a backup restored); the ctime, which no
+user can set, an edit that put the mtime back (`touch -r`, `exiftool -P`).
 
 The cache can only make a scan faster, never different:
-- a file modified within RACY_SECONDS of the scan is not stored (its mtime could repeat after a
-  second write in the same clock tick, like git's "racily clean" files);
-- a cache file that is unreadable or not ours is moved aside and rebuilt; any SQLite error later
-  turns the cache off for the rest of the run (every lookup a miss). Nothing here raises.
+- a file whose mtime or ctime is within RACY_SECONDS of the scan's start, or later (a clock set
+  back, a server's ahead), is not stored: a second change in the same clock tick would leave
+  both the same (git's "racily clean" files);
+- an outcome marked transient (data.TransientMessage: EACCES, EIO, EMFILE, MemoryError, a
+  decode process killed...) is never stored: it says nothing lasting about the file;
+- a cache folder another user could write, or a link, is not used (one warning:
+  store/cache_trust.py); a cache file not this user's alone, damaged, foreign or of an older
+  schema is set aside or emptied and rebuilt; a later SQLite error turns the cache off for the
+  rest of the run (every lookup a miss). Nothing here raises.
 
 Results are kept two ways (pipeline/run_snapshots.py decides which):
 - a snapshot per run of the walk (walk.walk_runs: up to 4,096 consecutive files of one folder):
-  every entry exactly as the walk saw it (path, size, mtime_ns, skip reason, device, inode), its
-  outcome, and the stretch of the folder's listing it covered (store/run_format.py). A rescan
-  whose listing shows that run again unchanged (walk_runs' `known`: checked with whole-list
-  operations, no entry built one by one), or whose run is equal entry for entry, takes the
-  run's records from the snapshot in one query; a run that differs (a file added, removed, touched, replaced) is
-  answered file by file, first from the folder's snapshots (load_run: a file whose path, size
-  and mtime_ns are a snapshot's), then from the per-file rows. A snapshot is written only when
-  every file of the run has a cacheable outcome and none is racy;
-- one row per file, for the files of runs that could not be snapshot (a racy file, a failed
-  move, a scan stopped in the middle of a run). A snapshotted run writes no per-file rows: the
-  two B-trees keyed by (model, path) cost a cold scan more than the scoring's own bookkeeping.
+  every entry as the walk saw it, its outcome and the stretch of the folder's listing it covered
+  (store/run_format.py). A rescan whose listing shows that run again unchanged (walk_runs'
+  `known`: whole-list checks), or whose run is equal entry for entry, takes its records from
+  the snapshot in one query; a run that differs is answered file by file, from the folder's
+  snapshots (load_run) and then the per-file rows, each for the same path and identity only. A
+  snapshot is written only when every file of the run has a cacheable outcome and none is racy
+  or transient;
+- one row per file, for the files of runs that could not be snapshot (a racy file, a transient
+  failure, a failed move, a scan stopped mid-run). A snapshotted run writes no per-file rows:
+  the two B-trees keyed by (model, path) cost a cold scan more than its own bookkeeping.
 """
 from __future__ import annotations
 
@@ -37,12 +44,14 @@ import time
 from pathlib import Path
 
 from .. import __version__
-from . import run_format
+from ..data import is_transient
+from ..walk import identity_of
+from . import cache_schema, cache_trust, run_format
 
 log = logging.getLogger(__name__)
 
 CACHE_FILE = "scan-cache.sqlite"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = cache_schema.SCHEMA_VERSION
 RACY_SECONDS = 2.0
 _COMMIT_EVERY = 4096
 _FS_UTF8 = (sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()) == ("utf-8", "surrogateescape")
@@ -51,7 +60,7 @@ LOOKUP_CHUNK = 500  # keys per SELECT ... IN (...): under SQLite's oldest limit 
 
 def _lookup_sql(n: int) -> str:
     sql = (
-        "SELECT path, size, mtime_ns, status, predicted, nearest, score, message FROM results"
+        "SELECT path, size, mtime_ns, dev, ino, ctime_ns, status, predicted, nearest, score, message FROM results"
         f" WHERE model=? AND path IN ({','.join('?' * n)})"
     )
     if len(_LOOKUP_SQL) < 64:
@@ -75,9 +84,10 @@ def model_key(config: dict, extra: str = "") -> str:
 
 
 class ScanCache:
-    """get(path, size, mtime_ns) -> cached tuple or None; put(...) stores one result; get_many and
-    put_many do the same for many files with one query; snapshot / get_run / put_run / load_run /
-    run_ordinals read and write the run snapshots."""
+    """get(entry) -> the cached outcome (status, predicted, nearest, score, message) or None;
+    put_many(entries, outcomes) stores results; get_many does get for many entries with one
+    query; snapshot / get_run / put_run / load_run / run_ordinals read and write the run
+    snapshots. Entries are walk.FileEntry (or tuples of its fields, in its order)."""
 
     def __init__(self, directory: Path | None, key: str):
         self.directory = Path(directory) if directory is not None else default_cache_dir()
@@ -87,7 +97,9 @@ class ScanCache:
         self.misses = 0
         self.enabled = True
         self._db: sqlite3.Connection | None = None
+        self._folder_fd: int | None = None  # the checked cache folder, open while the cache is
         self._pending = 0
+        # Files whose mtime or ctime is this recent, or later, are racy: never stored.
         self._racy_after_ns = time.time_ns() - int(RACY_SECONDS * 1e9)
         # What the cache held for this model as it was opened: per-file rows, run snapshots. A
         # scan skips the queries of what it holds nothing of (a first scan with a new model:
@@ -98,11 +110,27 @@ class ScanCache:
     # ---- opening -----------------------------------------------------------------------------
     def open(self) -> "ScanCache":
         try:
-            self.directory.mkdir(parents=True, exist_ok=True)
+            self._folder_fd = cache_trust.open_folder(self.directory)
+        except cache_trust.UntrustedCache as exc:
+            log.warning("scan cache not used, since other users could change what it says: %s; scanning without it "
+                        "(use a folder of your own that only you can write: chmod go-w, or --cache-dir)", exc)
+            self.enabled = False
+            return self
+        except OSError as exc:
+            log.warning("scan cache %s cannot be used (%s); scanning without it", self.path, exc.strerror or exc)
+            self.enabled = False
+            return self
+        try:
+            try:
+                cache_trust.check_files(self._folder_fd, CACHE_FILE)
+            except cache_trust.UntrustedFile as exc:
+                self._set_aside(f"{exc}: other users could change its verdicts", ".untrusted")
+                cache_trust.check_files(self._folder_fd, CACHE_FILE)
             try:
                 self._db = self._connect()
             except sqlite3.DatabaseError as exc:
                 self._set_aside(exc)
+                cache_trust.check_files(self._folder_fd, CACHE_FILE)
                 self._db = self._connect()
             self.held_results = self._db.execute("SELECT 1 FROM results WHERE model=? LIMIT 1", (self.key,)).fetchone() is not None
             self.held_runs = self._db.execute("SELECT 1 FROM runs WHERE model=? LIMIT 1", (self.key,)).fetchone() is not None
@@ -113,39 +141,33 @@ class ScanCache:
         return self
 
     def _connect(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.path, timeout=10, isolation_level=None)
+        db = sqlite3.connect(cache_trust.path_through(self._folder_fd, self.directory, CACHE_FILE), timeout=10,
+                             isolation_level=None)
         try:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
-            version = db.execute("PRAGMA user_version").fetchone()[0]
-            tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-            if version == 0 and not tables:
-                db.execute(
-                    "CREATE TABLE results (model TEXT NOT NULL, path BLOB NOT NULL, size INTEGER NOT NULL,"
-                    " mtime_ns INTEGER NOT NULL, status TEXT NOT NULL, predicted TEXT, nearest TEXT,"
-                    " score REAL, message TEXT NOT NULL, PRIMARY KEY (model, path))"
-                )
-                db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-            elif version != SCHEMA_VERSION or "results" not in tables:
-                raise sqlite3.DatabaseError(f"schema version {version}, expected {SCHEMA_VERSION}")
-            # Added later, in the same schema version: a cache without it gains it, and an older
-            # imgclean reading this one never looks at it.
+            if db.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
+                cache_schema.create_or_migrate(db)
             db.execute(
-                "CREATE TABLE IF NOT EXISTS runs (model TEXT NOT NULL, folder BLOB NOT NULL, ordinal INTEGER NOT NULL,"
-                " snapshot BLOB NOT NULL, PRIMARY KEY (model, folder, ordinal))"
+                "SELECT model, path, size, mtime_ns, dev, ino, ctime_ns, status, predicted, nearest, score, message"
+                " FROM results LIMIT 1"
             )
-            db.execute("SELECT model, path, size, mtime_ns, status, predicted, nearest, score, message FROM results LIMIT 1")
+            db.execute("SELECT model, folder, ordinal, snapshot FROM runs LIMIT 1")
         except BaseException:
             db.close()
             raise
         return db
 
-    def _set_aside(self, exc: Exception) -> None:
-        log.warning("scan cache %s is damaged (%s); starting a new one", self.path, exc)
-        for suffix in ("", "-wal", "-shm"):
-            p = Path(f"{self.path}{suffix}")
-            if p.exists():
-                os.replace(p, f"{p}.damaged")
+    def _set_aside(self, why, suffix: str = ".damaged") -> None:
+        """Rename the cache file and SQLite's files beside it out of the way (in the checked
+        folder, by its descriptor): a new cache starts."""
+        log.warning("scan cache %s: %s; set aside as %s and starting a new one", self.path, why, CACHE_FILE + suffix)
+        for companion in ("", *cache_trust.COMPANIONS):
+            name = CACHE_FILE + companion
+            try:
+                os.replace(name, name + suffix, src_dir_fd=self._folder_fd, dst_dir_fd=self._folder_fd)
+            except FileNotFoundError:
+                pass
 
     def _close_quietly(self) -> None:
         if self._db is not None:
@@ -154,6 +176,9 @@ class ScanCache:
             except sqlite3.Error:
                 pass
             self._db = None
+        if self._folder_fd is not None:
+            os.close(self._folder_fd)
+            self._folder_fd = None
 
     def _disable(self, exc: Exception) -> None:
         log.warning("scan cache %s failed (%s); continuing without it", self.path, exc)
@@ -164,7 +189,16 @@ class ScanCache:
     def held_nothing(self) -> bool:
         return not (self.held_results or self.held_runs)
 
-    # ---- use -----------------------------------------------------------------------------------
+    # ---- what may be stored ----------------------------------------------------------------------
+    def storable(self, entry, outcome) -> bool:
+        """Whether `outcome` may be stored as the verdict of `entry`: the walk saw the file whole
+        (device, inode and ctime known), neither its mtime nor its ctime is racy (within
+        RACY_SECONDS of the scan's start, or later), and the outcome is not transient."""
+        racy, ctime = self._racy_after_ns, entry.ctime_ns
+        return (entry.dev is not None and ctime is not None and entry.mtime_ns < racy and ctime < racy
+                and not is_transient(outcome[4]))
+
+    # ---- per-file rows -------------------------------------------------------------------------
     @staticmethod
     def _path_key(path: Path) -> bytes:
         path = os.fspath(path)
@@ -172,31 +206,18 @@ class ScanCache:
             return path.encode("utf-8", "surrogateescape")  # what os.fsencode does, without its lookups
         return os.fsencode(path if os.path.isabs(path) else os.path.abspath(path))
 
-    def get(self, path: Path, size: int, mtime_ns: int) -> tuple[str, str | None, str | None, float | None, str] | None:
-        """(status, predicted, nearest, score, message) stored for this exact file, or None."""
-        if not self.enabled:
-            self.misses += 1
-            return None
-        try:
-            row = self._db.execute(
-                "SELECT size, mtime_ns, status, predicted, nearest, score, message FROM results WHERE model=? AND path=?",
-                (self.key, self._path_key(path)),
-            ).fetchone()
-        except sqlite3.Error as exc:
-            self._disable(exc)
-            row = None
-        if row is None or row[0] != size or row[1] != mtime_ns:
-            self.misses += 1
-            return None
-        self.hits += 1
-        return row[2], row[3], row[4], row[5], row[6]
+    def get(self, entry) -> tuple[str, str | None, str | None, float | None, str] | None:
+        """(status, predicted, nearest, score, message) stored for this very file, or None."""
+        return self.get_many([entry])[0]
 
-    def get_many(self, keys: list[tuple]) -> list[tuple | None]:
-        """get() for many (path, size, mtime_ns) at once, in order: one query per LOOKUP_CHUNK."""
-        if not self.enabled or not keys:
-            self.misses += len(keys)
-            return [None] * len(keys)
-        wanted = self._keys_of(keys)  # keys may be data.FileEntry: (path, size, mtime_ns, ...)
+    def get_many(self, entries: list) -> list[tuple | None]:
+        """The stored outcome of each entry, in order, or None where its path has none or the
+        stored file's identity (size, mtime_ns, dev, ino, ctime_ns) is not the entry's: one query
+        per LOOKUP_CHUNK."""
+        if not self.enabled or not entries:
+            self.misses += len(entries)
+            return [None] * len(entries)
+        wanted = self._keys_of(entries)
         rows: dict = {}
         try:
             for i in range(0, len(wanted), LOOKUP_CHUNK):
@@ -205,41 +226,39 @@ class ScanCache:
                 rows.update({row[0]: row for row in self._db.execute(sql, (self.key, *part))})
         except sqlite3.Error as exc:
             self._disable(exc)
-            self.misses += len(keys)
-            return [None] * len(keys)
+            self.misses += len(entries)
+            return [None] * len(entries)
         get = rows.get
         out = [
-            row[3:] if (row := get(w)) is not None and row[1] == k[1] and row[2] == k[2] else None
-            for w, k in zip(wanted, keys, strict=True)
+            row[6:] if (row := get(w)) is not None and row[1:6] == identity_of(e) else None
+            for w, e in zip(wanted, entries, strict=True)
         ]
         hits = len(out) - out.count(None)
         self.hits += hits
         self.misses += len(out) - hits
         return out
 
-    def _keys_of(self, keys) -> list[bytes]:
-        """The stored path keys of (path, ...) tuples: one encode each when all are absolute str."""
-        paths = [k[0] for k in keys]
+    def _keys_of(self, entries) -> list[bytes]:
+        """The stored path keys of entries: one encode each when all are absolute str."""
+        paths = [e.fspath for e in entries]
         if _FS_UTF8 and all(p.__class__ is str and p[:1] == "/" for p in paths):
             return [p.encode("utf-8", "surrogateescape") for p in paths]
         return [self._path_key(p) for p in paths]
 
-    def put(self, path: Path, size: int, mtime_ns: int, status: str, predicted, nearest, score, message: str) -> None:
-        self.put_many([(path, size, mtime_ns, status, predicted, nearest, score, message)])
-
-    def put_many(self, results) -> None:
-        """put() for many (path, size, mtime_ns, status, predicted, nearest, score, message) at once."""
+    def put_many(self, entries: list, outcomes: list[tuple]) -> None:
+        """Store each entry's outcome (status, predicted, nearest, score, message) where it is
+        storable(); callers pass only statuses that may be reused."""
         if not self.enabled:
             return
-        racy, key = self._racy_after_ns, self.key
-        results = [r for r in results if r[2] < racy]
-        rows = [(key, k, *r[1:]) for k, r in zip(self._keys_of(results), results, strict=True)]
-        if not rows:
+        kept = [(e, o) for e, o in zip(entries, outcomes, strict=True) if self.storable(e, o)]
+        if not kept:
             return
+        key = self.key
+        rows = [(key, k, *identity_of(e), *o) for k, (e, o) in zip(self._keys_of([e for e, _ in kept]), kept, strict=True)]
         try:
             if self._pending == 0:
                 self._db.execute("BEGIN")
-            self._db.executemany("INSERT OR REPLACE INTO results VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            self._db.executemany("INSERT OR REPLACE INTO results VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
             self._pending += len(rows)
             if self._pending >= _COMMIT_EVERY:
                 self.flush()
@@ -249,9 +268,9 @@ class ScanCache:
     # ---- run snapshots ---------------------------------------------------------------------------
     # The snapshots' format, and how one is checked and read back: store/run_format.py.
 
-    def snapshot(self, folder, ordinal: int) -> tuple | None:
-        """The stored snapshot of (folder, ordinal) as a tuple (see above), or None when there
-        is none or it is damaged (bad checksum, wrong shape): a miss, rewritten by the scan."""
+    def snapshot(self, folder, ordinal: int) -> run_format.Snapshot | None:
+        """The stored snapshot of (folder, ordinal), or None when there is none or it is damaged
+        (bad checksum, wrong shape, an older format): a miss, rewritten by the scan."""
         if not self.enabled or not self.held_runs:
             return None
         try:
@@ -269,22 +288,22 @@ class ScanCache:
     def get_run(self, folder, ordinal: int, entries: list, statuses: frozenset, snapshot=False) -> tuple[list[tuple], str | None] | None:
         """(outcomes, rows) stored for a walk run: the outcomes (status, predicted, nearest, score,
         message) in order and the text stored with them, when the stored snapshot of (folder,
-        ordinal) (`snapshot` when already read, False to read it) holds exactly these entries and
-        only these statuses; else None."""
+        ordinal) (`snapshot` when already read, False to read it) holds exactly these entries
+        (paths, identities, skip reasons) and only these statuses; else None."""
         if snapshot is False:
             snapshot = self.snapshot(folder, ordinal)
-        if snapshot is None or len(snapshot[7]) != len(entries) or run_format.entries(snapshot, folder) != entries:
+        if snapshot is None or len(snapshot.names) != len(entries) or run_format.entries(snapshot, folder) != entries:
             return None
         return self.answered(snapshot, statuses)
 
-    def answered(self, snapshot: tuple, statuses: frozenset) -> tuple[list[tuple], str | None] | None:
+    def answered(self, snapshot: run_format.Snapshot, statuses: frozenset) -> tuple[list[tuple], str | None] | None:
         """(outcomes, rows) of a snapshot whose entries are the run's, when it holds only these
         statuses (counted as cache hits); else None."""
-        outcomes = snapshot[8]
+        outcomes = snapshot.outcomes
         if not set(map(run_format.status, outcomes)) <= statuses:
             return None
-        self.hits += snapshot[4].count("")  # skipped files are never looked up
-        return outcomes, snapshot[9]
+        self.hits += snapshot.skips.count("")  # skipped files are never looked up
+        return outcomes, snapshot.rows
 
     def run_ordinals(self, folder) -> list[int]:
         """The ordinals of the runs of `folder` stored for this model, in order."""
@@ -297,20 +316,24 @@ class ScanCache:
             self._disable(exc)
             return []
 
-    def load_run(self, folder, ordinal: int) -> tuple[list[tuple], list[tuple], str | None] | None:
+    def load_run(self, folder, ordinal: int) -> tuple[list, list[tuple], str | None] | None:
         """(entries, outcomes, rows) of the stored snapshot of (folder, ordinal), or None."""
         snapshot = self.snapshot(folder, ordinal)
         if snapshot is None:
             return None
-        return run_format.entries(snapshot, folder), snapshot[8], snapshot[9]
+        return run_format.entries(snapshot, folder), snapshot.outcomes, snapshot.rows
 
     def put_run(self, folder, ordinal: int, entries: list, outcomes: list[tuple], rows: str | None = None,
                 span: list | None = None, positions: list[int] | None = None) -> bool:
-        """Store a run's snapshot: its entries (path, size, mtime_ns, skip_reason, dev, ino), all
-        in `folder`, each one's outcome, `rows` (a text given back with them) and the listing
-        stretch it covered (`span`, `positions`: walk.Run's). Callers pass only cacheable
-        outcomes; a run holding a racy file is not stored. True when stored."""
-        if not self.enabled or not entries or any(e[2] >= self._racy_after_ns for e in entries):
+        """Store a run's snapshot: its entries (walk.FileEntry), all in `folder`, each one's
+        outcome, `rows` (a text given back with them) and the listing stretch it covered
+        (`span`, `positions`: walk.Run's). Callers pass only reusable statuses; a run holding a
+        file that is not storable() (racy, transient; a skipped entry is stored as it is) is
+        not stored. True when stored."""
+        if not self.enabled or not entries:
+            return False
+        storable = self.storable
+        if not all(e.skip_reason or storable(e, o) for e, o in zip(entries, outcomes, strict=True)):
             return False
         blob = run_format.encoded(folder, entries, outcomes, rows, span, positions)
         if blob is None:  # a value marshal cannot store: no snapshot (the caller stores rows per file)

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from test_perf import no_racy_window  # noqa: F401  (a fixture: the scan cache stores files dated back)
 from imgclean.cli import app
 from imgclean.reports.records import read_report
 
@@ -62,7 +63,7 @@ def first_night(root: Path, model: Path, q: Path) -> str:
 
 
 @pytest.fixture
-def night(model_dir, incoming, tmp_path):
+def night(no_racy_window, model_dir, incoming, tmp_path):  # files dated back are cached at once
     root, _ = incoming
     q = tmp_path / "q"
     return root, q, first_night(root, model_dir, q)

@@ -181,7 +181,7 @@ def main(argv=None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     plants = build_folder(args.out, args.mnist_cache, args.seed)
     report = args.out / "audit.jsonl"
-    cmd = [sys.executable, "-m", "imgclean", "audit", str(args.out / "train"), "--report", str(report), "--json",
+    cmd = [sys.executable, "-m", "imgclean", "audit", str(args.out / "train"), "--report", str(report), "--overwrite-report", "--json",
            "-q", *args.audit_args]
     started = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)

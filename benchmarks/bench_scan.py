@@ -319,7 +319,7 @@ with open(report, "w", newline="") as fh, torch.no_grad():
 
 
 def scan_cmd(folder: Path, model: Path, report: Path, cache: Path | None, extra=()) -> list[str]:
-    cmd = [PY, "-m", "imgclean", "scan", str(folder), "-m", str(model), "--report", str(report), "--json", "--quiet"]
+    cmd = [PY, "-m", "imgclean", "scan", str(folder), "-m", str(model), "--report", str(report), "--overwrite-report", "--json", "--quiet"]
     cmd += ["--cache-dir", str(cache)] if cache is not None else ["--no-cache"]
     return cmd + list(extra)
 

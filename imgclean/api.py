@@ -205,14 +205,19 @@ def _ray_options(engine: str, address, workers: int, gpus: float):
 
 def apply(
     report, move_to, *, root=None, dry_run: bool = False, keep_unreadable: bool = False,
-    on_record: Callable | None = None, keep_records: bool = True,
+    on_record: Callable | None = None, keep_records: bool = True, move_issues: Iterable[str] | None = None,
 ) -> ApplyResult:
     """Carry out a saved `scan --report` file: move its rejected files into `move_to`, each
-    checked against its record first (a changed or replaced file stays). `root`: where the
-    report's folder is mounted here, when not where it was made."""
-    from .pipeline.apply import ApplySummary, check_report, quarantine_exclusion, run_apply
+    checked against its record first (a changed or replaced file stays; so does a file a person
+    accepted). `root`: where the report's folder is mounted here, when not where it was made.
+
+    An `audit --report` file is carried out the same way (its findings whose issue is in
+    `move_issues`, default all; of duplicates only the copies, while their original stays):
+    `records` are then the AuditRecords acted on, `summary` a pipeline.audit_apply.AuditApplySummary."""
+    from .pipeline.apply import ApplySummary, quarantine_exclusion
+    from .pipeline.apply_report import check_report, run_apply
     from .pipeline.apply_sources import resolve_folder
-    from .reports.records import ReportError, ReportFile, report_root
+    from .reports.records import AUDIT, ReportError, ReportFile, report_root
 
     report = Path(report)
     if not report.is_file():
@@ -220,6 +225,11 @@ def apply(
     records: list = []
     invalid: list = []
     with ReportFile(report) as source:  # checked whole first: a report with a bad row moves nothing
+        if source.kind() == AUDIT:
+            return _apply_audit(source, move_to, root, dry_run, keep_unreadable, move_issues,
+                                _collector(keep_records, on_record, records), records, invalid)
+        if move_issues is not None:
+            raise ApiError(f"move_issues is for audit reports; {os.fsdecode(report)} is a scan report")
         recorded = report_root(source)
         folder, same = resolve_folder(report, source.stat, None if root is None else Path(root), recorded)
         excluded = quarantine_exclusion(folder, Path(move_to))
@@ -231,6 +241,31 @@ def apply(
             run_apply(source, folder, summary, quarantine, checked=checked, dry_run=dry_run,
                       keep_unreadable=keep_unreadable, recorded_root=recorded, check_device=same,
                       on_record=_collector(keep_records, on_record, records))
+    return ApplyResult(summary, records, invalid)
+
+
+def _apply_audit(source, move_to, root, dry_run: bool, keep_unreadable: bool, move_issues, collect: Callable,
+                 records: list, invalid: list) -> ApplyResult:
+    from .pipeline.apply import quarantine_exclusion
+    from .pipeline.apply_sources import resolve_folder
+    from .pipeline.audit_apply import MOVABLE, AuditApplySummary, check_audit_report, run_audit_apply
+    from .reports.audit_records import AUDIT_COLUMNS, audit_row
+    from .reports.records import ReportError, report_root
+
+    issues = tuple(MOVABLE if move_issues is None else move_issues)
+    unknown = sorted(set(issues) - set(MOVABLE))
+    if unknown or not issues:
+        raise ApiError(f"move_issues takes some of {', '.join(MOVABLE)}; got {list(issues)!r}")
+    recorded = report_root(source, audit_row, AUDIT_COLUMNS)
+    folder, same = resolve_folder(source.path, source.stat, None if root is None else Path(root), recorded)
+    excluded = quarantine_exclusion(folder, Path(move_to))
+    checked = check_audit_report(source, folder, recorded, issues, keep_unreadable, invalid.append, excluded=excluded)
+    if checked.error:
+        raise ReportError(checked.error)
+    summary = AuditApplySummary(root=os.fsdecode(folder), report=os.fsdecode(source.path), move_issues=issues)
+    with _moving(folder, move_to, dry_run) if not checked.invalid else contextlib.nullcontext() as quarantine:
+        run_audit_apply(folder, summary, checked, quarantine, dry_run=dry_run, keep_unreadable=keep_unreadable,
+                        check_device=same, on_record=collect)
     return ApplyResult(summary, records, invalid)
 
 

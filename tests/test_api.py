@@ -143,10 +143,13 @@ def test_audit_finds_a_planted_problem_and_moves_only_flagged_files(tmp_path):
     original = by_path[os.path.join("checker", first.name)]
     assert original.issue != "duplicate"  # the first copy in path order is the original
     assert first.is_file() == (original.issue == "ok")  # it moves only for an issue of its own
-    assert not (train / "stripes_h" / "copy.png").exists() and (tmp_path / "q" / "stripes_h" / "copy.png").is_file()
+    copy_moved = original.issue == "ok"  # a copy moves only while its original stays (never the last copy)
+    assert (train / "stripes_h" / "copy.png").exists() != copy_moved
+    assert (tmp_path / "q" / "stripes_h" / "copy.png").is_file() == copy_moved
+    assert dup.action == ("moved" if copy_moved else "kept")
     moved = {p for p in tree_snapshot(tmp_path / "q") if not p.startswith("imgclean-manifest")}
     flagged = {r.path for r in result.records if r.issue != "ok"}
-    assert os.path.join("stripes_h", "copy.png") in moved and moved <= flagged
+    assert (os.path.join("stripes_h", "copy.png") in moved) == copy_moved and moved <= flagged
 
 
 def test_decisions_through_the_api(tmp_path):

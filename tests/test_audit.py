@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -23,9 +24,13 @@ def invoke(*args):
     return runner.invoke(app, [str(a) for a in args])
 
 
+COPIES = ("stripes_v/zz_copy.png", "stripes_v/zz_pixels.bmp", f"checker/{HOSTILE}", "stripes_h/aa_copy.png")
+
+
 def planted_folder(root: Path) -> Path:
     """16 images a class, plus: a stripes_v picture filed as stripes_h, a blob, a byte copy in
-    another class, a pixel copy (same picture as BMP), a broken file, a copy with a hostile name."""
+    another class, a pixel copy (same picture as BMP), a broken file, a copy with a hostile name,
+    and a copy whose name sorts before its original's. Every copy is newer than its original."""
     make_train_folder(root, per_class=16, seed=3)
     rng = np.random.default_rng(11)
     write_png(root / "stripes_h" / "zz_wrong.png", class_image("stripes_v", rng))
@@ -34,6 +39,12 @@ def planted_folder(root: Path) -> Path:
     Image.open(root / "stripes_v" / "stripes_v_001.png").save(root / "stripes_v" / "zz_pixels.bmp")
     (root / "checker" / "zz_broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 20)
     shutil.copyfile(root / "checker" / "checker_002.png", root / "checker" / HOSTILE)
+    shutil.copyfile(root / "stripes_h" / "stripes_h_005.png", root / "stripes_h" / "aa_copy.png")
+    old = 1_600_000_000 * 10**9  # the originals a day before their copies (file systems stamp coarsely)
+    for p in root.rglob("*"):
+        os.utime(p, ns=(old, old))
+    for copy in COPIES:
+        os.utime(root / copy, ns=(old + 86_400 * 10**9,) * 2)
     return root
 
 
@@ -72,6 +83,10 @@ def test_planted_problems_are_found(audited):
     assert pixels["issue"] == "duplicate" and pixels["duplicate_of"] == "stripes_v/stripes_v_001.png"
     assert "same pixels" in pixels["message"]
     assert rows["checker/checker_000.png"]["issue"] != "duplicate"  # the original
+    # the oldest file is the original, not the first name
+    first_name = rows["stripes_h/aa_copy.png"]
+    assert first_name["issue"] == "duplicate" and first_name["duplicate_of"] == "stripes_h/stripes_h_005.png"
+    assert rows["stripes_h/stripes_h_005.png"]["issue"] != "duplicate"
     broken = rows["checker/zz_broken.png"]
     assert broken["issue"] == "unreadable" and broken["status"] == "unreadable"
     assert all(r["root"] == str(root.resolve()) for r in rows.values())
@@ -82,8 +97,8 @@ def test_json_summary(audited):
     summary = json.loads(result.stdout)
     for key in ("images", "label_issues", "outliers", "duplicates", "unreadable"):
         assert isinstance(summary[key], int), key
-    assert summary["images"] == len(rows) == 3 * 16 + 6
-    assert summary["duplicates"] >= 2 and summary["unreadable"] == 1 and summary["folds"] == 3
+    assert summary["images"] == len(rows) == 3 * 16 + 7
+    assert summary["duplicates"] >= 4 and summary["unreadable"] == 1 and summary["folds"] == 3
     counted = {k: sum(r["issue"] == k for r in rows.values()) for k in ("label_issue", "outlier", "duplicate")}
     assert (counted["label_issue"], counted["outlier"], counted["duplicate"]) == (
         summary["label_issues"], summary["outliers"], summary["duplicates"])
@@ -105,8 +120,11 @@ def test_csv_report_and_restorable_moves(tmp_path, one_torch_thread):
     assert result.exit_code == EXIT_REJECTED, result.output
     rows = read_audit(tmp_path / "r.csv")
     moved = {r["path"] for r in rows if r["action"] == "moved"}
+    kept = {r["path"]: r for r in rows if r["action"] == "kept"}
     flagged = {r["path"] for r in rows if r["issue"] != "ok"}
-    assert moved == flagged and "stripes_v/zz_copy.png" in moved
+    assert moved | set(kept) == flagged and not moved & set(kept) and moved
+    for r in kept.values():  # a copy stays only when its original moves (as something else than a copy)
+        assert r["issue"] == "duplicate" and r["duplicate_of"] in moved and "moves too" in r["message"], r
     for r in rows:
         assert (root / r["path"]).exists() == (r["path"] not in moved), r
     by_path = {r["path"]: r for r in rows}
@@ -123,7 +141,7 @@ def test_dry_run_changes_nothing(tmp_path, one_torch_thread):
     result = invoke("audit", root, *FAST, "--move-to", q, "--dry-run", "--json", "--move-issues", "duplicate")
     assert result.exit_code == EXIT_REJECTED, result.output
     plan = json.loads(result.stdout)["plan"]
-    assert {p["source"] for p in plan} == {"stripes_v/zz_copy.png", "stripes_v/zz_pixels.bmp", f"checker/{HOSTILE}"}
+    assert {p["source"] for p in plan} == set(COPIES)
     assert tree_snapshot(root) == before and not q.exists()
 
 
@@ -173,3 +191,23 @@ def test_usage_errors(tmp_path, args, words):
     result = invoke("audit", root, *[a.format(root=root) for a in args])
     assert result.exit_code == EXIT_USAGE, result.output
     assert words in flat(result.output)
+
+
+def test_apply_carries_out_a_real_audit_report(audited, tmp_path):
+    """`imgclean apply` of the audit's own report plans every finding (never "0 ood, exit 0"),
+    the copies and not their originals."""
+    root, out, _, rows = audited
+    before = tree_snapshot(root)
+    result = invoke("apply", out / "r.jsonl", "--move-to", tmp_path / "q", "--dry-run", "--json")
+    assert result.exit_code == EXIT_OK, result.output
+    got = json.loads(result.stdout)
+    flagged = {p for p, r in rows.items() if r["issue"] != "ok" and r["status"] != "skipped"}
+    planned = {p["source"] for p in got["plan"]}
+    assert got["kind"] == "audit" and got["would_move"] == len(planned) > 0
+    assert got["would_move"] + got["kept"] == len(flagged) and planned <= flagged
+    for path in flagged - planned:  # kept: copies whose original moves for an issue of its own
+        assert rows[path]["issue"] == "duplicate" and rows[path]["duplicate_of"] in planned
+    for r in rows.values():  # an original never moves as a copy
+        assert r["duplicate_of"] is None or rows[r["duplicate_of"]]["issue"] != "duplicate"
+    assert set(COPIES) <= flagged
+    assert tree_snapshot(root) == before

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 
 import numpy as np
 import pytest
@@ -59,7 +60,7 @@ def test_near_duplicates_chunked_search(block_bytes):
     feats = rng.normal(size=(50, 8)).astype(np.float32)
     feats[30] = feats[3] + 1e-4  # a near copy of 3
     feats[41] = feats[30] * 2  # the same direction: near copy of both
-    keys = [sort_key(f"x/{i:03d}.png") for i in range(50)]
+    keys = [sort_key(f"x/{i:03d}.png", 0) for i in range(50)]
     groups = Groups(50)
     near_duplicates(feats, 0.999, groups, keys, max_block_bytes=block_bytes)
     dups = groups.duplicates(keys)
@@ -92,5 +93,28 @@ def test_pixel_duplicates_are_confirmed_at_full_resolution(tmp_path):
     arrays = np.stack([img[:, :, None]] * 3)  # as if all three decoded to the same model-size array
     groups = Groups(3)
     exact_duplicates(paths, [p.stat().st_size for p in paths], arrays, groups)
-    dups = groups.duplicates([sort_key(p.name) for p in paths])
+    dups = groups.duplicates([sort_key(p.name, 0) for p in paths])
     assert set(dups) == {1} and dups[1].original == 0 and dups[1].kind == PIXELS
+
+
+def test_the_oldest_file_of_a_group_is_the_original_whatever_its_name(tmp_path):
+    """A copy made later is the duplicate even when its name sorts first; files modified at the
+    same instant fall back on the path."""
+    data = b"\x89PNG same bytes"
+    old, new = 1_600_000_000 * 10**9, 1_700_000_000 * 10**9
+    made = {"z_original.png": old, "a_copy.png": new, "b_copy.png": new}
+    paths = []
+    for name, mtime in made.items():
+        (tmp_path / name).write_bytes(data)
+        os.utime(tmp_path / name, ns=(mtime, mtime))
+        paths.append(tmp_path / name)
+    groups = Groups(3)
+    exact_duplicates(paths, [len(data)] * 3, None, groups)
+    keys = [sort_key(p.name, p.stat().st_mtime_ns) for p in paths]
+    dups = groups.duplicates(keys)
+    assert set(dups) == {1, 2} and {d.original for d in dups.values()} == {0}
+    # the same instant: the path decides
+    for p in paths:
+        os.utime(p, ns=(old, old))
+    dups = groups.duplicates([sort_key(p.name, p.stat().st_mtime_ns) for p in paths])
+    assert set(dups) == {0, 2} and {d.original for d in dups.values()} == {1}

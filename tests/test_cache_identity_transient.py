@@ -153,7 +153,8 @@ def test_a_file_whose_decode_process_died_is_decoded_again(model_dir, tmp_path, 
 
     def run() -> dict:
         code = (f"{NO_RACY}\n{KILLER}import sys\nsys.argv = ['imgclean', 'scan', {os.fspath(root)!r}, '-m', {os.fspath(model_dir)!r},"
-                f" '--json', '--quiet', '--cache-dir', {os.fspath(cache)!r}, '--report', {os.fspath(tmp_path / 'r.jsonl')!r}]\n"
+                f" '--json', '--quiet', '--cache-dir', {os.fspath(cache)!r}, '--report', {os.fspath(tmp_path / 'r.jsonl')!r},"
+                " '--overwrite-report']\n"
                 "from imgclean.cli import main\nmain()\n")
         env = {**os.environ, "PYTHONPATH": str(ROOT), "FLAG": str(flag), "IMGCLEAN_DECODE": "processes",
                "IMGCLEAN_SCORE_IN_WORKERS": score_in_workers}

@@ -620,7 +620,8 @@ def test_restore_commands_of_a_real_scan_name_the_quarantined_files(model_dir, i
     result = invoke("scan", folder, "-m", model_dir, "--move-to", q, "--html", out, "-q")
     assert result.exit_code == 0, result.output
     page = assert_self_contained(read_page(out))
-    moved = [a for a in page.tags if a[0] == "button" and a[1].get("class") == "copy"]
+    moved = [a for a in page.tags if a[0] == "button" and a[1].get("class") == "copy"
+             and a[1].get("title") == "copy the restore command"]
     assert len(page.codes) == len(moved) >= 4
     work = tmp_path / "work"
     work.mkdir()

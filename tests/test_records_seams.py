@@ -47,7 +47,7 @@ def test_invalid_report_rows_fail_an_apply():
 def test_review_item_is_a_scan_record():
     assert issubclass(ReviewItem, ScanRecord)
     own = {f.name for f in dataclasses.fields(ReviewItem)} - {f.name for f in dataclasses.fields(ScanRecord)}
-    assert own == {"location", "quarantine"}
+    assert own == {"location", "quarantine", "root", "checked"}  # where it is, and what its commands may name
 
 
 def test_one_fold_serves_restore_and_the_review_page(tmp_path):

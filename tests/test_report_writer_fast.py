@@ -37,7 +37,7 @@ def reference(recs, root) -> bytes:
     w.writerow(FIELDS)
     for r in recs:
         d = r.to_dict()
-        w.writerow([d[k] for k in FIELDS if k != "root"] + [root])
+        w.writerow([root if k == "root" else d[k] for k in FIELDS])
     return buf.getvalue().encode("utf-8", "surrogateescape")
 
 

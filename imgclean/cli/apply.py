@@ -1,4 +1,5 @@
-"""apply: carry out a saved scan report's rejections, without scoring anything again."""
+"""apply: carry out a saved scan report's rejections (or an audit report's findings:
+cli/apply_audit.py), without scoring anything again."""
 # No `from __future__ import annotations` here: see imgclean/cli/__init__.py.
 
 import contextlib
@@ -11,8 +12,10 @@ import typer
 
 from .common import command, err, fail, make_progress, print_json, setup_logging, usage_error
 from .options import (
-    DryRun, FailOnReject, FailOnSkip, HtmlOut, JsonOut, KeepUnreadable, Quiet, ReportOut, Verbose, config_option,
+    DryRun, FailOnReject, FailOnSkip, HtmlOut, JsonOut, KeepUnreadable, OverwriteReport, Quiet, ReportOut, Verbose,
+    config_option,
 )
+from .apply_audit import AuditApplyRequest, apply_audit_report, parse_issues
 from .runs import (
     Outcome, Printer, StopFlag, check_html_output, check_move_target, check_report_output, feed, finish, open_run,
 )
@@ -43,7 +46,7 @@ def _plan(source, given: Optional[Path], move_to: Path, keep_unreadable: bool, s
     """Choose the folder (pipeline/apply_sources.resolve_folder has the rule) and check the whole
     report against it. A report that names no folder is checked first all the same: one with a
     bad row is refused as such (exit 1, with its summary), a sound one is a usage error."""
-    from ..pipeline.apply import check_report
+    from ..pipeline.apply_report import check_report
     from ..pipeline.apply_sources import ApplyFolderError, resolve_folder
     from ..reports.records import report_root
 
@@ -64,11 +67,11 @@ def _plan(source, given: Optional[Path], move_to: Path, keep_unreadable: bool, s
     return plan
 
 
-def _check_outputs(report_in: Path, move_to: Path, report: Optional[Path], html: Optional[Path]) -> None:
+def _check_outputs(report_in: Path, move_to: Path, report: Optional[Path], html: Optional[Path], overwrite: bool) -> None:
     if report is not None:
-        check_report_output(report, move_to)
         if os.path.realpath(report) == os.path.realpath(report_in):
             raise usage_error(f"--report {report} would overwrite the report being applied; choose another file name")
+        check_report_output(report, move_to, overwrite)
     if html is not None:
         check_html_output(html, "--html", move_to)
 
@@ -84,12 +87,14 @@ def _refuse(summary, message: str, json_out: bool) -> typer.Exit:
 @command()
 def apply(
     ctx: typer.Context,
-    report_in: Path = typer.Argument(..., metavar="REPORT", help="A `scan --report` file (.csv or .jsonl) to carry out."),
+    report_in: Path = typer.Argument(..., metavar="REPORT", help="A `scan --report` or `audit --report` file (.csv or .jsonl) to carry out."),
     move_to: Path = typer.Option(..., "--move-to", help="Move the report's rejected files here (keeping their relative paths)."),
+    move_issues: Optional[str] = typer.Option(None, "--move-issues", help="Audit reports: which findings to move (comma-separated: label_issue, outlier, duplicate, unreadable) [default: all]."),
     root: Optional[Path] = typer.Option(None, "--root", help="The folder whose files the report names [default: the folder the report records, if the report is yours and no other user can write it]; e.g. where that folder is mounted here."),
     dry_run: DryRun = False,
     keep_unreadable: KeepUnreadable = False,
     report: ReportOut = None,
+    overwrite_report: OverwriteReport = False,
     html: HtmlOut = None,
     json_out: JsonOut = False,
     fail_on_reject: FailOnReject = False,
@@ -98,7 +103,7 @@ def apply(
     verbose: Verbose = False,
     config_file: Optional[Path] = config_option(),
 ) -> None:
-    """Move the files a saved scan report rejected into a quarantine, without scoring again.
+    """Move the files a saved scan report rejected (or an audit report flagged) into a quarantine.
 
     The whole report is checked before anything moves: if any row is not sound (unreadable, a
     bad field, another folder than the other rows, or a path no scan reports: through a symbolic
@@ -107,10 +112,16 @@ def apply(
     mtime, inode; and device when the folder is the one the report records), exactly as a scan
     checks before moving: a file changed or replaced since the report was written is left in
     place and counted as changed, one that is gone as changed (missing). Takes the same lock and
-    journal as `scan --move-to`; exit codes as for scan.
+    journal as `scan --move-to`; exit codes as for scan. A file a person accepted stays.
+
+    An `audit --report` file (reviewed: delete the rows you disagree with) is carried out the
+    same way, each finding moved with its issue as the reason: of duplicates only the copies,
+    never the original (the oldest file), and a copy only while its original stays. Wrong
+    labels go to the quarantine too, never into another class folder.
     """
-    from ..pipeline.apply import ApplySummary, run_apply
-    from ..reports.records import ReportError, ReportFile, report_format
+    from ..pipeline.apply import ApplySummary
+    from ..pipeline.apply_report import run_apply
+    from ..reports.records import AUDIT, ReportError, ReportFile, report_format
 
     setup_logging(quiet, verbose)
     if not report_in.is_file():
@@ -119,13 +130,20 @@ def apply(
         report_format(report_in)
     except ValueError as exc:
         raise usage_error(str(exc)) from None
-    _check_outputs(report_in, move_to, report, html)
+    _check_outputs(report_in, move_to, report, html, overwrite_report)
     summary = ApplySummary(root="", model="", report=os.fsdecode(report_in))
     printer = Printer(dry_run, json_out, verbose, keep_unreadable, progress=make_progress(quiet or json_out))
     review = None
+    issues = parse_issues(move_issues)
     with contextlib.ExitStack() as held:
         try:
             source = held.enter_context(ReportFile(report_in))
+            if source.kind() == AUDIT:
+                apply_audit_report(source, AuditApplyRequest(
+                    report_in, move_to, root, issues, dry_run, keep_unreadable, report, html, json_out,
+                    fail_on_reject, fail_on_skip, quiet, verbose, overwrite_report))
+            if move_issues is not None:
+                raise usage_error(f"--move-issues is for audit reports; {report_in} is a scan report")
             plan = _plan(source, root, move_to, keep_unreadable, _bad_row_printer(report_in))
         except ReportError as exc:
             raise _refuse(summary, str(exc), json_out) from None
@@ -140,7 +158,7 @@ def apply(
                 from ..reports.review import ReviewCollector
 
                 review = ReviewCollector(root=plan.folder, quarantine=move_to)
-            with open_run(plan.folder, plan.folder, move_to, dry_run, report, review, printer) as run:
+            with open_run(plan.folder, plan.folder, move_to, dry_run, report, review, printer, overwrite_report) as run:
                 stop = run.stop
                 printer.total = plan.checked.rows
                 if not run.progress.disable:

@@ -15,7 +15,7 @@ from .common import (
     resolve_device, rich_console, setup_logging, usage_error,
 )
 from .console import counts_table
-from .options import DryRun, JsonOut, KeepUnreadable, Quiet, Verbose, config_option
+from .options import DryRun, JsonOut, KeepUnreadable, OverwriteReport, Quiet, Verbose, config_option
 from .runs import StopFlag, check_html_output, check_move_target, check_report_output, enter_quarantine
 
 # The audit's methods: the detectors fitted from the training images alone (detectors/registry.py).
@@ -61,6 +61,7 @@ def audit(
     train_dir: Path = typer.Argument(..., help="Training folder to check: one sub-folder per class, as for `fit`."),
     model: Optional[Path] = typer.Option(None, "-m", "--model", help="A model made by `imgclean fit` on this folder: the folds are trained with its settings (architecture, input size, epochs, lambda...) and its features find near duplicates. It never scores its own training images [default: fit's defaults]."),
     report: Optional[Path] = typer.Option(None, "--report", help="Write one record per file to this .csv or .jsonl (JSON lines) file."),
+    overwrite_report: OverwriteReport = False,
     html: Optional[Path] = typer.Option(None, "--html", help="Write a self-contained HTML review page of the findings (thumbnails; duplicates side by side)."),
     json_out: JsonOut = False,
     folds: int = typer.Option(4, "--folds", min=2, help="Cross-fitting folds: each image is judged by a model trained on the other folds."),
@@ -105,7 +106,7 @@ def audit(
     if move_to is not None:
         check_move_target(train_dir, move_to)
     if report is not None:
-        check_report_output(report, move_to)
+        check_report_output(report, move_to, overwrite_report)
     if html is not None:
         check_html_output(html, "--html", move_to)
     root = Path(os.path.realpath(train_dir))
@@ -142,7 +143,7 @@ def audit(
             if report is not None:
                 from ..reports.audit_records import AuditWriter
 
-                with AuditWriter(report, root) as writer:
+                with AuditWriter(report, root, overwrite_report) as writer:
                     for rec in result.records:
                         writer.write(rec)
     except OSError as exc:

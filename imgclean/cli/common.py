@@ -237,8 +237,9 @@ def setup_logging(quiet: bool, verbose: bool) -> None:
 
 
 def print_json(obj) -> None:
-    # Plain print: rich would wrap or colour it; cron jobs parse this.
-    sys.stdout.write(json.dumps(obj, indent=2, ensure_ascii=True) + "\n")
+    # Plain print: rich would wrap or colour it; cron jobs parse this. Exactly one line (ASCII:
+    # a newline in a file name is escaped), so a job appending it builds a JSON-lines log.
+    sys.stdout.write(json.dumps(obj, ensure_ascii=True) + "\n")
     sys.stdout.flush()
 
 

@@ -123,6 +123,7 @@ def resolved_settings(ctx: typer.Context) -> dict:
 MoveTo = Annotated[Optional[Path], typer.Option("--move-to", help="Move rejected files here (keeping their relative paths); without it, only report.")]
 DryRun = Annotated[bool, typer.Option("--dry-run", help="Print what would move and change nothing.")]
 ReportOut = Annotated[Optional[Path], typer.Option("--report", help="Write every record to this .csv or .jsonl (JSON lines) file.")]
+OverwriteReport = Annotated[bool, typer.Option("--overwrite-report", help="Replace the --report file when it exists (without it an existing report is refused, exit 2).")]
 HtmlOut = Annotated[Optional[Path], typer.Option("--html", help="Write a self-contained HTML review page (thumbnails, scores, histograms) to this file.")]
 JsonOut = Annotated[bool, typer.Option("--json", help="Print one JSON summary on stdout (warnings still go to stderr).")]
 FailOnReject = Annotated[bool, typer.Option("--fail-on-reject", help=f"Exit with code {EXIT_REJECTED} when anything was rejected (for cron alerts).")]

@@ -76,14 +76,20 @@ def check_html_output(path: Path, option: str = "--html", move_to: Optional[Path
     check_output_path(option, path, move_to)
 
 
-def check_report_output(report: Path, move_to: Optional[Path]) -> None:
+def check_report_output(report: Path, move_to: Optional[Path], overwrite: bool = False) -> None:
+    """A report must go to a new file (or, with --overwrite-report, an existing regular one) in an
+    existing folder, outside any quarantine; say so before any long work (a usage error)."""
     from ..reports.records import report_format
+    from ..reports.report_files import existing_report_problem
 
     try:
         report_format(report, write=True)
     except ValueError as exc:
         raise usage_error(str(exc)) from None
     check_output_path("--report", report, move_to)
+    problem = existing_report_problem(report, overwrite)
+    if problem is not None:
+        raise usage_error(f"--report {report}: {problem}")
 
 
 @dataclass
@@ -217,7 +223,7 @@ def enter_quarantine(stack: contextlib.ExitStack, root: Path, label: Path, move_
 
 @contextlib.contextmanager
 def open_run(root: Path, label: Path, move_to: Optional[Path], dry_run: bool, report: Optional[Path], review,
-             printer: Printer):
+             printer: Printer, overwrite_report: bool = False):
     """Lock the folder (runs that move only: reports and dry runs write nothing there), open
     the quarantine, the report writer, the stop flag and the progress bar, in that order, and
     close them in reverse whatever happens. Yields Resources. A report that cannot be finished
@@ -230,7 +236,7 @@ def open_run(root: Path, label: Path, move_to: Optional[Path], dry_run: bool, re
             quarantine = enter_quarantine(stack, root, label, move_to, dry_run)
             sinks: list[Callable] = []
             if report is not None:
-                sinks.append(stack.enter_context(RecordWriter(report, root)))
+                sinks.append(stack.enter_context(RecordWriter(report, root, overwrite_report)))
             if review is not None:
                 sinks.append(review.add)
             sinks.append(printer)

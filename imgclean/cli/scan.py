@@ -10,7 +10,8 @@ import typer
 from ..config import DEFAULT_MODEL_DIR
 from .common import Device, Engine, Method, command, fail, log, make_progress, resolve_device, setup_logging, usage_error
 from .options import (
-    DryRun, FailOnReject, FailOnSkip, HtmlOut, JsonOut, KeepUnreadable, MoveTo, Quiet, ReportOut, Verbose, config_option,
+    DryRun, FailOnReject, FailOnSkip, HtmlOut, JsonOut, KeepUnreadable, MoveTo, OverwriteReport, Quiet, ReportOut, Verbose,
+    config_option,
 )
 from .runs import (  # noqa: F401  (StopFlag, check_move_target, check_html_output: public names of cli.scan)
     Outcome, Printer, StopFlag, check_html_output, check_move_target, check_report_output, feed, finish, open_run,
@@ -63,6 +64,7 @@ def scan(
     move_to: MoveTo = None,
     dry_run: DryRun = False,
     report: ReportOut = None,
+    overwrite_report: OverwriteReport = False,
     html: HtmlOut = None,
     json_out: JsonOut = False,
     fail_on_reject: FailOnReject = False,
@@ -117,7 +119,7 @@ def scan(
             log.warning("the scan cache %s is inside the scanned folder; scanning without it", cache_real)
             use_cache = False
     if report is not None:
-        check_report_output(report, move_to)
+        check_report_output(report, move_to, overwrite_report)
     if html is not None:
         check_html_output(html, "--html", move_to)
     try:
@@ -140,7 +142,7 @@ def scan(
         use_cache=use_cache, cache_dir=cache_dir, method=chosen, engine=engine.value, ray=ray_options,
     )
     printer = Printer(dry_run, json_out, verbose, keep_unreadable, progress=make_progress(quiet or json_out))
-    with open_run(root, folder, move_to, dry_run, report, review, printer) as run:
+    with open_run(root, folder, move_to, dry_run, report, review, printer, overwrite_report) as run:
         progress = run.progress
         if not progress.disable:
             from ..walk import count_images

@@ -1,28 +1,29 @@
 """Applying records: every rejected record becomes a move through the quarantine.
 
 A scan scores files into records (pipeline/scan.py) and feeds each one to an :class:`Applier`;
-`imgclean apply` feeds it the records of a saved report instead (:func:`run_apply`). Either way
-the move re-checks the file against its record (size, mtime, device and inode) right before it
-happens, so a file changed or replaced since it was scored stays in place ("changed"), and a
-file that is gone is "missing". Only quarantine.moves touches files.
+`imgclean apply` feeds it the records of a saved report instead (pipeline/apply_report.py).
+Either way the move re-checks the file against its record (size, mtime, device and inode) right
+before it happens, so a file changed or replaced since it was scored stays in place ("changed"),
+and a file that is gone is "missing". Only quarantine.moves touches files.
 
-A report is applied whole or not at all: every row is read and checked before the first move
-(what apply may move from which folder: apply_sources.py), and a report with a bad row moves
-nothing, whatever the output options.
+A person's decision comes last, after the scan cache: a record the run would reject whose file
+a person accepted (`imgclean restore`, `imgclean accept`; quarantine.decision_check) gets the
+status `accepted` and stays where it is, in every run (scan or apply, moving or not, dry or
+not), whatever model or quarantine the run uses, as long as the file's content is the one
+accepted. The scan's verdict is kept beside it (ScanRecord.verdict) for the cache.
 """
 from __future__ import annotations
 
 import os
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Callable
 
 from .. import data
 from ..errors import ImgcleanError
 from ..reports.record_blocks import RecordBlock
 from ..reports.records import (
-    CHANGED, OOD, STATUSES, UNDECODABLE, ReportError, ReportFile, ReportRow, ScanRecord, is_rejected,
+    ACCEPTED, CHANGED, OOD, STATUSES, UNDECODABLE, ScanRecord, is_rejected, mark_accepted,
 )
 
 # The fields of a record the journal keeps beside each move.
@@ -80,6 +81,7 @@ class ScanSummary:
             "skipped": c[data.SKIPPED],
             "unlisted": self.unlisted,
             "changed": c[CHANGED],
+            "accepted": c[ACCEPTED],
             "rejected": self.rejected,
             "moved": self.moved,
             "would_move": self.would_move,
@@ -120,6 +122,10 @@ class Applier:
     unless `dry_run`), counting them in `summary`. Called once per record; returns it with its
     `action` (and `destination`) set. `check_device` False checks the inode but not the device
     number (records made where the folder is mounted from another device, e.g. another machine).
+
+    A record it would reject whose file a person accepted becomes `accepted` (module docstring),
+    with or without a quarantine: the decisions of `root`'s tree are read once per Applier, at
+    the first record that needs them.
     """
 
     def __init__(self, root: Path, quarantine, summary: ScanSummary, keep_unreadable: bool = False,
@@ -132,6 +138,28 @@ class Applier:
         self.dry_run = dry_run
         self.check_device = check_device
         self.source_check = source_check  # records from a report: why a path may not move ('' if it may)
+        self._accepted = None  # quarantine.decision_check.AcceptedFiles, made at first use
+        self._found: dict[tuple, object] = {}  # acceptances take_block found, for __call__ (not asked twice)
+
+    @property
+    def accepted_files(self):
+        """The run's AcceptedFiles (made at the first record that needs it)."""
+        if self._accepted is None:
+            from ..quarantine.decision_check import AcceptedFiles
+
+            self._accepted = AcceptedFiles(self.root)
+        return self._accepted
+
+    def acceptance(self, record: ScanRecord):
+        """The acceptance in force for the file the record describes (decision_check.Acceptance), or None."""
+        key = (record.path, record.size, record.mtime_ns, record.dev, record.ino)
+        found = self._found.pop(key, None)
+        if found is not None:
+            return found
+        if record.size is None or record.mtime_ns is None:
+            return None  # (an older report's row: nothing to check the file against)
+        dev = record.dev if self.check_device else None
+        return self.accepted_files.accepted(record.path, record.size, record.mtime_ns, dev, record.ino)
 
     def request(self, record: ScanRecord):
         from ..quarantine.moves import MoveRequest
@@ -148,19 +176,45 @@ class Applier:
         )
 
     def take_block(self, block: RecordBlock) -> bool:
-        """Count a block's records at once when none of them is to be moved (no quarantine, or
-        no reject in it) and say so; False (nothing counted): apply its records one by one."""
-        if self.quarantine is not None and block.rejected(self.keep_unreadable):
+        """Count a block's records at once when none of them is to be moved or accepted (no
+        reject in it; or no quarantine and no reject in it that a person accepted) and say so;
+        False (nothing counted): apply its records one by one. A block the cache answered is
+        checked the same way: a decision is never part of a cached verdict."""
+        rejected = block.rejected(self.keep_unreadable)
+        if rejected and (self.quarantine is not None or self._accepted_in(block)):
             return False
         total = self.summary.counts
         for status, n in block.status_counts().items():
             total[status] += n
         return True
 
+    def _accepted_in(self, block: RecordBlock) -> bool:
+        """Whether a person accepted a file of the block that the run would reject (its
+        acceptance is kept for __call__). Files are hashed only where an acceptance of a
+        picture of their size applies (decision_check.AcceptedFiles)."""
+        keep, rel, files = self.keep_unreadable, block.rel, self.accepted_files
+        found = False
+        for e, o in zip(block.entries, block.outcomes, strict=True):
+            if o[0] == OOD or (not keep and o[0] in UNDECODABLE):
+                path = rel(e[0])
+                acceptance = files.accepted(path, e[1], e[2], e[4] if self.check_device else None, e[5])
+                if acceptance is not None:
+                    self._found[(path, e[1], e[2], e[4], e[5])] = acceptance
+                    found = True
+        return found
+
     def __call__(self, record: ScanRecord) -> ScanRecord:
         summary = self.summary
         summary.counts[record.status] += 1
-        if self.quarantine is None or not is_rejected(record, self.keep_unreadable):
+        if not is_rejected(record, self.keep_unreadable):
+            return record
+        acceptance = self.acceptance(record)
+        if acceptance is not None:
+            summary.counts[record.status] -= 1
+            summary.counts[ACCEPTED] += 1
+            mark_accepted(record, acceptance.message)
+            return record
+        if self.quarantine is None:
             return record
         refused = self.source_check(record.path) if self.source_check is not None else ""
         if refused:  # checked right before the move: the folder changed since the report was checked
@@ -189,165 +243,3 @@ class Applier:
             record.message = result.message
             summary.move_errors += 1
         return record
-
-
-# A report of at most this many rows is applied from the records its check kept (a second read
-# would double the cost of reading it); a longer one is read again, in bounded memory.
-KEEP_ROWS = 100_000
-
-
-def run_apply(report: ReportFile, root: Path | None, summary: ApplySummary, quarantine=None, *, checked: ReportCheck,
-              dry_run: bool = False, keep_unreadable: bool = False, recorded_root: str | None = None,
-              check_device: bool = False, on_record: Callable[[ScanRecord], None] | None = None,
-              should_stop: Callable[[], bool] = lambda: False) -> ApplySummary:
-    """Apply an open report (reports.records.ReportFile) to the folder `root` (resolved), after
-    :func:`check_report` has read and checked all of it (`checked`).
-
-    The rule: a report is applied whole or not at all. A report with any bad row (or that could
-    not be read) is refused (`summary.refused`, `summary.error`) and nothing moves. Otherwise
-    the records the check kept are applied; a report too long to keep (KEEP_ROWS) is read again
-    from the same open file, which must not have changed since the check (its stat before each
-    move, its sha256 at the end): if it did, the apply stops there with `summary.error`. A path
-    moves at most once; each move checks its file against the record and its path against the
-    walk's rules (apply_sources.SourceCheck) right before it happens. `recorded_root`: the root
-    every row must record (None: any); `check_device`: compare device numbers too (the folder is
-    the one the report records, not one mounted elsewhere).
-    """
-    from .apply_sources import SourceCheck
-
-    started = time.perf_counter()
-    summary.rows = checked.rows
-    try:
-        if checked.interrupted:
-            summary.interrupted = True
-        elif checked.invalid or checked.error:
-            summary.invalid, summary.refused = max(checked.invalid, 1), True
-            summary.error = checked.error or (f"{checked.invalid} bad row(s) in {report.path}; nothing was applied "
-                                              "(a report is applied only when every row is sound)")
-        else:
-            moving = quarantine is not None and not dry_run
-            sources = SourceCheck(root, _excluded(quarantine)) if moving else None  # (a dry run: checked just now)
-            applier = Applier(root, quarantine, summary, keep_unreadable, dry_run, check_device, sources)
-            records = checked.kept if checked.kept is not None else _read_again(
-                report, checked, summary, recorded_root, keep_unreadable, moving)
-            _apply_records(records, applier, summary, on_record, should_stop)
-    finally:
-        summary.seconds = time.perf_counter() - started
-    return summary
-
-
-@dataclass
-class ReportCheck:
-    """What checking a whole report found: `rows` read, `invalid` bad ones, the report's sha256,
-    `error` when it could not be read at all, `interrupted` when a stop came first, and `kept`:
-    the records in order when there are at most KEEP_ROWS of them (else None)."""
-
-    rows: int = 0
-    invalid: int = 0
-    digest: str = ""
-    error: str = ""
-    interrupted: bool = False
-    kept: list[ScanRecord] | None = field(default_factory=list)
-
-
-def check_report(report: ReportFile, root: Path | None, recorded_root: str | None, keep_unreadable: bool = False,
-                 on_invalid: Callable[[ReportRow], None] | None = None,
-                 should_stop: Callable[[], bool] = lambda: False, excluded: tuple[Path, ...] = ()) -> ReportCheck:
-    """Read every row of `report` and check it as applying it would (:func:`_row_problem`, and
-    for rows to move the walk's rules: apply_sources.SourceCheck, unless `root` is None: no
-    folder chosen yet), touching nothing."""
-    from .apply_sources import SourceCheck
-
-    result = ReportCheck()
-    sources = SourceCheck(root, excluded, remember=True) if root is not None else None
-    try:
-        for row in report.rows():
-            result.rows += 1
-            row = _row_problem(row, recorded_root, keep_unreadable, sources)
-            if row.record is None:
-                result.invalid += 1
-                if on_invalid is not None:
-                    on_invalid(row)
-            elif result.kept is not None:
-                result.kept.append(row.record)
-                if len(result.kept) > KEEP_ROWS:
-                    result.kept = None  # too many to keep: applying reads the report again
-            if should_stop():
-                result.interrupted = True
-                return result
-    except ReportError as exc:
-        result.error = str(exc)
-        return result
-    if result.kept is None:
-        result.digest = report.digest()
-    return result
-
-
-def _row_problem(row: ReportRow, recorded_root: str | None, keep_unreadable: bool,
-                 sources: Callable[[str], str] | None) -> ReportRow:
-    """`row`, or a row with the error that makes it unusable: recorded for another folder, a
-    rejected record without the identity to check its file against, or (with `sources`) a path
-    apply may not move."""
-    record = row.record
-    if record is None:
-        return row
-    problem = ""
-    if recorded_root is not None and row.root not in (None, recorded_root):
-        problem = f"recorded for another folder ({row.root}), not {recorded_root}"
-    elif is_rejected(record, keep_unreadable):
-        if None in (record.size, record.mtime_ns, record.ino):
-            problem = "no size, mtime_ns or ino to check the file against (a report from an older imgclean); scan again"
-        elif sources is not None:
-            problem = sources(record.path)
-            problem = f"refused: {problem}" if problem else ""
-    return ReportRow(row.line, None, row.root, problem, record.path) if problem else row
-
-
-def _apply_records(records: Iterable[ScanRecord], applier: Applier, summary: ApplySummary,
-                   on_record: Callable[[ScanRecord], None] | None, should_stop: Callable[[], bool]) -> None:
-    seen: set[str] = set()
-    for record in records:
-        if record.path in seen:
-            summary.duplicates += 1
-        else:
-            seen.add(record.path)
-            record.action, record.destination = "", None  # what this run does, not what an earlier one did
-            applier(record)
-            if on_record is not None:
-                on_record(record)
-        if should_stop():
-            summary.interrupted = True
-            return
-
-
-def _read_again(report: ReportFile, checked: ReportCheck, summary: ApplySummary, recorded_root: str | None,
-                keep_unreadable: bool, moving: bool) -> Iterator[ScanRecord]:
-    """The records of a report too long to keep, read again; ends early, with summary.error,
-    when the report is not the one checked (a changed stat before a move, a bad row, another
-    count of rows or sha256 at the end)."""
-    if not report.unchanged():
-        return _changed(summary, report, "while it was checked")
-    rows = 0
-    try:
-        for row in report.rows():
-            rows += 1
-            record = _row_problem(row, recorded_root, keep_unreadable, None).record
-            if record is None or (moving and is_rejected(record, keep_unreadable) and not report.unchanged()):
-                return _changed(summary, report, "while it was applied")
-            yield record
-    except ReportError as exc:
-        summary.invalid += 1
-        summary.error = f"{exc}; stopped after {summary.moved} move(s)"
-        return
-    if rows != checked.rows or not report.unchanged() or report.digest() != checked.digest:
-        _changed(summary, report, "while it was applied")
-
-
-def _changed(summary: ApplySummary, report: ReportFile, when: str) -> None:
-    summary.invalid += 1
-    summary.error = (f"{report.path} changed {when}; stopped after {summary.moved} move(s) "
-                     f"({summary.would_move} planned); apply it again")
-
-
-def _excluded(quarantine) -> tuple[Path, ...]:
-    return (quarantine.root,) if quarantine is not None else ()

@@ -144,3 +144,24 @@ def _holds_manifest(dir_fd: int) -> bool:
         return stat.S_ISREG(os.stat(MANIFEST_NAME, dir_fd=dir_fd, follow_symlinks=False).st_mode)
     except OSError:
         return False
+
+
+def regular_file_below(root: Path, path: str) -> bool:
+    """Whether `path` (relative to `root`) names a regular file there now, reached without
+    following a symbolic link on the way or at the end (each folder opened relative to the one
+    above, O_NOFOLLOW)."""
+    parts = path.split(os.sep)
+    try:
+        fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        for part in parts[:-1]:
+            sub = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+            os.close(fd)
+            fd = sub
+        return stat.S_ISREG(os.stat(parts[-1], dir_fd=fd, follow_symlinks=False).st_mode)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)

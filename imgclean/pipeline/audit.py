@@ -7,9 +7,9 @@ then pixels) -> K-fold cross-fitting (pipeline.crossfit: out-of-sample probabili
 scores, duplicate groups kept in one fold) -> near duplicates (one model's deep features, chunked)
 -> confident learning -> one AuditRecord per file (reports.audit_records, with the precedence
 stated there). :func:`apply_audit` then moves flagged files exactly as a scan does
-(pipeline.apply.Applier: each move re-checks the file against what the walk saw, journaled in
-the quarantine, undone by `imgclean restore`); only later copies of duplicates move, never the
-original.
+(pipeline/audit_apply.py, through pipeline.apply.Applier: each move re-checks the file against
+what the walk saw, journaled in the quarantine, undone by `imgclean restore`); of duplicates only
+the copies move, never the original: the oldest file of each group (pipeline.duplicates.sort_key).
 
 The recipe (architecture, input size, preprocessing, epochs, lambda...) comes from a model
 directory when one is given (`audit -m`), else from fit's defaults for the folder. The model
@@ -23,7 +23,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable
 
 import numpy as np
 
@@ -31,7 +31,7 @@ from .. import data
 from ..reports.audit_records import (
     DUPLICATE, ISSUES, LABEL_ISSUE, OK, OUTLIER, UNREADABLE, AuditRecord,
 )
-from .apply import Applier, ScanSummary
+from .audit_apply import MOVABLE, apply_audit  # noqa: F401  (public here: audit --move-to)
 from .crossfit import (  # noqa: F401  (AuditError, AuditInterrupted: public here)
     AuditError, AuditInterrupted, Recipe, assign_folds, check_folds, confident_learning, cross_fit,
     default_recipe, recipe_from_model,
@@ -47,7 +47,6 @@ DEFAULT_TRIM = 0.02
 # 10 and 15 epochs (fit's default) named 78% of the wrong labels, 20 named 85%.
 DEFAULT_EPOCHS = 20
 DEFAULT_NEAR_THRESHOLD = 0.998
-MOVABLE = (LABEL_ISSUE, OUTLIER, DUPLICATE, UNREADABLE)
 
 
 @dataclass
@@ -82,6 +81,8 @@ class AuditSummary:
     would_move: int = 0
     move_errors: int = 0
     changed: int = 0
+    kept: int = 0  # copies left in place because their original moved too or was gone (audit_apply.py)
+    accepted: int = 0  # flagged files a person accepted, left in place
     interrupted: bool = False
     seconds: float = 0.0
 
@@ -98,7 +99,8 @@ class AuditSummary:
             "method": self.method, "held_out_accuracy": self.held_out_accuracy,
             "class_thresholds": self.class_thresholds, "fold_stats": self.fold_stats, "recipe": self.recipe,
             "settings_from": self.settings_from, "moved": self.moved, "would_move": self.would_move,
-            "move_errors": self.move_errors, "changed": self.changed, "interrupted": self.interrupted,
+            "move_errors": self.move_errors, "changed": self.changed, "kept": self.kept, "accepted": self.accepted,
+            "interrupted": self.interrupted,
             "seconds": round(self.seconds, 2), "root": self.root,
         }
 
@@ -173,7 +175,7 @@ def run_audit(train_dir: Path, options: AuditOptions | None = None, *, bundle=No
     good = [e for e in entries if os.fsdecode(e.path) not in failed]
     assert len(good) == len(images), "decode_classes kept images in walk order"
     rel = [relative_name(e.path, root) for e in good]
-    keys = [sort_key(p) for p in rel]
+    keys = [sort_key(p, e.mtime_ns) for p, e in zip(rel, good, strict=True)]  # the oldest copy is the original
 
     groups = Groups(len(good))
     exact_duplicates([e.path for e in good], [e.size for e in good], images, groups,
@@ -253,53 +255,3 @@ def _judge(rec: AuditRecord, i: int, found, outlier_score: float, dup, rel: list
     rec.issue, rec.score, rec.message = findings[0]
     if len(findings) > 1:
         rec.message += "; also " + "; ".join(m for _, _, m in findings[1:])
-
-
-class _AuditApplier(Applier):
-    """An Applier whose journal reason is the audit's issue, with its findings as details."""
-
-    current: AuditRecord | None = None
-
-    def request(self, record):
-        req = super().request(record)
-        a = self.current
-        details = {"issue": a.issue, "label": a.label, "suggested": a.suggested, "score": a.score,
-                   "duplicate_of": a.duplicate_of, "message": a.message}
-        return replace(req, reason=a.issue, details=details)
-
-
-def apply_audit(records: Iterable[AuditRecord], root: Path, summary: AuditSummary, quarantine=None,
-                dry_run: bool = False, keep_unreadable: bool = False, issues: Iterable[str] = MOVABLE,
-                on_record: Callable[[AuditRecord], None] | None = None,
-                should_stop: Callable[[], bool] = lambda: False) -> AuditSummary:
-    """Move (or, in a dry run, plan) every flagged file whose issue is in `issues` into
-    `quarantine` (moves.Quarantine, opened by the caller; None: nothing moves), through
-    pipeline.apply.Applier: each file is re-checked against its size, mtime, device and inode
-    first and left in place ("changed", "missing") when it differs. Only duplicates' later
-    copies carry the duplicate issue, so an original never moves."""
-    from ..reports.records import OOD, ScanRecord
-
-    issues = set(issues)
-    scan_summary = ScanSummary(root=os.fsdecode(root), model="")
-    applier = _AuditApplier(Path(root), quarantine, scan_summary, keep_unreadable, dry_run)
-    for rec in records:
-        if should_stop():
-            summary.interrupted = True
-            break
-        if rec.issue in issues and rec.status != data.SKIPPED:
-            applier.current = rec
-            scan_rec = ScanRecord(rec.path, OOD if rec.status == data.OK else rec.status, predicted=rec.suggested,
-                                  nearest=rec.label, score=rec.score, message=rec.message, size=rec.size,
-                                  mtime_ns=rec.mtime_ns, dev=rec.dev, ino=rec.ino)
-            applier(scan_rec)
-            if scan_rec.action:
-                rec.action, rec.destination = scan_rec.action, scan_rec.destination
-            if scan_rec.action in ("changed", "missing"):
-                rec.message = f"{scan_rec.message}; {rec.message}"
-            elif scan_rec.action == "move failed":
-                rec.message = f"move failed: {scan_rec.message}; {rec.message}"
-        if on_record is not None:
-            on_record(rec)
-    summary.moved, summary.would_move = scan_summary.moved, scan_summary.would_move
-    summary.move_errors, summary.changed = scan_summary.move_errors, scan_summary.counts["changed"]
-    return summary

@@ -13,9 +13,12 @@ Three kinds, found in this order and merged into groups (a union-find over the f
   file (at most ``max_block_bytes`` of similarities in memory at once, never all pairs), keeping
   each file's few most similar earlier files. Only files that are not exact copies take part.
 
-Exact groups and near groups are kept apart (an exact copy points at the first file of its
-exact group, whatever near links that file has). In every group the first file in sorted path
-order is the original; every other file is a duplicate of it. Makes no decisions about moving; never prints.
+Exact groups and near groups are kept apart (an exact copy points at the original of its exact
+group, whatever near links that file has). In every group the original is the oldest file: the
+earliest modification time (st_mtime_ns), and among files modified at the same instant the first
+by path (its bytes) (:func:`sort_key`). A copy made later (cp, a download saved again, an export)
+is newer than its source whatever its name, so the file a person had first is the one kept; every
+other file of the group is a duplicate of it. Makes no decisions about moving; never prints.
 """
 from __future__ import annotations
 
@@ -190,7 +193,7 @@ def near_duplicates(features: np.ndarray, threshold: float, groups: Groups, orde
     f = np.asarray(features, dtype=np.float32)[idx]
     f = f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
     order = sorted(range(n), key=lambda i: order_key[idx[i]])
-    fs = f[order]  # rows in sorted path order: a row's earlier files are the columns before it
+    fs = f[order]  # rows in sort_key order: a row's earlier files are the columns before it
     block = max(1, int(max_block_bytes // (4 * n)))
     links = 0
     for start in range(1, n, block):
@@ -212,6 +215,7 @@ def near_duplicates(features: np.ndarray, threshold: float, groups: Groups, orde
     return links
 
 
-def sort_key(path: str) -> bytes:
-    """The order that decides which file of a group is the original: the path's bytes."""
-    return os.fsencode(path)
+def sort_key(path: str | bytes, mtime_ns: int) -> tuple[int, bytes]:
+    """The order that decides which file of a group is the original (the first): the oldest
+    file by modification time, ties broken by the path's bytes."""
+    return int(mtime_ns), os.fsencode(path)

@@ -19,10 +19,11 @@ from collections import deque
 
 from .. import data
 from ..reports.record_blocks import RecordBlock, csv_rows
-from ..reports.records import CHANGED, STATUSES, ScanRecord
+from ..reports.records import CHANGED, VERDICTS, ScanRecord
 
-# Cached statuses a scan may reuse (a skipped or changed result is never reused).
-CACHEABLE = frozenset(STATUSES) - {data.SKIPPED, CHANGED}
+# Cached statuses a scan may reuse (a skipped or changed result is never reused; a person's
+# decision, status accepted, is never a verdict: the record's verdict is stored instead).
+CACHEABLE = frozenset(VERDICTS) - {data.SKIPPED, CHANGED}
 # The statuses a run snapshot may hold: a skipped file's record is its entry's skip reason.
 SNAPSHOT_STATUSES = CACHEABLE | {data.SKIPPED}
 
@@ -125,7 +126,8 @@ def _add(run: list, entry: data.FileEntry, record: ScanRecord) -> None:
     run[6] = None  # rows formatted at the end
     if action != "moved":
         run[2].append(entry)
-        run[3].append((record.status, record.predicted, record.nearest, record.score, record.message))
+        status, message = record.verdict or (record.status, record.message)  # the scan's own, never a decision
+        run[3].append((status, record.predicted, record.nearest, record.score, message))
         if action and action != "would move":
             run[5] = False
     run[4] -= 1

@@ -6,12 +6,16 @@ One record per file of the audited training folder, with exactly one `issue`:
 
 - unreadable: the file cannot be used (`status` says why: unreadable, too_large, unsupported,
   or skipped for links and other files a walk does not open);
-- duplicate: a later copy of another file (`duplicate_of`; the first file in sorted path order
-  is the original and is never a duplicate);
+- duplicate: a copy of another file (`duplicate_of`); in each group of copies the original is
+  the oldest file (the earliest mtime, ties broken by path: pipeline.duplicates.sort_key) and is
+  never a duplicate;
 - outlier: out-of-distribution for every class (out-of-sample detector score > 1);
 - label_issue: the out-of-sample classifier confidently prefers another class (`suggested`).
 
 Findings that lost to a stronger issue are named in `message`. Makes no decisions and never prints.
+
+A report is read back for `imgclean apply` by :func:`audit_row` (one row, checked cell by cell as
+scan rows are: reports/cells.py), through reports.records.ReportFile.
 """
 from __future__ import annotations
 
@@ -22,11 +26,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..structured import CsvRows, StructuredInputError, json_lines
-from .records import REPORT_LIMITS, report_format
+from .cells import RowError, check_relative, count_cell, number_cell, preview, root_cell, text_cell
+from .records import REPORT_LIMITS, ReportRow, report_format
 
 OK, LABEL_ISSUE, OUTLIER, DUPLICATE, UNREADABLE = "ok", "label_issue", "outlier", "duplicate", "unreadable"
 ISSUES = (LABEL_ISSUE, OUTLIER, DUPLICATE, UNREADABLE)
 PRECEDENCE = (UNREADABLE, DUPLICATE, OUTLIER, LABEL_ISSUE)  # strongest first
+# An audited file's decode status (data.OK and the statuses of files that cannot be used).
+DECODE_STATUSES = ("ok", "unreadable", "too_large", "unsupported", "skipped")
 
 
 @dataclass
@@ -66,15 +73,18 @@ FIELDS = ("path", "issue", "label", "suggested", "score", "duplicate_of", "messa
 class AuditWriter:
     """Writes audit records to a .csv or .jsonl file; a context manager (`root` in every row)."""
 
-    def __init__(self, path: Path, root: str | os.PathLike):
+    def __init__(self, path: Path, root: str | os.PathLike, overwrite: bool = False):
         self.path = Path(path)
+        self.overwrite = overwrite  # an existing file is refused unless set (report_files.open_report)
         self.root = os.fsdecode(root)
         self.format = report_format(self.path, write=True)
         self._fh = None
         self._csv = None
 
     def __enter__(self) -> "AuditWriter":
-        self._fh = open(self.path, "w", encoding="utf-8", newline="", errors="surrogateescape")
+        from .report_files import open_report
+
+        self._fh = open_report(self.path, self.overwrite, encoding="utf-8", newline="", errors="surrogateescape")
         if self.format == "csv":
             self._csv = csv.DictWriter(self._fh, fieldnames=FIELDS, extrasaction="ignore")
             self._csv.writeheader()
@@ -130,3 +140,52 @@ def _parsed(path: Path, line: int, row: dict) -> dict:
     for key in ("label", "suggested", "duplicate_of", "destination"):
         row[key] = row.get(key) or None
     return row
+
+
+# ----------------------------------------------------------------------------- reading back
+
+
+def parse_audit_row(row) -> tuple[AuditRecord, str | None]:
+    """(record, root) from one row of an audit report (a CSV dict of strings or a JSON object);
+    RowError saying what is wrong otherwise."""
+    if not isinstance(row, dict):
+        raise RowError("not a JSON object")
+    get = row.get
+    path = check_relative(get("path"))
+    issue, status = get("issue"), get("status")
+    if issue not in (OK, *ISSUES):
+        raise RowError(f"unknown issue {preview(issue)} (expected one of {', '.join((OK, *ISSUES))})")
+    if status not in DECODE_STATUSES:
+        raise RowError(f"unknown status {preview(status)} (expected one of {', '.join(DECODE_STATUSES)})")
+    original = get("duplicate_of") or None
+    if original is not None:
+        original = check_relative(original, "duplicate_of")
+        if original == path:
+            raise RowError("duplicate_of names the file itself")
+    elif issue == DUPLICATE:
+        raise RowError("a duplicate without duplicate_of (the original it copies)")
+    record = AuditRecord(
+        path=path, issue=issue, status=status, label=text_cell(get("label"), "label"),
+        suggested=text_cell(get("suggested"), "suggested"), score=number_cell(get("score"), "score"),
+        duplicate_of=original, message=text_cell(get("message"), "message") or "",
+        label_confidence=number_cell(get("label_confidence"), "label_confidence"),
+        outlier_score=number_cell(get("outlier_score"), "outlier_score"),
+        action=text_cell(get("action"), "action") or "", destination=text_cell(get("destination"), "destination"),
+        size=count_cell(get("size"), "size"), mtime_ns=count_cell(get("mtime_ns"), "mtime_ns"),
+        dev=count_cell(get("dev"), "dev"), ino=count_cell(get("ino"), "ino"),
+    )
+    return record, root_cell(get("root"))
+
+
+def audit_row(line: int, row) -> ReportRow:
+    """One row of an audit report as a ReportRow whose record is an AuditRecord (or its error);
+    the `check` of reports.records.ReportFile.rows for audit reports."""
+    try:
+        record, root = parse_audit_row(row)
+    except RowError as e:
+        shown = row.get("path") if isinstance(row, dict) and isinstance(row.get("path"), str) else ""
+        return ReportRow(line, None, error=str(e), path=shown[:4096])
+    return ReportRow(line, record, root)
+
+
+AUDIT_COLUMNS = ("path", "issue")  # what a CSV audit report must have to be read back

@@ -10,17 +10,19 @@ from typing import Any, Mapping
 from ...errors import ImgcleanError
 from ..records import ScanRecord
 
-# Sections of rejected files, in page order; "changed" files were rejected but left in place.
+# Sections of listed files, in page order: the rejected ones; "changed" files were rejected but
+# left in place; "accepted" ones the scan would reject but a person accepted (left in place).
 REASONS = ("ood", "unreadable", "too_large", "unsupported")
-SECTIONS = (*REASONS, "changed")
+SECTIONS = (*REASONS, "changed", "accepted")
 SECTION_TITLES = {
     "ood": "Out of distribution",
     "unreadable": "Unreadable",
     "too_large": "Too large",
     "unsupported": "Unsupported format",
     "changed": "Changed before it could be moved (left in place)",
+    "accepted": "Accepted by a person (left in place)",
 }
-STATUS_ORDER = ("ok", *REASONS, "skipped", "changed")
+STATUS_ORDER = ("ok", "accepted", *REASONS, "skipped", "changed")
 
 DEFAULT_MAX_ROWS = 5000  # per section; the rest are counted, and the --report file has them all
 DEFAULT_BORDERLINE = 50  # accepted files with the highest scores, to catch misses
@@ -37,6 +39,8 @@ class ReviewItem(ScanRecord):
 
     location: str | None = None  # where the file is now (for its thumbnail); None: unknown
     quarantine: str | None = None  # the quarantine holding `destination`, when known
+    root: str | None = None  # the scanned folder `path` is relative to, when known (for commands)
+    checked: bool = False  # came from a validated source (a scan, a report row, a journal record): commands may name it
 
 
 def _get(record: Any, key: str, default: Any = None) -> Any:
@@ -76,7 +80,9 @@ class ReviewCollector:
         quarantine: str | os.PathLike | None = None,
         borderline: int = DEFAULT_BORDERLINE,
     ):
-        self.root = os.fspath(root) if root is not None else None
+        self.root = os.fsdecode(root) if root is not None else None
+        # The folder the decision commands name (accept, reject): root, or the one a trusted report records.
+        self.command_root = self.root
         self.quarantine = os.path.abspath(os.fspath(quarantine)) if quarantine is not None else None
         self.max_rows = max(0, int(max_rows))
         self.max_borderline = max(0, int(borderline))
@@ -86,6 +92,8 @@ class ReviewCollector:
         self.omitted: dict[str, int] = {s: 0 for s in SECTIONS}
         self._rows: dict[str, list] = {s: [] for s in SECTIONS}
         self._borderline: list = []
+        self._sample: list[ReviewItem] = []  # files kept by the scan that it chose for review (record.review)
+        self.omitted_sample = 0
         self._seq = 0
         self._quarantine_of: dict[str, str | None] = {}
 
@@ -94,7 +102,8 @@ class ReviewCollector:
         return sum(self.counts.values())
 
     def add(self, record: Any) -> None:
-        """Take one record: a ScanRecord, or a mapping with the --report fields."""
+        """Take one record: a ScanRecord (from a scan or a validated report row), or a mapping
+        with the --report fields (a journal's move: `checked` says whether it was validated)."""
         status = str(_get(record, "status") or "")
         if not status:
             raise ReviewInputError("a record has no status")
@@ -106,11 +115,15 @@ class ReviewCollector:
             self.actions[action] = self.actions.get(action, 0) + 1
         if score is not None and nearest is not None:
             self.class_scores.setdefault(nearest, array("d")).append(score)
-        borderline = status == "ok" and score is not None and self.max_borderline > 0
-        if status not in SECTIONS and not borderline:
+        sample = status == "ok" and bool(_get(record, "review"))
+        borderline = status == "ok" and not sample and score is not None and self.max_borderline > 0
+        if status not in SECTIONS and not borderline and not sample:
             return
         if borderline and len(self._borderline) >= self.max_borderline and score <= self._borderline[0][0]:
             return  # not among the highest: skip building the item
+        if sample and len(self._sample) >= self.max_rows:
+            self.omitted_sample += 1
+            return
         path = str(_get(record, "path") or "")
         destination = _str_or_none(_get(record, "destination"))
         location = _get(record, "location")
@@ -124,10 +137,14 @@ class ReviewCollector:
         item = ReviewItem(
             path=path, status=status, predicted=_str_or_none(_get(record, "predicted")), nearest=nearest,
             score=score, action=action, destination=destination,
-            message=str(_get(record, "message") or ""), location=location,
+            message=str(_get(record, "message") or ""), review=str(_get(record, "review") or ""), location=location,
             quarantine=_str_or_none(_get(record, "quarantine")) or self.quarantine,
+            root=_str_or_none(_get(record, "root")) or self.command_root,
+            checked=isinstance(record, ScanRecord) or _get(record, "checked") is True,
         )
-        if borderline:
+        if sample:
+            self._sample.append(item)
+        elif borderline:
             self._seq += 1
             entry = (score, -self._seq, item)  # min-heap: the lowest score (latest on ties) goes first
             if len(self._borderline) < self.max_borderline:
@@ -169,6 +186,10 @@ class ReviewCollector:
     def borderline(self) -> list[ReviewItem]:
         """The accepted files with the highest scores, highest first."""
         return self._sorted(self._borderline)
+
+    def sample(self) -> list[ReviewItem]:
+        """The files the scan kept and chose for review (their `review` says why), in scan order."""
+        return list(self._sample)
 
     def section_count(self, section: str) -> int:
         return self.counts.get(section, 0)

@@ -3,60 +3,49 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterator
 
-from ...structured import CsvRows, StructuredInputError, json_lines
+from ...structured import json_lines
+from ..records import ReportRow
 from .collector import DEFAULT_MAX_ROWS, ReviewCollector, ReviewInputError
 
 
-def _check_fields(path: Path, fields: Iterable[str] | None) -> None:
-    missing = {"path", "status"} - set(fields or ())
-    if missing:
-        raise ReviewInputError(
-            f"{path} is not an imgclean scan report (no {', '.join(sorted(missing))} column); "
-            "give a file written by `imgclean scan --report` or an imgclean-manifest.jsonl"
-        )
-
-
-def iter_report(path: Path) -> Iterator[dict]:
-    """Stream the records of a `scan --report` file (.csv, or JSON lines), through the bounded
-    readers (imgclean.structured): a line too long, too deep, not UTF-8 or with a NUL stops the
-    page with one error naming the line."""
-    from ..records import REPORT_LIMITS, report_format
+def iter_report(path: Path) -> Iterator[ReportRow]:
+    """Stream the records of a `scan --report` file (.csv, or JSON lines) as ScanRecords, read
+    and validated by the report reader (reports.records: the bounded readers of
+    imgclean.structured, then each cell checked as `imgclean apply` checks it): a row that is not
+    sound stops the page with one error naming its line, so the page never shows, or puts into
+    a command, a path that was not checked. Yields each row (reports.records.ReportRow: its
+    `record`, and the `root` it records)."""
+    from ..records import AUDIT, ReportError, ReportFile, report_format
 
     path = Path(path)
     try:
-        fmt = report_format(path)
+        report_format(path)
     except ValueError as exc:
         raise ReviewInputError(str(exc)) from None
     try:
-        if fmt == "csv":
-            with open(path, encoding="utf-8", newline="", errors="surrogateescape") as fh:
-                rows = CsvRows(fh, path, REPORT_LIMITS)
-                _check_fields(path, rows.fieldnames)
-                for _, row in rows:
-                    yield row
-            return
-        with open(path, "rb") as fh:
-            for n, row in json_lines(fh, path, REPORT_LIMITS):
-                if isinstance(row, StructuredInputError):
-                    raise ReviewInputError(f"{row}; is this an imgclean report?")
-                if not isinstance(row, dict):
-                    raise ReviewInputError(f"{path} line {n} is not a JSON object; is this an imgclean report?")
-                _check_fields(path, row.keys())
+        with ReportFile(path) as report:
+            if report.kind() == AUDIT:
+                raise ReviewInputError(f"{path} is an audit report; `imgclean audit --html PAGE` writes its page")
+            for row in report.rows():
+                if row.record is None:
+                    raise ReviewInputError(f"{path} line {row.line}: {row.error}; is this an imgclean scan report?")
                 yield row
-    except StructuredInputError as exc:
-        raise ReviewInputError(f"{exc}; is this an imgclean report?") from None
+    except ReportError as exc:
+        raise ReviewInputError(f"{exc}; give a file written by `imgclean scan --report` or an "
+                               "imgclean-manifest.jsonl") from None
 
 
-def _journal(path: Path):
-    """The journal folded by the quarantine's own reader (quarantine.journal.fold), checking only
-    each record's shape: the page shows a journal, it never acts on one. A manifest saved under
-    another name is read the same way, without the checks that need its quarantine folder."""
+def _journal(path: Path, strict: bool = False):
+    """The journal folded by the quarantine's own reader (quarantine.journal.fold): checking only
+    each record's shape (the page shows a journal, it never acts on one), or with `strict` as
+    restore checks it (for the commands the page offers). A manifest saved under another name is
+    read the same way, without the checks that need its quarantine folder."""
     from ...quarantine.journal import MANIFEST_NAME, fold, iter_lines
 
     quarantine = path.parent if path.name == MANIFEST_NAME else None
-    return fold(quarantine, iter_lines(path, follow_links=True), strict=False)
+    return fold(quarantine, iter_lines(path, follow_links=True), strict=strict)
 
 
 # How a move ended, as the page says it. "kept_both": recovery found the source edited after a
@@ -82,6 +71,9 @@ def manifest_records(path: Path) -> tuple[list[dict], list[str]]:
     if not moves:
         raise ReviewInputError(f"{path} records no moves; is it an imgclean-manifest.jsonl?")
     quarantine = os.path.abspath(path.parent) if path.name == MANIFEST_NAME else None
+    # The moves restore would act on: the page offers commands for those only (a journal under
+    # another name has no quarantine to restore from, so none).
+    sound = set(_journal(path, strict=True).ops) if quarantine is not None else set()
     roots: list[str] = []
     out = []
     for m, restore in moves:
@@ -115,6 +107,7 @@ def manifest_records(path: Path) -> tuple[list[dict], list[str]]:
             "predicted": details.get("predicted"), "nearest": details.get("nearest"),
             "score": details.get("score"), "message": details.get("message") or m.get("message") or "",
             "action": action, "destination": dest, "location": location, "quarantine": quarantine,
+            "root": scan_root or None, "checked": m.get("id") in sound,
         })  # fmt: skip
     return out, roots
 
@@ -144,18 +137,31 @@ def load_input(path: Path, root: Path | None = None, max_rows: int = DEFAULT_MAX
                 collector.add(rec)
             return collector, {"kind": "quarantine manifest", "roots": roots, "path": os.fsdecode(path)}
         collector = ReviewCollector(root=root, max_rows=max_rows)
+        trusted = _trusted(path)
         n = 0
-        for n, rec in enumerate(iter_report(path), 1):
-            try:
-                collector.add(rec)
-            except ReviewInputError as exc:
-                raise ReviewInputError(f"{path} record {n}: {exc}") from None
+        for n, row in enumerate(iter_report(path), 1):
+            if collector.command_root is None and row.root is not None and trusted:
+                collector.command_root = row.root  # the folder the report records, when --root names none
+            collector.add(row.record)
         if n == 0 and not _has_header(path):
             raise ReviewInputError(f"{path} is empty; give a file written by `imgclean scan --report`")
         kind = "scan report (CSV)" if path.suffix.lower() == ".csv" else "scan report (JSON lines)"
-        return collector, {"kind": kind, "roots": [os.fsdecode(root)] if root else [], "path": os.fsdecode(path)}
+        roots = [os.fsdecode(root)] if root else [collector.command_root] if collector.command_root else []
+        return collector, {"kind": kind, "roots": roots, "path": os.fsdecode(path)}
     except OSError as exc:
         raise ReviewInputError(f"cannot read {path}: {exc.strerror or exc}") from None
+
+
+def _trusted(path: Path) -> bool:
+    """Whether a report may name the folder its commands act on (as `imgclean apply` decides:
+    a file of the user running imgclean or of root, that no other user can write)."""
+    import stat
+
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    return st.st_uid in (os.geteuid(), 0) and not st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
 
 
 def _looks_like_journal(path: Path) -> bool:

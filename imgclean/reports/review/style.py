@@ -1,8 +1,13 @@
 """The review page's stylesheet and its one inline script (allowed by a CSP hash, nothing else).
 
-The script only copies a restore command to the clipboard and reads it from the page's text,
-so no file name is ever part of it. Without it the page still works: a restore command is
-selected whole by one click (user-select: all) and the copy buttons are hidden.
+The script copies a command (a row's restore command, or the decisions script) to the clipboard,
+and gathers the decisions a person picks (radio buttons, one group a file) into the decisions
+script: the header in the script box's data-head, then the data-cmd of each picked choice, one
+a line, in page order (exactly review.script.render). It only reads and joins those strings,
+made and quoted by the page's writer (review/script.py), so no file name is ever part of the
+script's code and none is put together in the browser. Without scripts the page still works:
+a restore command is selected whole by one click (user-select: all); the choices, the
+decisions box and the copy buttons are hidden.
 """
 import base64
 import hashlib
@@ -61,9 +66,20 @@ svg.hist text{font:10px system-ui,sans-serif;fill:#5b6670}
 svg.hist .thr-label{fill:#222}
 footer{color:var(--muted);font-size:12px;margin-top:30px}
 .restore{display:flex;gap:6px;align-items:flex-start;margin-top:5px}
-.restore code{font:12px ui-monospace,"DejaVu Sans Mono",Menlo,Consolas,monospace;background:#f1f3f5;border:1px solid var(--line);border-radius:4px;padding:2px 6px;overflow-wrap:anywhere;user-select:all;-webkit-user-select:all;flex:1}
+.restore code{display:block;font:12px ui-monospace,"DejaVu Sans Mono",Menlo,Consolas,monospace;background:#f1f3f5;border:1px solid var(--line);border-radius:4px;padding:2px 6px;white-space:pre;overflow-wrap:normal;word-break:normal;overflow-x:auto;min-width:0;user-select:all;-webkit-user-select:all;flex:1}
 button.copy{display:none;font-size:12px;border:1px solid var(--line);background:var(--card);color:var(--accent);border-radius:4px;padding:1px 8px;cursor:pointer}
 .js button.copy{display:inline-block}
+.choices{display:none;border:0;margin:6px 0 0;padding:0;gap:2px 10px;flex-wrap:wrap}
+.js .choices{display:flex}
+.choices label{white-space:nowrap;font-size:12px;cursor:pointer;color:var(--accent)}
+.choices input{margin:0 3px 0 0;vertical-align:-2px}
+.badge{display:inline-block;font-size:11px;border-radius:9px;padding:0 7px;margin-left:4px;background:#e7f0e9;color:var(--ok);border:1px solid #c5dccb;white-space:nowrap}
+.badge.review{background:#eaf1f8;color:var(--accent);border-color:#c9d9ea}
+#decisions{display:none;background:var(--card);border:1px solid var(--line);border-left:4px solid var(--accent);border-radius:6px;padding:6px 12px;margin:12px 0}
+.js #decisions{display:block}
+#decisions h2{margin:4px 0 6px;border:0;font-size:16px}
+.scriptbox{display:flex;gap:6px;align-items:flex-start}
+.scriptbox textarea{flex:1;min-width:0;min-height:8em;resize:vertical;font:12px/1.4 ui-monospace,"DejaVu Sans Mono",Menlo,Consolas,monospace;white-space:pre;overflow-wrap:normal;word-break:normal;overflow-x:auto;background:#f8f9fa;border:1px solid var(--line);border-radius:4px;padding:4px 6px;color:var(--fg)}
 .explain{background:var(--card);border:1px solid var(--line);border-left:4px solid var(--accent);border-radius:6px;padding:6px 12px;margin:12px 0}
 input.view{position:absolute;opacity:0;pointer-events:none}
 .viewsw{margin:4px 0 0;font-size:13px;color:var(--muted)}
@@ -80,17 +96,27 @@ input.view{position:absolute;opacity:0;pointer-events:none}
 #view-grid:checked~section.files .score{font-size:11px;overflow:hidden;text-overflow:ellipsis}
 """
 
-# Marks the page as scripted (shows the copy buttons); copies the <code> beside a clicked button.
+# Marks the page as scripted (shows the copy buttons and the choices); copies the <code> or
+# <textarea> beside a clicked copy button; rebuilds the decisions script when a choice changes.
 SCRIPT = (
     "document.documentElement.classList.add('js');"
-    "document.addEventListener('click',function(e){"
-    "var b=e.target.closest?e.target.closest('button.copy'):null;if(!b)return;"
-    "var c=b.parentNode.querySelector('code');if(!c)return;var t=c.textContent;"
+    "function copyFrom(b){var c=b.parentNode.querySelector('code,textarea');if(!c)return;"
+    "var box=c.tagName==='TEXTAREA';var t=box?c.value:c.textContent;if(!t)return;"
     "function done(){b.textContent='copied';setTimeout(function(){b.textContent='copy'},1500)}"
-    "function fallback(){var r=document.createRange();r.selectNodeContents(c);var s=window.getSelection();"
-    "s.removeAllRanges();s.addRange(r);try{if(document.execCommand('copy'))done()}catch(x){}}"
+    "function fallback(){if(box){c.focus();c.select()}else{var r=document.createRange();r.selectNodeContents(c);"
+    "var s=window.getSelection();s.removeAllRanges();s.addRange(r)}try{if(document.execCommand('copy'))done()}catch(x){}}"
     "if(navigator.clipboard&&window.isSecureContext){navigator.clipboard.writeText(t).then(done,fallback)}"
-    "else{fallback()}});"
+    "else{fallback()}}"
+    "function build(){var box=document.getElementById('script');if(!box)return;var lines=[];"
+    "var cs=document.querySelectorAll('input.choice');for(var i=0;i<cs.length;i++){var c=cs[i];"
+    "var cmd=c.getAttribute('data-cmd');if(c.checked&&cmd)lines.push(cmd)}"
+    "box.value=lines.length?box.getAttribute('data-head')+lines.join('\\n')+'\\n':'';"
+    "var n=document.getElementById('script-count');if(n)n.textContent=String(lines.length)}"
+    "document.addEventListener('click',function(e){var b=e.target.closest?e.target.closest('button.copy'):null;"
+    "if(b)copyFrom(b)});"
+    "document.addEventListener('change',function(e){var t=e.target;"
+    "if(t&&t.classList&&t.classList.contains('choice'))build()});"
+    "document.addEventListener('DOMContentLoaded',build);"
 )
 SCRIPT_HASH = "sha256-" + base64.b64encode(hashlib.sha256(SCRIPT.encode("utf-8")).digest()).decode("ascii")
 CSP = f"default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src '{SCRIPT_HASH}'"

@@ -69,13 +69,13 @@ def scan_target(path: str | os.PathLike, files: Iterable | None = None) -> ScanT
     a link, a FIFO) is scanned alone, its folder being the scanned one. FileListError when
     `path` does not exist, or is no folder and `files` is given."""
     if os.path.isdir(path):  # (a link to a folder is that folder, as it always was)
-        return ScanTarget(Path(os.path.realpath(path)), files)
+        return ScanTarget(Path(os.fsdecode(os.path.realpath(path))), files)
     shown = os.fsdecode(path)
     if not os.path.lexists(path):
         raise FileListError(f"{shown} does not exist")
     if files is not None:
         raise FileListError(f"{shown} is not a folder; a list of files needs the folder they lie in")
-    parent = os.path.dirname(os.fspath(path)) or (b"." if isinstance(path, bytes) else ".")
+    parent = os.path.dirname(os.fsdecode(path)) or "."
     return ScanTarget(Path(os.path.realpath(parent)), [path])
 
 

@@ -153,9 +153,14 @@ def scan(
     keep_unreadable: bool = False, use_cache: bool = False, cache_dir=None, batch_size: int = 256,
     workers: int = 0, device: str = "auto", on_record: Callable | None = None, keep_records: bool = True,
     should_stop: Callable[[], bool] = lambda: False, engine: str = "local", ray_address: str | None = None,
-    ray_workers: int = 0, ray_gpus_per_worker: float = 0.0,
+    ray_workers: int = 0, ray_gpus_per_worker: float = 0.0, files: Iterable | None = None,
 ) -> ScanResult:
     """Score every image below `folder`; with `move_to`, quarantine the rejected ones.
+
+    `folder` may be one file: it is scanned alone, its folder being the scanned one. `files`:
+    scan only these (str, bytes or path-like; relative ones relative to the current folder),
+    each inside `folder`, as `scan --files-from` does: a name that is not an image file there
+    is a skipped record (pipeline/file_list.py); one named twice is scanned once.
 
     Records are kept in `result.records` unless keep_records=False (for huge folders: use
     `on_record` to stream them). `dry_run` plans the moves (record.action "would move") and
@@ -164,12 +169,17 @@ def scan(
     has its Ray used and left running; otherwise the scan joins `ray_address` or starts a local Ray.
     """
     from .pipeline.apply import quarantine_exclusion
+    from .pipeline.file_list import scan_target
     from .pipeline.scan import ScanOptions, run_scan
     from .pipeline.scoring import check_method
 
-    root = Path(os.path.realpath(folder))
-    if not root.is_dir():
-        raise ApiError(f"folder {os.fsdecode(folder)} does not exist or is not a folder")
+    if isinstance(files, (str, bytes, os.PathLike)):
+        raise ApiError("files is a list of paths, not one path")
+    try:
+        target = scan_target(folder, files)
+    except ValueError as exc:  # (file_list.FileListError)
+        raise ApiError(str(exc)) from None
+    root = target.root
     if dry_run and move_to is None:
         raise ApiError("dry_run plans moves; give move_to too")
     exclude = quarantine_exclusion(root, Path(move_to)) if move_to is not None else ()
@@ -182,7 +192,7 @@ def scan(
     options = ScanOptions(
         batch_size=batch_size, workers=workers, keep_unreadable=keep_unreadable, exclude=exclude,
         method=method, use_cache=use_cache, cache_dir=Path(cache_dir) if cache_dir is not None else None,
-        engine=engine, ray=_ray_options(engine, ray_address, ray_workers, ray_gpus_per_worker),
+        engine=engine, ray=_ray_options(engine, ray_address, ray_workers, ray_gpus_per_worker), files=target.files,
     )
     records: list = []
     with _moving(root, move_to, dry_run) as quarantine:

@@ -32,7 +32,7 @@ CASES = {
     "missing argument": (["fit"], "Missing argument 'TRAIN_DIR'.", "Usage: imgclean fit [OPTIONS] TRAIN_DIR"),
     "unknown command": (["scna"], "No such command 'scna'. Did you mean 'scan'?", "try 'imgclean -h'"),
     "own check": (["scan", "/nonexistent/incoming"],
-                  "folder /nonexistent/incoming does not exist or is not a folder", "try 'imgclean scan -h'"),
+                  "/nonexistent/incoming does not exist", "try 'imgclean scan -h'"),
 }
 
 

@@ -12,7 +12,7 @@ from .common import EXIT_REJECTED, EXIT_SKIPPED
 from .usage import UsageError, plain_type_message
 
 # Options a settings file may not set: the file itself, and what only makes sense per run.
-NOT_IN_SETTINGS_FILE = {"config_file", "help", "force", "dry_run"}
+NOT_IN_SETTINGS_FILE = {"config_file", "help", "force", "dry_run", "files_from", "null"}
 
 
 def settable_options(command) -> list:

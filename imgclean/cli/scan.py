@@ -1,9 +1,12 @@
-"""scan: score every image in a folder; report, and with --move-to quarantine, the rejects."""
+"""scan: score every image in a folder (or one file, or the files a list names); report, and with
+--move-to quarantine, the rejects."""
 # No `from __future__ import annotations` here: see imgclean/cli/__init__.py.
 
+import contextlib
 import os
+import sys
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import typer
 
@@ -56,10 +59,44 @@ def check_engine(engine: Engine, address: Optional[str], workers: int, gpus: flo
     return RayOptions(address=address.strip() if address else None, workers=workers, gpus_per_worker=gpus)
 
 
+def scan_target(folder: Path, files_from: Optional[Path], null: bool):
+    """What to scan (pipeline/file_list.ScanTarget): FOLDER walked, one FILE alone, or (files
+    given: [] until the list is opened) the names --files-from lists; usage errors for the rest."""
+    from ..pipeline.file_list import FileListError, scan_target as target_of
+
+    if null and files_from is None:
+        raise usage_error("--null says how --files-from LIST separates names; give --files-from too")
+    try:
+        return target_of(folder, [] if files_from is not None else None)
+    except FileListError as exc:
+        raise usage_error(f"{exc}" if files_from is None else f"{exc} (--files-from)") from None
+
+
+def open_file_list(stack: contextlib.ExitStack, files_from: Path, null: bool, outputs: dict) -> Iterator:
+    """The names --files-from LIST gives (`-`: standard input), read as the scan goes
+    (file_list.read_names: bounded, a line too long is an error line). A usage error when LIST
+    cannot be opened, or is one of this run's `outputs` ({option: path}) that writing would wipe."""
+    from ..pipeline.file_list import read_names
+
+    if os.fsdecode(files_from) == "-":
+        stdin = getattr(sys.stdin, "buffer", None)
+        if stdin is None:
+            raise usage_error("--files-from -: there is no standard input to read")
+        return read_names(stdin, null)
+    for option, path in outputs.items():
+        if path is not None and os.path.realpath(path) == os.path.realpath(files_from):
+            raise usage_error(f"--files-from {files_from} is also the {option} file, which the scan writes over")
+    try:
+        stream = stack.enter_context(open(files_from, "rb"))
+    except OSError as exc:
+        raise usage_error(f"--files-from {files_from}: {exc.strerror or exc}") from None
+    return read_names(stream, null)
+
+
 @command()
 def scan(
     ctx: typer.Context,
-    folder: Path = typer.Argument(..., help="Folder of images to check (searched recursively)."),
+    folder: Path = typer.Argument(..., metavar="PATH", help="Folder of images to check (searched recursively), or one file to check alone (its folder is the scanned folder: lock, cache and --move-to work as for the folder)."),
     model: Path = typer.Option(DEFAULT_MODEL_DIR, "-m", "--model", help="Model directory made by `imgclean fit`."),
     move_to: MoveTo = None,
     dry_run: DryRun = False,
@@ -69,6 +106,8 @@ def scan(
     json_out: JsonOut = False,
     fail_on_reject: FailOnReject = False,
     fail_on_skip: FailOnSkip = False,
+    files_from: Optional[Path] = typer.Option(None, "--files-from", metavar="LIST", help="Check only the files LIST names, one per line (- reads standard input), inside the folder PATH; relative names are relative to the current folder, as find prints them. Any other name (outside PATH, missing, a link, a folder, hidden, in a quarantine) is a skipped record."),
+    null: bool = typer.Option(False, "-0", "--null", help="--files-from LIST separates names with NUL bytes, as find -print0 writes them (names may hold newlines)."),
     allow_unlisted: bool = typer.Option(False, "--allow-unlisted", help="Exit 0 even when a folder inside the scan could not be listed (its files are not scanned; the report has a skipped record for it)."),
     keep_unreadable: KeepUnreadable = False,
     batch_size: int = typer.Option(256, min=1, help="Images scored per batch."),
@@ -85,7 +124,7 @@ def scan(
     ray_gpus_per_worker: float = typer.Option(0.0, "--ray-gpus-per-worker", min=0.0, help="With --engine ray: the share of a GPU each worker takes (0.25: four per GPU); above 0 the workers score on CUDA."),
     config_file: Optional[Path] = config_option(),
 ) -> None:
-    """Score every image in a folder; report, and with --move-to quarantine, the ones that do not belong."""
+    """Score every image in a folder (or one file, or the files --files-from lists); report, and with --move-to quarantine, the ones that do not belong."""
     from ..store.artifact import load_model
     from ..fileops import MANIFEST_NAME, is_quarantine
     from ..pipeline.scan import ScanOptions, run_scan
@@ -93,29 +132,29 @@ def scan(
     from ..detectors import registry
 
     setup_logging(quiet, verbose)
-    if not folder.is_dir():
-        raise usage_error(f"folder {folder} does not exist or is not a folder")
-    if is_quarantine(folder):
+    target = scan_target(folder, files_from, null)
+    # Resolved once: the walk, the lock, the moves and the review page all act on this folder.
+    root = target.root
+    base = folder if files_from is not None or target.files is None else root  # the folder as given
+    if is_quarantine(root):
         raise usage_error(
-            f"{folder} is an imgclean quarantine (it holds {MANIFEST_NAME}); review it with `imgclean report`, "
+            f"{base} is an imgclean quarantine (it holds {MANIFEST_NAME}); review it with `imgclean report`, "
             "put files back with `imgclean restore`"
         )
-    # Resolved once: the walk, the lock, the moves and the review page all act on this folder.
-    root = Path(os.path.realpath(folder))
     if dry_run and move_to is None:
         raise usage_error("--dry-run shows planned moves; give --move-to DIR too")
     ray_options = check_engine(engine, ray_address, ray_workers, ray_gpus_per_worker, device)
     exclude: tuple[Path, ...] = ()
     if move_to is not None:
-        exclude = check_move_target(folder, move_to)
+        exclude = check_move_target(base, move_to)
     use_cache = not no_cache
     if use_cache:
         from ..store.cache import default_cache_dir
 
         cache_real = Path(os.path.realpath(cache_dir or default_cache_dir()))
-        if cache_real.is_relative_to(os.path.realpath(folder)):
+        if cache_real.is_relative_to(root):
             if cache_dir is not None:
-                raise usage_error(f"--cache-dir {cache_dir} is inside the scanned folder; choose a folder outside {folder}")
+                raise usage_error(f"--cache-dir {cache_dir} is inside the scanned folder; choose a folder outside {base}")
             log.warning("the scan cache %s is inside the scanned folder; scanning without it", cache_real)
             use_cache = False
     if report is not None:
@@ -137,18 +176,22 @@ def scan(
         from ..reports.review import ReviewCollector
 
         review = ReviewCollector(root=root, quarantine=move_to)
-    options = ScanOptions(
-        batch_size=batch_size, workers=workers, keep_unreadable=keep_unreadable, exclude=exclude,
-        use_cache=use_cache, cache_dir=cache_dir, method=chosen, engine=engine.value, ray=ray_options,
-    )
     printer = Printer(dry_run, json_out, verbose, keep_unreadable, progress=make_progress(quiet or json_out))
-    with open_run(root, folder, move_to, dry_run, report, review, printer, overwrite_report) as run:
+    with contextlib.ExitStack() as stack:
+        files = target.files
+        if files_from is not None:
+            files = open_file_list(stack, files_from, null, {"--report": report, "--html": html})
+        options = ScanOptions(
+            batch_size=batch_size, workers=workers, keep_unreadable=keep_unreadable, exclude=exclude,
+            use_cache=use_cache, cache_dir=cache_dir, method=chosen, engine=engine.value, ray=ray_options, files=files,
+        )
+        run = stack.enter_context(open_run(root, base, move_to, dry_run, report, review, printer, overwrite_report))
         progress = run.progress
         if not progress.disable:
             from ..walk import count_images
 
             # From the folder listings alone (no stat per file): the walk itself happens once, in the scan.
-            printer.total = count_images(root, exclude)
+            printer.total = count_images(root, exclude) if files is None else len(files) if files_from is None else None
             printer.task = progress.add_task("scanning", total=printer.total, info="")
             show_model_loading(bundle, progress, printer.task)
         try:

@@ -31,6 +31,7 @@ from ..walk import walk_runs
 from .apply import Applier, ScanSummary
 from .decode import Decoded, Decoder, DecodeSettings
 from .run_snapshots import CACHEABLE as _CACHEABLE, SNAPSHOT_STATUSES as _SNAPSHOT_STATUSES, RunSnapshots, StoredRuns
+from .file_list import PerFileRows, listed_runs
 from .local_engine import LocalEngine
 from .scoring import Outcome, check_method, outcomes, predict_scores
 
@@ -53,6 +54,7 @@ class ScanOptions:
     cache_dir: Path | None = None  # None: the user cache dir ($XDG_CACHE_HOME/imgclean)
     engine: str = "local"  # ENGINES: where files are decoded and scored
     ray: object = None  # ray_scan.RayOptions for engine "ray" (None: its defaults)
+    files: Iterable | None = None  # scan only these names in root, not a walk of it (pipeline/file_list.py)
 
 
 # local: in this process; ray: on Ray workers (pipeline/ray_scan.py), applied here all the same.
@@ -237,7 +239,7 @@ class Scorer:
             else:
                 yield item
 
-    def scan_items(self, root: Path, exclude: Iterable[Path] = (), engine=None) -> Iterator:
+    def scan_items(self, root: Path, exclude: Iterable[Path] = (), engine=None, runs: Iterable | None = None) -> Iterator:
         """Yield, in walk order, (record, entry) for every image-named file below root, except
         that a run of the walk the cache holds a snapshot of comes whole, as one RecordBlock.
 
@@ -245,7 +247,10 @@ class Scorer:
         pipeline/ray_scan.RayEngine on a cluster): batches go out as the walk finds them, at most
         engine.ahead() in flight, and their records come back here, in walk order, whatever
         order the engine finishes them in. Each run answered file by file is snapshot in the
-        cache once all its records are out and applied (pipeline/run_snapshots.py)."""
+        cache once all its records are out and applied (pipeline/run_snapshots.py).
+
+        `runs`: walk.Run objects to scan instead of walking root (file_list.listed_runs); they
+        are answered file by file and cached as per-file rows only (file_list.PerFileRows)."""
         root = Path(root)
         rel = _relative_namer(root)
         # Walk-ordered groups: [entries, records (a record for an entry resolved without decoding,
@@ -255,7 +260,7 @@ class Scorer:
         group: list = [[], [], [], None, _NO_FOLDER]
         step = min(self.batch_size, LOOKUP_BATCH)
         cache = self.cache
-        snapshots = RunSnapshots(cache) if cache is not None else None
+        snapshots = None if cache is None else RunSnapshots(cache) if runs is None else PerFileRows(cache)
         stored_runs = StoredRuns(cache) if cache is not None else None
         look_up = cache is not None and not cache.held_nothing  # else every file is a miss: no queries
 
@@ -291,8 +296,8 @@ class Scorer:
             try:
                 # The cache's snapshot of each run, asked by the walk: an unchanged run comes
                 # matched (its entries taken from the snapshot), or else is compared whole here.
-                known = cache.snapshot if look_up and cache.held_runs else None
-                for walked in walk_runs(root, tuple(exclude), known=known):
+                known = cache.snapshot if look_up and cache.held_runs and runs is None else None
+                for walked in walk_runs(root, tuple(exclude), known=known) if runs is None else runs:
                     folder, ordinal, run = walked.folder, walked.ordinal, walked.entries
                     if walked.unlisted:
                         self.unlisted += 1
@@ -383,6 +388,7 @@ def run_scan(
     `root` is resolved once (symlinks and `..` as the kernel follows them) and that one path is
     walked, checked and moved from: `sub/..` after a symlink `sub` never means two folders.
     Raises ScanError (a ValueError) when `root` is a quarantine: a scan never reads one as data.
+    With `options.files`, only those names are scanned (pipeline/file_list.py), each a record.
     """
     from ..fileops import MANIFEST_NAME, is_quarantine
 
@@ -402,6 +408,7 @@ def run_scan(
         # The method is part of the key: a head score must never be reused as a Mahalanobis one.
         cache = ScanCache(options.cache_dir, model_key(bundle.config, extra=options.method)).open()
     scorer = Scorer(bundle, options.batch_size, options.workers, device, options.method, cache=cache)
+    runs = listed_runs(root, options.files, options.exclude) if options.files is not None else None
     apply = Applier(root, quarantine, summary, options.keep_unreadable, dry_run)
     started = time.perf_counter()
     engine, blas = None, contextlib.nullcontext()
@@ -415,8 +422,10 @@ def run_scan(
         blas = single_blas_thread()  # the cores are the decoders' and the network's (pipeline/blas.py)
     try:
         with blas, fewer_collections():
-            _run(scorer, root, options, apply, on_record, should_stop, summary, engine)
+            _run(scorer, root, options, apply, on_record, should_stop, summary, engine, runs)
     finally:
+        if runs is not None:
+            runs.close()  # (its folder descriptors)
         if cache is not None:
             cache.close()
             summary.cached = cache.hits
@@ -446,9 +455,9 @@ def fewer_collections(threshold: int = SCAN_GC_THRESHOLD):
             gc.set_threshold(*old)
 
 
-def _run(scorer, root, options, apply, on_record, should_stop, summary, engine=None) -> None:
+def _run(scorer, root, options, apply, on_record, should_stop, summary, engine=None, runs=None) -> None:
     on_block = getattr(on_record, "block", None)
-    for item in scorer.scan_items(root, options.exclude, engine):
+    for item in scorer.scan_items(root, options.exclude, engine, runs):
         if item.__class__ is not RecordBlock:
             apply(item[0])
             if on_record is not None:

@@ -239,7 +239,9 @@ def test_file_list_usage_errors(case, model_dir, incoming, tmp_path):
         "list is a folder": (root, "--files-from", tmp_path),
         "null alone": (root, "-0"),
         "list with a file": (root / "odd_00.png", "--files-from", "-"),
-        "list is the report": (root, "--files-from", tmp_path / "r.csv", "--report", tmp_path / "r.csv"),
+        # --overwrite-report: the list is never the report, even when overwriting reports is allowed
+        "list is the report": (root, "--files-from", tmp_path / "r.csv", "--report", tmp_path / "r.csv",
+                               "--overwrite-report"),
     }[case]
     (tmp_path / "r.csv").write_text("path,status\n")
     result = invoke("scan", *args, "-m", model_dir)

@@ -385,8 +385,34 @@ class SettingsFile(InputKind):
         return out.code == 2
 
 
+class DecisionRecords(InputKind):
+    """A scanned folder's `.imgclean-decisions.jsonl`: an ok file and an ood one accepted."""
+
+    name, doc, bad_when_wrong_type = "decisions", "jsonl", False
+
+    def valid(self, ws, run):
+        from imgclean.quarantine.decision_ops import accept
+
+        accept([run.folder / "normal_0.png", run.folder / "odd_0.png"], root=run.folder)
+        return (run.folder / ".imgclean-decisions.jsonl").read_bytes()
+
+    def place(self, run, data):
+        path = run.folder / ".imgclean-decisions.jsonl"
+        path.write_bytes(data)
+        return path
+
+    def commands(self, ws, run, path):
+        q = run.quarantine
+        return [Command(("decisions", run.folder, "--json")),
+                Command(("scan", run.folder, "-m", ws.model, "--move-to", q, "--dry-run", "--json", "-q"), dry_run=True),
+                Command(("scan", run.folder, "-m", ws.model, "--move-to", q, "--json", "-q"))]
+
+    def refused(self, command, out):
+        return command.args[0] == "decisions" and out.code == 1  # damaged records listed, none used
+
+
 KINDS = {k.name: k for k in (ScanReport("jsonl"), ScanReport("csv"), AuditReport("jsonl"), AuditReport("csv"),
-                             Journal(), ModelConfig(), WeightsHeader(), SettingsFile())}
+                             Journal(), ModelConfig(), WeightsHeader(), SettingsFile(), DecisionRecords())}
 
 
 # ----------------------------------------------------------------------------- mutations
@@ -566,7 +592,8 @@ def fuzz_one(ws: Workspace, kind: InputKind, mutation: str, index: int, rng: ran
             fig.refusals += int(refused)
             problems = {
                 "tracebacks": bool(out.crashed),
-                "touched_when_bad": bad and changed and not isinstance(kind, Journal),
+                # a damaged journal or decisions file never stops a scan: its sound records are used
+                "touched_when_bad": bad and changed and not isinstance(kind, (Journal, DecisionRecords)),
                 "moved_on_refusal": refused and changed,
                 "dry_run_changes": command.dry_run and (changed or q_changed),
                 "sound_refused": mutation == "unchanged" and (refused or out.code not in (0, 3)),

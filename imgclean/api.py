@@ -139,12 +139,14 @@ def _moving(root: Path, move_to, dry_run: bool):
         yield quarantine
 
 
-def _collector(keep_records: bool, on_record: Callable | None, records: list) -> Callable:
+def _collector(keep_records: bool, on_record: Callable | None, records: list, sampler=None) -> Callable:
     def collect(record) -> None:
         if keep_records:
             records.append(record)
         if on_record is not None:
             on_record(record)
+        if sampler is not None:
+            sampler(record)
 
     return collect
 
@@ -208,27 +210,18 @@ def scan(
         engine=engine, ray=_ray_options(engine, ray_address, ray_workers, ray_gpus_per_worker), files=target.files,
     )
     records: list = []
-    sink = _collector(keep_records, on_record, records)
     sampler = None
     if review_sample:
         from .pipeline.sample_pass import SampleCandidates
 
         sampler = SampleCandidates(review_sample, len(bundle.class_names))
-        sink = _both(sink, sampler)
     with _moving(root, move_to, dry_run) as quarantine:
-        summary = run_scan(root, bundle, options, quarantine, dry_run, device, sink, should_stop)
+        summary = run_scan(root, bundle, options, quarantine, dry_run, device,
+                           _collector(keep_records, on_record, records, sampler), should_stop)
     result = ScanResult(summary, records)
     if sampler is not None and not summary.interrupted:
         _mark_sample(result, bundle, root, device, sampler)
     return result
-
-
-def _both(first: Callable, second: Callable) -> Callable:
-    def both(record) -> None:
-        first(record)
-        second(record)
-
-    return both
 
 
 def _mark_sample(result: ScanResult, bundle, root, device: str, sampler) -> None:

@@ -148,6 +148,12 @@ def test_file_changed_after_its_record_is_not_sampled(folder, model_dir, tmp_pat
     assert [s.path for s in chosen] == [names[2]]
 
 
+def test_pool_size_is_review_samples():
+    from imgclean.pipeline import review_sample, sample_pass
+
+    assert sample_pass.POOL == review_sample.POOL
+
+
 def test_candidates_bounded_and_spread_over_classes():
     sampler = SampleCandidates(2, classes=3, seed=0)
     for i in range(3000):
@@ -189,3 +195,16 @@ def test_settings_file_sets_review_sample(folder, model_dir, tmp_path):
     settings.write_text("scan:\n  review-sample: 2\n")
     summary, _ = scan_json(folder, "-m", model_dir, "--config", settings)
     assert summary["review_sample"] == 2
+
+
+def test_rescan_answered_by_the_cache_picks_no_sample(folder, model_dir, tmp_path, monkeypatch):
+    from imgclean.store import cache as cache_module
+
+    monkeypatch.setattr(cache_module, "RACY_SECONDS", 0.0)  # (files aged just now are cached all the same)
+    cache = tmp_path / "cache"
+    for picture in folder.iterdir():  # (files modified just now are never cached: they may still change)
+        os.utime(picture, ns=(1_600_000_000 * 10**9, 1_600_000_000 * 10**9))
+    first = invoke("scan", folder, "-m", model_dir, "--json", "--cache-dir", cache, "--review-sample", 3)
+    second = invoke("scan", folder, "-m", model_dir, "--json", "--cache-dir", cache, "--review-sample", 3)
+    cold, warm = json.loads(first.stdout), json.loads(second.stdout)
+    assert cold["review_sample"] == 3 and warm["decoded"] == 0 and warm["review_sample"] == 0

@@ -104,7 +104,7 @@ def mark_review_sample(summary, sampler, bundle, root: Path, device: str, writer
 
     try:
         sample = choose_sample(bundle, root, sampler, device)
-    except (ImgcleanError, OSError, ValueError, RuntimeError) as exc:
+    except (ImgcleanError, OSError, ValueError, RuntimeError, ImportError, MemoryError) as exc:
         log.warning("no review sample: %s", exc)
         return
     summary.review_sample = len(sample)
@@ -238,7 +238,9 @@ def scan(
             summary = run_scan(root, bundle, options, run.quarantine, dry_run, dev, feed(run.sinks), run.stop)
         except ValueError as exc:  # e.g. a method the model cannot serve (pipeline.scoring)
             raise fail(str(exc)) from None
-    if sampler is not None and not summary.interrupted:
+    # A rescan the cache answered whole picks none: it loads no network (a warm nightly rescan stays
+    # fast), and its files were offered for review by the scan that scored them.
+    if sampler is not None and not summary.interrupted and summary.decoded:
         mark_review_sample(summary, sampler, bundle, root, dev, writer, review)
     outcome = Outcome(title=f"scan of {folder}", review_title=f"imgclean review: {folder}")
     finish(summary, outcome, printer, run.stop, json_out=json_out, quiet=quiet, review=review, html=html,

@@ -20,10 +20,11 @@ import stat
 from dataclasses import dataclass
 
 from .. import data
-from .review_sample import POOL, review_sample
 
 log = logging.getLogger(__name__)
 
+POOL = 4  # candidates near the threshold per pick: review_sample.POOL (not imported: that module needs numpy,
+# which a rescan the cache answers whole never imports)
 RANDOM_POOL = 2  # reservoir rows per pick
 MAX_BOUNDARY_ROWS = 20_000  # candidates near the threshold kept over all classes, at most
 DEFAULT_SAMPLE = 20
@@ -183,6 +184,7 @@ def choose_sample(bundle, root, candidates: SampleCandidates, device: str = "cpu
 
     from .decode import DecodeSettings
     from .headfit import embed
+    from .review_sample import review_sample
 
     pool, random_rows = candidates.pool()
     if not pool or not candidates.n:

@@ -48,6 +48,7 @@ class ScanResult:
 
     summary: object
     records: list = field(default_factory=list)
+    review_sample: list = field(default_factory=list)  # (path, reason) of the files chosen for review
 
 
 @dataclass
@@ -138,24 +139,32 @@ def _moving(root: Path, move_to, dry_run: bool):
         yield quarantine
 
 
-def _collector(keep_records: bool, on_record: Callable | None, records: list) -> Callable:
+def _collector(keep_records: bool, on_record: Callable | None, records: list, sampler=None) -> Callable:
     def collect(record) -> None:
         if keep_records:
             records.append(record)
         if on_record is not None:
             on_record(record)
+        if sampler is not None:
+            sampler(record)
 
     return collect
 
 
 def scan(
-    folder, model, *, move_to=None, dry_run: bool = False, method: str = "mahalanobis",
+    folder, model, *, move_to=None, dry_run: bool = False, method: str | None = None,
     keep_unreadable: bool = False, use_cache: bool = False, cache_dir=None, batch_size: int = 256,
     workers: int = 0, device: str = "auto", on_record: Callable | None = None, keep_records: bool = True,
     should_stop: Callable[[], bool] = lambda: False, engine: str = "local", ray_address: str | None = None,
-    ray_workers: int = 0, ray_gpus_per_worker: float = 0.0, files: Iterable | None = None,
+    ray_workers: int = 0, ray_gpus_per_worker: float = 0.0, files: Iterable | None = None, review_sample: int = 0,
 ) -> ScanResult:
     """Score every image below `folder`; with `move_to`, quarantine the rejected ones.
+
+    `method` None: the model's default (mahalanobis, or what `imgclean learn` chose).
+    `review_sample` N > 0: after the scan, choose N of the accepted files for a person to review
+    (`scan --review-sample`, pipeline/sample_pass.py; off by default here): their kept records
+    get their `review` cell, and `result.review_sample` lists them ((path, reason) pairs, in the
+    order to show them). Records already given to `on_record` are not changed.
 
     `folder` may be one file: it is scanned alone, its folder being the scanned one. `files`:
     scan only these (str, bytes or path-like; relative ones relative to the current folder),
@@ -185,7 +194,13 @@ def scan(
     exclude = quarantine_exclusion(root, Path(move_to)) if move_to is not None else ()
     device = _device(device)
     bundle = _model(model, device, lazy=True)
+    if isinstance(review_sample, bool) or not isinstance(review_sample, int) or review_sample < 0:
+        raise ApiError("review_sample is a number of files, 0 or more")
     try:
+        if method is None:
+            from .detectors import registry
+
+            method = registry.default_method(bundle.config)
         check_method(bundle, method)
     except ValueError as exc:
         raise ApiError(str(exc)) from None
@@ -195,10 +210,30 @@ def scan(
         engine=engine, ray=_ray_options(engine, ray_address, ray_workers, ray_gpus_per_worker), files=target.files,
     )
     records: list = []
+    sampler = None
+    if review_sample:
+        from .pipeline.sample_pass import SampleCandidates
+
+        sampler = SampleCandidates(review_sample, len(bundle.class_names))
     with _moving(root, move_to, dry_run) as quarantine:
         summary = run_scan(root, bundle, options, quarantine, dry_run, device,
-                           _collector(keep_records, on_record, records), should_stop)
-    return ScanResult(summary, records)
+                           _collector(keep_records, on_record, records, sampler), should_stop)
+    result = ScanResult(summary, records)
+    if sampler is not None and not summary.interrupted:
+        _mark_sample(result, bundle, root, device, sampler)
+    return result
+
+
+def _mark_sample(result: ScanResult, bundle, root, device: str, sampler) -> None:
+    from .pipeline.sample_pass import choose_sample
+
+    sample = choose_sample(bundle, root, sampler, device)
+    result.summary.review_sample = len(sample)
+    result.review_sample = [(s.path, s.reason) for s in sample]
+    reasons = dict(result.review_sample)
+    for record in result.records:
+        if record.status == "ok" and record.path in reasons:
+            record.review = reasons[record.path]
 
 
 def _ray_options(engine: str, address, workers: int, gpus: float):

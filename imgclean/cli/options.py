@@ -130,4 +130,5 @@ FailOnReject = Annotated[bool, typer.Option("--fail-on-reject", help=f"Exit with
 FailOnSkip = Annotated[bool, typer.Option("--fail-on-skip", help=f"Exit with code {EXIT_SKIPPED} when any file was skipped or changed during the scan (links, FIFOs, edited files).")]
 KeepUnreadable = Annotated[bool, typer.Option("--keep-unreadable", help="Report unreadable, too large and unsupported files but leave them in place.")]
 Quiet = Annotated[bool, typer.Option("-q", "--quiet", help="No progress output.")]
+ReviewSample = Annotated[int, typer.Option("--review-sample", min=0, metavar="N", help="Choose N of the files the scan accepted for a person to review (nearest the threshold, spread over the kinds of picture, and a random spot check): marked in the --report `review` column and shown on the --html page; 0: none.")]
 Verbose = Annotated[bool, typer.Option("-v", "--verbose", help="Print every rejected file on stderr.")]

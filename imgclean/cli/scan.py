@@ -13,7 +13,8 @@ import typer
 from ..config import DEFAULT_MODEL_DIR
 from .common import Device, Engine, Method, command, fail, log, make_progress, resolve_device, setup_logging, usage_error
 from .options import (
-    DryRun, FailOnReject, FailOnSkip, HtmlOut, JsonOut, KeepUnreadable, MoveTo, OverwriteReport, Quiet, ReportOut, Verbose,
+    DryRun, FailOnReject, FailOnSkip, HtmlOut, JsonOut, KeepUnreadable, MoveTo, OverwriteReport, Quiet, ReportOut,
+    ReviewSample, Verbose,
     config_option,
 )
 from .runs import (  # noqa: F401  (StopFlag, check_move_target, check_html_output: public names of cli.scan)
@@ -93,6 +94,36 @@ def open_file_list(stack: contextlib.ExitStack, files_from: Path, null: bool, ou
     return read_names(stream, null)
 
 
+def mark_review_sample(summary, sampler, bundle, root: Path, device: str, writer, review) -> None:
+    """After the scan: choose the review sample from the candidates `sampler` kept
+    (pipeline/sample_pass.py), count it in the summary, mark it in the report this run created
+    (`writer`, reports/review_marks.py) and give it to the review page's collector. A sample that
+    cannot be chosen or marked is a warning: the scan's own results stand."""
+    from ..errors import ImgcleanError
+    from ..pipeline.sample_pass import choose_sample
+
+    try:
+        sample = choose_sample(bundle, root, sampler, device)
+    except (ImgcleanError, OSError, ValueError, RuntimeError, ImportError, MemoryError) as exc:
+        log.warning("no review sample: %s", exc)
+        return
+    summary.review_sample = len(sample)
+    if writer is not None and sample:
+        from ..reports.review_marks import ReviewMarkError, mark_report
+
+        if not writer.created:
+            log.warning("the review sample is not marked in %s: it was an existing file (--overwrite-report), "
+                        "which is never replaced; write the report to a new name", writer.path)
+        else:
+            try:
+                mark_report(writer.path, writer.written, {s.path: s.reason for s in sample})
+            except ReviewMarkError as exc:
+                log.warning("the review sample is not marked in %s: %s", writer.path, exc)
+    if review is not None:
+        for sampled in sample:
+            review.add_sample(sampled.record())
+
+
 @command()
 def scan(
     ctx: typer.Context,
@@ -106,6 +137,7 @@ def scan(
     json_out: JsonOut = False,
     fail_on_reject: FailOnReject = False,
     fail_on_skip: FailOnSkip = False,
+    review_sample: ReviewSample = 20,
     files_from: Optional[Path] = typer.Option(None, "--files-from", metavar="LIST", help="Check only the files LIST names, one per line (- reads standard input), inside the folder PATH; relative names are relative to the current folder, as find prints them. Any other name (outside PATH, missing, a link, a folder, hidden, in a quarantine) is a skipped record."),
     null: bool = typer.Option(False, "-0", "--null", help="--files-from LIST separates names with NUL bytes, as find -print0 writes them (names may hold newlines)."),
     allow_unlisted: bool = typer.Option(False, "--allow-unlisted", help="Exit 0 even when a folder inside the scan could not be listed (its files are not scanned; the report has a skipped record for it)."),
@@ -130,6 +162,7 @@ def scan(
     from ..pipeline.scan import ScanOptions, run_scan
     from ..pipeline.scoring import check_method
     from ..detectors import registry
+    from ..reports.records import RecordWriter
 
     setup_logging(quiet, verbose)
     target = scan_target(folder, files_from, null)
@@ -186,6 +219,13 @@ def scan(
             use_cache=use_cache, cache_dir=cache_dir, method=chosen, engine=engine.value, ray=ray_options, files=files,
         )
         run = stack.enter_context(open_run(root, base, move_to, dry_run, report, review, printer, overwrite_report))
+        writer = next((sink for sink in run.sinks if isinstance(sink, RecordWriter)), None)
+        sampler = None
+        if review_sample:
+            from ..pipeline.sample_pass import SampleCandidates
+
+            sampler = SampleCandidates(review_sample, len(bundle.class_names))
+            run.sinks.append(sampler)
         progress = run.progress
         if not progress.disable:
             from ..walk import count_images
@@ -198,6 +238,10 @@ def scan(
             summary = run_scan(root, bundle, options, run.quarantine, dry_run, dev, feed(run.sinks), run.stop)
         except ValueError as exc:  # e.g. a method the model cannot serve (pipeline.scoring)
             raise fail(str(exc)) from None
+    # A rescan the cache answered whole picks none: it loads no network (a warm nightly rescan stays
+    # fast), and its files were offered for review by the scan that scored them.
+    if sampler is not None and not summary.interrupted and summary.decoded:
+        mark_review_sample(summary, sampler, bundle, root, dev, writer, review)
     outcome = Outcome(title=f"scan of {folder}", review_title=f"imgclean review: {folder}")
     finish(summary, outcome, printer, run.stop, json_out=json_out, quiet=quiet, review=review, html=html,
            fail_on_reject=fail_on_reject, fail_on_skip=fail_on_skip, allow_unlisted=allow_unlisted)

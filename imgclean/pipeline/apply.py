@@ -58,6 +58,7 @@ class ScanSummary:
     interrupted: bool = False
     seconds: float = 0.0
     cached: int = 0  # results reused from the scan cache (not decoded)
+    review_sample: int = 0  # accepted files chosen for review after the scan (pipeline/sample_pass.py)
     decoded: int = 0  # files decoded and scored by the model
     unlisted: int = 0  # folders inside the scan that could not be listed (skipped records; their files unscanned)
 
@@ -85,6 +86,7 @@ class ScanSummary:
             "rejected": self.rejected,
             "moved": self.moved,
             "would_move": self.would_move,
+            "review_sample": self.review_sample,
             "move_errors": self.move_errors,
             "interrupted": self.interrupted,
             "cached": self.cached,

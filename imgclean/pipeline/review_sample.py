@@ -87,8 +87,12 @@ def _quotas(n: int, shares: SampleShares, have_other: bool) -> dict[str, int]:
 
 
 def review_sample(bundle, features, scores, n: int, rng: np.random.Generator | int = 0,
-                  shares: SampleShares | None = None) -> ReviewSample:
-    """Pick n of the accepted files (rows of `features`, `scores` by the current default method)."""
+                  shares: SampleShares | None = None, random_rows=None) -> ReviewSample:
+    """Pick n of the accepted files (rows of `features`, `scores` by the current default method).
+
+    `random_rows`: the rows the random part draws from first (a uniform sample of all the
+    accepted files, when the rows given are mostly those nearest the threshold: a scan's
+    candidates, pipeline/sample_pass.py); the rest of the rows after them. None: every row."""
     x = np.asarray(features, dtype=np.float64)
     s = np.asarray(scores, dtype=np.float64)
     if x.ndim != 2 or s.shape != (len(x),):
@@ -119,7 +123,14 @@ def review_sample(bundle, features, scores, n: int, rng: np.random.Generator | i
     keep("spread", [int(rest[i]) for i in farthest_first(x[rest], quotas["spread"], int(rng.integers(len(rest))))]
          if len(rest) else [])
     left = n - int(taken.sum())
-    keep("random", [int(i) for i in rng.permutation(free())[:left]])
+    pool = free()
+    if random_rows is not None:
+        first = np.zeros(len(x), dtype=bool)
+        first[np.asarray(random_rows, dtype=np.int64)] = True
+        pool = np.concatenate([rng.permutation(pool[first[pool]]), rng.permutation(pool[~first[pool]])])
+    else:
+        pool = rng.permutation(pool)
+    keep("random", [int(i) for i in pool[:left]])
     return _interleave(picks)
 
 

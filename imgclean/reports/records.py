@@ -145,13 +145,15 @@ class RecordWriter:
         self.format = report_format(self.path, write=True)
         self._fh = None
         self._csv = None
+        self.created = False  # this writer created the file (not an existing one overwritten)
+        self.written: tuple[int, int, int, int] | None = None  # (dev, ino, size, mtime_ns) once closed whole
 
     def __enter__(self) -> "RecordWriter":
         # A large buffer: rows go to the disk in 1 MB writes, not one system call per 8 KB.
-        from .report_files import open_report
+        from .report_files import open_new_report
 
-        self._fh = open_report(self.path, self.overwrite, encoding="utf-8", newline="", errors="surrogateescape",
-                               buffering=_BUFFER)
+        self._fh, self.created = open_new_report(self.path, self.overwrite, encoding="utf-8", newline="",
+                                                 errors="surrogateescape", buffering=_BUFFER)
         if self.format == "csv":
             self._csv = csv.writer(self._fh)  # what csv.DictWriter writes, without a dict per row
             self._csv.writerow(FIELDS)
@@ -221,6 +223,8 @@ class RecordWriter:
             try:
                 fh.flush()
                 os.fsync(fh.fileno())
+                st = os.fstat(fh.fileno())
+                self.written = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
             except OSError as e:
                 raise OSError(e.errno, f"cannot write the report ({e.strerror})", os.fspath(self.path)) from None
             finally:

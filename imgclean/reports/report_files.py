@@ -56,11 +56,21 @@ def open_report(path: Path, overwrite: bool = False, **text_options) -> IO[str]:
     """The report file opened for writing as text (`text_options`: those of open()): created, or
     with `overwrite` an existing regular file emptied. Raises ReportExistsError when it exists
     and `overwrite` is off, ReportPathError for a link or anything but a regular file."""
+    return open_new_report(path, overwrite, **text_options)[0]
+
+
+def open_new_report(path: Path, overwrite: bool = False, **text_options) -> tuple[IO[str], bool]:
+    """open_report, and whether this open created the file (False: an existing one emptied)."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
-    if not overwrite:
-        flags |= os.O_EXCL
+    created = True
     try:
-        fd = os.open(path, flags, 0o666)
+        try:
+            fd = os.open(path, flags | os.O_EXCL, 0o666)
+        except FileExistsError:
+            if not overwrite:
+                raise
+            created = False
+            fd = os.open(path, flags, 0o666)
     except FileExistsError:
         raise ReportExistsError(f"report file {path} exists and is never overwritten; give a new name "
                                 "or pass --overwrite-report") from None
@@ -74,9 +84,9 @@ def open_report(path: Path, overwrite: bool = False, **text_options) -> IO[str]:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise ReportPathError(f"report file {path} is not a regular file")
         fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
-        if overwrite:
+        if not created:
             os.ftruncate(fd, 0)
-        return open(fd, "w", closefd=True, **text_options)
+        return open(fd, "w", closefd=True, **text_options), created
     except BaseException:
         os.close(fd)
         raise

@@ -96,6 +96,7 @@ class ReviewCollector:
         self.omitted_sample = 0
         self._seq = 0
         self._quarantine_of: dict[str, str | None] = {}
+        self._counting = True  # add() counts the record (add_sample does not: it was counted as it streamed)
 
     @property
     def total(self) -> int:
@@ -110,11 +111,12 @@ class ReviewCollector:
         score = _score(_get(record, "score"))
         nearest = _str_or_none(_get(record, "nearest"))
         action = str(_get(record, "action") or "")
-        self.counts[status] = self.counts.get(status, 0) + 1
-        if action:
-            self.actions[action] = self.actions.get(action, 0) + 1
-        if score is not None and nearest is not None:
-            self.class_scores.setdefault(nearest, array("d")).append(score)
+        if self._counting:
+            self.counts[status] = self.counts.get(status, 0) + 1
+            if action:
+                self.actions[action] = self.actions.get(action, 0) + 1
+            if score is not None and nearest is not None:
+                self.class_scores.setdefault(nearest, array("d")).append(score)
         sample = status == "ok" and bool(_get(record, "review"))
         borderline = status == "ok" and not sample and score is not None and self.max_borderline > 0
         if status not in SECTIONS and not borderline and not sample:
@@ -153,6 +155,21 @@ class ReviewCollector:
                 heapq.heapreplace(self._borderline, entry)
         else:
             self._keep(status, item)
+
+    def add_sample(self, record: Any) -> None:
+        """A record the scan chose for its review sample after the records streamed (its
+        `review` says why; pipeline/sample_pass.py): shown in the sample, not counted again, and
+        no longer among the borderline files."""
+        path = str(_get(record, "path") or "")
+        kept = [e for e in self._borderline if e[2].path != path]
+        if len(kept) != len(self._borderline):
+            heapq.heapify(kept)
+            self._borderline = kept
+        self._counting = False
+        try:
+            self.add(record)
+        finally:
+            self._counting = True
 
     def _keep(self, section: str, item: ReviewItem) -> None:
         rows = self._rows[section]

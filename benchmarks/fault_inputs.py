@@ -298,7 +298,8 @@ class AuditReport(InputKind):
         return path
 
     def commands(self, ws, run, path):
-        return [Command(("report", path, "-o", run.dir / "page.html")), Command(("read_audit", path))]
+        # (`imgclean report` refuses any audit report in one line: `audit --html` writes its page)
+        return [Command(("read_audit", path))]
 
 
 class Journal(InputKind):

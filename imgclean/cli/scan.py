@@ -194,10 +194,16 @@ def scan(
             printer.total = count_images(root, exclude) if files is None else len(files) if files_from is None else None
             printer.task = progress.add_task("scanning", total=printer.total, info="")
             show_model_loading(bundle, progress, printer.task)
+        from ..pipeline import move_features
+
+        moved_before = move_features.moves_now(run.quarantine)
         try:
             summary = run_scan(root, bundle, options, run.quarantine, dry_run, dev, feed(run.sinks), run.stop)
         except ValueError as exc:  # e.g. a method the model cannot serve (pipeline.scoring)
             raise fail(str(exc)) from None
+        if run.quarantine is not None and not dry_run and not summary.interrupted and not run.stop():
+            for line in move_features.record_moves(run.quarantine, bundle, moved_before, dev, run.stop).warnings:
+                log.warning("%s", line)
     outcome = Outcome(title=f"scan of {folder}", review_title=f"imgclean review: {folder}")
     finish(summary, outcome, printer, run.stop, json_out=json_out, quiet=quiet, review=review, html=html,
            fail_on_reject=fail_on_reject, fail_on_skip=fail_on_skip, allow_unlisted=allow_unlisted)

@@ -143,3 +143,19 @@ def test_a_features_file_that_cannot_be_written_is_a_warning_not_a_failed_scan(m
     assert result.exit_code in (0, 3) and "Traceback" not in result.output
     assert json.loads(result.stdout)["moved"] > 0 and "symbolic link" in result.output
     assert not (tmp_path / "target.bin").exists()
+
+
+def test_reject_with_a_model_keeps_the_features_of_what_it_moved(model_copy, tmp_path):
+    folder, q = tmp_path / "incoming", tmp_path / "q"
+    make_night(folder, 3, 0, seed=6)
+    missed = sorted(folder.glob("*.png"))
+    plain = invoke("reject", missed[0], "--move-to", q, "--root", folder)
+    assert plain.exit_code == 0, plain.output
+    assert not (q / features_log.FEATURES_NAME).exists()  # no --model: no features
+    first = moved_ids(q)
+    result = invoke("reject", missed[1], missed[2], "--move-to", q, "--root", folder, "-m", model_copy)
+    assert result.exit_code == 0 and "Traceback" not in result.output, result.output
+    log = features_log.read_log(q, moved_ids(q))
+    assert log.problems == [] and {jid for jid, _ in log.records} == moved_ids(q) - first and len(log.records) == 2
+    bad = invoke("reject", folder / "nothing.png", "--move-to", q, "--root", folder, "-m", tmp_path / "no-model")
+    assert bad.exit_code != 0 and "Traceback" not in bad.output

@@ -19,8 +19,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 log = logging.getLogger(__name__)
 
 BATCH = 64  # files decoded, embedded and appended (then fsynced) at a time
@@ -32,7 +30,8 @@ class MoveFeatures:
     """What the post-pass did: records written, moved files it could not use, and why not."""
 
     written: int = 0
-    unreadable: int = 0  # moved files gone, changed or undecodable by the time it read them
+    unreadable: int = 0  # moved files gone or changed by the time it read them
+    undecodable: int = 0  # moved files that are not pictures it can decode (a broken file): nothing to keep
     warnings: list[str] = field(default_factory=list)
 
 
@@ -50,52 +49,59 @@ def _new_moves(quarantine, before: frozenset[str]) -> list[dict]:
             if op["op"] == "move" and jid not in before and op["state"] in HELD]
 
 
-def _read_images(bundle, ops: list[dict]) -> tuple[list[str], list[np.ndarray]]:
+def _read_images(bundle, ops: list[dict], result: MoveFeatures) -> tuple[list[str], list]:
     from .learn_review import ReviewItem, read_verified
     from .learn_step import decode_bytes
 
     ids, images = [], []
     for op in ops:
         blob = read_verified(ReviewItem("left", int(op["size"]), op["sha256"], Path(op["destination"])))
-        image = None if blob is None else decode_bytes(blob, bundle)
-        if image is not None:
-            ids.append(op["id"])
-            images.append(image)
+        if blob is None:
+            result.unreadable += 1
+            continue
+        image = decode_bytes(blob, bundle)
+        if image is None:
+            result.undecodable += 1
+            continue
+        ids.append(op["id"])
+        images.append(image)
     return ids, images
 
 
-def _embed_batch(bundle, ops: list[dict], device: str, fingerprint: str) -> tuple[list[bytes], int]:
+def _embed_batch(bundle, ops: list[dict], device: str, fingerprint: str, result: MoveFeatures) -> list[bytes]:
+    import numpy as np
+
     from ..nn.runtime import predict_arrays
     from ..quarantine.features_log import encode
 
-    ids, images = _read_images(bundle, ops)
+    ids, images = _read_images(bundle, ops, result)
     if not images:
-        return [], len(ops)
+        return []
     cfg = bundle.config
     logits, feats = predict_arrays(bundle.model, np.stack(images), cfg["mean"], cfg["std"], device)
-    records, bad = [], len(ops) - len(ids)
+    records = []
     for jid, f, lg in zip(ids, feats, logits):
         try:
             records.append(encode(jid, fingerprint, f, lg))
         except ValueError as exc:  # e.g. non-finite features of a broken network: never written
-            log.debug("%s", exc)
-            bad += 1
-    return records, bad
+            log.info("%s", exc)
+            result.undecodable += 1
+    return records
 
 
 def record_moves(quarantine, bundle, before: frozenset[str], device: str = "cpu",
                  stop: Callable[[], bool] | None = None) -> MoveFeatures:
     """Append the features of the files moved into the open ``quarantine`` since ``before``
     (moves_now() taken before the run). ``stop()`` True (SIGINT/SIGTERM/SIGHUP) ends it early."""
-    from ..quarantine.features_log import FEATURES_NAME, append_records
-
     result = MoveFeatures()
     if getattr(quarantine, "journal", None) is None:
         return result
     ops = _new_moves(quarantine, before)
     fingerprint = bundle.config.get("fingerprint")
     if not ops:
-        return result
+        return result  # (a cached rescan that moved nothing imports no numpy here)
+    from ..quarantine.features_log import FEATURES_NAME, append_records
+
     where = os.fsdecode(Path(quarantine.root) / FEATURES_NAME)
     if not isinstance(fingerprint, str):
         result.warnings.append(f"the model has no fingerprint; no features written to {where}")
@@ -105,8 +111,7 @@ def record_moves(quarantine, bundle, before: frozenset[str], device: str = "cpu"
             if stop is not None and stop():
                 result.warnings.append(f"interrupted: features of {len(ops) - start} moved file(s) not written to {where}")
                 break
-            records, bad = _embed_batch(bundle, ops[start:start + BATCH], device, fingerprint)
-            result.unreadable += bad
+            records = _embed_batch(bundle, ops[start:start + BATCH], device, fingerprint, result)
             result.written += append_records(quarantine.root, records)
     except (OSError, ValueError, RuntimeError, MemoryError) as exc:
         result.warnings.append(f"features of the moved files not written to {where}: {exc}")

@@ -74,8 +74,8 @@ def journal_view(q: Path, root: Path, digits: int | None = None) -> list[tuple]:
 
 
 def quarantined(q: Path) -> dict[str, str]:
-    """File -> sha256 of what a quarantine holds (its manifest left out)."""
-    return {k: v[2] for k, v in tree_snapshot(q).items() if not k.startswith("imgclean-manifest")}
+    """File -> sha256 of what a quarantine holds (its manifest and features file left out)."""
+    return {k: v[2] for k, v in tree_snapshot(q).items() if not k.startswith(("imgclean-manifest", "imgclean-features"))}
 
 
 @pytest.fixture(scope="session")

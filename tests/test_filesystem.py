@@ -69,7 +69,7 @@ def contents(*roots) -> list[str]:
         for dirpath, _, names in os.walk(root):
             for n in names:
                 p = Path(dirpath) / n
-                if n.startswith(".") or n == MANIFEST_NAME or p.is_symlink() or not p.is_file():
+                if n.startswith(".") or n in (MANIFEST_NAME, "imgclean-features.bin") or p.is_symlink() or not p.is_file():
                     continue
                 out.append(sha(p))
     return sorted(out)

@@ -633,5 +633,5 @@ def test_restore_commands_of_a_real_scan_name_the_quarantined_files(model_dir, i
         assert os.path.isfile(call[2]) and call[2].startswith(os.fsencode(q.absolute()) + b"/")
         targets.add(call[2])
     quarantined = {os.path.join(d, f) for d, _, fs in os.walk(os.fsencode(q)) for f in fs if not f.startswith(b".")}
-    quarantined = {os.path.abspath(p) for p in quarantined if not p.endswith(b"imgclean-manifest.jsonl")}
+    quarantined = {os.path.abspath(p) for p in quarantined if not p.endswith((b"imgclean-manifest.jsonl", b"imgclean-features.bin"))}
     assert targets == quarantined  # one command per quarantined file, hostile names included

@@ -97,6 +97,7 @@ def test_only_restores_teach_nothing_yet(scanned):
     before = files_of(model)
     moved = sorted(q.rglob("*.png"))[:12]
     assert invoke("restore", q, *moved).exit_code == 0  # a reviewer who restores, nothing else
+    (q / "imgclean-features.bin").unlink()  # (without it the deleted files below cannot teach either)
     for p in q.rglob("*.png"):
         p.unlink()  # ... and empties the quarantine without deciding about it file by file
     result = invoke("learn", q, "-m", model)
@@ -112,7 +113,7 @@ def test_learn_saves_a_version_and_rollback_is_bit_for_bit(scanned):
     assert result.exit_code == 0, result.output
     doc = as_json(result)
     assert doc["changed"] is True and doc["version_kept"] == 1 and doc["usable"]["accepted"] + doc["usable"]["restored"] == 12, doc
-    assert doc["unusable"]["deleted"] == 5  # deleted files are counted, never read
+    assert doc["usable"]["deleted"] == doc["from_log"]["deleted"] == 5  # deleted: taught by their move's features
     config = json.loads((model / "config.json").read_text())
     assert config["learned"]["decisions"] == doc["usable"] and config["default_method"] in ("mahalanobis", "reviewed")
     assert "reviewed" in config["detectors"]

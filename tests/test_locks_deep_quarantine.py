@@ -29,7 +29,7 @@ def invoke(*args):
 def contents(*roots: Path) -> list[str]:
     """sha256 of every user file below the roots, without recursion (os.walk recurses in 3.11)."""
     return sorted(sha(os.path.join(top, n)) for root in roots for top, _, names in walk(root)
-                  for n in names if not n.startswith(".") and n != "imgclean-manifest.jsonl")
+                  for n in names if not n.startswith(".") and n not in ("imgclean-manifest.jsonl", "imgclean-features.bin"))
 
 
 def make_deep(folder: Path, depth: int = DEPTH) -> Path:

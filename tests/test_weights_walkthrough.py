@@ -96,7 +96,7 @@ def test_photos_offline_walkthrough(walkthrough):
     assert summary["scanned"] == 11 and summary["unreadable"] == 1
     assert summary["moved"] == planned["would_move"] == summary["rejected"]
     left = tree_snapshot(root / "incoming")
-    moved = {k: v for k, v in tree_snapshot(rejected).items() if not k.startswith("imgclean-manifest")}
+    moved = {k: v for k, v in tree_snapshot(rejected).items() if not k.startswith(("imgclean-manifest", "imgclean-features"))}
     assert sorted([*left, *moved]) == sorted(before)  # every file once: in place or in the quarantine
     assert all(before[k][2] == v[2] for k, v in moved.items())  # moved byte for byte
     assert "broken.jpg" in moved

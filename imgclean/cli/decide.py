@@ -106,6 +106,7 @@ def reject(
     dry_run: DecideDryRun = False,
     json_out: JsonOut = False,
     quiet: Quiet = False,
+    model: Optional[Path] = typer.Option(None, "-m", "--model", help="Keep each moved file's deep features (made by this model) in the quarantine, so that `imgclean learn` with the same model still learns from it once deleted [default: keep none]."),
 ) -> None:
     """Record that these files do not belong and move them into the quarantine.
 
@@ -117,8 +118,34 @@ def reject(
 
     setup_logging(quiet, False)
     source = "review" if from_review else "reject"
+    bundle = _features_model(model) if model is not None and not dry_run else None
+    before = _moves_before(move_to) if bundle is not None else frozenset()
     outcomes = _run(reject_files, paths, move_to, root, source=source, dry_run=dry_run)
+    if bundle is not None and any(o.status == "rejected" for o in outcomes):
+        from ..pipeline.move_features import record_after_run
+
+        for line in record_after_run(move_to, bundle, before).warnings:
+            err.print(f"warning: {line}", highlight=False, markup=False, soft_wrap=True)
     _report(outcomes, dry_run, json_out, quiet)
+
+
+def _features_model(model: Path):
+    """The model reject --model embeds the moved files with (one line when it is not one)."""
+    from ..store.artifact import load_model
+
+    try:
+        return load_model(model, device="cpu", lazy=True)
+    except ValueError as exc:
+        raise fail(str(exc)) from None
+
+
+def _moves_before(move_to: Path) -> frozenset:
+    from ..pipeline.move_features import journal_moves
+
+    try:
+        return journal_moves(move_to)
+    except OSError as exc:
+        raise os_error(exc) from None
 
 
 @command()

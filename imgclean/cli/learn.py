@@ -56,6 +56,10 @@ def _say(outcome) -> None:
         out.print(f"warning: {line}; not used", highlight=False, markup=False, soft_wrap=True)
     used = ", ".join(f"{k} {v}" for k, v in outcome.usable.items() if v) or "none"
     out.print(f"files that teach: {used}", highlight=False, markup=False)
+    logged = {k: v for k, v in getattr(outcome, "from_log", {}).items() if v}
+    if logged:
+        out.print("of them, taught by the features kept at move time (imgclean-features.bin): "
+                  + ", ".join(f"{k} {v}" for k, v in logged.items()), highlight=False, markup=False)
     gone = {k: v for k, v in outcome.unusable.items() if v}
     if gone:
         out.print("gone or changed (not used): " + ", ".join(f"{k} {v}" for k, v in gone.items()),

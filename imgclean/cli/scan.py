@@ -234,10 +234,16 @@ def scan(
             printer.total = count_images(root, exclude) if files is None else len(files) if files_from is None else None
             printer.task = progress.add_task("scanning", total=printer.total, info="")
             show_model_loading(bundle, progress, printer.task)
+        from ..pipeline import move_features
+
+        moved_before = move_features.moves_now(run.quarantine)
         try:
             summary = run_scan(root, bundle, options, run.quarantine, dry_run, dev, feed(run.sinks), run.stop)
         except ValueError as exc:  # e.g. a method the model cannot serve (pipeline.scoring)
             raise fail(str(exc)) from None
+        if run.quarantine is not None and not dry_run and not summary.interrupted and not run.stop():
+            for line in move_features.record_moves(run.quarantine, bundle, moved_before, dev, run.stop).warnings:
+                log.warning("%s", line)
     # A rescan the cache answered whole picks none: it loads no network (a warm nightly rescan stays
     # fast), and its files were offered for review by the scan that scored them.
     if sampler is not None and not summary.interrupted and summary.decoded:

@@ -34,6 +34,7 @@ class ReviewItem:
     size: int
     sha256: str
     path: Path | None  # where the file should be now (None: gone)
+    move_id: str | None = None  # the journal's move of this content (its features may be logged)
 
 
 @dataclass
@@ -58,6 +59,10 @@ def _restore_destinations(journal) -> dict[str, str]:
     return out
 
 
+def _same_folder(a: str, b: Path) -> bool:
+    return os.path.abspath(a) == os.fspath(b) or os.path.realpath(a) == os.path.realpath(b)
+
+
 def read_review(quarantine: Path) -> QuarantineReview:
     """Every file the review of `quarantine` says something about; LearnError when it is not one."""
     from ..quarantine.decision_views import decisions_of
@@ -76,11 +81,11 @@ def read_review(quarantine: Path) -> QuarantineReview:
         content = (int(op["size"]), op["sha256"])
         if restore == "done":
             where = restored_to.get(op["id"])
-            by_content[content] = ReviewItem("restored", *content, Path(where) if where else None)
+            by_content[content] = ReviewItem("restored", *content, Path(where) if where else None, op["id"])
             continue
         destination = Path(op["destination"])
         gone = not os.path.lexists(destination)
-        by_content[content] = ReviewItem("deleted" if gone else "left", *content, None if gone else destination)
+        by_content[content] = ReviewItem("deleted" if gone else "left", *content, None if gone else destination, op["id"])
     listed = decisions_of(qroot)
     review.problems += [p for p in listed.problems if p not in review.problems]
     for labelled in listed:
@@ -94,7 +99,10 @@ def read_review(quarantine: Path) -> QuarantineReview:
             path = labelled.quarantined or (known.path if known else None)
             if path is None and os.path.lexists(labelled.path):
                 path = labelled.path
-        by_content[d.content] = ReviewItem(kind, d.size, d.sha256, path)
+        move_id = known.move_id if known else None
+        if d.journal_id is not None and d.journal_quarantine is not None and _same_folder(d.journal_quarantine, qroot):
+            move_id = d.journal_id
+        by_content[d.content] = ReviewItem(kind, d.size, d.sha256, path, move_id)
     review.items = list(by_content.values())
     return review
 

@@ -1,7 +1,9 @@
 """`imgclean learn`: a quarantine's review -> features -> learn() -> a new model version.
 
 1. read the review (pipeline/learn_review.py) and embed every file still there with its
-   recorded content (a file gone or changed is counted, never used);
+   recorded content; a file gone (deleted) or changed teaches through the features its move
+   wrote to the quarantine's imgclean-features.bin (pipeline/move_features.py) when this model
+   made them (same fingerprint), and is counted as unusable otherwise;
 2. too few usable decisions: stop here, changing nothing (the reason says why);
 3. embed the training folder the model records (or `train_dir`), with fit's validation split
    recomputed from config.json (the images the network did not train on set the threshold);
@@ -33,6 +35,7 @@ class LearnOutcome:
     review: QuarantineReview
     usable: dict[str, int]  # kind -> files that teach (read with their recorded content)
     unusable: dict[str, int]  # kind -> files gone, changed or undecodable
+    from_log: dict[str, int] = field(default_factory=dict)  # kind -> usable files taught by logged features
     result: LearnResult | None = None
     reason: str = ""
     version_kept: int | None = None
@@ -47,6 +50,7 @@ class LearnOutcome:
         return {
             "model": os.fsdecode(self.model), "quarantine": os.fsdecode(self.review.quarantine),
             "changed": self.changed, "reason": self.reason, "usable": self.usable, "unusable": self.unusable,
+            "from_log": self.from_log, "embedded": {k: v - self.from_log.get(k, 0) for k, v in self.usable.items()},
             "default_method": None if r is None else r.default_method,
             "previous_default": None if r is None else r.previous_default,
             "version_kept": self.version_kept, "problems": self.problems,
@@ -54,7 +58,7 @@ class LearnOutcome:
         }
 
 
-def _decode_bytes(blob: bytes, bundle) -> np.ndarray | None:
+def decode_bytes(blob: bytes, bundle) -> np.ndarray | None:
     """Decode verified bytes from a private in-memory file (the path on disk is not opened again)."""
     from .. import data
     from ..config import decode_options
@@ -72,23 +76,60 @@ def _decode_bytes(blob: bytes, bundle) -> np.ndarray | None:
         os.close(fd)
 
 
-def review_features(bundle, review: QuarantineReview, device: str) -> tuple[LabelledFeatures | None, dict, dict]:
-    """(features and kinds of the files that teach, usable counts, unusable counts)."""
+@dataclass
+class _Collected:
+    images: list = field(default_factory=list)
+    image_kinds: list = field(default_factory=list)
+    logged: list = field(default_factory=list)
+    logged_kinds: list = field(default_factory=list)
+
+
+def _features_log(bundle, review: QuarantineReview):
+    """The quarantine's features log, read once (records of moves its journal knows)."""
+    from ..quarantine.features_log import read_log
+    from ..quarantine.journal import fold
+
+    known = {jid for jid, op in fold(review.quarantine).ops.items() if op["op"] == "move"}
+    logged = read_log(review.quarantine, known)
+    review.problems += [p for p in logged.problems if p not in review.problems]
+    return logged
+
+
+def review_features(bundle, review: QuarantineReview, device: str
+                    ) -> tuple[LabelledFeatures | None, dict, dict, dict]:
+    """(features and kinds of the files that teach, usable counts, unusable counts, how many of
+    the usable ones came from the features log)."""
     from .headfit import embed
 
-    images, kinds, usable, unusable = [], [], dict.fromkeys(KINDS, 0), dict.fromkeys(KINDS, 0)
+    usable, unusable, from_log = dict.fromkeys(KINDS, 0), dict.fromkeys(KINDS, 0), dict.fromkeys(KINDS, 0)
+    logged, got = None, _Collected()
+    fingerprint = bundle.config.get("fingerprint")
     for item in review.items:
         blob = read_verified(item)
-        image = None if blob is None else _decode_bytes(blob, bundle)
-        if image is None:
+        image = None if blob is None else decode_bytes(blob, bundle)
+        if image is not None:
+            got.images.append(image)
+            got.image_kinds.append(item.kind)
+            usable[item.kind] += 1
+            continue
+        if item.move_id is not None and logged is None:
+            logged = _features_log(bundle, review)
+        record = None if item.move_id is None else logged.get(item.move_id, fingerprint)
+        if record is None:
             unusable[item.kind] += 1
             continue
-        images.append(image)
-        kinds.append(item.kind)
+        got.logged.append(record.features)
+        got.logged_kinds.append(item.kind)
         usable[item.kind] += 1
-    if not images:
-        return None, usable, unusable
-    return LabelledFeatures(embed(bundle, np.stack(images), device), tuple(kinds)), usable, unusable
+        from_log[item.kind] += 1
+    rows = [embed(bundle, np.stack(got.images), device)] if got.images else []
+    if got.logged:
+        rows.append(np.stack(got.logged).astype(np.float32))
+    if not rows:
+        return None, usable, unusable, from_log
+    if len({r.shape[1] for r in rows}) != 1:  # same fingerprint, same network: cannot differ unless damaged
+        raise LearnError("the features in the quarantine's features file do not match the model's; move it aside")
+    return LabelledFeatures(np.concatenate(rows), tuple(got.image_kinds + got.logged_kinds)), usable, unusable, from_log
 
 
 def training_features(bundle, train_dir: Path | None, device: str) -> tuple[np.ndarray, np.ndarray]:
@@ -128,8 +169,8 @@ def run_learn(quarantine: Path, model: Path, *, train_dir: Path | None = None, d
     model = Path(model)
     bundle = load_model(model, device=device)
     review = read_review(quarantine)
-    decisions, usable, unusable = review_features(bundle, review, device)
-    outcome = LearnOutcome(model, review, usable, unusable, problems=list(review.problems))
+    decisions, usable, unusable, from_log = review_features(bundle, review, device)
+    outcome = LearnOutcome(model, review, usable, unusable, from_log, problems=list(review.problems))
     reason = too_few(usable, settings)
     if reason is not None or decisions is None:
         gone = sum(unusable.values())
@@ -148,6 +189,7 @@ def run_learn(quarantine: Path, model: Path, *, train_dir: Path | None = None, d
         bundle.detectors[LEARNED_METHOD] = result.detector
         update = result.config_update()
         update["learned"]["unusable"] = {k: v for k, v in unusable.items() if v}
+        update["learned"]["from_features_log"] = {k: v for k, v in from_log.items() if v}
         bundle.config = {**bundle.config, **update}
         save_model(bundle, model, force=True)
     return outcome

@@ -268,7 +268,7 @@ def test_a_long_report_read_again_applies_what_a_kept_one_does(model_dir, tmp_pa
 
 
 def test_many_bad_rows_are_counted_and_the_first_ones_named(model_dir, tmp_path):
-    from imgclean.cli.apply import SHOWN_BAD_ROWS
+    from imgclean.cli.apply_audit import SHOWN_BAD_ROWS
 
     root, report = scanned(model_dir, tmp_path)
     with open(report, "a") as fh:

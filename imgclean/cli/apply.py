@@ -15,14 +15,13 @@ from .options import (
     DryRun, FailOnReject, FailOnSkip, HtmlOut, JsonOut, KeepUnreadable, OverwriteReport, Quiet, ReportOut, Verbose,
     config_option,
 )
-from .apply_audit import AuditApplyRequest, apply_audit_report, parse_issues
+from .apply_audit import AuditApplyRequest, apply_audit_report, bad_row_printer, parse_issues
 from .runs import (
     Outcome, Printer, StopFlag, check_html_output, check_move_target, check_report_output, feed, finish, open_run,
 )
 
 
 # At most this many bad rows are named one by one on stderr (the count is in the summary).
-SHOWN_BAD_ROWS = 20
 
 
 @dataclass
@@ -144,7 +143,7 @@ def apply(
                     fail_on_reject, fail_on_skip, quiet, verbose, overwrite_report))
             if move_issues is not None:
                 raise usage_error(f"--move-issues is for audit reports; {report_in} is a scan report")
-            plan = _plan(source, root, move_to, keep_unreadable, _bad_row_printer(report_in))
+            plan = _plan(source, root, move_to, keep_unreadable, bad_row_printer(report_in))
         except ReportError as exc:
             raise _refuse(summary, str(exc), json_out) from None
         if plan.checked.error:
@@ -176,18 +175,3 @@ def apply(
     )
     finish(summary, outcome, printer, stop, json_out=json_out, quiet=quiet, review=review, html=html if review else None,
            fail_on_reject=fail_on_reject, fail_on_skip=fail_on_skip)
-
-
-def _bad_row_printer(report_in: Path):
-    """on_invalid for a report: each bad row on stderr, the first SHOWN_BAD_ROWS of them."""
-    shown = [0]
-
-    def said(row) -> None:
-        shown[0] += 1
-        if shown[0] <= SHOWN_BAD_ROWS:
-            where = f" ({row.path!r})" if row.path else ""
-            err.print(f"{report_in} line {row.line}{where}: {row.error}; not applied", highlight=False, markup=False)
-        elif shown[0] == SHOWN_BAD_ROWS + 1:
-            err.print(f"{report_in}: more bad rows (the summary counts them)", highlight=False, markup=False)
-
-    return said

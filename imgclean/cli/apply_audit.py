@@ -71,7 +71,7 @@ def apply_audit_report(source, req: AuditApplyRequest) -> None:
         excluded = check_move_target(folder, req.move_to)
     with StopFlag() as stop:
         checked = check_audit_report(source, folder, recorded, req.issues, req.keep_unreadable,
-                                     _bad_row_printer(req.report_in), stop, excluded)
+                                     bad_row_printer(req.report_in), stop, excluded)
     if checked.error:
         raise _refused(summary, checked.error, req.json_out)
     refused = checked.invalid or checked.interrupted
@@ -102,7 +102,8 @@ def _refused(summary, message: str, json_out: bool) -> typer.Exit:
     return fail(message)
 
 
-def _bad_row_printer(report_in: Path):
+def bad_row_printer(report_in: Path):
+    """on_invalid for a report (scan or audit): each bad row on stderr, the first SHOWN_BAD_ROWS of them."""
     shown = [0]
 
     def said(row) -> None:

@@ -192,6 +192,9 @@ def scan(
     if dry_run and move_to is None:
         raise ApiError("dry_run plans moves; give move_to too")
     exclude = quarantine_exclusion(root, Path(move_to)) if move_to is not None else ()
+    if use_cache and cache_dir is not None and Path(os.path.realpath(cache_dir)).is_relative_to(root):
+        raise ApiError(f"cache_dir {os.fsdecode(cache_dir)} is inside the scanned folder; choose a folder outside "
+                       f"{os.fsdecode(root)}")  # as the CLI: the cache never lives in the scanned folder
     device = _device(device)
     bundle = _model(model, device, lazy=True)
     if isinstance(review_sample, bool) or not isinstance(review_sample, int) or review_sample < 0:

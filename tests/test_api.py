@@ -84,6 +84,10 @@ def test_scan_refuses_what_the_cli_refuses(model_dir, tmp_path):
         api.scan(folder, model_dir, dry_run=True, device="cpu")
     with pytest.raises(ImgcleanError):
         api.scan(folder, tmp_path / "no-model", device="cpu")
+    before = tree_snapshot(folder)
+    with pytest.raises(api.ApiError, match="inside the scanned folder"):
+        api.scan(folder, model_dir, use_cache=True, cache_dir=folder / "cache", device="cpu")
+    assert tree_snapshot(folder) == before  # no cache database written into the folder
 
 
 def test_a_moving_scan_takes_the_folder_lock(model_dir, tmp_path):

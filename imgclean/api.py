@@ -15,6 +15,8 @@ Nothing here prints or exits: progress goes to optional callbacks, problems are 
 `imgclean.errors.ImgcleanError` subclasses with one-line messages, and moves take the same lock,
 quarantine journal and per-file checks as the CLI. A `model` argument is a model directory or a
 loaded model (`load`).
+
+Longer than 400 lines: one thin wrapper per job, each with the checks the CLI makes, in one front door.
 """
 from __future__ import annotations
 
@@ -189,6 +191,10 @@ def scan(
     except ValueError as exc:  # (file_list.FileListError)
         raise ApiError(str(exc)) from None
     root = target.root
+    from .fileops import quarantine_holding
+
+    if quarantine_holding(root) is not None:  # before a quarantine is made (run_scan says it too)
+        raise ApiError(f"{os.fsdecode(root)} is inside the imgclean quarantine {quarantine_holding(root)}; scans never read one")
     if dry_run and move_to is None:
         raise ApiError("dry_run plans moves; give move_to too")
     exclude = quarantine_exclusion(root, Path(move_to)) if move_to is not None else ()

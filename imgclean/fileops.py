@@ -209,6 +209,13 @@ def is_scanned_root(root: str | os.PathLike) -> bool:
 MANIFEST_NAME = "imgclean-manifest.jsonl"
 
 
+def quarantine_holding(folder: str | os.PathLike) -> Path | None:
+    """The quarantine that is ``folder`` (resolved) or holds it, if any: a scan of a quarantine's
+    sub-folder would move its files out of reach of the journal that can restore them."""
+    real = Path(os.path.realpath(folder))
+    return next((f for f in (real, *real.parents) if is_quarantine(f)), None)
+
+
 def is_quarantine(folder: str | os.PathLike) -> bool:
     """True when ``folder`` holds an imgclean manifest (a regular file): it is a quarantine,
     whatever its path. Recognised by content rather than by comparing path strings, so a

@@ -391,3 +391,21 @@ def test_a_list_that_fails_mid_read_is_one_error_line(model_dir, incoming, monke
     result = invoke("scan", root, "-m", model_dir, "--files-from", "-", stdin=b"x\n")
     assert result.exit_code == 1, result.output
     assert "cannot read the file list: Input/output error" in result.stderr and "Traceback" not in result.output
+
+
+def test_a_folder_or_file_inside_a_quarantine_is_never_scanned(model_dir, incoming, tmp_path):
+    """Moving a quarantined file into another quarantine would put it out of reach of the journal
+    that can restore it: a scan of a quarantine's sub-folder, or of one file in it, is refused."""
+    root, _ = incoming
+    q = tmp_path / "q"
+    (root / "sub").mkdir()
+    shutil.move(root / "odd_01.png", root / "sub" / "odd_01.png")
+    scan_json(root, "-m", model_dir, "--move-to", q, code=EXIT_OK)
+    assert (q / "sub" / "odd_01.png").exists()
+    held = tree_snapshot(q)
+    for target in (q / "sub", q / "sub" / "odd_01.png"):
+        result = invoke("scan", target, "-m", model_dir, "--move-to", tmp_path / "q2")
+        assert result.exit_code == EXIT_USAGE and "inside the imgclean quarantine" in result.stderr, result.output
+        with pytest.raises(ValueError, match="inside the imgclean quarantine"):
+            api.scan(target, model_dir, move_to=tmp_path / "q3", device="cpu")
+    assert tree_snapshot(q) == held and not (tmp_path / "q2").exists() and not (tmp_path / "q3").exists()

@@ -158,7 +158,7 @@ def scan(
 ) -> None:
     """Score every image in a folder (or one file, or the files --files-from lists); report, and with --move-to quarantine, the ones that do not belong."""
     from ..store.artifact import load_model
-    from ..fileops import MANIFEST_NAME, is_quarantine
+    from ..fileops import MANIFEST_NAME, quarantine_holding
     from ..pipeline.scan import ScanOptions, run_scan
     from ..pipeline.scoring import check_method
     from ..detectors import registry
@@ -169,9 +169,11 @@ def scan(
     # Resolved once: the walk, the lock, the moves and the review page all act on this folder.
     root = target.root
     base = folder if files_from is not None or target.files is None else root  # the folder as given
-    if is_quarantine(root):
+    holding = quarantine_holding(root)
+    if holding is not None:
+        what = "an imgclean quarantine" if holding == root else f"inside the imgclean quarantine {holding}"
         raise usage_error(
-            f"{base} is an imgclean quarantine (it holds {MANIFEST_NAME}); review it with `imgclean report`, "
+            f"{base} is {what} (it holds {MANIFEST_NAME}); review it with `imgclean report`, "
             "put files back with `imgclean restore`"
         )
     if dry_run and move_to is None:

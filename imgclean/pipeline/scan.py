@@ -390,14 +390,16 @@ def run_scan(
     Raises ScanError (a ValueError) when `root` is a quarantine: a scan never reads one as data.
     With `options.files`, only those names are scanned (pipeline/file_list.py), each a record.
     """
-    from ..fileops import MANIFEST_NAME, is_quarantine
+    from ..fileops import MANIFEST_NAME, quarantine_holding
 
     root = Path(os.path.realpath(root))
     if options.engine not in ENGINES:
         raise ScanError(f"unknown engine {options.engine!r}; use {' or '.join(ENGINES)}")
-    if is_quarantine(root):
+    holding = quarantine_holding(root)
+    if holding is not None:
+        what = "an imgclean quarantine" if holding == root else f"inside the imgclean quarantine {os.fsdecode(holding)}"
         raise ScanError(
-            f"{os.fsdecode(root)} is an imgclean quarantine (it holds {MANIFEST_NAME}); scans never read one. "
+            f"{os.fsdecode(root)} is {what} (it holds {MANIFEST_NAME}); scans never read one. "
             f"Review it with `imgclean report`, put files back with `imgclean restore`"
         )
     summary = ScanSummary(root=os.fsdecode(root), model=os.fsdecode(bundle.path or ""))

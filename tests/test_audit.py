@@ -211,3 +211,14 @@ def test_apply_carries_out_a_real_audit_report(audited, tmp_path):
         assert r["duplicate_of"] is None or rows[r["duplicate_of"]]["issue"] != "duplicate"
     assert set(COPIES) <= flagged
     assert tree_snapshot(root) == before
+
+
+def test_a_training_folder_inside_a_quarantine_is_refused(tmp_path):
+    q = tmp_path / "q"
+    make_train_folder(q / "train", per_class=4, seed=1)
+    (q / "imgclean-manifest.jsonl").write_text("")
+    before = tree_snapshot(q)
+    for folder, text in ((q, "is an imgclean quarantine"), (q / "train", "inside the imgclean quarantine")):
+        result = invoke("audit", folder, "--move-to", tmp_path / "q2", *FAST)
+        assert result.exit_code == EXIT_USAGE and text in result.output, result.output
+    assert tree_snapshot(q) == before and not (tmp_path / "q2").exists()

@@ -93,13 +93,15 @@ def audit(
     is found (0 when the folder is clean).
     """
     from ..pipeline.audit import AuditInterrupted, AuditOptions, apply_audit, run_audit
-    from ..fileops import MANIFEST_NAME, is_quarantine
+    from ..fileops import MANIFEST_NAME, quarantine_holding
 
     setup_logging(quiet, verbose)
     if not train_dir.is_dir():
         raise usage_error(f"folder {train_dir} does not exist or is not a folder")
-    if is_quarantine(train_dir):
-        raise usage_error(f"{train_dir} is an imgclean quarantine (it holds {MANIFEST_NAME}); audit the training folder")
+    holding = quarantine_holding(train_dir)
+    if holding is not None:
+        where = "an imgclean quarantine" if holding == Path(os.path.realpath(train_dir)) else f"inside the imgclean quarantine {holding}"
+        raise usage_error(f"{train_dir} is {where} (it holds {MANIFEST_NAME}); audit the training folder")
     if dry_run and move_to is None:
         raise usage_error("--dry-run shows planned moves; give --move-to DIR too")
     issues = _parse_issues(move_issues)

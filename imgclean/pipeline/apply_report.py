@@ -44,13 +44,7 @@ def run_apply(report: ReportFile, root: Path | None, summary: ApplySummary, quar
     started = time.perf_counter()
     summary.rows = checked.rows
     try:
-        if checked.interrupted:
-            summary.interrupted = True
-        elif checked.invalid or checked.error:
-            summary.invalid, summary.refused = max(checked.invalid, 1), True
-            summary.error = checked.error or (f"{checked.invalid} bad row(s) in {report.path}; nothing was applied "
-                                              "(a report is applied only when every row is sound)")
-        else:
+        if not stopped_or_refused(summary, checked, report.path):
             moving = quarantine is not None and not dry_run
             sources = SourceCheck(root, _excluded(quarantine)) if moving else None  # (a dry run: checked just now)
             applier = Applier(root, quarantine, summary, keep_unreadable, dry_run, check_device, sources)
@@ -173,6 +167,20 @@ def _changed(summary: ApplySummary, report: ReportFile, when: str) -> None:
     summary.invalid += 1
     summary.error = (f"{report.path} changed {when}; stopped after {summary.moved} move(s) "
                      f"({summary.would_move} planned); apply it again")
+
+
+def stopped_or_refused(summary, checked, report_name) -> bool:
+    """The whole-or-nothing rule, for scan and audit reports alike: True (and `summary` says why)
+    when the check was interrupted, or found any bad row or could not read the report."""
+    if checked.interrupted:
+        summary.interrupted = True
+        return True
+    if checked.invalid or checked.error:
+        summary.invalid, summary.refused = max(checked.invalid, 1), True
+        summary.error = checked.error or (f"{checked.invalid} bad row(s) in {report_name}; nothing was applied "
+                                          "(a report is applied only when every row is sound)")
+        return True
+    return False
 
 
 def _excluded(quarantine) -> tuple[Path, ...]:

@@ -30,6 +30,7 @@ from .. import data
 from ..reports.audit_records import AUDIT_COLUMNS, DUPLICATE, ISSUES, UNREADABLE, AuditRecord, audit_row
 from ..reports.records import ACCEPTED, OOD, ReportError, ReportFile, ReportRow, ScanRecord
 from .apply import Applier, ScanSummary
+from .apply_report import stopped_or_refused
 from .apply_sources import SourceCheck, regular_file_below
 
 MOVABLE = ISSUES  # what --move-to / --move-issues moves by default: every issue
@@ -252,13 +253,7 @@ def run_audit_apply(root: Path, summary: AuditApplySummary, checked: AuditCheck,
     for rec in checked.flagged:
         summary.issues[rec.issue] += 1
     try:
-        if checked.interrupted:
-            summary.interrupted = True
-        elif checked.invalid or checked.error:
-            summary.invalid, summary.refused = max(checked.invalid, 1), True
-            summary.error = checked.error or (f"{checked.invalid} bad row(s) in {summary.report}; nothing was applied "
-                                              "(a report is applied only when every row is sound)")
-        else:
+        if not stopped_or_refused(summary, checked, summary.report):
             moving = quarantine is not None and not dry_run
             sources = SourceCheck(root, (quarantine.root,)) if moving else None
             apply_audit(checked.flagged, root, summary, quarantine, dry_run, keep_unreadable, summary.move_issues,

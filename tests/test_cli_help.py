@@ -13,7 +13,9 @@ from typer.testing import CliRunner
 
 from conftest import flat
 from imgclean.cli import app
+from imgclean.cli.help_text import evaluate_method_help
 from imgclean.cli.train import Interpolation
+from imgclean.detectors import registry
 
 runner = CliRunner()
 DEFAULT_NOTE = re.compile(r"\[default: [^\]]*\]")
@@ -43,13 +45,19 @@ def test_the_damaged_helps_of_the_issue_read_in_full():
     expected = {
         "fit": ["Square input size in pixels [default: from the data", "1 (grayscale) or 3 (colour) [default: from the data]"],
         "scan": ["[default: $XDG_CACHE_HOME/imgclean or ~/.cache/imgclean]", "[default: 0 = one per CPU core]"],
-        "evaluate": ["Evaluate only this method [default: every method the model has: mahalanobis, energy and knn, plus head and both when it has a head]"],
+        "evaluate": [evaluate_method_help().rstrip(".")],
         "fit-head": ["[default: the one recorded in config.json]"],
     }
     for name, texts in expected.items():
         rendered = flat(runner.invoke(app, [name, "-h"]).output)
         for text in texts:
             assert flat(text) in rendered, (name, text)
+
+
+def test_evaluate_method_help_names_every_registered_method():
+    rendered = flat(runner.invoke(app, ["evaluate", "-h"]).output)
+    for name in registry.method_names():  # from the registry: a new detector is named without editing the text
+        assert re.search(rf"\b{name}\b", rendered.split("--method", 1)[1].split("--plots")[0]), name
 
 
 def test_usage_lines_name_arguments_in_capitals():

@@ -1,5 +1,6 @@
-"""The energy and KNN detectors in a model directory and through the CLI: saved, checked on load,
-missing from old models, chosen with --method, reported by evaluate and info."""
+"""The detectors beside Mahalanobis in a model directory and through the CLI: saved, checked on
+load, missing from old models, chosen with --method, reported by evaluate and info. The lists of
+detectors come from the registry, so a new detector is covered here as soon as it is registered."""
 import hashlib
 import io
 import json
@@ -12,12 +13,16 @@ from typer.testing import CliRunner
 
 from conftest import make_incoming_folder
 from imgclean.cli import app
+from imgclean.detectors import registry
 from imgclean.store import artifact
 from imgclean.store.artifact import CONFIG_FILE, DETECTOR_FILE, WEIGHTS_FILE, ModelError, load_model, save_model
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 runner = CliRunner()
 ENERGY, KNN = "detector-energy.npz", "detector-knn.npz"
+FITTED = [c.name for c in registry.unsupervised()]  # what `fit` saves, in registry order
+NEWER = [n for n in FITTED if n != registry.DEFAULT_METHOD]  # listed under config["detectors"]
+NEWER_FILES = [registry.DETECTORS[n].state_file for n in NEWER]
 
 
 def invoke(*args):
@@ -35,14 +40,15 @@ def refusal(model: Path) -> str:
 
 
 def make_old(model: Path) -> None:
-    """Turn a model into one saved before energy and KNN existed (format 1 as it was)."""
-    for name in (ENERGY, KNN):
+    """Turn a model into one saved before the newer detectors existed (format 1 as it was)."""
+    for name in NEWER_FILES:
         (model / name).unlink()
     config = json.loads((model / CONFIG_FILE).read_text())
     del config["detectors"]
-    for name in (ENERGY, KNN):
+    for name in NEWER_FILES:
         del config["files"][name]
-    for key in [k for k in config["metrics"] if k.endswith(("_energy", "_knn")) or k.startswith("energy_")]:
+    suffixes, prefixes = tuple(f"_{n}" for n in NEWER), tuple(f"{n}_" for n in NEWER)
+    for key in [k for k in config["metrics"] if k.endswith(suffixes) or k.startswith(prefixes)]:
         del config["metrics"][key]
     config["fingerprint"] = artifact._fingerprint(config["files"])
     (model / CONFIG_FILE).write_text(json.dumps(config))
@@ -59,17 +65,18 @@ def rewrite(model: Path, name: str, **changes) -> None:
 
 def test_fit_saves_every_unsupervised_detector_and_the_fingerprint_covers_them(model_dir):
     config = json.loads((model_dir / CONFIG_FILE).read_text())
-    assert set(config["detectors"]) == {"energy", "knn"}
-    assert config["detectors"]["knn"]["file"] == KNN and config["detectors"]["knn"]["settings"]["k"] >= 1
-    assert set(config["files"]) == {WEIGHTS_FILE, DETECTOR_FILE, ENERGY, KNN}
+    assert list(config["detectors"]) == NEWER and {"energy", "knn"} <= set(NEWER)
+    assert all(config["detectors"][n]["file"] == f for n, f in zip(NEWER, NEWER_FILES))
+    assert config["detectors"]["knn"]["settings"]["k"] >= 1
+    assert set(config["files"]) == {WEIGHTS_FILE, DETECTOR_FILE, *NEWER_FILES}
     digests = {n: hashlib.sha256((model_dir / n).read_bytes()).hexdigest() for n in config["files"]}
     assert digests == config["files"]
-    order = (WEIGHTS_FILE, DETECTOR_FILE, ENERGY, KNN)
+    order = (WEIGHTS_FILE, DETECTOR_FILE, *NEWER_FILES)
     assert config["fingerprint"] == hashlib.sha256("".join(digests[n] for n in order).encode()).hexdigest()[:16]
     assert "val_rejected_fraction_knn" in config["metrics"] and "energy_threshold_shift" in config["metrics"]
     bundle = load_model(model_dir, lazy=True)
-    assert list(bundle.detectors) == ["mahalanobis", "energy", "knn"]
-    assert bundle.available_methods() == ["mahalanobis", "energy", "knn"]
+    assert list(bundle.detectors) == FITTED
+    assert bundle.available_methods() == FITTED
 
 
 def test_save_load_round_trip_gives_identical_scores(model_dir, tmp_path):
@@ -98,7 +105,7 @@ def test_damaged_detector_files_are_one_line_refusals(model_copy, name, changes,
     assert name in message and text in message and "imgclean fit" in message
 
 
-@pytest.mark.parametrize("name", [ENERGY, KNN])
+@pytest.mark.parametrize("name", NEWER_FILES)
 def test_a_detector_file_that_is_missing_or_not_an_npz_is_refused(model_copy, name):
     (model_copy / name).write_bytes(b"PK\x03\x04 not a zip")
     assert f"{name} is not a valid detector file" in refusal(model_copy)
@@ -138,7 +145,7 @@ def test_an_old_model_still_loads_and_names_fit_for_the_new_methods(model_copy, 
     bundle = load_model(model_copy)
     assert list(bundle.detectors) == ["mahalanobis"] and bundle.available_methods() == ["mahalanobis"]
     root, _ = incoming
-    for method in ("energy", "knn"):
+    for method in NEWER:
         result = invoke("scan", root, "-m", model_copy, "--method", method)
         assert result.exit_code == 1, result.output
         lines = [line for line in result.output.splitlines() if line.strip()]
@@ -153,13 +160,13 @@ def test_saving_a_model_without_knn_over_one_with_it_drops_the_file(model_copy):
     del bundle.detectors["knn"]
     save_model(bundle, model_copy, force=True)
     assert not (model_copy / KNN).exists() and (model_copy / ENERGY).exists()
-    assert list(load_model(model_copy, lazy=True).detectors) == ["mahalanobis", "energy"]
+    assert list(load_model(model_copy, lazy=True).detectors) == [n for n in FITTED if n != "knn"]
 
 
-def test_scan_with_energy_and_knn(model_dir, tmp_path):
+def test_scan_with_every_newer_detector(model_dir, tmp_path):
     root = tmp_path / "incoming"
     kinds = make_incoming_folder(root, normal=9, ood=6)
-    for method in ("energy", "knn"):
+    for method in NEWER:
         report = tmp_path / f"{method}.jsonl"
         result = invoke("scan", root, "-m", model_dir, "--method", method, "--report", report, "--json")
         assert result.exit_code == 0, result.output
@@ -177,8 +184,8 @@ def test_info_lists_the_detectors(model_dir):
     result = invoke("info", model_dir)
     assert result.exit_code == 0
     text = " ".join(result.stdout.split())
-    assert "mahalanobis, energy, knn" in text
-    assert "detector.knn" in text and "detector.energy" in text
+    assert ", ".join(FITTED) in text
+    assert all(f"detector.{n}" in text for n in NEWER)
     out = json.loads(invoke("info", model_dir, "--json").stdout)
-    assert out["methods"] == ["mahalanobis", "energy", "knn"]
+    assert out["methods"] == FITTED
     assert out["detector_settings"]["knn"]["bank_rows"] > 0

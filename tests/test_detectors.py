@@ -9,11 +9,14 @@ import numpy as np
 import pytest
 
 from imgclean.detectors import EnergyDetector, KNNDetector, NotFittedError, registry
-from imgclean.detectors.base import INPUTS, Detector
+from imgclean.detectors.base import INPUTS, Detector, FitContext
 from imgclean.detectors.energy import energy
 from imgclean.detectors.knn import kth_distances, normalise
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+CENTRES = np.eye(3, 6) * 6
 
 
 def outputs(n=120, d=6, k=3, seed=0, shift=0.0):
@@ -31,7 +34,9 @@ def fitted(cls: type[Detector]) -> Detector:
     if cls.supervised:  # belongs = 1, rejects = 0
         far = np.random.default_rng(9).normal(FAR, 1, (40, x.shape[1]))
         return cls(min_steps=30).fit(features=np.r_[x, far], labels=np.r_[np.ones(len(x)), np.zeros(40)])
-    return cls(percentile=97.5).fit(features=x, logits=logits, labels=y, num_classes=3)
+    context = FitContext(features=x, logits=logits, labels=y, num_classes=3, percentile=97.5,
+                         classifier_weight=CENTRES / 3, classifier_bias=np.zeros(3))  # outputs()' logits = W x + b
+    return cls.for_context(context).fit(context)
 
 
 DETECTORS = list(registry.DETECTORS.values())
@@ -74,7 +79,9 @@ def test_the_registry_lists_files_methods_and_combines_by_the_largest_score():
     assert len(set(files)) == len(files) and files[0] == "detector.npz"
     assert registry.method_names()[0] == registry.DEFAULT_METHOD == "mahalanobis"
     assert {"energy", "knn", "head", "both"} <= set(registry.method_names())
-    assert {c.name for c in registry.unsupervised()} == {"mahalanobis", "energy", "knn"}
+    assert {"mahalanobis", "energy", "knn"} <= {c.name for c in registry.unsupervised()}
+    assert all(not c.supervised for c in registry.unsupervised())
+    assert registry.detector_names() == tuple(registry.DETECTORS)
     assert registry.available_methods(["mahalanobis"]) == ["mahalanobis"]
     assert registry.available_methods(["mahalanobis", "head", "knn"]) == ["mahalanobis", "knn", "head", "both"]
     assert registry.missing("both", ["mahalanobis"]) == ["head"]

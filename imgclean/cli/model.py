@@ -13,6 +13,7 @@ from .common import (
     Device, Method, command, err, fail, make_progress, os_error, out, print_json, resolve_device, setup_logging,
     usage_error,
 )
+from .help_text import evaluate_method_help
 from .train import calibration_line, describe_mapping
 
 
@@ -28,7 +29,7 @@ def evaluate(
     in_dir: Path = typer.Option(..., "--in", help="Labelled in-distribution images: one sub-folder per class, named as the model's classes."),
     ood_dir: Path = typer.Option(..., "--ood", help="Known out-of-distribution images (searched recursively)."),
     model: Path = typer.Option(DEFAULT_MODEL_DIR, "-m", "--model", help="Model directory made by `imgclean fit`."),
-    method: Optional[Method] = typer.Option(None, "--method", help="Evaluate only this method [default: every method the model has: mahalanobis, energy and knn, plus head and both when it has a head]."),
+    method: Optional[Method] = typer.Option(None, "--method", help=evaluate_method_help()),
     plots: Optional[Path] = typer.Option(None, "--plots", help="Write ROC curves here: roc_<method>.png and roc_<method>.csv."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
     batch_size: int = typer.Option(256, min=1, help="Images scored per batch."),

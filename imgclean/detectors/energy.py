@@ -4,8 +4,9 @@ E(x) = -T * logsumexp(logits(x) / T), with T = 1 as in the paper: low energy = t
 confident that x is one of its classes; higher energy = more out-of-distribution. It needs only
 the classifier's logits, no feature statistics.
 
-Threshold: t = the model's percentile (97.5 by default) of the training images' energies. E can
-be negative (it usually is), so the score is not a ratio but a shift:
+Threshold (detectors/threshold.py's ShiftThreshold, shared with ViM): t = the model's percentile
+(97.5 by default) of the training images' energies. E can be negative (it usually is), so the
+score is not a ratio but a shift:
 
     score = 1 + (E - t) / s,   s = t - median(training energies)
 
@@ -28,7 +29,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # annotations only: numpy is imported in the functions that use it
     import numpy as np
 
-from .base import Detector, NotFittedError, check_features, scalar
+from .base import Detector, FitContext, NotFittedError, check_features, scalar
+from .threshold import ShiftThreshold, check_percentile
 
 
 def energy(logits, temperature: float = 1.0) -> np.ndarray:
@@ -52,38 +54,49 @@ class EnergyDetector(Detector):
         self.percentile = percentile
         self.temperature = temperature
 
-    def fit(self, features=None, labels=None, *, logits=None, num_classes: int | None = None) -> "EnergyDetector":
+    def _fit(self, context: FitContext) -> "EnergyDetector":
         import numpy as np
-        if not 0.0 < self.percentile < 100.0:
-            raise ValueError(f"percentile must be between 0 and 100, got {self.percentile}")
+        check_percentile(self.percentile)
         if not (np.isfinite(self.temperature) and self.temperature > 0):
             raise ValueError(f"temperature must be a positive number, got {self.temperature}")
-        e = energy(logits, self.temperature)
+        e = energy(context.logits, self.temperature)
         if len(e) == 0:
             raise ValueError("the energy detector needs at least one training image")
-        self.classes_ = int(np.asarray(logits).shape[1])
-        self.train_median_ = float(np.median(e))
-        self.base_threshold_ = float(np.percentile(e, self.percentile))
-        tiny = 1e-9 * max(1.0, abs(self.base_threshold_))  # below this, a spread is rounding noise
-        spread = self.base_threshold_ - self.train_median_
-        if not spread > tiny:
-            spread = float(np.std(e))
-        self.spread_ = spread if spread > tiny else 1.0
-        self.shift_ = 0.0
+        self.classes_ = int(np.asarray(context.logits).shape[1])
+        self.cutoff_ = ShiftThreshold.from_training(e, self.percentile)
         return self
 
     def _check_fitted(self) -> None:
-        if not hasattr(self, "spread_"):
+        if not hasattr(self, "cutoff_"):
             raise NotFittedError("this EnergyDetector is not fitted yet; call fit() first")
 
     @property
     def threshold_(self) -> float:
-        return self.base_threshold_ + self.shift_
+        return self.cutoff_.value
+
+    @property
+    def base_threshold_(self) -> float:
+        return self.cutoff_.base
+
+    @property
+    def train_median_(self) -> float:
+        return self.cutoff_.median
+
+    @property
+    def shift_(self) -> float:
+        return self.cutoff_.shift
+
+    @property
+    def spread_(self) -> float:
+        return self.cutoff_.spread
 
     def move_threshold(self, cut: float) -> None:
         """Calibration: t moves to the energy whose score was `cut` (E = t + (cut - 1) s)."""
         self._check_fitted()
-        self.shift_ += (float(cut) - 1.0) * self.spread_
+        self.cutoff_.move(cut)
+
+    def calibration_metrics(self) -> dict[str, float]:
+        return {"energy_threshold_shift": float(self.shift_)}
 
     def energies(self, logits) -> np.ndarray:
         self._check_fitted()
@@ -91,7 +104,8 @@ class EnergyDetector(Detector):
         return energy(z, self.temperature)
 
     def score(self, features=None, logits=None) -> np.ndarray:
-        return 1.0 + (self.energies(logits) - self.threshold_) / self.spread_
+        raw = self.energies(logits)  # checks it is fitted
+        return self.cutoff_.normalise(raw)
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         import numpy as np
@@ -100,10 +114,10 @@ class EnergyDetector(Detector):
             "percentile": np.array(float(self.percentile)),
             "temperature": np.array(float(self.temperature)),
             "classes": np.array(self.classes_, dtype=np.int64),
-            "train_median": np.array(self.train_median_),
-            "base_threshold": np.array(self.base_threshold_),
-            "shift": np.array(self.shift_),
-            "spread": np.array(self.spread_),
+            "train_median": np.array(self.cutoff_.median),
+            "base_threshold": np.array(self.cutoff_.base),
+            "shift": np.array(self.cutoff_.shift),
+            "spread": np.array(self.cutoff_.spread),
         }
 
     def settings(self) -> dict:
@@ -115,10 +129,8 @@ class EnergyDetector(Detector):
     def from_state(cls, arrays, settings: dict | None = None) -> "EnergyDetector":
         det = cls(percentile=float(arrays["percentile"]), temperature=float(arrays["temperature"]))
         det.classes_ = int(arrays["classes"])
-        det.train_median_ = float(arrays["train_median"])
-        det.base_threshold_ = float(arrays["base_threshold"])
-        det.shift_ = float(arrays["shift"])
-        det.spread_ = float(arrays["spread"])
+        det.cutoff_ = ShiftThreshold(base=float(arrays["base_threshold"]), spread=float(arrays["spread"]),
+                                       median=float(arrays["train_median"]), shift=float(arrays["shift"]))
         return det
 
     @classmethod

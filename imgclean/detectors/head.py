@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # annotations only: numpy is imported in the functions that use it
     import numpy as np
 
-from .base import Detector, NotFittedError, check_features
+from .base import Detector, FitContext, NotFittedError, check_features
 
 PREFIX = "head."
 
@@ -66,9 +66,11 @@ class RejectHead(Detector):
         layers.append(nn.Linear(width, 1))
         return nn.Sequential(*layers)
 
-    def fit(self, features=None, labels=None, *, logits=None, num_classes: int | None = None) -> "RejectHead":
+    def _fit(self, context: FitContext) -> "RejectHead":
         import numpy as np
         import torch
+
+        features, labels = context.features, context.labels
 
         if not 0.0 < self.threshold < 1.0:
             raise ValueError(f"threshold must be between 0 and 1, got {self.threshold}")
@@ -154,6 +156,21 @@ class RejectHead(Detector):
     def predict(self, features=None, logits=None) -> np.ndarray:
         """True where the row is out-of-distribution (p(belongs) < threshold)."""
         return self.predict_proba(features) < self.threshold
+
+    curve_setting = "sigmoid_threshold"
+
+    def own_curve(self, inside: dict, outside: dict) -> dict:
+        """ROC as the sigmoid threshold moves (reject when p(belongs) <= threshold), from (1, 1)
+        (a threshold at or above every p) down to (0, 0)."""
+        import numpy as np
+
+        from ..metrics import roc_curve
+
+        p_in, p_ood = self.predict_proba(inside["features"]), self.predict_proba(outside["features"])
+        labels = np.r_[np.zeros(len(p_in)), np.ones(len(p_ood))]
+        fpr, tpr, thr = roc_curve(labels, 1.0 - np.r_[p_in, p_ood])
+        setting = np.array(["below_min" if np.isinf(t) else f"{1.0 - t:.6g}" for t in thr])
+        return {"fpr": fpr[::-1], "tpr": tpr[::-1], "setting": setting[::-1]}
 
     # ---- persistence ---------------------------------------------------------------------
     def calibrate(self, features=None, logits=None) -> None:

@@ -32,7 +32,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # annotations only: numpy is imported in the functions that use it
     import numpy as np
 
-from .base import Detector, NotFittedError, check_features, scalar
+from .base import Detector, FitContext, NotFittedError, check_features, scalar
+from .threshold import RatioThreshold, check_percentile
 
 DEFAULT_K = 50
 MAX_BANK = 50_000
@@ -83,10 +84,10 @@ class KNNDetector(Detector):
         self.max_bank = max_bank
         self.seed = seed
 
-    def fit(self, features=None, labels=None, *, logits=None, num_classes: int | None = None) -> "KNNDetector":
+    def _fit(self, context: FitContext) -> "KNNDetector":
         import numpy as np
-        if not 0.0 < self.percentile < 100.0:
-            raise ValueError(f"percentile must be between 0 and 100, got {self.percentile}")
+        check_percentile(self.percentile)
+        features, labels = context.features, context.labels
         if self.k < 1 or self.max_bank < 2:
             raise ValueError(f"k must be at least 1 and max_bank at least 2, got {self.k} and {self.max_bank}")
         x = check_features(features)
@@ -106,8 +107,12 @@ class KNNDetector(Detector):
             limit = min(limit, int(counts.min()) - 1)
         self.k_ = int(max(1, min(self.k, limit)))
         self.train_distances_ = kth_distances(self.bank_, self.bank_, self.k_, leave_one_out=True)
-        self.threshold_ = max(float(np.percentile(self.train_distances_, self.percentile)), 1e-12)
+        self.cutoff_ = RatioThreshold.from_training(self.train_distances_, self.percentile)
         return self
+
+    @property
+    def threshold_(self) -> float:
+        return self.cutoff_.value
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "bank_"):
@@ -120,12 +125,13 @@ class KNNDetector(Detector):
         return kth_distances(normalise(x), self.bank_, self.k_)
 
     def score(self, features=None, logits=None) -> np.ndarray:
-        return self.distances(features) / self.threshold_
+        raw = self.distances(features)  # checks it is fitted
+        return self.cutoff_.normalise(raw)
 
     def move_threshold(self, cut: float) -> None:
         """Calibration: the threshold times `cut` (a held-out distance that scored `cut` becomes 1)."""
         self._check_fitted()
-        self.threshold_ = max(self.threshold_ * float(cut), 1e-12)
+        self.cutoff_.move(cut)
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         import numpy as np
@@ -152,7 +158,7 @@ class KNNDetector(Detector):
                   max_bank=int(settings.get("max_bank", MAX_BANK)), seed=int(settings.get("seed", 0)))
         det.bank_ = np.ascontiguousarray(arrays["bank"], dtype=np.float32)
         det.k_ = int(arrays["k"])
-        det.threshold_ = float(arrays["threshold"])
+        det.cutoff_ = RatioThreshold(base=float(arrays["threshold"]))
         det.training_rows_ = int(arrays["training_rows"])
         return det
 

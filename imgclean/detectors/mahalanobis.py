@@ -26,7 +26,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # annotations only: numpy is imported in the functions that use it
     import numpy as np
 
-from .base import Detector, NotFittedError, check_features
+from .base import Detector, FitContext, NotFittedError, check_features
+from .threshold import FLOOR, check_percentile, moved_scale
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,7 @@ COVARIANCES = ("tied", "class")
 # Below this many images a class's own percentile is meaningless; its threshold is taken from
 # the distances of all training images to their own class instead.
 MIN_IMAGES_FOR_OWN_THRESHOLD = 10
+SWEEP_PERCENTILES = tuple(i / 2 for i in range(201))  # evaluate's ROC: 0, 0.5, ..., 100
 
 
 def ledoit_wolf(x: np.ndarray) -> tuple[np.ndarray, float]:
@@ -133,13 +135,20 @@ class MahalanobisDetector(Detector):
     state_file = "detector.npz"
     summary = "min over classes of mahalanobis distance / class threshold"
 
+    curve_setting = "percentile"
+
     def __init__(self, percentile: float = 97.5, covariance: str = "tied"):
         self.percentile = percentile
         self.covariance = covariance
 
+    @classmethod
+    def for_context(cls, context: FitContext) -> "MahalanobisDetector":
+        return cls(percentile=context.percentile, covariance=context.covariance)
+
     # ---- fitting -------------------------------------------------------------------------
-    def fit(self, features=None, labels=None, num_classes: int | None = None, *, logits=None) -> "MahalanobisDetector":
+    def _fit(self, context: FitContext) -> "MahalanobisDetector":
         import numpy as np
+        features, labels, num_classes = context.features, context.labels, context.classes()
         if labels is None:
             raise ValueError("the Mahalanobis detector needs the class labels of its training features")
         if hasattr(features, "detach"):  # a torch tensor
@@ -165,8 +174,7 @@ class MahalanobisDetector(Detector):
         fit() on all the rows in one process (up to float64 rounding).
         """
         import numpy as np
-        if not 0.0 < self.percentile < 100.0:
-            raise ValueError(f"percentile must be between 0 and 100, got {self.percentile}")
+        check_percentile(self.percentile)
         if self.covariance not in COVARIANCES:
             raise ValueError(f"covariance must be one of {', '.join(COVARIANCES)}, got {self.covariance!r}")
         reduce = reduce or (lambda stats: stats)
@@ -241,7 +249,10 @@ class MahalanobisDetector(Detector):
 
     def move_threshold(self, cut: float) -> None:
         """Calibration: every threshold times `cut` (a held-out score of `cut` becomes 1)."""
-        self.set_threshold_scale(self.threshold_scale_ * max(float(cut), 1e-12))
+        self.set_threshold_scale(moved_scale(self.threshold_scale_, cut))
+
+    def calibration_metrics(self) -> dict[str, float]:
+        return {"threshold_scale": float(self.threshold_scale_)}
 
     def thresholds_at(self, percentile: float) -> np.ndarray:
         """Per-class thresholds at `percentile` of each class's own training distances.
@@ -255,7 +266,7 @@ class MahalanobisDetector(Detector):
         for j in range(len(self.means_)):
             own = self.train_distances_[self.train_labels_ == j]
             out[j] = pooled if len(own) < MIN_IMAGES_FOR_OWN_THRESHOLD else np.percentile(own, percentile)
-        return np.maximum(out * self.threshold_scale_, 1e-12)
+        return np.maximum(out * self.threshold_scale_, FLOOR)
 
     # ---- scoring -------------------------------------------------------------------------
     def _check_fitted(self) -> None:
@@ -303,6 +314,22 @@ class MahalanobisDetector(Detector):
     def nearest(self, features) -> np.ndarray:
         """Index of the class whose threshold the row is least far outside (or most inside)."""
         return self.ratios(features).argmin(axis=1)
+
+    def own_curve(self, inside: dict, outside: dict) -> dict:
+        """The paper's ROC: every class threshold at the same percentile of its own training
+        distances (0..100, then beyond every distance), from (1, 1) to (0, 0)."""
+        import numpy as np
+        d_in, d_ood = self.distances(inside["features"]), self.distances(outside["features"])
+        fpr, tpr, setting = [1.0], [1.0], ["zero"]  # thresholds 0: everything rejected
+        for p in SWEEP_PERCENTILES:
+            t = self.thresholds_at(float(p))
+            fpr.append(float(np.mean((d_in / t).min(1) > 1)))
+            tpr.append(float(np.mean((d_ood / t).min(1) > 1)))
+            setting.append(f"{p:g}")
+        fpr.append(0.0)  # thresholds beyond every distance: nothing rejected
+        tpr.append(0.0)
+        setting.append("beyond_max")
+        return {"fpr": np.array(fpr), "tpr": np.array(tpr), "setting": np.array(setting)}
 
     # ---- persistence ---------------------------------------------------------------------
     def to_arrays(self) -> dict[str, np.ndarray]:

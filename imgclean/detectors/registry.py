@@ -1,31 +1,42 @@
 """Which detectors exist, by name: the CLI's --method choices, evaluate's columns, the model's files.
 
 A method is one registered detector or a combining rule over several ("both"). Adding a detector:
-one new module with a `Detector` subclass (base.py), its tests, and one line in DETECTORS below;
-fit, scan, evaluate, the model files and `info` then pick it up from here.
+one new module with a `Detector` subclass (base.py), its tests, and one line in REGISTERED below;
+fit, scan, evaluate, audit, the model files, `info`, the CLI's help and the registry's
+parametrised tests then pick it up from here.
 
 The combining rule lives here only: a combined method rejects an image when any member rejects
 it, and its score is the largest of the members' normalised scores.
 """
 from __future__ import annotations
 
+import importlib
 from typing import TYPE_CHECKING, Iterable, Mapping
 
 if TYPE_CHECKING:  # annotations only: numpy is imported in the functions that use it
     import numpy as np
 
-from .base import Detector
-from .energy import EnergyDetector
-from .head import RejectHead
-from .knn import KNNDetector
-from .mahalanobis import MahalanobisDetector
-from .reviewed import ReviewedDetector
+from .base import Detector, FitContext
 
-# name -> class, in the order of evaluate's columns and of the model's files (mahalanobis first:
-# it is always there, and gives the nearest class).
-DETECTORS: dict[str, type[Detector]] = {
-    cls.name: cls for cls in (MahalanobisDetector, EnergyDetector, KNNDetector, RejectHead, ReviewedDetector)
-}
+# One line per detector, "module:Class" of a module in this package, in the order of evaluate's
+# columns, of its ROC colours and of the model's files (mahalanobis first: it is always there,
+# and gives the nearest class; a new detector goes at the end).
+REGISTERED = (
+    "mahalanobis:MahalanobisDetector",
+    "energy:EnergyDetector",
+    "knn:KNNDetector",
+    "head:RejectHead",
+    "reviewed:ReviewedDetector",
+)
+
+
+def _load(entry: str) -> type[Detector]:
+    module, _, name = entry.partition(":")
+    return getattr(importlib.import_module(f".{module}", __package__), name)
+
+
+# name -> class (imported here, at once: the same as plain imports, one line per detector above)
+DETECTORS: dict[str, type[Detector]] = {cls.name: cls for cls in map(_load, REGISTERED)}
 COMBINED: dict[str, tuple[str, ...]] = {"both": ("mahalanobis", "head")}
 DEFAULT_METHOD = "mahalanobis"
 
@@ -55,6 +66,23 @@ def detector_class(name: str) -> type[Detector]:
 def unsupervised() -> list[type[Detector]]:
     """The detectors `fit` fits from the training images alone."""
     return [cls for cls in DETECTORS.values() if not cls.supervised]
+
+
+def fit_unsupervised(context: FitContext, skip: Iterable[str] = ()) -> dict[str, Detector]:
+    """Every unsupervised detector (but those in `skip`) made for `context` and fitted on it, by name."""
+    skipped = set(skip)
+    return {cls.name: cls.for_context(context).fit(context) for cls in unsupervised() if cls.name not in skipped}
+
+
+def detector_names(supervised: bool | None = None) -> tuple[str, ...]:
+    """The registered detectors' names (registry order); only the (un)supervised ones when asked."""
+    return tuple(n for n, cls in DETECTORS.items() if supervised is None or cls.supervised == supervised)
+
+
+def method_list(names: Iterable[str]) -> str:
+    """Names as prose for help texts: "a, b and c"."""
+    names = list(names)
+    return ", ".join(names[:-1]) + (" and " if len(names) > 1 else "") + names[-1] if names else ""
 
 
 def state_files() -> tuple[str, ...]:

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # annotations only: numpy is imported in the functions that use it
     import numpy as np
 
-from .base import Detector, NotFittedError, check_features, scalar
+from .base import Detector, FitContext, NotFittedError, check_features, scalar
 from .mahalanobis import MahalanobisDetector
 
 RAW_CLIP = 50.0  # exp(raw - t) is computed with raw - t clipped to +-RAW_CLIP (no overflow)
@@ -101,9 +101,8 @@ class ReviewedDetector(Detector):
         if self.min_steps < 1 or self.batch_size < 1:
             raise ValueError("min_steps and batch_size must be at least 1")
 
-    def fit(self, features=None, labels=None, *, logits=None, num_classes: int | None = None,
-            weights=None, mahalanobis: MahalanobisDetector | None = None, calibration=None,
-            member_rows=None) -> "ReviewedDetector":
+    def _fit(self, context: FitContext, *, weights=None, mahalanobis: MahalanobisDetector | None = None,
+             calibration=None, member_rows=None) -> "ReviewedDetector":
         """Train on rows labelled 1 (belongs) / 0 (reject) with optional row `weights` (default:
         each label weighs half in total). `mahalanobis`: the model's label-free detector (default:
         one Gaussian fitted to the rows that belong). `calibration`: in-distribution features held
@@ -112,8 +111,8 @@ class ReviewedDetector(Detector):
         all rows for each of `members`); learn() leaves a fold of the decisions out of each."""
         import numpy as np
         self._check_settings()
-        x = check_features(features)
-        y = np.asarray(labels)
+        x = check_features(context.features)
+        y = np.asarray(context.labels)
         if y.shape != (len(x),) or not np.isin(y, (0, 1)).all():
             raise ValueError("labels must be 1 (belongs) or 0 (reject), one per feature row")
         y = y.astype(np.int64)

@@ -116,6 +116,30 @@ def set_gaussian_logits(model: Classifier, means, precision, scale: float) -> No
         model.classifier.bias.copy_(torch.from_numpy(b / scale))
 
 
+def last_layer(model: Classifier):
+    """(weight W, bias b, input) of the classifier's logits as one affine map, logits = W x + b,
+    float64 numpy: a linear neck (lenet's 84-unit layer) is folded in (W = W2 W1, b = W2 b1 + b2).
+    `input` names x: "features" when the neck L2-normalises (the Gaussian logits of --epochs 0:
+    x is the deep feature row), "unnormalised" otherwise (x is the backbone's output h before its
+    normalisation; the deep features are h / |h|). ViM's origin -pinv(W) b comes from these."""
+    import numpy as np
+
+    def numpy(t: torch.Tensor) -> np.ndarray:
+        return t.detach().to("cpu", torch.float64).numpy()
+
+    w, b = numpy(model.classifier.weight), numpy(model.classifier.bias)
+    neck = model.neck
+    if isinstance(neck, L2Normalize):
+        return w, b, "features"
+    if isinstance(neck, nn.Linear):
+        w1 = numpy(neck.weight)
+        b1 = numpy(neck.bias) if neck.bias is not None else np.zeros(w1.shape[0])
+        return w @ w1, w @ b1 + b, "unnormalised"
+    if isinstance(neck, nn.Identity):
+        return w, b, "unnormalised"
+    raise ValueError(f"the classifier's neck ({type(neck).__name__}) is not affine")
+
+
 class ModelBuildError(ImgcleanError, ValueError):
     """The network cannot be built; the message is one line naming the model and the reason."""
 

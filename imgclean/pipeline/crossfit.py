@@ -156,38 +156,53 @@ class OutOfSample:
     fold_stats: list[dict] = field(default_factory=list)
 
 
-def fit_detector(method: str, percentile: float, feats: np.ndarray, logits: np.ndarray, labels: np.ndarray,
-                 num_classes: int, fit_idx: np.ndarray, val_idx: np.ndarray, trim: float = 0.0):
-    """The registered unsupervised detector `method`, fitted on fit_idx and calibrated on val_idx
-    as fit does (Detector.calibrate: split conformal, detectors/calibration.py).
+def fit_detector(method: str, context, fit_idx: np.ndarray, val_idx: np.ndarray, trim: float = 0.0):
+    """The registered unsupervised detector `method`, fitted on the fit_idx rows of `context` (a
+    detectors.base.FitContext: outputs, settings, the classifier's last layer) and calibrated on
+    its val_idx rows as fit does, through the detector contract (Detector.fit, Detector.calibrate:
+    split conformal, detectors/calibration.py).
 
     `trim` > 0: fitted twice, the second time without that share of the fit_idx images that
     scored highest the first time. A training folder holds its own foreign pictures; fitted on
     them, the class statistics and the thresholds widen until they accept their like (on the
     planted MNIST folder, trim 0.02 took the foreign pictures named from 37% to 90%).
     """
+    labels = np.asarray(context.labels)
     if trim > 0 and len(fit_idx) > 1:
-        det = fit_detector(method, percentile, feats, logits, labels, num_classes, fit_idx, val_idx)
-        own = det.score(features=feats[fit_idx], logits=logits[fit_idx])
+        det = fit_detector(method, context, fit_idx, val_idx)
+        fitted = context.rows(fit_idx)
+        own = det.score(features=fitted.features, logits=fitted.logits)
         kept = fit_idx[own <= np.quantile(own, 1.0 - trim)]
         if len(np.unique(labels[kept])) == len(np.unique(labels[fit_idx])):
             fit_idx = kept
-    return _fit_once(method, percentile, feats, logits, labels, num_classes, fit_idx, val_idx)
+    return _fit_once(method, context, fit_idx, val_idx)
 
 
-def _fit_once(method, percentile, feats, logits, labels, num_classes, fit_idx, val_idx):
+def _fit_once(method: str, context, fit_idx: np.ndarray, val_idx: np.ndarray):
     import warnings
 
     from ..detectors import registry
 
     cls = registry.detector_class(method)
+    fitted = context.rows(fit_idx)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # few images per class: shrinkage, said once by fit, not per fold
-        det = cls(percentile=percentile).fit(features=feats[fit_idx], logits=logits[fit_idx],
-                                             labels=labels[fit_idx], num_classes=num_classes)
+        det = cls.for_context(fitted).fit(fitted)
     if len(val_idx):
-        det.calibrate(features=feats[val_idx], logits=logits[val_idx])
+        held = context.rows(val_idx)
+        det.calibrate(features=held.features, logits=held.logits)
     return det
+
+
+def fold_context(model, feats: np.ndarray, logits: np.ndarray, labels: np.ndarray, num_classes: int,
+                 percentile: float):
+    """A fold's FitContext: its training images' outputs, the percentile and its classifier's last layer."""
+    from ..detectors.base import FitContext
+    from ..nn.models import last_layer
+
+    weight, bias, given = last_layer(model)
+    return FitContext(features=feats, logits=logits, labels=labels, num_classes=num_classes, percentile=percentile,
+                      classifier_weight=weight, classifier_bias=bias, classifier_input=given)
 
 
 def cross_fit(images: np.ndarray, labels: np.ndarray, num_classes: int, recipe: Recipe, folds: np.ndarray,
@@ -231,8 +246,8 @@ def cross_fit(images: np.ndarray, labels: np.ndarray, num_classes: int, recipe: 
         tr_logits, tr_feats = predict_arrays(model, images[train_idx], mean, std, device)
         ho_logits, ho_feats = predict_arrays(model, images[held_idx], mean, std, device)
         fit_idx = result.train_indices if len(result.val_indices) else np.arange(len(train_idx))
-        det = fit_detector(method, percentile, tr_feats, tr_logits, labels[train_idx], num_classes,
-                           fit_idx, result.val_indices, trim)
+        context = fold_context(model, tr_feats, tr_logits, labels[train_idx], num_classes, percentile)
+        det = fit_detector(method, context, fit_idx, result.val_indices, trim)
         out.outlier[held_idx] = det.score(features=ho_feats, logits=ho_logits)
         out.logits[held_idx] = ho_logits
         out.probs[held_idx] = softmax(ho_logits)

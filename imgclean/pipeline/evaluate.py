@@ -10,10 +10,10 @@ and the registered detectors (detectors/registry.py). One result per method the 
 - precision, recall and F1 at the model's own thresholds (score > 1 = rejected), with
   out-of-distribution as the positive class;
 - AUROC, AUPR (average precision) and the FPR at 95% TPR of the score (higher = more OOD);
-- ROC curve points: for mahalanobis as the paper draws them, all class thresholds moving together
-  through the percentile of each class's own training distances (0..100, then beyond every
-  distance, so the curve runs from (1, 1) to (0, 0)); for the head its sigmoid threshold; for
-  every other detector the plain ROC of its score (metrics.roc_curve). Combined methods have none.
+- ROC curve points: a detector's own sweep where it has one (Detector.own_curve: Mahalanobis as
+  the paper draws it, all class thresholds moving together through the percentile of each class's
+  own training distances; the head its sigmoid threshold), else the plain ROC of its score
+  (metrics.roc_curve); each runs from (1, 1) to (0, 0). Combined methods have none.
 """
 from __future__ import annotations
 
@@ -31,8 +31,6 @@ from ..store.artifact import ModelBundle
 from ..errors import ImgcleanError
 from .decode import Decoder, DecodeSettings
 
-SWEEP_PERCENTILES = np.linspace(0.0, 100.0, 201)
-CURVE_SETTINGS = {"mahalanobis": "percentile", "head": "sigmoid_threshold"}  # others: score_threshold
 
 
 class EvaluateError(ImgcleanError):
@@ -122,21 +120,6 @@ def available_methods(bundle: ModelBundle) -> list[str]:
     return registry.available_methods(bundle.detectors)
 
 
-def mahalanobis_sweep(bundle: ModelBundle, d_in: np.ndarray, d_ood: np.ndarray) -> dict[str, np.ndarray]:
-    """The paper's ROC: every class threshold at the same percentile of its own training distances."""
-    det = bundle.detector
-    fpr, tpr, setting = [1.0], [1.0], ["zero"]  # thresholds 0: everything rejected
-    for p in SWEEP_PERCENTILES:
-        t = det.thresholds_at(float(p))
-        fpr.append(float(np.mean((d_in / t).min(1) > 1)))
-        tpr.append(float(np.mean((d_ood / t).min(1) > 1)))
-        setting.append(f"{p:g}")
-    fpr.append(0.0)  # thresholds beyond every distance: nothing rejected
-    tpr.append(0.0)
-    setting.append("beyond_max")
-    return {"fpr": np.array(fpr), "tpr": np.array(tpr), "setting": np.array(setting)}
-
-
 def score_roc(s_in: np.ndarray, s_ood: np.ndarray) -> dict[str, np.ndarray]:
     """The plain ROC of a score (reject when score >= threshold), from (1, 1) down to (0, 0)."""
     labels = np.r_[np.zeros(len(s_in)), np.ones(len(s_ood))]
@@ -145,22 +128,12 @@ def score_roc(s_in: np.ndarray, s_ood: np.ndarray) -> dict[str, np.ndarray]:
     return {"fpr": fpr[::-1], "tpr": tpr[::-1], "setting": setting[::-1]}
 
 
-def head_sweep(p_in: np.ndarray, p_ood: np.ndarray) -> dict[str, np.ndarray]:
-    """ROC of the head as its sigmoid threshold moves (reject when p(belongs) <= threshold)."""
-    labels = np.r_[np.zeros(len(p_in)), np.ones(len(p_ood))]
-    fpr, tpr, thr = metrics.roc_curve(labels, 1.0 - np.r_[p_in, p_ood])
-    setting = np.array(["below_min" if np.isinf(t) else f"{1.0 - t:.6g}" for t in thr])
-    # From (1, 1) (threshold at or above every p) down to (0, 0), like the Mahalanobis sweep.
-    return {"fpr": fpr[::-1], "tpr": tpr[::-1], "setting": setting[::-1]}
-
-
 def _curve(bundle: ModelBundle, name: str, o_in: Outputs, o_ood: Outputs, n_in: int, score: np.ndarray) -> dict:
-    if name == "mahalanobis":
-        det = bundle.detector
-        return mahalanobis_sweep(bundle, det.distances(o_in.features), det.distances(o_ood.features))
-    if name == "head":
-        return head_sweep(bundle.head.predict_proba(o_in.features), bundle.head.predict_proba(o_ood.features))
-    return score_roc(score[:n_in], score[n_in:])
+    """The detector's own ROC sweep (Detector.own_curve) or the plain ROC of its score."""
+    inside = {"features": o_in.features, "logits": o_in.logits}
+    outside = {"features": o_ood.features, "logits": o_ood.logits}
+    own = bundle.detectors[name].own_curve(inside, outside)
+    return own if own is not None else score_roc(score[:n_in], score[n_in:])
 
 
 def evaluate(
@@ -223,7 +196,8 @@ def evaluate(
         )
         if method in registry.DETECTORS:
             curves[method] = _curve(bundle, method, o_in, o_ood, n_in, score)
-            if method == "mahalanobis":
+            setting = registry.DETECTORS[method].curve_setting
+            if setting == "percentile":  # the paper's sweep: its area beside the score's
                 r["auroc_percentile_sweep"] = metrics.trapezoid_auc(curves[method]["fpr"], curves[method]["tpr"])
         results[method] = r
     return Evaluation(results=results, curves=curves, unreadable=o_in.unreadable + o_ood.unreadable)
@@ -239,7 +213,14 @@ def write_curve_csv(curve: dict[str, np.ndarray], path: Path, setting_name: str)
     return path
 
 
-COLOURS = {"mahalanobis": (31, 119, 180), "head": (214, 39, 40), "energy": (255, 127, 14), "knn": (148, 103, 189)}
+# One colour per registered method, in registry order (a new detector gets the next one).
+PALETTE = ((31, 119, 180), (255, 127, 14), (148, 103, 189), (214, 39, 40), (44, 160, 44), (140, 86, 75),
+           (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207))
+
+
+def colour(method: str) -> tuple[int, int, int]:
+    names = registry.method_names()
+    return PALETTE[names.index(method) % len(PALETTE)] if method in names else PALETTE[4]
 
 
 def plot_roc(curves: dict[str, tuple[np.ndarray, np.ndarray, str]], path: Path, title: str) -> Path:
@@ -270,11 +251,11 @@ def plot_roc(curves: dict[str, tuple[np.ndarray, np.ndarray, str]], path: Path, 
         a, b = i / 20, (i + 0.5) / 20
         d.line([xy(a, a), xy(b, b)], fill=(150, 150, 150), width=1)
     for n, (name, (fpr, tpr, label)) in enumerate(curves.items()):
-        colour = COLOURS.get(name, (44, 160, 44))
+        line_colour = colour(name)
         order = np.lexsort((tpr, fpr))
-        d.line([xy(float(f), float(t)) for f, t in zip(fpr[order], tpr[order], strict=True)], fill=colour, width=2)
+        d.line([xy(float(f), float(t)) for f, t in zip(fpr[order], tpr[order], strict=True)], fill=line_colour, width=2)
         ly = top + ph - 20 - 16 * n
-        d.line([left + pw - 190, ly + 6, left + pw - 170, ly + 6], fill=colour, width=2)
+        d.line([left + pw - 190, ly + 6, left + pw - 170, ly + 6], fill=line_colour, width=2)
         d.text((left + pw - 165, ly), label, fill="black", font=font)
     d.text((left + pw / 2 - 80, h - 22), "false positive rate (in-distribution rejected)", fill="black", font=font)
     d.text((8, top - 16), "true positive rate (out-of-distribution rejected)", fill="black", font=font)
@@ -290,7 +271,7 @@ def write_plots(evaluation: Evaluation, folder: Path) -> list[Path]:
     written = []
     labelled = {}
     for method, curve in evaluation.curves.items():
-        setting = CURVE_SETTINGS.get(method, "score_threshold")
+        setting = registry.DETECTORS[method].curve_setting
         written.append(write_curve_csv(curve, folder / f"roc_{method}.csv", setting))
         label = f"{method} (area {metrics.trapezoid_auc(curve['fpr'], curve['tpr']):.3f})"
         labelled[method] = (curve["fpr"], curve["tpr"], label)

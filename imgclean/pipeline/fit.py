@@ -24,7 +24,8 @@ from .. import config as cfg
 from .. import data
 from ..metrics import macro_f1
 from ..store.artifact import ModelBundle
-from ..detectors import MahalanobisDetector, registry
+from ..detectors import registry
+from ..detectors.base import FitContext
 from .decode import DecodeSettings
 from .fitparts import calibrate_detectors, drop_lost, embed_distributed, gaussian_logits, untrained
 from .trainset import (  # noqa: F401  (FitError, decode_classes, detect_geometry: public here as before)
@@ -148,15 +149,28 @@ def few_images_warning(class_names: list[str], labels: np.ndarray, dim: int, cov
             "shrinkage and thresholds may be loose (add images for sharper ones)")
 
 
-def fit_other_detectors(percentile: float, feats: np.ndarray, logits: np.ndarray, labels: np.ndarray,
-                        fit_idx: np.ndarray, num_classes: int) -> dict:
-    """Every unsupervised registered detector but Mahalanobis (fitted on its own, above), fitted
-    on the training split (calibrate_detectors calibrates them all afterwards)."""
-    return {
-        cls.name: cls(percentile=percentile).fit(features=feats[fit_idx], logits=logits[fit_idx],
-                                                 labels=labels[fit_idx], num_classes=num_classes)
-        for cls in registry.unsupervised() if cls is not MahalanobisDetector
-    }
+def fit_detectors(context: FitContext, prefitted: dict | None = None) -> dict:
+    """Every unsupervised registered detector, fitted through the detector contract on `context`
+    (the training split; calibrate_detectors calibrates them all afterwards), in registry order.
+    `prefitted`: detectors fitted already (under torchrun, from the statistics of every rank)."""
+    prefitted = dict(prefitted or {})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a detector's generic warnings are replaced by fit's own (few_images_warning)
+        fitted = {**registry.fit_unsupervised(context, skip=prefitted), **prefitted}
+    return {name: fitted[name] for name in registry.DETECTORS if name in fitted}
+
+
+def fit_context(model, feats: np.ndarray, logits: np.ndarray, labels: np.ndarray, class_names: list[str],
+                config: cfg.FitConfig) -> FitContext:
+    """The FitContext of every image (take the training split with .rows): outputs, settings and
+    the classifier's last layer (nn.models.last_layer)."""
+    from ..nn.models import last_layer
+    from ..nn.training import plain
+
+    weight, bias, given = last_layer(plain(model))
+    return FitContext(features=feats, logits=logits, labels=labels, num_classes=len(class_names),
+                      class_names=tuple(class_names), percentile=config.percentile, covariance=config.covariance,
+                      classifier_weight=weight, classifier_bias=bias, classifier_input=given)
 
 
 def choose_arch(config: cfg.FitConfig, arch: str, notes: list[str]):
@@ -183,7 +197,7 @@ def fit_model(
     reject_dir: Path | None = None,
     dist=None,
 ) -> tuple[ModelBundle, FitReport]:
-    """Train a classifier on `train_dir` and calibrate its Mahalanobis detector.
+    """Train a classifier on `train_dir`, fit and calibrate every unsupervised registered detector.
 
     With `reject_dir`, also train the supervised reject head on the frozen features
     (training images = 1, the images of reject_dir = 0). `dist`: an nn.distributed.Distributed
@@ -261,14 +275,15 @@ def fit_model(
 
     if progress is not None:
         progress("embed", 0, len(images), {})
+    prefitted = {}
     if dist is None:
         logits, feats, kept = predict_images(model, images, None, mean, std, device)
-        detector = None
     else:
-        logits, feats, kept, detector = embed_distributed(model, images, labels, mean, std, device, result, config,
-                                                          len(class_names), dist)
+        logits, feats, kept, shared = embed_distributed(model, images, labels, mean, std, device, result, config,
+                                                        len(class_names), dist)
         if not dist.is_main:
             return None, None
+        prefitted[shared.name] = shared
     if progress is not None:
         progress("embed", len(images), len(images), {})
     if len(kept) < len(labels):  # files that changed on disk since they were read: skipped now
@@ -278,28 +293,20 @@ def fit_model(
     metrics = dict(result.val_metrics)
     val_idx = result.val_indices
     fit_idx = result.train_indices if len(val_idx) else np.arange(len(labels))
-    if detector is None:  # (under torchrun: fitted above from the statistics of every rank)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the generic warning is replaced by one naming the classes
-            detector = MahalanobisDetector(config.percentile, config.covariance).fit(
-                feats[fit_idx], labels[fit_idx], num_classes=len(class_names)
-            )
     warned += [w for w in (few_images_warning(class_names, labels[fit_idx], feats.shape[1], config.covariance),) if w]
     if frozen:  # the class logits: the Gaussian classifier of the deep features (nearest class)
-        logits = gaussian_logits(model, detector, feats[fit_idx], labels[fit_idx], feats, len(class_names))
+        logits = gaussian_logits(model, feats[fit_idx], labels[fit_idx], feats, len(class_names), config.percentile)
         if len(val_idx):
             pred = logits[val_idx].argmax(1)
             metrics["val_accuracy"] = float(np.mean(pred == labels[val_idx]))
             metrics["val_macro_f1"] = macro_f1(labels[val_idx], pred, len(class_names))
         metrics["train_accuracy"] = float(np.mean(logits[fit_idx].argmax(1) == labels[fit_idx]))
-    detectors = {
-        "mahalanobis": detector,
-        **fit_other_detectors(config.percentile, feats, logits, labels, fit_idx, len(class_names)),
-    }
-    calibration = calibrate_detectors(detectors, feats, logits, labels, fit_idx, val_idx, class_names, config,
-                                      metrics)
+    context = fit_context(model, feats, logits, labels, class_names, config)
+    detectors = fit_detectors(context.rows(fit_idx), prefitted)
+    calibration = calibrate_detectors(detectors, context, fit_idx, val_idx, config, metrics)
     warned += [w for w in (calibration.get("warning"), calibration.get("generalisation_warning")) if w]
-    metrics["train_rejected_fraction"] = float(np.mean(detector.predict(feats)))
+    primary = detectors[registry.DEFAULT_METHOD]  # always fitted: the model's per-class thresholds and nearest class
+    metrics["train_rejected_fraction"] = float(np.mean(primary.predict(features=feats, logits=logits)))
 
     counts = np.bincount(labels, minlength=len(class_names)).tolist()
     model_config = {
@@ -328,7 +335,7 @@ def fit_model(
         "calibration": calibration,
         "fit_warnings": warned,
         "fit_notes": notes,
-        "score": "min over classes of mahalanobis distance / class threshold; higher = more out-of-distribution; > 1 = rejected",
+        "score": f"{primary.summary}; higher = more out-of-distribution; > 1 = rejected",
     }
     head = None
     if rejects is not None:
@@ -348,7 +355,7 @@ def fit_model(
         channels=channels,
         metrics=metrics,
         history=[asdict(h) for h in result.history],
-        thresholds=detector.thresholds_.tolist(),
+        thresholds=primary.thresholds_.tolist(),
         seconds=time.perf_counter() - started,
         epochs_requested=config.train.epochs,
         epochs_trained=int(result.epochs),

@@ -10,8 +10,9 @@ import numpy as np
 
 from .. import config as cfg
 from .. import data
-from ..detectors import MahalanobisDetector
+from ..detectors import MahalanobisDetector, registry
 from ..detectors import calibration as cal
+from ..detectors.base import FitContext
 from ..detectors.mahalanobis import MIN_IMAGES_FOR_OWN_THRESHOLD
 
 # Above this share of held-out images beyond the training thresholds before calibration (and at
@@ -20,15 +21,17 @@ from ..detectors.mahalanobis import MIN_IMAGES_FOR_OWN_THRESHOLD
 GENERALISATION_ALARM = 0.2
 
 
-def calibrate_detectors(detectors: dict, feats: np.ndarray, logits: np.ndarray, labels: np.ndarray,
-                        fit_idx: np.ndarray, val_idx: np.ndarray, class_names: list[str], config: cfg.FitConfig,
-                        metrics: dict) -> dict:
-    """Calibrate every detector that has a percentile threshold on the held-out images (split
-    conformal, detectors/calibration.py) and return what the model's config.json records as
-    `calibration`: the false-reject rate promised (expected, and its interval given these
-    held-out images), how many images that rests on and how many are needed (`warning`: one line
-    when too few), and each detector's cut. `metrics` gets the figures fit printed before
-    (threshold_scale, val_rejected_fraction[_<name>], energy_threshold_shift)."""
+def calibrate_detectors(detectors: dict, context: FitContext, fit_idx: np.ndarray, val_idx: np.ndarray,
+                        config: cfg.FitConfig, metrics: dict) -> dict:
+    """Calibrate every detector on the held-out images of `context` through the detector contract
+    (Detector.calibrate: split conformal, detectors/calibration.py; a supervised detector returns
+    None) and return what the model's config.json records as `calibration`: the false-reject rate
+    promised (expected, and its interval given these held-out images), how many images that rests
+    on and how many are needed (`warning`: one line when too few), and each detector's cut.
+    `metrics` gets val_rejected_fraction[_<name>] (no suffix for the primary detector,
+    registry.DEFAULT_METHOD), its val_rejected_fraction_uncalibrated and each detector's
+    calibration_metrics() (threshold_scale, energy_threshold_shift, ...)."""
+    class_names, labels = list(context.class_names), np.asarray(context.labels)
     k = len(class_names)
     needs = cal.assess(class_names, np.bincount(labels[val_idx], minlength=k), np.bincount(labels[fit_idx], minlength=k),
                        config.percentile, config.train.val_fraction, MIN_IMAGES_FOR_OWN_THRESHOLD)
@@ -36,34 +39,35 @@ def calibrate_detectors(detectors: dict, feats: np.ndarray, logits: np.ndarray, 
            "warning": needs.warning(), "detectors": {}}
     if not len(val_idx):
         return out
-    cut = None
+    held = context.rows(val_idx)
+    cuts = {}
     for name, det in detectors.items():
-        before = det.score(features=feats[val_idx], logits=logits[val_idx])
-        done = det.calibrate(features=feats[val_idx], logits=logits[val_idx])
+        before = det.score(features=held.features, logits=held.logits)
+        done = det.calibrate(features=held.features, logits=held.logits)
         if done is None:  # a supervised detector: nothing to calibrate
             continue
-        cut = done
-        after = det.predict(features=feats[val_idx], logits=logits[val_idx])
-        out["detectors"][name] = {"cut": cut.cut, "held_out_rejected_before": float(np.mean(before > 1.0)),
+        cuts[name] = done
+        after = det.predict(features=held.features, logits=held.logits)
+        out["detectors"][name] = {"cut": done.cut, "held_out_rejected_before": float(np.mean(before > 1.0)),
                                   "held_out_rejected": float(np.mean(after))}
-        suffix = "" if name == "mahalanobis" else f"_{name}"
+        suffix = "" if name == registry.DEFAULT_METHOD else f"_{name}"
         metrics[f"val_rejected_fraction{suffix}"] = float(np.mean(after))
-    if cut is None:
+    if not cuts:
         return out
-    maha = detectors.get("mahalanobis")
-    if maha is not None:
-        metrics["val_rejected_fraction_uncalibrated"] = out["detectors"]["mahalanobis"]["held_out_rejected_before"]
-        metrics["threshold_scale"] = float(maha.threshold_scale_)
+    primary = registry.DEFAULT_METHOD
+    if primary in cuts:
+        before = out["detectors"][primary]["held_out_rejected_before"]
+        metrics["val_rejected_fraction_uncalibrated"] = before
         nominal = (100.0 - config.percentile) / 100.0
-        before = metrics["val_rejected_fraction_uncalibrated"]
         if before > max(5 * nominal, GENERALISATION_ALARM) and len(val_idx) >= 20:
             out["generalisation_warning"] = (
                 f"{100 * before:.0f}% of the held-out training images scored above the training thresholds "
-                f"({100 * nominal:.1f}% expected), so calibration widened them {maha.threshold_scale_:.2f}x: the model "
+                f"({100 * nominal:.1f}% expected), so calibration widened them {cuts[primary].cut:.2f}x: the model "
                 "does not generalise well yet and will let more foreign images through; train longer (--epochs) "
                 "or add images")
-    if "energy" in detectors:
-        metrics["energy_threshold_shift"] = float(detectors["energy"].shift_)
+    for det in detectors.values():
+        metrics.update(det.calibration_metrics())
+    cut = cuts[list(cuts)[-1]]  # the promise is the same for every detector (one percentile, one held-out set)
     low, high = cut.interval
     out.update(method=cal.METHOD, rank=cut.rank, expected_false_reject_rate=cut.expected_false_reject_rate,
                false_reject_interval=[low, high], interval_level=cal.INTERVAL)
@@ -95,18 +99,17 @@ def untrained(labels: np.ndarray, settings: cfg.TrainSettings):
                        val_metrics={"val_images": int(len(val_idx)), "epochs": 0})
 
 
-def gaussian_logits(model, detector: MahalanobisDetector, fit_feats: np.ndarray, fit_labels: np.ndarray,
-                    feats: np.ndarray, num_classes: int) -> np.ndarray:
+def gaussian_logits(model, fit_feats: np.ndarray, fit_labels: np.ndarray, feats: np.ndarray, num_classes: int,
+                    percentile: float = 97.5) -> np.ndarray:
     """Set the untrained classifier to the Gaussian classifier of the features (the class means
-    and the tied precision of `detector`, or of a tied fit when it has one per class; scaled by
-    1 / feature dimension so the logits stay small) and return the logits of `feats`."""
+    and the tied precision of a tied Mahalanobis fit on the training split, scaled by 1 / feature
+    dimension so the logits stay small) and return the logits of `feats`. (--epochs 0: the
+    logits the logit detectors are then fitted on.)"""
     from ..nn.models import set_gaussian_logits
 
-    tied = detector
-    if len(detector.precisions_) != 1:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            tied = MahalanobisDetector(detector.percentile, "tied").fit(fit_feats, fit_labels, num_classes=num_classes)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tied = MahalanobisDetector(percentile, "tied").fit(fit_feats, fit_labels, num_classes=num_classes)
     set_gaussian_logits(model, tied.means_, tied.precisions_[0], float(feats.shape[1]))
     w = model.classifier.weight.detach().cpu().numpy()
     b = model.classifier.bias.detach().cpu().numpy()

@@ -27,6 +27,7 @@ REGISTERED = (
     "knn:KNNDetector",
     "head:RejectHead",
     "reviewed:ReviewedDetector",
+    "vim:ViMDetector",
 )
 
 

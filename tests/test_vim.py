@@ -122,3 +122,12 @@ def test_a_fitted_model_scores_with_vim(model_dir):
     det = bundle.detectors["vim"]
     assert det.settings()["classifier_input"] == "unnormalised" and det.alpha_ > 0  # lenet: a trained linear head
     assert "vim_threshold_shift" in bundle.config["metrics"] and "vim" in bundle.config["calibration"]["detectors"]
+
+
+def test_audit_fits_vim_per_fold_with_the_folds_classifier():
+    from imgclean.pipeline.crossfit import fit_detector
+
+    h, w, b, y, _ = network()
+    det = fit_detector("vim", context(h, w, b, y), np.arange(300), np.arange(300, 400), trim=0.02)
+    assert isinstance(det, ViMDetector) and np.allclose(det.weight_, w)
+    assert det.cutoff_.shift != 0.0  # calibrated on the held-out rows

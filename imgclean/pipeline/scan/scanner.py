@@ -2,7 +2,7 @@
 
 Files stream through in batches, so memory does not grow with the folder. Every file ends in
 one record (reports/records.py) with one status and the identity the file had when scored;
-applying records (pipeline/apply.py: the moves, or the plan of a dry run) is a separate step
+applying records (pipeline/apply/applier.py: the moves, or the plan of a dry run) is a separate step
 that `imgclean apply` also runs on a saved report. Only quarantine.moves touches files.
 
 Longer than 400 lines: Scorer.scan_items keeps walk order across cache hits, run snapshots and
@@ -20,20 +20,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
-from .. import data
-from ..errors import ImgcleanError
-from ..reports.records import (  # noqa: F401  (re-exported: the record type and statuses used to live here)
-    CHANGED, OOD, STATUSES, UNDECODABLE, ScanRecord, is_rejected,
+from ... import data
+from ...errors import ImgcleanError
+from ...reports.records import CHANGED, OOD, STATUSES, UNDECODABLE, ScanRecord, is_rejected
+from ...reports.record_blocks import RecordBlock, csv_rows
+from ...store.artifact import ModelBundle
+from ...walk import walk_runs
+from ..apply.applier import Applier, ScanSummary
+from ..decode import Decoded, Decoder, DecodeSettings
+from .run_snapshots import (
+    CACHEABLE as _CACHEABLE, SNAPSHOT_STATUSES as _SNAPSHOT_STATUSES, RunSnapshots, StoredRuns,
 )
-from ..reports.record_blocks import RecordBlock, csv_rows
-from ..store.artifact import ModelBundle
-from ..walk import walk_runs
-from .apply import Applier, ScanSummary
-from .decode import Decoded, Decoder, DecodeSettings
-from .run_snapshots import CACHEABLE as _CACHEABLE, SNAPSHOT_STATUSES as _SNAPSHOT_STATUSES, RunSnapshots, StoredRuns
 from .file_list import PerFileRows, listed_runs
-from .local_engine import LocalEngine
-from .scoring import Outcome, check_method, outcomes, predict_scores
+from ..engines.local import LocalEngine
+from ..engines.scoring import Outcome, check_method, outcomes, predict_scores
 
 if TYPE_CHECKING:
     import numpy as np
@@ -54,10 +54,10 @@ class ScanOptions:
     cache_dir: Path | None = None  # None: the user cache dir ($XDG_CACHE_HOME/imgclean)
     engine: str = "local"  # ENGINES: where files are decoded and scored
     ray: object = None  # ray_scan.RayOptions for engine "ray" (None: its defaults)
-    files: Iterable | None = None  # scan only these names in root, not a walk of it (pipeline/file_list.py)
+    files: Iterable | None = None  # scan only these names in root, not a walk of it (pipeline/scan/file_list.py)
 
 
-# local: in this process; ray: on Ray workers (pipeline/ray_scan.py), applied here all the same.
+# local: in this process; ray: on Ray workers (pipeline/engines/ray_engine.py), applied here all the same.
 ENGINES = ("local", "ray")
 
 
@@ -112,7 +112,7 @@ class Scorer:
         with self._load_lock:
             if self._torch_ready:
                 return
-            from ..nn.runtime import prepare_for_inference
+            from ...nn.runtime import prepare_for_inference
 
             prepare_for_inference(self.bundle.model, self.device, self.bundle.config.get("arch", ""), self.bundle.input_size)
             self._torch_ready = True
@@ -244,10 +244,10 @@ class Scorer:
         that a run of the walk the cache holds a snapshot of comes whole, as one RecordBlock.
 
         `engine` decodes and scores the files the cache cannot answer (LocalEngine when None;
-        pipeline/ray_scan.RayEngine on a cluster): batches go out as the walk finds them, at most
+        pipeline/engines/ray_engine.RayEngine on a cluster): batches go out as the walk finds them, at most
         engine.ahead() in flight, and their records come back here, in walk order, whatever
         order the engine finishes them in. Each run answered file by file is snapshot in the
-        cache once all its records are out and applied (pipeline/run_snapshots.py).
+        cache once all its records are out and applied (pipeline/scan/run_snapshots.py).
 
         `runs`: walk.Run objects to scan instead of walking root (file_list.listed_runs); they
         are answered file by file and cached as per-file rows only (file_list.PerFileRows)."""
@@ -378,7 +378,7 @@ def run_scan(
     on_record: Callable[[ScanRecord], None] | None = None,
     should_stop: Callable[[], bool] = lambda: False,
 ) -> ScanSummary:
-    """Scan `root` into records, and apply each one (pipeline/apply.py): move, or plan to move,
+    """Scan `root` into records, and apply each one (pipeline/apply/applier.py): move, or plan to move,
     the rejected files per the options. Returns counts.
 
     `on_record` gets every record, after it is applied. If it has a `block` attribute, a block
@@ -388,9 +388,9 @@ def run_scan(
     `root` is resolved once (symlinks and `..` as the kernel follows them) and that one path is
     walked, checked and moved from: `sub/..` after a symlink `sub` never means two folders.
     Raises ScanError (a ValueError) when `root` is a quarantine: a scan never reads one as data.
-    With `options.files`, only those names are scanned (pipeline/file_list.py), each a record.
+    With `options.files`, only those names are scanned (pipeline/scan/file_list.py), each a record.
     """
-    from ..fileops import MANIFEST_NAME, quarantine_holding
+    from ...fileops import MANIFEST_NAME, quarantine_holding
 
     root = Path(os.path.realpath(root))
     if options.engine not in ENGINES:
@@ -405,7 +405,7 @@ def run_scan(
     summary = ScanSummary(root=os.fsdecode(root), model=os.fsdecode(bundle.path or ""))
     cache = None
     if options.use_cache:
-        from ..store.cache import ScanCache, model_key
+        from ...store.cache import ScanCache, model_key
 
         # The method is part of the key: a head score must never be reused as a Mahalanobis one.
         cache = ScanCache(options.cache_dir, model_key(bundle.config, extra=options.method)).open()
@@ -415,11 +415,11 @@ def run_scan(
     started = time.perf_counter()
     engine, blas = None, contextlib.nullcontext()
     if options.engine == "ray":
-        from .ray_scan import RayEngine, RayOptions
+        from ..engines.ray_engine import RayEngine, RayOptions
 
         engine = RayEngine(scorer, options.ray or RayOptions())
     elif not str(device).startswith("cuda"):
-        from .blas import single_blas_thread
+        from ..blas import single_blas_thread
 
         blas = single_blas_thread()  # the cores are the decoders' and the network's (pipeline/blas.py)
     try:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # annotations only: numpy is imported in the functions that use it
     import numpy as np
 
-from ..detectors import registry
+from ...detectors import registry
 
 
 def check_method(bundle, method: str) -> None:
@@ -54,8 +54,8 @@ Outcome = tuple
 def predict_scores(bundle, method: str, images: np.ndarray, device: str, batch_size: int | None):
     """(predicted class index, nearest class index, score) for uint8 images (the network must be
     prepared for inference: nn.runtime.prepare_for_inference)."""
-    from ..nn.runtime import predict_arrays
-    from .blas import engage
+    from ...nn.runtime import predict_arrays
+    from ..blas import engage
 
     engage()  # a single_blas_thread() block waiting for numpy (pipeline/blas.py): loaded by now
     cfg = bundle.config
@@ -66,8 +66,8 @@ def predict_scores(bundle, method: str, images: np.ndarray, device: str, batch_s
 def outcomes(decoded: list, score_arrays) -> list[Outcome]:
     """One Outcome per decode.Decoded, the decoded arrays scored with `score_arrays` in one call."""
     import numpy as np
-    from ..data import OK
-    from ..reports.records import OOD
+    from ...data import OK
+    from ...reports.records import OOD
 
     out: list[Outcome] = [(d.status, d.message, -1, -1, None) for d in decoded]
     good = [i for i, d in enumerate(decoded) if d.ok]

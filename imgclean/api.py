@@ -216,7 +216,7 @@ def scan(
     options = ScanOptions(
         batch_size=batch_size, workers=workers, keep_unreadable=keep_unreadable, exclude=exclude,
         method=method, use_cache=use_cache, cache_dir=Path(cache_dir) if cache_dir is not None else None,
-        engine=engine, ray=_ray_options(engine, ray_address, ray_workers, ray_gpus_per_worker), files=target.files,
+        engine=engine, engine_options=_ray_options(engine, ray_address, ray_workers, ray_gpus_per_worker), files=target.files,
     )
     records: list = []
     sampler = None

@@ -218,7 +218,7 @@ def scan(
             files = open_file_list(stack, files_from, null, {"--report": report, "--html": html})
         options = ScanOptions(
             batch_size=batch_size, workers=workers, keep_unreadable=keep_unreadable, exclude=exclude,
-            use_cache=use_cache, cache_dir=cache_dir, method=chosen, engine=engine.value, ray=ray_options, files=files,
+            use_cache=use_cache, cache_dir=cache_dir, method=chosen, engine=engine.value, engine_options=ray_options, files=files,
         )
         run = stack.enter_context(open_run(root, base, move_to, dry_run, report, review, printer, overwrite_report))
         writer = next((sink for sink in run.sinks if isinstance(sink, RecordWriter)), None)

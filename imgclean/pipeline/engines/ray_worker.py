@@ -76,7 +76,7 @@ class ScoreWorker:
         return self.bundle.fingerprint
 
     def score(self, files, paths: list[bytes]) -> tuple[list[bytes], list[tuple]]:
-        """(paths, outcomes) for one batch, in its order (pipeline/engines/scoring.Outcome)."""
+        """(paths, outcomes) for one batch, in its order (pipeline/engines/base.Outcome)."""
         from ..decode import decode_one
 
         if self.bundle is None:

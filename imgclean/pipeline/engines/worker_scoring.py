@@ -31,7 +31,8 @@ import sys
 from typing import Callable
 
 from ...data import TransientMessage
-from .scoring import Outcome, outcomes, predict_scores
+from .base import Outcome
+from .scoring import outcomes, predict_scores
 
 ENV = "IMGCLEAN_SCORE_IN_WORKERS"
 MAX_WORKERS = 8
@@ -80,7 +81,7 @@ def unregister(token: str) -> None:
 def failed(status: str, message: str) -> Outcome:
     """The outcome of a file whose worker died on it: transient (killed, out of memory, a crash
     in the image library: nothing lasting about the file), so a scan cache never keeps it."""
-    return (status, TransientMessage(message), -1, -1, None)
+    return Outcome(status, TransientMessage(message), -1, -1, None)
 
 
 class ScoreChunk:

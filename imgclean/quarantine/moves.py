@@ -24,8 +24,6 @@ import contextlib
 import json
 import os
 import stat
-import sys
-import types
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -375,18 +373,3 @@ def restore(
             stack.enter_context(ScanLock(scan_root))
         return q._restore_all(dry_run=False, only=only)
 
-
-class _MovesModule(types.ModuleType):
-    """``imgclean.quarantine.moves._fault_hook`` is where tests install the fault hook (see fileops); a
-    property on the module forwards it, so setting it here reaches every step."""
-
-    @property
-    def _fault_hook(self) -> Any:
-        return fileops.fault_hook
-
-    @_fault_hook.setter
-    def _fault_hook(self, hook: Any) -> None:
-        fileops.fault_hook = hook
-
-
-sys.modules[__name__].__class__ = _MovesModule

@@ -77,7 +77,7 @@ def contents(*roots) -> list[str]:
 
 
 def unfinished(quarantine: Path) -> list[dict]:
-    return moves._unfinished(read_manifest(quarantine))
+    return moves.unfinished(read_manifest(quarantine))
 
 
 def report_rows(path: Path) -> dict[str, dict]:

@@ -117,7 +117,7 @@ def listing(*roots: Path) -> dict[str, tuple]:
 
 
 def unfinished(qroot: Path) -> list[dict]:
-    return moves._unfinished(read_manifest(qroot))
+    return moves.unfinished(read_manifest(qroot))
 
 
 def states(qroot: Path, jid: str | None = None) -> list[str]:
@@ -690,7 +690,7 @@ def test_crash_during_restore_is_recovered(scan: Path, qroot: Path, monkeypatch,
     q = Quarantine(qroot).open()
     monkeypatch.setattr(fileops, "fault_hook", hook({(step, 1): Crash()}))
     with pytest.raises(Crash):
-        q._restore_all(dry_run=False)
+        q.restore_all(dry_run=False)
     die(q)
     monkeypatch.setattr(fileops, "fault_hook", None)
     results = restore(qroot)  # recovers first, then restores whatever is still quarantined

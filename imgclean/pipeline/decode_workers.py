@@ -265,22 +265,29 @@ class ProcessDecodePool:
         return sorted(p.pid for p in (getattr(ex, "_processes", None) or {}).values()) if ex else []
 
     def submit(self, items: Sequence) -> "ProcessChunk":
+        while True:
+            generation = self.generation
+            try:
+                return self._submit_to(self._executor, items, generation)
+            except BrokenProcessPool:
+                self._restart(generation)
+
+    def _submit_to(self, executor, items: Sequence, generation: int) -> "ProcessChunk":
         entry, fspath = data.FileEntry, os.fspath
         paths = [i[0] if i.__class__ is entry else fspath(i) for i in items]  # what _path_of gives
         self._serial += 1
         name = f"{self._token}{self._serial}"
         if self.finish is None:  # (with finish no block is made: the results come pickled)
             self._names.add(name)
-        while True:
-            generation = self.generation
-            try:
-                if self.finish is not None:
-                    future = self._executor.submit(_run_finished_chunk, self.fn, paths, self.settings, self.finish)
-                else:
-                    future = self._executor.submit(_run_chunk, self.fn, paths, self.settings, self.shape, name)
-                return ProcessChunk(self, items, future, name, generation)
-            except BrokenProcessPool:
-                self._restart(generation)
+        try:
+            if self.finish is not None:
+                future = executor.submit(_run_finished_chunk, self.fn, paths, self.settings, self.finish)
+            else:
+                future = executor.submit(_run_chunk, self.fn, paths, self.settings, self.shape, name)
+        except BaseException:
+            self.forget(name)
+            raise
+        return ProcessChunk(self, items, future, name, generation)
 
     def collect(self, chunk: "ProcessChunk") -> list:
         """The chunk's Decoded list (or its `finish` results); a chunk lost with a dead worker is
@@ -338,12 +345,20 @@ class ProcessDecodePool:
         except BrokenProcessPool:
             self.forget(chunk.name)
             self._restart(chunk.generation)
-        if len(items) == 1:
-            return [self._failed(data.UNREADABLE, DIED)]
-        out: list = []
-        for item in items:  # broke twice: one file at a time finds the file that kills its worker
-            out.extend(self._again([item]))
-        return out
+        # Broke twice: each file alone, in a process of its own, finds the file that kills its
+        # worker. Not in the shared pool, where a death of another chunk's file would break it too.
+        return [result for item in items for result in self._alone(item)]
+
+    def _alone(self, item) -> list:
+        """One file decoded in a one-process pool of its own: DIED only if it killed that process."""
+        with ProcessPoolExecutor(1, mp_context=self._ctx, initializer=_init_worker,
+                                 initargs=(self.budget, os.getpid())) as executor:
+            chunk = self._submit_to(executor, [item], self.generation)
+            try:
+                return self._results(chunk, chunk.future.result())
+            except BrokenProcessPool:
+                self.forget(chunk.name)
+                return [self._failed(data.UNREADABLE, DIED)]
 
     def forget(self, name: str) -> None:
         if name in self._names:

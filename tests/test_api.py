@@ -80,7 +80,7 @@ def test_scan_refuses_what_the_cli_refuses(model_dir, tmp_path):
         api.scan(folder, model_dir, method="head", device="cpu")
     with pytest.raises(ImgcleanError, match="unknown method"):
         api.scan(folder, model_dir, method="nope", device="cpu")
-    with pytest.raises(api.ApiError, match="move_to"):
+    with pytest.raises(api.ApiError, match="--move-to"):  # the CLI's message: options as the CLI spells them
         api.scan(folder, model_dir, dry_run=True, device="cpu")
     with pytest.raises(ImgcleanError):
         api.scan(folder, tmp_path / "no-model", device="cpu")

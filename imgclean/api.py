@@ -9,6 +9,7 @@
     metrics = api.evaluate("model/", "labelled/", "known-junk/").results
     found = api.audit("train/")                             # wrong labels, foreign pictures, duplicates
     api.restore("rejected/")                                # put everything back
+    api.learn("rejected/", "model/")                        # a new model version from the review
     api.accept(["incoming/img_006.png"])                    # a person's decision: it belongs
 
 Nothing here prints or exits: progress goes to optional callbacks, problems are raised as
@@ -31,7 +32,7 @@ from typing import Callable, Iterable
 
 from .config import FitConfig
 from .jobs.base import RequestError, model_of
-from .jobs.results import ApplyResult, AuditRun, ExitRules, ScanResult
+from .jobs.results import ApplyResult, AuditRun, ScanResult  # noqa: F401  (public names of api)
 
 # A library says nothing unless its caller configures logging (the standard NullHandler): without
 # it Python's last-resort handler writes imgclean's warnings to stderr. What a caller should hear

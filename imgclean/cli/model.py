@@ -11,7 +11,6 @@ from ..config import DEFAULT_MODEL_DIR
 from ..detectors.registry import method_names
 from .common import (
     Device, Method, command, err, fail, make_progress, os_error, out, print_json, resolve_device, setup_logging,
-    usage_error,
 )
 from .train import calibration_line, describe_mapping
 

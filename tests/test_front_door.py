@@ -19,7 +19,6 @@ from imgclean.errors import ImgcleanError
 from imgclean.fileops import MANIFEST_NAME
 from imgclean.jobs.base import MethodError, RequestError
 from imgclean.pipeline.apply import QuarantinePlacementError
-from imgclean.pipeline.file_list import FileListError
 
 
 @dataclass
@@ -61,7 +60,7 @@ def scan_cases(t: Path, m, train: Path) -> dict:
         "scan: the folder inside a quarantine": Case(
             ["scan", t / "q" / "sub", "-m", m], lambda: api.scan(t / "q" / "sub", m, device="cpu"), RequestError),
         "scan: missing folder": Case(
-            ["scan", t / "nowhere", "-m", m], lambda: api.scan(t / "nowhere", m, device="cpu"), FileListError),
+            ["scan", t / "nowhere", "-m", m], lambda: api.scan(t / "nowhere", m, device="cpu"), RequestError),
         "scan: dry run without a quarantine": Case(
             ["scan", f, "-m", m, "--dry-run"], lambda: api.scan(f, m, dry_run=True, device="cpu"), RequestError),
         "scan: method the model lacks": Case(
@@ -90,7 +89,7 @@ def scan_request_cases(t: Path, m, train: Path) -> dict:
             lambda: ScanRequest(f, m, files_from=t / "list.csv", report=t / "list.csv").check(), RequestError),
         "scan: --files-from with a file, not a folder": Case(
             ["scan", f / "a.png", "-m", m, "--files-from", t / "names.txt"],
-            lambda: ScanRequest(f / "a.png", m, files_from=t / "names.txt").check(), FileListError),
+            lambda: ScanRequest(f / "a.png", m, files_from=t / "names.txt").check(), RequestError),
         "scan: report exists, no --overwrite-report": Case(
             ["scan", f, "-m", m, "--report", t / "old.csv"],
             lambda: ScanRequest(f, m, report=t / "old.csv").check(), RequestError),

@@ -32,15 +32,14 @@ class MethodError(ImgcleanError, ValueError):
 
 def refusal_classes() -> tuple[type[ImgcleanError], ...]:
     """The errors that refuse a request as asked (the CLI says them as usage errors, exit 2):
-    RequestError and the pipeline's own refusals of a path (a quarantine placed over the
-    folder, a file list or a folder a report cannot use, a folder that is no training folder).
-    Imported here, when an error is being said, not at start-up."""
+    RequestError and the pipeline's own refusals of a path, raised only before a run starts (a
+    quarantine placed over the folder, a folder a report cannot be applied to, a folder that is
+    no training folder). Imported here, when an error is being said, not at start-up."""
     from ..pipeline.apply import QuarantinePlacementError
     from ..pipeline.apply_sources import ApplyFolderError
-    from ..pipeline.file_list import FileListError
     from ..pipeline.trainset import TrainingFolderError
 
-    return RequestError, QuarantinePlacementError, ApplyFolderError, FileListError, TrainingFolderError
+    return RequestError, QuarantinePlacementError, ApplyFolderError, TrainingFolderError
 
 
 def need_folder(path, what: str) -> None:

@@ -101,10 +101,8 @@ class ScanRequest:
             raise RequestError("--null says how --files-from LIST separates names; give --files-from too")
         try:
             return scan_target(self.folder, [] if self.files_from is not None else self.files)
-        except FileListError as exc:
-            if self.files_from is None:
-                raise
-            raise FileListError(f"{exc} (--files-from)") from None
+        except FileListError as exc:  # (a FileListError later, reading the list, is an error of the run: exit 1)
+            raise RequestError(f"{exc}" if self.files_from is None else f"{exc} (--files-from)") from None
 
     def _ray_options(self):
         """The Ray options (pipeline/ray_scan.RayOptions) for engine ray, None for local."""

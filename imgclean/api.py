@@ -61,7 +61,7 @@ def fit(
     printed) and `["weights_mapping"]` (how `weights=` was matched to the backbone).
     """
     from .jobs.fit import FitRequest, fit_config
-    from .pipeline.fit import fit_model
+    from .pipeline.fit.fit_model import fit_model
     from .store.artifact import save_model
 
     request = FitRequest(train_dir, fit_config(config, settings), output=output, force=force, reject_dir=reject_dir)
@@ -131,14 +131,14 @@ def scan(
 
     `method` None: the model's default (mahalanobis, or what `imgclean learn` chose).
     `review_sample` N > 0: after the scan, choose N of the accepted files for a person to review
-    (`scan --review-sample`, pipeline/sample_pass.py; off by default here): their kept records
+    (`scan --review-sample`, pipeline/scan/sample_pass.py; off by default here): their kept records
     get their `review` cell, and `result.review_sample` lists them ((path, reason) pairs, in the
     order to show them). Records already given to `on_record` are not changed.
 
     `folder` may be one file: it is scanned alone, its folder being the scanned one. `files`:
     scan only these (str, bytes or path-like; relative ones relative to the current folder),
     each inside `folder`, as `scan --files-from` does: a name that is not an image file there
-    is a skipped record (pipeline/file_list.py); one named twice is scanned once.
+    is a skipped record (pipeline/scan/file_list.py); one named twice is scanned once.
 
     Records are kept in `result.records` unless keep_records=False (for huge folders: use
     `on_record` to stream them). `dry_run` plans the moves (record.action "would move") and
@@ -147,7 +147,7 @@ def scan(
     has its Ray used and left running; otherwise the scan joins `ray_address` or starts a local Ray.
     """
     from .jobs.scan import ScanRequest
-    from .pipeline.scan import run_scan
+    from .pipeline.scan.scanner import run_scan
 
     request = ScanRequest(
         folder, model, move_to=move_to, dry_run=dry_run, files=files, method=method, use_cache=use_cache,
@@ -161,7 +161,7 @@ def scan(
     records: list = []
     sampler = None
     if review_sample:
-        from .pipeline.sample_pass import SampleCandidates
+        from .pipeline.scan.sample_pass import SampleCandidates
 
         sampler = SampleCandidates(review_sample, len(bundle.class_names))
     with _moving(plan.root, request.move_to, dry_run) as quarantine:
@@ -174,7 +174,7 @@ def scan(
 
 
 def _mark_sample(result: ScanResult, bundle, root, device: str, sampler) -> None:
-    from .pipeline.sample_pass import choose_sample
+    from .pipeline.scan.sample_pass import choose_sample
 
     sample = choose_sample(bundle, root, sampler, device)
     result.summary.review_sample = len(sample)
@@ -195,7 +195,7 @@ def apply(
 
     An `audit --report` file is carried out the same way (its findings whose issue is in
     `move_issues`, default all; of duplicates only the copies, while their original stays):
-    `records` are then the AuditRecords acted on, `summary` a pipeline.audit_apply.AuditApplySummary."""
+    `records` are then the AuditRecords acted on, `summary` a pipeline.audit.apply_findings.AuditApplySummary."""
     from .jobs.apply import ApplyRequest
     from .reports.records import AUDIT, ReportFile
 
@@ -214,9 +214,9 @@ def apply(
 
 
 def _apply_scan(source, request, collect: Callable, invalid: list):
-    from .pipeline.apply import ApplySummary, quarantine_exclusion
-    from .pipeline.apply_report import check_report, run_apply
-    from .pipeline.apply_sources import resolve_folder
+    from .pipeline.apply.applier import ApplySummary, quarantine_exclusion
+    from .pipeline.apply.report import check_report, run_apply
+    from .pipeline.apply.sources import resolve_folder
     from .reports.records import ReportError, report_root
 
     recorded = report_root(source)
@@ -233,9 +233,9 @@ def _apply_scan(source, request, collect: Callable, invalid: list):
 
 
 def _apply_audit(source, request, collect: Callable, invalid: list):
-    from .pipeline.apply import quarantine_exclusion
-    from .pipeline.apply_sources import resolve_folder
-    from .pipeline.audit_apply import AuditApplySummary, check_audit_report, run_audit_apply
+    from .pipeline.apply.applier import quarantine_exclusion
+    from .pipeline.apply.sources import resolve_folder
+    from .pipeline.audit.apply_findings import AuditApplySummary, check_audit_report, run_audit_apply
     from .reports.audit_records import AUDIT_COLUMNS, audit_row
     from .reports.records import ReportError, report_root
 
@@ -270,11 +270,11 @@ def evaluate(model, in_dir, ood_dir, *, methods: Iterable[str] | None = None, ba
 def audit(train_dir, model=None, *, move_to=None, dry_run: bool = False, device: str = "auto",
           progress: Callable[[str, int, int, dict], None] | None = None, **options):
     """Audit a training folder: wrong labels (out-of-sample confident learning), foreign pictures,
-    duplicates, unreadable files (pipeline.audit.AuditResult: .records, .summary). `options` are
-    pipeline.audit.AuditOptions fields (folds, method, epochs, near_threshold, ...). With
+    duplicates, unreadable files (pipeline.audit.auditor.AuditResult: .records, .summary). `options` are
+    pipeline.audit.auditor.AuditOptions fields (folds, method, epochs, near_threshold, ...). With
     `move_to`, the flagged files (later copies only, for duplicates) are quarantined like scan's."""
     from .jobs.audit import AuditRequest
-    from .pipeline.audit import apply_audit, run_audit
+    from .pipeline.audit.auditor import apply_audit, run_audit
 
     request = AuditRequest(train_dir, options, model, move_to=move_to, dry_run=dry_run)
     audit_options = request.check()
@@ -291,9 +291,9 @@ def audit(train_dir, model=None, *, move_to=None, dry_run: bool = False, device:
 def learn(quarantine, model, *, train_dir=None, device: str = "auto"):
     """Learn from the review of `quarantine` (what was restored, accepted, rejected, deleted)
     and save a new version of `model` when held-out decisions show the learned rule is better
-    (pipeline.learn_step.LearnOutcome; `imgclean learn`)."""
+    (pipeline.learn.step.LearnOutcome; `imgclean learn`)."""
     from .jobs.learn import LearnRequest
-    from .pipeline.learn_step import run_learn
+    from .pipeline.learn.step import run_learn
 
     request = LearnRequest(quarantine, model, train_dir=train_dir)
     request.check()

@@ -18,7 +18,7 @@ from imgclean.cli import EXIT_ERROR, EXIT_USAGE, app
 from imgclean.errors import ImgcleanError
 from imgclean.fileops import MANIFEST_NAME
 from imgclean.jobs.base import MethodError, RequestError
-from imgclean.pipeline.apply import QuarantinePlacementError
+from imgclean.pipeline.apply.applier import QuarantinePlacementError
 
 
 @dataclass
@@ -231,7 +231,7 @@ def test_every_job_has_cases_and_at_least_a_dozen_kinds():
 
 def test_a_result_owns_its_exit_code():
     from imgclean.jobs.results import ExitRules, ScanResult
-    from imgclean.pipeline.apply import ScanSummary
+    from imgclean.pipeline.apply.applier import ScanSummary
 
     summary = ScanSummary(root="/r", model="m")
     summary.counts["ood"] = 2

@@ -140,7 +140,7 @@ def test_concurrent_decodes_share_one_budget():
 
 
 def test_decode_threads_stay_within_the_budget(tmp_path, monkeypatch):
-    from imgclean.pipeline import scan
+    from imgclean.pipeline.scan import scanner as scan
 
     budget = data.DecodeBudget(3 * 2**20)
     monkeypatch.setattr(data, "DECODE_BUDGET", budget)

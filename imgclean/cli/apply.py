@@ -26,7 +26,7 @@ from .runs import Outcome, Printer, StopFlag, check_move_target, feed, finish, o
 class Plan:
     """What checking a report before anything moves settled: the folder (None when the report
     was refused before one could be chosen), the root every row must record, whether device
-    numbers are compared, the check's result (pipeline.apply.ReportCheck) and its stop flag."""
+    numbers are compared, the check's result (pipeline.apply.applier.ReportCheck) and its stop flag."""
 
     folder: Optional[Path]
     recorded: Optional[str]
@@ -40,11 +40,11 @@ class Plan:
 
 
 def _plan(source, given: Optional[Path], move_to: Path, keep_unreadable: bool, said) -> Plan:
-    """Choose the folder (pipeline/apply_sources.resolve_folder has the rule) and check the whole
+    """Choose the folder (pipeline/apply/sources.resolve_folder has the rule) and check the whole
     report against it. A report that names no folder is checked first all the same: one with a
     bad row is refused as such (exit 1, with its summary), a sound one is a usage error."""
-    from ..pipeline.apply_report import check_report
-    from ..pipeline.apply_sources import resolve_folder
+    from ..pipeline.apply.report import check_report
+    from ..pipeline.apply.sources import resolve_folder
     from ..reports.records import report_root
 
     recorded = report_root(source)
@@ -127,7 +127,7 @@ class ApplyView:
 def run_apply_request(request, view: ApplyView) -> None:
     """Open the report: an audit report goes to cli/apply_audit.py; a scan report is checked
     whole, then carried out (or refused), and the result printed with its exit code."""
-    from ..pipeline.apply import ApplySummary
+    from ..pipeline.apply.applier import ApplySummary
     from ..reports.records import AUDIT, ReportError, ReportFile
 
     report_in = request.report_in
@@ -167,7 +167,7 @@ def run_apply_request(request, view: ApplyView) -> None:
 
 def _carry_out(request, source, plan: Plan, summary, printer: Printer):
     """Move the report's files (a refused or stopped plan moves nothing); (review collector, stop flag)."""
-    from ..pipeline.apply_report import run_apply
+    from ..pipeline.apply.report import run_apply
 
     if plan.refused:
         run_apply(source, plan.folder, summary, checked=plan.checked)  # refused or stopped: moves nothing

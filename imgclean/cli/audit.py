@@ -118,7 +118,7 @@ def _split(value: str) -> tuple:
 def _run(request, options, bundle, dev: str, quiet: bool, json_out: bool):
     """Lock, open the quarantine, audit, move what was found, write the report; the jobs.results.AuditRun."""
     from ..jobs.results import AuditRun
-    from ..pipeline.audit import AuditInterrupted, apply_audit, run_audit
+    from ..pipeline.audit.auditor import AuditInterrupted, apply_audit, run_audit
 
     root = request.root
     progress = make_progress(quiet or json_out)

@@ -37,7 +37,7 @@ def learn(
     request.check()
     if rollback:
         return _rollback(model, json_out)
-    from ..pipeline.learn_step import run_learn
+    from ..pipeline.learn.step import run_learn
 
     try:
         outcome = run_learn(quarantine, model, train_dir=train_dir, device=resolve_device(device.value))

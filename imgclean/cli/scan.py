@@ -43,7 +43,7 @@ def open_file_list(stack: contextlib.ExitStack, files_from: Path, null: bool) ->
     """The names --files-from LIST gives (`-`: standard input), read as the scan goes
     (file_list.read_names: bounded, a line too long is an error line). A usage error when LIST
     cannot be opened (the request has checked that the run writes over none of its outputs)."""
-    from ..pipeline.file_list import read_names
+    from ..pipeline.scan.file_list import read_names
 
     if os.fsdecode(files_from) == "-":
         stdin = getattr(sys.stdin, "buffer", None)
@@ -59,11 +59,11 @@ def open_file_list(stack: contextlib.ExitStack, files_from: Path, null: bool) ->
 
 def mark_review_sample(summary, sampler, bundle, root: Path, device: str, writer, review) -> None:
     """After the scan: choose the review sample from the candidates `sampler` kept
-    (pipeline/sample_pass.py), count it in the summary, mark it in the report this run created
+    (pipeline/scan/sample_pass.py), count it in the summary, mark it in the report this run created
     (`writer`, reports/review_marks.py) and give it to the review page's collector. A sample that
     cannot be chosen or marked is a warning: the scan's own results stand."""
     from ..errors import ImgcleanError
-    from ..pipeline.sample_pass import choose_sample
+    from ..pipeline.scan.sample_pass import choose_sample
 
     try:
         sample = choose_sample(bundle, root, sampler, device)
@@ -148,7 +148,7 @@ class ScanView:
 def run_scan_request(request, view: ScanView) -> None:
     """Check the request, load the model, scan with the run's resources open, then print and exit
     with the result's exit code."""
-    from ..pipeline.scan import run_scan
+    from ..pipeline.scan.scanner import run_scan
     from ..reports.records import RecordWriter
 
     plan = request.check()
@@ -175,13 +175,13 @@ def run_scan_request(request, view: ScanView) -> None:
         writer = next((sink for sink in run.sinks if isinstance(sink, RecordWriter)), None)
         sampler = add_sampler(run, request.review_sample, bundle)
         show_progress(run, printer, bundle, plan, options.files, request.files_from)
-        from ..pipeline import move_features
+        from ..pipeline.scan import move_features
 
         moved_before = move_features.moves_now(run.quarantine)
         try:
             summary = run_scan(plan.root, bundle, options, run.quarantine, request.dry_run, dev, feed(run.sinks),
                                run.stop)
-        except ValueError as exc:  # a method the model cannot serve, found when it loads (pipeline.scoring)
+        except ValueError as exc:  # a method the model cannot serve, found when it loads (pipeline.engines.scoring)
             raise fail(str(exc)) from None
         if run.quarantine is not None and not request.dry_run and not summary.interrupted and not run.stop():
             for line in move_features.record_moves(run.quarantine, bundle, moved_before, dev, run.stop).warnings:
@@ -199,10 +199,10 @@ def run_scan_request(request, view: ScanView) -> None:
 
 
 def add_sampler(run, review_sample: int, bundle):
-    """The review sample's candidates, kept as the records go by (pipeline/sample_pass.py); None for none."""
+    """The review sample's candidates, kept as the records go by (pipeline/scan/sample_pass.py); None for none."""
     if not review_sample:
         return None
-    from ..pipeline.sample_pass import SampleCandidates
+    from ..pipeline.scan.sample_pass import SampleCandidates
 
     sampler = SampleCandidates(review_sample, len(bundle.class_names))
     run.sinks.append(sampler)

@@ -181,7 +181,7 @@ class FitProgress:
 def train_and_save(request, settings_used: dict, view: FitView):
     """Train (joining the other torchrun ranks when started by torchrun) and save the model;
     (bundle, report, saved path), or None on a torchrun rank other than 0."""
-    from ..pipeline.fit import FitError, fit_model
+    from ..pipeline.fit.fit_model import FitError, fit_model
     from ..store.artifact import ModelError, save_model
 
     progress = make_progress(view.quiet or view.json_out)
@@ -348,7 +348,7 @@ def fit_head_command(
 ) -> None:
     """Add (or replace) the supervised reject head of a model, without retraining the backbone."""
     from ..store.artifact import ModelError, load_model, save_model
-    from ..pipeline.headfit import HeadError, fit_head
+    from ..pipeline.fit.headfit import HeadError, fit_head
 
     setup_logging(quiet, False)
     if not reject_dir.is_dir():

@@ -9,7 +9,7 @@ from typing import Optional
 from .base import RequestError, check_outputs, optional_path
 from .results import ExitRules
 
-ISSUE_NAMES = ("label_issue", "outlier", "duplicate", "unreadable")  # pipeline/audit_apply.MOVABLE
+ISSUE_NAMES = ("label_issue", "outlier", "duplicate", "unreadable")  # pipeline/audit/apply_findings.MOVABLE
 
 
 def check_issues(issues, option: str = "--move-issues") -> tuple[str, ...]:

@@ -12,7 +12,7 @@ from .base import (
     quarantine_placement, refuse_quarantine_input,
 )
 
-RANGES = {  # pipeline.audit.AuditOptions field: (option, low, high, integer)
+RANGES = {  # pipeline.audit.auditor.AuditOptions field: (option, low, high, integer)
     "folds": ("--folds", 2, None, True),
     "percentile": ("--percentile", 50.0, 99.99, False),
     "trim": ("--trim", 0.0, 0.2, False),
@@ -27,7 +27,7 @@ RANGES = {  # pipeline.audit.AuditOptions field: (option, low, high, integer)
 @dataclass
 class AuditRequest:
     train_dir: Path
-    options: dict = field(default_factory=dict)  # pipeline.audit.AuditOptions fields by name
+    options: dict = field(default_factory=dict)  # pipeline.audit.auditor.AuditOptions fields by name
     model: object = None  # a model directory or a loaded model whose settings the folds train with
     move_to: Optional[Path] = None
     move_issues: tuple = ISSUE_NAMES
@@ -38,9 +38,9 @@ class AuditRequest:
     html: Optional[Path] = None
 
     def check(self):
-        """Every check before the audit trains anything; returns its pipeline.audit.AuditOptions."""
+        """Every check before the audit trains anything; returns its pipeline.audit.auditor.AuditOptions."""
         from ..detectors.registry import unsupervised
-        from ..pipeline.audit import AuditOptions
+        from ..pipeline.audit.auditor import AuditOptions
 
         self.move_to, self.report, self.html = optional_path(self.move_to), optional_path(self.report), \
             optional_path(self.html)

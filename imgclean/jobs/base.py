@@ -35,9 +35,9 @@ def refusal_classes() -> tuple[type[ImgcleanError], ...]:
     RequestError and the pipeline's own refusals of a path, raised only before a run starts (a
     quarantine placed over the folder, a folder a report cannot be applied to, a folder that is
     no training folder). Imported here, when an error is being said, not at start-up."""
-    from ..pipeline.apply import QuarantinePlacementError
-    from ..pipeline.apply_sources import ApplyFolderError
-    from ..pipeline.trainset import TrainingFolderError
+    from ..pipeline.apply.applier import QuarantinePlacementError
+    from ..pipeline.apply.sources import ApplyFolderError
+    from ..pipeline.fit.trainset import TrainingFolderError
 
     return RequestError, QuarantinePlacementError, ApplyFolderError, TrainingFolderError
 
@@ -76,9 +76,9 @@ def check_ranges(values: dict, table: dict) -> None:
 
 
 def quarantine_placement(folder: Path, move_to: Path) -> tuple[Path, ...]:
-    """The quarantine's exclusion from a walk of `folder` (pipeline.apply.quarantine_exclusion);
+    """The quarantine's exclusion from a walk of `folder` (pipeline.apply.applier.quarantine_exclusion);
     QuarantinePlacementError (a refusal) when it is the folder or above it."""
-    from ..pipeline.apply import quarantine_exclusion
+    from ..pipeline.apply.applier import quarantine_exclusion
 
     return quarantine_exclusion(Path(folder), Path(move_to))
 
@@ -173,8 +173,8 @@ def check_method_name(method: str | None) -> None:
 
 
 def check_served(bundle, method: str) -> None:
-    """MethodError when the model lacks a detector `method` needs (pipeline.scoring.check_method)."""
-    from ..pipeline.scoring import check_method
+    """MethodError when the model lacks a detector `method` needs (pipeline.engines.scoring.check_method)."""
+    from ..pipeline.engines.scoring import check_method
 
     try:
         check_method(bundle, method)

@@ -102,7 +102,7 @@ class ApplyResult(RunResult):
 
 @dataclass
 class AuditRun:
-    """An audit's outcome: `records` and `summary` (pipeline.audit.AuditResult's), its exit code."""
+    """An audit's outcome: `records` and `summary` (pipeline.audit.auditor.AuditResult's), its exit code."""
 
     records: list
     summary: object

@@ -16,7 +16,6 @@ from .results import ExitRules
 
 log = logging.getLogger(__name__)
 
-ENGINES = ("local", "ray")  # pipeline/scan.ENGINES
 RANGES = {  # field: (option, low, high, integer)
     "batch_size": ("--batch-size", 1, None, True),
     "workers": ("--workers", 0, None, True),
@@ -32,7 +31,7 @@ class EngineUnavailable(ImgcleanError):
 
 @dataclass
 class ScanPlan:
-    """What checking a scan request settled: `target` (pipeline/file_list.ScanTarget), `root`
+    """What checking a scan request settled: `target` (pipeline/scan/file_list.ScanTarget), `root`
     (resolved: the walk, the lock, the moves and the review page act on it), `base` (the folder
     as given, for messages), the quarantine's `exclude`, whether the cache is used, and the Ray
     options (None for the local engine)."""
@@ -91,7 +90,7 @@ class ScanRequest:
         return ScanPlan(target, root, base, exclude, use_cache, ray)
 
     def _target(self):
-        from ..pipeline.file_list import FileListError, scan_target
+        from ..pipeline.scan.file_list import FileListError, scan_target
 
         if isinstance(self.files, (str, bytes, os.PathLike)):
             raise RequestError("files is a list of paths, not one path")
@@ -105,9 +104,11 @@ class ScanRequest:
             raise RequestError(f"{exc}" if self.files_from is None else f"{exc} (--files-from)") from None
 
     def _ray_options(self):
-        """The Ray options (pipeline/ray_scan.RayOptions) for engine ray, None for local."""
-        if self.engine not in ENGINES:
-            raise RequestError(f"unknown engine {self.engine!r}; use {' or '.join(ENGINES)}")
+        """The Ray options (pipeline/engines/ray_engine.RayOptions) for engine ray, None for local."""
+        from ..pipeline.engines import registry as engines
+
+        if self.engine not in engines.names():
+            raise RequestError(f"unknown engine {self.engine!r}; use {' or '.join(engines.names())}")
         given = [name for name, value in (("--ray-address", self.ray_address), ("--ray-workers", self.ray_workers),
                                           ("--ray-gpus-per-worker", self.ray_gpus_per_worker)) if value]
         if self.engine != "ray":
@@ -119,7 +120,7 @@ class ScanRequest:
                                "--ray-gpus-per-worker")
         import importlib.util
 
-        from ..pipeline.ray_scan import INSTALL_HINT, RayOptions
+        from ..pipeline.engines.ray_engine import INSTALL_HINT, RayOptions
 
         if importlib.util.find_spec("ray") is None:
             raise EngineUnavailable(INSTALL_HINT)
@@ -165,12 +166,13 @@ class ScanRequest:
         return bundle, method
 
     def options(self, plan: ScanPlan, method: str, files=None):
-        """pipeline.scan.ScanOptions for this request (`files`: the names read from files_from)."""
-        from ..pipeline.scan import ScanOptions
+        """pipeline.scan.scanner.ScanOptions for this request (`files`: the names read from files_from)."""
+        from ..pipeline.scan.scanner import ScanOptions
 
         return ScanOptions(
             batch_size=self.batch_size, workers=self.workers, keep_unreadable=self.keep_unreadable,
             exclude=plan.exclude, method=method, use_cache=plan.use_cache,
-            cache_dir=Path(self.cache_dir) if self.cache_dir is not None else None, engine=self.engine, ray=plan.ray,
+            cache_dir=Path(self.cache_dir) if self.cache_dir is not None else None, engine=self.engine,
+            engine_options=plan.ray,
             files=plan.target.files if files is None else files,
         )

@@ -37,12 +37,14 @@ class ApplyRequest:
     html: Optional[Path] = None
     rules: ExitRules = field(default_factory=ExitRules)
 
+    def __post_init__(self):
+        self.report_in, self.move_to = Path(self.report_in), optional_path(self.move_to)
+        self.root, self.report, self.html = optional_path(self.root), optional_path(self.report), optional_path(self.html)
+
     def check(self) -> None:
         """What can be checked before the report is opened."""
         from ..reports.records import report_format
 
-        self.report_in, self.move_to = Path(self.report_in), optional_path(self.move_to)
-        self.root, self.report, self.html = optional_path(self.root), optional_path(self.report), optional_path(self.html)
         if not self.report_in.is_file():
             raise RequestError(f"{os.fsdecode(self.report_in)} does not exist or is not a file; give a `scan --report` "
                                "file (.csv/.jsonl)")

@@ -37,13 +37,15 @@ class AuditRequest:
     overwrite_report: bool = False
     html: Optional[Path] = None
 
+    def __post_init__(self):
+        self.move_to, self.report, self.html = optional_path(self.move_to), optional_path(self.report), \
+            optional_path(self.html)
+
     def check(self):
         """Every check before the audit trains anything; returns its pipeline.audit.auditor.AuditOptions."""
         from ..detectors.registry import unsupervised
         from ..pipeline.audit.auditor import AuditOptions
 
-        self.move_to, self.report, self.html = optional_path(self.move_to), optional_path(self.report), \
-            optional_path(self.html)
         need_folder(self.train_dir, "folder")
         refuse_quarantine_input(Path(self.train_dir), self.train_dir, "audit the training folder")
         need_move_to_for_dry_run(self.dry_run, self.move_to)

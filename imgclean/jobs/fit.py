@@ -59,12 +59,14 @@ class FitRequest:
     force: bool = False  # replace an existing model directory
     reject_dir: Optional[Path] = None  # also train the supervised reject head on these
 
+    def __post_init__(self):
+        self.train_dir, self.output, self.reject_dir = Path(self.train_dir), optional_path(self.output), \
+            optional_path(self.reject_dir)
+
     def check(self) -> None:
         """Every check before training: the folders, the output, and the config's values."""
         from ..store.artifact import check_replaceable
 
-        self.train_dir, self.output, self.reject_dir = Path(self.train_dir), optional_path(self.output), \
-            optional_path(self.reject_dir)
         need_folder(self.train_dir, "training folder")
         self._check_config()
         if self.reject_dir is not None:

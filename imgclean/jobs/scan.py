@@ -70,11 +70,13 @@ class ScanRequest:
     review_sample: int = 0
     rules: ExitRules = field(default_factory=ExitRules)
 
+    def __post_init__(self):
+        self.move_to, self.report, self.html = optional_path(self.move_to), optional_path(self.report), \
+            optional_path(self.html)
+
     def check(self) -> ScanPlan:
         """Every check a scan makes before it loads the model, in the order the CLI has always said
         them: the first problem is the one refused."""
-        self.move_to, self.report, self.html = optional_path(self.move_to), optional_path(self.report), \
-            optional_path(self.html)
         check_ranges(vars(self), RANGES)
         check_method_name(self.method)
         target = self._target()

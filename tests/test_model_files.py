@@ -177,7 +177,7 @@ def test_weights_from_a_model_with_other_classes(model_copy, two_class_model, in
     config = json.loads((model_copy / CONFIG_FILE).read_text())
     theirs = json.loads((two_class_model / CONFIG_FILE).read_text())
     config["files"][WEIGHTS_FILE] = theirs["files"][WEIGHTS_FILE]
-    config["fingerprint"] = artifact._fingerprint(config["files"])
+    config["fingerprint"] = artifact.fingerprint_of(config["files"])
     (model_copy / CONFIG_FILE).write_text(json.dumps(config))
     result = invoke("scan", incoming[0], "-m", model_copy)
     assert result.exit_code == 1 and "does not fit the architecture" in result.output

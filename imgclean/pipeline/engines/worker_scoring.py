@@ -107,7 +107,7 @@ def _prepare(token: str) -> Callable:
     from .. import blas
     from ...nn.runtime import prepare_for_inference
 
-    blas._limit()  # one BLAS thread too (the detector's products are small)
+    blas.limit_threads()  # one BLAS thread too (the detector's products are small)
     prepare_for_inference(bundle.model, "cpu", bundle.config.get("arch", ""), bundle.input_size)
 
     def score_arrays(images):

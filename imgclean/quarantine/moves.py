@@ -248,35 +248,9 @@ class Quarantine:
         except ValueError as e:
             return MoveResult(req, "error", None, str(e))
 
-        if src.parent == scan_root and src.name == ROOT_MARKER:  # never yielded by a walk: it is hidden
-            return MoveResult(req, "error", None, f"{src} is imgclean's lock file; it is never moved")
-        # Checks before anything is journaled: these leave the file alone. First, another run on a
-        # folder between the scanned root and the file (one that started earlier: later ones are
-        # refused at their start), or our lock replaced, raises LockHeld: the run stops.
-        try:
-            check_below(scan_root, src.parent)
-        except OSError as e:
-            return MoveResult(req, "error", None, f"cannot check the folders above {src}: {e.strerror or e}")
-        try:
-            st = os.lstat(src)
-        except FileNotFoundError:
-            return MoveResult(req, "missing", None, f"{src} no longer exists")
-        except OSError as e:
-            return MoveResult(req, "error", None, f"cannot stat {src}: {e.strerror or e}")
-        if stat.S_ISLNK(st.st_mode):
-            return MoveResult(req, "error", None, f"{src} is a symlink; symlinks are never moved")
-        if not resolved_inside(src, scan_root):
-            return MoveResult(req, "error", None, f"{src} resolves outside the scanned folder {scan_root}")
-        if resolved_inside(src, self.root):
-            return MoveResult(req, "error", None, f"{src} is inside the quarantine folder")
-        if not stat.S_ISREG(st.st_mode):
-            return MoveResult(req, "changed", None, f"{src} is not a regular file")
-        scored_inode = req.ino is None or (st.st_ino == req.ino and req.dev in (None, st.st_dev))
-        if (st.st_size, st.st_mtime_ns) != (req.size, req.mtime_ns) or not scored_inode:
-            return MoveResult(req, "changed", None, f"{src} changed since it was scored; left in place")
-        if too_long(base, slack=16):
-            return MoveResult(req, "error", None, f"{src} would go to a path longer than the system allows "
-                              f"(PATH_MAX) in {self.root}; left in place")
+        st = self._check_source(req, src, scan_root, base)
+        if isinstance(st, MoveResult):
+            return st
         try:
             mark_scanned_root(scan_root)  # recovery and restore act only on folders that have it
             sha = hash_unchanged(src, st)
@@ -323,6 +297,40 @@ class Quarantine:
         self.finish_quiet("move", jid, "done", destination=os.fsdecode(final))
         log.info("quarantined %s -> %s (%s)", src, final, req.reason)
         return MoveResult(req, "moved", final)
+
+    def _check_source(self, req: MoveRequest, src: Path, scan_root: Path, base: Path) -> "os.stat_result | MoveResult":
+        """The checks before anything is journaled (each refusal leaves the file alone): the
+        source's stat, or the MoveResult that refuses it. Raises LockHeld like `move`."""
+        if src.parent == scan_root and src.name == ROOT_MARKER:  # never yielded by a walk: it is hidden
+            return MoveResult(req, "error", None, f"{src} is imgclean's lock file; it is never moved")
+        # Checks before anything is journaled: these leave the file alone. First, another run on a
+        # folder between the scanned root and the file (one that started earlier: later ones are
+        # refused at their start), or our lock replaced, raises LockHeld: the run stops.
+        try:
+            check_below(scan_root, src.parent)
+        except OSError as e:
+            return MoveResult(req, "error", None, f"cannot check the folders above {src}: {e.strerror or e}")
+        try:
+            st = os.lstat(src)
+        except FileNotFoundError:
+            return MoveResult(req, "missing", None, f"{src} no longer exists")
+        except OSError as e:
+            return MoveResult(req, "error", None, f"cannot stat {src}: {e.strerror or e}")
+        if stat.S_ISLNK(st.st_mode):
+            return MoveResult(req, "error", None, f"{src} is a symlink; symlinks are never moved")
+        if not resolved_inside(src, scan_root):
+            return MoveResult(req, "error", None, f"{src} resolves outside the scanned folder {scan_root}")
+        if resolved_inside(src, self.root):
+            return MoveResult(req, "error", None, f"{src} is inside the quarantine folder")
+        if not stat.S_ISREG(st.st_mode):
+            return MoveResult(req, "changed", None, f"{src} is not a regular file")
+        scored_inode = req.ino is None or (st.st_ino == req.ino and req.dev in (None, st.st_dev))
+        if (st.st_size, st.st_mtime_ns) != (req.size, req.mtime_ns) or not scored_inode:
+            return MoveResult(req, "changed", None, f"{src} changed since it was scored; left in place")
+        if too_long(base, slack=16):
+            return MoveResult(req, "error", None, f"{src} would go to a path longer than the system allows "
+                              f"(PATH_MAX) in {self.root}; left in place")
+        return st
 
     # --- recovery and restore
 

@@ -234,6 +234,25 @@ class Scorer:
             else:
                 yield item
 
+    def _finish(self, done: "_Group", engine, rel, snapshots) -> Iterator:
+        """Yield the oldest group's block once its outcomes are back; then tell the snapshots
+        (after the consumer applied it, or when the consumer stopped at it)."""
+        if done.stored_run is not None:
+            yield done.entries
+            snapshots.after_block(done.entries, *done.stored_run)  # a stored run: its (folder, ordinal, span, positions)
+            return
+        to_decode = done.to_decode
+        scored = engine.collect(to_decode, done.in_flight) if to_decode else []
+        block = self._block(done.entries, done.records, scored, rel, done.folder)
+        try:
+            yield block
+        except GeneratorExit:  # the consumer stopped after this block, or while applying it
+            if snapshots is not None:
+                snapshots.saw_block(block)
+            raise
+        if snapshots is not None:  # after the consumer applied it
+            snapshots.saw_block(block)
+
     def scan_items(self, root: Path, exclude: Iterable[Path] = (), engine=None, runs: Iterable | None = None) -> Iterator:
         """Yield, in walk order, (record, entry) for every image-named file below root, except
         that a run of the walk the cache holds a snapshot of comes whole, as one RecordBlock.
@@ -265,27 +284,9 @@ class Scorer:
                 pending.append(group)
                 group = _Group([], [], [])
 
-            def finish() -> Iterator:
-                done = pending.popleft()
-                if done.stored_run is not None:
-                    yield done.entries
-                    snapshots.after_block(done.entries, *done.stored_run)
-                    return
-                to_decode = done.to_decode
-                scored = engine.collect(to_decode, done.in_flight) if to_decode else []
-                block = self._block(done.entries, done.records, scored, rel, done.folder)
-                try:
-                    yield block
-                except GeneratorExit:  # the consumer stopped after this block, or while applying it
-                    if snapshots is not None:
-                        snapshots.saw_block(block)
-                    raise
-                if snapshots is not None:  # after the consumer applied it
-                    snapshots.saw_block(block)
-
             def drain() -> Iterator:
                 while len(pending) > engine.ahead() or (pending and not pending[0].to_decode):
-                    yield from finish()
+                    yield from self._finish(pending.popleft(), engine, rel, snapshots)
 
             try:
                 # The cache's snapshot of each run, asked by the walk: an unchanged run comes
@@ -296,11 +297,7 @@ class Scorer:
                     if walked.unlisted:
                         self.unlisted += 1
                     if snapshots is not None:
-                        stored = None
-                        if walked.matched:
-                            stored = cache.answered(walked.snapshot, _SNAPSHOT_STATUSES)
-                        elif walked.snapshot is not None:
-                            stored = cache.get_run(folder, ordinal, run, _SNAPSHOT_STATUSES, walked.snapshot)
+                        stored = _stored_answer(cache, walked)
                         if stored is not None:
                             if group.entries:
                                 submit()
@@ -311,21 +308,14 @@ class Scorer:
                         snapshots.expect(folder, ordinal, len(run), walked.span, walked.positions)
                     for i in range(0, len(run), step):
                         entries = run[i : i + step]
-                        resolved = self._resolve(entries, rel, stored_runs, folder)
-                        group.folder = folder if group.folder is _NO_FOLDER or group.folder == folder else None
-                        group.entries += entries
-                        group.records += resolved
-                        if resolved.count(None) == len(entries):
-                            group.to_decode += entries
-                        else:
-                            group.to_decode += [e for e, r in zip(entries, resolved) if r is None]
+                        group.add(entries, self._resolve(entries, rel, stored_runs, folder), folder)
                         if len(group.to_decode) >= self.batch_size or len(group.entries) >= MAX_GROUP:
                             submit()
                             yield from drain()
                 if group.entries:
                     submit()
                 while pending:
-                    yield from finish()
+                    yield from self._finish(pending.popleft(), engine, rel, snapshots)
             finally:
                 for waiting in pending:
                     if waiting.in_flight is not None:
@@ -353,6 +343,26 @@ class _Group:
     in_flight: object = None
     folder: object = _NO_FOLDER
     stored_run: tuple | None = None
+
+    def add(self, entries: list, resolved: list, folder) -> None:
+        """Entries of `folder` and their records (None: to decode), at the end of the group."""
+        self.folder = folder if self.folder is _NO_FOLDER or self.folder == folder else None
+        self.entries += entries
+        self.records += resolved
+        if resolved.count(None) == len(entries):
+            self.to_decode += entries
+        else:
+            self.to_decode += [e for e, r in zip(entries, resolved) if r is None]
+
+
+def _stored_answer(cache, walked):
+    """The cache's (outcomes, rows) for a whole run of the walk, or None: from the snapshot the
+    walk matched, or by comparing the run with its snapshot."""
+    if walked.matched:
+        return cache.answered(walked.snapshot, _SNAPSHOT_STATUSES)
+    if walked.snapshot is not None:
+        return cache.get_run(walked.folder, walked.ordinal, walked.entries, _SNAPSHOT_STATUSES, walked.snapshot)
+    return None
 
 
 # Entries looked up in the cache with one query.

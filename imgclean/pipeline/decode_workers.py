@@ -1,5 +1,8 @@
 """Decoding in worker processes: the process half of pipeline.decode's Decoder.
 
+Longer than 400 lines: the pool, its shared-memory blocks and its recovery from dead workers
+share one lifetime (every block a chunk may leave is unlinked by the pool that named it).
+
 Why: Pillow holds the GIL for most of a small file's open/parse/decode path, so threads do not
 add up for folders of small images; processes do. How:
 
@@ -16,8 +19,9 @@ add up for folders of small images; processes do. How:
 - A worker killed (say `kill -9`) breaks the executor: every chunk in flight fails with
   BrokenProcessPool. The pool is rebuilt (a fresh budget: the dead worker's reservation dies with
   the old one) and each lost chunk is decoded again; a chunk that breaks the pool twice is decoded
-  one file at a time, and a file whose own decode kills its worker ends `unreadable` with a
-  message saying so. No file is lost and nothing waits forever.
+  one file at a time, each in a process of its own (another chunk's death cannot break it), and
+  a file whose own decode kills its worker ends `unreadable` with a message saying so. No file is
+  lost and nothing waits forever.
 - `finish` (optional): a function the worker applies to a chunk's decoded list, returning one
   result per item (a scan scores the chunk there: pipeline/engines/worker_scoring.py); the results come
   back pickled instead of the arrays, and a file that kills its worker gets `failed(UNREADABLE,

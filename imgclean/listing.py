@@ -29,6 +29,8 @@ from array import array
 from operator import attrgetter
 from typing import NamedTuple
 
+from . import tuning
+
 log = logging.getLogger(__name__)
 
 # The kernel refuses paths of PATH_MAX bytes or more (the count includes the final NUL).
@@ -182,7 +184,7 @@ def _stat_columns(items: list, stats_of) -> list[list[int]]:
 
 def _may_split(n: int) -> bool:
     """Whether n names are worth a child, and forking one is safe here."""
-    return (n >= SPLIT_FROM and hasattr(os, "fork") and os.environ.get("IMGCLEAN_SPLIT_STAT") != "0"
+    return (n >= SPLIT_FROM and hasattr(os, "fork") and tuning.current().split_stat
             and threading.active_count() == 1 and threading.current_thread() is threading.main_thread()
             and _sigchld_default()
             and n >= SPLIT_FROM + 32 * _resident_mib()  # a fork costs ~20 us per MiB, a name saves ~1 us

@@ -15,6 +15,8 @@ import subprocess
 import sys
 import tempfile
 import time
+
+from imgclean import tuning
 from pathlib import Path
 
 import numpy as np
@@ -515,7 +517,7 @@ def test_the_engine_asks_ray_for_the_workers_and_devices_it_was_given(model_dir,
     engine = ray_scan.RayEngine(scorer, ray_scan.RayOptions(workers=workers, gpus_per_worker=gpus))
     records = [r for r, _ in scorer.scan(folder, (), engine)]
     assert len(fake.options_seen) == 1 and fake.options_seen[0]["num_gpus"] == gpus
-    assert fake.options_seen[0]["max_restarts"] == -1 and fake.options_seen[0]["max_task_retries"] == ray_scan.RETRIES
+    assert fake.options_seen[0]["max_restarts"] == -1 and fake.options_seen[0]["max_task_retries"] == tuning.current().ray_retries
     assert fake.devices == ["cuda" if gpus else "cpu"] * expected
     assert fake.killed == expected and fake.shut == 1 and fake.inits[0]["address"] is None
     local = [r for r, _ in Scorer(load_model(model_dir, lazy=True), 4).scan(folder)]

@@ -51,8 +51,11 @@ class Command(typer.core.TyperCommand):
         request refused as asked (jobs.base.refusal_classes) as a usage error, exit 2; LockHeld
         as the line naming the busy folder, EXIT_LOCKED; any other, exit 1. The one place the CLI
         turns imgclean's errors into exits; commands catch only what they say otherwise."""
+        from .. import tuning
+
         try:
-            return super().invoke(ctx)
+            with tuning.using(tuning.from_env()):  # the IMGCLEAN_* switches, read once per command
+                return super().invoke(ctx)
         except ImgcleanError as exc:
             from ..jobs.base import refusal_classes
             from ..quarantine.locking import LockHeld

@@ -28,26 +28,16 @@ import signal
 import threading
 from dataclasses import dataclass
 
-from ... import data
+from ... import data, tuning
 from .base import Outcome
 from .ray_worker import RayEngineError, ScoreWorker  # noqa: F401  (ScoreWorker: the actor class, public here)
 
 log = logging.getLogger(__name__)
 
-# Tries of a batch beyond the first when its worker dies (Ray restarts the worker each time);
-# IMGCLEAN_RAY_RETRIES sets it (more on a cluster that loses nodes often).
-RETRIES = max(0, int(os.environ.get("IMGCLEAN_RAY_RETRIES", "3") or 3))
 # Batches queued per worker: one running, one waiting, so a worker never idles between batches.
 IN_FLIGHT_PER_WORKER = 2
-# How long the workers may take to start and load the model before the scan gives up (a cluster
-# that cannot place them, e.g. asking for more GPUs than it has, would otherwise wait forever).
-START_TIMEOUT_S = float(os.environ.get("IMGCLEAN_RAY_START_TIMEOUT", "300"))
 # How long a cluster address may take to accept a connection.
 CONNECT_TIMEOUT_S = 10.0
-# Test hook, read by the driver and handed to the workers: "N:MARKER" kills a worker (SIGKILL) in
-# its N-th batch, once (the one that creates MARKER); "poison:NAME" kills every worker whose batch
-# holds a file named NAME (a file that crashes the decoder).
-KILL_ENV = "IMGCLEAN_RAY_TEST_KILL"
 # The message of a file that killed its worker on its own (the local engine's decode workers say
 # the same of a file that kills them).
 DIED = "the Ray worker died while decoding or scoring this file alone (killed, out of memory, or a crash in the image library)"
@@ -89,6 +79,9 @@ class RayEngine:
     def __init__(self, scorer, options: RayOptions):
         self.scorer = scorer
         self.options = options
+        # Tries of a batch beyond the first when its worker dies, how long workers may take to
+        # start (a cluster that cannot place them would otherwise wait forever), the test hook.
+        self.tuning = tuning.current()
         self.ray = None
         self.started_ray = False
         self.workers: list = []
@@ -144,7 +137,7 @@ class RayEngine:
         # Shipped once: every worker (and a restarted one) reads the one copy, held here until the end.
         self.files_ref = ray.put(read_model_files(self.scorer.bundle.path))
         self._worker_class = ray.remote(ScoreWorker)
-        remote = self._worker_class.options(num_cpus=1, num_gpus=gpus, max_restarts=-1, max_task_retries=RETRIES)
+        remote = self._worker_class.options(num_cpus=1, num_gpus=gpus, max_restarts=-1, max_task_retries=self.tuning.ray_retries)
         count = self._count(ray)
         self._check_capacity(ray, count, gpus)
         self.workers = [remote.remote(*self._worker_args("cuda" if gpus > 0 else "cpu")) for _ in range(count)]
@@ -155,11 +148,11 @@ class RayEngine:
         """Wait until every worker has loaded the model, and check it is the driver's."""
         ray, gpus = self.ray, self.options.gpus_per_worker
         try:
-            prints = ray.get([w.ready.remote(self._files()) for w in workers], timeout=START_TIMEOUT_S)
+            prints = ray.get([w.ready.remote(self._files()) for w in workers], timeout=self.tuning.ray_start_timeout_s)
         except ray.exceptions.GetTimeoutError:
             raise RayEngineError(
                 f"the Ray cluster did not start {len(workers)} workers ({gpus or 1:g} {'GPU' if gpus else 'CPU'} "
-                f"each) within {START_TIMEOUT_S:g} s; give fewer --ray-workers or check `ray status`"
+                f"each) within {self.tuning.ray_start_timeout_s:g} s; give fewer --ray-workers or check `ray status`"
             ) from None
         except ray.exceptions.RayError as exc:
             raise RayEngineError(f"a Ray worker could not load the model: {_cause(exc)}") from None
@@ -168,7 +161,7 @@ class RayEngine:
 
     def _worker_args(self, device: str) -> tuple:
         scorer = self.scorer
-        return (scorer.bundle.config, scorer.method, scorer.batch_size, device, os.environ.get(KILL_ENV, ""))
+        return (scorer.bundle.config, scorer.method, scorer.batch_size, device, self.tuning.ray_test_kill)
 
     def _files(self) -> list:
         """The model's files as workers take them: the one object-store copy, by reference."""
@@ -176,7 +169,7 @@ class RayEngine:
 
     def _check_capacity(self, ray, count: int, gpus: float) -> None:
         """Workers the cluster cannot place: an error at once for the local Ray this scan started
-        (it cannot grow), a warning for a cluster (an autoscaler may add nodes; START_TIMEOUT_S)."""
+        (it cannot grow), a warning for a cluster (an autoscaler may add nodes; tuning's ray_start_timeout_s)."""
         have = ray.cluster_resources()
         need = {"CPU": float(count), **({"GPU": count * gpus} if gpus > 0 else {})}
         short = [f"{n:g} {kind}s, the cluster has {have.get(kind, 0):g}" for kind, n in need.items()
@@ -186,7 +179,7 @@ class RayEngine:
         what = f"{count} Ray workers need {' and '.join(short)}"
         if self.started_ray and self.options.address is None and not os.environ.get("RAY_ADDRESS"):
             raise RayEngineError(f"{what}; give fewer --ray-workers (the local Ray this scan started cannot grow)")
-        log.warning("%s; waiting up to %g s for the cluster to place them", what, START_TIMEOUT_S)
+        log.warning("%s; waiting up to %g s for the cluster to place them", what, self.tuning.ray_start_timeout_s)
 
     def __exit__(self, *exc) -> None:
         ray, workers, self.workers, self.files_ref = self.ray, self.workers, [], None
@@ -225,13 +218,13 @@ class RayEngine:
         try:
             paths, outcomes = ray.get(batch.ref)
         except ray.exceptions.RayActorError:
-            # The batch killed its worker RETRIES + 1 times: find the file that does it.
+            # The batch killed its worker ray_retries + 1 times: find the file that does it.
             log.warning("a Ray worker died %d times on a batch of %d files (first %r); scoring them one at a time",
-                        RETRIES + 1, len(entries), os.fsdecode(batch.paths[0]))
+                        self.tuning.ray_retries + 1, len(entries), os.fsdecode(batch.paths[0]))
             return self._one_at_a_time(batch.paths)
         except ray.exceptions.RayError as exc:
             raise RayEngineError(
-                f"a Ray worker failed {RETRIES + 1} times scoring a batch of {len(entries)} files "
+                f"a Ray worker failed {self.tuning.ray_retries + 1} times scoring a batch of {len(entries)} files "
                 f"(first {os.fsdecode(batch.paths[0])!r}): {_cause(exc)}"
             ) from None
         finally:

@@ -32,6 +32,7 @@ from typing import Callable
 
 from ...data import TransientMessage
 from .base import Outcome
+from ... import tuning
 from .scoring import outcomes, predict_scores
 
 ENV = "IMGCLEAN_SCORE_IN_WORKERS"
@@ -46,7 +47,7 @@ def wanted(device: str, workers: int) -> bool:
     """Whether a scan on `device` with `workers` decode workers scores in them (when they are
     processes)."""
     return (str(device) == "cpu" and hasattr(os, "fork")  # (decode_workers forks where it can)
-            and os.environ.get(ENV, "").strip() not in ("0", "false", "no")
+            and tuning.current().score_in_workers
             and workers <= MAX_WORKERS and workers * WORKER_BYTES <= _available_bytes() / 2)
 
 
@@ -103,7 +104,7 @@ def _prepare(token: str) -> Callable:
     if entry is None:
         raise RuntimeError("scoring in a decode worker that was not forked from the scan (no model registered)")
     bundle, method, batch_size = entry
-    os.environ["IMGCLEAN_TORCH_THREADS"] = "1"  # one thread a worker: the workers fill the cores
+    tuning.set_for_process(tuning.current().with_(torch_threads=1))  # one thread a worker: the workers fill the cores
     from .. import blas
     from ...nn.runtime import prepare_for_inference
 

@@ -6,6 +6,9 @@ plausible size, and read whole. Then each is checked for what imgclean needs of 
 and the safetensors headers (JSON, read by imgclean.structured's bounded reader) field by field,
 detector.npz and each other detector's npz array by array (the pickle-free reader here and the
 detector's own check_state). Every problem is a ModelError: one line naming the file and fault.
+
+Longer than 400 lines: config.json's schema table, the safetensors header check and the npz
+reader are the three checks of one untrusted directory, read through one descriptor.
 """
 from __future__ import annotations
 

@@ -88,3 +88,12 @@ def test_the_scorer_answers_whether_its_model_is_loading(model_dir):
     assert scorer.loading_model is False  # nothing asked it to load yet
     engine = LocalEngine(scorer)
     assert engine.ahead() == 2
+
+
+def test_a_lazy_bundle_says_when_its_network_loads(model_dir):
+    bundle = load_model(model_dir, lazy=True)
+    said: list[str] = []
+    assert bundle.around_load(lambda: said.append("loading"), lambda: said.append("loaded"))
+    assert said == []  # nothing loads until the network is asked for
+    assert bundle.model is not None and said == ["loading", "loaded"]
+    assert not bundle.around_load(lambda: said.append("again"), lambda: None)  # loaded: nothing to wrap

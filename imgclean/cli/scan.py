@@ -25,18 +25,10 @@ from .runs import (  # noqa: F401  (StopFlag, check_move_target, check_html_outp
 
 def show_model_loading(bundle, progress, task) -> None:
     """While the network loads (at the first file to score), the bar says so instead of sitting still."""
-    loader = getattr(bundle, "_loader", None)
-    if loader is None or task is None:
+    if task is None or not hasattr(bundle, "around_load"):
         return
-
-    def load():
-        progress.update(task, description="loading model")
-        try:
-            return loader()
-        finally:
-            progress.update(task, description="scanning")
-
-    bundle._loader = load
+    bundle.around_load(lambda: progress.update(task, description="loading model"),
+                       lambda: progress.update(task, description="scanning"))
 
 
 def open_file_list(stack: contextlib.ExitStack, files_from: Path, null: bool) -> Iterator:

@@ -15,7 +15,7 @@ from .common import (
     resolve_device, rich_console, setup_logging, usage_error,
 )
 from .console import counts_table
-from .options import DryRun, JsonOut, KeepUnreadable, OverwriteReport, Quiet, Verbose, config_option
+from .options import REPORT_EXTENSIONS, DryRun, JsonOut, KeepUnreadable, OverwriteReport, Quiet, Verbose, config_option
 from .runs import StopFlag, check_html_output, check_move_target, check_report_output, enter_quarantine
 
 # The audit's methods: the detectors fitted from the training images alone (detectors/registry.py).
@@ -60,7 +60,7 @@ def audit(
     ctx: typer.Context,
     train_dir: Path = typer.Argument(..., help="Training folder to check: one sub-folder per class, as for `fit`."),
     model: Optional[Path] = typer.Option(None, "-m", "--model", help="A model made by `imgclean fit` on this folder: the folds are trained with its settings (architecture, input size, epochs, lambda...) and its features find near duplicates. It never scores its own training images [default: fit's defaults]."),
-    report: Optional[Path] = typer.Option(None, "--report", help="Write one record per file to this .csv or .jsonl (JSON lines) file."),
+    report: Optional[Path] = typer.Option(None, "--report", help=f"Write one record per file to this file: {REPORT_EXTENSIONS}."),
     overwrite_report: OverwriteReport = False,
     html: Optional[Path] = typer.Option(None, "--html", help="Write a self-contained HTML review page of the findings (thumbnails; duplicates side by side)."),
     json_out: JsonOut = False,

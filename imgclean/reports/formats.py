@@ -134,7 +134,7 @@ CSV = RecordFormat("csv", "CSV", (".csv",), binary=False, writer=_CsvWriter, rea
 JSON_LINES = RecordFormat(
     "jsonl", "JSON lines", (".jsonl", ".ndjson"), binary=True, writer=_JsonLinesWriter, reader=_JsonLinesRows,
     read_only=(".json",), never_written="a report is JSON lines (one record per line), not one JSON document",
-    fast=None,
+    fast=_json_lines_fast,
 )
 FORMATS: tuple[RecordFormat, ...] = (CSV, JSON_LINES)
 

@@ -160,10 +160,11 @@ _JSON_HEADS = ('{"path": "', '", "status": "', '", "predicted": "', '", "nearest
                ', "dev": ', ', "ino": ')
 _JSON_CELLS = (0, 1, 2, 3, 4, 7, 8, 9, 10, 11)
 _JSON_WIDTH = 2 * len(_JSON_CELLS) + 1  # pieces a line: each head and its cell, then the tail
-# An empty cell is None there: null. Only the heads hold unescaped quotes, so these never match
-# inside a string (every quote in one is escaped).
-_JSON_NULLS = (('"predicted": "",', '"predicted": null,'), ('"nearest": "",', '"nearest": null,'),
-               ('"score": ,', '"score": null,'), ('"dev": ,', '"dev": null,'), ('"ino": ,', '"ino": null,'))
+# An empty cell is None there: null (the cell's index, and the text to replace when one is
+# empty). Only the heads hold unescaped quotes, so these never match inside a string (every
+# quote in one is escaped).
+_JSON_NULLS = ((2, '"predicted": "",', '"predicted": null,'), (3, '"nearest": "",', '"nearest": null,'),
+               (4, '"score": ,', '"score": null,'), (10, '"dev": ,', '"dev": null,'), (11, '"ino": ,', '"ino": null,'))
 _PREDICTED, _NEAREST = itemgetter(1), itemgetter(2)
 
 
@@ -188,25 +189,27 @@ class JsonLinesText:
         if plain is None:
             return None
         prefix, rows = plain
-        n = len(block.entries)
-        if rows.count("\0") != n or rows.count(",") != 12 * n:
-            return None
-        if "" in map(_PREDICTED, block.outcomes) or "" in map(_NEAREST, block.outcomes):
-            return None  # an empty class name: its empty cell would read as None
+        n, end = len(block.entries), 12 * len(block.entries)
+        if rows.count("\0") != n:
+            return None  # a NUL in a field
         cells = _json_string(rows.replace("\0", ""))[1:-1].split(",")
-        end = 12 * n
-        scores = cells[4:end:12]
-        if (len(cells) != end + 1 or "nan" in scores or "inf" in scores or "-inf" in scores
-                or cells[5:end:12].count("") != n or cells[6:end:12].count("") != n
-                or "None" in cells[7:end:12] or "None" in cells[8:end:12] or "None" in cells[9:end:12]):
+        if len(cells) != end + 1:
+            return None  # a comma in a field
+        columns = [cells[k:end:12] for k in range(12)]
+        scores = columns[4]
+        if ("nan" in scores or "inf" in scores or "-inf" in scores or columns[5].count("") != n
+                or columns[6].count("") != n or "None" in columns[7] or "None" in columns[8] or "None" in columns[9]):
             return None
+        if ("" in columns[2] and "" in map(_PREDICTED, block.outcomes)) or ("" in columns[3] and "" in map(_NEAREST, block.outcomes)):
+            return None  # an empty class name: its empty cell would read as None
         out: list = [None] * (_JSON_WIDTH * n)
         heads = (_JSON_HEADS[0] + _json_string(prefix)[1:-1], *_JSON_HEADS[1:])
         for k, (head, cell) in enumerate(zip(heads, _JSON_CELLS)):
             out[2 * k::_JSON_WIDTH] = [head] * n
-            out[2 * k + 1::_JSON_WIDTH] = cells[cell:end:12]
+            out[2 * k + 1::_JSON_WIDTH] = columns[cell]
         out[_JSON_WIDTH - 1::_JSON_WIDTH] = [self._tail] * n
         text = "".join(out)
-        for empty, null in _JSON_NULLS:
-            text = text.replace(empty, null)
+        for cell, empty, null in _JSON_NULLS:
+            if "" in columns[cell]:
+                text = text.replace(empty, null)
         return text

@@ -182,3 +182,36 @@ def test_the_cli_refuses_an_unknown_extension_with_exit_2(tmp_path, name):
         assert result.exit_code == 2, (args[0], result.output)
         assert "must end in" in result.output and extensions_text() in " ".join(result.output.split()), args[0]
         assert not fresh.exists() and not (tmp_path / "p.html").exists()
+
+
+HOSTILE_FILES = ("tab\tname.png", "new\nline.png", 'q"uote, comma.png', "back\\slash.png", "caf\u00e9.png",
+                 os.fsdecode(b"bad\xff.png"))
+
+
+@pytest.mark.parametrize("fmt, ext", WRITTEN, ids=IDS)
+def test_scan_writes_it_and_apply_and_the_review_page_read_it(model_dir, tmp_path, fmt, ext):
+    import json
+
+    import numpy as np
+    from conftest import make_incoming_folder, ood_image, write_png
+
+    folder = tmp_path / "in"
+    make_incoming_folder(folder)
+    rng = np.random.default_rng(3)
+    for name in HOSTILE_FILES:
+        write_png(folder / name, ood_image(rng))
+    report = tmp_path / f"r{ext}"
+    result = invoke("scan", folder, "-m", model_dir, "--report", report, "-q", "--no-cache")
+    assert result.exit_code == 0, result.output
+    rows = list(read_report(report))
+    assert [row.error for row in rows] == [""] * len(rows)
+    assert sorted(row.record.path for row in rows) == sorted(os.listdir(folder))
+    assert {row.root for row in rows} == {os.path.realpath(folder)}
+    page = invoke("report", report, "-o", tmp_path / "page.html")
+    assert page.exit_code == 0 and (tmp_path / "page.html").is_file(), page.output
+    applied = invoke("apply", report, "--move-to", tmp_path / "q", "--json")
+    assert applied.exit_code == 0, applied.output
+    rejected = {row.record.path for row in rows if row.record.status in ("ood", "unreadable")}
+    assert json.loads(applied.stdout)["moved"] == len(rejected) >= len(HOSTILE_FILES)
+    left = [name for name in os.listdir(folder) if not name.startswith(".")]  # (the folder's lock file)
+    assert sorted(left) == sorted({row.record.path for row in rows} - rejected)

@@ -8,7 +8,7 @@ import math
 import pytest
 
 from imgclean.reports import record_blocks
-from imgclean.reports.formats import CSV, JSON_LINES, WRITE_OPTIONS
+from imgclean.reports.formats import CSV, FORMATS, JSON_LINES, TSV, WRITE_OPTIONS
 from imgclean.reports.record_blocks import RecordBlock, csv_rows
 from imgclean.reports.records import FIELDS, STATUSES, RecordWriter, read_report, report_row
 from imgclean.walk import FileEntry
@@ -67,6 +67,46 @@ def test_json_lines_blocks_equal_the_writer_byte_for_byte(root, sub, stored):
     assert fast == slow_text(JSON_LINES, block_of(base, sub, NAMES, stored), root)
 
 
+# Names every fast path takes (nothing CSV quotes, nothing TSV escapes).
+PLAIN = ["plain.png", "caf\u00e9.png", "emoji\U0001f600.png", "bad\udcff\udce9.png", "sp ace.png", "None", "nan", "-inf",
+         "'single'.png", "\u2028sep.png"]
+FAST = [fmt for fmt in FORMATS if fmt.fast is not None]
+
+
+def plain_outcome(i: int) -> tuple:
+    return (STATUSES[i % len(STATUSES)], None if i % 3 == 0 else f"cl\u00e4ss {i % 2}", None if i % 4 == 0 else "n\u00e9arest",
+            [None, 0.0, -0.0, 1 / 3, 1e-300, 12345.678, 2.5e17][i % 7], ["", "decode failed: \u00e9 'x'"][i % 2])
+
+
+@pytest.mark.parametrize("fmt", FAST, ids=[f.name for f in FAST])
+@pytest.mark.parametrize("root", ROOTS[:3], ids=["plain", "non-ascii", "none"])
+@pytest.mark.parametrize("sub", ["", "sub/d\u00e9\udcfe"])
+@pytest.mark.parametrize("stored", [False, True], ids=["formatted", "stored-rows"])
+def test_every_fast_path_writes_what_its_writer_writes(fmt, root, sub, stored):
+    base = "/data/in" if root is None else root
+    fast = fmt.fast(root).block(block_of(base, sub, PLAIN, stored, plain_outcome))
+    if root is None and fmt is CSV:
+        assert fast is None  # (CSV's fast path wants a root)
+        return
+    assert fast is not None
+    assert fast == slow_text(fmt, block_of(base, sub, PLAIN, stored, plain_outcome), root)
+
+
+@pytest.mark.parametrize("fmt", FAST, ids=[f.name for f in FAST])
+@pytest.mark.parametrize("stored", [False, True], ids=["formatted", "stored-rows"])
+def test_hostile_blocks_write_what_their_records_write(tmp_path, fmt, stored):
+    """Whatever a fast path does with a block it cannot format (a name with a tab, a quote, a
+    line break...), the report holds the bytes its records written one by one give."""
+    whole, each = tmp_path / f"whole{fmt.extensions[0]}", tmp_path / f"each{fmt.extensions[0]}"
+    with RecordWriter(whole, "/data/in") as writer:
+        writer.write_block(block_of("/data/in", "sub", NAMES, stored))
+    with RecordWriter(each, "/data/in") as writer:
+        for record in block_of("/data/in", "sub", NAMES, stored).records():
+            writer.write(record)
+    assert whole.read_bytes() == each.read_bytes()
+    assert [row.record.path for row in read_report(whole)] == [f"sub/{n}" for n in NAMES]
+
+
 @pytest.mark.parametrize("outcome, why", [
     (lambda i: ("ood", "a", "b", math.nan, ""), "NaN score"),
     (lambda i: ("ood", "a", "b", math.inf if i % 2 else -math.inf, ""), "infinite score"),
@@ -87,14 +127,14 @@ def test_json_lines_blocks_it_cannot_format_go_row_by_row(tmp_path, outcome, why
     assert whole.read_bytes() == each.read_bytes()
 
 
-@pytest.mark.parametrize("fmt", [CSV, JSON_LINES], ids=["csv", "jsonl"])
+@pytest.mark.parametrize("fmt", FORMATS, ids=[f.name for f in FORMATS])
 @pytest.mark.parametrize("stored", [False, True], ids=["formatted", "stored-rows"])
 def test_a_written_block_reads_back_as_its_records(tmp_path, fmt, stored):
-    names = [n for n in NAMES if fmt is JSON_LINES or not set(n) & set(',"\r\n')]  # CSV: the quoting ones go row by row
+    names = NAMES if fmt is JSON_LINES else PLAIN
     path = tmp_path / f"r{fmt.extensions[0]}"
     with RecordWriter(path, "/data/in") as writer:
-        writer.write_block(block_of("/data/in", "sub", names, stored))
-    expected = block_of("/data/in", "sub", names, stored).records()
+        writer.write_block(block_of("/data/in", "sub", names, stored, plain_outcome))
+    expected = block_of("/data/in", "sub", names, stored, plain_outcome).records()
     rows = list(read_report(path))
     assert [row.error for row in rows] == [""] * len(expected)
     for record, row in zip(expected, rows, strict=True):
@@ -119,3 +159,11 @@ def test_blocks_whose_records_were_given_out_are_written_from_the_records():
     block.records()[0].action = "moved"
     assert JSON_LINES.fast("/data/in").block(block) is None
     assert record_blocks.CsvText("/data/in").block(block) is None
+    assert TSV.fast("/data/in").block(block) is None
+
+
+@pytest.mark.parametrize("root", ["/data/tab\there", "/data/back\\slash", "/data/new\nline"])
+def test_tsv_writes_a_root_it_must_escape_row_by_row(root):
+    block = block_of(root, "", PLAIN, True)
+    assert TSV.fast(root).block(block) is None
+    assert slow_text(TSV, block, root).count("\n") == len(PLAIN)

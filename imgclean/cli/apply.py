@@ -124,7 +124,7 @@ def apply(
 
     setup_logging(quiet, verbose)
     if not report_in.is_file():
-        raise usage_error(f"{report_in} does not exist or is not a file; give a `scan --report` file (.csv/.jsonl)")
+        raise usage_error(f"{report_in} does not exist or is not a file; give a `scan --report` file ({REPORT_EXTENSIONS})")
     try:
         report_format(report_in)
     except ValueError as exc:

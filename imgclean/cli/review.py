@@ -105,7 +105,7 @@ def report(
 
     setup_logging(False, False)
     if not source.exists():
-        raise usage_error(f"{source} does not exist; give a scan report (.csv/.jsonl) or an imgclean-manifest.jsonl")
+        raise usage_error(f"{source} does not exist; give a scan report ({REPORT_EXTENSIONS}) or an imgclean-manifest.jsonl")
     if not source.is_dir():  # a report (or a journal, JSON lines) of a format the table names
         from ..reports.formats import ReportError, format_for
 

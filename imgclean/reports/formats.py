@@ -133,7 +133,9 @@ _TSV_ESCAPED = re.compile(r"\\(.?)", re.DOTALL)
 def _tsv_cell(value: Any) -> str:
     if value is None:
         return ""
-    return (value if value.__class__ is str else repr(value) if isinstance(value, float) else str(value)).translate(_TSV_ESCAPE)
+    if value.__class__ is not str:  # numbers as Python writes them (a numpy float too: its float's repr)
+        value = float.__repr__(value) if isinstance(value, float) else int.__repr__(value) if isinstance(value, int) else str(value)
+    return value.translate(_TSV_ESCAPE)
 
 
 def _tsv_char(match: re.Match) -> str:
@@ -209,6 +211,12 @@ def _json_lines_fast(root: str | None):
     return JsonLinesText(root)
 
 
+def _tsv_fast(root: str | None):
+    from .record_blocks import TsvText
+
+    return TsvText(root)
+
+
 # ----------------------------------------------------------------------------- the table
 
 CSV = RecordFormat("csv", "CSV", (".csv",), binary=False, writer=_CsvWriter, reader=_csv_reader, fast=_csv_fast)
@@ -218,7 +226,7 @@ JSON_LINES = RecordFormat(
     fast=_json_lines_fast,
 )
 TSV = RecordFormat("tsv", "tab-separated values", (".tsv", ".tab"), binary=False, writer=_TsvWriter, reader=_TsvRows,
-                   line_end="\n")
+                   line_end="\n", fast=_tsv_fast)
 FORMATS: tuple[RecordFormat, ...] = (CSV, JSON_LINES, TSV)
 
 

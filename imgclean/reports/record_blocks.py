@@ -160,11 +160,9 @@ _JSON_HEADS = ('{"path": "', '", "status": "', '", "predicted": "', '", "nearest
                ', "dev": ', ', "ino": ')
 _JSON_CELLS = (0, 1, 2, 3, 4, 7, 8, 9, 10, 11)
 _JSON_WIDTH = 2 * len(_JSON_CELLS) + 1  # pieces a line: each head and its cell, then the tail
-# An empty cell is None there: null (the cell's index, and the text to replace when one is
-# empty). Only the heads hold unescaped quotes, so these never match inside a string (every
-# quote in one is escaped).
-_JSON_NULLS = ((2, '"predicted": "",', '"predicted": null,'), (3, '"nearest": "",', '"nearest": null,'),
-               (4, '"score": ,', '"score": null,'), (10, '"dev": ,', '"dev": null,'), (11, '"ino": ,', '"ino": null,'))
+# An empty cell is None there: null. The cells that may be empty (by their index in the heads),
+# and whether the heads quote them (then a column with an empty cell is quoted cell by cell).
+_JSON_NULLABLE = ((2, True), (3, True), (4, False), (8, False), (9, False))
 _PREDICTED, _NEAREST = itemgetter(1), itemgetter(2)
 
 
@@ -202,17 +200,21 @@ class JsonLinesText:
             return None
         if ("" in columns[2] and "" in map(_PREDICTED, block.outcomes)) or ("" in columns[3] and "" in map(_NEAREST, block.outcomes)):
             return None  # an empty class name: its empty cell would read as None
+        heads = [_JSON_HEADS[0] + _json_string(prefix)[1:-1], *_JSON_HEADS[1:]]
+        picked = [columns[cell] for cell in _JSON_CELLS]
+        for k, quoted in _JSON_NULLABLE:
+            if "" in picked[k]:
+                if quoted:  # the quotes go with the cells: "name", or null
+                    heads[k], heads[k + 1] = heads[k][:-1], heads[k + 1][1:]
+                    picked[k] = ['"' + c + '"' if c else "null" for c in picked[k]]
+                else:
+                    picked[k] = [c or "null" for c in picked[k]]
         out: list = [None] * (_JSON_WIDTH * n)
-        heads = (_JSON_HEADS[0] + _json_string(prefix)[1:-1], *_JSON_HEADS[1:])
-        for k, (head, cell) in enumerate(zip(heads, _JSON_CELLS)):
+        for k, head in enumerate(heads):
             out[2 * k::_JSON_WIDTH] = [head] * n
-            out[2 * k + 1::_JSON_WIDTH] = columns[cell]
+            out[2 * k + 1::_JSON_WIDTH] = picked[k]
         out[_JSON_WIDTH - 1::_JSON_WIDTH] = [self._tail] * n
-        text = "".join(out)
-        for cell, empty, null in _JSON_NULLS:
-            if "" in columns[cell]:
-                text = text.replace(empty, null)
-        return text
+        return "".join(out)
 
 
 _TSV_ESCAPED = re.compile("[\t\n\r\\\\]").search  # (or a NUL) what the TSV writer escapes in a cell

@@ -22,8 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from imgclean.cli.runs import Printer, feed  # noqa: E402
 from imgclean.listing import listing  # noqa: E402
-from imgclean.pipeline.run_snapshots import SNAPSHOT_STATUSES  # noqa: E402
-from imgclean.pipeline.scan import ScanOptions, fewer_collections, run_scan  # noqa: E402
+from imgclean.pipeline.scan.run_snapshots import SNAPSHOT_STATUSES  # noqa: E402
+from imgclean.pipeline.scan.scanner import ScanOptions, fewer_collections, run_scan  # noqa: E402
 from imgclean.reports.records import RecordWriter  # noqa: E402
 from imgclean.store.artifact import load_model  # noqa: E402
 from imgclean.store.cache import ScanCache, model_key  # noqa: E402

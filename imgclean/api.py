@@ -87,7 +87,7 @@ def fit(
     and `warning` when too few images carry it), `["fit_warnings"]` (one line each; nothing is
     printed) and `["weights_mapping"]` (how `weights=` was matched to the backbone).
     """
-    from .pipeline.fit import fit_model
+    from .pipeline.fit.fit_model import fit_model
     from .store.artifact import check_replaceable, save_model
 
     config = _fit_config(config, settings)
@@ -164,14 +164,14 @@ def scan(
 
     `method` None: the model's default (mahalanobis, or what `imgclean learn` chose).
     `review_sample` N > 0: after the scan, choose N of the accepted files for a person to review
-    (`scan --review-sample`, pipeline/sample_pass.py; off by default here): their kept records
+    (`scan --review-sample`, pipeline/scan/sample_pass.py; off by default here): their kept records
     get their `review` cell, and `result.review_sample` lists them ((path, reason) pairs, in the
     order to show them). Records already given to `on_record` are not changed.
 
     `folder` may be one file: it is scanned alone, its folder being the scanned one. `files`:
     scan only these (str, bytes or path-like; relative ones relative to the current folder),
     each inside `folder`, as `scan --files-from` does: a name that is not an image file there
-    is a skipped record (pipeline/file_list.py); one named twice is scanned once.
+    is a skipped record (pipeline/scan/file_list.py); one named twice is scanned once.
 
     Records are kept in `result.records` unless keep_records=False (for huge folders: use
     `on_record` to stream them). `dry_run` plans the moves (record.action "would move") and
@@ -179,10 +179,10 @@ def scan(
     and scores on Ray workers (`scan --engine ray`): a program that already called ray.init()
     has its Ray used and left running; otherwise the scan joins `ray_address` or starts a local Ray.
     """
-    from .pipeline.apply import quarantine_exclusion
-    from .pipeline.file_list import scan_target
-    from .pipeline.scan import ScanOptions, run_scan
-    from .pipeline.scoring import check_method
+    from .pipeline.apply.applier import quarantine_exclusion
+    from .pipeline.scan.file_list import scan_target
+    from .pipeline.scan.scanner import ScanOptions, run_scan
+    from .pipeline.engines.scoring import check_method
 
     if isinstance(files, (str, bytes, os.PathLike)):
         raise ApiError("files is a list of paths, not one path")
@@ -216,12 +216,12 @@ def scan(
     options = ScanOptions(
         batch_size=batch_size, workers=workers, keep_unreadable=keep_unreadable, exclude=exclude,
         method=method, use_cache=use_cache, cache_dir=Path(cache_dir) if cache_dir is not None else None,
-        engine=engine, ray=_ray_options(engine, ray_address, ray_workers, ray_gpus_per_worker), files=target.files,
+        engine=engine, engine_options=_ray_options(engine, ray_address, ray_workers, ray_gpus_per_worker), files=target.files,
     )
     records: list = []
     sampler = None
     if review_sample:
-        from .pipeline.sample_pass import SampleCandidates
+        from .pipeline.scan.sample_pass import SampleCandidates
 
         sampler = SampleCandidates(review_sample, len(bundle.class_names))
     with _moving(root, move_to, dry_run) as quarantine:
@@ -234,7 +234,7 @@ def scan(
 
 
 def _mark_sample(result: ScanResult, bundle, root, device: str, sampler) -> None:
-    from .pipeline.sample_pass import choose_sample
+    from .pipeline.scan.sample_pass import choose_sample
 
     sample = choose_sample(bundle, root, sampler, device)
     result.summary.review_sample = len(sample)
@@ -246,13 +246,13 @@ def _mark_sample(result: ScanResult, bundle, root, device: str, sampler) -> None
 
 
 def _ray_options(engine: str, address, workers: int, gpus: float):
-    from .pipeline.scan import ENGINES
+    from .pipeline.scan.scanner import ENGINES
 
     if engine not in ENGINES:
         raise ApiError(f"unknown engine {engine!r}; use {' or '.join(ENGINES)}")
     if engine != "ray":
         return None
-    from .pipeline.ray_scan import RayOptions
+    from .pipeline.engines.ray_engine import RayOptions
 
     return RayOptions(address=address, workers=workers, gpus_per_worker=gpus)
 
@@ -267,10 +267,10 @@ def apply(
 
     An `audit --report` file is carried out the same way (its findings whose issue is in
     `move_issues`, default all; of duplicates only the copies, while their original stays):
-    `records` are then the AuditRecords acted on, `summary` a pipeline.audit_apply.AuditApplySummary."""
-    from .pipeline.apply import ApplySummary, quarantine_exclusion
-    from .pipeline.apply_report import check_report, run_apply
-    from .pipeline.apply_sources import resolve_folder
+    `records` are then the AuditRecords acted on, `summary` a pipeline.audit.apply_findings.AuditApplySummary."""
+    from .pipeline.apply.applier import ApplySummary, quarantine_exclusion
+    from .pipeline.apply.report import check_report, run_apply
+    from .pipeline.apply.sources import resolve_folder
     from .reports.records import AUDIT, ReportError, ReportFile, report_root
 
     report = Path(report)
@@ -300,9 +300,9 @@ def apply(
 
 def _apply_audit(source, move_to, root, dry_run: bool, keep_unreadable: bool, move_issues, collect: Callable,
                  records: list, invalid: list) -> ApplyResult:
-    from .pipeline.apply import quarantine_exclusion
-    from .pipeline.apply_sources import resolve_folder
-    from .pipeline.audit_apply import MOVABLE, AuditApplySummary, check_audit_report, run_audit_apply
+    from .pipeline.apply.applier import quarantine_exclusion
+    from .pipeline.apply.sources import resolve_folder
+    from .pipeline.audit.apply_findings import MOVABLE, AuditApplySummary, check_audit_report, run_audit_apply
     from .reports.audit_records import AUDIT_COLUMNS, audit_row
     from .reports.records import ReportError, report_root
 
@@ -338,11 +338,11 @@ def evaluate(model, in_dir, ood_dir, *, methods: Iterable[str] | None = None, ba
 def audit(train_dir, model=None, *, move_to=None, dry_run: bool = False, device: str = "auto",
           progress: Callable[[str, int, int, dict], None] | None = None, **options):
     """Audit a training folder: wrong labels (out-of-sample confident learning), foreign pictures,
-    duplicates, unreadable files (pipeline.audit.AuditResult: .records, .summary). `options` are
-    pipeline.audit.AuditOptions fields (folds, method, epochs, near_threshold, ...). With
+    duplicates, unreadable files (pipeline.audit.auditor.AuditResult: .records, .summary). `options` are
+    pipeline.audit.auditor.AuditOptions fields (folds, method, epochs, near_threshold, ...). With
     `move_to`, the flagged files (later copies only, for duplicates) are quarantined like scan's."""
-    from .pipeline.apply import quarantine_exclusion
-    from .pipeline.audit import AuditOptions, apply_audit, run_audit
+    from .pipeline.apply.applier import quarantine_exclusion
+    from .pipeline.audit.auditor import AuditOptions, apply_audit, run_audit
 
     root = Path(os.path.realpath(train_dir))
     if not root.is_dir():

@@ -37,7 +37,7 @@ try:
 except (OSError, ValueError, AttributeError):
     PATH_MAX = 4096
 # Folders whose path is this long or longer are opened a component at a time.
-_FD_WALK_FROM = PATH_MAX - 512
+FD_WALK_FROM = PATH_MAX - 512
 
 
 def _open_deep(path: str) -> int:
@@ -89,7 +89,7 @@ def listing(folder: str | bytes, identity: tuple[int, int] | None = None) -> Lis
     swapped for a link or another folder after its parent was listed is not listed (the walk
     never leaves the tree through it). A folder that is gone is an empty listing; one that
     cannot be listed (permission denied, I/O error, replaced) an empty listing with `error`."""
-    deep = len(os.fsencode(os.path.abspath(folder))) >= _FD_WALK_FROM
+    deep = len(os.fsencode(os.path.abspath(folder))) >= FD_WALK_FROM
     fd = None
     try:
         # Listed and stat'ed through a descriptor: fstatat on each name, no path to resolve

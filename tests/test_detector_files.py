@@ -44,7 +44,7 @@ def make_old(model: Path) -> None:
         del config["files"][name]
     for key in [k for k in config["metrics"] if k.endswith(("_energy", "_knn")) or k.startswith("energy_")]:
         del config["metrics"][key]
-    config["fingerprint"] = artifact._fingerprint(config["files"])
+    config["fingerprint"] = artifact.fingerprint_of(config["files"])
     (model / CONFIG_FILE).write_text(json.dumps(config))
 
 

@@ -28,7 +28,7 @@ from .runs import (
 class Plan:
     """What checking a report before anything moves settled: the folder (None when the report
     was refused before one could be chosen), the root every row must record, whether device
-    numbers are compared, the check's result (pipeline.apply.ReportCheck) and its stop flag."""
+    numbers are compared, the check's result (pipeline.apply.applier.ReportCheck) and its stop flag."""
 
     folder: Optional[Path]
     recorded: Optional[str]
@@ -42,11 +42,11 @@ class Plan:
 
 
 def _plan(source, given: Optional[Path], move_to: Path, keep_unreadable: bool, said) -> Plan:
-    """Choose the folder (pipeline/apply_sources.resolve_folder has the rule) and check the whole
+    """Choose the folder (pipeline/apply/sources.resolve_folder has the rule) and check the whole
     report against it. A report that names no folder is checked first all the same: one with a
     bad row is refused as such (exit 1, with its summary), a sound one is a usage error."""
-    from ..pipeline.apply_report import check_report
-    from ..pipeline.apply_sources import ApplyFolderError, resolve_folder
+    from ..pipeline.apply.report import check_report
+    from ..pipeline.apply.sources import ApplyFolderError, resolve_folder
     from ..reports.records import report_root
 
     recorded = report_root(source)
@@ -118,8 +118,8 @@ def apply(
     never the original (the oldest file), and a copy only while its original stays. Wrong
     labels go to the quarantine too, never into another class folder.
     """
-    from ..pipeline.apply import ApplySummary
-    from ..pipeline.apply_report import run_apply
+    from ..pipeline.apply.applier import ApplySummary
+    from ..pipeline.apply.report import run_apply
     from ..reports.records import AUDIT, ReportError, ReportFile, report_format
 
     setup_logging(quiet, verbose)

@@ -1,5 +1,5 @@
 """apply of an audit report (`imgclean audit --report F`, reviewed): its findings moved into the
-quarantine as `audit --move-to` moves them (pipeline/audit_apply.py). The `apply` command
+quarantine as `audit --move-to` moves them (pipeline/audit/apply_findings.py). The `apply` command
 (cli/apply.py) hands an audit report here."""
 # No `from __future__ import annotations` here: see imgclean/cli/__init__.py.
 
@@ -52,8 +52,8 @@ class AuditApplyRequest:
 
 def apply_audit_report(source, req: AuditApplyRequest) -> None:
     """Check the whole audit report, then move its findings (or refuse it); exits as scan does."""
-    from ..pipeline.apply_sources import ApplyFolderError, resolve_folder
-    from ..pipeline.audit_apply import AuditApplySummary, check_audit_report, run_audit_apply
+    from ..pipeline.apply.sources import ApplyFolderError, resolve_folder
+    from ..pipeline.audit.apply_findings import AuditApplySummary, check_audit_report, run_audit_apply
     from ..reports.audit_records import AUDIT_COLUMNS, audit_row
     from ..reports.records import ReportError, report_root
 

@@ -92,7 +92,7 @@ def audit(
     issue per file: unreadable > duplicate > outlier > label_issue. Exit code 3 when anything
     is found (0 when the folder is clean).
     """
-    from ..pipeline.audit import AuditInterrupted, AuditOptions, apply_audit, run_audit
+    from ..pipeline.audit.auditor import AuditInterrupted, AuditOptions, apply_audit, run_audit
     from ..fileops import MANIFEST_NAME, quarantine_holding
 
     setup_logging(quiet, verbose)

@@ -154,7 +154,7 @@ class Device(str, Enum):
     mps = "mps"
 
 
-class Engine(str, Enum):  # pipeline/scan.ENGINES
+class Engine(str, Enum):  # pipeline/scan/scanner.ENGINES
     local = "local"
     ray = "ray"
 

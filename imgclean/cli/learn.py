@@ -39,7 +39,7 @@ def learn(
         raise usage_error("give the QUARANTINE to learn from (or --rollback)")
     if not quarantine.is_dir():
         raise usage_error(f"{quarantine} does not exist or is not a folder")
-    from ..pipeline.learn_step import run_learn
+    from ..pipeline.learn.step import run_learn
 
     try:
         outcome = run_learn(quarantine, model, train_dir=train_dir, device=resolve_device(device.value))

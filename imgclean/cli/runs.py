@@ -58,7 +58,7 @@ class StopFlag:
 
 def check_move_target(folder: Path, move_to: Path) -> tuple[Path, ...]:
     """Refuse a quarantine equal to or above the scanned folder (a usage error); exclude it when inside."""
-    from ..pipeline.apply import QuarantinePlacementError, quarantine_exclusion
+    from ..pipeline.apply.applier import QuarantinePlacementError, quarantine_exclusion
 
     try:
         return quarantine_exclusion(folder, move_to)

@@ -39,7 +39,7 @@ def show_model_loading(bundle, progress, task) -> None:
 
 
 def check_engine(engine: Engine, address: Optional[str], workers: int, gpus: float, device: Device = Device.auto):
-    """The Ray options (pipeline/ray_scan.RayOptions) for --engine ray, None for local; a usage
+    """The Ray options (pipeline/engines/ray_engine.RayOptions) for --engine ray, None for local; a usage
     error for Ray options without it, one line on how to install Ray when it is missing."""
     given = [name for name, value in (("--ray-address", address), ("--ray-workers", workers),
                                       ("--ray-gpus-per-worker", gpus)) if value]
@@ -51,7 +51,7 @@ def check_engine(engine: Engine, address: Optional[str], workers: int, gpus: flo
         raise usage_error(f"--device {device.value} is for the local engine; Ray workers use CUDA with --ray-gpus-per-worker")
     import importlib.util
 
-    from ..pipeline.ray_scan import INSTALL_HINT, RayOptions
+    from ..pipeline.engines.ray_engine import INSTALL_HINT, RayOptions
 
     if importlib.util.find_spec("ray") is None:
         raise fail(INSTALL_HINT)
@@ -61,9 +61,9 @@ def check_engine(engine: Engine, address: Optional[str], workers: int, gpus: flo
 
 
 def scan_target(folder: Path, files_from: Optional[Path], null: bool):
-    """What to scan (pipeline/file_list.ScanTarget): FOLDER walked, one FILE alone, or (files
+    """What to scan (pipeline/scan/file_list.ScanTarget): FOLDER walked, one FILE alone, or (files
     given: [] until the list is opened) the names --files-from lists; usage errors for the rest."""
-    from ..pipeline.file_list import FileListError, scan_target as target_of
+    from ..pipeline.scan.file_list import FileListError, scan_target as target_of
 
     if null and files_from is None:
         raise usage_error("--null says how --files-from LIST separates names; give --files-from too")
@@ -77,7 +77,7 @@ def open_file_list(stack: contextlib.ExitStack, files_from: Path, null: bool, ou
     """The names --files-from LIST gives (`-`: standard input), read as the scan goes
     (file_list.read_names: bounded, a line too long is an error line). A usage error when LIST
     cannot be opened, or is one of this run's `outputs` ({option: path}) that writing would wipe."""
-    from ..pipeline.file_list import read_names
+    from ..pipeline.scan.file_list import read_names
 
     if os.fsdecode(files_from) == "-":
         stdin = getattr(sys.stdin, "buffer", None)
@@ -96,11 +96,11 @@ def open_file_list(stack: contextlib.ExitStack, files_from: Path, null: bool, ou
 
 def mark_review_sample(summary, sampler, bundle, root: Path, device: str, writer, review) -> None:
     """After the scan: choose the review sample from the candidates `sampler` kept
-    (pipeline/sample_pass.py), count it in the summary, mark it in the report this run created
+    (pipeline/scan/sample_pass.py), count it in the summary, mark it in the report this run created
     (`writer`, reports/review_marks.py) and give it to the review page's collector. A sample that
     cannot be chosen or marked is a warning: the scan's own results stand."""
     from ..errors import ImgcleanError
-    from ..pipeline.sample_pass import choose_sample
+    from ..pipeline.scan.sample_pass import choose_sample
 
     try:
         sample = choose_sample(bundle, root, sampler, device)
@@ -159,8 +159,8 @@ def scan(
     """Score every image in a folder (or one file, or the files --files-from lists); report, and with --move-to quarantine, the ones that do not belong."""
     from ..store.artifact import load_model
     from ..fileops import MANIFEST_NAME, quarantine_holding
-    from ..pipeline.scan import ScanOptions, run_scan
-    from ..pipeline.scoring import check_method
+    from ..pipeline.scan.scanner import ScanOptions, run_scan
+    from ..pipeline.engines.scoring import check_method
     from ..detectors import registry
     from ..reports.records import RecordWriter
 
@@ -218,13 +218,13 @@ def scan(
             files = open_file_list(stack, files_from, null, {"--report": report, "--html": html})
         options = ScanOptions(
             batch_size=batch_size, workers=workers, keep_unreadable=keep_unreadable, exclude=exclude,
-            use_cache=use_cache, cache_dir=cache_dir, method=chosen, engine=engine.value, ray=ray_options, files=files,
+            use_cache=use_cache, cache_dir=cache_dir, method=chosen, engine=engine.value, engine_options=ray_options, files=files,
         )
         run = stack.enter_context(open_run(root, base, move_to, dry_run, report, review, printer, overwrite_report))
         writer = next((sink for sink in run.sinks if isinstance(sink, RecordWriter)), None)
         sampler = None
         if review_sample:
-            from ..pipeline.sample_pass import SampleCandidates
+            from ..pipeline.scan.sample_pass import SampleCandidates
 
             sampler = SampleCandidates(review_sample, len(bundle.class_names))
             run.sinks.append(sampler)
@@ -236,7 +236,7 @@ def scan(
             printer.total = count_images(root, exclude) if files is None else len(files) if files_from is None else None
             printer.task = progress.add_task("scanning", total=printer.total, info="")
             show_model_loading(bundle, progress, printer.task)
-        from ..pipeline import move_features
+        from ..pipeline.scan import move_features
 
         moved_before = move_features.moves_now(run.quarantine)
         try:

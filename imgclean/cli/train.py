@@ -87,7 +87,7 @@ def fit(
     readable) is an error (exit 1).
     """
     from ..store.artifact import ModelError, check_replaceable, save_model
-    from ..pipeline.fit import FitError, TrainingFolderError, fit_model
+    from ..pipeline.fit.fit_model import FitError, TrainingFolderError, fit_model
 
     follower = os.environ.get("RANK", "0") not in ("", "0") and os.environ.get("WORLD_SIZE", "1") not in ("", "1")
     if follower:  # torchrun: only rank 0 prints and saves
@@ -308,7 +308,7 @@ def fit_head_command(
 ) -> None:
     """Add (or replace) the supervised reject head of a model, without retraining the backbone."""
     from ..store.artifact import ModelError, load_model, save_model
-    from ..pipeline.headfit import HeadError, fit_head
+    from ..pipeline.fit.headfit import HeadError, fit_head
 
     setup_logging(quiet, False)
     if not reject_dir.is_dir():

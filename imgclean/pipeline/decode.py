@@ -200,7 +200,7 @@ def _simple_png(path, settings: DecodeSettings) -> np.ndarray | None:
     except (ValueError, OSError):  # truncated or broken data: data.decode_image says so
         return None
     if mode != target:
-        img = img.convert(target)  # what data._to_mode does for these modes
+        img = img.convert(target)  # what data.to_mode does for these modes
     arr = np.asarray(data.resize_for_model(img, settings.size, settings.interpolation, settings.crop_pct), dtype=np.uint8)
     return arr[:, :, None] if arr.ndim == 2 else arr
 

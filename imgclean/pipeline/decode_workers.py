@@ -19,7 +19,7 @@ add up for folders of small images; processes do. How:
   one file at a time, and a file whose own decode kills its worker ends `unreadable` with a
   message saying so. No file is lost and nothing waits forever.
 - `finish` (optional): a function the worker applies to a chunk's decoded list, returning one
-  result per item (a scan scores the chunk there: pipeline/worker_scoring.py); the results come
+  result per item (a scan scores the chunk there: pipeline/engines/worker_scoring.py); the results come
   back pickled instead of the arrays, and a file that kills its worker gets `failed(UNREADABLE,
   DIED)` as its result.
 - Workers ignore SIGINT and SIGHUP (the parent decides when to stop and shuts them down), exit

@@ -8,7 +8,7 @@ One record per file of the audited training folder, with exactly one `issue`:
 - unreadable: the file cannot be used (`status` says why: unreadable, too_large, unsupported,
   or skipped for links and other files a walk does not open);
 - duplicate: a copy of another file (`duplicate_of`); in each group of copies the original is
-  the oldest file (the earliest mtime, ties broken by path: pipeline.duplicates.sort_key) and is
+  the oldest file (the earliest mtime, ties broken by path: pipeline.audit.duplicates.sort_key) and is
   never a duplicate;
 - outlier: out-of-distribution for every class (out-of-sample detector score > 1);
 - label_issue: the out-of-sample classifier confidently prefers another class (`suggested`).

@@ -1,7 +1,7 @@
 """A scan's record of one file (ScanRecord), its statuses and its report columns; no file
 formats here (reports/formats.py), no decisions.
 
-A record carries what applying it later needs (`imgclean apply`, pipeline/apply.py): the path
+A record carries what applying it later needs (`imgclean apply`, pipeline/apply/applier.py): the path
 relative to the scanned folder, the folder itself (`root`, one per row so a report stays a
 stream), and the identity the file had when it was scored (size, mtime_ns, dev, ino), so the
 move re-checks it exactly as a scan does.

@@ -27,10 +27,10 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from ..detectors import registry
-from ..detectors.base import check_features
-from ..detectors.reviewed import ReviewedDetector
-from ..errors import ImgcleanError
+from ...detectors import registry
+from ...detectors.base import check_features
+from ...detectors.reviewed import ReviewedDetector
+from ...errors import ImgcleanError
 
 log = logging.getLogger(__name__)
 
@@ -286,7 +286,7 @@ def held_out_scores(det: ReviewedDetector, rows: TrainingRows, decisions: Labell
 
 # ---- evidence -------------------------------------------------------------------------------
 def rule_stats(method: str, scores: np.ndarray, belongs: np.ndarray) -> RuleStats:
-    from ..metrics import auroc
+    from ...metrics import auroc
 
     rejected = scores > 1.0
     wrong = rejected == belongs

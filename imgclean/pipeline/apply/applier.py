@@ -1,7 +1,7 @@
 """Applying records: every rejected record becomes a move through the quarantine.
 
-A scan scores files into records (pipeline/scan.py) and feeds each one to an :class:`Applier`;
-`imgclean apply` feeds it the records of a saved report instead (pipeline/apply_report.py).
+A scan scores files into records (pipeline/scan/scanner.py) and feeds each one to an :class:`Applier`;
+`imgclean apply` feeds it the records of a saved report instead (pipeline/apply/report.py).
 Either way the move re-checks the file against its record (size, mtime, device and inode) right
 before it happens, so a file changed or replaced since it was scored stays in place ("changed"),
 and a file that is gone is "missing". Only quarantine.moves touches files.
@@ -19,10 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from .. import data
-from ..errors import ImgcleanError
-from ..reports.record_blocks import RecordBlock
-from ..reports.records import (
+from ... import data
+from ...errors import ImgcleanError
+from ...reports.record_blocks import RecordBlock
+from ...reports.records import (
     ACCEPTED, CHANGED, OOD, STATUSES, UNDECODABLE, ScanRecord, is_rejected, mark_accepted,
 )
 
@@ -58,7 +58,7 @@ class ScanSummary:
     interrupted: bool = False
     seconds: float = 0.0
     cached: int = 0  # results reused from the scan cache (not decoded)
-    review_sample: int = 0  # accepted files chosen for review after the scan (pipeline/sample_pass.py)
+    review_sample: int = 0  # accepted files chosen for review after the scan (pipeline/scan/sample_pass.py)
     decoded: int = 0  # files decoded and scored by the model
     unlisted: int = 0  # folders inside the scan that could not be listed (skipped records; their files unscanned)
 
@@ -147,7 +147,7 @@ class Applier:
     def accepted_files(self):
         """The run's AcceptedFiles (made at the first record that needs it)."""
         if self._accepted is None:
-            from ..quarantine.decision_check import AcceptedFiles
+            from ...quarantine.decision_check import AcceptedFiles
 
             self._accepted = AcceptedFiles(self.root)
         return self._accepted
@@ -164,7 +164,7 @@ class Applier:
         return self.accepted_files.accepted(record.path, record.size, record.mtime_ns, dev, record.ino)
 
     def request(self, record: ScanRecord):
-        from ..quarantine.moves import MoveRequest
+        from ...quarantine.moves import MoveRequest
 
         return MoveRequest(
             source=Path(os.path.join(self.root, record.path)),

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..detectors import registry
-from .learn import LEARNED_METHOD, current_default, label_free_method
+from ...detectors import registry
+from ..learn.rule import LEARNED_METHOD, current_default, label_free_method
 
 PARTS = ("boundary", "other", "spread", "random")
 POOL = 4  # boundary candidates per pick
@@ -92,7 +92,7 @@ def review_sample(bundle, features, scores, n: int, rng: np.random.Generator | i
 
     `random_rows`: the rows the random part draws from first (a uniform sample of all the
     accepted files, when the rows given are mostly those nearest the threshold: a scan's
-    candidates, pipeline/sample_pass.py); the rest of the rows after them. None: every row."""
+    candidates, pipeline/scan/sample_pass.py); the rest of the rows after them. None: every row."""
     x = np.asarray(features, dtype=np.float64)
     s = np.asarray(scores, dtype=np.float64)
     if x.ndim != 2 or s.shape != (len(x),):

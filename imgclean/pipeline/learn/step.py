@@ -1,13 +1,13 @@
 """`imgclean learn`: a quarantine's review -> features -> learn() -> a new model version.
 
-1. read the review (pipeline/learn_review.py) and embed every file still there with its
+1. read the review (pipeline/learn/review_rows.py) and embed every file still there with its
    recorded content; a file gone (deleted) or changed teaches through the features its move
-   wrote to the quarantine's imgclean-features.bin (pipeline/move_features.py) when this model
+   wrote to the quarantine's imgclean-features.bin (pipeline/scan/move_features.py) when this model
    made them (same fingerprint), and is counted as unusable otherwise;
 2. too few usable decisions: stop here, changing nothing (the reason says why);
 3. embed the training folder the model records (or `train_dir`), with fit's validation split
    recomputed from config.json (the images the network did not train on set the threshold);
-4. learn() (pipeline/learn.py): the learned rule, held-out evidence, the default method;
+4. learn() (pipeline/learn/rule.py): the learned rule, held-out evidence, the default method;
 5. keep the current version in MODEL/versions/<n>/ and save the new one in its place
    (store/model_history.py, store/artifact.save_model: atomic, what scan loads).
 Never prints; returns a LearnOutcome for the CLI.
@@ -21,8 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .learn import LEARNED_METHOD, KINDS, LabelledFeatures, LearnError, LearnResult, LearnSettings, learn, too_few
-from .learn_review import QuarantineReview, read_review, read_verified
+from .rule import (
+    LEARNED_METHOD, KINDS, LabelledFeatures, LearnError, LearnResult, LearnSettings, learn, too_few,
+)
+from .review_rows import QuarantineReview, read_review, read_verified
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +62,8 @@ class LearnOutcome:
 
 def decode_bytes(blob: bytes, bundle) -> np.ndarray | None:
     """Decode verified bytes from a private in-memory file (the path on disk is not opened again)."""
-    from .. import data
-    from ..config import decode_options
+    from ... import data
+    from ...config import decode_options
 
     fd = os.memfd_create("imgclean-learn", os.MFD_CLOEXEC)
     try:
@@ -86,8 +88,8 @@ class _Collected:
 
 def _features_log(bundle, review: QuarantineReview):
     """The quarantine's features log, read once (records of moves its journal knows)."""
-    from ..quarantine.features_log import read_log
-    from ..quarantine.journal import fold
+    from ...quarantine.features_log import read_log
+    from ...quarantine.journal import fold
 
     known = {jid for jid, op in fold(review.quarantine).ops.items() if op["op"] == "move"}
     logged = read_log(review.quarantine, known)
@@ -99,7 +101,7 @@ def review_features(bundle, review: QuarantineReview, device: str
                     ) -> tuple[LabelledFeatures | None, dict, dict, dict]:
     """(features and kinds of the files that teach, usable counts, unusable counts, how many of
     the usable ones came from the features log)."""
-    from .headfit import embed
+    from ..fit.headfit import embed
 
     usable, unusable, from_log = dict.fromkeys(KINDS, 0), dict.fromkeys(KINDS, 0), dict.fromkeys(KINDS, 0)
     logged, got = None, _Collected()
@@ -134,10 +136,10 @@ def review_features(bundle, review: QuarantineReview, device: str
 
 def training_features(bundle, train_dir: Path | None, device: str) -> tuple[np.ndarray, np.ndarray]:
     """(features of the training images, the rows fit held out for validation)."""
-    from ..config import decode_options
-    from ..nn.training import stratified_split
-    from .headfit import embed
-    from .trainset import FitError, decode_classes, list_training_folder
+    from ...config import decode_options
+    from ...nn.training import stratified_split
+    from ..fit.headfit import embed
+    from ..fit.trainset import FitError, decode_classes, list_training_folder
 
     recorded = (bundle.config.get("data") or {}).get("train_dir")
     source = Path(train_dir) if train_dir is not None else (Path(recorded) if isinstance(recorded, str) else None)
@@ -162,8 +164,8 @@ def training_features(bundle, train_dir: Path | None, device: str) -> tuple[np.n
 def run_learn(quarantine: Path, model: Path, *, train_dir: Path | None = None, device: str = "cpu",
               settings: LearnSettings | None = None, seed: int = 0) -> LearnOutcome:
     """Learn from the review of `quarantine` and save the result as the new version of `model`."""
-    from ..store import model_history
-    from ..store.artifact import load_model, read_config, save_model
+    from ...store import model_history
+    from ...store.artifact import load_model, read_config, save_model
 
     settings = settings or SETTINGS
     model = Path(model)

@@ -14,13 +14,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import data
-from ..store.artifact import ModelBundle
-from ..config import decode_options
-from ..detectors import RejectHead
-from .decode import DecodeSettings, decode_many
+from ... import data
+from ...store.artifact import ModelBundle
+from ...config import decode_options
+from ...detectors import RejectHead
+from ..decode import DecodeSettings, decode_many
 from .trainset import FitError, decode_classes
-from ..errors import ImgcleanError
+from ...errors import ImgcleanError
 
 
 class HeadError(ImgcleanError):
@@ -79,7 +79,7 @@ def train_head(normal_feats: np.ndarray, reject_feats: np.ndarray, head: RejectH
 
 def embed(bundle: ModelBundle, images: np.ndarray, device: str = "cpu") -> np.ndarray:
     """Deep features of uint8 images through the inference runtime (its batch size and precision)."""
-    from ..nn.runtime import predict_arrays
+    from ...nn.runtime import predict_arrays
 
     cfg = bundle.config
     _, feats = predict_arrays(bundle.model, images, cfg["mean"], cfg["std"], device)

@@ -21,9 +21,9 @@ import os
 import stat
 from pathlib import Path
 
-from ..errors import ImgcleanError
-from ..fileops import MANIFEST_NAME, is_quarantine
-from ..walk import has_image_extension, is_hidden
+from ...errors import ImgcleanError
+from ...fileops import MANIFEST_NAME, is_quarantine
+from ...walk import has_image_extension, is_hidden
 
 
 class ApplyFolderError(ImgcleanError, ValueError):

@@ -2,7 +2,7 @@
 
 Files stream through in batches, so memory does not grow with the folder. Every file ends in
 one record (reports/records.py) with one status and the identity the file had when scored;
-applying records (pipeline/apply.py: the moves, or the plan of a dry run) is a separate step
+applying records (pipeline/apply/applier.py: the moves, or the plan of a dry run) is a separate step
 that `imgclean apply` also runs on a saved report. Only quarantine.moves touches files.
 
 Longer than 400 lines: Scorer.scan_items keeps walk order across cache hits, run snapshots and
@@ -20,20 +20,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
-from .. import data
-from ..errors import ImgcleanError
-from ..reports.records import (  # noqa: F401  (re-exported: the record type and statuses used to live here)
-    CHANGED, OOD, STATUSES, UNDECODABLE, ScanRecord, is_rejected,
+from ... import data
+from ...errors import ImgcleanError
+from ...reports.records import CHANGED, OOD, STATUSES, UNDECODABLE, ScanRecord, is_rejected
+from ...reports.record_blocks import RecordBlock, csv_rows
+from ...store.artifact import ModelBundle
+from ...walk import walk_runs
+from ..apply.applier import Applier, ScanSummary
+from ..decode import Decoded, Decoder, DecodeSettings
+from .run_snapshots import (
+    CACHEABLE as _CACHEABLE, SNAPSHOT_STATUSES as _SNAPSHOT_STATUSES, RunSnapshots, StoredRuns,
 )
-from ..reports.record_blocks import RecordBlock, csv_rows
-from ..store.artifact import ModelBundle
-from ..walk import walk_runs
-from .apply import Applier, ScanSummary
-from .decode import Decoded, Decoder, DecodeSettings
-from .run_snapshots import CACHEABLE as _CACHEABLE, SNAPSHOT_STATUSES as _SNAPSHOT_STATUSES, RunSnapshots, StoredRuns
 from .file_list import PerFileRows, listed_runs
-from .local_engine import LocalEngine
-from .scoring import Outcome, check_method, outcomes, predict_scores
+from ..engines import registry as engines
+from ..engines.local import LocalEngine
+from ..engines.base import Outcome
+from ..engines.scoring import check_method, outcomes, predict_scores
 
 if TYPE_CHECKING:
     import numpy as np
@@ -52,13 +54,13 @@ class ScanOptions:
     method: str = "mahalanobis"  # a detector or combining rule (detectors/registry.py)
     use_cache: bool = False  # reuse results of unchanged files from earlier scans (cache.ScanCache)
     cache_dir: Path | None = None  # None: the user cache dir ($XDG_CACHE_HOME/imgclean)
-    engine: str = "local"  # ENGINES: where files are decoded and scored
-    ray: object = None  # ray_scan.RayOptions for engine "ray" (None: its defaults)
-    files: Iterable | None = None  # scan only these names in root, not a walk of it (pipeline/file_list.py)
+    engine: str = "local"  # where files are decoded and scored: a name in engines/registry.py
+    engine_options: object = None  # that engine's options (ray: engines.ray_engine.RayOptions; None: defaults)
+    files: Iterable | None = None  # scan only these names in root, not a walk of it (pipeline/scan/file_list.py)
 
 
-# local: in this process; ray: on Ray workers (pipeline/ray_scan.py), applied here all the same.
-ENGINES = ("local", "ray")
+# local: in this process; ray: on Ray workers (pipeline/engines/ray_engine.py), applied here all the same.
+ENGINES = engines.names()
 
 
 def relative_name(path: Path, root: Path) -> str:
@@ -68,12 +70,6 @@ def relative_name(path: Path, root: Path) -> str:
     return os.fsdecode(os.path.relpath(path, root))
 
 
-# Batches decoded ahead of the one being scored: decode of batch n+1 overlaps scoring of batch n.
-PREFETCH_BATCHES = 2
-# While the network loads, batches are decoded ahead up to this many bytes of pixels and this
-# many batches (what is held does not grow with the folder: at most 32 MB of pixels).
-LOADING_AHEAD_BYTES = 32 * 2**20
-LOADING_AHEAD_BATCHES = 64
 # Records resolved without decoding (cache hits, skipped files) per yielded group, so an
 # all-cached folder still streams records instead of collecting them.
 MAX_GROUP = 4096
@@ -112,7 +108,7 @@ class Scorer:
         with self._load_lock:
             if self._torch_ready:
                 return
-            from ..nn.runtime import prepare_for_inference
+            from ...nn.runtime import prepare_for_inference
 
             prepare_for_inference(self.bundle.model, self.device, self.bundle.config.get("arch", ""), self.bundle.input_size)
             self._torch_ready = True
@@ -146,14 +142,10 @@ class Scorer:
         if thread is not None:
             thread.join()
 
-    def _ahead(self) -> int:
-        """Batches decoded ahead: more while the network loads (up to LOADING_AHEAD_BYTES of
-        pixels, LOADING_AHEAD_BATCHES batches), so the decoders work through the load instead of waiting for it."""
-        if self._torch_ready or self._preload is None:
-            return PREFETCH_BATCHES
-        s = self.settings
-        by_bytes = LOADING_AHEAD_BYTES // (self.batch_size * s.size * s.size * s.channels)
-        return max(PREFETCH_BATCHES, min(LOADING_AHEAD_BATCHES, by_bytes))
+    @property
+    def loading_model(self) -> bool:
+        """True while the network loads in the background (preload), not yet ready to score."""
+        return not self._torch_ready and self._preload is not None
 
     def score_arrays(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(predicted class index, nearest class index, score) for uint8 images."""
@@ -225,9 +217,12 @@ class Scorer:
             cacheable, record = _CACHEABLE, ScanRecord
             cut = getattr(rel, "cut", None)  # rel(path) is path[cut:] (_relative_namer)
             for i, e, hit in zip(lookup, entries, hits, strict=True):
-                if hit is not None and hit[0] in cacheable:
-                    out[i] = record(e.fspath[cut:] if cut else rel(e.fspath), hit[0], hit[1], hit[2], hit[3], hit[4], "", None,
-                                    e.size, e.mtime_ns, e.dev, e.ino)
+                if hit is None:
+                    continue
+                status, predicted, nearest, score, message = hit  # a store.cache verdict
+                if status in cacheable:
+                    out[i] = record(e.fspath[cut:] if cut else rel(e.fspath), status, predicted, nearest, score, message, "",
+                                    None, e.size, e.mtime_ns, e.dev, e.ino)
         return out
 
     def scan(self, root: Path, exclude: Iterable[Path] = (), engine=None) -> Iterator[tuple[ScanRecord, data.FileEntry]]:
@@ -239,25 +234,41 @@ class Scorer:
             else:
                 yield item
 
+    def _finish(self, done: "_Group", engine, rel, snapshots) -> Iterator:
+        """Yield the oldest group's block once its outcomes are back; then tell the snapshots
+        (after the consumer applied it, or when the consumer stopped at it)."""
+        if done.stored_run is not None:
+            yield done.entries
+            snapshots.after_block(done.entries, *done.stored_run)  # a stored run: its (folder, ordinal, span, positions)
+            return
+        to_decode = done.to_decode
+        scored = engine.collect(to_decode, done.in_flight) if to_decode else []
+        block = self._block(done.entries, done.records, scored, rel, done.folder)
+        try:
+            yield block
+        except GeneratorExit:  # the consumer stopped after this block, or while applying it
+            if snapshots is not None:
+                snapshots.saw_block(block)
+            raise
+        if snapshots is not None:  # after the consumer applied it
+            snapshots.saw_block(block)
+
     def scan_items(self, root: Path, exclude: Iterable[Path] = (), engine=None, runs: Iterable | None = None) -> Iterator:
         """Yield, in walk order, (record, entry) for every image-named file below root, except
         that a run of the walk the cache holds a snapshot of comes whole, as one RecordBlock.
 
         `engine` decodes and scores the files the cache cannot answer (LocalEngine when None;
-        pipeline/ray_scan.RayEngine on a cluster): batches go out as the walk finds them, at most
+        pipeline/engines/ray_engine.RayEngine on a cluster): batches go out as the walk finds them, at most
         engine.ahead() in flight, and their records come back here, in walk order, whatever
         order the engine finishes them in. Each run answered file by file is snapshot in the
-        cache once all its records are out and applied (pipeline/run_snapshots.py).
+        cache once all its records are out and applied (pipeline/scan/run_snapshots.py).
 
         `runs`: walk.Run objects to scan instead of walking root (file_list.listed_runs); they
         are answered file by file and cached as per-file rows only (file_list.PerFileRows)."""
         root = Path(root)
         rel = _relative_namer(root)
-        # Walk-ordered groups: [entries, records (a record for an entry resolved without decoding,
-        # None for one decoded in flight), the entries in flight, in flight, the group's folder
-        # (None: several)]; or [RecordBlock, None, None, (folder, ordinal, span, positions)] for a stored run.
-        pending: deque = deque()
-        group: list = [[], [], [], None, _NO_FOLDER]
+        pending: deque[_Group] = deque()  # walk-ordered groups, the oldest first
+        group = _Group([], [], [])
         step = min(self.batch_size, LOOKUP_BATCH)
         cache = self.cache
         snapshots = None if cache is None else RunSnapshots(cache) if runs is None else PerFileRows(cache)
@@ -268,30 +279,14 @@ class Scorer:
 
             def submit() -> None:
                 nonlocal group
-                if group[2]:
-                    group[3] = engine.submit(group[2])
+                if group.to_decode:
+                    group.in_flight = engine.submit(group.to_decode)
                 pending.append(group)
-                group = [[], [], [], None, _NO_FOLDER]
-
-            def finish() -> Iterator:
-                entries, records, to_decode, in_flight, folder = pending.popleft()
-                if entries.__class__ is RecordBlock:
-                    yield entries
-                    snapshots.after_block(entries, *folder)  # a stored run: its (folder, ordinal, span, positions)
-                    return
-                block = self._block(entries, records, engine.collect(to_decode, in_flight) if to_decode else [], rel, folder)
-                try:
-                    yield block
-                except GeneratorExit:  # the consumer stopped after this block, or while applying it
-                    if snapshots is not None:
-                        snapshots.saw_block(block)
-                    raise
-                if snapshots is not None:  # after the consumer applied it
-                    snapshots.saw_block(block)
+                group = _Group([], [], [])
 
             def drain() -> Iterator:
-                while len(pending) > engine.ahead() or (pending and not pending[0][2]):
-                    yield from finish()
+                while len(pending) > engine.ahead() or (pending and not pending[0].to_decode):
+                    yield from self._finish(pending.popleft(), engine, rel, snapshots)
 
             try:
                 # The cache's snapshot of each run, asked by the walk: an unchanged run comes
@@ -302,40 +297,29 @@ class Scorer:
                     if walked.unlisted:
                         self.unlisted += 1
                     if snapshots is not None:
-                        stored = None
-                        if walked.matched:
-                            stored = cache.answered(walked.snapshot, _SNAPSHOT_STATUSES)
-                        elif walked.snapshot is not None:
-                            stored = cache.get_run(folder, ordinal, run, _SNAPSHOT_STATUSES, walked.snapshot)
+                        stored = _stored_answer(cache, walked)
                         if stored is not None:
-                            if group[0]:
+                            if group.entries:
                                 submit()
-                            pending.append([RecordBlock(run, stored[0], rel, folder, stored[1], stored=True), None, None, None,
-                                            (folder, ordinal, walked.span, walked.positions)])
+                            block = RecordBlock(run, stored[0], rel, folder, stored[1], stored=True)
+                            pending.append(_Group(block, None, None, stored_run=(folder, ordinal, walked.span, walked.positions)))
                             yield from drain()
                             continue
                         snapshots.expect(folder, ordinal, len(run), walked.span, walked.positions)
                     for i in range(0, len(run), step):
                         entries = run[i : i + step]
-                        resolved = self._resolve(entries, rel, stored_runs, folder)
-                        group[4] = folder if group[4] is _NO_FOLDER or group[4] == folder else None
-                        group[0] += entries
-                        group[1] += resolved
-                        if resolved.count(None) == len(entries):
-                            group[2] += entries
-                        else:
-                            group[2] += [e for e, r in zip(entries, resolved) if r is None]
-                        if len(group[2]) >= self.batch_size or len(group[0]) >= MAX_GROUP:
+                        group.add(entries, self._resolve(entries, rel, stored_runs, folder), folder)
+                        if len(group.to_decode) >= self.batch_size or len(group.entries) >= MAX_GROUP:
                             submit()
                             yield from drain()
-                if group[0]:
+                if group.entries:
                     submit()
                 while pending:
-                    yield from finish()
+                    yield from self._finish(pending.popleft(), engine, rel, snapshots)
             finally:
-                for entries, _, to_decode, in_flight, _ in pending:
-                    if in_flight is not None and entries.__class__ is not RecordBlock:
-                        engine.cancel(in_flight)
+                for waiting in pending:
+                    if waiting.in_flight is not None:
+                        engine.cancel(waiting.in_flight)
                 if cache is not None:
                     snapshots.close()
                     cache.flush()
@@ -343,6 +327,42 @@ class Scorer:
 
 # A group holding no entry yet has no folder.
 _NO_FOLDER = object()
+
+
+@dataclass(slots=True)
+class _Group:
+    """Files of the walk that go out and come back together, in walk order: `records` holds a
+    record for an entry resolved without decoding (a cache hit, a skipped file) and None for one
+    in `to_decode`, sent to the engine as one batch (`in_flight`: its handle). `folder`: the one
+    folder every entry is in (None: several). A run the cache answered whole is a group of one
+    RecordBlock (`entries`) with its `stored_run`: (folder, ordinal, span, positions)."""
+
+    entries: list | RecordBlock
+    records: list | None
+    to_decode: list | None
+    in_flight: object = None
+    folder: object = _NO_FOLDER
+    stored_run: tuple | None = None
+
+    def add(self, entries: list, resolved: list, folder) -> None:
+        """Entries of `folder` and their records (None: to decode), at the end of the group."""
+        self.folder = folder if self.folder is _NO_FOLDER or self.folder == folder else None
+        self.entries += entries
+        self.records += resolved
+        if resolved.count(None) == len(entries):
+            self.to_decode += entries
+        else:
+            self.to_decode += [e for e, r in zip(entries, resolved) if r is None]
+
+
+def _stored_answer(cache, walked):
+    """The cache's (outcomes, rows) for a whole run of the walk, or None: from the snapshot the
+    walk matched, or by comparing the run with its snapshot."""
+    if walked.matched:
+        return cache.answered(walked.snapshot, _SNAPSHOT_STATUSES)
+    if walked.snapshot is not None:
+        return cache.get_run(walked.folder, walked.ordinal, walked.entries, _SNAPSHOT_STATUSES, walked.snapshot)
+    return None
 
 
 # Entries looked up in the cache with one query.
@@ -378,7 +398,7 @@ def run_scan(
     on_record: Callable[[ScanRecord], None] | None = None,
     should_stop: Callable[[], bool] = lambda: False,
 ) -> ScanSummary:
-    """Scan `root` into records, and apply each one (pipeline/apply.py): move, or plan to move,
+    """Scan `root` into records, and apply each one (pipeline/apply/applier.py): move, or plan to move,
     the rejected files per the options. Returns counts.
 
     `on_record` gets every record, after it is applied. If it has a `block` attribute, a block
@@ -388,13 +408,12 @@ def run_scan(
     `root` is resolved once (symlinks and `..` as the kernel follows them) and that one path is
     walked, checked and moved from: `sub/..` after a symlink `sub` never means two folders.
     Raises ScanError (a ValueError) when `root` is a quarantine: a scan never reads one as data.
-    With `options.files`, only those names are scanned (pipeline/file_list.py), each a record.
+    With `options.files`, only those names are scanned (pipeline/scan/file_list.py), each a record.
     """
-    from ..fileops import MANIFEST_NAME, quarantine_holding
+    from ...fileops import MANIFEST_NAME, quarantine_holding
 
     root = Path(os.path.realpath(root))
-    if options.engine not in ENGINES:
-        raise ScanError(f"unknown engine {options.engine!r}; use {' or '.join(ENGINES)}")
+    engines.entry(options.engine)  # EngineError (a ValueError) when unknown
     holding = quarantine_holding(root)
     if holding is not None:
         what = "an imgclean quarantine" if holding == root else f"inside the imgclean quarantine {os.fsdecode(holding)}"
@@ -405,7 +424,7 @@ def run_scan(
     summary = ScanSummary(root=os.fsdecode(root), model=os.fsdecode(bundle.path or ""))
     cache = None
     if options.use_cache:
-        from ..store.cache import ScanCache, model_key
+        from ...store.cache import ScanCache, model_key
 
         # The method is part of the key: a head score must never be reused as a Mahalanobis one.
         cache = ScanCache(options.cache_dir, model_key(bundle.config, extra=options.method)).open()
@@ -413,17 +432,9 @@ def run_scan(
     runs = listed_runs(root, options.files, options.exclude) if options.files is not None else None
     apply = Applier(root, quarantine, summary, options.keep_unreadable, dry_run)
     started = time.perf_counter()
-    engine, blas = None, contextlib.nullcontext()
-    if options.engine == "ray":
-        from .ray_scan import RayEngine, RayOptions
-
-        engine = RayEngine(scorer, options.ray or RayOptions())
-    elif not str(device).startswith("cuda"):
-        from .blas import single_blas_thread
-
-        blas = single_blas_thread()  # the cores are the decoders' and the network's (pipeline/blas.py)
     try:
-        with blas, fewer_collections():
+        engine = engines.create(options.engine, scorer, options.engine_options, device)
+        with fewer_collections():
             _run(scorer, root, options, apply, on_record, should_stop, summary, engine, runs)
     finally:
         if runs is not None:
@@ -461,9 +472,10 @@ def _run(scorer, root, options, apply, on_record, should_stop, summary, engine=N
     on_block = getattr(on_record, "block", None)
     for item in scorer.scan_items(root, options.exclude, engine, runs):
         if item.__class__ is not RecordBlock:
-            apply(item[0])
+            record = item[0]  # (record, entry)
+            apply(record)
             if on_record is not None:
-                on_record(item[0])
+                on_record(record)
         elif apply.take_block(item):  # nothing in it to move: counted whole
             if on_block is not None:
                 on_block(item)

@@ -30,8 +30,9 @@ import os
 import sys
 from typing import Callable
 
-from ..data import TransientMessage
-from .scoring import Outcome, outcomes, predict_scores
+from ...data import TransientMessage
+from .base import Outcome
+from .scoring import outcomes, predict_scores
 
 ENV = "IMGCLEAN_SCORE_IN_WORKERS"
 MAX_WORKERS = 8
@@ -80,7 +81,7 @@ def unregister(token: str) -> None:
 def failed(status: str, message: str) -> Outcome:
     """The outcome of a file whose worker died on it: transient (killed, out of memory, a crash
     in the image library: nothing lasting about the file), so a scan cache never keeps it."""
-    return (status, TransientMessage(message), -1, -1, None)
+    return Outcome(status, TransientMessage(message), -1, -1, None)
 
 
 class ScoreChunk:
@@ -103,10 +104,10 @@ def _prepare(token: str) -> Callable:
         raise RuntimeError("scoring in a decode worker that was not forked from the scan (no model registered)")
     bundle, method, batch_size = entry
     os.environ["IMGCLEAN_TORCH_THREADS"] = "1"  # one thread a worker: the workers fill the cores
-    from . import blas
-    from ..nn.runtime import prepare_for_inference
+    from .. import blas
+    from ...nn.runtime import prepare_for_inference
 
-    blas._limit()  # one BLAS thread too (the detector's products are small)
+    blas.limit_threads()  # one BLAS thread too (the detector's products are small)
     prepare_for_inference(bundle.model, "cpu", bundle.config.get("arch", ""), bundle.input_size)
 
     def score_arrays(images):

@@ -50,8 +50,8 @@ def _new_moves(quarantine, before: frozenset[str]) -> list[dict]:
 
 
 def _read_images(bundle, ops: list[dict], result: MoveFeatures) -> tuple[list[str], list]:
-    from .learn_review import ReviewItem, read_verified
-    from .learn_step import decode_bytes
+    from ..learn.review_rows import ReviewItem, read_verified
+    from ..learn.step import decode_bytes
 
     ids, images = [], []
     for op in ops:
@@ -71,8 +71,8 @@ def _read_images(bundle, ops: list[dict], result: MoveFeatures) -> tuple[list[st
 def _embed_batch(bundle, ops: list[dict], device: str, fingerprint: str, result: MoveFeatures) -> list[bytes]:
     import numpy as np
 
-    from ..nn.runtime import predict_arrays
-    from ..quarantine.features_log import encode
+    from ...nn.runtime import predict_arrays
+    from ...quarantine.features_log import encode
 
     ids, images = _read_images(bundle, ops, result)
     if not images:
@@ -100,7 +100,7 @@ def record_moves(quarantine, bundle, before: frozenset[str], device: str = "cpu"
     fingerprint = bundle.config.get("fingerprint")
     if not ops:
         return result  # (a cached rescan that moved nothing imports no numpy here)
-    from ..quarantine.features_log import FEATURES_NAME, append_records
+    from ...quarantine.features_log import FEATURES_NAME, append_records
 
     where = os.fsdecode(Path(quarantine.root) / FEATURES_NAME)
     if not isinstance(fingerprint, str):
@@ -123,8 +123,8 @@ def record_moves(quarantine, bundle, before: frozenset[str], device: str = "cpu"
 
 def record_after_run(quarantine_root: Path, bundle, before: frozenset[str], device: str = "cpu") -> MoveFeatures:
     """record_moves for a run that has closed its quarantine (reject): open it again (its lock)."""
-    from ..quarantine.locking import LockError
-    from ..quarantine.moves import Quarantine, QuarantineError
+    from ...quarantine.locking import LockError
+    from ...quarantine.moves import Quarantine, QuarantineError
 
     try:
         with Quarantine(quarantine_root) as q:
@@ -135,8 +135,8 @@ def record_after_run(quarantine_root: Path, bundle, before: frozenset[str], devi
 
 def journal_moves(quarantine_root: Path) -> frozenset[str]:
     """moves_now for a quarantine not open here (read once from its journal)."""
-    from ..fileops import is_quarantine
-    from ..quarantine.journal import fold
+    from ...fileops import is_quarantine
+    from ...quarantine.journal import fold
 
     root = Path(os.path.abspath(quarantine_root))
     if not root.is_dir() or not is_quarantine(root):

@@ -20,10 +20,10 @@ from typing import Callable
 
 import numpy as np
 
-from .. import config as cfg
-from .. import data
-from ..errors import ImgcleanError
-from .decode import Decoder, DecodeSettings, decode_one
+from ... import config as cfg
+from ... import data
+from ...errors import ImgcleanError
+from ..decode import Decoder, DecodeSettings, decode_one
 
 GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
 PROBE_IMAGES_PER_CLASS = 20
@@ -136,7 +136,7 @@ def read_training_set(
 ) -> TrainingSet:
     """Decode every training image once: statuses, channel statistics, and the images kept in
     memory when all of them fit `cache_bytes` (None: nn.datasets.cache_budget())."""
-    from ..nn.datasets import ChannelHistogram, StreamedImages, cache_budget
+    from ...nn.datasets import ChannelHistogram, StreamedImages, cache_budget
 
     entries = [entry for files in class_files for entry in files]
     label_of = [label for label, files in enumerate(class_files) for _ in files]

@@ -1,4 +1,4 @@
-"""What a quarantine's review says, file by file: the rows learn() learns from (pipeline/learn.py).
+"""What a quarantine's review says, file by file: the rows learn() learns from (pipeline/learn/rule.py).
 
 Read from the quarantine's journal (validated: quarantine/journal.py) and the decisions in force
 for the folders it took files from (validated: quarantine/decision_views.py):
@@ -22,15 +22,15 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..fileops import is_quarantine
-from .learn import LearnError
+from ...fileops import is_quarantine
+from .rule import LearnError
 
 MAX_PICTURE_BYTES = 256 << 20  # a picture file larger than this is not read for learning
 
 
 @dataclass(frozen=True)
 class ReviewItem:
-    kind: str  # one of pipeline.learn.KINDS
+    kind: str  # one of pipeline.learn.rule.KINDS
     size: int
     sha256: str
     path: Path | None  # where the file should be now (None: gone)
@@ -65,8 +65,8 @@ def _same_folder(a: str, b: Path) -> bool:
 
 def read_review(quarantine: Path) -> QuarantineReview:
     """Every file the review of `quarantine` says something about; LearnError when it is not one."""
-    from ..quarantine.decision_views import decisions_of
-    from ..quarantine.journal import fold
+    from ...quarantine.decision_views import decisions_of
+    from ...quarantine.journal import fold
 
     if not Path(quarantine).is_dir() or not is_quarantine(quarantine):
         raise LearnError(f"{quarantine} is not an imgclean quarantine (no journal); give the folder scan --move-to moved files into")

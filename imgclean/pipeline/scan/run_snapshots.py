@@ -17,9 +17,9 @@ from __future__ import annotations
 import os
 from collections import deque
 
-from .. import data
-from ..reports.record_blocks import RecordBlock, csv_rows
-from ..reports.records import CHANGED, VERDICTS, ScanRecord
+from ... import data
+from ...reports.record_blocks import RecordBlock, csv_rows
+from ...reports.records import CHANGED, VERDICTS, ScanRecord
 
 # Cached statuses a scan may reuse (a skipped or changed result is never reused; a person's
 # decision, status accepted, is never a verdict: the record's verdict is stored instead).

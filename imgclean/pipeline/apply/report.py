@@ -3,7 +3,7 @@
 A report is applied whole or not at all: every row is read and checked before the first move
 (:func:`check_report`; what apply may move from which folder: apply_sources.py), and a report
 with a bad row moves nothing, whatever the output options. The records then go through the same
-:class:`imgclean.pipeline.apply.Applier` a scan uses (each move re-checks its file; a file a
+:class:`imgclean.pipeline.apply.applier.Applier` a scan uses (each move re-checks its file; a file a
 person accepted stays).
 """
 from __future__ import annotations
@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
-from ..reports.records import ReportError, ReportFile, ReportRow, ScanRecord, is_rejected
-from .apply import Applier, ApplySummary
+from ...reports.records import ReportError, ReportFile, ReportRow, ScanRecord, is_rejected
+from .applier import Applier, ApplySummary
 
 
 # A report of at most this many rows is applied from the records its check kept (a second read
@@ -39,7 +39,7 @@ def run_apply(report: ReportFile, root: Path | None, summary: ApplySummary, quar
     every row must record (None: any); `check_device`: compare device numbers too (the folder is
     the one the report records, not one mounted elsewhere).
     """
-    from .apply_sources import SourceCheck
+    from .sources import SourceCheck
 
     started = time.perf_counter()
     summary.rows = checked.rows
@@ -76,7 +76,7 @@ def check_report(report: ReportFile, root: Path | None, recorded_root: str | Non
     """Read every row of `report` and check it as applying it would (:func:`_row_problem`, and
     for rows to move the walk's rules: apply_sources.SourceCheck, unless `root` is None: no
     folder chosen yet), touching nothing."""
-    from .apply_sources import SourceCheck
+    from .sources import SourceCheck
 
     result = ReportCheck()
     sources = SourceCheck(root, excluded, remember=True) if root is not None else None

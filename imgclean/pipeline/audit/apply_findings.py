@@ -1,7 +1,7 @@
 """Carrying out an audit's findings: `audit --move-to`, and `imgclean apply` of a saved (and
 perhaps reviewed) audit report.
 
-Flagged files move exactly as a scan's rejects do (pipeline.apply.Applier: each file re-checked
+Flagged files move exactly as a scan's rejects do (pipeline.apply.applier.Applier: each file re-checked
 against the size, mtime, device and inode the audit saw, journaled in the quarantine with its
 issue as the reason, put back by `imgclean restore`); a file a person accepted stays. Of a group
 of duplicates only the copies move, never the original (the oldest file: pipeline.duplicates),
@@ -9,7 +9,7 @@ and a copy moves only while its original stays in the folder: when the original 
 moves itself for another issue in the same run, the copy is kept (action "kept"), so removing
 duplicates never removes a picture's last copy.
 
-A report is applied whole or not at all, as a scan report is (pipeline/apply_report.py): every
+A report is applied whole or not at all, as a scan report is (pipeline/apply/report.py): every
 row is read and checked first (cells: reports.audit_records.parse_audit_row; the files to move
 and each duplicate's original: the walk's rules, apply_sources.SourceCheck), and a report with a
 bad row moves nothing. Only the rows to act on are kept in memory.
@@ -26,12 +26,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterable
 
-from .. import data
-from ..reports.audit_records import AUDIT_COLUMNS, DUPLICATE, ISSUES, UNREADABLE, AuditRecord, audit_row
-from ..reports.records import ACCEPTED, OOD, ReportError, ReportFile, ReportRow, ScanRecord
-from .apply import Applier, ScanSummary
-from .apply_report import stopped_or_refused
-from .apply_sources import SourceCheck, regular_file_below
+from ... import data
+from ...reports.audit_records import AUDIT_COLUMNS, DUPLICATE, ISSUES, UNREADABLE, AuditRecord, audit_row
+from ...reports.records import ACCEPTED, OOD, ReportError, ReportFile, ReportRow, ScanRecord
+from ..apply.applier import Applier, ScanSummary
+from ..apply.report import stopped_or_refused
+from ..apply.sources import SourceCheck, regular_file_below
 
 MOVABLE = ISSUES  # what --move-to / --move-issues moves by default: every issue
 MAX_FLAGGED = 1_000_000  # rows to act on that one apply keeps in memory; a larger report is refused

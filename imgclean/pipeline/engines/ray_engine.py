@@ -3,12 +3,12 @@
 The split follows the peers that scan at cluster scale (NeMo Curator, img2dataset): workers
 only read, and the results are applied in one place.
 
-- Workers (Ray actors, pipeline/ray_worker.ScoreWorker): each gets the model once (its files' bytes, put in
+- Workers (Ray actors, pipeline/engines/ray_worker.ScoreWorker): each gets the model once (its files' bytes, put in
   the object store once), rebuilds it, checks that its config and fingerprint are the driver's,
   and then decodes files with imgclean's own decoder (its statuses: unreadable, too_large,
   unsupported) and scores them. Paths travel as bytes, so names need not be UTF-8. A worker
   never writes, moves or caches anything.
-- The driver (:class:`RayEngine`, plugged into pipeline/scan.Scorer.scan) keeps the walk, the
+- The driver (:class:`RayEngine`, plugged into pipeline/scan/scanner.Scorer.scan) keeps the walk, the
   lock, the cache (only misses are sent out; results are cached here), the report, the review
   page and every move through the quarantine and its journal: records come back into the same
   record -> apply path as the local engine and `imgclean apply`, in walk order.
@@ -28,7 +28,8 @@ import signal
 import threading
 from dataclasses import dataclass
 
-from .. import data
+from ... import data
+from .base import Outcome
 from .ray_worker import RayEngineError, ScoreWorker  # noqa: F401  (ScoreWorker: the actor class, public here)
 
 log = logging.getLogger(__name__)
@@ -68,6 +69,12 @@ def import_ray():
     return ray
 
 
+def make_engine(scorer, options: "RayOptions | None" = None, device: str = "cpu") -> "RayEngine":
+    """The registry's factory (engines/registry.py): workers score on CUDA when the options give
+    each a GPU share, whatever `device` the scanning process has."""
+    return RayEngine(scorer, options or RayOptions())
+
+
 @dataclass
 class _Batch:
     ref: object  # ObjectRef of ScoreWorker.score
@@ -76,7 +83,7 @@ class _Batch:
 
 
 class RayEngine:
-    """The engine pipeline/scan.Scorer.scan sends its cache misses to; a context manager that
+    """The engine pipeline/scan/scanner.Scorer.scan sends its cache misses to; a context manager that
     joins (or starts) Ray and its workers, and leaves both as it found them."""
 
     def __init__(self, scorer, options: RayOptions):
@@ -131,7 +138,7 @@ class RayEngine:
         return max(1, int(resources.get("CPU", 1)))
 
     def _start_workers(self, ray) -> None:
-        from ..store.artifact import read_model_files
+        from ...store.artifact import read_model_files
 
         gpus = self.options.gpus_per_worker
         # Shipped once: every worker (and a restarted one) reads the one copy, held here until the end.
@@ -211,7 +218,7 @@ class RayEngine:
         self.in_flight[worker] += 1
         return _Batch(self.workers[worker].score.remote(self._files(), paths), worker, paths)
 
-    def collect(self, entries: list[data.FileEntry], batch: _Batch) -> list[tuple]:
+    def collect(self, entries: list[data.FileEntry], batch: _Batch) -> list[Outcome]:
         """The outcomes of `entries`, matched by path to what the worker sent back: a path it
         sent twice counts once, a path it did not send stops the scan."""
         ray = self.ray
@@ -231,13 +238,13 @@ class RayEngine:
             self.in_flight[batch.worker] -= 1
         return match_outcomes(batch.paths, paths, outcomes, self)
 
-    def _one_at_a_time(self, paths: list[bytes]) -> list[tuple]:
+    def _one_at_a_time(self, paths: list[bytes]) -> list[Outcome]:
         """Score each path alone on a worker of its own (no restart, no retry, checked alive
         before each file), so a death is that file's: it ends unreadable (DIED), as a file that
         kills a local decode worker does. The isolating worker takes no CPU or GPU from the
         pool (it runs while the scan waits for it) and scores on the CPU."""
         ray = self.ray
-        out: list[tuple] = []
+        out: list[Outcome] = []
         worker = None
         try:
             for path in paths:
@@ -247,7 +254,7 @@ class RayEngine:
                 try:
                     got, result = ray.get(worker.score.remote(self._files(), [path]))
                 except ray.exceptions.RayActorError:
-                    out.append((data.UNREADABLE, data.TransientMessage(DIED), -1, -1, None))  # never cached
+                    out.append(Outcome(data.UNREADABLE, data.TransientMessage(DIED), -1, -1, None))  # never cached
                     worker = None
                     continue
                 out.extend(match_outcomes([path], got, result, self))
@@ -323,15 +330,17 @@ def check_reachable(address: str | None) -> None:
         ) from None
 
 
-def match_outcomes(sent: list[bytes], paths: list[bytes], outcomes: list, counter=None) -> list[tuple]:
+def match_outcomes(sent: list[bytes], paths: list[bytes], outcomes: list, counter=None) -> list[Outcome]:
     """The outcome of each path in `sent`, in its order, from a worker's (paths, outcomes)."""
-    by_path: dict[bytes, tuple] = {}
+    by_path: dict[bytes, Outcome] = {}
     for path, outcome in zip(paths, outcomes, strict=True):
         if path in by_path:
             if counter is not None:
                 counter.duplicates += 1
             continue
-        by_path[path] = tuple(outcome)
+        if len(outcome) != len(Outcome._fields):
+            raise RayEngineError(f"a Ray worker sent an outcome of {len(outcome)} fields for {os.fsdecode(path)!r}")
+        by_path[path] = Outcome._make(outcome)
     missing = [p for p in sent if p not in by_path]
     if missing:
         raise RayEngineError(f"a Ray worker sent no result for {len(missing)} files (first {os.fsdecode(missing[0])!r})")

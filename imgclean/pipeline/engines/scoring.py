@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # annotations only: numpy is imported in the functions that use it
     import numpy as np
 
-from ..detectors import registry
+from ...detectors import registry
+from .base import Outcome
 
 
 def check_method(bundle, method: str) -> None:
@@ -46,16 +47,13 @@ def score_outputs(bundle, method: str, logits: np.ndarray, feats: np.ndarray) ->
     return logits.argmax(1), ratios.argmin(1), score
 
 
-# What a scan says of one file before it is a record: (status, message, predicted class index,
-# nearest class index, score); the indexes are -1 and the score None for a file that did not decode.
-Outcome = tuple
 
 
 def predict_scores(bundle, method: str, images: np.ndarray, device: str, batch_size: int | None):
     """(predicted class index, nearest class index, score) for uint8 images (the network must be
     prepared for inference: nn.runtime.prepare_for_inference)."""
-    from ..nn.runtime import predict_arrays
-    from .blas import engage
+    from ...nn.runtime import predict_arrays
+    from ..blas import engage
 
     engage()  # a single_blas_thread() block waiting for numpy (pipeline/blas.py): loaded by now
     cfg = bundle.config
@@ -66,14 +64,14 @@ def predict_scores(bundle, method: str, images: np.ndarray, device: str, batch_s
 def outcomes(decoded: list, score_arrays) -> list[Outcome]:
     """One Outcome per decode.Decoded, the decoded arrays scored with `score_arrays` in one call."""
     import numpy as np
-    from ..data import OK
-    from ..reports.records import OOD
+    from ...data import OK
+    from ...reports.records import OOD
 
-    out: list[Outcome] = [(d.status, d.message, -1, -1, None) for d in decoded]
+    out: list[Outcome] = [Outcome(d.status, d.message, -1, -1, None) for d in decoded]
     good = [i for i, d in enumerate(decoded) if d.ok]
     if good:
         pred, near, score = score_arrays(np.stack([decoded[i].array for i in good]))
         for i, p, n, s in zip(good, np.asarray(pred).tolist(), np.asarray(near).tolist(),
                               np.asarray(score, dtype=float).tolist(), strict=True):
-            out[i] = (OOD if s > 1.0 else OK, "", p, n, s)
+            out[i] = Outcome(OOD if s > 1.0 else OK, "", p, n, s)
     return out

@@ -1,4 +1,4 @@
-"""The worker half of `scan --engine ray` (pipeline/ray_scan.py is the driver's half).
+"""The worker half of `scan --engine ray` (pipeline/engines/ray_engine.py is the driver's half).
 
 A ScoreWorker runs as a Ray actor on any machine of the cluster. It only reads: it rebuilds the
 model from the files the driver put in the object store, refuses it unless its config (and so
@@ -14,7 +14,7 @@ import signal
 import tempfile
 from pathlib import Path
 
-from ..errors import ImgcleanError
+from ...errors import ImgcleanError
 from .scoring import outcomes, predict_scores
 
 
@@ -40,9 +40,9 @@ class ScoreWorker:
 
     def _load(self, files) -> None:
         """`files`: name -> bytes of the model's files, or [ObjectRef of that dict]."""
-        from ..nn.runtime import prepare_for_inference
-        from ..store.artifact import load_model
-        from .decode import DecodeSettings
+        from ...nn.runtime import prepare_for_inference
+        from ...store.artifact import load_model
+        from ..decode import DecodeSettings
         from .scoring import check_method
 
         if isinstance(files, list):
@@ -76,8 +76,8 @@ class ScoreWorker:
         return self.bundle.fingerprint
 
     def score(self, files, paths: list[bytes]) -> tuple[list[bytes], list[tuple]]:
-        """(paths, outcomes) for one batch, in its order (pipeline/scoring.Outcome)."""
-        from .decode import decode_one
+        """(paths, outcomes) for one batch, in its order (pipeline/engines/base.Outcome)."""
+        from ..decode import decode_one
 
         if self.bundle is None:
             self._load(files)

@@ -29,7 +29,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .. import data
+from ... import data
 
 BYTES, PIXELS, NEAR = "bytes", "pixels", "near"
 KIND_ORDER = (BYTES, PIXELS, NEAR)  # strongest first: a copy's reported link is its strongest one

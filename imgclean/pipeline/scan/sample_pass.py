@@ -19,7 +19,7 @@ import random
 import stat
 from dataclasses import dataclass
 
-from .. import data
+from ... import data
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ class SampledFile:
 
     def record(self):
         """The file's record as the scan wrote it, with its review cell."""
-        from ..reports.records import ScanRecord
+        from ...reports.records import ScanRecord
 
         c = self.candidate
         return ScanRecord(c.path, data.OK, c.predicted, c.nearest, c.score, size=c.size, mtime_ns=c.mtime_ns,
@@ -182,8 +182,8 @@ def choose_sample(bundle, root, candidates: SampleCandidates, device: str = "cpu
     """The review sample of a scan of `root` (n of the candidates, in the order to show them)."""
     import numpy as np
 
-    from .decode import DecodeSettings
-    from .headfit import embed
+    from ..decode import DecodeSettings
+    from ..fit.headfit import embed
     from .review_sample import review_sample
 
     pool, random_rows = candidates.pool()
@@ -199,7 +199,7 @@ def choose_sample(bundle, root, candidates: SampleCandidates, device: str = "cpu
     if not kept:
         return []
     where = {old: new for new, old in enumerate(kept)}
-    from ..nn.runtime import prepare_for_inference
+    from ...nn.runtime import prepare_for_inference
 
     prepare_for_inference(bundle.model, device, bundle.config.get("arch", ""), bundle.input_size)
     features = embed(bundle, np.stack([images[i] for i in kept]), device)

@@ -1,6 +1,6 @@
 """fit's steps that are not the main line: the held-out calibration of the detectors, --epochs 0
 (no training), torchrun's embedding and statistics, and images a streamed pass could no longer
-decode. Used by pipeline/fit.py only."""
+decode. Used by pipeline/fit/fit_model.py only."""
 from __future__ import annotations
 
 import os
@@ -8,11 +8,11 @@ import warnings
 
 import numpy as np
 
-from .. import config as cfg
-from .. import data
-from ..detectors import MahalanobisDetector
-from ..detectors import calibration as cal
-from ..detectors.mahalanobis import MIN_IMAGES_FOR_OWN_THRESHOLD
+from ... import config as cfg
+from ... import data
+from ...detectors import MahalanobisDetector
+from ...detectors import calibration as cal
+from ...detectors.mahalanobis import MIN_IMAGES_FOR_OWN_THRESHOLD
 
 # Above this share of held-out images beyond the training thresholds before calibration (and at
 # least 5x the rate asked for), the thresholds had to move far: the model does not generalise well
@@ -88,7 +88,7 @@ def drop_lost(images, labels: np.ndarray, kept: np.ndarray, result, skipped: lis
 
 def untrained(labels: np.ndarray, settings: cfg.TrainSettings):
     """The TrainResult of `--epochs 0`: the same held-out split training would make, no epochs."""
-    from ..nn.training import TrainResult, stratified_split
+    from ...nn.training import TrainResult, stratified_split
 
     train_idx, val_idx = stratified_split(labels, settings.val_fraction, settings.seed)
     return TrainResult(epochs=0, train_indices=train_idx, val_indices=val_idx,
@@ -100,7 +100,7 @@ def gaussian_logits(model, detector: MahalanobisDetector, fit_feats: np.ndarray,
     """Set the untrained classifier to the Gaussian classifier of the features (the class means
     and the tied precision of `detector`, or of a tied fit when it has one per class; scaled by
     1 / feature dimension so the logits stay small) and return the logits of `feats`."""
-    from ..nn.models import set_gaussian_logits
+    from ...nn.models import set_gaussian_logits
 
     tied = detector
     if len(detector.precisions_) != 1:
@@ -119,8 +119,8 @@ def embed_distributed(model, images, labels, mean, std, device, result, config: 
     is fitted from the statistics summed over ranks (distances gathered for the thresholds); the
     features and logits are gathered in the original order (KNN, energy and the calibration need
     them all). Returns (logits, features, kept indices, detector) on every rank."""
-    from ..nn.runtime import predict_images
-    from ..nn.training import plain
+    from ...nn.runtime import predict_images
+    from ...nn.training import plain
 
     net = plain(model)
     logits, feats, kept = predict_images(net, images, dist.shard(np.arange(len(labels))), mean, std, device)

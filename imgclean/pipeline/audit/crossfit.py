@@ -22,8 +22,8 @@ from typing import Callable
 
 import numpy as np
 
-from .. import config as cfg
-from ..errors import ImgcleanError
+from ... import config as cfg
+from ...errors import ImgcleanError
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +71,8 @@ def recipe_from_model(model_config: dict, source: str) -> Recipe:
 def default_recipe(class_files: list, config: cfg.FitConfig | None = None) -> Recipe:
     """fit's choices for this folder: geometry from the images, architecture and preprocessing
     as `fit` resolves them."""
-    from .fit import check_preprocessing, resolve_architecture, resolve_preprocessing
-    from .trainset import FitError, detect_geometry
+    from ..fit.fit_model import check_preprocessing, resolve_architecture, resolve_preprocessing
+    from ..fit.trainset import FitError, detect_geometry
 
     config = config or cfg.FitConfig()
     size, channels = detect_geometry(class_files)
@@ -83,7 +83,7 @@ def default_recipe(class_files: list, config: cfg.FitConfig | None = None) -> Re
         raise AuditError(str(exc)) from None
     model = None
     if arch != cfg.LENET:
-        from ..nn.models import build_model
+        from ...nn.models import build_model
 
         model = build_model(arch, 2, channels, size, config.pretrained, config.weights)
     prep = resolve_preprocessing(config, arch, channels, size, model)
@@ -178,7 +178,7 @@ def fit_detector(method: str, percentile: float, feats: np.ndarray, logits: np.n
 def _fit_once(method, percentile, feats, logits, labels, num_classes, fit_idx, val_idx):
     import warnings
 
-    from ..detectors import registry
+    from ...detectors import registry
 
     cls = registry.detector_class(method)
     with warnings.catch_warnings():
@@ -194,9 +194,9 @@ def cross_fit(images: np.ndarray, labels: np.ndarray, num_classes: int, recipe: 
               method: str, percentile: float, device, progress: Callable | None = None, trim: float = 0.0,
               should_stop: Callable[[], bool] = lambda: False) -> OutOfSample:
     """Train one classifier per fold and score its held-out images (see the module docstring)."""
-    from ..nn.models import build_model
-    from ..nn.runtime import predict_arrays
-    from ..nn.training import channel_stats, seed_everything, train_classifier
+    from ...nn.models import build_model
+    from ...nn.runtime import predict_arrays
+    from ...nn.training import channel_stats, seed_everything, train_classifier
 
     k = int(folds.max()) + 1
     n = len(images)

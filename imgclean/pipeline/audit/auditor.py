@@ -7,9 +7,9 @@ then pixels) -> K-fold cross-fitting (pipeline.crossfit: out-of-sample probabili
 scores, duplicate groups kept in one fold) -> near duplicates (one model's deep features, chunked)
 -> confident learning -> one AuditRecord per file (reports.audit_records, with the precedence
 stated there). :func:`apply_audit` then moves flagged files exactly as a scan does
-(pipeline/audit_apply.py, through pipeline.apply.Applier: each move re-checks the file against
+(pipeline/audit/apply_findings.py, through pipeline.apply.applier.Applier: each move re-checks the file against
 what the walk saw, journaled in the quarantine, undone by `imgclean restore`); of duplicates only
-the copies move, never the original: the oldest file of each group (pipeline.duplicates.sort_key).
+the copies move, never the original: the oldest file of each group (pipeline.audit.duplicates.sort_key).
 
 The recipe (architecture, input size, preprocessing, epochs, lambda...) comes from a model
 directory when one is given (`audit -m`), else from fit's defaults for the folder. The model
@@ -27,12 +27,10 @@ from typing import Callable
 
 import numpy as np
 
-from .. import data
-from ..reports.audit_records import (
-    DUPLICATE, ISSUES, LABEL_ISSUE, OK, OUTLIER, UNREADABLE, AuditRecord,
-)
-from .audit_apply import MOVABLE, apply_audit  # noqa: F401  (public here: audit --move-to)
-from .crossfit import (  # noqa: F401  (AuditError, AuditInterrupted: public here)
+from ... import data
+from ...reports.audit_records import DUPLICATE, ISSUES, LABEL_ISSUE, OK, OUTLIER, UNREADABLE, AuditRecord
+from .apply_findings import MOVABLE, apply_audit  # noqa: F401  (public here: audit --move-to)
+from .crossfit import (
     AuditError, AuditInterrupted, Recipe, assign_folds, check_folds, confident_learning, cross_fit,
     default_recipe, recipe_from_model,
 )
@@ -118,7 +116,7 @@ def _walk_classes(root: Path) -> tuple[list[str], list[list[data.FileEntry]], li
         class_names, _ = data.list_image_folder(root)
     except ValueError as exc:
         raise AuditError(str(exc)) from None
-    from .trainset import stray_images, stray_warning
+    from ..fit.trainset import stray_images, stray_warning
 
     if line := stray_warning(root, stray_images(root)):  # images beside the class folders: never audited
         log.warning("%s", line)
@@ -156,9 +154,9 @@ def run_audit(train_dir: Path, options: AuditOptions | None = None, *, bundle=No
     Raises AuditError (or trainset.FitError) naming what to fix; AuditInterrupted when
     `should_stop()` turns true during training.
     """
-    from ..nn.runtime import predict_arrays
-    from .scan import relative_name
-    from .trainset import decode_classes
+    from ...nn.runtime import predict_arrays
+    from ..scan.scanner import relative_name
+    from ..fit.trainset import decode_classes
 
     options = options or AuditOptions()
     started = time.perf_counter()

@@ -1,7 +1,7 @@
 """Scanning named files instead of walking a folder: `scan FILE`, `scan FOLDER --files-from LIST`
 and `api.scan(FOLDER, files=[...])`.
 
-A list of names becomes walk.Run objects that pipeline/scan.Scorer.scan_items takes in place of
+A list of names becomes walk.Run objects that pipeline/scan/scanner.Scorer.scan_items takes in place of
 walk.walk_runs, so the cache, decoding, scoring, records, the lock and every move are the folder
 scan's own code. Each listed name ends as one FileEntry: a regular image file inside the scanned
 folder, reached the way the walk would reach it, is scored; anything else is a skipped entry
@@ -31,9 +31,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Iterable, Iterator
 
-from ..errors import ImgcleanError
-from ..fileops import MANIFEST_NAME
-from ..walk import PATH_MAX, RUN_LIMIT, FileEntry, Run, has_image_extension, too_long
+from ...errors import ImgcleanError
+from ...fileops import MANIFEST_NAME
+from ...walk import PATH_MAX, RUN_LIMIT, FileEntry, Run, has_image_extension, too_long
 from .run_snapshots import CACHEABLE, RunSnapshots
 
 log = logging.getLogger(__name__)

@@ -20,20 +20,15 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import config as cfg
-from .. import data
-from ..metrics import macro_f1
-from ..store.artifact import ModelBundle
-from ..detectors import MahalanobisDetector, registry
-from .decode import DecodeSettings
+from ... import config as cfg
+from ... import data
+from ...metrics import macro_f1
+from ...store.artifact import ModelBundle
+from ...detectors import MahalanobisDetector, registry
+from ..decode import DecodeSettings
 from .fitparts import calibrate_detectors, drop_lost, embed_distributed, gaussian_logits, untrained
-from .trainset import (  # noqa: F401  (FitError, decode_classes, detect_geometry: public here as before)
-    FitError,
-    ProgressCallback,
-    TrainingFolderError,
-    decode_classes,
-    detect_geometry,
-    list_training_folder,
+from .trainset import (
+    FitError, ProgressCallback, TrainingFolderError, decode_classes, detect_geometry, list_training_folder,
     read_training_set,
 )
 
@@ -118,7 +113,7 @@ def resolve_preprocessing(config: cfg.FitConfig, arch: str, channels: int, size:
     if arch == "lenet":
         own = {"input_size": size, "interpolation": "bilinear", "crop_pct": 1.0, "mean": None, "std": None}
     else:
-        from ..nn.models import timm_data_config
+        from ...nn.models import timm_data_config
 
         own = timm_data_config(model.backbone)
         if size is not None:
@@ -164,7 +159,7 @@ def choose_arch(config: cfg.FitConfig, arch: str, notes: list[str]):
     builds timm's tf_ twin of the model asked for (nn.weights.timm_arch_for; a note says so)."""
     if not config.weights or arch == cfg.LENET:
         return arch, None
-    from ..nn.weights import WeightsError, read_checkpoint, timm_arch_for
+    from ...nn.weights import WeightsError, read_checkpoint, timm_arch_for
 
     try:
         checkpoint = read_checkpoint(config.weights)
@@ -190,11 +185,11 @@ def fit_model(
     under torchrun; every rank calls this, and only rank 0 gets (bundle, report), the others
     (None, None) once their part of the statistics is done.
     """
-    from ..nn.models import build_model, timm_train_transform
-    from ..nn.runtime import pick_device, predict_arrays, predict_images
-    from ..nn.training import seed_everything, train_classifier
+    from ...nn.models import build_model, timm_train_transform
+    from ...nn.runtime import pick_device, predict_arrays, predict_images
+    from ...nn.training import seed_everything, train_classifier
 
-    from ..nn.datasets import fixed_mmap_threshold
+    from ...nn.datasets import fixed_mmap_threshold
 
     fixed_mmap_threshold()  # memory flat in the number of images (nn/datasets.py)
     started = time.perf_counter()

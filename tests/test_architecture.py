@@ -23,8 +23,9 @@ LAYERS = {
     "store": ("core", "detectors", "nn"),
     "reports": ("core", "quarantine"),
     "pipeline": ("core", "detectors", "nn", "quarantine", "store", "reports"),
-    "api": ("core", "detectors", "nn", "quarantine", "store", "reports", "pipeline"),
-    "cli": ("core", "detectors", "nn", "quarantine", "store", "reports", "pipeline"),
+    "jobs": ("core", "detectors", "nn", "quarantine", "store", "reports", "pipeline"),  # the requests of the front door
+    "api": ("core", "detectors", "nn", "quarantine", "store", "reports", "pipeline", "jobs"),
+    "cli": ("core", "detectors", "nn", "quarantine", "store", "reports", "pipeline", "jobs"),
 }
 SPECIAL = {"imgclean.api": "api", "imgclean.__main__": "cli"}
 

@@ -154,7 +154,6 @@ def run_audit(train_dir: Path, options: AuditOptions | None = None, *, bundle=No
     Raises AuditError (or trainset.FitError) naming what to fix; AuditInterrupted when
     `should_stop()` turns true during training.
     """
-    from ...nn.runtime import predict_arrays
     from ..scan.scanner import relative_name
     from ..fit.trainset import decode_classes
 
@@ -184,15 +183,7 @@ def run_audit(train_dir: Path, options: AuditOptions | None = None, *, bundle=No
     oos = cross_fit(images, labels, len(class_names), recipe, folds, options.method, options.percentile, device,
                     progress, options.trim, should_stop)
     if options.near_threshold is not None:
-        features = oos.features
-        if bundle is not None:
-            cfg = bundle.config
-            _, features = predict_arrays(bundle.model, images, cfg["mean"], cfg["std"], device)
-        near = Groups(len(good))
-        not_copies = np.array([i not in dups for i in range(len(good))], dtype=bool)
-        near_duplicates(features, options.near_threshold, near, keys, arrays=images, candidates=not_copies,
-                        progress=(lambda d, t: progress("near", d, t, {})) if progress else None)
-        dups = {**near.duplicates(keys), **dups}
+        dups = {**_near_copies(images, oos.features, bundle, device, options.near_threshold, keys, dups, progress), **dups}
     found = confident_learning(oos.probs, labels, len(class_names))
 
     summary = AuditSummary(root=os.fsdecode(root), settings_from=recipe.source, folds=k, method=options.method)
@@ -225,6 +216,21 @@ def run_audit(train_dir: Path, options: AuditOptions | None = None, *, bundle=No
             records.append(rec)
     summary.seconds = time.perf_counter() - started
     return AuditResult(records, summary, class_names)
+
+
+def _near_copies(images, features, bundle, device: str, threshold: float, keys: list, exact: dict, progress) -> dict:
+    """Near duplicates by deep features (the model's when given, else the folds'), among the
+    images that are not exact copies already."""
+    from ...nn.runtime import predict_arrays
+
+    if bundle is not None:
+        cfg = bundle.config
+        _, features = predict_arrays(bundle.model, images, cfg["mean"], cfg["std"], device)
+    near = Groups(len(images))
+    not_copies = np.array([i not in exact for i in range(len(images))], dtype=bool)
+    near_duplicates(features, threshold, near, keys, arrays=images, candidates=not_copies,
+                    progress=(lambda d, t: progress("near", d, t, {})) if progress else None)
+    return near.duplicates(keys)
 
 
 def _judge(rec: AuditRecord, i: int, found, outlier_score: float, dup, rel: list[str], names: list[str],

@@ -12,7 +12,7 @@ import typer
 
 from .common import command, err, fail, make_progress, print_json, setup_logging, usage_error
 from .options import (
-    DryRun, FailOnReject, FailOnSkip, HtmlOut, JsonOut, KeepUnreadable, OverwriteReport, Quiet, ReportOut, Verbose,
+    REPORT_EXTENSIONS, DryRun, FailOnReject, FailOnSkip, HtmlOut, JsonOut, KeepUnreadable, OverwriteReport, Quiet, ReportOut, Verbose,
     config_option,
 )
 from .apply_audit import AuditApplyRequest, apply_audit_report, bad_row_printer, parse_issues
@@ -72,7 +72,7 @@ def _refuse(summary, message: str, json_out: bool) -> typer.Exit:
 @command()
 def apply(
     ctx: typer.Context,
-    report_in: Path = typer.Argument(..., metavar="REPORT", help="A `scan --report` or `audit --report` file (.csv or .jsonl) to carry out."),
+    report_in: Path = typer.Argument(..., metavar="REPORT", help=f"A `scan --report` or `audit --report` file ({REPORT_EXTENSIONS}) to carry out."),
     move_to: Path = typer.Option(..., "--move-to", help="Move the report's rejected files here (keeping their relative paths)."),
     move_issues: Optional[str] = typer.Option(None, "--move-issues", help="Audit reports: which findings to move (comma-separated: label_issue, outlier, duplicate, unreadable) [default: all]."),
     root: Optional[Path] = typer.Option(None, "--root", help="The folder whose files the report names [default: the folder the report records, if the report is yours and no other user can write it]; e.g. where that folder is mounted here."),

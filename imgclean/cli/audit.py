@@ -14,7 +14,7 @@ from .common import (
     Device, command, err, fail, make_progress, os_error, out, print_json, resolve_device, rich_console, setup_logging,
 )
 from .console import counts_table
-from .options import DryRun, JsonOut, KeepUnreadable, OverwriteReport, Quiet, Verbose, config_option
+from .options import REPORT_EXTENSIONS, DryRun, JsonOut, KeepUnreadable, OverwriteReport, Quiet, Verbose, config_option
 from .runs import StopFlag, enter_quarantine, exit_with
 
 # The audit's methods: the detectors fitted from the training images alone (detectors/registry.py).
@@ -50,7 +50,7 @@ def audit(
     ctx: typer.Context,
     train_dir: Path = typer.Argument(..., help="Training folder to check: one sub-folder per class, as for `fit`."),
     model: Optional[Path] = typer.Option(None, "-m", "--model", help="A model made by `imgclean fit` on this folder: the folds are trained with its settings (architecture, input size, epochs, lambda...) and its features find near duplicates. It never scores its own training images [default: fit's defaults]."),
-    report: Optional[Path] = typer.Option(None, "--report", help="Write one record per file to this .csv or .jsonl (JSON lines) file."),
+    report: Optional[Path] = typer.Option(None, "--report", help=f"Write one record per file to this file: {REPORT_EXTENSIONS}."),
     overwrite_report: OverwriteReport = False,
     html: Optional[Path] = typer.Option(None, "--html", help="Write a self-contained HTML review page of the findings (thumbnails; duplicates side by side)."),
     json_out: JsonOut = False,

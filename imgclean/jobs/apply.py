@@ -43,11 +43,12 @@ class ApplyRequest:
 
     def check(self) -> None:
         """What can be checked before the report is opened."""
+        from ..reports.formats import extensions_text
         from ..reports.records import report_format
 
         if not self.report_in.is_file():
             raise RequestError(f"{os.fsdecode(self.report_in)} does not exist or is not a file; give a `scan --report` "
-                               "file (.csv/.jsonl)")
+                               f"file ({extensions_text()})")
         try:
             report_format(self.report_in)
         except ValueError as exc:

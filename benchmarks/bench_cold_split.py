@@ -20,8 +20,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from imgclean.cli.runs import Printer, feed  # noqa: E402
-from imgclean.pipeline import scan as scan_module  # noqa: E402
-from imgclean.pipeline.scan import ScanOptions, run_scan  # noqa: E402
+from imgclean.pipeline.scan import scanner as scan_module  # noqa: E402
+from imgclean.pipeline.scan.scanner import ScanOptions, run_scan  # noqa: E402
 from imgclean.reports.records import RecordWriter  # noqa: E402
 from imgclean.store.artifact import load_model  # noqa: E402
 

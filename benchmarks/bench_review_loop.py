@@ -18,7 +18,7 @@ then labels the scan's review sample in its order (accept an in-class file, reje
 until `--budget` decisions (restores + deletions + labels) are spent.
 
 Two strategies, measured the same way on the same nights:
-- learned: the scan's review sample (pipeline/review_sample.py) and learn() (pipeline/learn.py),
+- learned: the scan's review sample (pipeline/scan/review_sample.py) and learn() (pipeline/learn/rule.py),
   whose learned rule becomes the default only on held-out evidence;
 - plain-head: the issue's baseline: the 50 highest-scoring accepted files are the sample, and the
   paper's head (detectors/head.py, `fit-head`) is refitted each night on every reject so far
@@ -195,14 +195,14 @@ class Decisions:
             self.kinds += [kind] * len(rows)
 
     def labelled(self):
-        from imgclean.pipeline.learn import LabelledFeatures
+        from imgclean.pipeline.learn.rule import LabelledFeatures
 
         return LabelledFeatures(np.concatenate(self.features), tuple(self.kinds))
 
 
 def mixed_sample(lab, night: Night, scores: np.ndarray, accepted: np.ndarray) -> np.ndarray:
-    """The scan's review sample (pipeline/review_sample.py)."""
-    from imgclean.pipeline.review_sample import review_sample
+    """The scan's review sample (pipeline/scan/review_sample.py)."""
+    from imgclean.pipeline.scan.review_sample import review_sample
 
     picked = review_sample(lab.bundle, night.features[accepted], scores[accepted], lab.sample_size,
                            rng=lab.seed * 1000 + night.number)
@@ -240,7 +240,7 @@ class LibraryLab:
     default_sample = "mixed"
 
     def method(self) -> str:
-        from imgclean.pipeline.learn import current_default
+        from imgclean.pipeline.learn.rule import current_default
 
         return current_default(self.bundle.config)
 
@@ -261,7 +261,7 @@ class LibraryLab:
         self.decisions.add(night, review)
 
     def learn(self) -> dict:
-        from imgclean.pipeline.learn import LEARNED_METHOD, learn
+        from imgclean.pipeline.learn.rule import LEARNED_METHOD, learn
 
         result = learn(self.bundle, self.decisions.labelled(), self.data.train_features, rng=self.seed,
                        held_out=self.data.held_out)
@@ -285,7 +285,7 @@ class PlainHeadLab(LibraryLab):
         return "head" if self.bundle.head is not None else "mahalanobis"
 
     def learn(self) -> dict:
-        from imgclean.pipeline.headfit import train_head
+        from imgclean.pipeline.fit.headfit import train_head
 
         labelled = self.decisions.labelled()
         rejects = labelled.features[~labelled.belongs]

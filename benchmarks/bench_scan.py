@@ -261,7 +261,7 @@ def model_rate(folder: Path, model: Path, n: int = 2048) -> float:
     from imgclean import data
     from imgclean.pipeline.blas import single_blas_thread
     from imgclean.pipeline.decode import decode_many
-    from imgclean.pipeline.scan import Scorer
+    from imgclean.pipeline.scan.scanner import Scorer
     from imgclean.store.artifact import load_model
 
     bundle = load_model(model)
@@ -377,7 +377,7 @@ def compare(name: str, folder: Path, model: Path, work: Path, repeats: int, line
         row["warm"], row["warm_cpu"], proc = min(warms, key=lambda w: w[0])
         row["warm_json"] = json.loads(proc.stdout)
         row["nocache"], _ = sh(scan_cmd(folder, model, work / "r.csv", None))
-        # The same with the network in the scanning process (pipeline/worker_scoring.py off)
+        # The same with the network in the scanning process (pipeline/engines/worker_scoring.py off)
         row["nocache_here"], _ = sh(scan_cmd(folder, model, work / "r.csv", None), env={**ENV, "IMGCLEAN_SCORE_IN_WORKERS": "0"})
         row["c"], _ = sh([PY, str(baseline_py), str(folder), str(model), str(work / "base.csv")])
         row["load_end"] = os.getloadavg()[0]
@@ -462,7 +462,7 @@ def fit_epochs(n_per_class: int, epochs: int, lines: list[str]) -> dict:
 
     from imgclean import data
     from imgclean.config import TrainSettings
-    from imgclean.pipeline.fit import decode_classes
+    from imgclean.pipeline.fit.fit_model import decode_classes
     from imgclean.nn.models import build_model
     from imgclean.nn.training import channel_stats, train_classifier
 

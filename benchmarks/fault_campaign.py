@@ -472,13 +472,15 @@ def hook(name):
         seen[0] += 1
         if seen[0] == at:
             os.kill(os.getpid(), signal.SIGKILL)
-for mod in ("imgclean.quarantine.moves", "imgclean.quarantine.transfer", "imgclean.quarantine.journal"):
+for mod in ("imgclean.fileops", "imgclean.quarantine.moves", "imgclean.quarantine.transfer", "imgclean.quarantine.journal"):
     try:
         m = importlib.import_module(mod)
     except ImportError:
         continue
-    if hasattr(m, "_fault_hook"):
+    if hasattr(m, "_fault_hook"):  # imgclean before issue 26
         m._fault_hook = hook
+    elif mod == "imgclean.fileops":
+        m.fault_hook = hook
 from imgclean.cli import main
 sys.argv[0] = "imgclean"
 main()

@@ -164,7 +164,7 @@ class Workspace:
 
 def build_workspace(base: Path, run) -> Workspace:
     from imgclean.config import FitConfig, TrainSettings
-    from imgclean.pipeline.fit import fit_model
+    from imgclean.pipeline.fit.fit_model import fit_model
     from imgclean.store.artifact import save_model
 
     rng = np.random.default_rng(0)

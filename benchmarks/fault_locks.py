@@ -63,7 +63,10 @@ def hook(step):
         deadline = time.monotonic() + 120
         while hold and os.path.exists(hold) and time.monotonic() < deadline:
             time.sleep(0.01)
-m._fault_hook = hook
+if hasattr(m, "_fault_hook"):  # imgclean before issue 26
+    m._fault_hook = hook
+else:
+    m.fileops.fault_hook = hook
 from imgclean.cli import app
 app(sys.argv[1:], prog_name="imgclean")
 """

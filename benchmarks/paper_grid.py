@@ -20,10 +20,10 @@ Beside the paper's two detectors it scores every detector imgclean registers: th
 (Liu et al. 2020) and the k-nearest-neighbour distance (Sun et al. 2022), compared with
 Mahalanobis in a table of their own.
 
-Every run writes image folders (PNG), calls imgclean.pipeline.fit.fit_model(train, config,
+Every run writes image folders (PNG), calls imgclean.pipeline.fit.fit_model.fit_model(train, config,
 reject_dir=...) exactly as `imgclean fit --reject-dir` does, and imgclean.pipeline.evaluate.evaluate
 exactly as `imgclean evaluate` does. Cross-source heads are trained with
-imgclean.pipeline.headfit.train_head on the frozen features, as `imgclean fit-head` does.
+imgclean.pipeline.fit.headfit.train_head on the frozen features, as `imgclean fit-head` does.
 
 Writes docs/results.md (tables, comparison with the paper), docs/results/*.png (ROC curves
 drawn by imgclean.pipeline.evaluate.plot_roc; deep features in 2-D as the paper's Fig. 6) and
@@ -201,8 +201,8 @@ def summarise(results: dict, method: str) -> dict:
 def run_lambda(exp: Experiment, paths: dict, lam: float, seed: int, keep: dict) -> dict:
     from imgclean.config import FitConfig, TrainSettings
     from imgclean.pipeline.evaluate import evaluate
-    from imgclean.pipeline.fit import fit_model
-    from imgclean.pipeline.headfit import decode_folder, embed, train_head
+    from imgclean.pipeline.fit.fit_model import fit_model
+    from imgclean.pipeline.fit.headfit import decode_folder, embed, train_head
 
     config = FitConfig(
         arch=exp.arch, device="cpu", input_size=exp.input_size, channels=exp.channels, weights=exp.weights,
@@ -251,7 +251,7 @@ def run_lambda(exp: Experiment, paths: dict, lam: float, seed: int, keep: dict) 
 
 def decode_classes_of(train_dir: Path, bundle) -> np.ndarray:
     from imgclean import data
-    from imgclean.pipeline.fit import decode_classes
+    from imgclean.pipeline.fit.fit_model import decode_classes
 
     names, files = data.list_image_folder(train_dir)
     images, _, _ = decode_classes(
@@ -279,7 +279,7 @@ def feature_figure(panels: list[tuple[str, object]], paths: dict, ood_src: str, 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from imgclean import data
-    from imgclean.pipeline.headfit import decode_folder, embed
+    from imgclean.pipeline.fit.headfit import decode_folder, embed
 
     fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 5.6))
     axes = np.atleast_1d(axes)

@@ -172,7 +172,7 @@ def decode_memory(img: Image.Image, channels: int) -> int:
     """Bytes a decode of `img` (opened, not loaded) needs at its peak, from its mode and size.
 
     The decoded image (times the decoder's own buffers), plus the converted image and a transposed
-    copy of it for EXIF orientation. Conversions run in bands (_to_mode), so they add no more.
+    copy of it for EXIF orientation. Conversions run in bands (to_mode), so they add no more.
     """
     pixels = img.size[0] * img.size[1]
     stored = pixels * _pixel_bytes(img.mode) * _DECODER_FACTOR.get(img.format or "", 1)
@@ -239,7 +239,7 @@ def _finite(band: Image.Image) -> np.ndarray:
     return np.nan_to_num(np.asarray(band, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
 
 
-def _to_mode(img: Image.Image, channels: int) -> Image.Image:
+def to_mode(img: Image.Image, channels: int) -> Image.Image:
     """Convert any Pillow mode to 'L' (channels=1) or 'RGB' (channels=3).
 
     Integer and float images are scaled to 0..255 (16-bit by their full range, others by their
@@ -356,7 +356,7 @@ def _pixels(img: Image.Image, size: int, channels: int, interpolation: str, crop
     img.load()  # decode now, inside the caller's try: truncated files fail here
     transpose = _ORIENTATION.get(img.getexif().get(0x0112, 1))
     # Orientation after the conversion (per pixel, so it commutes): the copy is of the small mode.
-    img = _to_mode(img, channels)
+    img = to_mode(img, channels)
     if transpose is not None:
         img = img.transpose(transpose)
     return np.asarray(resize_for_model(img, size, interpolation, crop_pct), dtype=np.uint8)

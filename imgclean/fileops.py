@@ -1,6 +1,6 @@
 """Small filesystem steps shared by moves, transfers, recovery and restore.
 
-Holds the fault hook (set through ``imgclean.quarantine.moves._fault_hook``): a callable taking a step name,
+Holds the fault hook (tests set ``fileops.fault_hook``): a callable taking a step name,
 called right before each irreversible or failure-prone step, so tests can raise from it (an
 OSError to simulate a failure, any other exception to simulate a crash) or change files there.
 """

@@ -29,6 +29,8 @@ from array import array
 from operator import attrgetter
 from typing import NamedTuple
 
+from . import tuning
+
 log = logging.getLogger(__name__)
 
 # The kernel refuses paths of PATH_MAX bytes or more (the count includes the final NUL).
@@ -37,7 +39,7 @@ try:
 except (OSError, ValueError, AttributeError):
     PATH_MAX = 4096
 # Folders whose path is this long or longer are opened a component at a time.
-_FD_WALK_FROM = PATH_MAX - 512
+FD_WALK_FROM = PATH_MAX - 512
 
 
 def _open_deep(path: str) -> int:
@@ -89,7 +91,7 @@ def listing(folder: str | bytes, identity: tuple[int, int] | None = None) -> Lis
     swapped for a link or another folder after its parent was listed is not listed (the walk
     never leaves the tree through it). A folder that is gone is an empty listing; one that
     cannot be listed (permission denied, I/O error, replaced) an empty listing with `error`."""
-    deep = len(os.fsencode(os.path.abspath(folder))) >= _FD_WALK_FROM
+    deep = len(os.fsencode(os.path.abspath(folder))) >= FD_WALK_FROM
     fd = None
     try:
         # Listed and stat'ed through a descriptor: fstatat on each name, no path to resolve
@@ -182,7 +184,7 @@ def _stat_columns(items: list, stats_of) -> list[list[int]]:
 
 def _may_split(n: int) -> bool:
     """Whether n names are worth a child, and forking one is safe here."""
-    return (n >= SPLIT_FROM and hasattr(os, "fork") and os.environ.get("IMGCLEAN_SPLIT_STAT") != "0"
+    return (n >= SPLIT_FROM and hasattr(os, "fork") and tuning.current().split_stat
             and threading.active_count() == 1 and threading.current_thread() is threading.main_thread()
             and _sigchld_default()
             and n >= SPLIT_FROM + 32 * _resident_mib()  # a fork costs ~20 us per MiB, a name saves ~1 us

@@ -191,9 +191,10 @@ def _short(text: str, limit: int = 120) -> str:
 # ----------------------------------------------------------------------------- CSV
 
 
-def _bounded_lines(fh: IO[str], where: object, limits: Limits, counter: list[int]) -> Iterator[str]:
+def bounded_lines(fh: IO[str], where: object, limits: Limits, counter: list[int]) -> Iterator[str]:
     """The physical lines of a text file, each at most `limits.field_chars` characters and
-    without NUL; StructuredInputError (naming the line) otherwise. counter[0]: lines read."""
+    without NUL; StructuredInputError (naming the line) otherwise. counter[0]: lines read.
+    (CSV reads through it; so may any line-based format of reports/formats.py.)"""
     readline, cap = fh.readline, limits.field_chars + 1
     while True:
         line = readline(cap)
@@ -218,7 +219,7 @@ class CsvRows:
             csv.field_size_limit(limits.field_chars)
         self.where, self.limits = where, limits
         self._count = [0]
-        self._reader = csv.reader(_bounded_lines(fh, where, limits, self._count))
+        self._reader = csv.reader(bounded_lines(fh, where, limits, self._count))
         self.fieldnames: list[str] = self._next() or []
 
     def _next(self) -> list[str] | None:

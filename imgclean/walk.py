@@ -18,12 +18,13 @@ import logging
 import os
 import stat
 from collections import namedtuple
+from dataclasses import dataclass
 from functools import partial
 from operator import itemgetter
 from pathlib import Path
 from typing import Iterator
 
-from .listing import _FD_WALK_FROM, PATH_MAX, Listing, listing as _listing
+from .listing import FD_WALK_FROM, PATH_MAX, Listing, listing as _listing
 
 log = logging.getLogger(__name__)
 
@@ -188,95 +189,113 @@ def walk_runs(root: Path, exclude: tuple[Path, ...] = (), limit: int = RUN_LIMIT
     the tree out unsaid."""
     excluded = _identities(exclude)
     seen_inodes: set[tuple[int, int]] = set()
-    seen, new = seen_inodes.add, _new_entry
     base = os.fspath(root)
-    isdir, islnk = stat.S_ISDIR, stat.S_ISLNK
-    reg, kind = stat.S_IFREG, 0o170000  # S_ISREG(mode) is mode & kind == reg, inline
-    extensions = IMAGE_EXTENSIONS
-    dotchar = "." if isinstance(base, str) else b"."
-    # Explicit stack of [folder path, its Listing, next index in it, its absolute path's byte
-    # length + 1, what joins a name onto it, runs yielded, (ordinal, snapshot) last asked of
-    # `known`]: same order as recursion. The length makes too_long() one addition per file.
     top = _listing(base)
     if top.error:  # the root itself, named "." (relative to itself) like the walk's other paths
         yield _unlisted_run(os.path.join(base, "." if isinstance(base, str) else b"."), top.error)
         return
-    stack = [[base, top, 0, _prefix_len(base), _joiner(base), 0, None]]
+    dotchar = "." if isinstance(base, str) else b"."
+    stack = [_Frame(base, top, 0, _prefix_len(base), _joiner(base))]  # same order as recursion
     while stack:
         frame = stack[-1]
-        folder, listing, i, prefix, head, ordinal, asked = frame
-        names, modes, sizes, mtimes, devs, inos, ctimes, _ = listing  # (its error is '': checked before)
-        n = len(names)
+        folder, listing, i, ordinal = frame.folder, frame.listing, frame.next, frame.runs
+        n = len(listing.names)
         snapshot = None
         if known is not None and i < n:
+            asked = frame.asked
             if asked is None or asked[0] != ordinal:
-                frame[6] = asked = (ordinal, known(folder, ordinal))
+                frame.asked = asked = (ordinal, known(folder, ordinal))
             snapshot = asked[1]
             if snapshot is not None:
-                entries = _match(listing, i, limit, prefix, head, snapshot, seen_inodes)
+                entries = _match(listing, i, limit, frame.prefix, frame.head, snapshot, seen_inodes)
                 if entries is not None:
-                    frame[2] = i + len(snapshot[0])
-                    frame[5] += 1
+                    frame.next = i + len(snapshot[0])
+                    frame.runs += 1
                     yield Run(folder, ordinal, entries, snapshot[0], snapshot[1], snapshot, True)
                     continue
-        run: list[FileEntry] = []
-        add = run.append
-        positions: list[int] = []
-        at = positions.append
-        vanished = False
-        j = stop = min(n, i + limit)  # at most `limit` listing entries per run
-        at_folder = False
-        for j in range(i, stop):
-            mode = modes[j]
-            if mode & kind != reg:
-                if mode == 0:
-                    vanished = True  # vanished between listing and stat
-                    continue
-                if isdir(mode):
-                    at_folder = True
-                    break  # a sub-folder ends the run
-            name = names[j]
-            dot = name.rfind(dotchar)  # splitext's extension: a name starting with a dot is hidden, never here
-            if dot < 1 or name[dot:].lower() not in extensions:
-                continue
-            path = head + name  # os.path.join(folder, name), as one concatenation
-            if mode & kind != reg:
-                add(new(FileEntry, (path, 0, 0, "symbolic link (not followed)" if islnk(mode) else "not a regular file", None, None, None)))
-            elif prefix + 4 * len(name) >= PATH_MAX and too_long(path):  # 4: most UTF-8 bytes per character
-                add(new(FileEntry, (path, sizes[j], mtimes[j], too_long(path), None, None, None)))
-            else:
-                key = (dev := devs[j], ino := inos[j])
-                if key in seen_inodes:
-                    add(new(FileEntry, (path, sizes[j], mtimes[j], "hard link to a file already scanned", None, None, None)))
-                else:
-                    seen(key)
-                    add(new(FileEntry, (path, sizes[j], mtimes[j], "", dev, ino, ctimes[j])))
-            at(j - i)
-        else:
-            j = stop
-        frame[2] = j
+        stop = min(n, i + limit)  # at most `limit` listing entries per run
+        run, positions, j, vanished, at_folder = _entries_from(listing, i, stop, frame.prefix, frame.head, seen_inodes, dotchar)
+        frame.next = j
         if run:
-            frame[5] += 1
-            span = None if vanished else names[i:j]
+            frame.runs += 1
+            span = None if vanished else listing.names[i:j]
             yield Run(folder, ordinal, run, span, None if len(positions) == j - i else positions, snapshot)
             continue
         if not at_folder:
             if j >= n:
                 stack.pop()
             continue  # (or `limit` entries without an image: on with the listing)
-        frame[2] = j + 1
-        path = os.path.join(folder, names[j])
-        if (devs[j], inos[j]) in excluded:
+        frame.next = j + 1
+        path = os.path.join(folder, listing.names[j])
+        identity = (listing.devs[j], listing.inos[j])
+        if identity in excluded:
             log.info("skipping excluded folder %s", os.fsdecode(path))
             continue
-        sub = _listing(path, (devs[j], inos[j]))
+        sub = _listing(path, identity)
         if sub.error:
             yield _unlisted_run(path, sub.error)
             continue
         if _is_quarantine(sub):
             log.info("skipping quarantine folder %s", os.fsdecode(path))
             continue
-        stack.append([path, sub, 0, _prefix_len(path), _joiner(path), 0, None])
+        stack.append(_Frame(path, sub, 0, _prefix_len(path), _joiner(path)))
+
+
+@dataclass(slots=True)
+class _Frame:
+    """One folder of walk_runs' stack: its listing, the next index in it, its absolute path's
+    byte length + 1 (so too_long() is one addition per file), what joins a name onto it, the
+    runs yielded from it so far, and the (ordinal, snapshot) last asked of `known`."""
+
+    folder: object
+    listing: Listing
+    next: int
+    prefix: int
+    head: object
+    runs: int = 0
+    asked: tuple | None = None
+
+
+def _entries_from(listing: Listing, i: int, stop: int, prefix: int, head, seen_inodes: set, dotchar):
+    """The entries of listing[i:stop] up to its first sub-folder: (entries, their positions
+    from i, where it stopped, whether an entry vanished, whether it stopped at a folder)."""
+    names, modes, sizes, mtimes, devs, inos, ctimes, _ = listing  # (its error is '': checked before)
+    new, seen = _new_entry, seen_inodes.add
+    isdir, islnk = stat.S_ISDIR, stat.S_ISLNK
+    reg, kind = stat.S_IFREG, 0o170000  # S_ISREG(mode) is mode & kind == reg, inline
+    extensions = IMAGE_EXTENSIONS
+    run: list[FileEntry] = []
+    add = run.append
+    positions: list[int] = []
+    at = positions.append
+    vanished = False
+    j = stop
+    for j in range(i, stop):
+        mode = modes[j]
+        if mode & kind != reg:
+            if mode == 0:
+                vanished = True  # vanished between listing and stat
+                continue
+            if isdir(mode):
+                return run, positions, j, vanished, True  # a sub-folder ends the run
+        name = names[j]
+        dot = name.rfind(dotchar)  # splitext's extension: a name starting with a dot is hidden, never here
+        if dot < 1 or name[dot:].lower() not in extensions:
+            continue
+        path = head + name  # os.path.join(folder, name), as one concatenation
+        if mode & kind != reg:
+            add(new(FileEntry, (path, 0, 0, "symbolic link (not followed)" if islnk(mode) else "not a regular file", None, None, None)))
+        elif prefix + 4 * len(name) >= PATH_MAX and too_long(path):  # 4: most UTF-8 bytes per character
+            add(new(FileEntry, (path, sizes[j], mtimes[j], too_long(path), None, None, None)))
+        else:
+            key = (dev := devs[j], ino := inos[j])
+            if key in seen_inodes:
+                add(new(FileEntry, (path, sizes[j], mtimes[j], "hard link to a file already scanned", None, None, None)))
+            else:
+                seen(key)
+                add(new(FileEntry, (path, sizes[j], mtimes[j], "", dev, ino, ctimes[j])))
+        at(j - i)
+    return run, positions, stop, vanished, False
 
 
 UNLISTED = "folder could not be listed: "
@@ -394,7 +413,7 @@ def count_images(root: Path, exclude: tuple[Path, ...] = ()) -> int:
 
     excluded = _identities(exclude)
     base = os.fspath(root)
-    if len(os.fsencode(os.path.abspath(base))) >= _FD_WALK_FROM:
+    if len(os.fsencode(os.path.abspath(base))) >= FD_WALK_FROM:
         return sum(1 for _ in walk_images(root, exclude))
     manifest = MANIFEST_NAME if isinstance(base, str) else os.fsencode(MANIFEST_NAME)
     extensions, splitext = IMAGE_EXTENSIONS, os.path.splitext
@@ -402,7 +421,7 @@ def count_images(root: Path, exclude: tuple[Path, ...] = ()) -> int:
     folders = [(base, True)]
     while folders:
         folder, is_root = folders.pop()
-        if not is_root and len(os.fsencode(os.path.abspath(folder))) >= _FD_WALK_FROM:
+        if not is_root and len(os.fsencode(os.path.abspath(folder))) >= FD_WALK_FROM:
             total += sum(1 for _ in walk_images(Path(folder), exclude))  # deep: the walk's own listing
             continue
         files = 0

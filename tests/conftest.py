@@ -88,7 +88,7 @@ def model_dir(train_dir, tmp_path_factory) -> Path:
     """A lenet model trained for a few epochs on the tiny folder (a few seconds)."""
     from imgclean.store.artifact import save_model
     from imgclean.config import FitConfig, TrainSettings
-    from imgclean.pipeline.fit import fit_model
+    from imgclean.pipeline.fit.fit_model import fit_model
 
     bundle, _ = fit_model(train_dir, FitConfig(device="cpu", train=TrainSettings(epochs=6, batch_size=16)))
     return save_model(bundle, tmp_path_factory.mktemp("models") / "model")
@@ -125,7 +125,7 @@ def reject_folder(tmp_path_factory) -> Path:
 def model_with_head(model_dir, reject_folder, tmp_path_factory) -> Path:
     """model_dir plus a supervised head trained on reject_folder (do not modify)."""
     from imgclean.store.artifact import load_model, save_model
-    from imgclean.pipeline.headfit import fit_head
+    from imgclean.pipeline.fit.headfit import fit_head
 
     bundle = load_model(model_dir)
     fit_head(bundle, reject_folder)

@@ -26,7 +26,7 @@ def run(dist=None, covariance="tied"):
     from imgclean.nn.models import build_model
     from imgclean.nn.runtime import predict_arrays
     from imgclean.nn.training import seed_everything, train_classifier
-    from imgclean.pipeline.fit import embed_distributed
+    from imgclean.pipeline.fit.fit_model import embed_distributed
 
     torch.set_num_threads(1)
     images, labels = data()

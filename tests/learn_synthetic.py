@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from imgclean.detectors import MahalanobisDetector
-from imgclean.pipeline.learn import LabelledFeatures, LearnSettings
+from imgclean.pipeline.learn.rule import LabelledFeatures, LearnSettings
 
 DIM, CLASSES = 8, 3
 # a few small MLPs, few steps and three folds: a learn() call takes about a second

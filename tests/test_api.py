@@ -39,6 +39,7 @@ def test_scan_reports_then_moves_like_the_cli(model_dir, tmp_path, capsys):
     assert tree_snapshot(folder) == before  # no move_to: nothing changes
     assert sorted(r.path for r in looked.records) == sorted(kinds)
     assert looked.summary.scanned == len(kinds) and looked.summary.rejected >= 1
+    assert looked.exit_code == 0 and looked.error_line == ""  # the result owns the CLI's exit code
     rejected = {r.path for r in looked.records if r.status != "ok"}
     assert "broken.png" in rejected
 
@@ -80,7 +81,7 @@ def test_scan_refuses_what_the_cli_refuses(model_dir, tmp_path):
         api.scan(folder, model_dir, method="head", device="cpu")
     with pytest.raises(ImgcleanError, match="unknown method"):
         api.scan(folder, model_dir, method="nope", device="cpu")
-    with pytest.raises(api.ApiError, match="move_to"):
+    with pytest.raises(api.ApiError, match="--move-to"):  # the CLI's message: options as the CLI spells them
         api.scan(folder, model_dir, dry_run=True, device="cpu")
     with pytest.raises(ImgcleanError):
         api.scan(folder, tmp_path / "no-model", device="cpu")
@@ -153,6 +154,7 @@ def test_audit_finds_a_planted_problem_and_moves_only_flagged_files(tmp_path):
     assert dup.action == ("moved" if copy_moved else "kept")
     moved = {p for p in tree_snapshot(tmp_path / "q") if not p.startswith("imgclean-manifest")}
     flagged = {r.path for r in result.records if r.issue != "ok"}
+    assert result.exit_code == 3  # issues found: the exit code `imgclean audit` leaves with
     assert (os.path.join("stripes_h", "copy.png") in moved) == copy_moved and moved <= flagged
 
 

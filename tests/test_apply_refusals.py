@@ -203,7 +203,7 @@ def test_a_folder_inside_a_quarantine_is_refused_as_root(model_dir, tmp_path):
 def test_a_folder_swapped_for_a_link_after_the_check_is_refused_at_the_move(model_dir, tmp_path, monkeypatch):
     """The check before the first move found a real folder; right before the move it is a link to
     the same files (same inodes: the record still matches). The move refuses it."""
-    import imgclean.pipeline.apply_report as pipeline_apply
+    import imgclean.pipeline.apply.report as pipeline_apply
 
     root, report = scanned(model_dir, tmp_path)
     checked = pipeline_apply.check_report
@@ -225,7 +225,7 @@ def test_a_folder_swapped_for_a_link_after_the_check_is_refused_at_the_move(mode
 def test_a_report_edited_after_its_check_never_applies_the_edit(model_dir, tmp_path, monkeypatch, kept):
     """A report short enough to keep is applied from the records its check kept (the edit is not
     read at all); a longer one is read again and stops at the change, before moving anything."""
-    import imgclean.pipeline.apply_report as pipeline_apply
+    import imgclean.pipeline.apply.report as pipeline_apply
 
     root, report = scanned(model_dir, tmp_path)
     if not kept:
@@ -251,7 +251,7 @@ def test_a_report_edited_after_its_check_never_applies_the_edit(model_dir, tmp_p
 
 
 def test_a_long_report_read_again_applies_what_a_kept_one_does(model_dir, tmp_path, monkeypatch):
-    import imgclean.pipeline.apply_report as pipeline_apply
+    import imgclean.pipeline.apply.report as pipeline_apply
 
     root, report = scanned(model_dir, tmp_path)
     copy = tmp_path / "b"

@@ -23,8 +23,9 @@ LAYERS = {
     "store": ("core", "detectors", "nn"),
     "reports": ("core", "quarantine"),
     "pipeline": ("core", "detectors", "nn", "quarantine", "store", "reports"),
-    "api": ("core", "detectors", "nn", "quarantine", "store", "reports", "pipeline"),
-    "cli": ("core", "detectors", "nn", "quarantine", "store", "reports", "pipeline"),
+    "jobs": ("core", "detectors", "nn", "quarantine", "store", "reports", "pipeline"),  # the requests of the front door
+    "api": ("core", "detectors", "nn", "quarantine", "store", "reports", "pipeline", "jobs"),
+    "cli": ("core", "detectors", "nn", "quarantine", "store", "reports", "pipeline", "jobs"),
 }
 SPECIAL = {"imgclean.api": "api", "imgclean.__main__": "cli"}
 
@@ -130,3 +131,24 @@ def test_modules_stay_short(name):
     if lines > EXPLAIN_OVER:
         doc = ast.get_docstring(ast.parse(path.read_text())) or ""
         assert f"Longer than {EXPLAIN_OVER} lines" in doc, f"{path} has {lines} lines and no reason at its top"
+
+
+ROOMS = ("scan", "engines", "fit", "learn", "audit", "apply")
+
+
+def test_engines_know_no_other_room_of_the_pipeline():
+    """An engine (pipeline/engines/) only decodes and scores: it imports the shared decoder but
+    nothing of the scan, fit, learn, audit or apply rooms, so a third engine needs none of them."""
+    graph = import_graph()
+    for name, imported in graph.items():
+        if name.startswith("imgclean.pipeline.engines"):
+            other = sorted(i for i in imported if i.split(".")[2:3] and i.split(".")[2] in ROOMS
+                           and not i.startswith("imgclean.pipeline.engines"))
+            assert not other, f"{name} imports {other}"
+
+
+def test_the_pipeline_is_split_into_its_rooms():
+    loose = sorted(p.name for p in (PACKAGE / "pipeline").glob("*.py"))
+    assert loose == ["__init__.py", "blas.py", "decode.py", "decode_workers.py", "evaluate.py"]
+    for room in ROOMS:
+        assert (PACKAGE / "pipeline" / room / "__init__.py").is_file()

@@ -119,7 +119,7 @@ def test_a_failure_mid_save_keeps_the_old_model_and_the_foreign_files(model_copy
     old = load_model(model_copy)
     bundle = load_model(model_copy)
     bundle.config["metrics"] = {"marker": "new"}
-    real_rename, real_fsync_dir = os.rename, artifact._fsync_dir
+    real_rename, real_fsync_dir = os.rename, artifact.fsync_dir
     calls = []
 
     def rename(a, b):
@@ -137,7 +137,7 @@ def test_a_failure_mid_save_keeps_the_old_model_and_the_foreign_files(model_copy
         raise OSError(errno.EIO, "injected")
 
     monkeypatch.setattr(artifact.os, "rename", rename)
-    monkeypatch.setattr(artifact, "_fsync_dir", fsync_dir)
+    monkeypatch.setattr(artifact, "fsync_dir", fsync_dir)
     if fail_at == "carry":
         monkeypatch.setattr(artifact, "carry_foreign", carry)
     with pytest.raises(OSError, match="injected"):

@@ -156,7 +156,7 @@ def test_settings_from_a_model(train_dir, model_dir, tmp_path, one_torch_thread)
 
 
 def test_clean_folder_exits_0(tmp_path, monkeypatch):
-    from imgclean.pipeline import audit as audit_mod
+    from imgclean.pipeline.audit import auditor as audit_mod
     from imgclean.reports.audit_records import AuditRecord
 
     make_train_folder(tmp_path / "train", per_class=2)

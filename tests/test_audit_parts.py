@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 
 from conftest import class_image, write_png
-from imgclean.pipeline.crossfit import AuditError, assign_folds, check_folds, confident_learning
-from imgclean.pipeline.duplicates import NEAR, PIXELS, Groups, exact_duplicates, near_duplicates, sort_key
+from imgclean.pipeline.audit.crossfit import AuditError, assign_folds, check_folds, confident_learning
+from imgclean.pipeline.audit.duplicates import (
+    NEAR, PIXELS, Groups, exact_duplicates, near_duplicates, sort_key,
+)
 
 
 def test_confident_learning_flags_the_confident_off_diagonal():
@@ -45,7 +47,7 @@ def test_folds_are_stratified_and_keep_groups_together():
 
 def test_too_few_images_for_the_folds(caplog):
     names = ["a", "b"]
-    with caplog.at_level(logging.WARNING, logger="imgclean.pipeline.crossfit"):
+    with caplog.at_level(logging.WARNING, logger="imgclean.pipeline.audit.crossfit"):
         assert check_folds(names, np.array([0, 0, 0, 1, 1]), 4) == 2
     assert "using 2 folds" in caplog.text
     with pytest.raises(AuditError, match="'b' has fewer than 2"):

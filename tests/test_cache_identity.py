@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from conftest import CLASSES, class_image, ood_image
-from imgclean.pipeline.scan import ScanOptions, run_scan
+from imgclean.pipeline.scan.scanner import ScanOptions, run_scan
 from imgclean.store import cache as cache_module
 from imgclean.store.artifact import load_model
 from imgclean.store.cache import CACHE_FILE, ScanCache

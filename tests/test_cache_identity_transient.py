@@ -16,7 +16,7 @@ import pytest
 from conftest import CLASSES, class_image
 from imgclean import data
 from imgclean.pipeline import decode as decode_module
-from imgclean.pipeline.scan import ScanOptions, run_scan
+from imgclean.pipeline.scan.scanner import ScanOptions, run_scan
 from imgclean.store.artifact import load_model
 from test_cache_identity import bmp_tree, write_bmp
 from test_perf import NO_RACY, OLD_NS, ROOT, no_racy_window  # noqa: F401  (a fixture)
@@ -125,7 +125,7 @@ def test_the_decoder_marks_what_the_system_failed(tmp_path, monkeypatch):
 
     assert data.is_transient(pickle.loads(pickle.dumps(d)).message)
     # A decode process that died on a file: transient, with or without the score in the workers.
-    from imgclean.pipeline import worker_scoring
+    from imgclean.pipeline.engines import worker_scoring
 
     assert data.is_transient(decode_module.died(data.UNREADABLE, "killed").message)
     assert data.is_transient(worker_scoring.failed(data.UNREADABLE, "killed")[1])

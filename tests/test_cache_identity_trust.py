@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from imgclean.pipeline.scan import ScanOptions, run_scan
+from imgclean.pipeline.scan.scanner import ScanOptions, run_scan
 from imgclean.store import cache as cache_module
 from imgclean.store.artifact import load_model
 from imgclean.store.cache import CACHE_FILE

@@ -8,7 +8,7 @@ from rich.console import Console
 
 from imgclean.cli import audit
 from imgclean.cli.console import counts_table
-from imgclean.pipeline.audit import AuditResult, AuditSummary
+from imgclean.pipeline.audit.auditor import AuditResult, AuditSummary
 
 HEADERS = ("images", "ok", "label_issues", "outliers", "duplicates", "unreadable")
 MOVES = ("moved", "would_move", "changed", "move_errors")

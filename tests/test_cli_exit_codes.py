@@ -6,7 +6,7 @@ from types import SimpleNamespace
 import pytest
 
 from imgclean.cli.common import EXIT_ERROR, EXIT_OK, EXIT_REJECTED, EXIT_SKIPPED, EXIT_TERMINATED, exit_code
-from imgclean.pipeline.apply import ScanSummary
+from imgclean.pipeline.apply.applier import ScanSummary
 
 
 def stub(**fields):

@@ -19,7 +19,7 @@ def invoke(*args):
 @pytest.fixture
 def captured(monkeypatch):
     """FitConfig with the four fields (as on the fitting branch), and a fit_model that records it."""
-    import imgclean.pipeline.fit as fit
+    import imgclean.pipeline.fit.fit_model as fit
 
     if {f.name for f in dataclasses.fields(FitConfig)} >= {"interpolation", "crop_pct", "mean", "std"}:
         config_class = FitConfig

@@ -242,7 +242,7 @@ def test_a_restored_file_is_accepted_by_every_later_scan(model_dir, model_with_h
 
 @pytest.mark.parametrize("caller, callee", [
     ("imgclean.quarantine.restore", "imgclean.quarantine.decision_ops"),  # restore records its acceptances
-    ("imgclean.pipeline.apply", "imgclean.quarantine.decision_check"),  # scan and apply ask AcceptedFiles
+    ("imgclean.pipeline.apply.applier", "imgclean.quarantine.decision_check"),  # scan and apply ask AcceptedFiles
     ("imgclean.reports.records", "imgclean.quarantine.decision_check"),  # the review page may show the decision
     ("imgclean.reports.review", "imgclean.quarantine.decision_views"),
 ])  # fmt: skip

@@ -164,7 +164,7 @@ def test_default_workers_is_at_least_one():
 
 # ---- fit and fit-head decode through it ---------------------------------------------------------
 def test_decode_classes_progress_labels_and_skipped(tmp_path, monkeypatch):
-    from imgclean.pipeline import trainset
+    from imgclean.pipeline.fit import trainset
 
     rng = np.random.default_rng(0)
     class_files = []
@@ -195,7 +195,7 @@ def test_decode_classes_progress_labels_and_skipped(tmp_path, monkeypatch):
 
 
 def test_decode_classes_names_a_class_left_without_images(tmp_path):
-    from imgclean.pipeline.trainset import FitError, decode_classes
+    from imgclean.pipeline.fit.trainset import FitError, decode_classes
 
     good = write_png(tmp_path / "a" / "0.png", class_image(CLASSES[0], np.random.default_rng(0)))
     bad = tmp_path / "b" / "0.png"
@@ -206,7 +206,7 @@ def test_decode_classes_names_a_class_left_without_images(tmp_path):
 
 
 def test_decode_folder_keeps_walk_order_and_lists_what_it_skipped(tmp_path):
-    from imgclean.pipeline.headfit import HeadError, decode_folder
+    from imgclean.pipeline.fit.headfit import HeadError, decode_folder
 
     rng = np.random.default_rng(0)
     for i in range(6):

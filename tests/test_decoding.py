@@ -321,7 +321,7 @@ def test_exif_orientation_on_jpeg(tmp_path):
 
 def test_fit_and_scan_decode_orientation_alike(tmp_path, model_dir):
     """fit's decoder and scan's decoder see the same upright pixels."""
-    from imgclean.pipeline.fit import decode_classes
+    from imgclean.pipeline.fit.fit_model import decode_classes
     from imgclean.pipeline.decode import DecodeSettings, decode_one
 
     upright = asymmetric()

@@ -57,7 +57,7 @@ def extra_detector(monkeypatch):
 
 
 def test_a_newly_registered_detector_is_fitted_and_calibrated_by_fit(train_dir, extra_detector):
-    from imgclean.pipeline.fit import fit_model
+    from imgclean.pipeline.fit.fit_model import fit_model
 
     bundle, report = fit_model(train_dir, FitConfig(device="cpu", train=TrainSettings(epochs=1, batch_size=16)))
     assert list(bundle.detectors)[-1] == "meandist" and list(bundle.detectors)[0] == registry.DEFAULT_METHOD
@@ -162,7 +162,7 @@ def test_last_layer_is_the_affine_map_of_the_logits(logits):
 
 
 def test_audit_fits_any_registered_detector_through_the_contract(extra_detector):
-    from imgclean.pipeline.crossfit import fit_detector
+    from imgclean.pipeline.audit.crossfit import fit_detector
 
     x, logits, y = blobs(n=60)
     context = FitContext(features=x, logits=logits, labels=y, num_classes=3, percentile=95.0)

@@ -50,7 +50,7 @@ def make_old(model: Path) -> None:
     suffixes, prefixes = tuple(f"_{n}" for n in NEWER), tuple(f"{n}_" for n in NEWER)
     for key in [k for k in config["metrics"] if k.endswith(suffixes) or k.startswith(prefixes)]:
         del config["metrics"][key]
-    config["fingerprint"] = artifact._fingerprint(config["files"])
+    config["fingerprint"] = artifact.fingerprint_of(config["files"])
     (model / CONFIG_FILE).write_text(json.dumps(config))
 
 

@@ -29,6 +29,7 @@ from conftest import class_image, ood_image, tree_snapshot, write_png
 from imgclean.quarantine import moves
 from imgclean.cli import EXIT_INTERRUPTED, EXIT_LOCKED, EXIT_TERMINATED, EXIT_USAGE, app
 from imgclean.quarantine.moves import MANIFEST_NAME, TMP_PREFIX, read_manifest
+from imgclean import fileops
 
 ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()
@@ -76,7 +77,7 @@ def contents(*roots) -> list[str]:
 
 
 def unfinished(quarantine: Path) -> list[dict]:
-    return moves._unfinished(read_manifest(quarantine))
+    return moves.unfinished(read_manifest(quarantine))
 
 
 def report_rows(path: Path) -> dict[str, dict]:
@@ -299,7 +300,7 @@ def test_file_edited_after_hashing_mid_move_is_left_in_place(model_dir, tmp_path
             with open(target, "ab") as fh:
                 fh.write(b"!")
 
-    monkeypatch.setattr(moves, "_fault_hook", hook)
+    monkeypatch.setattr(fileops, "fault_hook", hook)
     summary = scan_json(folder, model_dir, "--move-to", tmp_path / "q")
     assert summary["changed"] == 1 and summary["moved"] == 0
     assert target.read_bytes().endswith(b"!")
@@ -320,7 +321,7 @@ def test_name_taken_in_quarantine_keeps_both(model_dir, tmp_path, monkeypatch):
         if step == "link" and not (quarantine / "sub" / "x (1).png").exists():
             (quarantine / "sub" / "x (1).png").write_bytes(intruder)
 
-    monkeypatch.setattr(moves, "_fault_hook", hook)
+    monkeypatch.setattr(fileops, "fault_hook", hook)
     assert scan_json(folder, model_dir, "--move-to", quarantine)["moved"] == 1
     assert (quarantine / "sub" / "x.png").read_bytes() == first
     assert (quarantine / "sub" / "x (1).png").read_bytes() == intruder
@@ -438,7 +439,8 @@ def hook(step):
         deadline = time.monotonic() + 120
         while hold and os.path.exists(hold) and time.monotonic() < deadline:
             time.sleep(0.01)
-m._fault_hook = hook
+import imgclean.fileops
+imgclean.fileops.fault_hook = hook
 from imgclean.cli import app
 app(sys.argv[1:], prog_name="imgclean")
 """
@@ -621,12 +623,12 @@ def test_disk_full_while_journaling_is_reported_not_a_traceback(model_dir, tmp_p
             if len(journal_writes) >= 2:  # the first "started" goes through, nothing after it
                 raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(moves, "_fault_hook", hook)
+    monkeypatch.setattr(fileops, "fault_hook", hook)
     result = invoke("scan", folder, "-m", model_dir, "--move-to", quarantine, "--json")
     assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
     assert result.exit_code == 1, result.output
     assert sorted(contents(folder, quarantine)) == before
-    monkeypatch.setattr(moves, "_fault_hook", None)
+    monkeypatch.setattr(fileops, "fault_hook", None)
     # the next run recovers the unfinished record and moves the rest
     summary = scan_json(folder, model_dir, "--move-to", quarantine)
     assert unfinished(quarantine) == [] and sorted(contents(quarantine)) == before

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from imgclean.cli import app
 from imgclean.config import FitConfig, TrainSettings
-from imgclean.pipeline.fit import fit_model
+from imgclean.pipeline.fit.fit_model import fit_model
 from imgclean.store.artifact import save_model
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

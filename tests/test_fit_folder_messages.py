@@ -47,7 +47,7 @@ def test_images_beside_the_class_folders_are_named_by_fit(with_strays, tmp_path)
 
 
 def test_images_beside_the_class_folders_are_named_by_audit(with_strays, train_dir, caplog):
-    from imgclean.pipeline.audit import _walk_classes
+    from imgclean.pipeline.audit.auditor import _walk_classes
 
     with caplog.at_level(logging.WARNING, logger="imgclean"):
         _walk_classes(with_strays)
@@ -83,7 +83,7 @@ def test_a_folder_that_is_not_a_training_folder_is_a_usage_error(tmp_path):
 def test_api_raises_the_same_error_for_an_empty_folder(tmp_path):
     from imgclean import api
     from imgclean.errors import ImgcleanError
-    from imgclean.pipeline.trainset import TrainingFolderError
+    from imgclean.pipeline.fit.trainset import TrainingFolderError
 
     (tmp_path / "empty").mkdir()
     with pytest.raises(TrainingFolderError, match="no class sub-folders") as err:

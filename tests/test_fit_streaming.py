@@ -15,8 +15,8 @@ from imgclean.nn import datasets
 from imgclean.nn.runtime import predict_images
 from imgclean.nn.training import channel_stats
 from imgclean.pipeline.decode import DecodeSettings
-from imgclean.pipeline.fit import fit_model
-from imgclean.pipeline.trainset import read_training_set
+from imgclean.pipeline.fit.fit_model import fit_model
+from imgclean.pipeline.fit.trainset import read_training_set
 from imgclean import data
 
 SETTINGS = TrainSettings(epochs=2, batch_size=16, min_steps=0)

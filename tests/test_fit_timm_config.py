@@ -13,7 +13,7 @@ from PIL import Image
 from imgclean import data
 from imgclean.store.artifact import load_model, save_model
 from imgclean.config import FitConfig, TrainSettings
-from imgclean.pipeline.fit import FitError, fit_model
+from imgclean.pipeline.fit.fit_model import FitError, fit_model
 from imgclean.nn.training import channel_stats
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -122,7 +122,7 @@ def test_lenet_keeps_bilinear_no_crop_and_data_statistics(train_dir):
     assert config["arch"] == "lenet"
     assert (config["interpolation"], config["crop_pct"]) == ("bilinear", 1.0)
     names, files = data.list_image_folder(train_dir)
-    from imgclean.pipeline.fit import decode_classes
+    from imgclean.pipeline.fit.fit_model import decode_classes
 
     images, _, _ = decode_classes(names, files, config["input_size"], config["channels"])
     mean, std = channel_stats(images)
@@ -132,7 +132,7 @@ def test_lenet_keeps_bilinear_no_crop_and_data_statistics(train_dir):
 def test_every_decode_uses_the_model_settings(colour_folder, tmp_path, monkeypatch):
     """fit, fit --reject-dir, fit-head and evaluate all decode with the model's interpolation and crop."""
     from imgclean.pipeline.evaluate import evaluate
-    from imgclean.pipeline.headfit import fit_head
+    from imgclean.pipeline.fit.headfit import fit_head
 
     calls = []
     real = data.decode_image

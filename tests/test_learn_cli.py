@@ -22,7 +22,7 @@ def _small_networks(monkeypatch):
     """The learned rule's networks small and few steps (learn_synthetic.FAST): seconds, not a minute."""
     from learn_synthetic import FAST
 
-    from imgclean.pipeline import learn_step
+    from imgclean.pipeline.learn import step as learn_step
 
     monkeypatch.setattr(learn_step, "SETTINGS", FAST)
 

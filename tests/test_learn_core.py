@@ -6,7 +6,7 @@ import pytest
 from learn_synthetic import FAST, Bundle, far_misfits, inliers, near_misfits, review_of, training
 
 from imgclean.detectors import MahalanobisDetector
-from imgclean.pipeline.learn import (
+from imgclean.pipeline.learn.rule import (
     LEARNED_METHOD, LabelledFeatures, LearnError, LearnSettings, compare, fold_of, learn, one_sided_p,
     row_weights, split_training, too_few,
 )

@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 from learn_synthetic import FAST, inliers, review_of, training
 
-from imgclean.pipeline.learn import LEARNED_METHOD, learn
-from imgclean.pipeline.review_sample import PARTS, SampleShares, farthest_first, review_sample
+from imgclean.pipeline.learn.rule import LEARNED_METHOD, learn
+from imgclean.pipeline.scan.review_sample import PARTS, SampleShares, farthest_first, review_sample
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -110,7 +110,7 @@ def test_the_split_listing_equals_the_listing_in_process(folder, forks, as_bytes
 
 
 def test_a_deep_folder_opened_a_component_at_a_time_is_split_too(folder, forks, monkeypatch):
-    monkeypatch.setattr(L, "_FD_WALK_FROM", 1)  # every folder "deep": through _open_deep
+    monkeypatch.setattr(L, "FD_WALK_FROM", 1)  # every folder "deep": through _open_deep
     alone = in_process(os.fspath(folder))
     assert L.listing(os.fspath(folder)) == alone and len(forks) == 1 and tuple(alone[1:7]) == truth(folder)
     assert_reaped(forks)

@@ -222,7 +222,7 @@ def test_interleaved_runs_never_both_move(tree: Path, first: str, second: str) -
 
     def hook(name: str) -> None:
         if name == "folder_locked":
-            locking._fault_hook = None  # the inner run's own steps run unhooked
+            locking.fault_hook = None  # the inner run's own steps run unhooked
             try:
                 outcome.append(inner.__enter__())
             except LockHeld as e:
@@ -230,7 +230,7 @@ def test_interleaved_runs_never_both_move(tree: Path, first: str, second: str) -
 
     outer = ScanLock(tree / first)
     deep = tree / max(first, second, key=len) / "file-folder"
-    locking._fault_hook = hook
+    locking.fault_hook = hook
     try:
         try:
             outer.__enter__()
@@ -246,7 +246,7 @@ def test_interleaved_runs_never_both_move(tree: Path, first: str, second: str) -
                 pass
         assert len(moving) == 1, f"runs that may move files below {deep}: {moving}"
     finally:
-        locking._fault_hook = None
+        locking.fault_hook = None
         outer.release()
         inner.release()
 

@@ -159,7 +159,7 @@ def test_sighup_from_a_closed_terminal_with_decode_processes(model_dir: Path, tm
     master, slave = pty.openpty()
     env = {**ENV, "IMGCLEAN_DECODE": "processes"}
     code = ("import sys, time\nimport imgclean.quarantine.moves as m\n"
-            "m._fault_hook = lambda step: time.sleep(0.02) if step == 'link' else None\n"
+            "m.fileops.fault_hook = lambda step: time.sleep(0.02) if step == 'link' else None\n"
             "from imgclean.cli import app\napp(sys.argv[1:], prog_name='imgclean')\n")
     proc = subprocess.Popen(
         [sys.executable, "-c", code, "scan", str(folder), "-m", str(model_dir), "--move-to", str(quarantine),

@@ -151,7 +151,7 @@ def edit_config(model: Path, **changes) -> None:
 @pytest.fixture(scope="module")
 def two_class_model(train_dir, tmp_path_factory):
     from imgclean.config import FitConfig, TrainSettings
-    from imgclean.pipeline.fit import fit_model
+    from imgclean.pipeline.fit.fit_model import fit_model
 
     data = tmp_path_factory.mktemp("two")
     for cls in ("checker", "stripes_h"):
@@ -177,7 +177,7 @@ def test_weights_from_a_model_with_other_classes(model_copy, two_class_model, in
     config = json.loads((model_copy / CONFIG_FILE).read_text())
     theirs = json.loads((two_class_model / CONFIG_FILE).read_text())
     config["files"][WEIGHTS_FILE] = theirs["files"][WEIGHTS_FILE]
-    config["fingerprint"] = artifact._fingerprint(config["files"])
+    config["fingerprint"] = artifact.fingerprint_of(config["files"])
     (model_copy / CONFIG_FILE).write_text(json.dumps(config))
     result = invoke("scan", incoming[0], "-m", model_copy)
     assert result.exit_code == 1 and "does not fit the architecture" in result.output
@@ -270,7 +270,7 @@ def test_kill_9_during_save_keeps_the_old_model(model_copy, incoming, when):
     survivor = load_model(model_copy)  # recovers an interrupted save first
     assert survivor.fingerprint == old_fingerprint and "marker" not in survivor.config["metrics"]
     x = np.stack([class_image("checker", np.random.default_rng(0))[:, :, None]] * 2)
-    from imgclean.pipeline.scan import Scorer
+    from imgclean.pipeline.scan.scanner import Scorer
 
     _, _, scores = Scorer(survivor).score_arrays(x)
     assert np.isfinite(scores).all()

@@ -1,5 +1,5 @@
-"""The features a moving run keeps of each moved file (pipeline/move_features.py), and learn
-using them for files the reviewer deleted (pipeline/learn_step.py)."""
+"""The features a moving run keeps of each moved file (pipeline/scan/move_features.py), and learn
+using them for files the reviewer deleted (pipeline/learn/step.py)."""
 import json
 import os
 from pathlib import Path
@@ -20,7 +20,7 @@ runner = CliRunner()
 def _small_networks(monkeypatch):
     from learn_synthetic import FAST
 
-    from imgclean.pipeline import learn_step
+    from imgclean.pipeline.learn import step as learn_step
 
     monkeypatch.setattr(learn_step, "SETTINGS", FAST)
 

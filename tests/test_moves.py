@@ -26,6 +26,7 @@ from imgclean.quarantine.moves import (
     read_manifest,
     restore,
 )
+from imgclean import fileops
 
 REPO = Path(__file__).resolve().parents[1]
 WEIRD = os.fsdecode(b'we\xffird\n\tq"uote \xf0\x9f\x98\x80.jpg')  # non-UTF-8, newline, tab, quote, emoji
@@ -40,7 +41,7 @@ class Crash(BaseException):
 
 @pytest.fixture(autouse=True)
 def _no_hook(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(moves, "_fault_hook", None)
+    monkeypatch.setattr(fileops, "fault_hook", None)
 
 
 @pytest.fixture
@@ -116,7 +117,7 @@ def listing(*roots: Path) -> dict[str, tuple]:
 
 
 def unfinished(qroot: Path) -> list[dict]:
-    return moves._unfinished(read_manifest(qroot))
+    return moves.unfinished(read_manifest(qroot))
 
 
 def states(qroot: Path, jid: str | None = None) -> list[str]:
@@ -167,7 +168,7 @@ def test_journal_is_on_disk_before_the_file_is_touched(scan: Path, qroot: Path, 
             recs = read_manifest(qroot)
             seen.append((recs[-1]["state"], recs[-1]["source"], req.source.exists(), synced[-1:] == [q._fd]))
 
-    monkeypatch.setattr(moves, "_fault_hook", check)
+    monkeypatch.setattr(fileops, "fault_hook", check)
     with Quarantine(qroot) as q:
         assert q.move(req).status == "moved"
     assert seen == [("started", str(req.source), True, True)]  # written and fsynced before link
@@ -188,7 +189,7 @@ def test_source_changed_while_hashing_is_left_in_place(scan: Path, qroot: Path, 
                 os.utime(tmp, ns=(req.mtime_ns, req.mtime_ns))
                 os.replace(tmp, req.source)
 
-    monkeypatch.setattr(moves, "_fault_hook", edit)
+    monkeypatch.setattr(fileops, "fault_hook", edit)
     with Quarantine(qroot) as q:
         res = q.move(req)
     assert res.status == "changed", res.message
@@ -312,7 +313,7 @@ def test_name_taken_during_the_move_is_not_overwritten(scan: Path, qroot: Path, 
         if s == step and not (qroot / "r.jpg").exists():
             (qroot / "r.jpg").write_bytes(b"intruder")
 
-    monkeypatch.setattr(moves, "_fault_hook", racer)
+    monkeypatch.setattr(fileops, "fault_hook", racer)
     with Quarantine(qroot) as q:
         res = q.move(req)
     assert res.status == "moved" and res.destination == qroot / "r (1).jpg"
@@ -330,7 +331,7 @@ def test_exdev_takes_the_copy_path(scan: Path, qroot: Path, monkeypatch) -> None
     req = make(scan, "sub/x.jpg")
     os.chmod(req.source, 0o640)
     data = req.source.read_bytes()
-    monkeypatch.setattr(moves, "_fault_hook", hook({}, always={"link": exdev()}))
+    monkeypatch.setattr(fileops, "fault_hook", hook({}, always={"link": exdev()}))
     with Quarantine(qroot) as q:
         res = q.move(req)
     assert res.status == "moved", res.message
@@ -345,7 +346,7 @@ def test_unlinkable_source_falls_back_to_copy(scan: Path, qroot: Path, monkeypat
     """fs.protected_hardlinks or a full link count: link(src) fails, the copy path still works."""
     req = make(scan, "p.jpg")
     data = req.source.read_bytes()
-    monkeypatch.setattr(moves, "_fault_hook", hook({("link", 1): OSError(err, os.strerror(err))}))
+    monkeypatch.setattr(fileops, "fault_hook", hook({("link", 1): OSError(err, os.strerror(err))}))
     with Quarantine(qroot) as q:
         res = q.move(req)
     assert res.status == "moved" and res.destination.read_bytes() == data and not req.source.exists()
@@ -410,7 +411,7 @@ def test_failure_leaves_source_intact_and_nothing_partial(
     req = make(scan, "f/img.jpg")
     data = req.source.read_bytes()
     always = {"link": exdev()} if cross_fs else {}
-    monkeypatch.setattr(moves, "_fault_hook", hook({(step, 1): OSError(err, os.strerror(err))}, always))
+    monkeypatch.setattr(fileops, "fault_hook", hook({(step, 1): OSError(err, os.strerror(err))}, always))
     with Quarantine(qroot) as q:
         res = q.move(req)
     assert res.status == "error" and os.strerror(err) in res.message, res.message
@@ -430,7 +431,7 @@ def test_source_changed_during_copy_is_left_in_place(scan: Path, qroot: Path, mo
             with open(req.source, "ab") as f:
                 f.write(b"appended")
 
-    monkeypatch.setattr(moves, "_fault_hook", edit)
+    monkeypatch.setattr(fileops, "fault_hook", edit)
     with Quarantine(qroot) as q:
         res = q.move(req)
     assert res.status == "changed" and req.source.exists()
@@ -463,7 +464,7 @@ def test_crash_then_recover_keeps_every_file_exactly_once(
     req = make(scan, "k/img.jpg")
     data = req.source.read_bytes()
     always = {"link": exdev()} if cross_fs else {}
-    monkeypatch.setattr(moves, "_fault_hook", hook({(step, nth): Crash()}, always))
+    monkeypatch.setattr(fileops, "fault_hook", hook({(step, nth): Crash()}, always))
     q = Quarantine(qroot).open()
     with pytest.raises(Crash):
         q.move(req)
@@ -472,7 +473,7 @@ def test_crash_then_recover_keeps_every_file_exactly_once(
     assert not final.exists() or final.read_bytes() == data  # never a partial file under a final name
     assert len(unfinished(qroot)) == 1
 
-    monkeypatch.setattr(moves, "_fault_hook", None)
+    monkeypatch.setattr(fileops, "fault_hook", None)
     with Quarantine(qroot) as q2:  # open() recovers
         assert [a["state"] for a in q2.recovered] == ["done" if finished else "rolled_back"]
     where = [p for p in (req.source, final) if p.exists()]
@@ -488,13 +489,13 @@ def test_crash_then_recover_keeps_every_file_exactly_once(
 
 def test_recover_keeps_both_when_destination_is_another_file(scan: Path, qroot: Path, monkeypatch) -> None:
     req = make(scan, "b.jpg")
-    monkeypatch.setattr(moves, "_fault_hook", hook({("link", 1): Crash()}))
+    monkeypatch.setattr(fileops, "fault_hook", hook({("link", 1): Crash()}))
     q = Quarantine(qroot).open()
     with pytest.raises(Crash):
         q.move(req)
     die(q)
     (qroot / "b.jpg").write_bytes(b"someone else's file")
-    monkeypatch.setattr(moves, "_fault_hook", None)
+    monkeypatch.setattr(fileops, "fault_hook", None)
     with Quarantine(qroot) as q2:
         actions = q2.recover()  # already recovered by open(): nothing left to do
     assert actions == []
@@ -504,7 +505,7 @@ def test_recover_keeps_both_when_destination_is_another_file(scan: Path, qroot: 
 
 def test_keyboard_interrupt_inside_with_is_finished_on_exit(scan: Path, qroot: Path, monkeypatch) -> None:
     req = make(scan, "i.jpg")
-    monkeypatch.setattr(moves, "_fault_hook", hook({("unlink_source", 1): KeyboardInterrupt()}))
+    monkeypatch.setattr(fileops, "fault_hook", hook({("unlink_source", 1): KeyboardInterrupt()}))
     with pytest.raises(KeyboardInterrupt):
         with Quarantine(qroot) as q:
             q.move(req)
@@ -524,7 +525,7 @@ def test_real_kill_9_mid_move(scan: Path, qroot: Path, cross_fs: bool, step: str
         "def h(s):\n"
         "    if s == 'link' and cross == '1': raise OSError(errno.EXDEV, 'cross')\n"
         "    if s == step: os.kill(os.getpid(), signal.SIGKILL)\n"
-        "moves._fault_hook = h\n"
+        "moves.fileops.fault_hook = h\n"
         "st = os.stat(src)\n"
         "with moves.Quarantine(Path(q)) as qq:\n"
         "    qq.move(moves.MoveRequest(Path(src), Path(scan), 'ood', st.st_size, st.st_mtime_ns, {}))\n"
@@ -557,7 +558,7 @@ def test_torn_last_line_is_ignored_and_next_record_starts_fresh(scan: Path, qroo
 
 def test_open_refuses_when_probe_write_fails(scan: Path, qroot: Path, monkeypatch) -> None:
     req = make(scan, "p.jpg")
-    monkeypatch.setattr(moves, "_fault_hook", hook({("probe", 1): OSError(errno.EROFS, os.strerror(errno.EROFS))}))
+    monkeypatch.setattr(fileops, "fault_hook", hook({("probe", 1): OSError(errno.EROFS, os.strerror(errno.EROFS))}))
     with pytest.raises(QuarantineError, match="not writable.*[Rr]ead-only"):
         Quarantine(qroot).open()
     assert req.source.exists() and not (qroot / MANIFEST_NAME).exists()
@@ -687,11 +688,11 @@ def test_crash_during_restore_is_recovered(scan: Path, qroot: Path, monkeypatch,
     [req], originals = _move_all(scan, qroot, ["r.jpg"])
     data = originals[req.source]
     q = Quarantine(qroot).open()
-    monkeypatch.setattr(moves, "_fault_hook", hook({(step, 1): Crash()}))
+    monkeypatch.setattr(fileops, "fault_hook", hook({(step, 1): Crash()}))
     with pytest.raises(Crash):
-        q._restore_all(dry_run=False)
+        q.restore_all(dry_run=False)
     die(q)
-    monkeypatch.setattr(moves, "_fault_hook", None)
+    monkeypatch.setattr(fileops, "fault_hook", None)
     results = restore(qroot)  # recovers first, then restores whatever is still quarantined
     copies = [p for p in (req.source, qroot / "r.jpg") if p.exists()]
     assert copies == [req.source] and req.source.read_bytes() == data

@@ -28,6 +28,7 @@ from test_moves import (  # noqa: F401  (fixtures)
 
 from imgclean.quarantine import moves
 from imgclean.quarantine.moves import MoveRequest, Quarantine, restore
+from imgclean import fileops
 
 SAME_FS = ["mkdir", "journal", "link", "fsync_dir", "capture", "captured", "unlink_source"]
 CROSS_FS = ["mkdir", "journal", "copy", "fsync", "verify", "rename", "unlink_tmp", "fsync_dir",
@@ -67,7 +68,7 @@ def test_file_replaced_at_any_step_keeps_the_new_version(scan: Path, qroot: Path
     old, st = req.source.read_bytes(), req.source.stat()
     new = b"NEW version " * 50  # same length, same mtime below
     with Quarantine(qroot) as q:
-        monkeypatch.setattr(moves, "_fault_hook", on_step(step, lambda: replace(req.source, new, st), cross_fs))
+        monkeypatch.setattr(fileops, "fault_hook", on_step(step, lambda: replace(req.source, new, st), cross_fs))
         res = q.move(req)
     assert req.source.read_bytes() == new  # the new version always survives, in place
     if step in AFTER_CAPTURE:  # it arrived after the scored file was taken: the scored one moves
@@ -88,7 +89,7 @@ def test_file_edited_in_place_before_capture_is_put_back(scan: Path, qroot: Path
         with open(req.source, "ab") as f:
             f.write(b"appended")
 
-    monkeypatch.setattr(moves, "_fault_hook", on_step("capture", append, cross_fs))
+    monkeypatch.setattr(fileops, "fault_hook", on_step("capture", append, cross_fs))
     with Quarantine(qroot) as q:
         res = q.move(req)
     assert res.status == "changed", res.message
@@ -110,7 +111,7 @@ def test_name_retaken_before_put_back_keeps_both_new_versions(scan: Path, qroot:
         if step == "put_back" and seen.count("put_back") == 1:
             replace(req.source, b"v3")  # and the name is taken again before v2 goes back
 
-    monkeypatch.setattr(moves, "_fault_hook", h)
+    monkeypatch.setattr(fileops, "fault_hook", h)
     with Quarantine(qroot) as q:
         res = q.move(req)
     assert res.status == "changed" and "v (1).jpg" in res.message, res.message
@@ -139,7 +140,7 @@ def test_link_racing_a_rename_over_the_source_is_changed(scan: Path, qroot: Path
             raise FileNotFoundError(2, "No such file or directory")
 
     with Quarantine(qroot) as q:
-        monkeypatch.setattr(moves, "_fault_hook", h)
+        monkeypatch.setattr(fileops, "fault_hook", h)
         res = q.move(req)
     assert res.status == "changed", res.message
     assert req.source.read_bytes() == b"new" and user_files(qroot) == []
@@ -156,7 +157,7 @@ def test_source_vanishing_mid_move_is_missing_and_not_duplicated(scan: Path, qro
     req = make(scan, "gone.jpg")
     data = req.source.read_bytes()
     elsewhere = scan.parent / "elsewhere.jpg"
-    monkeypatch.setattr(moves, "_fault_hook", on_step(step, lambda: os.rename(req.source, elsewhere), cross_fs))
+    monkeypatch.setattr(fileops, "fault_hook", on_step(step, lambda: os.rename(req.source, elsewhere), cross_fs))
     with Quarantine(qroot) as q:
         res = q.move(req)
     assert res.status == "missing", res.message
@@ -174,12 +175,12 @@ def test_crash_around_the_capture_is_recovered(scan: Path, qroot: Path, monkeypa
         pytest.skip("only copies are hashed again")
     req = make(scan, "k/img.jpg")
     data = req.source.read_bytes()
-    monkeypatch.setattr(moves, "_fault_hook", hook({(step, 1): Crash()}, {"link": exdev()} if cross_fs else {}))
+    monkeypatch.setattr(fileops, "fault_hook", hook({(step, 1): Crash()}, {"link": exdev()} if cross_fs else {}))
     q = Quarantine(qroot).open()
     with pytest.raises(Crash):
         q.move(req)
     die(q)
-    monkeypatch.setattr(moves, "_fault_hook", None)
+    monkeypatch.setattr(fileops, "fault_hook", None)
     with Quarantine(qroot) as q2:
         assert [a["state"] for a in q2.recovered] == ["done"]
     assert not req.source.exists() and (qroot / "k/img.jpg").read_bytes() == data
@@ -199,12 +200,12 @@ def test_crash_while_putting_a_new_version_back_keeps_both(scan: Path, qroot: Pa
             replace(req.source, b"new")
         base(s)
 
-    monkeypatch.setattr(moves, "_fault_hook", h)
+    monkeypatch.setattr(fileops, "fault_hook", h)
     q = Quarantine(qroot).open()
     with pytest.raises(Crash):
         q.move(req)
     die(q)
-    monkeypatch.setattr(moves, "_fault_hook", None)
+    monkeypatch.setattr(fileops, "fault_hook", None)
     with Quarantine(qroot) as q2:
         assert [a["state"] for a in q2.recovered] == ["kept_both"]
     assert req.source.read_bytes() == b"new" and (qroot / "p.jpg").read_bytes() == b"old"
@@ -254,7 +255,7 @@ def test_watcher_thread_replacing_each_file_as_it_is_journaled_loses_nothing(sca
             go[current[0][0]].set()
             assert acted[current[0][0]].wait(timeout=60), "watcher never acted"
 
-    monkeypatch.setattr(moves, "_fault_hook", h)
+    monkeypatch.setattr(fileops, "fault_hook", h)
     thread = threading.Thread(target=watcher, daemon=True)
     thread.start()
     results = []

@@ -33,15 +33,16 @@ from test_moves_capture import replace, temp_names
 
 from imgclean.quarantine import moves
 from imgclean.quarantine.moves import Quarantine, read_manifest, restore
+from imgclean import fileops
 
 
 def crash_before_source_removed(req, qroot: Path, monkeypatch, step: str = "capture", cross_fs: bool = False) -> None:
-    monkeypatch.setattr(moves, "_fault_hook", hook({(step, 1): Crash()}, {"link": exdev()} if cross_fs else {}))
+    monkeypatch.setattr(fileops, "fault_hook", hook({(step, 1): Crash()}, {"link": exdev()} if cross_fs else {}))
     q = Quarantine(qroot).open()
     with pytest.raises(Crash):
         q.move(req)
     die(q)
-    monkeypatch.setattr(moves, "_fault_hook", None)
+    monkeypatch.setattr(fileops, "fault_hook", None)
 
 
 def recovered_states(qroot: Path) -> list[str]:
@@ -141,7 +142,7 @@ def test_real_kill_9_then_new_version_then_recovery_keeps_both(scan: Path, qroot
         "def h(s):\n"
         "    if s == 'link' and cross == '1': raise OSError(errno.EXDEV, 'cross')\n"
         "    if s == 'capture': os.kill(os.getpid(), signal.SIGKILL)\n"
-        "moves._fault_hook = h\n"
+        "moves.fileops.fault_hook = h\n"
         "st = os.stat(src)\n"
         "with moves.Quarantine(Path(q)) as qq:\n"
         "    qq.move(moves.MoveRequest(Path(src), Path(scan), 'ood', st.st_size, st.st_mtime_ns, {}))\n"

@@ -17,7 +17,7 @@ from conftest import class_image, make_incoming_folder, write_png
 from imgclean import data
 from imgclean.store.artifact import load_model
 from imgclean.store.cache import CACHE_FILE, ScanCache, model_key
-from imgclean.pipeline.scan import ScanOptions, Scorer, run_scan
+from imgclean.pipeline.scan.scanner import ScanOptions, Scorer, run_scan
 
 ROOT = Path(__file__).resolve().parents[1]
 OLD_NS = 1_600_000_000 * 10**9  # files older than the cache's racy window
@@ -348,7 +348,7 @@ def test_a_lazy_model_needs_numpy_only_to_score(model_dir):
         "import sys, json\n"
         "import imgclean.cli, imgclean.data, imgclean.pipeline.decode, imgclean.store.cache\n"
         "from imgclean.store.artifact import load_model\n"
-        "from imgclean.pipeline.scoring import check_method\n"
+        "from imgclean.pipeline.engines.scoring import check_method\n"
         f"bundle = load_model({str(model_dir)!r}, lazy=True)\n"
         "check_method(bundle, 'mahalanobis')\n"
         "heavy = lambda: [m for m in ('numpy', 'PIL', 'importlib.metadata', 'torch') if m in sys.modules]\n"
@@ -426,7 +426,7 @@ def test_large_jpegs_are_decoded_in_draft_mode(tmp_path, monkeypatch):
 
 
 def test_fit_decodes_each_training_image_once(train_dir, monkeypatch):
-    from imgclean.pipeline import fit as fit_module
+    from imgclean.pipeline.fit import fit_model as fit_module
     from imgclean.config import FitConfig, TrainSettings
 
     calls: dict[str, int] = {}

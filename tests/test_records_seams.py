@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from imgclean.cli.common import EXIT_ERROR, EXIT_OK, EXIT_REJECTED, EXIT_SKIPPED, EXIT_TERMINATED, exit_code
-from imgclean.pipeline.apply import ApplySummary, ScanSummary
+from imgclean.pipeline.apply.applier import ApplySummary, ScanSummary
 from imgclean.quarantine.journal import MANIFEST_NAME, fold, read_lines
 from imgclean.reports.records import ScanRecord
 from imgclean.reports.review.collector import ReviewItem
@@ -84,7 +84,7 @@ def test_one_fold_serves_restore_and_the_review_page(tmp_path):
 
 def test_scan_lets_the_runtime_pick_the_batch_on_cuda(model_dir, monkeypatch):
     from imgclean.nn import runtime
-    from imgclean.pipeline.scan import Scorer
+    from imgclean.pipeline.scan.scanner import Scorer
     from imgclean.store.artifact import load_model
 
     seen = []
@@ -100,6 +100,6 @@ def test_scan_lets_the_runtime_pick_the_batch_on_cuda(model_dir, monkeypatch):
     images = np.zeros((2, 16, 16, 1), np.uint8)
     for device in ("cuda", "cpu"):
         scorer = Scorer(bundle, batch_size=7, device=device)
-        monkeypatch.setattr("imgclean.pipeline.scoring.score_outputs", lambda *a: (np.zeros(2), np.zeros(2), np.zeros(2)))
+        monkeypatch.setattr("imgclean.pipeline.engines.scoring.score_outputs", lambda *a: (np.zeros(2), np.zeros(2), np.zeros(2)))
         scorer.score_arrays(images)
     assert seen == [None, 7]

@@ -1,4 +1,4 @@
-"""The scan's review sample (`scan --review-sample N`, pipeline/sample_pass.py): chosen among the
+"""The scan's review sample (`scan --review-sample N`, pipeline/scan/sample_pass.py): chosen among the
 accepted files after the scan, marked in the report (rewritten safely), the --json summary and
 the review page; api.scan(review_sample=...)."""
 from __future__ import annotations
@@ -14,8 +14,8 @@ from typer.testing import CliRunner
 
 from conftest import CLASSES, class_image, ood_image, write_png
 from imgclean.cli import app
-from imgclean.pipeline.review_sample import PARTS
-from imgclean.pipeline.sample_pass import Candidate, SampleCandidates
+from imgclean.pipeline.scan.review_sample import PARTS
+from imgclean.pipeline.scan.sample_pass import Candidate, SampleCandidates
 from imgclean.reports.records import ScanRecord
 
 runner = CliRunner()
@@ -129,7 +129,7 @@ def test_review_page_shows_sample(folder, model_dir, tmp_path):
 
 
 def test_file_changed_after_its_record_is_not_sampled(folder, model_dir, tmp_path):
-    from imgclean.pipeline.sample_pass import choose_sample
+    from imgclean.pipeline.scan.sample_pass import choose_sample
     from imgclean.store.artifact import load_model
 
     bundle = load_model(model_dir)
@@ -149,7 +149,7 @@ def test_file_changed_after_its_record_is_not_sampled(folder, model_dir, tmp_pat
 
 
 def test_pool_size_is_review_samples():
-    from imgclean.pipeline import review_sample, sample_pass
+    from imgclean.pipeline.scan import review_sample, sample_pass
 
     assert sample_pass.POOL == review_sample.POOL
 

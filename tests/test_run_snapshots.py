@@ -16,7 +16,7 @@ import pytest
 
 from conftest import class_image, make_incoming_folder, ood_image, write_png
 from imgclean.cli.runs import Printer, feed
-from imgclean.pipeline.scan import ScanOptions, run_scan
+from imgclean.pipeline.scan.scanner import ScanOptions, run_scan
 from imgclean.reports.record_blocks import RecordBlock
 from imgclean.reports.records import RecordWriter, ScanRecord
 from imgclean.store.artifact import load_model
@@ -255,7 +255,7 @@ def short_runs(monkeypatch):
     import functools
 
     from imgclean import walk
-    from imgclean.pipeline import scan as scan_module
+    from imgclean.pipeline.scan import scanner as scan_module
 
     monkeypatch.setattr(scan_module, "walk_runs", functools.partial(walk.walk_runs, limit=3))
 
@@ -327,7 +327,7 @@ NAMES = ["plain.png", "comma,name.png", 'quote"name.png', "line\nbreak.png", "ca
 
 def block_of(names, tmp_path, statuses=("ok", "ood", "unreadable", "skipped", "too_large", "unsupported"), stored=False):
     """A block of records for files in tmp_path/sub; stored: with the rows a snapshot keeps."""
-    from imgclean.pipeline.scan import _relative_namer
+    from imgclean.pipeline.scan.scanner import _relative_namer
     from imgclean.reports.record_blocks import csv_rows
 
     root = os.fspath(tmp_path)
@@ -459,7 +459,7 @@ def test_the_listing_stats_each_name_through_the_folder_descriptor(tmp_path):
 def matched_runs(monkeypatch):
     """The `matched` flag of every run the scans walk, in order (reset by the test)."""
     from imgclean import walk
-    from imgclean.pipeline import scan as scan_module
+    from imgclean.pipeline.scan import scanner as scan_module
 
     seen: list[bool] = []
 

@@ -73,7 +73,7 @@ def test_inference_batch_size_is_the_runtimes_choice():
 
 
 def test_unused_code_is_gone():
-    from imgclean.pipeline import headfit, trainset
+    from imgclean.pipeline.fit import headfit, trainset
 
     assert not hasattr(models.Classifier, "embed")
     assert not hasattr(headfit, "ProgressCallback")
@@ -127,7 +127,7 @@ def test_prepare_for_inference_applies_the_rule(monkeypatch):
 def test_headfit_embeds_through_the_runtime(monkeypatch):
     from types import SimpleNamespace
 
-    from imgclean.pipeline import headfit
+    from imgclean.pipeline.fit import headfit
 
     seen = []
     monkeypatch.setattr(rt, "predict_arrays", lambda *a, **k: seen.append((a, k)) or (None, "feats"))

@@ -21,7 +21,7 @@ from conftest import tree_snapshot
 from imgclean import api
 from imgclean.cli import app
 from imgclean.cli.common import EXIT_LOCKED, EXIT_OK, EXIT_SKIPPED, EXIT_USAGE
-from imgclean.pipeline.file_list import Listed, read_names
+from imgclean.pipeline.scan.file_list import Listed, read_names
 from test_perf import no_racy_window  # noqa: F401  (a fixture: files just written are cacheable)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -374,7 +374,7 @@ def test_a_settings_file_cannot_name_a_file_list(model_dir, incoming, tmp_path):
 def test_a_list_that_fails_mid_read_is_one_error_line(model_dir, incoming, monkeypatch):
     import errno
 
-    from imgclean.pipeline import file_list
+    from imgclean.pipeline.scan import file_list
 
     class Failing(io.RawIOBase):
         def readable(self) -> bool:

@@ -15,6 +15,8 @@ import subprocess
 import sys
 import tempfile
 import time
+
+from imgclean import tuning
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +25,7 @@ from typer.testing import CliRunner
 
 from conftest import flat, journal_view, make_incoming_folder, ood_image, quarantined, tree_snapshot, write_png
 from imgclean.cli import app
-from imgclean.pipeline.ray_scan import RayEngineError, ScoreWorker, check_reachable, match_outcomes
+from imgclean.pipeline.engines.ray_engine import RayEngineError, ScoreWorker, check_reachable, match_outcomes
 from imgclean.quarantine.journal import fold
 from imgclean.reports.records import read_report
 from imgclean.store.cache import RACY_SECONDS
@@ -357,7 +359,7 @@ def test_results_are_matched_to_the_batch_by_path():
 
 def test_a_worker_scores_bytes_paths_as_the_local_scorer_does(model_dir, tmp_path):
     from imgclean.pipeline.decode import Decoder
-    from imgclean.pipeline.scan import Scorer
+    from imgclean.pipeline.scan.scanner import Scorer
     from imgclean.store.artifact import load_model, read_model_files
 
     folder = dirty_folder(tmp_path / "in")
@@ -503,8 +505,8 @@ class FakeRay:
 ])
 def test_the_engine_asks_ray_for_the_workers_and_devices_it_was_given(model_dir, tmp_path, monkeypatch, gpus, resources,
                                                                       workers, expected):
-    from imgclean.pipeline import ray_scan
-    from imgclean.pipeline.scan import Scorer
+    from imgclean.pipeline.engines import ray_engine as ray_scan
+    from imgclean.pipeline.scan.scanner import Scorer
     from imgclean.store.artifact import load_model
 
     fake = FakeRay(resources)
@@ -515,7 +517,7 @@ def test_the_engine_asks_ray_for_the_workers_and_devices_it_was_given(model_dir,
     engine = ray_scan.RayEngine(scorer, ray_scan.RayOptions(workers=workers, gpus_per_worker=gpus))
     records = [r for r, _ in scorer.scan(folder, (), engine)]
     assert len(fake.options_seen) == 1 and fake.options_seen[0]["num_gpus"] == gpus
-    assert fake.options_seen[0]["max_restarts"] == -1 and fake.options_seen[0]["max_task_retries"] == ray_scan.RETRIES
+    assert fake.options_seen[0]["max_restarts"] == -1 and fake.options_seen[0]["max_task_retries"] == tuning.current().ray_retries
     assert fake.devices == ["cuda" if gpus else "cpu"] * expected
     assert fake.killed == expected and fake.shut == 1 and fake.inits[0]["address"] is None
     local = [r for r, _ in Scorer(load_model(model_dir, lazy=True), 4).scan(folder)]
@@ -523,8 +525,8 @@ def test_the_engine_asks_ray_for_the_workers_and_devices_it_was_given(model_dir,
 
 
 def test_a_folder_the_cache_answers_whole_never_starts_ray(model_dir, tmp_path, monkeypatch):
-    from imgclean.pipeline import ray_scan
-    from imgclean.pipeline.scan import Scorer
+    from imgclean.pipeline.engines import ray_engine as ray_scan
+    from imgclean.pipeline.scan.scanner import Scorer
     from imgclean.store.artifact import load_model
 
     fake = FakeRay({"CPU": 2.0})
@@ -536,8 +538,8 @@ def test_a_folder_the_cache_answers_whole_never_starts_ray(model_dir, tmp_path, 
 
 
 def test_more_workers_than_a_local_ray_has_cpus_is_one_error_at_once(model_dir, tmp_path, monkeypatch):
-    from imgclean.pipeline import ray_scan
-    from imgclean.pipeline.scan import Scorer
+    from imgclean.pipeline.engines import ray_engine as ray_scan
+    from imgclean.pipeline.scan.scanner import Scorer
     from imgclean.store.artifact import load_model
 
     fake = FakeRay({"CPU": 2.0})
@@ -555,7 +557,7 @@ def test_more_workers_than_a_local_ray_has_cpus_is_one_error_at_once(model_dir, 
 
 def test_the_python_api_takes_the_engine_and_its_options(model_dir, tmp_path, monkeypatch):
     from imgclean import api
-    from imgclean.pipeline import ray_scan
+    from imgclean.pipeline.engines import ray_engine as ray_scan
 
     fake = FakeRay({"CPU": 4.0})
     monkeypatch.setattr(ray_scan, "import_ray", lambda: fake)

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from imgclean.cli import app
 from imgclean.cli.common import EXIT_OK, EXIT_SKIPPED
-from imgclean.pipeline.scan import ScanOptions, run_scan
+from imgclean.pipeline.scan.scanner import ScanOptions, run_scan
 from imgclean.store.artifact import load_model
 from test_perf import no_racy_window  # noqa: F401  (a fixture: files just written are cacheable)
 from test_walk_unlisted import failing_open, tree

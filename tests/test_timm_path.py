@@ -71,7 +71,7 @@ def test_photo_model_weights_make_grayscale_data_colour():
     from pathlib import Path
 
     from imgclean.config import FitConfig
-    from imgclean.pipeline.fit import resolve_architecture
+    from imgclean.pipeline.fit.fit_model import resolve_architecture
 
     assert resolve_architecture(FitConfig(arch=ARCH, weights=Path("w.safetensors")), 28, 1)[2] == 3
     assert resolve_architecture(FitConfig(arch=ARCH, pretrained=True), 28, 1)[2] == 3

@@ -133,7 +133,7 @@ def test_a_fitted_model_scores_with_vim(model_dir):
 
 
 def test_audit_fits_vim_per_fold_with_the_folds_classifier():
-    from imgclean.pipeline.crossfit import fit_detector
+    from imgclean.pipeline.audit.crossfit import fit_detector
 
     h, w, b, y, _ = network()
     det = fit_detector("vim", context(h, w, b, y), np.arange(300), np.arange(300, 400), trim=0.02)

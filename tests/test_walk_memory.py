@@ -87,9 +87,9 @@ def test_banded_conversion_equals_the_whole_image_conversion(monkeypatch):
     rgba = Image.fromarray(rng.integers(0, 256, (37, 53, 4), dtype=np.uint8), "RGBA")
     images = [Image.fromarray(f), rgba, rgba.convert("P"), Image.fromarray(rng.integers(0, 65535, (37, 53), dtype=np.uint16))]
     assert [img.mode for img in images] == ["F", "RGBA", "P", "I;16"]
-    whole = [np.asarray(data._to_mode(img, c)) for img in images for c in (1, 3)]
+    whole = [np.asarray(data.to_mode(img, c)) for img in images for c in (1, 3)]
     monkeypatch.setattr(data, "_BAND_PIXELS", 53 * 4)  # 4 rows a band, the last one short
-    banded = [np.asarray(data._to_mode(img, c)) for img in images for c in (1, 3)]
+    banded = [np.asarray(data.to_mode(img, c)) for img in images for c in (1, 3)]
     for a, b in zip(whole, banded):
         assert np.array_equal(a, b)
     lo, hi = np.nanmin(f[np.isfinite(f)]), np.nanmax(f[np.isfinite(f)])
@@ -140,7 +140,7 @@ def test_concurrent_decodes_share_one_budget():
 
 
 def test_decode_threads_stay_within_the_budget(tmp_path, monkeypatch):
-    from imgclean.pipeline import scan
+    from imgclean.pipeline.scan import scanner as scan
 
     budget = data.DecodeBudget(3 * 2**20)
     monkeypatch.setattr(data, "DECODE_BUDGET", budget)

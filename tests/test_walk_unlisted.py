@@ -18,7 +18,7 @@ import pytest
 
 from conftest import class_image, make_incoming_folder, ood_image, write_png
 from imgclean import walk
-from imgclean.pipeline.scan import ScanOptions, run_scan
+from imgclean.pipeline.scan.scanner import ScanOptions, run_scan
 from imgclean.store.artifact import load_model
 from imgclean.walk import count_images, is_unlisted, unlisted_reason, walk_images
 

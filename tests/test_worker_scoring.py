@@ -1,4 +1,4 @@
-"""Scoring in the decode worker processes (pipeline/worker_scoring.py, decode_workers' `finish`):
+"""Scoring in the decode worker processes (pipeline/engines/worker_scoring.py, decode_workers' `finish`):
 the same records as scoring in the scanning process, in order, with the statuses of files whose
 worker died, errors that reach the scan, and a scanning process that never builds the network."""
 from __future__ import annotations
@@ -15,9 +15,9 @@ import pytest
 from conftest import make_incoming_folder, write_png
 from imgclean import data
 from imgclean.pipeline import decode_workers as workers_mod
-from imgclean.pipeline import worker_scoring
+from imgclean.pipeline.engines import worker_scoring
 from imgclean.pipeline.decode import DecodeSettings, Decoder, decode_many
-from imgclean.pipeline.scan import ScanOptions, run_scan
+from imgclean.pipeline.scan.scanner import ScanOptions, run_scan
 from imgclean.store.artifact import load_model
 from test_decode_processes import ROOT, blocks, wait_gone
 from test_perf import age
@@ -99,7 +99,7 @@ def test_an_error_in_finish_reaches_the_caller(files):
 SCRIPT = """
 import json, os, sys
 sys.path.insert(0, {root!r})
-from imgclean.pipeline.scan import ScanOptions, run_scan
+from imgclean.pipeline.scan.scanner import ScanOptions, run_scan
 from imgclean.store.artifact import load_model
 bundle = load_model({model!r}, lazy=True)
 if {damage!r}:  # the network cannot be built when it is first used (the files were read and checked at open)

@@ -1,5 +1,5 @@
 """apply of an audit report (`imgclean audit --report F`, reviewed): its findings moved into the
-quarantine as `audit --move-to` moves them (pipeline/audit_apply.py). The `apply` command
+quarantine as `audit --move-to` moves them (pipeline/audit/apply_findings.py). The `apply` command
 (cli/apply.py) hands an audit report here."""
 # No `from __future__ import annotations` here: see imgclean/cli/__init__.py.
 
@@ -11,23 +11,19 @@ from typing import Optional
 
 import typer
 
-from .common import err, exit_code, fail, os_error, out, print_json, rich_console, usage_error
+from ..jobs.apply import ISSUE_NAMES  # noqa: F401  (a public name of cli.apply_audit)
+from .common import err, fail, os_error, out, print_json, rich_console, usage_error
 from .console import counts_table
-from .runs import StopFlag, check_move_target, enter_quarantine
+from .runs import StopFlag, check_move_target, enter_quarantine, exit_with
 
-ISSUE_NAMES = ("label_issue", "outlier", "duplicate", "unreadable")
 SHOWN_BAD_ROWS = 20
 
 
-def parse_issues(value: Optional[str]) -> tuple:
-    """--move-issues: a comma-separated list of issues (None: all of them)."""
+def parse_issues(value: Optional[str]) -> Optional[tuple]:
+    """--move-issues: the comma-separated names (None: not given; the request checks them)."""
     if value is None:
-        return ISSUE_NAMES
-    issues = tuple(dict.fromkeys(v.strip() for v in value.split(",") if v.strip()))
-    unknown = [i for i in issues if i not in ISSUE_NAMES]
-    if unknown or not issues:
-        raise usage_error(f"--move-issues takes a comma-separated list of {', '.join(ISSUE_NAMES)}; got {value!r}")
-    return issues
+        return None
+    return tuple(v.strip() for v in value.split(","))
 
 
 @dataclass
@@ -52,8 +48,8 @@ class AuditApplyRequest:
 
 def apply_audit_report(source, req: AuditApplyRequest) -> None:
     """Check the whole audit report, then move its findings (or refuse it); exits as scan does."""
-    from ..pipeline.apply_sources import ApplyFolderError, resolve_folder
-    from ..pipeline.audit_apply import AuditApplySummary, check_audit_report, run_audit_apply
+    from ..pipeline.apply.sources import resolve_folder
+    from ..pipeline.audit.apply_findings import AuditApplySummary, check_audit_report, run_audit_apply
     from ..reports.audit_records import AUDIT_COLUMNS, audit_row
     from ..reports.records import ReportError, report_root
 
@@ -63,11 +59,8 @@ def apply_audit_report(source, req: AuditApplyRequest) -> None:
     except ReportError as exc:
         raise _refused(summary, str(exc), req.json_out) from None
     folder, same, excluded = None, False, ()
-    if req.root is not None or recorded is not None:
-        try:
-            folder, same = resolve_folder(source.path, source.stat, req.root, recorded)
-        except ApplyFolderError as exc:
-            raise usage_error(str(exc)) from None
+    if req.root is not None or recorded is not None:  # (ApplyFolderError, QuarantinePlacementError: refusals, exit 2)
+        folder, same = resolve_folder(source.path, source.stat, req.root, recorded)
         excluded = check_move_target(folder, req.move_to)
     with StopFlag() as stop:
         checked = check_audit_report(source, folder, recorded, req.issues, req.keep_unreadable,
@@ -175,7 +168,6 @@ def _finish(req: AuditApplyRequest, summary, plan: list, stop: StopFlag) -> None
         if summary.kept and not req.quiet:
             err.print(f"{summary.kept} duplicate(s) kept: their original moves too or is gone (see -v)",
                       highlight=False, markup=False)
-    code, message = exit_code(summary, req.fail_on_reject, req.fail_on_skip, stop.exit_code)
-    if message:
-        raise fail(message, code)
-    raise typer.Exit(code)
+    from ..jobs.results import ApplyResult, ExitRules
+
+    exit_with(ApplyResult(summary, rules=ExitRules(req.fail_on_reject, req.fail_on_skip), stop_code=stop.exit_code))

@@ -2,7 +2,6 @@
 # No `from __future__ import annotations` here: see imgclean/cli/__init__.py.
 
 import contextlib
-import os
 from enum import Enum
 from pathlib import Path
 from typing import Optional
@@ -10,26 +9,17 @@ from typing import Optional
 import typer
 
 from ..detectors.registry import unsupervised
+from ..jobs.apply import ISSUE_NAMES
 from .common import (
-    EXIT_ERROR, EXIT_OK, EXIT_REJECTED, Device, command, err, fail, make_progress, os_error, out, print_json,
-    resolve_device, rich_console, setup_logging, usage_error,
+    Device, command, err, fail, make_progress, os_error, out, print_json, resolve_device, rich_console, setup_logging,
 )
 from .console import counts_table
-from .options import DryRun, JsonOut, KeepUnreadable, OverwriteReport, Quiet, Verbose, config_option
-from .runs import StopFlag, check_html_output, check_move_target, check_report_output, enter_quarantine
+from .options import REPORT_EXTENSIONS, DryRun, JsonOut, KeepUnreadable, OverwriteReport, Quiet, Verbose, config_option
+from .runs import StopFlag, enter_quarantine, exit_with
 
 # The audit's methods: the detectors fitted from the training images alone (detectors/registry.py).
 AuditMethod = Enum("AuditMethod", {cls.name: cls.name for cls in unsupervised()}, type=str)
-ISSUE_NAMES = ("label_issue", "outlier", "duplicate", "unreadable")
 SHOWN_PER_ISSUE = 10  # findings listed per issue on the terminal (all of them with -v)
-
-
-def _parse_issues(value: str) -> tuple[str, ...]:
-    issues = tuple(dict.fromkeys(v.strip() for v in value.split(",") if v.strip()))
-    unknown = [i for i in issues if i not in ISSUE_NAMES]
-    if unknown or not issues:
-        raise usage_error(f"--move-issues takes a comma-separated list of {', '.join(ISSUE_NAMES)}; got {value!r}")
-    return issues
 
 
 class _Progress:
@@ -60,7 +50,7 @@ def audit(
     ctx: typer.Context,
     train_dir: Path = typer.Argument(..., help="Training folder to check: one sub-folder per class, as for `fit`."),
     model: Optional[Path] = typer.Option(None, "-m", "--model", help="A model made by `imgclean fit` on this folder: the folds are trained with its settings (architecture, input size, epochs, lambda...) and its features find near duplicates. It never scores its own training images [default: fit's defaults]."),
-    report: Optional[Path] = typer.Option(None, "--report", help="Write one record per file to this .csv or .jsonl (JSON lines) file."),
+    report: Optional[Path] = typer.Option(None, "--report", help=f"Write one record per file to this file: {REPORT_EXTENSIONS}."),
     overwrite_report: OverwriteReport = False,
     html: Optional[Path] = typer.Option(None, "--html", help="Write a self-contained HTML review page of the findings (thumbnails; duplicates side by side)."),
     json_out: JsonOut = False,
@@ -92,29 +82,17 @@ def audit(
     issue per file: unreadable > duplicate > outlier > label_issue. Exit code 3 when anything
     is found (0 when the folder is clean).
     """
-    from ..pipeline.audit import AuditInterrupted, AuditOptions, apply_audit, run_audit
-    from ..fileops import MANIFEST_NAME, quarantine_holding
+    from ..jobs.audit import AuditRequest
 
     setup_logging(quiet, verbose)
-    if not train_dir.is_dir():
-        raise usage_error(f"folder {train_dir} does not exist or is not a folder")
-    holding = quarantine_holding(train_dir)
-    if holding is not None:
-        where = "an imgclean quarantine" if holding == Path(os.path.realpath(train_dir)) else f"inside the imgclean quarantine {holding}"
-        raise usage_error(f"{train_dir} is {where} (it holds {MANIFEST_NAME}); audit the training folder")
-    if dry_run and move_to is None:
-        raise usage_error("--dry-run shows planned moves; give --move-to DIR too")
-    issues = _parse_issues(move_issues)
-    if move_to is not None:
-        check_move_target(train_dir, move_to)
-    if report is not None:
-        check_report_output(report, move_to, overwrite_report)
-    if html is not None:
-        check_html_output(html, "--html", move_to)
-    root = Path(os.path.realpath(train_dir))
-    options = AuditOptions(folds=folds, method=method.value, percentile=percentile, trim=trim,
-                           near_threshold=None if no_near else near_threshold, epochs=epochs,
-                           min_steps=min_steps, batch_size=batch_size, seed=seed)
+    request = AuditRequest(
+        train_dir, dict(folds=folds, method=method.value, percentile=percentile, trim=trim,
+                        near_threshold=None if no_near else near_threshold, epochs=epochs, min_steps=min_steps,
+                        batch_size=batch_size, seed=seed),
+        model=model, move_to=move_to, move_issues=_split(move_issues), dry_run=dry_run,
+        keep_unreadable=keep_unreadable, report=report, overwrite_report=overwrite_report, html=html,
+    )
+    options = request.check()
     try:
         dev = resolve_device(device.value)
         bundle = None
@@ -124,49 +102,61 @@ def audit(
             bundle = load_model(model, device=dev)
     except ValueError as exc:
         raise fail(str(exc)) from None
-
-    progress = make_progress(quiet or json_out)
     try:
-        with contextlib.ExitStack() as stack:
-            quarantine = enter_quarantine(stack, root, train_dir, move_to, dry_run)
-            stop = stack.enter_context(StopFlag())
-            with progress:
-                try:
-                    result = run_audit(train_dir, options, bundle=bundle, device=dev, progress=_Progress(progress),
-                                       should_stop=stop)
-                except AuditInterrupted:
-                    if not quiet:
-                        err.print("interrupted while training; nothing was moved", highlight=False, markup=False)
-                    raise typer.Exit(stop.exit_code) from None
-            summary = result.summary
-            if quarantine is not None:
-                apply_audit(result.records, root, summary, quarantine, dry_run, keep_unreadable, issues,
-                            should_stop=stop)
-            if report is not None:
-                from ..reports.audit_records import AuditWriter
-
-                with AuditWriter(report, root, overwrite_report) as writer:
-                    for rec in result.records:
-                        writer.write(rec)
+        run = _run(request, options, bundle, dev, quiet, json_out)
     except OSError as exc:
         raise os_error(exc) from None
+    _write_page(request, run)
+    _print(run, run.summary, json_out, quiet, verbose, dry_run, html)
+    exit_with(run)
 
-    if html is not None:
-        from ..reports.review.audit_page import render_audit_html
-        from ..reports.review.page import write_html
 
-        page = render_audit_html(result.records, summary.to_dict(), root=root, quarantine=move_to,
-                                 title=f"imgclean audit: {train_dir}")
-        try:
-            write_html(html, page)
-        except OSError as exc:
-            raise fail(f"cannot write the review page {html}: {exc.strerror or exc}") from None
-    _print(result, summary, json_out, quiet, verbose, dry_run, html)
-    if summary.interrupted:
-        raise typer.Exit(stop.exit_code)
-    if summary.move_errors:
-        raise fail(f"{summary.move_errors} file(s) could not be moved; see the report or run with --verbose", EXIT_ERROR)
-    raise typer.Exit(EXIT_REJECTED if summary.issues else EXIT_OK)
+def _split(value: str) -> tuple:
+    return tuple(v.strip() for v in value.split(","))
+
+
+def _run(request, options, bundle, dev: str, quiet: bool, json_out: bool):
+    """Lock, open the quarantine, audit, move what was found, write the report; the jobs.results.AuditRun."""
+    from ..jobs.results import AuditRun
+    from ..pipeline.audit.auditor import AuditInterrupted, apply_audit, run_audit
+
+    root = request.root
+    progress = make_progress(quiet or json_out)
+    with contextlib.ExitStack() as stack:
+        quarantine = enter_quarantine(stack, root, request.train_dir, request.move_to, request.dry_run)
+        stop = stack.enter_context(StopFlag())
+        with progress:
+            try:
+                result = run_audit(request.train_dir, options, bundle=bundle, device=dev,
+                                   progress=_Progress(progress), should_stop=stop)
+            except AuditInterrupted:
+                if not quiet:
+                    err.print("interrupted while training; nothing was moved", highlight=False, markup=False)
+                raise typer.Exit(stop.exit_code) from None
+        if quarantine is not None:
+            apply_audit(result.records, root, result.summary, quarantine, request.dry_run, request.keep_unreadable,
+                        request.move_issues, should_stop=stop)
+        if request.report is not None:
+            from ..reports.audit_records import AuditWriter
+
+            with AuditWriter(request.report, root, request.overwrite_report) as writer:
+                for rec in result.records:
+                    writer.write(rec)
+    return AuditRun(result.records, result.summary, result.class_names, stop_code=stop.exit_code)
+
+
+def _write_page(request, run) -> None:
+    if request.html is None:
+        return
+    from ..reports.review.audit_page import render_audit_html
+    from ..reports.review.page import write_html
+
+    page = render_audit_html(run.records, run.summary.to_dict(), root=request.root, quarantine=request.move_to,
+                             title=f"imgclean audit: {request.train_dir}")
+    try:
+        write_html(request.html, page)
+    except OSError as exc:
+        raise fail(f"cannot write the review page {request.html}: {exc.strerror or exc}") from None
 
 
 def _print(result, summary, json_out: bool, quiet: bool, verbose: bool, dry_run: bool, html) -> None:

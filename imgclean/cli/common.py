@@ -20,16 +20,10 @@ from ..detectors.registry import method_names
 from .console import LazyConsole, err, escape, log, out, rich_console  # noqa: F401  (imported from here by the commands)
 from .usage import ClickException, click_error_text, current_context, say_usage_error
 
-# Exit codes (documented in the README; each one is tested).
-EXIT_OK = 0
-EXIT_ERROR = 1
-EXIT_USAGE = 2
-EXIT_REJECTED = 3  # scan --fail-on-reject found something to reject
-EXIT_LOCKED = 4  # another imgclean run holds a lock on a folder this run needs
-EXIT_SKIPPED = 5  # a folder in the scan could not be listed; with --fail-on-skip, any file skipped or changed
-EXIT_HANGUP = 129  # SIGHUP (128 + 1): the terminal closed or the session ended
-EXIT_INTERRUPTED = 130  # SIGINT
-EXIT_TERMINATED = 143  # SIGTERM
+from ..jobs.base import (  # noqa: F401  (the exit codes: the library's results own them; imported from here by the commands)
+    EXIT_ERROR, EXIT_HANGUP, EXIT_INTERRUPTED, EXIT_LOCKED, EXIT_OK, EXIT_REJECTED, EXIT_SKIPPED, EXIT_TERMINATED,
+    EXIT_USAGE,
+)
 
 
 class Command(typer.core.TyperCommand):
@@ -53,16 +47,23 @@ class Command(typer.core.TyperCommand):
         formatter.write(render_help(self, ctx))
 
     def invoke(self, ctx):
-        """Run the command; an ImgcleanError that escapes it becomes its one-line message and
-        exit code 1 (LockHeld: the line naming the busy folder, and EXIT_LOCKED). The one place
-        the CLI turns imgclean's errors into exits; commands catch only what they say otherwise."""
+        """Run the command; an ImgcleanError that escapes it becomes its one-line message: a
+        request refused as asked (jobs.base.refusal_classes) as a usage error, exit 2; LockHeld
+        as the line naming the busy folder, EXIT_LOCKED; any other, exit 1. The one place the CLI
+        turns imgclean's errors into exits; commands catch only what they say otherwise."""
+        from .. import tuning
+
         try:
-            return super().invoke(ctx)
+            with tuning.using(tuning.from_env()):  # the IMGCLEAN_* switches, read once per command
+                return super().invoke(ctx)
         except ImgcleanError as exc:
+            from ..jobs.base import refusal_classes
             from ..quarantine.locking import LockHeld
 
             if isinstance(exc, LockHeld):
                 raise locked(exc) from None
+            if isinstance(exc, refusal_classes()):
+                raise usage_error(str(exc)) from None
             raise fail(str(exc)) from None
 
     def collect_usage_pieces(self, ctx) -> list[str]:
@@ -154,7 +155,7 @@ class Device(str, Enum):
     mps = "mps"
 
 
-class Engine(str, Enum):  # pipeline/scan.ENGINES
+class Engine(str, Enum):  # pipeline/scan/scanner.ENGINES
     local = "local"
     ray = "ray"
 
@@ -180,30 +181,12 @@ def usage_error(message: str) -> typer.Exit:
 
 def exit_code(summary, fail_on_reject: bool = False, fail_on_skip: bool = False, stop_code: int = EXIT_INTERRUPTED,
               allow_unlisted: bool = False) -> tuple[int, str]:
-    """The exit code of a run that scanned or applied records, from its summary and flags, and
-    the error line to print with it ("" for none). The rules, first match wins: interrupted ->
-    `stop_code` (130 SIGINT, 143 SIGTERM, 129 SIGHUP); files that could not be moved, or report rows that
-    are not sound (apply) -> 1; folders inside the scan that could not be listed (summary.unlisted:
-    part of the tree was not scanned) -> 5 with a line saying so, unless `allow_unlisted`;
-    --fail-on-reject and anything rejected -> 3; --fail-on-skip and anything skipped or
-    changed -> 5; else 0. An incomplete scan comes before --fail-on-reject: a cron job learns
-    that its answer covers only part of the tree even when it also found rejects."""
-    if summary.interrupted:
-        return stop_code, ""
-    if summary.move_errors:
-        return EXIT_ERROR, f"{summary.move_errors} file(s) could not be moved; see the report or run with --verbose"
-    invalid = getattr(summary, "invalid", 0)
-    if invalid:
-        return EXIT_ERROR, f"{invalid} record(s) of {summary.report} are not sound and were not applied (see above)"
-    unlisted = getattr(summary, "unlisted", 0) or 0  # summaries from before the walk counted them have none
-    if unlisted and not allow_unlisted:
-        return EXIT_SKIPPED, (f"{unlisted} folder(s) in the scan could not be listed, so part of the tree "
-                              "was not scanned (see the skipped records)")
-    if fail_on_reject and summary.rejected:
-        return EXIT_REJECTED, ""
-    if fail_on_skip and (summary.counts["skipped"] or summary.counts["changed"]):
-        return EXIT_SKIPPED, ""
-    return EXIT_OK, ""
+    """(exit code, error line) of a run's summary: jobs.results.run_verdict has the rules (kept
+    for callers of this name; the commands ask their result's exit_code)."""
+    from ..jobs.results import ExitRules, run_verdict
+
+    verdict = run_verdict(summary, ExitRules(fail_on_reject, fail_on_skip, allow_unlisted), stop_code)
+    return verdict.code, verdict.message
 
 
 def note(message: str) -> None:
@@ -320,33 +303,10 @@ def make_progress(quiet: bool):
 
 # ---- paths imgclean writes ---------------------------------------------------------------
 def check_output_path(option: str, path: Path, move_to: Path | None = None, is_dir: bool = False) -> None:
-    """Refuse an output that would overwrite a quarantine's journal or land in a quarantine.
+    """jobs.base.check_output_path (a RequestError: the Command says it as a usage error)."""
+    from ..jobs.base import check_output_path as check
 
-    A quarantine is any folder holding an imgclean manifest (moves.is_quarantine), checked for
-    every folder above the output up to the filesystem root, both as written and resolved
-    (so a link does not hide one); and the scan's own --move-to folder, which may not exist yet.
-    """
-    from ..fileops import MANIFEST_NAME, is_quarantine
-
-    if path.name == MANIFEST_NAME:
-        raise usage_error(f"{option} {path} would overwrite a quarantine's journal ({MANIFEST_NAME}); choose another name")
-    target = path.absolute()
-    folders = [target] if is_dir else []
-    for start in (target.parent, Path(os.path.realpath(target.parent))):
-        folders += [start, *start.parents]
-    if is_dir:
-        folders.append(Path(os.path.realpath(target)))
-    for folder in dict.fromkeys(folders):
-        try:
-            quarantine = is_quarantine(folder)
-        except OSError:
-            quarantine = False
-        if quarantine:
-            raise usage_error(f"{option} {path} is inside the quarantine {folder}; write it outside any --move-to folder")
-    if move_to is not None:
-        real, q = Path(os.path.realpath(target)), Path(os.path.realpath(move_to.absolute()))
-        if real == q or real.is_relative_to(q):
-            raise usage_error(f"{option} {path} is inside --move-to {move_to}; write it outside the quarantine")
+    check(option, path, move_to, is_dir)
 
 
 def version_callback(value: bool) -> None:

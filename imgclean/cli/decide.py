@@ -122,7 +122,7 @@ def reject(
     before = _moves_before(move_to) if bundle is not None else frozenset()
     outcomes = _run(reject_files, paths, move_to, root, source=source, dry_run=dry_run)
     if bundle is not None and any(o.status == "rejected" for o in outcomes):
-        from ..pipeline.move_features import record_after_run
+        from ..pipeline.scan.move_features import record_after_run
 
         for line in record_after_run(move_to, bundle, before).warnings:
             err.print(f"warning: {line}", highlight=False, markup=False, soft_wrap=True)
@@ -140,7 +140,7 @@ def _features_model(model: Path):
 
 
 def _moves_before(move_to: Path) -> frozenset:
-    from ..pipeline.move_features import journal_moves
+    from ..pipeline.scan.move_features import journal_moves
 
     try:
         return journal_moves(move_to)

@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from ..config import DEFAULT_MODEL_DIR
-from .common import Device, command, fail, os_error, out, print_json, resolve_device, setup_logging, usage_error
+from .common import Device, command, fail, os_error, out, print_json, resolve_device, setup_logging
 from .options import JsonOut
 
 
@@ -30,16 +30,14 @@ def learn(
     is kept in MODEL/versions/<n>/; `learn --rollback` puts it back). With too few decisions
     it says why and changes nothing (exit 0).
     """
+    from ..jobs.learn import LearnRequest
+
     setup_logging(json_out, False)
+    request = LearnRequest(quarantine, model, rollback=rollback, train_dir=train_dir)
+    request.check()
     if rollback:
-        if quarantine is not None:
-            raise usage_error("--rollback takes no QUARANTINE: it puts the previous version of the model back")
         return _rollback(model, json_out)
-    if quarantine is None:
-        raise usage_error("give the QUARANTINE to learn from (or --rollback)")
-    if not quarantine.is_dir():
-        raise usage_error(f"{quarantine} does not exist or is not a folder")
-    from ..pipeline.learn_step import run_learn
+    from ..pipeline.learn.step import run_learn
 
     try:
         outcome = run_learn(quarantine, model, train_dir=train_dir, device=resolve_device(device.value))

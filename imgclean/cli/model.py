@@ -11,7 +11,6 @@ from ..config import DEFAULT_MODEL_DIR
 from ..detectors.registry import method_names
 from .common import (
     Device, Method, command, err, fail, make_progress, os_error, out, print_json, resolve_device, setup_logging,
-    usage_error,
 )
 from .help_text import evaluate_method_help
 from .train import calibration_line, describe_mapping
@@ -41,10 +40,10 @@ def evaluate(
     from ..store.artifact import ModelError, load_model
     from ..pipeline.evaluate import EvaluateError, evaluate as run_evaluation, write_plots
 
+    from ..jobs.evaluate import EvaluateRequest
+
     setup_logging(quiet, verbose)
-    for option, folder in (("--in", in_dir), ("--ood", ood_dir)):
-        if not folder.is_dir():
-            raise usage_error(f"{option} {folder} does not exist or is not a folder")
+    EvaluateRequest(in_dir, ood_dir, model, [method.value] if method else None, batch_size, plots).check()
     progress = make_progress(quiet or json_out)
     task = None
 

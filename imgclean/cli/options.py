@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from ..reports.formats import extensions_text
 from .common import EXIT_REJECTED, EXIT_SKIPPED
 from .usage import UsageError, plain_type_message
 
@@ -122,7 +123,8 @@ def resolved_settings(ctx: typer.Context) -> dict:
 
 MoveTo = Annotated[Optional[Path], typer.Option("--move-to", help="Move rejected files here (keeping their relative paths); without it, only report.")]
 DryRun = Annotated[bool, typer.Option("--dry-run", help="Print what would move and change nothing.")]
-ReportOut = Annotated[Optional[Path], typer.Option("--report", help="Write every record to this .csv or .jsonl (JSON lines) file.")]
+REPORT_EXTENSIONS = extensions_text()  # from the report format table (reports/formats.py)
+ReportOut = Annotated[Optional[Path], typer.Option("--report", help=f"Write every record to this file: {REPORT_EXTENSIONS}.")]
 OverwriteReport = Annotated[bool, typer.Option("--overwrite-report", help="Replace the --report file when it exists (without it an existing report is refused, exit 2).")]
 HtmlOut = Annotated[Optional[Path], typer.Option("--html", help="Write a self-contained HTML review page (thumbnails, scores, histograms) to this file.")]
 JsonOut = Annotated[bool, typer.Option("--json", help="Print one JSON summary on stdout (warnings still go to stderr).")]

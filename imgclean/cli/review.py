@@ -10,6 +10,7 @@ import typer
 from .common import (
     EXIT_ERROR, command, err, fail, os_error, out, print_json, setup_logging, usage_error,
 )
+from .options import REPORT_EXTENSIONS
 
 # How each restore status reads on the terminal (contract 1 in the brief of the moves helper).
 STATUS_TEXT = {
@@ -92,7 +93,7 @@ def _print_results(results, statuses, counts: dict, dry_run: bool, quiet: bool) 
 
 @command()
 def report(
-    source: Path = typer.Argument(..., help="A `scan --report` file (.csv or .jsonl), a quarantine's imgclean-manifest.jsonl, or the quarantine folder."),
+    source: Path = typer.Argument(..., help=f"A `scan --report` file ({REPORT_EXTENSIONS}), a quarantine's imgclean-manifest.jsonl, or the quarantine folder."),
     output: Path = typer.Option(..., "-o", "--output", help="HTML file to write (not inside a quarantine)."),
     root: Optional[Path] = typer.Option(None, "--root", help="The folder that was scanned, to show thumbnails of files that were not moved (report paths are relative to it)."),
     max_thumbnails: int = typer.Option(500, min=0, help="Inline thumbnails for at most this many rejects (highest scores first)."),
@@ -104,7 +105,14 @@ def report(
 
     setup_logging(False, False)
     if not source.exists():
-        raise usage_error(f"{source} does not exist; give a scan report (.csv/.jsonl) or an imgclean-manifest.jsonl")
+        raise usage_error(f"{source} does not exist; give a scan report ({REPORT_EXTENSIONS}) or an imgclean-manifest.jsonl")
+    if not source.is_dir():  # a report (or a journal, JSON lines) of a format the table names
+        from ..reports.formats import ReportError, format_for
+
+        try:
+            format_for(source)
+        except ReportError as exc:
+            raise usage_error(str(exc)) from None
     check_html_output(output, "-o")
     if os.path.realpath(output) == os.path.realpath(source):
         raise usage_error(f"-o {output} would overwrite the input; choose another file name")

@@ -13,10 +13,8 @@ from typing import Callable, Optional
 
 import typer
 
-from .common import (
-    EXIT_HANGUP, EXIT_INTERRUPTED, EXIT_TERMINATED, check_output_path, err, exit_code, fail, os_error, out, print_json,
-    rich_console, usage_error,
-)
+from ..jobs.base import check_html_output, check_report_output  # noqa: F401  (public names of cli.runs)
+from .common import EXIT_HANGUP, EXIT_INTERRUPTED, EXIT_TERMINATED, err, fail, os_error, out, print_json, rich_console
 
 
 class StopFlag:
@@ -57,39 +55,11 @@ class StopFlag:
 
 
 def check_move_target(folder: Path, move_to: Path) -> tuple[Path, ...]:
-    """Refuse a quarantine equal to or above the scanned folder (a usage error); exclude it when inside."""
-    from ..pipeline.apply import QuarantinePlacementError, quarantine_exclusion
+    """The quarantine's exclusion from a walk of `folder`; one equal to or above it is refused
+    (QuarantinePlacementError: the Command says it as a usage error)."""
+    from ..jobs.base import quarantine_placement
 
-    try:
-        return quarantine_exclusion(folder, move_to)
-    except QuarantinePlacementError as exc:
-        raise usage_error(str(exc)) from None
-
-
-def check_html_output(path: Path, option: str = "--html", move_to: Optional[Path] = None) -> None:
-    """A review page must go to a file in an existing folder, outside any quarantine; say so
-    before any long work."""
-    if path.is_dir():
-        raise usage_error(f"{option} {path} is a folder; give a file name such as review.html")
-    if not path.absolute().parent.is_dir():
-        raise usage_error(f"{option} {path}: folder {path.absolute().parent} does not exist")
-    check_output_path(option, path, move_to)
-
-
-def check_report_output(report: Path, move_to: Optional[Path], overwrite: bool = False) -> None:
-    """A report must go to a new file (or, with --overwrite-report, an existing regular one) in an
-    existing folder, outside any quarantine; say so before any long work (a usage error)."""
-    from ..reports.records import report_format
-    from ..reports.report_files import existing_report_problem
-
-    try:
-        report_format(report, write=True)
-    except ValueError as exc:
-        raise usage_error(str(exc)) from None
-    check_output_path("--report", report, move_to)
-    problem = existing_report_problem(report, overwrite)
-    if problem is not None:
-        raise usage_error(f"--report {report}: {problem}")
+    return quarantine_placement(folder, move_to)
 
 
 @dataclass
@@ -155,11 +125,20 @@ class Printer:
 
 
 def _is_rejected(rec, keep_unreadable: bool) -> bool:
+    """reports.records.is_rejected, imported at the first record (not at the CLI's start) and
+    kept in _REJECTED for the records after it."""
+    return (_REJECTED or _load_is_rejected())(rec, keep_unreadable)
+
+
+_REJECTED: Optional[Callable] = None  # reports.records.is_rejected, once a record has needed it
+
+
+def _load_is_rejected() -> Callable:
+    global _REJECTED
     from ..reports.records import is_rejected
 
-    global _is_rejected
-    _is_rejected = is_rejected  # imported once, at the first record
-    return is_rejected(rec, keep_unreadable)
+    _REJECTED = is_rejected
+    return is_rejected
 
 
 # How often the progress bar is updated: per record, rich's update costs more than the record.
@@ -274,51 +253,52 @@ class Outcome:
     extra_columns: tuple[str, ...] = ()
 
 
-def finish(summary, outcome: Outcome, printer: Printer, stop: StopFlag, *, json_out: bool, quiet: bool,
-           review=None, html: Optional[Path] = None, fail_on_reject: bool = False, fail_on_skip: bool = False,
-           allow_unlisted: bool = False) -> None:
-    """Print the summary (a table, or JSON), write the review page, and exit as the rules say
-    (common.exit_code). After SIGHUP the terminal may be gone: output that fails is dropped."""
+def finish(result, outcome: Outcome, printer: Printer, stop: StopFlag, *, json_out: bool, quiet: bool,
+           review=None, html: Optional[Path] = None) -> None:
+    """Print the summary of `result` (jobs.results.RunResult: a table, or JSON), write the review
+    page, and exit with the result's exit code. After SIGHUP the terminal may be gone: output
+    that fails is dropped."""
     try:
-        _finish(summary, outcome, printer, stop, json_out=json_out, quiet=quiet, review=review, html=html,
-                fail_on_reject=fail_on_reject, fail_on_skip=fail_on_skip, allow_unlisted=allow_unlisted)
+        _finish(result, outcome, printer, json_out=json_out, quiet=quiet, review=review, html=html)
     except OSError:
         if not stop.hung_up:
             raise
         raise hang_up(stop) from None
 
 
-def _finish(summary, outcome: Outcome, printer: Printer, stop: StopFlag, *, json_out: bool, quiet: bool,
-            review, html: Optional[Path], fail_on_reject: bool, fail_on_skip: bool, allow_unlisted: bool) -> None:
-    result = summary.to_dict()
+def _finish(result, outcome: Outcome, printer: Printer, *, json_out: bool, quiet: bool, review,
+            html: Optional[Path]) -> None:
+    summary = result.summary
+    shown = summary.to_dict()
     if printer.dry_run:
-        result["plan"] = printer.plan
+        shown["plan"] = printer.plan
     if json_out:
-        print_json(result)
+        print_json(shown)
     else:
         from .console import counts_table
 
         keys = ("scanned", "ok", "ood", "unreadable", "too_large", "unsupported", "skipped", "unlisted", "changed", "accepted",
                 "moved", "would_move", "move_errors", *outcome.extra_columns)
-        shown = {k: result[k] for k in keys if k in ("scanned", "ok", "ood", "unreadable") or result.get(k)}
-        out.print(counts_table(outcome.title, shown, rich_console(out).width))
+        table = {k: shown[k] for k in keys if k in ("scanned", "ok", "ood", "unreadable") or shown.get(k)}
+        out.print(counts_table(outcome.title, table, rich_console(out).width))
     if review is not None:
         from ..reports.review import render_html, write_html
 
         note_text = outcome.page_note if summary.interrupted else ""
         try:
-            write_html(html, render_html(review, title=outcome.review_title, summary=result, note=note_text))
+            write_html(html, render_html(review, title=outcome.review_title, summary=shown, note=note_text))
         except OSError as exc:
             raise fail(f"cannot write the review page {html}: {exc.strerror or exc}") from None
         if not json_out and not quiet:
             err.print(f"review page: {html}", highlight=False, markup=False)
-    code, message = exit_code(summary, fail_on_reject, fail_on_skip, stop.exit_code, allow_unlisted)
-    if summary.interrupted:
-        if not quiet:
-            of = f" of {printer.total}" if printer.total is not None else ""
-            err.print(f"interrupted after {result['scanned']}{of} {outcome.unit}; {outcome.not_done}", highlight=False, markup=False)
-        raise typer.Exit(code)
-    if message:
-        raise fail(message, code)
-    if code:
-        raise typer.Exit(code)
+    if summary.interrupted and not quiet:
+        of = f" of {printer.total}" if printer.total is not None else ""
+        err.print(f"interrupted after {shown['scanned']}{of} {outcome.unit}; {outcome.not_done}", highlight=False, markup=False)
+    exit_with(result)
+
+
+def exit_with(result) -> None:
+    """Leave with the result's exit code (0 too), saying its error line when it has one."""
+    if result.error_line:
+        raise fail(result.error_line, result.exit_code)
+    raise typer.Exit(result.exit_code)

@@ -5,6 +5,7 @@
 import contextlib
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional
 
@@ -18,75 +19,29 @@ from .options import (
     config_option,
 )
 from .runs import (  # noqa: F401  (StopFlag, check_move_target, check_html_output: public names of cli.scan)
-    Outcome, Printer, StopFlag, check_html_output, check_move_target, check_report_output, feed, finish, open_run,
+    Outcome, Printer, StopFlag, check_html_output, check_move_target, feed, finish, open_run,
 )
 
 
 def show_model_loading(bundle, progress, task) -> None:
     """While the network loads (at the first file to score), the bar says so instead of sitting still."""
-    loader = getattr(bundle, "_loader", None)
-    if loader is None or task is None:
+    if task is None or not hasattr(bundle, "around_load"):
         return
-
-    def load():
-        progress.update(task, description="loading model")
-        try:
-            return loader()
-        finally:
-            progress.update(task, description="scanning")
-
-    bundle._loader = load
+    bundle.around_load(lambda: progress.update(task, description="loading model"),
+                       lambda: progress.update(task, description="scanning"))
 
 
-def check_engine(engine: Engine, address: Optional[str], workers: int, gpus: float, device: Device = Device.auto):
-    """The Ray options (pipeline/ray_scan.RayOptions) for --engine ray, None for local; a usage
-    error for Ray options without it, one line on how to install Ray when it is missing."""
-    given = [name for name, value in (("--ray-address", address), ("--ray-workers", workers),
-                                      ("--ray-gpus-per-worker", gpus)) if value]
-    if engine is not Engine.ray:
-        if given:
-            raise usage_error(f"{given[0]} needs --engine ray")
-        return None
-    if device not in (Device.auto, Device.cpu):
-        raise usage_error(f"--device {device.value} is for the local engine; Ray workers use CUDA with --ray-gpus-per-worker")
-    import importlib.util
-
-    from ..pipeline.ray_scan import INSTALL_HINT, RayOptions
-
-    if importlib.util.find_spec("ray") is None:
-        raise fail(INSTALL_HINT)
-    if address is not None and not address.strip():
-        raise usage_error("--ray-address is empty; give host:port or auto")
-    return RayOptions(address=address.strip() if address else None, workers=workers, gpus_per_worker=gpus)
-
-
-def scan_target(folder: Path, files_from: Optional[Path], null: bool):
-    """What to scan (pipeline/file_list.ScanTarget): FOLDER walked, one FILE alone, or (files
-    given: [] until the list is opened) the names --files-from lists; usage errors for the rest."""
-    from ..pipeline.file_list import FileListError, scan_target as target_of
-
-    if null and files_from is None:
-        raise usage_error("--null says how --files-from LIST separates names; give --files-from too")
-    try:
-        return target_of(folder, [] if files_from is not None else None)
-    except FileListError as exc:
-        raise usage_error(f"{exc}" if files_from is None else f"{exc} (--files-from)") from None
-
-
-def open_file_list(stack: contextlib.ExitStack, files_from: Path, null: bool, outputs: dict) -> Iterator:
+def open_file_list(stack: contextlib.ExitStack, files_from: Path, null: bool) -> Iterator:
     """The names --files-from LIST gives (`-`: standard input), read as the scan goes
     (file_list.read_names: bounded, a line too long is an error line). A usage error when LIST
-    cannot be opened, or is one of this run's `outputs` ({option: path}) that writing would wipe."""
-    from ..pipeline.file_list import read_names
+    cannot be opened (the request has checked that the run writes over none of its outputs)."""
+    from ..pipeline.scan.file_list import read_names
 
     if os.fsdecode(files_from) == "-":
         stdin = getattr(sys.stdin, "buffer", None)
         if stdin is None:
             raise usage_error("--files-from -: there is no standard input to read")
         return read_names(stdin, null)
-    for option, path in outputs.items():
-        if path is not None and os.path.realpath(path) == os.path.realpath(files_from):
-            raise usage_error(f"--files-from {files_from} is also the {option} file, which the scan writes over")
     try:
         stream = stack.enter_context(open(files_from, "rb"))
     except OSError as exc:
@@ -96,11 +51,11 @@ def open_file_list(stack: contextlib.ExitStack, files_from: Path, null: bool, ou
 
 def mark_review_sample(summary, sampler, bundle, root: Path, device: str, writer, review) -> None:
     """After the scan: choose the review sample from the candidates `sampler` kept
-    (pipeline/sample_pass.py), count it in the summary, mark it in the report this run created
+    (pipeline/scan/sample_pass.py), count it in the summary, mark it in the report this run created
     (`writer`, reports/review_marks.py) and give it to the review page's collector. A sample that
     cannot be chosen or marked is a warning: the scan's own results stand."""
     from ..errors import ImgcleanError
-    from ..pipeline.sample_pass import choose_sample
+    from ..pipeline.scan.sample_pass import choose_sample
 
     try:
         sample = choose_sample(bundle, root, sampler, device)
@@ -157,99 +112,104 @@ def scan(
     config_file: Optional[Path] = config_option(),
 ) -> None:
     """Score every image in a folder (or one file, or the files --files-from lists); report, and with --move-to quarantine, the ones that do not belong."""
-    from ..store.artifact import load_model
-    from ..fileops import MANIFEST_NAME, quarantine_holding
-    from ..pipeline.scan import ScanOptions, run_scan
-    from ..pipeline.scoring import check_method
-    from ..detectors import registry
-    from ..reports.records import RecordWriter
+    from ..jobs.results import ExitRules
+    from ..jobs.scan import ScanRequest
 
     setup_logging(quiet, verbose)
-    target = scan_target(folder, files_from, null)
-    # Resolved once: the walk, the lock, the moves and the review page all act on this folder.
-    root = target.root
-    base = folder if files_from is not None or target.files is None else root  # the folder as given
-    holding = quarantine_holding(root)
-    if holding is not None:
-        what = "an imgclean quarantine" if holding == root else f"inside the imgclean quarantine {holding}"
-        raise usage_error(
-            f"{base} is {what} (it holds {MANIFEST_NAME}); review it with `imgclean report`, "
-            "put files back with `imgclean restore`"
-        )
-    if dry_run and move_to is None:
-        raise usage_error("--dry-run shows planned moves; give --move-to DIR too")
-    ray_options = check_engine(engine, ray_address, ray_workers, ray_gpus_per_worker, device)
-    exclude: tuple[Path, ...] = ()
-    if move_to is not None:
-        exclude = check_move_target(base, move_to)
-    use_cache = not no_cache
-    if use_cache:
-        from ..store.cache import default_cache_dir
+    request = ScanRequest(
+        folder, model, move_to=move_to, dry_run=dry_run, report=report, overwrite_report=overwrite_report, html=html,
+        files_from=files_from, null=null, method=method.value if method is not None else None, use_cache=not no_cache,
+        cache_dir=cache_dir, keep_unreadable=keep_unreadable, batch_size=batch_size, workers=workers,
+        device=device.value, engine=engine.value, ray_address=ray_address, ray_workers=ray_workers,
+        ray_gpus_per_worker=ray_gpus_per_worker, review_sample=review_sample,
+        rules=ExitRules(fail_on_reject, fail_on_skip, allow_unlisted),
+    )
+    run_scan_request(request, ScanView(str(folder), json_out, quiet, verbose))
 
-        cache_real = Path(os.path.realpath(cache_dir or default_cache_dir()))
-        if cache_real.is_relative_to(root):
-            if cache_dir is not None:
-                raise usage_error(f"--cache-dir {cache_dir} is inside the scanned folder; choose a folder outside {base}")
-            log.warning("the scan cache %s is inside the scanned folder; scanning without it", cache_real)
-            use_cache = False
-    if report is not None:
-        check_report_output(report, move_to, overwrite_report)
-    if html is not None:
-        check_html_output(html, "--html", move_to)
+
+@dataclass
+class ScanView:
+    """How the terminal shows a scan: the folder as given (titles), --json, -q, -v."""
+
+    label: str
+    json_out: bool
+    quiet: bool
+    verbose: bool
+
+
+def run_scan_request(request, view: ScanView) -> None:
+    """Check the request, load the model, scan with the run's resources open, then print and exit
+    with the result's exit code."""
+    from ..pipeline.scan.scanner import run_scan
+    from ..reports.records import RecordWriter
+
+    plan = request.check()
+    # With Ray the workers choose their device (--ray-gpus-per-worker); this process never runs the model.
+    dev = "cpu" if plan.ray is not None else resolve_device(request.device)
     try:
-        # With Ray the workers choose their device (--ray-gpus-per-worker); this process never runs the model.
-        dev = "cpu" if ray_options is not None else resolve_device(device.value)
-        # The network is loaded (and torch imported) when the first file needs scoring.
-        bundle = load_model(model, device=dev, lazy=True)
-        chosen = method.value if method is not None else registry.default_method(bundle.config)
-        check_method(bundle, chosen)  # a ModelError is an ImgcleanError: the Command says it
+        bundle, method = request.load_model(dev)  # the network loads (torch too) when the first file needs scoring
     except ValueError as exc:
         raise fail(str(exc)) from None
-
     review = None
-    if html is not None:
+    if request.html is not None:
         from ..reports.review import ReviewCollector
 
-        review = ReviewCollector(root=root, quarantine=move_to)
-    printer = Printer(dry_run, json_out, verbose, keep_unreadable, progress=make_progress(quiet or json_out))
+        review = ReviewCollector(root=plan.root, quarantine=request.move_to)
+    printer = Printer(request.dry_run, view.json_out, view.verbose, request.keep_unreadable,
+                      progress=make_progress(view.quiet or view.json_out))
     with contextlib.ExitStack() as stack:
-        files = target.files
-        if files_from is not None:
-            files = open_file_list(stack, files_from, null, {"--report": report, "--html": html})
-        options = ScanOptions(
-            batch_size=batch_size, workers=workers, keep_unreadable=keep_unreadable, exclude=exclude,
-            use_cache=use_cache, cache_dir=cache_dir, method=chosen, engine=engine.value, ray=ray_options, files=files,
-        )
-        run = stack.enter_context(open_run(root, base, move_to, dry_run, report, review, printer, overwrite_report))
+        files = None
+        if request.files_from is not None:
+            files = open_file_list(stack, request.files_from, request.null)
+        options = request.options(plan, method, files)
+        run = stack.enter_context(open_run(plan.root, plan.base, request.move_to, request.dry_run, request.report,
+                                           review, printer, request.overwrite_report))
         writer = next((sink for sink in run.sinks if isinstance(sink, RecordWriter)), None)
-        sampler = None
-        if review_sample:
-            from ..pipeline.sample_pass import SampleCandidates
-
-            sampler = SampleCandidates(review_sample, len(bundle.class_names))
-            run.sinks.append(sampler)
-        progress = run.progress
-        if not progress.disable:
-            from ..walk import count_images
-
-            # From the folder listings alone (no stat per file): the walk itself happens once, in the scan.
-            printer.total = count_images(root, exclude) if files is None else len(files) if files_from is None else None
-            printer.task = progress.add_task("scanning", total=printer.total, info="")
-            show_model_loading(bundle, progress, printer.task)
-        from ..pipeline import move_features
+        sampler = add_sampler(run, request.review_sample, bundle)
+        show_progress(run, printer, bundle, plan, options.files, request.files_from)
+        from ..pipeline.scan import move_features
 
         moved_before = move_features.moves_now(run.quarantine)
         try:
-            summary = run_scan(root, bundle, options, run.quarantine, dry_run, dev, feed(run.sinks), run.stop)
-        except ValueError as exc:  # e.g. a method the model cannot serve (pipeline.scoring)
+            summary = run_scan(plan.root, bundle, options, run.quarantine, request.dry_run, dev, feed(run.sinks),
+                               run.stop)
+        except ValueError as exc:  # a method the model cannot serve, found when it loads (pipeline.engines.scoring)
             raise fail(str(exc)) from None
-        if run.quarantine is not None and not dry_run and not summary.interrupted and not run.stop():
+        if run.quarantine is not None and not request.dry_run and not summary.interrupted and not run.stop():
             for line in move_features.record_moves(run.quarantine, bundle, moved_before, dev, run.stop).warnings:
                 log.warning("%s", line)
     # A rescan the cache answered whole picks none: it loads no network (a warm nightly rescan stays
     # fast), and its files were offered for review by the scan that scored them.
     if sampler is not None and not summary.interrupted and summary.decoded:
-        mark_review_sample(summary, sampler, bundle, root, dev, writer, review)
-    outcome = Outcome(title=f"scan of {folder}", review_title=f"imgclean review: {folder}")
-    finish(summary, outcome, printer, run.stop, json_out=json_out, quiet=quiet, review=review, html=html,
-           fail_on_reject=fail_on_reject, fail_on_skip=fail_on_skip, allow_unlisted=allow_unlisted)
+        mark_review_sample(summary, sampler, bundle, plan.root, dev, writer, review)
+    from ..jobs.results import ScanResult
+
+    result = ScanResult(summary, rules=request.rules, stop_code=run.stop.exit_code)
+    outcome = Outcome(title=f"scan of {view.label}", review_title=f"imgclean review: {view.label}")
+    finish(result, outcome, printer, run.stop, json_out=view.json_out, quiet=view.quiet, review=review,
+           html=request.html)
+
+
+def add_sampler(run, review_sample: int, bundle):
+    """The review sample's candidates, kept as the records go by (pipeline/scan/sample_pass.py); None for none."""
+    if not review_sample:
+        return None
+    from ..pipeline.scan.sample_pass import SampleCandidates
+
+    sampler = SampleCandidates(review_sample, len(bundle.class_names))
+    run.sinks.append(sampler)
+    return sampler
+
+
+def show_progress(run, printer, bundle, plan, files, files_from) -> None:
+    """The progress bar's task, counting to the folder's images (from its listings alone: no stat
+    per file; the walk itself happens once, in the scan), to the files named, or to nothing
+    known while --files-from is read as the scan goes."""
+    progress = run.progress
+    if progress.disable:
+        return
+    from ..walk import count_images
+
+    printer.total = count_images(plan.root, plan.exclude) if files is None else len(files) if files_from is None else None
+    printer.task = progress.add_task("scanning", total=printer.total, info="")
+    show_model_loading(bundle, progress, printer.task)

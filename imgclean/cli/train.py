@@ -2,6 +2,7 @@
 # No `from __future__ import annotations` here: see imgclean/cli/__init__.py.
 
 import os
+from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 from typing import Optional
@@ -9,9 +10,10 @@ from typing import Optional
 import typer
 
 from ..config import DEFAULT_MODEL_DIR, DEFAULT_PERCENTILE, FitConfig, TrainSettings
+from ..jobs.base import refusal_classes
 from .common import (
-    Covariance, Device, check_output_path, command, err, fail, make_progress, note, os_error, out, print_json,
-    resolve_device, setup_logging, usage_error,
+    Covariance, Device, command, err, fail, make_progress, note, os_error, out, print_json, resolve_device,
+    setup_logging, usage_error,
 )
 from .options import config_option, resolved_settings
 
@@ -32,19 +34,49 @@ class Interpolation(str, Enum):
     hamming = "hamming"
 
 
-def parse_floats(option: str, text: Optional[str], positive: bool = False) -> Optional[list[float]]:
-    """--mean 0.5,0.5,0.5 -> [0.5, 0.5, 0.5]; a usage error naming the option otherwise."""
+def parse_floats(option: str, text: Optional[str]) -> Optional[list[float]]:
+    """--mean 0.5,0.5,0.5 -> [0.5, 0.5, 0.5]; a usage error naming the option when a part is no
+    number (how many, and which values, the request checks: jobs/fit.check_channel_values)."""
     if text is None:
         return None
     try:
-        values = [float(v) for v in str(text).split(",") if v.strip()]
+        return [float(v) for v in str(text).split(",") if v.strip()]
     except ValueError:
         raise usage_error(f"{option} takes comma-separated numbers, e.g. 0.5,0.5,0.5; got {str(text)[:60]!r}") from None
-    if len(values) not in (1, 3) or any(v != v or abs(v) == float("inf") for v in values):
-        raise usage_error(f"{option} takes 1 (grayscale) or 3 (colour) numbers; got {str(text)[:60]!r}")
-    if positive and any(v <= 0 for v in values):
-        raise usage_error(f"{option} values must be above 0; got {str(text)[:60]!r}")
-    return values
+
+
+def torchrun_follower() -> bool:
+    """This process is a torchrun rank other than 0: it trains, but only rank 0 prints and saves."""
+    return os.environ.get("RANK", "0") not in ("", "0") and os.environ.get("WORLD_SIZE", "1") not in ("", "1")
+
+
+def fit_config(arch: str, input_size, channels, interpolation, crop_pct, mean, std, pretrained: bool, weights,
+               percentile: float, covariance, device, cache_memory, settings: TrainSettings) -> FitConfig:
+    """The FitConfig the options ask for (parsed here, checked by jobs.fit.FitRequest). The data-config
+    overrides go to FitConfig only when given (contract 6), so a FitConfig without them still
+    works for every run that does not use them."""
+    overrides = {
+        "interpolation": interpolation.value if interpolation is not None else None,
+        "crop_pct": crop_pct,
+        "mean": parse_floats("--mean", mean),
+        "std": parse_floats("--std", std),
+    }
+    if cache_memory is not None:
+        from ..nn.datasets import parse_size
+
+        try:
+            overrides["cache_memory"] = parse_size(cache_memory)
+        except ValueError as exc:
+            raise usage_error(f"--cache-memory: {exc}") from None
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    try:
+        return FitConfig(
+            arch=arch, input_size=input_size, channels=channels, pretrained=pretrained, weights=weights,
+            percentile=percentile, covariance=covariance.value, device=device.value, train=settings, **overrides,
+        )
+    except TypeError:
+        flags = ", ".join("--" + k.replace("_", "-") for k in overrides)
+        raise usage_error(f"{flags}: not supported by this build of imgclean") from None
 
 
 @command()
@@ -86,96 +118,89 @@ def fit(
     sub-folders) is a usage error (exit 2); what is wrong inside a class (no image files, or none
     readable) is an error (exit 1).
     """
-    from ..store.artifact import ModelError, check_replaceable, save_model
-    from ..pipeline.fit import FitError, TrainingFolderError, fit_model
+    from ..jobs.fit import FitRequest
 
-    follower = os.environ.get("RANK", "0") not in ("", "0") and os.environ.get("WORLD_SIZE", "1") not in ("", "1")
-    if follower:  # torchrun: only rank 0 prints and saves
+    if torchrun_follower():  # only rank 0 prints and saves
         quiet, json_out, verbose = True, False, False
     setup_logging(quiet, verbose)
-    if not train_dir.is_dir():
-        raise usage_error(f"training folder {train_dir} does not exist or is not a folder")
-    if channels not in (None, 1, 3):
-        raise usage_error("--channels must be 1 or 3")
-    if reject_dir is not None and not reject_dir.is_dir():
-        raise usage_error(f"--reject-dir {reject_dir} does not exist or is not a folder")
-    check_output_path("-o", output, is_dir=True)
-    if output.exists() and not force:
-        raise usage_error(f"{output} already exists; pass --force to replace it, or choose another --output")
-    # The data-config overrides go to FitConfig only when given (contract 6), so a FitConfig
-    # without them still works for every run that does not use them.
-    overrides = {
-        "interpolation": interpolation.value if interpolation is not None else None,
-        "crop_pct": crop_pct,
-        "mean": parse_floats("--mean", mean),
-        "std": parse_floats("--std", std, positive=True),
-    }
-    overrides = {k: v for k, v in overrides.items() if v is not None}
-    if crop_pct is not None and not crop_pct > 0:
-        raise usage_error(f"--crop-pct must be above 0 and at most 1; got {crop_pct}")
-    try:
-        check_replaceable(output, force)  # before training, not after it
-    except ModelError as exc:
-        raise fail(str(exc)) from None
-    if cache_memory is not None:
-        from ..nn.datasets import parse_size
-
-        try:
-            overrides["cache_memory"] = parse_size(cache_memory)
-        except ValueError as exc:
-            raise usage_error(f"--cache-memory: {exc}") from None
     settings = TrainSettings(
         epochs=epochs, min_steps=min_steps, batch_size=batch_size, lr=lr, center_weight=center_weight,
         val_fraction=val_fraction, augment=augment, seed=seed,
     )
-    try:
-        config = FitConfig(
-            arch=arch, input_size=input_size, channels=channels, pretrained=pretrained, weights=weights,
-            percentile=percentile, covariance=covariance.value, device=device.value, train=settings, **overrides,
-        )
-    except TypeError:
-        flags = ", ".join("--" + k.replace("_", "-") for k in overrides)
-        raise usage_error(f"{flags}: not supported by this build of imgclean") from None
-    progress = make_progress(quiet or json_out)
-    tasks: dict[str, int] = {}
+    config = fit_config(arch, input_size, channels, interpolation, crop_pct, mean, std, pretrained, weights,
+                        percentile, covariance, device, cache_memory, settings)
+    request = FitRequest(train_dir, config, output=output, force=force, reject_dir=reject_dir)
+    request.check()
+    # (compared by name: typer releases that vendor click have an enum of their own)
+    epochs_given = getattr(ctx.get_parameter_source("epochs"), "name", "DEFAULT") != "DEFAULT"
+    view = FitView(quiet, json_out, verbose, epochs_given)
+    trained = train_and_save(request, resolved_settings(ctx), view)
+    if trained is not None:  # None: torchrun, rank > 0 (rank 0 saves)
+        show_fit(*trained, request, view)
 
-    def on_progress(stage: str, done: int, total: int, info: dict) -> None:
+
+@dataclass
+class FitView:
+    """How the terminal shows a fit: -q, --json, -v, and whether --epochs was given (not its default)."""
+
+    quiet: bool
+    json_out: bool
+    verbose: bool
+    epochs_given: bool = False
+
+
+class FitProgress:
+    """fit_model's progress callback drawn on the terminal: decode, training batches, epochs
+    (one line each when stderr is no terminal), calibration."""
+
+    def __init__(self, progress, view: FitView):
+        self.progress, self.view, self.tasks = progress, view, {}
+
+    def task(self, stage: str, label: str, total: int):
+        if stage not in self.tasks:
+            self.tasks[stage] = self.progress.add_task(label, total=total, info="")
+        return self.tasks[stage]
+
+    def __call__(self, stage: str, done: int, total: int, info: dict) -> None:
         if stage == "decode":
-            if "decode" not in tasks:
-                tasks["decode"] = progress.add_task("decoding", total=total, info="")
-            progress.update(tasks["decode"], completed=done)
+            self.progress.update(self.task("decode", "decoding", total), completed=done)
         elif stage == "batch":
             n_epochs = info["epochs"]
-            if "train" not in tasks:
-                tasks["train"] = progress.add_task("training", total=total * n_epochs, info="")
-            progress.update(
-                tasks["train"], completed=(info["epoch"] - 1) * total + done,
+            self.progress.update(
+                self.task("train", "training", total * n_epochs), completed=(info["epoch"] - 1) * total + done,
                 info=f"epoch {info['epoch']}/{n_epochs} batch {done}/{total} loss {info['loss']:.3f} acc {info['accuracy']:.3f}",
             )
-        elif stage == "epoch" and not (quiet or json_out) and not err.is_terminal:
+        elif stage == "epoch" and not (self.view.quiet or self.view.json_out) and not err.is_terminal:
             va = info.get("val_accuracy")
             err.print(f"epoch {done}/{total}: loss {info['loss']:.4f}, train acc {info['train_accuracy']:.4f}"
                       + (f", val acc {va:.4f}" if va is not None else ""), highlight=False)
         elif stage == "embed":
-            if "embed" not in tasks:
-                tasks["embed"] = progress.add_task("calibrating", total=total, info="")
-            progress.update(tasks["embed"], completed=done)
+            self.progress.update(self.task("embed", "calibrating", total), completed=done)
 
+
+def train_and_save(request, settings_used: dict, view: FitView):
+    """Train (joining the other torchrun ranks when started by torchrun) and save the model;
+    (bundle, report, saved path), or None on a torchrun rank other than 0."""
+    from ..pipeline.fit.fit_model import FitError, fit_model
+    from ..store.artifact import ModelError, save_model
+
+    progress = make_progress(view.quiet or view.json_out)
     dist = None
     try:
         if os.environ.get("WORLD_SIZE", "1") not in ("", "1"):  # started by torchrun: join the others
             from ..nn.distributed import Distributed
 
-            dist = Distributed.from_env(device.value)
+            dist = Distributed.from_env(request.config.device)
         with progress:
-            bundle, report = fit_model(train_dir, config, on_progress, reject_dir=reject_dir, dist=dist)
-        if bundle is None:  # torchrun, rank > 0: rank 0 saves
-            return
-        bundle.config["settings"] = resolved_settings(ctx)
-        path = save_model(bundle, output, force=force)
-    except TrainingFolderError as exc:
-        raise usage_error(str(exc)) from None
+            bundle, report = fit_model(request.train_dir, request.config, FitProgress(progress, view),
+                                       reject_dir=request.reject_dir, dist=dist)
+        if bundle is None:
+            return None
+        bundle.config["settings"] = settings_used
+        return bundle, report, save_model(bundle, request.output, force=request.force)
     except (FitError, ModelError, ValueError) as exc:
+        if isinstance(exc, refusal_classes()):
+            raise  # (TrainingFolderError) a usage error, said by the Command
         raise fail(str(exc)) from None
     except OSError as exc:
         raise os_error(exc) from None
@@ -184,27 +209,43 @@ def fit(
             dist.barrier()
             dist.close()
 
-    if verbose:
+
+def show_fit(bundle, report, path: Path, request, view: FitView) -> None:
+    """The notes and warnings of a fit on stderr, then its summary: JSON, or a table and lines."""
+    if view.verbose:
         for p, status, message in report.skipped:
             err.print(f"skipped {p}: {status} ({message})", highlight=False, markup=False)
-    asked, trained = report.epochs_requested, report.epochs_trained
-    if not quiet:
-        for line in report.notes:
-            note(line)
-        # --min-steps raised the epochs: a note when the user asked for a number, else only the
-        # summary's epoch count (the default is a starting point, not a request).
-        # (compared by name: typer releases that vendor click have an enum of their own)
-        source = getattr(ctx.get_parameter_source("epochs"), "name", "DEFAULT")
-        if report.epochs_raised and source != "DEFAULT":
-            note(f"trained {trained} epochs instead of the {asked} asked for, so that at least --min-steps "
-                 f"{min_steps} batches ran ({report.steps_per_epoch} an epoch; --min-steps 0 trains exactly --epochs)")
-        for line in report.warnings:
-            err.print(f"WARNING: {line}", highlight=False, markup=False)
+    if not view.quiet:
+        show_notes(report, request, view)
+    summary = fit_summary(bundle, report, path)
+    if view.json_out:
+        print_json(summary)
+        return
+    print_fit_table(report, path)
+    if summary["head"]:
+        print_head_metrics(summary["head"])
+
+
+def show_notes(report, request, view: FitView) -> None:
+    for line in report.notes:
+        note(line)
+    # --min-steps raised the epochs: a note when the user asked for a number, else only the
+    # summary's epoch count (the default is a starting point, not a request).
+    if report.epochs_raised and view.epochs_given:
+        note(f"trained {report.epochs_trained} epochs instead of the {report.epochs_requested} asked for, so that at "
+             f"least --min-steps {request.config.train.min_steps} batches ran ({report.steps_per_epoch} an epoch; "
+             "--min-steps 0 trains exactly --epochs)")
+    for line in report.warnings:
+        err.print(f"WARNING: {line}", highlight=False, markup=False)
     val_acc = report.metrics.get("val_accuracy")
-    if val_acc is not None and val_acc < LOW_ACCURACY and not quiet:
+    if val_acc is not None and val_acc < LOW_ACCURACY:
         note(f"held-out accuracy is low ({val_acc:.2f}): mislabelled, foreign or duplicate images may be in "
-             f"{train_dir}; try `imgclean audit {train_dir}`")
-    summary = {
+             f"{request.train_dir}; try `imgclean audit {request.train_dir}`")
+
+
+def fit_summary(bundle, report, path: Path) -> dict:
+    """What `fit --json` prints."""
+    return {
         "model": os.fsdecode(path),
         "arch": report.arch,
         "input_size": report.input_size,
@@ -212,8 +253,8 @@ def fit(
         "classes": report.class_names,
         "images_per_class": report.images_per_class,
         "skipped": len(report.skipped),
-        "epochs_requested": asked,
-        "epochs_trained": trained,
+        "epochs_requested": report.epochs_requested,
+        "epochs_trained": report.epochs_trained,
         "backbone_trained": bool(bundle.config.get("backbone_trained", True)),
         "preprocessing": report.preprocessing,
         "weights_mapping": report.weights_mapping,
@@ -225,9 +266,9 @@ def fit(
         "head": (bundle.config.get("head") or {}).get("metrics"),
         "seconds": round(report.seconds, 2),
     }
-    if json_out:
-        print_json(summary)
-        return
+
+
+def print_fit_table(report, path: Path) -> None:
     from rich.table import Table
 
     table = Table(title=f"imgclean model {path}")
@@ -238,6 +279,7 @@ def fit(
         table.add_row(name, str(n), f"{t:.3f}")
     out.print(table)
     m = report.metrics
+    trained = report.epochs_trained
 
     def fmt(v):
         return "n/a" if v is None else f"{v:.4f}"
@@ -253,8 +295,6 @@ def fit(
     if report.weights_mapping:
         lines.insert(1, f"weights: {describe_mapping(report.weights_mapping)}")
     out.print("\n".join(lines), highlight=False, markup=False)
-    if summary["head"]:
-        print_head_metrics(summary["head"])
 
 
 def calibration_line(c: dict) -> str:
@@ -308,7 +348,7 @@ def fit_head_command(
 ) -> None:
     """Add (or replace) the supervised reject head of a model, without retraining the backbone."""
     from ..store.artifact import ModelError, load_model, save_model
-    from ..pipeline.headfit import HeadError, fit_head
+    from ..pipeline.fit.headfit import HeadError, fit_head
 
     setup_logging(quiet, False)
     if not reject_dir.is_dir():

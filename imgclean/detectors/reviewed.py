@@ -4,7 +4,7 @@ Inputs per image: its deep feature and the log of its Mahalanobis ratio d_k / t_
 (the label-free detector's view of it), standardised. An ensemble of small MLPs (ReLU) is trained
 with binary cross-entropy to tell the reviewer's rejects (label 0, like the head: "does not
 belong") from the training images and the files the reviewer restored or accepted (label 1).
-Rows carry weights (pipeline/learn.py balances the two kinds and the sources within each);
+Rows carry weights (pipeline/learn/rule.py balances the two kinds and the sources within each);
 batches are drawn with probability proportional to them, so a few hundred rejects are seen as
 often as thirty thousand training images.
 

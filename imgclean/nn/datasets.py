@@ -1,6 +1,6 @@
 """Training images as a stream: files decoded per batch by DataLoader workers, or one in-memory array.
 
-`fit` reads the training set once (pipeline/trainset.py: every file's status, the channel
+`fit` reads the training set once (pipeline/fit/trainset.py: every file's status, the channel
 statistics, and the decoded images kept when they fit the cache budget). What the training loop
 and the embedding pass then get is either
 

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .. import tuning
 from ..config import LENET
 
 CPU_BATCH = 256
@@ -124,8 +125,9 @@ def prepare_for_inference(model: nn.Module, device, arch: str, input_size: int) 
     On a CPU, decode threads and intra-op threads share the cores: torch gets about half of
     them unless IMGCLEAN_TORCH_THREADS or OMP_NUM_THREADS says otherwise.
     """
-    if os.environ.get("IMGCLEAN_TORCH_THREADS", "").isdigit():
-        torch.set_num_threads(max(1, int(os.environ["IMGCLEAN_TORCH_THREADS"])))
+    threads = tuning.current().torch_threads
+    if threads is not None:
+        torch.set_num_threads(threads)
     elif not is_cuda(device) and not os.environ.get("OMP_NUM_THREADS"):
         torch.set_num_threads(max(1, default_threads() // 2))
     if use_channels_last(arch, device, input_size):

@@ -106,6 +106,55 @@ def random_shift(x: torch.Tensor, generator: torch.Generator, max_fraction: floa
     return torch.stack([padded[i, :, dy : dy + h, dx : dx + w] for i, (dy, dx) in enumerate(offsets.tolist())])
 
 
+@dataclass(slots=True)
+class _Step:
+    """One optimisation step of train_classifier: cross-entropy + center_weight * center loss,
+    (scaled on float16 CUDA), the schedule, the centres' update; the batch's sums added up."""
+
+    optimizer: object
+    scaler: object
+    scheduler: object
+    center_weight: float
+    device: object
+    amp: object
+    channels_last: bool
+
+    def __call__(self, model, center_loss, x, y, sums: dict) -> None:
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with rt.autocast(self.device, self.amp):
+            logits, feats = model(x)
+            ce = F.cross_entropy(logits, y)
+        feats = feats.float()  # center loss and its centre update in float32 (a no-op on CPU)
+        cl = center_loss(feats, y)
+        loss = ce + self.center_weight * cl
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler is None:
+            loss.backward()
+            self.optimizer.step()
+        else:  # float16 on CUDA: scale the loss so small gradients do not underflow
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        self.scheduler.step()
+        center_loss.update_centers(feats, y)
+        n = len(y)
+        sums["loss"] += loss.item() * n
+        sums["ce"] += ce.item() * n
+        sums["center"] += cl.item() * n
+        sums["correct"] += int((logits.argmax(1) == y).sum())
+        sums["seen"] += n
+
+
+def _epoch_stats(epoch: int, epochs: int, sums: dict) -> "EpochStats":
+    seen = max(sums["seen"], 1)
+    return EpochStats(epoch, epochs, sums["loss"] / seen, sums["ce"] / seen, sums["center"] / seen, sums["correct"] / seen)
+
+
+def _accuracy_and_f1(pred: np.ndarray, truth: np.ndarray, num_classes: int) -> tuple[float, float]:
+    return float(np.mean(pred == truth)), macro_f1(truth, pred, num_classes)
+
+
 def train_classifier(
     model: Classifier,
     images: np.ndarray,
@@ -149,13 +198,10 @@ def train_classifier(
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=settings.lr, total_steps=epochs * steps_per_epoch
     )
+    step = _Step(optimizer, scaler, scheduler, settings.center_weight, device, amp, channels_last)
     generator = torch.Generator().manual_seed(settings.seed)
     y_all = torch.from_numpy(labels.astype(np.int64))
-    loader = batch_list = None
-    if transform is not None or isinstance(images, StreamedImages):
-        batch_list = BatchList()
-        workers = images.workers if isinstance(images, StreamedImages) else loader_workers()
-        loader = make_loader(ImagesDataset(images, transform), batch_list, device, workers, settings.seed)
+    loader, batch_list = _loader(images, transform, device, settings.seed)
     shift_generator = generator
     if dist is not None:
         model, center_loss = dist.wrap(model, center_loss, device)
@@ -166,73 +212,62 @@ def train_classifier(
         model.train()
         order = train_idx[torch.randperm(len(train_idx), generator=generator).numpy()]
         sums = {"loss": 0.0, "ce": 0.0, "center": 0.0, "correct": 0, "seen": 0}
-        epoch_batches = batches_of(order, settings.batch_size)
-        if dist is not None:
-            epoch_batches = [dist.shard(idx) for idx in epoch_batches if len(idx) >= dist.world_size]
-        if batch_list is not None:
-            batch_list.batches = epoch_batches
-            batches = loader
-        else:
-            batches = ((idx, images[idx]) for idx in epoch_batches)
+        batches = _batches(batches_of(order, settings.batch_size), dist, batch_list, loader, images)
         for b, item in enumerate(batches, start=1):
             if item is None:  # every image of this batch failed to decode (changed on disk since)
                 continue
             idx, raw = item
-            if transform is None:
-                x = rt.to_tensor(raw, mean, std)
-                if settings.augment:
-                    x = random_shift(x, shift_generator)
-            else:
-                x = raw
-            x, y = x.to(device), y_all[idx].to(device)
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with rt.autocast(device, amp):
-                logits, feats = model(x)
-                ce = F.cross_entropy(logits, y)
-            feats = feats.float()  # center loss and its centre update in float32 (a no-op on CPU)
-            cl = center_loss(feats, y)
-            loss = ce + settings.center_weight * cl
-            optimizer.zero_grad(set_to_none=True)
-            if scaler is None:
-                loss.backward()
-                optimizer.step()
-            else:  # float16 on CUDA: scale the loss so small gradients do not underflow
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-            scheduler.step()
-            center_loss.update_centers(feats, y)
-
-            n = len(idx)
-            sums["loss"] += loss.item() * n
-            sums["ce"] += ce.item() * n
-            sums["center"] += cl.item() * n
-            sums["correct"] += int((logits.argmax(1) == y).sum())
-            sums["seen"] += n
+            x = raw if transform is not None else _shifted(rt.to_tensor(raw, mean, std), settings.augment, shift_generator)
+            y = y_all[idx].to(device)
+            step(model, center_loss, x.to(device), y, sums)
             if on_batch is not None:
                 on_batch(epoch, epochs, b, steps_per_epoch, sums["loss"] / sums["seen"], sums["correct"] / sums["seen"])
 
-        seen = max(sums["seen"], 1)
-        stats = EpochStats(epoch, epochs, sums["loss"] / seen, sums["ce"] / seen, sums["center"] / seen, sums["correct"] / seen)
+        stats = _epoch_stats(epoch, epochs, sums)
         if len(val_idx):
             logits, _, kept = rt.predict_images(plain(model), images, val_idx, mean, std, device)
-            pred = logits.argmax(1)
-            stats.val_accuracy = float(np.mean(pred == labels[kept]))
-            stats.val_macro_f1 = macro_f1(labels[kept], pred, num_classes)
+            stats.val_accuracy, stats.val_macro_f1 = _accuracy_and_f1(logits.argmax(1), labels[kept], num_classes)
         result.history.append(stats)
         if on_epoch is not None:
             on_epoch(stats)
 
     del loader  # stops its workers
     result.centers = center_loss.centers.detach().cpu().numpy().copy()
-    last = result.history[-1] if result.history else None
-    result.val_metrics = {
-        "val_images": int(len(val_idx)),
+    result.val_metrics = _val_metrics(result.history, len(val_idx), epochs)
+    return result
+
+
+def _loader(images, transform, device, seed: int):
+    """(loader, its BatchList) when images are decoded or transformed by loader workers, else (None, None)."""
+    if transform is None and not isinstance(images, StreamedImages):
+        return None, None
+    batch_list = BatchList()
+    workers = images.workers if isinstance(images, StreamedImages) else loader_workers()
+    return make_loader(ImagesDataset(images, transform), batch_list, device, workers, seed), batch_list
+
+
+def _batches(epoch_batches: list, dist, batch_list, loader, images):
+    """An epoch's (indices, images) batches: this rank's share of each under torchrun; through
+    the loader when it decodes or transforms them, else sliced from the array."""
+    if dist is not None:
+        epoch_batches = [dist.shard(idx) for idx in epoch_batches if len(idx) >= dist.world_size]
+    if batch_list is not None:
+        batch_list.batches = epoch_batches
+        return loader
+    return ((idx, images[idx]) for idx in epoch_batches)
+
+
+def _shifted(x, augment: bool, generator):
+    return random_shift(x, generator) if augment else x
+
+
+def _val_metrics(history: list, val_images: int, epochs: int) -> dict:
+    last = history[-1] if history else None
+    return {
+        "val_images": int(val_images),
         "val_accuracy": last.val_accuracy if last else None,
         "val_macro_f1": last.val_macro_f1 if last else None,
         "train_accuracy": last.train_accuracy if last else None,
         "final_loss": last.loss if last else None,
         "epochs": epochs,
     }
-    return result

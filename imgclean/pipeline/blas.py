@@ -63,7 +63,7 @@ def _controls() -> list[tuple]:
     return out
 
 
-def _limit() -> list[tuple]:
+def limit_threads() -> list[tuple]:
     """Every loaded OpenBLAS set to one thread; returns (set, count before) pairs to undo it."""
     try:
         controls = _controls()
@@ -86,7 +86,7 @@ def engage() -> None:
     if _waiting:
         with _lock:
             for undo in _waiting:
-                undo.extend(_limit())
+                undo.extend(limit_threads())
             _waiting.clear()
 
 
@@ -94,7 +94,7 @@ def engage() -> None:
 def single_blas_thread() -> Iterator[None]:
     undo: list[tuple] = []
     if "numpy" in sys.modules:  # its OpenBLAS is loaded, so it is found now
-        undo.extend(_limit())
+        undo.extend(limit_threads())
     else:
         with _lock:
             _waiting.append(undo)

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence
 from zlib import crc32
 
-from .. import data
+from .. import data, tuning
 from ..config import decode_options
 
 if TYPE_CHECKING:  # annotations only: numpy and Pillow come from data.modules() at the first decode
@@ -200,7 +200,7 @@ def _simple_png(path, settings: DecodeSettings) -> np.ndarray | None:
     except (ValueError, OSError):  # truncated or broken data: data.decode_image says so
         return None
     if mode != target:
-        img = img.convert(target)  # what data._to_mode does for these modes
+        img = img.convert(target)  # what data.to_mode does for these modes
     arr = np.asarray(data.resize_for_model(img, settings.size, settings.interpolation, settings.crop_pct), dtype=np.uint8)
     return arr[:, :, None] if arr.ndim == 2 else arr
 
@@ -275,7 +275,7 @@ class Decoder:
         self.workers = workers or default_workers()
         requested = mode or "auto"
         if requested == "auto":
-            requested = os.environ.get(MODE_ENV, "").strip().lower() or "auto"
+            requested = tuning.current().decode
         if requested not in MODES:
             raise ValueError(f"decode mode must be one of {', '.join(MODES)}, got {requested!r} (mode or ${MODE_ENV})")
         self.requested = requested

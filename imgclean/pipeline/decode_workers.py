@@ -1,5 +1,8 @@
 """Decoding in worker processes: the process half of pipeline.decode's Decoder.
 
+Longer than 400 lines: the pool, its shared-memory blocks and its recovery from dead workers
+share one lifetime (every block a chunk may leave is unlinked by the pool that named it).
+
 Why: Pillow holds the GIL for most of a small file's open/parse/decode path, so threads do not
 add up for folders of small images; processes do. How:
 
@@ -16,10 +19,11 @@ add up for folders of small images; processes do. How:
 - A worker killed (say `kill -9`) breaks the executor: every chunk in flight fails with
   BrokenProcessPool. The pool is rebuilt (a fresh budget: the dead worker's reservation dies with
   the old one) and each lost chunk is decoded again; a chunk that breaks the pool twice is decoded
-  one file at a time, and a file whose own decode kills its worker ends `unreadable` with a
-  message saying so. No file is lost and nothing waits forever.
+  one file at a time, each in a process of its own (another chunk's death cannot break it), and
+  a file whose own decode kills its worker ends `unreadable` with a message saying so. No file is
+  lost and nothing waits forever.
 - `finish` (optional): a function the worker applies to a chunk's decoded list, returning one
-  result per item (a scan scores the chunk there: pipeline/worker_scoring.py); the results come
+  result per item (a scan scores the chunk there: pipeline/engines/worker_scoring.py); the results come
   back pickled instead of the arrays, and a file that kills its worker gets `failed(UNREADABLE,
   DIED)` as its result.
 - Workers ignore SIGINT and SIGHUP (the parent decides when to stop and shuts them down), exit
@@ -265,22 +269,29 @@ class ProcessDecodePool:
         return sorted(p.pid for p in (getattr(ex, "_processes", None) or {}).values()) if ex else []
 
     def submit(self, items: Sequence) -> "ProcessChunk":
+        while True:
+            generation = self.generation
+            try:
+                return self._submit_to(self._executor, items, generation)
+            except BrokenProcessPool:
+                self._restart(generation)
+
+    def _submit_to(self, executor, items: Sequence, generation: int) -> "ProcessChunk":
         entry, fspath = data.FileEntry, os.fspath
         paths = [i[0] if i.__class__ is entry else fspath(i) for i in items]  # what _path_of gives
         self._serial += 1
         name = f"{self._token}{self._serial}"
         if self.finish is None:  # (with finish no block is made: the results come pickled)
             self._names.add(name)
-        while True:
-            generation = self.generation
-            try:
-                if self.finish is not None:
-                    future = self._executor.submit(_run_finished_chunk, self.fn, paths, self.settings, self.finish)
-                else:
-                    future = self._executor.submit(_run_chunk, self.fn, paths, self.settings, self.shape, name)
-                return ProcessChunk(self, items, future, name, generation)
-            except BrokenProcessPool:
-                self._restart(generation)
+        try:
+            if self.finish is not None:
+                future = executor.submit(_run_finished_chunk, self.fn, paths, self.settings, self.finish)
+            else:
+                future = executor.submit(_run_chunk, self.fn, paths, self.settings, self.shape, name)
+        except BaseException:
+            self.forget(name)
+            raise
+        return ProcessChunk(self, items, future, name, generation)
 
     def collect(self, chunk: "ProcessChunk") -> list:
         """The chunk's Decoded list (or its `finish` results); a chunk lost with a dead worker is
@@ -338,12 +349,20 @@ class ProcessDecodePool:
         except BrokenProcessPool:
             self.forget(chunk.name)
             self._restart(chunk.generation)
-        if len(items) == 1:
-            return [self._failed(data.UNREADABLE, DIED)]
-        out: list = []
-        for item in items:  # broke twice: one file at a time finds the file that kills its worker
-            out.extend(self._again([item]))
-        return out
+        # Broke twice: each file alone, in a process of its own, finds the file that kills its
+        # worker. Not in the shared pool, where a death of another chunk's file would break it too.
+        return [result for item in items for result in self._alone(item)]
+
+    def _alone(self, item) -> list:
+        """One file decoded in a one-process pool of its own: DIED only if it killed that process."""
+        with ProcessPoolExecutor(1, mp_context=self._ctx, initializer=_init_worker,
+                                 initargs=(self.budget, os.getpid())) as executor:
+            chunk = self._submit_to(executor, [item], self.generation)
+            try:
+                return self._results(chunk, chunk.future.result())
+            except BrokenProcessPool:
+                self.forget(chunk.name)
+                return [self._failed(data.UNREADABLE, DIED)]
 
     def forget(self, name: str) -> None:
         if name in self._names:

@@ -146,7 +146,7 @@ def evaluate(
     progress: Callable[[int, int], None] | None = None,
 ) -> Evaluation:
     """Classification and out-of-distribution metrics of `bundle` on the two folders."""
-    from .scoring import check_method
+    from .engines.scoring import check_method
 
     methods = methods or available_methods(bundle)
     for m in methods:

@@ -317,7 +317,7 @@ def load_ops(quarantine_root: Path | None, records: list[tuple[int, Any]] | None
     return journal.ops, journal.invalid
 
 
-def _unfinished(records: list[dict], quarantine_root: Path | None = None) -> list[dict]:
+def unfinished(records: list[dict], quarantine_root: Path | None = None) -> list[dict]:
     """Merged view of every valid op whose last state is unfinished (crashed or in flight)."""
     return fold(quarantine_root, list(enumerate(records, 1))).unfinished()
 

@@ -59,12 +59,12 @@ _RETRIES_S = (0.001, 0.004, 0.016)  # another run's probe holds a shared lock fo
 
 # Tests set this to a callable taking the step name ("folder_locked": our lock held, the folders
 # above not yet tested) to interleave two lock attempts deterministically.
-_fault_hook: Callable[[str], None] | None = None
+fault_hook: Callable[[str], None] | None = None
 
 
 def _step(name: str) -> None:
-    if _fault_hook is not None:
-        _fault_hook(name)
+    if fault_hook is not None:
+        fault_hook(name)
 
 
 def _open_folder(folder: Path) -> int:

@@ -24,8 +24,6 @@ import contextlib
 import json
 import os
 import stat
-import sys
-import types
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -44,7 +42,7 @@ from .journal import (
     Fold,
     Invalid,
     JournalWriter,
-    _unfinished,  # noqa: F401
+    unfinished,  # noqa: F401
     fold,
     is_quarantine,
     read_manifest,
@@ -60,7 +58,7 @@ __all__ = [
     "MANIFEST_NAME", "TMP_PREFIX", "Invalid", "MoveRequest", "MoveResult", "Quarantine", "QuarantineError",
     "RestoreResult", "is_quarantine", "read_manifest", "restore",
 ]  # fmt: skip
-# _unfinished is re-exported for tests and benchmarks/fault_campaign.py
+# unfinished is re-exported for tests and benchmarks/fault_campaign.py
 
 
 class QuarantineError(ImgcleanError):
@@ -116,7 +114,7 @@ class Quarantine:
         self.manifest_path = self.root / MANIFEST_NAME
         self._writer = JournalWriter(self.manifest_path)
         self._lock: ScanLock | None = None
-        self._inflight: set[str] = set()
+        self.inflight: set[str] = set()
         self.recovered: list[dict] = []  # what open() had to finish or undo, for the run report
         self.journal: Fold | None = None  # the journal folded once at open(), kept current as it grows
         self.locked_roots: list[Path] = []  # scanned folders a restore locked (restore.restore_one)
@@ -185,7 +183,7 @@ class Quarantine:
             return
         try:
             try:
-                if self._inflight:
+                if self.inflight:
                     self.recover(refold=False)
                 os.fsync(self._fd)
             except OSError as e:
@@ -202,7 +200,7 @@ class Quarantine:
         if problem:
             raise QuarantineError(f"quarantine folder {self.root} is not writable: {problem}")
 
-    def _journal(self, record: dict) -> None:
+    def write_journal(self, record: dict) -> None:
         if self._fd is None:
             raise QuarantineError("quarantine is not open; call open() or use it as a context manager")
         line = json.dumps(record, ensure_ascii=True, default=_json_default) + "\n"
@@ -211,10 +209,10 @@ class Quarantine:
             self.journal.append(json.loads(line))  # as a reader will see it (Paths as strings)
 
     def _finish(self, op: str, jid: str, state: str, **extra: Any) -> None:
-        self._journal({"op": op, "id": jid, "state": state, **extra, "time": _now()})
-        self._inflight.discard(jid)
+        self.write_journal({"op": op, "id": jid, "state": state, **extra, "time": _now()})
+        self.inflight.discard(jid)
 
-    def _finish_quiet(self, op: str, jid: str, state: str, **extra: Any) -> None:
+    def finish_quiet(self, op: str, jid: str, state: str, **extra: Any) -> None:
         # The disk is already in its final state; if the record cannot be written, the op stays
         # unfinished and recover() (at close or next open) journals it from what it finds.
         try:
@@ -250,6 +248,59 @@ class Quarantine:
         except ValueError as e:
             return MoveResult(req, "error", None, str(e))
 
+        st = self._check_source(req, src, scan_root, base)
+        if isinstance(st, MoveResult):
+            return st
+        try:
+            mark_scanned_root(scan_root)  # recovery and restore act only on folders that have it
+            sha = hash_unchanged(src, st)
+            step("mkdir")
+            make_below(self.root, base.parent)  # iterative, no link followed inside the quarantine
+            check_below(self.root, base.parent)
+            if not resolved_inside(base, self.root):
+                return MoveResult(req, "error", None, f"{base.parent} resolves outside the quarantine")
+        except _Abort as a:
+            return MoveResult(req, a.state, None, a.message)
+        except FileNotFoundError:
+            return MoveResult(req, "missing", None, f"{src} no longer exists")
+        except OSError as e:
+            return MoveResult(req, "error", None, f"cannot prepare move of {src}: {e.strerror or e}")
+
+        jid = uuid.uuid4().hex
+        names = numbered(base)
+        try:
+            final = next(n for n in names if not os.path.lexists(n))  # advisory; link() decides
+            self.write_journal({
+                "op": "move", "id": jid, "state": "started",
+                "source": os.fsdecode(src), "destination": os.fsdecode(final),
+                "size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": sha,
+                "dev": st.st_dev, "ino": st.st_ino,
+                "reason": req.reason, "details": req.details,
+                "scan_root": os.fsdecode(scan_root), "time": _now(),
+            })  # fmt: skip
+        except (OSError, TypeError, ValueError) as e:  # TypeError/ValueError: details not JSON-able
+            return MoveResult(req, "error", None, f"cannot journal the move of {src}: {e}")
+        self.inflight.add(jid)
+
+        def retarget(taken: Path) -> Path:
+            nxt = next(n for n in names if not os.path.lexists(n))
+            log.info("%s is taken; using %s", taken, nxt)
+            self.write_journal({"op": "move", "id": jid, "state": "retarget", "destination": os.fsdecode(nxt)})
+            return nxt
+
+        try:
+            final = transfer(jid, src, final, st, sha, retarget)
+        except _Abort as a:
+            if a.clean:
+                self.finish_quiet("move", jid, a.state, message=a.message)
+            return MoveResult(req, _STATUS.get(a.state, a.state), None, a.message)
+        self.finish_quiet("move", jid, "done", destination=os.fsdecode(final))
+        log.info("quarantined %s -> %s (%s)", src, final, req.reason)
+        return MoveResult(req, "moved", final)
+
+    def _check_source(self, req: MoveRequest, src: Path, scan_root: Path, base: Path) -> "os.stat_result | MoveResult":
+        """The checks before anything is journaled (each refusal leaves the file alone): the
+        source's stat, or the MoveResult that refuses it. Raises LockHeld like `move`."""
         if src.parent == scan_root and src.name == ROOT_MARKER:  # never yielded by a walk: it is hidden
             return MoveResult(req, "error", None, f"{src} is imgclean's lock file; it is never moved")
         # Checks before anything is journaled: these leave the file alone. First, another run on a
@@ -279,52 +330,7 @@ class Quarantine:
         if too_long(base, slack=16):
             return MoveResult(req, "error", None, f"{src} would go to a path longer than the system allows "
                               f"(PATH_MAX) in {self.root}; left in place")
-        try:
-            mark_scanned_root(scan_root)  # recovery and restore act only on folders that have it
-            sha = hash_unchanged(src, st)
-            step("mkdir")
-            make_below(self.root, base.parent)  # iterative, no link followed inside the quarantine
-            check_below(self.root, base.parent)
-            if not resolved_inside(base, self.root):
-                return MoveResult(req, "error", None, f"{base.parent} resolves outside the quarantine")
-        except _Abort as a:
-            return MoveResult(req, a.state, None, a.message)
-        except FileNotFoundError:
-            return MoveResult(req, "missing", None, f"{src} no longer exists")
-        except OSError as e:
-            return MoveResult(req, "error", None, f"cannot prepare move of {src}: {e.strerror or e}")
-
-        jid = uuid.uuid4().hex
-        names = numbered(base)
-        try:
-            final = next(n for n in names if not os.path.lexists(n))  # advisory; link() decides
-            self._journal({
-                "op": "move", "id": jid, "state": "started",
-                "source": os.fsdecode(src), "destination": os.fsdecode(final),
-                "size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": sha,
-                "dev": st.st_dev, "ino": st.st_ino,
-                "reason": req.reason, "details": req.details,
-                "scan_root": os.fsdecode(scan_root), "time": _now(),
-            })  # fmt: skip
-        except (OSError, TypeError, ValueError) as e:  # TypeError/ValueError: details not JSON-able
-            return MoveResult(req, "error", None, f"cannot journal the move of {src}: {e}")
-        self._inflight.add(jid)
-
-        def retarget(taken: Path) -> Path:
-            nxt = next(n for n in names if not os.path.lexists(n))
-            log.info("%s is taken; using %s", taken, nxt)
-            self._journal({"op": "move", "id": jid, "state": "retarget", "destination": os.fsdecode(nxt)})
-            return nxt
-
-        try:
-            final = transfer(jid, src, final, st, sha, retarget)
-        except _Abort as a:
-            if a.clean:
-                self._finish_quiet("move", jid, a.state, message=a.message)
-            return MoveResult(req, _STATUS.get(a.state, a.state), None, a.message)
-        self._finish_quiet("move", jid, "done", destination=os.fsdecode(final))
-        log.info("quarantined %s -> %s (%s)", src, final, req.reason)
-        return MoveResult(req, "moved", final)
+        return st
 
     # --- recovery and restore
 
@@ -339,10 +345,10 @@ class Quarantine:
         if refold or self.journal is None:
             self.journal = fold(self.root)
         actions = _recover_ops(self.journal.ops, self.root, lambda kind, jid, state: self._finish(kind, jid, state, recovered=True))
-        self._inflight.clear()
+        self.inflight.clear()
         return actions
 
-    def _restore_all(self, dry_run: bool, only: Iterable[str | os.PathLike] | None = None) -> list[RestoreResult]:
+    def restore_all(self, dry_run: bool, only: Iterable[str | os.PathLike] | None = None) -> list[RestoreResult]:
         return restore_all(self, dry_run, only)
 
 
@@ -367,26 +373,11 @@ def restore(
         raise QuarantineError(f"{root} has no {MANIFEST_NAME}; nothing to restore")
     only = None if only is None else list(only)
     if dry_run:
-        return Quarantine(root)._restore_all(dry_run=True, only=only)
+        return Quarantine(root).restore_all(dry_run=True, only=only)
     with contextlib.ExitStack() as stack:
         q = stack.enter_context(Quarantine(root))
         q.locked_roots = restore_targets(q.journal)
         for scan_root in q.locked_roots:  # no scan may move files there meanwhile
             stack.enter_context(ScanLock(scan_root))
-        return q._restore_all(dry_run=False, only=only)
+        return q.restore_all(dry_run=False, only=only)
 
-
-class _MovesModule(types.ModuleType):
-    """``imgclean.quarantine.moves._fault_hook`` is where tests install the fault hook (see fileops); a
-    property on the module forwards it, so setting it here reaches every step."""
-
-    @property
-    def _fault_hook(self) -> Any:
-        return fileops.fault_hook
-
-    @_fault_hook.setter
-    def _fault_hook(self, hook: Any) -> None:
-        fileops.fault_hook = hook
-
-
-sys.modules[__name__].__class__ = _MovesModule

@@ -147,7 +147,7 @@ def restore_one(q: Any, move: dict, dry_run: bool) -> RestoreResult:
         return result("error", f"cannot prepare restore of {held}: {e.strerror or e}")
     jid = uuid.uuid4().hex
     try:
-        q._journal({
+        q.write_journal({
             "op": "restore", "id": jid, "move_id": move["id"], "state": "started",
             "source": os.fsdecode(held), "destination": os.fsdecode(original), "scan_root": scan_root,
             "size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": sha, "dev": st.st_dev, "ino": st.st_ino,
@@ -155,16 +155,16 @@ def restore_one(q: Any, move: dict, dry_run: bool) -> RestoreResult:
         })  # fmt: skip
     except OSError as e:
         return result("error", f"cannot journal the restore of {held}: {e}")
-    q._inflight.add(jid)
+    q.inflight.add(jid)
     try:
         transfer(jid, held, original, st, sha, retarget=None)
     except Abort as a:
         if a.clean:
-            q._finish_quiet("restore", jid, a.state, message=a.message)
+            q.finish_quiet("restore", jid, a.state, message=a.message)
         if a.state == "missing":
             return result("discarded", a.message)
         return result("exists" if a.state == "rolled_back" and os.path.lexists(original) else "error", a.message)
-    q._finish_quiet("restore", jid, "done")
+    q.finish_quiet("restore", jid, "done")
     prune_empty(q.root, held.parent)
     log.info("restored %s", original)
     # A restore is a person's decision that the file belongs: later scans leave it in place.

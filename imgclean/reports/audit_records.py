@@ -1,4 +1,5 @@
-"""Audit records and their report file (CSV or JSON lines, chosen by the extension as for scans).
+"""Audit records and their report file (any format of reports/formats.py, chosen by the extension
+as for scans).
 
 One record per file of the audited training folder, with exactly one `issue`:
 
@@ -7,7 +8,7 @@ One record per file of the audited training folder, with exactly one `issue`:
 - unreadable: the file cannot be used (`status` says why: unreadable, too_large, unsupported,
   or skipped for links and other files a walk does not open);
 - duplicate: a copy of another file (`duplicate_of`); in each group of copies the original is
-  the oldest file (the earliest mtime, ties broken by path: pipeline.duplicates.sort_key) and is
+  the oldest file (the earliest mtime, ties broken by path: pipeline.audit.duplicates.sort_key) and is
   never a duplicate;
 - outlier: out-of-distribution for every class (out-of-sample detector score > 1);
 - label_issue: the out-of-sample classifier confidently prefers another class (`suggested`).
@@ -19,15 +20,14 @@ scan rows are: reports/cells.py), through reports.records.ReportFile.
 """
 from __future__ import annotations
 
-import csv
-import json
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ..structured import CsvRows, StructuredInputError, json_lines
+from ..structured import StructuredInputError
 from .cells import RowError, check_relative, count_cell, number_cell, preview, root_cell, text_cell
-from .records import REPORT_LIMITS, ReportRow, report_format
+from .formats import WRITE_OPTIONS, format_for
+from .records import REPORT_LIMITS, ReportRow
 
 OK, LABEL_ISSUE, OUTLIER, DUPLICATE, UNREADABLE = "ok", "label_issue", "outlier", "duplicate", "unreadable"
 ISSUES = (LABEL_ISSUE, OUTLIER, DUPLICATE, UNREADABLE)
@@ -71,31 +71,27 @@ FIELDS = ("path", "issue", "label", "suggested", "score", "duplicate_of", "messa
 
 
 class AuditWriter:
-    """Writes audit records to a .csv or .jsonl file; a context manager (`root` in every row)."""
+    """Writes audit records to a report file in the format its extension names; a context
+    manager (`root` in every row)."""
 
     def __init__(self, path: Path, root: str | os.PathLike, overwrite: bool = False):
         self.path = Path(path)
         self.overwrite = overwrite  # an existing file is refused unless set (report_files.open_report)
         self.root = os.fsdecode(root)
-        self.format = report_format(self.path, write=True)
+        self.report_format = format_for(self.path, write=True)
+        self.format = self.report_format.name
         self._fh = None
-        self._csv = None
+        self._rows = None
 
     def __enter__(self) -> "AuditWriter":
         from .report_files import open_report
 
-        self._fh = open_report(self.path, self.overwrite, encoding="utf-8", newline="", errors="surrogateescape")
-        if self.format == "csv":
-            self._csv = csv.DictWriter(self._fh, fieldnames=FIELDS, extrasaction="ignore")
-            self._csv.writeheader()
+        self._fh = open_report(self.path, self.overwrite, **WRITE_OPTIONS)
+        self._rows = self.report_format.writer(self._fh, FIELDS)
         return self
 
     def write(self, record: AuditRecord) -> None:
-        row = {**record.to_dict(), "root": self.root}
-        if self.format == "csv":
-            self._csv.writerow(row)
-        else:
-            self._fh.write(json.dumps(row, ensure_ascii=True) + "\n")
+        self._rows.row({**record.to_dict(), "root": self.root})
 
     def __exit__(self, *exc) -> None:
         fh, self._fh = self._fh, None
@@ -109,27 +105,27 @@ class AuditWriter:
 
 
 def read_audit(path: Path) -> list[dict]:
-    """The rows of an audit report as dicts (numbers parsed back from CSV); for tests and tools.
+    """The rows of an audit report as dicts (numbers parsed back from the cells of a format with a
+    header); for tests and tools.
 
-    Read through the bounded readers (imgclean.structured); a row that cannot be read or whose
-    numbers are not numbers raises StructuredInputError (a ValueError) naming its line."""
+    Read through the table's bounded readers; a row that cannot be read or whose numbers are not
+    numbers raises StructuredInputError (a ValueError) naming its line."""
     path = Path(path)
-    if report_format(path) == "jsonl":
-        with open(path, "rb") as fh:
-            rows = []
-            for n, row in json_lines(fh, path, REPORT_LIMITS):
-                if isinstance(row, StructuredInputError):
-                    raise row
-                if not isinstance(row, dict):
-                    raise StructuredInputError(path, "not a JSON object", n)
-                rows.append(row)
-            return rows
-    with open(path, encoding="utf-8", newline="", errors="surrogateescape") as fh:
-        return [_parsed(path, n, row) for n, row in CsvRows(fh, path, REPORT_LIMITS)]
+    fmt = format_for(path)
+    with fmt.open_rows(os.open(path, os.O_RDONLY | os.O_CLOEXEC)) as fh:
+        reader = fmt.reader(fh, path, REPORT_LIMITS)
+        rows = []
+        for n, row in reader:
+            if isinstance(row, StructuredInputError):
+                raise row
+            if not isinstance(row, dict):
+                raise StructuredInputError(path, "not a JSON object", n)
+            rows.append(row if reader.fieldnames is None else _parsed(path, n, row))
+        return rows
 
 
 def _parsed(path: Path, line: int, row: dict) -> dict:
-    """A CSV row with its numbers and empty cells as the JSON-lines form has them."""
+    """A row of text cells with its numbers and empty cells as the JSON-lines form has them."""
     try:
         for key in ("score", "label_confidence", "outlier_score"):
             row[key] = float(row[key]) if row.get(key) else None

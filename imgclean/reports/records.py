@@ -1,150 +1,50 @@
-"""Scan records and their files: the record type, CSV or JSON lines chosen by the file's
-extension, a writer and a validating reader. Makes no decisions.
+"""Scan reports: the writer and the validating reader of scan records (the record type and its
+columns: scan_record.py), in any format of the one table (reports/formats.py), which the file's
+extension chooses. Makes no decisions.
 
-A record carries what applying it later needs (`imgclean apply`, pipeline/apply.py): the path
-relative to the scanned folder, the folder itself (`root`, one per row so a report stays a
-stream), and the identity the file had when it was scored (size, mtime_ns, dev, ino), so the
-move re-checks it exactly as a scan does.
-
-Names that are not UTF-8 round-trip: CSV is written and read with surrogateescape (the bytes go
-into the file as they are), JSON lines write them as \\udcXX escapes (ensure_ascii).
-
-A `.json` file is read as JSON lines (older scans wrote JSON lines there) but never
-written: a report streams one record per line, which a `.json` file's readers would take for
-one broken document. The writer asks for `.jsonl` instead.
-
-Longer than 400 lines: the writer and the validating reader of each format stay side by side,
-so that what one writes the other reads back.
+Every report is read through the table's bounded readers (imgclean.structured's limits), and
+every row is checked cell by cell (reports/cells.py): a bad row is a ReportRow with an error,
+never a traceback; audit reports are read by the same ReportFile with their own row check
+(audit_records.audit_row).
 """
 from __future__ import annotations
 
-import csv
 import hashlib
-import json
 import os
-import re
 import stat
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, NamedTuple
+from typing import Any, Callable, Iterator
 
-from .. import data
-from ..errors import ImgcleanError
-from ..structured import CsvRows, Limits, StructuredInputError, json_lines
+from ..structured import Limits, StructuredInputError
 from .cells import RowError, check_relative, count_cell, number_cell, preview, root_cell, text_cell
-
-OOD = "ood"
-CHANGED = "changed"
-# A file the scan would reject but a person accepted (quarantine.decision_check): left in place.
-# Never rejected, never skipped; and never a verdict of the scan itself, so never cached as one.
-ACCEPTED = "accepted"
-# Statuses of files that could not be scored; moved too unless keep_unreadable.
-UNDECODABLE = (data.UNREADABLE, data.TOO_LARGE, data.UNSUPPORTED)
-# What a scan itself says of a file (what the scan cache may keep), and every status a record may have.
-VERDICTS = (data.OK, OOD, *UNDECODABLE, data.SKIPPED, CHANGED)
-STATUSES = (*VERDICTS, ACCEPTED)
-# A record's `review`: empty, or why the scan put the file in its review sample (a short label).
-MAX_REVIEW = 200
-
-
-class Verdict(NamedTuple):
-    """What the scan itself said of a file whose status a person's decision replaced."""
-
-    status: str
-    message: str
-
-
-@dataclass
-class ScanRecord:
-    """One file's outcome. `score`: higher = more out-of-distribution, > 1 = rejected.
-
-    size, mtime_ns, dev and ino: the file as it was when scored (0/None when not known, e.g. a
-    skipped file); a move re-checks them and leaves a file that differs in place.
-
-    `review`: empty, or why the scan chose the file for its review sample (a report column).
-    `verdict`: what the scan said of a file before a person's decision replaced its status
-    (status `accepted`, see :func:`mark_accepted`); None otherwise. Kept for the scan cache,
-    which stores verdicts, never decisions; not a report column."""
-
-    path: str  # relative to the scanned folder
-    status: str
-    predicted: str | None = None
-    nearest: str | None = None
-    score: float | None = None
-    message: str = ""
-    action: str = ""  # "", "moved", "would move", "kept", "changed", "missing", "move failed"
-    destination: str | None = None
-    size: int | None = 0  # None: not recorded (a report written by an older imgclean)
-    mtime_ns: int | None = 0
-    dev: int | None = None
-    ino: int | None = None
-    review: str = ""
-    verdict: Verdict | None = None
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-def mark_accepted(record: ScanRecord, message: str) -> None:
-    """Give `record` (one the scan would reject) the status `accepted`, keeping its verdict and
-    saying who accepted it (`message`) before what the scan said of it."""
-    record.verdict = Verdict(record.status, record.message)
-    record.status = ACCEPTED
-    record.message = f"{message}; {record.message}" if record.message else message
-
-
-def is_rejected(record: ScanRecord, keep_unreadable: bool) -> bool:
-    if record.status == OOD:
-        return True
-    return record.status in UNDECODABLE and not keep_unreadable
-
-
-# The first eight columns are those of older reports, in their order; size..root were added for
-# `imgclean apply`, review for the review sample. New columns go at the end: readers find
-# columns by name, so an older imgclean reads a newer report (it ignores columns it does not know).
-FIELDS = ("path", "status", "predicted", "nearest", "score", "action", "destination", "message",
-          "size", "mtime_ns", "dev", "ino", "root", "review")
-_RECORD_FIELDS = FIELDS[: FIELDS.index("root")]  # the record's own columns before root; the writer adds root
-_json_encode = json.JSONEncoder(ensure_ascii=True).encode
-_BUFFER = 2**20
-_NEEDS_QUOTES = re.compile('["\r\n]').search  # (or a comma) what makes csv.writer quote a field (excel dialect)
-FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl"}
-
-
-class ReportError(ImgcleanError, ValueError):
-    """A report file cannot be read as one (missing, not CSV/JSON lines, no path/status columns)."""
+from .formats import BUFFER, WRITE_OPTIONS, RecordFormat, ReportError, format_for
+from .scan_record import (  # noqa: F401  (re-exported: the record type and statuses used to live here)
+    ACCEPTED, CHANGED, FIELDS, MAX_REVIEW, OOD, STATUSES, UNDECODABLE, VERDICTS, ScanRecord, Verdict, is_rejected,
+    mark_accepted, report_row,
+)
 
 
 def report_format(path: Path, write: bool = False) -> str:
-    """'csv' or 'jsonl' from the extension; ValueError naming the accepted ones otherwise.
-
-    write=True refuses `.json` (see the module docstring) with a message naming `.jsonl`.
-    """
-    path = Path(path)
-    suffix = path.suffix.lower()
-    if write and suffix == ".json":
-        raise ReportError(
-            f"report file {path}: a report is JSON lines (one record per line), not one JSON document; "
-            f"name it {path.with_suffix('.jsonl').name} (or .csv)"
-        )
-    fmt = FORMATS.get(suffix)
-    if fmt is None:
-        raise ReportError(f"report file {path} must end in .csv or .jsonl (JSON lines)")
-    return fmt
+    """The name of `path`'s format in the table ('csv', 'jsonl', ...); ReportError (a ValueError)
+    naming the accepted extensions otherwise. write=True refuses the extensions only read (.json)."""
+    return format_for(path, write).name
 
 
 class RecordWriter:
-    """Streams records to a report file as they come; a context manager. `root`: the scanned
-    folder the records' paths are relative to (written in every row). An existing file is
-    refused unless `overwrite` (report_files.open_report)."""
+    """Streams records to a report file as they come, in the format its extension names; a
+    context manager. `root`: the scanned folder the records' paths are relative to (written in
+    every row). An existing file is refused unless `overwrite` (report_files.open_report)."""
 
     def __init__(self, path: Path, root: str | os.PathLike | None = None, overwrite: bool = False):
         self.path = Path(path)
         self.overwrite = overwrite
         self.root = os.fsdecode(root) if root is not None else None
-        self.format = report_format(self.path, write=True)
+        self.report_format: RecordFormat = format_for(self.path, write=True)
+        self.format = self.report_format.name
         self._fh = None
-        self._csv = None
+        self._rows = None
+        self._fast = None
         self.created = False  # this writer created the file (not an existing one overwritten)
         self.written: tuple[int, int, int, int] | None = None  # (dev, ino, size, mtime_ns) once closed whole
 
@@ -152,59 +52,29 @@ class RecordWriter:
         # A large buffer: rows go to the disk in 1 MB writes, not one system call per 8 KB.
         from .report_files import open_new_report
 
-        self._fh, self.created = open_new_report(self.path, self.overwrite, encoding="utf-8", newline="",
-                                                 errors="surrogateescape", buffering=_BUFFER)
-        if self.format == "csv":
-            self._csv = csv.writer(self._fh)  # what csv.DictWriter writes, without a dict per row
-            self._csv.writerow(FIELDS)
-            root = "" if self.root is None else self.root
-            # What ends a row after its ino cell when the root needs no quoting (else csv.writer
-            # writes every row): the root's cell and the line's end for a block's rows
-            # (RecordBlock.csv_text), the root's cell, an empty review cell and the line's end for one row.
-            self._block_end = None if _NEEDS_QUOTES(root) or "," in root or not root else root + "\r\n"
-            self._csv_end = None if self._block_end is None else root + ",\r\n"
+        self._fh, self.created = open_new_report(self.path, self.overwrite, buffering=BUFFER, **WRITE_OPTIONS)
+        fmt = self.report_format
+        self._rows = fmt.writer(self._fh, FIELDS)
+        self._fast = fmt.fast(self.root) if fmt.fast is not None else None
         return self
 
     def write(self, record: ScanRecord) -> None:
-        d = record.__dict__
         try:
-            if self.format == "csv":
-                # What csv.writer writes, formatted here when no field needs quoting and the review
-                # cell is empty (the line then holds exactly 12 commas and no quote, CR or LF before
-                # the root); else csv.writer.
-                r, end = record, self._csv_end
-                line = (
-                    f"{r.path},{r.status},{'' if r.predicted is None else r.predicted},"
-                    f"{'' if r.nearest is None else r.nearest},{'' if r.score is None else r.score},{r.action},"
-                    f"{'' if r.destination is None else r.destination},{r.message},{'' if r.size is None else r.size},"
-                    f"{'' if r.mtime_ns is None else r.mtime_ns},{'' if r.dev is None else r.dev},"
-                    f"{'' if r.ino is None else r.ino},"
-                )
-                if (end is None or r.review or line.count(",") != 12 or _NEEDS_QUOTES(line)
-                        or r.__class__ is not ScanRecord):
-                    self._csv.writerow([d[k] for k in _RECORD_FIELDS] + [self.root, r.review])
-                else:
-                    self._fh.write(line + end)
+            line = self._fast.line(record) if self._fast is not None else None
+            if line is None:
+                self._rows.row(report_row(record, self.root))
             else:
-                row = {k: d[k] for k in _RECORD_FIELDS}
-                row["root"] = self.root
-                row["review"] = record.review
-                # ensure_ascii keeps one record per line whatever the file name holds
-                self._fh.write(_json_encode(row) + "\n")
+                self._fh.write(line)
         except OSError as e:  # e.g. a full disk: name the report, not just the errno
             raise OSError(e.errno, f"cannot write the report ({e.strerror})", os.fspath(self.path)) from None
 
     def write_block(self, block) -> None:
         """write() for each record of a block (record_blocks.RecordBlock), as one write when the
-        rows need no quoting."""
-        text = block.csv_text(self._block_end) if self.format == "csv" and self._block_end is not None else None
+        format's fast path can format the block whole."""
+        text = self._fast.block(block) if self._fast is not None else None
         if text is None:
             self.write_many(block.records())
             return
-        # Each row's empty review cell. csv_text promised one CR and one LF a row, both in its
-        # line end, so every "\r\n" in the text is a line end. (A block's records have no review:
-        # a record given a review was built, and a built block never comes as text.)
-        text = text.replace("\r\n", ",\r\n")
         try:
             self._fh.write(text)
         except OSError as e:
@@ -235,7 +105,7 @@ class RecordWriter:
 
 
 # ----------------------------------------------------------------------------- reading
-# Every report is read through the bounded readers of imgclean.structured: a line or field longer
+# Every report is read through the bounded readers of the format table: a line or field longer
 # than the limit, nesting deeper than it, a NUL, a JSON line that is not UTF-8 are rows with an
 # error (never a traceback); each cell is checked by reports/cells.py.
 REPORT_LIMITS = Limits()
@@ -306,7 +176,8 @@ class ReportFile:
 
     def __init__(self, path: Path):
         self.path = Path(path)
-        self.format = report_format(self.path)
+        self.report_format: RecordFormat = format_for(self.path)
+        self.format = self.report_format.name
         try:  # O_NONBLOCK: a FIFO given as the report must not hang the open
             self._fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         except OSError as exc:
@@ -334,7 +205,7 @@ class ReportFile:
 
     def digest(self) -> str:
         h, offset = hashlib.sha256(), 0
-        while chunk := os.pread(self._fd, _BUFFER, offset):
+        while chunk := os.pread(self._fd, BUFFER, offset):
             h.update(chunk)
             offset += len(chunk)
         return h.hexdigest()
@@ -347,19 +218,13 @@ class ReportFile:
         os.lseek(self._fd, 0, os.SEEK_SET)
         fd = os.dup(self._fd)  # the reading file object closes its own descriptor
         try:
-            if self.format == "csv":
-                fh = open(fd, encoding="utf-8", newline="", errors="surrogateescape", buffering=_BUFFER)
-            else:
-                fh = open(fd, "rb", buffering=_BUFFER)
+            fh = self.report_format.open_rows(fd)
         except BaseException:
             os.close(fd)
             raise
         with fh:
             try:
-                if self.format == "csv":
-                    yield from _csv_rows(self.path, fh, check or _checked, required)
-                else:
-                    yield from _jsonl_rows(self.path, fh, check or _checked)
+                yield from _format_rows(self.path, self.report_format, fh, check or _checked, required)
             except OSError as exc:
                 raise ReportError(f"cannot read {self.path}: {exc.strerror or exc}") from None
 
@@ -373,7 +238,7 @@ class ReportFile:
             return SCAN  # (unreadable: the scan reader says why)
         finally:
             rows.close()
-        if self.format == "csv" and isinstance(first, _Header):
+        if isinstance(first, _Header):
             return AUDIT if "issue" in first.names else SCAN
         return AUDIT if isinstance(first, dict) and "issue" in first else SCAN
 
@@ -386,40 +251,41 @@ def _identity(st: os.stat_result) -> tuple[int, ...]:
 
 
 class _Header:
-    """What a CSV report's rows start with when no columns are required: its column names."""
+    """What the rows of a report with a header start with when no columns are required: its
+    column names."""
 
     def __init__(self, names):
         self.names = frozenset(names)
 
 
-def _csv_rows(path: Path, fh, check: Callable[[int, Any], Any], required: tuple[str, ...]) -> Iterator:
+def _format_rows(path: Path, fmt: RecordFormat, fh, check: Callable[[int, Any], Any],
+                 required: tuple[str, ...]) -> Iterator:
+    """check(line, row) for each row the format's reader gives; `required`: the columns a report
+    with a header must have (none: its _Header comes first)."""
     try:
-        rows = CsvRows(fh, path, REPORT_LIMITS)
+        rows = fmt.reader(fh, path, REPORT_LIMITS)
+        names = rows.fieldnames
     except StructuredInputError as exc:
         raise ReportError(f"{exc}; is it an imgclean scan report?") from None
-    if not required:
-        yield _Header(rows.fieldnames)
-    missing = set(required) - set(rows.fieldnames)
-    if missing:
-        raise ReportError(f"{path} is not an imgclean {'audit' if 'issue' in required else 'scan'} report "
-                          f"(no {', '.join(sorted(missing))} column)")
+    if names is not None:
+        if not required:
+            yield _Header(names)
+        missing = set(required) - set(names)
+        if missing:
+            raise ReportError(f"{path} is not an imgclean {'audit' if 'issue' in required else 'scan'} report "
+                              f"(no {', '.join(sorted(missing))} column)")
     try:
-        for n, row in rows:
-            yield check(n, row)
-    except StructuredInputError as exc:  # csv cannot go on after a broken row: the rest is unread
+        for n, value in rows:
+            if isinstance(value, StructuredInputError):
+                yield ReportRow(n, None, error=value.problem)
+            else:
+                yield check(n, value)
+    except StructuredInputError as exc:  # the reader cannot go on after a broken row: the rest is unread
         yield ReportRow(exc.line or 0, None, error=f"{exc.problem}; the rest of the file was not read")
 
 
-def _jsonl_rows(path: Path, fh, check: Callable[[int, Any], Any]) -> Iterator:
-    for n, value in json_lines(fh, path, REPORT_LIMITS):
-        if isinstance(value, StructuredInputError):
-            yield ReportRow(n, None, error=value.problem)
-        else:
-            yield check(n, value)
-
-
 def read_report(path: Path) -> Iterator[ReportRow]:
-    """Stream and validate the rows of a `scan --report` file (.csv, or JSON lines).
+    """Stream and validate the rows of a `scan --report` file (any format of reports/formats.py).
 
     A bad row (unknown status, bad numbers, a path that is absolute or climbs out with `..`, a
     line that is not JSON, too long, too deep, not UTF-8, with a NUL) becomes a ReportRow with an

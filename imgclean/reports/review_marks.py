@@ -5,21 +5,20 @@ whole: a new file created (O_EXCL) beside it in its folder, every row as it was 
 review cell of the sampled files, then renamed over the report. Only a report this run created
 and that is still the file it wrote (device, inode, size, mtime): never one it overwrote (its
 owner, mode and links are someone's), never through a link, never a file swapped in since.
+The rows are read and written again through the report's format (reports/formats.py): rows
+this scan wrote come out byte for byte as they went in.
 """
 from __future__ import annotations
 
-import csv
-import json
 import os
 import secrets
 import stat
 from pathlib import Path
 
 from ..errors import ImgcleanError
-from .records import report_format
-
-_encode = json.JSONEncoder(ensure_ascii=True).encode  # as RecordWriter writes rows
-_BUFFER = 2**20
+from ..structured import StructuredInputError
+from .formats import BUFFER, WRITE_OPTIONS, RecordFormat, format_for
+from .records import REPORT_LIMITS
 
 
 class ReviewMarkError(ImgcleanError):
@@ -32,7 +31,7 @@ def mark_report(path: Path, written: tuple[int, int, int, int] | None, marks: di
     if written is None:
         raise ReviewMarkError("the report was not written whole")
     path = Path(path)
-    fmt = report_format(path, write=True)
+    fmt = format_for(path, write=True)
     dir_fd = os.open(path.absolute().parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         src = os.open(path.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
@@ -45,21 +44,20 @@ def mark_report(path: Path, written: tuple[int, int, int, int] | None, marks: di
             os.close(src)
     except OSError as exc:
         raise ReviewMarkError(f"cannot rewrite it: {exc.strerror or exc}") from None
-    except (ValueError, UnicodeError, csv.Error) as exc:  # not rows this scan wrote
+    except (ValueError, UnicodeError) as exc:  # not rows this scan wrote (StructuredInputError, ...)
         raise ReviewMarkError(f"cannot read it back: {exc}") from None
     finally:
         os.close(dir_fd)
 
 
-def _rewrite(dir_fd: int, name: str, src: int, st: os.stat_result, fmt: str, marks: dict[str, str]) -> int:
+def _rewrite(dir_fd: int, name: str, src: int, st: os.stat_result, fmt: RecordFormat, marks: dict[str, str]) -> int:
     temp = f".{name[:200]}.review-{secrets.token_hex(6)}.tmp"
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dir_fd)
     renamed = False
     try:
         os.fchmod(fd, stat.S_IMODE(st.st_mode))
-        reader = os.dup(src)
-        with open(reader, "rb", buffering=_BUFFER) as raw, open(fd, "wb", buffering=_BUFFER, closefd=False) as out:
-            marked = _csv_rows(raw, out, marks) if fmt == "csv" else _jsonl_rows(raw, out, marks)
+        with fmt.open_rows(os.dup(src)) as raw, open(fd, "w", buffering=BUFFER, closefd=False, **WRITE_OPTIONS) as out:
+            marked = _marked_rows(fmt, raw, out, marks)
             out.flush()
             os.fsync(fd)
         now = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
@@ -78,37 +76,22 @@ def _rewrite(dir_fd: int, name: str, src: int, st: os.stat_result, fmt: str, mar
                 pass
 
 
-def _csv_rows(raw, out, marks: dict[str, str]) -> int:
-    import io
-
-    text_in = io.TextIOWrapper(raw, encoding="utf-8", newline="", errors="surrogateescape")
-    text_out = io.TextIOWrapper(out, encoding="utf-8", newline="", errors="surrogateescape", write_through=True)
-    rows, writer = csv.reader(text_in), csv.writer(text_out)
-    header = next(rows, None)
-    if header is None or "path" not in header or "review" not in header:
+def _marked_rows(fmt: RecordFormat, raw, out, marks: dict[str, str]) -> int:
+    """Copy the rows of `raw` to `out` through the format's reader and writer, each sampled
+    row (its path a key of `marks`) with that review cell; the rows marked."""
+    rows = fmt.reader(raw, "the report", REPORT_LIMITS)
+    names = rows.fieldnames
+    if names is not None and ("path" not in names or "review" not in names):
         raise ReviewMarkError("it is not a scan report with a review column")
-    at_path, at_review, marked = header.index("path"), header.index("review"), 0
-    writer.writerow(header)
-    for row in rows:
-        if len(row) == len(header) and row[at_path] in marks:
-            row[at_review] = marks[row[at_path]]
+    writer, marked = fmt.writer(out, names or ()), 0
+    for _, row in rows:
+        if isinstance(row, StructuredInputError):
+            raise row
+        if not isinstance(row, dict) or None in row:
+            raise ReviewMarkError("it holds a row this scan did not write")
+        path = row.get("path")
+        if isinstance(path, str) and path in marks:
+            row["review"] = marks[path]
             marked += 1
-        writer.writerow(row)
-    text_out.detach()
-    text_in.detach()
+        writer.row(row)
     return marked
-
-
-def _jsonl_rows(raw, out, marks: dict[str, str]) -> int:
-    marked = 0
-    for line in raw:
-        if line.strip():
-            row = json.loads(line)
-            path = row.get("path") if isinstance(row, dict) else None
-            if isinstance(path, str) and path in marks:
-                row["review"] = marks[row["path"]]
-                line = (_encode(row) + "\n").encode("ascii")
-                marked += 1
-        out.write(line)
-    return marked
-

@@ -66,7 +66,7 @@ def package_versions() -> dict[str, str | None]:
     return out
 
 
-def _fingerprint(digests: dict[str, str]) -> str:
+def fingerprint_of(digests: dict[str, str]) -> str:
     """The fingerprint of a model's files (unchanged since format 1): weights, detector.npz,
     head.safetensors, then the newer detectors' files in registry order (detector-energy.npz,
     detector-knn.npz), each where present: a model without the newer files keeps its fingerprint."""
@@ -100,7 +100,7 @@ def check_replaceable(target: Path, force: bool) -> None:
             raise ModelError(f"{target} exists and is not an imgclean model directory; refusing to replace it")
 
 
-def _write_new(path: Path, blob: bytes) -> None:
+def write_new(path: Path, blob: bytes) -> None:
     """Create `path` (mode 0666 less the umask, like any file the user writes) and fsync it."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
     try:
@@ -112,7 +112,7 @@ def _write_new(path: Path, blob: bytes) -> None:
         os.close(fd)
 
 
-_fsync_dir = fsync_dir  # a module attribute, so tests can fail it
+fsync_dir = fsync_dir  # a module attribute, so tests can fail it
 
 
 # Only saving needs model_carry and secrets: loading (a scan's start-up) does not import them.
@@ -130,7 +130,7 @@ def clear_backup(old: Path, carried: list) -> bool:
     return clear(old, carried)
 
 
-def _new_name(parent: Path, prefix: str, create: bool) -> Path:
+def new_name(parent: Path, prefix: str, create: bool) -> Path:
     import secrets
 
     while True:
@@ -143,6 +143,34 @@ def _new_name(parent: Path, prefix: str, create: bool) -> Path:
                 continue
         elif not os.path.lexists(path):
             return path
+
+
+def replace_directory(target: Path, blobs: dict[str, bytes]) -> None:
+    """Make `target` a directory of exactly these files (name -> bytes, written in this order),
+    atomically: a new directory beside it, every file and folder imgclean did not write carried
+    over from the old one, two renames; the old one is put back if anything fails."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = new_name(target.parent, f".{target.name}.tmp-", create=True)
+    old, carried = None, []
+    try:
+        for name, blob in blobs.items():
+            write_new(tmp / name, blob)
+        if target.exists():
+            carried = carry_foreign(target, tmp)
+        fsync_dir(tmp)
+        if target.exists():
+            old = new_name(target.parent, f".{target.name}.old-", create=False)
+            os.rename(target, old)
+        os.rename(tmp, target)
+        fsync_dir(target.parent)
+    except BaseException:
+        if old is not None and old.exists() and not target.exists():
+            os.rename(old, target)  # put the old model back
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)  # our files, and links or copies of the user's
+        raise
+    if old is not None:
+        clear_backup(old, carried)
 
 
 def _serialise(bundle: ModelBundle) -> tuple[dict, dict[str, bytes]]:
@@ -175,7 +203,7 @@ def _serialise(bundle: ModelBundle) -> tuple[dict, dict[str, bytes]]:
         versions=package_versions(),
         created_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         files=digests,
-        fingerprint=_fingerprint(digests),
+        fingerprint=fingerprint_of(digests),
     )
     blobs[CONFIG_FILE] = (json.dumps(config, indent=2, sort_keys=True) + "\n").encode()
     return config, blobs
@@ -193,29 +221,8 @@ def save_model(bundle: ModelBundle, target: Path, force: bool = False) -> Path:
     check_replaceable(target, force)
     config, blobs = _serialise(bundle)
     check_config(config, f"the new {CONFIG_FILE}")  # never write a model that would not load
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _new_name(target.parent, f".{target.name}.tmp-", create=True)
-    old, carried = None, []
-    try:
-        for name in (WEIGHTS_FILE, *registry.state_files(), CONFIG_FILE):
-            if name in blobs:
-                _write_new(tmp / name, blobs[name])
-        if target.exists():
-            carried = carry_foreign(target, tmp)
-        _fsync_dir(tmp)
-        if target.exists():
-            old = _new_name(target.parent, f".{target.name}.old-", create=False)
-            os.rename(target, old)
-        os.rename(tmp, target)
-        _fsync_dir(target.parent)
-    except BaseException:
-        if old is not None and old.exists() and not target.exists():
-            os.rename(old, target)  # put the old model back
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)  # our files, and links or copies of the user's
-        raise
-    if old is not None:
-        clear_backup(old, carried)
+    replace_directory(target, {name: blobs[name] for name in (WEIGHTS_FILE, *registry.state_files(), CONFIG_FILE)
+                               if name in blobs})
     bundle.config, bundle.path = config, target
     return target
 
@@ -320,7 +327,7 @@ def _check_files(path: Path, config: dict, weights: bytes, states: dict[str, byt
     safetensors_index(weights, os.fspath(path / WEIGHTS_FILE))
     blobs = {WEIGHTS_FILE: weights, **{registry.DETECTORS[n].state_file: raw for n, raw in states.items()}}
     digests = {name: hashlib.sha256(blob).hexdigest() for name, blob in blobs.items()}
-    if _fingerprint(digests) != config["fingerprint"]:
+    if fingerprint_of(digests) != config["fingerprint"]:
         recorded = config.get("files") or {}
         wrong = [n for n in blobs if n in recorded and recorded[n] != digests[n]]
         what = f"{' and '.join(wrong)} {'does' if len(wrong) == 1 else 'do'}" if wrong else "the model files do"

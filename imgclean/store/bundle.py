@@ -49,6 +49,23 @@ class ModelBundle:
         elif loader is None:
             raise ValueError("a ModelBundle needs a model or a loader")
 
+    def around_load(self, before: Callable[[], None], after: Callable[[], None]) -> bool:
+        """Call `before` and `after` around the network's deferred load (a progress bar says so
+        while it loads); False when the network is loaded already (nothing to wrap)."""
+        loader = self._loader
+        if loader is None or "model" in self.__dict__:
+            return False
+
+        def load():
+            before()
+            try:
+                return loader()
+            finally:
+                after()
+
+        self._loader = load
+        return True
+
     @property
     def detectors(self) -> dict[str, Detector]:
         """Registry name -> fitted detector (parsed from the model's files at the first access

@@ -19,7 +19,7 @@ The cache can only make a scan faster, never different:
   schema is set aside or emptied and rebuilt; a later SQLite error turns the cache off for the
   rest of the run (every lookup a miss). Nothing here raises.
 
-Results are kept two ways (pipeline/run_snapshots.py decides which):
+Results are kept two ways (pipeline/scan/run_snapshots.py decides which):
 - a snapshot per run of the walk (walk.walk_runs: up to 4,096 consecutive files of one folder):
   every entry as the walk saw it, its outcome and the stretch of the folder's listing it covered
   (store/run_format.py). A rescan whose listing shows that run again unchanged (walk_runs'

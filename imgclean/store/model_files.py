@@ -6,6 +6,9 @@ plausible size, and read whole. Then each is checked for what imgclean needs of 
 and the safetensors headers (JSON, read by imgclean.structured's bounded reader) field by field,
 detector.npz and each other detector's npz array by array (the pickle-free reader here and the
 detector's own check_state). Every problem is a ModelError: one line naming the file and fault.
+
+Longer than 400 lines: config.json's schema table, the safetensors header check and the npz
+reader are the three checks of one untrusted directory, read through one descriptor.
 """
 from __future__ import annotations
 
@@ -110,6 +113,65 @@ def _is_number(v) -> bool:
     return (isinstance(v, (int, float)) and not isinstance(v, bool)) and math.isfinite(v)
 
 
+_ABSENT = object()
+
+
+def _lookup(config: dict, key: str, default):
+    """config[key], "a.b.c" through nested objects; `default` where it is absent (_ABSENT: skip)."""
+    value = config
+    for part in key.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return default
+        value = value[part]
+    return value
+
+
+def _interpolations() -> tuple:
+    from ..data import INTERPOLATION_NAMES
+
+    return tuple(INTERPOLATION_NAMES)
+
+
+def _is_object_or_none(v, c) -> bool:
+    return v is None or isinstance(v, dict)
+
+
+def _channels_list(v, c) -> bool:
+    return isinstance(v, list) and len(v) == c["channels"] and all(_is_number(x) for x in v)
+
+
+# What config.json must hold, checked in this order after format_version and REQUIRED_KEYS:
+# (key, "a.b" for nested; is it valid (value, config); the problem said when not; the value
+# used when the key is absent, _ABSENT to skip the check).
+CONFIG_SCHEMA: tuple = (
+    ("arch", lambda v, c: isinstance(v, str) and bool(v.strip()), "must be a non-empty string", _ABSENT),
+    ("input_size", lambda v, c: _is_int(v) and INPUT_SIZE_RANGE[0] <= v <= INPUT_SIZE_RANGE[1],
+     "must be a whole number of pixels from {} to {}".format(*INPUT_SIZE_RANGE), _ABSENT),
+    ("channels", lambda v, c: _is_int(v) and v in (1, 3), "must be 1 or 3", _ABSENT),
+    ("mean", _channels_list, lambda c: f"must be a list of {c['channels']} finite number(s), one per channel", _ABSENT),
+    ("std", _channels_list, lambda c: f"must be a list of {c['channels']} finite number(s), one per channel", _ABSENT),
+    ("std", lambda v, c: all(x > 0 for x in v), "must be positive", _ABSENT),
+    ("class_names", lambda v, c: isinstance(v, list) and bool(v) and all(isinstance(n, str) and n for n in v),
+     "must be a non-empty list of non-empty strings", _ABSENT),
+    ("class_names", lambda v, c: len(set(v)) == len(v), "must not repeat a name", _ABSENT),
+    ("feature_dim", lambda v, c: _is_int(v) and 1 <= v <= 1 << 20, "must be a positive whole number", _ABSENT),
+    ("percentile", lambda v, c: _is_number(v) and 0 < v <= 100, "must be a number in (0, 100]", _ABSENT),
+    ("interpolation", lambda v, c: v is None or (isinstance(v, str) and v in _interpolations()),
+     lambda c: f"must be one of {', '.join(_interpolations())}", _ABSENT),
+    ("crop_pct", lambda v, c: v is None or (_is_number(v) and 0 < v <= 1), "must be a number in (0, 1]", _ABSENT),
+    ("covariance", lambda v, c: v in ("tied", "class"), "must be tied or class", _ABSENT),
+    ("fingerprint", lambda v, c: isinstance(v, str) and bool(v),
+     "must be the string imgclean wrote; re-save the model with this imgclean", None),
+    *((key, _is_object_or_none, "must be an object", _ABSENT)
+      for key in ("training", "settings", "metrics", "data", "versions", "files")),
+    ("head", lambda v, c: not v or (isinstance(v, dict) and isinstance(v.get("settings") or {}, dict)),
+     "must be an object with a settings object", _ABSENT),
+    ("head.settings.hidden", lambda v, c: isinstance(v, list) and all(_is_int(h) and 1 <= h <= 1 << 16 for h in v),
+     "must be a list of positive layer widths", _ABSENT),
+    ("head.settings.threshold", lambda v, c: _is_number(v) and 0 < v < 1, "must be a number in (0, 1)", _ABSENT),
+)
+
+
 def parse_config(raw: bytes, shown: str) -> dict:
     try:
         config = load_json(raw, shown)
@@ -139,64 +201,14 @@ def check_config(config: dict, shown: str) -> None:
     if missing:
         raise ModelError(f"{shown} lacks {', '.join(missing)}")
 
-    def bad(key: str, problem: str, value=None):
-        shown_value = json.dumps(value)[:60] if value is not None or key in config else "missing"
-        return ModelError(f"{shown}: {key} {problem} (found {shown_value})")
-
-    arch = config["arch"]
-    if not isinstance(arch, str) or not arch.strip():
-        raise bad("arch", "must be a non-empty string", arch)
-    size = config["input_size"]
-    lo, hi = INPUT_SIZE_RANGE
-    if not _is_int(size) or not lo <= size <= hi:
-        raise bad("input_size", f"must be a whole number of pixels from {lo} to {hi}", size)
-    channels = config["channels"]
-    if not _is_int(channels) or channels not in (1, 3):
-        raise bad("channels", "must be 1 or 3", channels)
-    for key in ("mean", "std"):
-        values = config[key]
-        if not isinstance(values, list) or len(values) != channels or not all(_is_number(v) for v in values):
-            raise bad(key, f"must be a list of {channels} finite number(s), one per channel", values)
-    if not all(v > 0 for v in config["std"]):
-        raise bad("std", "must be positive", config["std"])
-    names = config["class_names"]
-    if not isinstance(names, list) or not names or not all(isinstance(n, str) and n for n in names):
-        raise bad("class_names", "must be a non-empty list of non-empty strings", names)
-    if len(set(names)) != len(names):
-        raise bad("class_names", "must not repeat a name", names)
-    dim = config["feature_dim"]
-    if not _is_int(dim) or not 1 <= dim <= 1 << 20:
-        raise bad("feature_dim", "must be a positive whole number", dim)
-    if "percentile" in config and not (_is_number(config["percentile"]) and 0 < config["percentile"] <= 100):
-        raise bad("percentile", "must be a number in (0, 100]", config["percentile"])
-    interpolation = config.get("interpolation")
-    if interpolation is not None:
-        from ..data import INTERPOLATION_NAMES
-
-        if not isinstance(interpolation, str) or interpolation not in INTERPOLATION_NAMES:
-            raise bad("interpolation", f"must be one of {', '.join(INTERPOLATION_NAMES)}", interpolation)
-    crop = config.get("crop_pct")
-    if crop is not None and not (_is_number(crop) and 0 < crop <= 1):
-        raise bad("crop_pct", "must be a number in (0, 1]", crop)
-    if "covariance" in config and config["covariance"] not in ("tied", "class"):
-        raise bad("covariance", "must be tied or class", config["covariance"])
-    fingerprint = config.get("fingerprint")
-    if not isinstance(fingerprint, str) or not fingerprint:
-        raise bad("fingerprint", "must be the string imgclean wrote; re-save the model with this imgclean", fingerprint)
-    for key in ("training", "settings", "metrics", "data", "versions", "files"):
-        if config.get(key) is not None and not isinstance(config[key], dict):
-            raise bad(key, "must be an object", config[key])
-    head = config.get("head")
-    if head:
-        if not isinstance(head, dict) or not isinstance(head.get("settings") or {}, dict):
-            raise bad("head", "must be an object with a settings object", head)
-        settings = head.get("settings") or {}
-        hidden = settings.get("hidden", [256, 256])
-        if not isinstance(hidden, list) or not all(_is_int(h) and 1 <= h <= 1 << 16 for h in hidden):
-            raise bad("head.settings.hidden", "must be a list of positive layer widths", hidden)
-        threshold = settings.get("threshold", 0.5)
-        if not (_is_number(threshold) and 0 < threshold < 1):
-            raise bad("head.settings.threshold", "must be a number in (0, 1)", threshold)
+    for key, valid, problem, default in CONFIG_SCHEMA:
+        value = _lookup(config, key, default)
+        if value is _ABSENT:
+            continue
+        if not valid(value, config):
+            problem = problem(config) if callable(problem) else problem
+            shown_value = json.dumps(value)[:60] if value is not None or key in config else "missing"
+            raise ModelError(f"{shown}: {key} {problem} (found {shown_value})")
     check_detector_entries(config, shown)
 
 

@@ -27,8 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .artifact import (
-    CONFIG_FILE, ModelError, _fingerprint, _fsync_dir, _new_name, _write_new, carry_foreign, clear_backup,
-    read_model_files,
+    CONFIG_FILE, ModelError, fingerprint_of, fsync_dir, new_name, read_model_files,
+    replace_directory, write_new,
 )
 from .model_files import parse_config
 
@@ -64,7 +64,7 @@ def verified_files(path: Path) -> dict[str, bytes]:
     blobs = read_model_files(path)
     config = parse_config(blobs[CONFIG_FILE], os.fspath(Path(path) / CONFIG_FILE))
     digests = {name: hashlib.sha256(blob).hexdigest() for name, blob in blobs.items() if name != CONFIG_FILE}
-    if _fingerprint(digests) != config.get("fingerprint"):
+    if fingerprint_of(digests) != config.get("fingerprint"):
         raise ModelError(f"{path}: its files do not match the fingerprint in {CONFIG_FILE}; not used as a version")
     return blobs
 
@@ -127,13 +127,13 @@ def keep(model: Path) -> int:
         return kept[-1].number
     number = (kept[-1].number if kept else 0) + 1
     folder = model / VERSIONS_DIR
-    tmp = _new_name(folder, f".{number}.tmp-", create=True)
+    tmp = new_name(folder, f".{number}.tmp-", create=True)
     try:
         for name, blob in blobs.items():
-            _write_new(tmp / name, blob)
-        _fsync_dir(tmp)
+            write_new(tmp / name, blob)
+        fsync_dir(tmp)
         os.rename(tmp, folder / str(number))
-        _fsync_dir(folder)
+        fsync_dir(folder)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -148,27 +148,9 @@ def _same_files(path: Path, blobs: dict[str, bytes]) -> bool:
 
 
 def install(model: Path, blobs: dict[str, bytes]) -> None:
-    """Replace the model directory by these files, atomically (as artifact.save_model does:
-    a new directory beside it, everything imgclean did not write carried over, two renames)."""
-    target = Path(model).absolute()
-    tmp = _new_name(target.parent, f".{target.name}.tmp-", create=True)
-    old, carried = None, []
-    try:
-        for name, blob in blobs.items():
-            _write_new(tmp / name, blob)
-        carried = carry_foreign(target, tmp)
-        _fsync_dir(tmp)
-        old = _new_name(target.parent, f".{target.name}.old-", create=False)
-        os.rename(target, old)
-        os.rename(tmp, target)
-        _fsync_dir(target.parent)
-    except BaseException:
-        if old is not None and old.exists() and not target.exists():
-            os.rename(old, target)
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    clear_backup(old, carried)
+    """Replace the model directory by these files, atomically (artifact.replace_directory, as
+    save_model does)."""
+    replace_directory(Path(model).absolute(), blobs)
 
 
 def rollback(model: Path) -> Version:
@@ -184,5 +166,5 @@ def rollback(model: Path) -> Version:
     blobs = verified_files(newest.path)  # a damaged version is refused before anything changes
     install(model, blobs)
     shutil.rmtree(model / VERSIONS_DIR / str(newest.number))  # the carried copy: hard links of the kept files
-    _fsync_dir(model / VERSIONS_DIR)
+    fsync_dir(model / VERSIONS_DIR)
     return newest

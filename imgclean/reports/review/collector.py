@@ -158,7 +158,7 @@ class ReviewCollector:
 
     def add_sample(self, record: Any) -> None:
         """A record the scan chose for its review sample after the records streamed (its
-        `review` says why; pipeline/sample_pass.py): shown in the sample, not counted again, and
+        `review` says why; pipeline/scan/sample_pass.py): shown in the sample, not counted again, and
         no longer among the borderline files."""
         path = str(_get(record, "path") or "")
         kept = [e for e in self._borderline if e[2].path != path]

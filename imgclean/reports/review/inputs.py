@@ -1,4 +1,5 @@
-"""Inputs of `imgclean report`: a `scan --report` file (CSV / JSON lines) or a quarantine manifest."""
+"""Inputs of `imgclean report`: a `scan --report` file (any format of reports/formats.py) or a
+quarantine manifest."""
 from __future__ import annotations
 
 import os
@@ -6,23 +7,24 @@ from pathlib import Path
 from typing import Iterator
 
 from ...structured import json_lines
+from ..formats import JSON_LINES, ReportError, format_for
 from ..records import ReportRow
 from .collector import DEFAULT_MAX_ROWS, ReviewCollector, ReviewInputError
 
 
 def iter_report(path: Path) -> Iterator[ReportRow]:
-    """Stream the records of a `scan --report` file (.csv, or JSON lines) as ScanRecords, read
+    """Stream the records of a `scan --report` file (any format of the table) as ScanRecords, read
     and validated by the report reader (reports.records: the bounded readers of
     imgclean.structured, then each cell checked as `imgclean apply` checks it): a row that is not
     sound stops the page with one error naming its line, so the page never shows, or puts into
     a command, a path that was not checked. Yields each row (reports.records.ReportRow: its
     `record`, and the `root` it records)."""
-    from ..records import AUDIT, ReportError, ReportFile, report_format
+    from ..records import AUDIT, ReportFile
 
     path = Path(path)
     try:
-        report_format(path)
-    except ValueError as exc:
+        format_for(path)
+    except ReportError as exc:
         raise ReviewInputError(str(exc)) from None
     try:
         with ReportFile(path) as report:
@@ -145,7 +147,7 @@ def load_input(path: Path, root: Path | None = None, max_rows: int = DEFAULT_MAX
             collector.add(row.record)
         if n == 0 and not _has_header(path):
             raise ReviewInputError(f"{path} is empty; give a file written by `imgclean scan --report`")
-        kind = "scan report (CSV)" if path.suffix.lower() == ".csv" else "scan report (JSON lines)"
+        kind = f"scan report ({format_for(path).label})"
         roots = [os.fsdecode(root)] if root else [collector.command_root] if collector.command_root else []
         return collector, {"kind": kind, "roots": roots, "path": os.fsdecode(path)}
     except OSError as exc:
@@ -165,7 +167,12 @@ def _trusted(path: Path) -> bool:
 
 
 def _looks_like_journal(path: Path) -> bool:
-    if path.suffix.lower() not in (".jsonl", ".json", ".ndjson"):
+    """Whether `path` is a quarantine journal under another name (JSON lines whose first record
+    is a journal's)."""
+    try:
+        if format_for(path) is not JSON_LINES:
+            return False
+    except ReportError:
         return False
     with open(path, "rb") as fh:
         for _, rec in json_lines(fh, path):

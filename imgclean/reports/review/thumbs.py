@@ -46,7 +46,7 @@ def thumbnail_data_uri(path: str | os.PathLike, size: int = THUMB_SIZE) -> tuple
                 img.load()
                 img = ImageOps.exif_transpose(img)
                 gray = img.mode in ("1", "L", "LA", "La", "I", "F") or img.mode.startswith("I;16")
-                img = data._to_mode(img, 1 if gray else 3)
+                img = data.to_mode(img, 1 if gray else 3)
                 small = max(img.size) <= size
                 if not small:
                     img.thumbnail((size, size), Image.BILINEAR)

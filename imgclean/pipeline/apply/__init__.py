@@ -1,0 +1,1 @@
+"""Carrying out records: every rejected record a move through the quarantine."""

@@ -1,0 +1,1 @@
+"""Checking a training folder: cross-fitted label errors, foreign pictures, duplicates."""

@@ -1,0 +1,1 @@
+"""Where files are decoded and scored: the Engine protocol, its registry, the local and Ray engines."""

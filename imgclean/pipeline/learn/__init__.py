@@ -1,0 +1,1 @@
+"""Learning from a review: a quarantine's decisions -> a learned rule and a new model version."""

@@ -1,0 +1,1 @@
+"""Scanning a folder: the walk, the cache, the records and the moves around an engine."""

@@ -152,3 +152,23 @@ def test_the_pipeline_is_split_into_its_rooms():
     assert loose == ["__init__.py", "blas.py", "decode.py", "decode_workers.py", "evaluate.py"]
     for room in ROOMS:
         assert (PACKAGE / "pipeline" / room / "__init__.py").is_file()
+
+
+MAX_FUNCTION_LINES = 80
+
+
+def long_functions(path: Path, limit: int = MAX_FUNCTION_LINES) -> list[str]:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    return [f"{node.name} ({node.end_lineno - node.lineno + 1} lines)" for node in ast.walk(tree)
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno + 1 > limit]
+
+
+@pytest.mark.parametrize("name", sorted(modules()))
+def test_no_function_is_over_80_lines(name):
+    assert not long_functions(modules()[name]), f"{name}: {long_functions(modules()[name])}"
+
+
+def test_a_long_function_is_found(tmp_path):
+    path = tmp_path / "m.py"
+    path.write_text("def f():\n" + "    x = 1\n" * 90 + "\n\ndef g():\n    return 1\n")
+    assert long_functions(path) == ["f (91 lines)"]

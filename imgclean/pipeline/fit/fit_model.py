@@ -8,6 +8,9 @@ Returns a ModelBundle ready to save, and a FitReport for the summary table. Noth
 logged as a warning: what the user should hear (too few images for the calibration, unused files
 beside the class folders, a weights file that only partly fits) is in FitReport.warnings and
 the model's config.json (`fit_warnings`, `calibration`), for the CLI to print and the API to return.
+
+Longer than 400 lines: fit_model's steps (build, train, embed, fit, the config it writes, the
+report) are functions of their own, in the order fit_model calls them, beside it.
 """
 from __future__ import annotations
 
@@ -199,9 +202,7 @@ def fit_model(
     under torchrun; every rank calls this, and only rank 0 gets (bundle, report), the others
     (None, None) once their part of the statistics is done.
     """
-    from ...nn.models import build_model, timm_train_transform
-    from ...nn.runtime import pick_device, predict_arrays, predict_images
-    from ...nn.training import seed_everything, train_classifier
+    from ...nn.runtime import pick_device
 
     from ...nn.datasets import fixed_mmap_threshold
 
@@ -209,26 +210,11 @@ def fit_model(
     started = time.perf_counter()
     folder = list_training_folder(Path(train_dir))
     class_names, class_files = folder.class_names, folder.class_files
-    warned: list[str] = [w for w in (folder.stray_warning(),) if w]
+    warned: list[str] = [w for w in (folder.stray_warning(), _one_class_warning(class_names)) if w]
     notes: list[str] = []
-    if len(class_names) < 2:
-        warned.append(f"only one class ({class_names[0]}): the classifier learns nothing, the detector still works")
 
-    size, channels = detect_geometry(class_files)
-    arch, size, channels = resolve_architecture(config, size, channels)
-    check_preprocessing(config, channels)
-    arch, weights = choose_arch(config, arch, notes)
-    frozen = config.train.epochs == 0  # pretrained features only: no training (docs/training.md)
-    if frozen and not (config.pretrained or config.weights):
-        raise FitError("--epochs 0 trains nothing, so it needs a backbone that already works: "
-                       "add --pretrained or --weights FILE, or train with --epochs 1 or more")
+    arch, size, channels, frozen, model = _build(config, class_files, len(class_names), notes)  # fails before decoding
     device = pick_device(config.device) if dist is None else dist.device()
-    seed_everything(config.train.seed)  # the initial weights too
-    try:  # built before decoding: a model that cannot be built fails at once
-        model = build_model(arch, len(class_names), channels, size, config.pretrained, weights or config.weights,
-                            logits="gaussian" if frozen else "linear")
-    except ValueError as exc:
-        raise FitError(str(exc)) from None
     mapping = model.weights_mapping
     if mapping is not None and mapping.left_initial:
         warned.append(mapping.describe())
@@ -238,49 +224,16 @@ def fit_model(
     found = read_training_set(class_names, class_files, DecodeSettings(size, channels, **decode_opts), progress,
                               config.cache_memory, statistics=measure)
     images, labels, skipped = found.images, found.labels, found.skipped
-    rejects = None
-    if reject_dir is not None:  # decoded before training, so a bad folder fails fast
-        from .headfit import HeadError, decode_folder
-
-        try:
-            rejects, rejects_skipped = decode_folder(reject_dir, size, channels, **decode_opts)
-        except HeadError as exc:
-            raise FitError(str(exc)) from None
+    rejects, rejects_skipped = _decode_rejects(reject_dir, size, channels, decode_opts)  # before training: fails fast
     if measure:
         prep["mean"] = found.mean if prep["mean"] is None else prep["mean"]
         prep["std"] = found.std if prep["std"] is None else prep["std"]
     mean, std = prep["mean"], prep["std"]
-    transform = None
-    if arch != "lenet" and config.train.augment and not frozen:  # photos: timm's training transform, in the loader's workers
-        transform = timm_train_transform(model.backbone, size, channels, mean, std, prep["interpolation"])
-
-    def on_batch(epoch, epochs, batch, batches, loss, acc):
-        if progress is not None:
-            progress("batch", batch, batches, {"epoch": epoch, "epochs": epochs, "loss": loss, "accuracy": acc})
-
-    def on_epoch(stats):
-        if progress is not None:
-            progress("epoch", stats.epoch, stats.epochs, asdict(stats))
-
-    if frozen:
-        result = untrained(labels, config.train)
-    else:
-        result = train_classifier(model, images, labels, mean, std, config.train, device, on_batch, on_epoch, transform,
-                                  dist=dist)
-
-    if progress is not None:
-        progress("embed", 0, len(images), {})
-    prefitted = {}
-    if dist is None:
-        logits, feats, kept = predict_images(model, images, None, mean, std, device)
-    else:
-        logits, feats, kept, shared = embed_distributed(model, images, labels, mean, std, device, result, config,
-                                                        len(class_names), dist)
-        if not dist.is_main:
-            return None, None
-        prefitted[shared.name] = shared
-    if progress is not None:
-        progress("embed", len(images), len(images), {})
+    result = _train(model, images, labels, prep, arch, channels, frozen, config, device, progress, dist)
+    embedded = _embed(model, images, labels, mean, std, device, result, config, len(class_names), dist, progress)
+    if embedded is None:
+        return None, None  # a torchrun rank other than the first: its part is done
+    logits, feats, kept, prefitted = embedded
     if len(kept) < len(labels):  # files that changed on disk since they were read: skipped now
         labels, skipped = drop_lost(images, labels, kept, result, skipped)
     # With a validation split, the detectors are fitted on the training split only, and the
@@ -291,11 +244,7 @@ def fit_model(
     warned += [w for w in (few_images_warning(class_names, labels[fit_idx], feats.shape[1], config.covariance),) if w]
     if frozen:  # the class logits: the Gaussian classifier of the deep features (nearest class)
         logits = gaussian_logits(model, feats[fit_idx], labels[fit_idx], feats, len(class_names), config.percentile)
-        if len(val_idx):
-            pred = logits[val_idx].argmax(1)
-            metrics["val_accuracy"] = float(np.mean(pred == labels[val_idx]))
-            metrics["val_macro_f1"] = macro_f1(labels[val_idx], pred, len(class_names))
-        metrics["train_accuracy"] = float(np.mean(logits[fit_idx].argmax(1) == labels[fit_idx]))
+        metrics.update(_accuracies(logits, labels, fit_idx, val_idx, len(class_names)))
     context = fit_context(model, feats, logits, labels, class_names, config)
     detectors = fit_detectors(context.rows(fit_idx), prefitted)
     calibration = calibrate_detectors(detectors, context, fit_idx, val_idx, config, metrics)
@@ -304,7 +253,61 @@ def fit_model(
     metrics["train_rejected_fraction"] = float(np.mean(primary.predict(features=feats, logits=logits)))
 
     counts = np.bincount(labels, minlength=len(class_names)).tolist()
-    model_config = {
+    model_config = _model_config(
+        arch=arch, size=size, channels=channels, mean=mean, std=std, prep=prep, class_names=class_names, model=model,
+        config=config, mapping=mapping, result=result, frozen=frozen, dist=dist, train_dir=train_dir, counts=counts,
+        skipped=skipped, metrics=metrics, calibration=calibration, warned=warned, notes=notes, primary=primary)
+    head = _fit_head(model, feats, rejects, rejects_skipped, reject_dir, mean, std, device, model_config)
+    model.to("cpu").eval()
+    bundle = ModelBundle(config=model_config, model=model, detectors=detectors, head=head)
+    report = _fit_report(class_names=class_names, counts=counts, skipped=skipped, arch=arch, size=size, channels=channels,
+                         metrics=metrics, result=result, primary=primary, started=started, config=config, prep=prep,
+                         mean=mean, std=std, calibration=calibration, model_config=model_config, warned=warned, notes=notes)
+    return bundle, report
+
+
+class _TrainingProgress:
+    """train_classifier's callbacks, said to fit's `progress` (if any)."""
+
+    def __init__(self, progress: ProgressCallback | None):
+        self.progress = progress
+
+    def batch(self, epoch, epochs, batch, batches, loss, acc) -> None:
+        if self.progress is not None:
+            self.progress("batch", batch, batches, {"epoch": epoch, "epochs": epochs, "loss": loss, "accuracy": acc})
+
+    def epoch(self, stats) -> None:
+        if self.progress is not None:
+            self.progress("epoch", stats.epoch, stats.epochs, asdict(stats))
+
+
+def _decode_rejects(reject_dir: Path | None, size: int, channels: int, decode_opts: dict):
+    """(images, skipped) of the reject folder (None, None without one); FitError when it cannot be used."""
+    if reject_dir is None:
+        return None, None
+    from .headfit import HeadError, decode_folder
+
+    try:
+        return decode_folder(reject_dir, size, channels, **decode_opts)
+    except HeadError as exc:
+        raise FitError(str(exc)) from None
+
+
+def _accuracies(logits, labels, fit_idx, val_idx, n_classes: int) -> dict:
+    """The frozen model's accuracies: of its Gaussian classifier on the fit and held-out splits."""
+    out = {}
+    if len(val_idx):
+        pred = logits[val_idx].argmax(1)
+        out["val_accuracy"] = float(np.mean(pred == labels[val_idx]))
+        out["val_macro_f1"] = macro_f1(labels[val_idx], pred, n_classes)
+    out["train_accuracy"] = float(np.mean(logits[fit_idx].argmax(1) == labels[fit_idx]))
+    return out
+
+
+def _model_config(*, arch, size, channels, mean, std, prep, class_names, model, config, mapping, result, frozen, dist,
+                  train_dir, counts, skipped, metrics, calibration, warned, notes, primary) -> dict:
+    """The model's config.json (store/model_files.CONFIG_SCHEMA checks it when it is saved)."""
+    return {
         "arch": arch,
         "input_size": size,
         "channels": channels,
@@ -332,16 +335,33 @@ def fit_model(
         "fit_notes": notes,
         "score": f"{primary.summary}; higher = more out-of-distribution; > 1 = rejected",
     }
-    head = None
-    if rejects is not None:
-        from .headfit import head_config, train_head
 
-        _, reject_feats = predict_arrays(model, rejects, mean, std, device)
-        head, head_metrics = train_head(feats, reject_feats)
-        model_config["head"] = head_config(reject_dir, head_metrics, len(rejects_skipped))
-    model.to("cpu").eval()
-    bundle = ModelBundle(config=model_config, model=model, detectors=detectors, head=head)
-    report = FitReport(
+
+def _build(config: cfg.FitConfig, class_files, n_classes: int, notes: list[str]):
+    """(arch, input size, channels, frozen, the network) for these class folders and settings."""
+    from ...nn.models import build_model
+    from ...nn.training import seed_everything
+
+    size, channels = detect_geometry(class_files)
+    arch, size, channels = resolve_architecture(config, size, channels)
+    check_preprocessing(config, channels)
+    arch, weights = choose_arch(config, arch, notes)
+    frozen = config.train.epochs == 0  # pretrained features only: no training (docs/training.md)
+    if frozen and not (config.pretrained or config.weights):
+        raise FitError("--epochs 0 trains nothing, so it needs a backbone that already works: "
+                       "add --pretrained or --weights FILE, or train with --epochs 1 or more")
+    seed_everything(config.train.seed)  # the initial weights too
+    try:
+        model = build_model(arch, n_classes, channels, size, config.pretrained, weights or config.weights,
+                            logits="gaussian" if frozen else "linear")
+    except ValueError as exc:
+        raise FitError(str(exc)) from None
+    return arch, size, channels, frozen, model
+
+
+def _fit_report(*, class_names, counts, skipped, arch, size, channels, metrics, result, primary, started, config, prep,
+                mean, std, calibration, model_config, warned, notes) -> FitReport:
+    return FitReport(
         class_names=class_names,
         images_per_class=counts,
         skipped=skipped,
@@ -361,4 +381,60 @@ def fit_model(
         warnings=warned,
         notes=notes,
     )
-    return bundle, report
+
+
+def _train(model, images, labels, prep: dict, arch: str, channels: int, frozen: bool, config: cfg.FitConfig, device, progress, dist):
+    """Train the classifier (nothing with --epochs 0); its TrainResult."""
+    from ...nn.models import timm_train_transform
+    from ...nn.training import train_classifier
+
+    if frozen:
+        return untrained(labels, config.train)
+    mean, std, size = prep["mean"], prep["std"], prep["input_size"]
+    transform = None
+    if arch != "lenet" and config.train.augment:  # photos: timm's training transform, in the loader's workers
+        transform = timm_train_transform(model.backbone, size, channels, mean, std, prep["interpolation"])
+    shown = _TrainingProgress(progress)
+    return train_classifier(model, images, labels, mean, std, config.train, device, shown.batch, shown.epoch,
+                            transform, dist=dist)
+
+
+def _embed(model, images, labels, mean, std, device, result, config: cfg.FitConfig, n_classes: int, dist, progress):
+    """(logits, features, kept rows, detectors fitted across ranks) of the training images; None
+    on a torchrun rank other than the first, once its part of the statistics is done."""
+    from ...nn.runtime import predict_images
+
+    if progress is not None:
+        progress("embed", 0, len(images), {})
+    prefitted = {}
+    if dist is None:
+        logits, feats, kept = predict_images(model, images, None, mean, std, device)
+    else:
+        logits, feats, kept, shared = embed_distributed(model, images, labels, mean, std, device, result, config,
+                                                        n_classes, dist)
+        if not dist.is_main:
+            return None
+        prefitted[shared.name] = shared
+    if progress is not None:
+        progress("embed", len(images), len(images), {})
+    return logits, feats, kept, prefitted
+
+
+def _one_class_warning(class_names: list[str]) -> str | None:
+    if len(class_names) < 2:
+        return f"only one class ({class_names[0]}): the classifier learns nothing, the detector still works"
+    return None
+
+
+def _fit_head(model, feats, rejects, rejects_skipped, reject_dir, mean, std, device, model_config: dict):
+    """The supervised reject head on the frozen features (None without a reject folder); its
+    settings and metrics go into model_config["head"]."""
+    if rejects is None:
+        return None
+    from ...nn.runtime import predict_arrays
+    from .headfit import head_config, train_head
+
+    _, reject_feats = predict_arrays(model, rejects, mean, std, device)
+    head, head_metrics = train_head(feats, reject_feats)
+    model_config["head"] = head_config(reject_dir, head_metrics, len(rejects_skipped))
+    return head

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from conftest import flat
 from imgclean.cli import app
-from imgclean.cli.help_text import evaluate_method_help
+from imgclean.cli.options import evaluate_method_help
 from imgclean.cli.train import Interpolation
 from imgclean.detectors import registry
 

@@ -11,7 +11,7 @@ from typing import Optional
 
 import typer
 
-from ..jobs.apply import ISSUE_NAMES  # noqa: F401  (a public name of cli.apply_audit)
+from ..jobs import ISSUE_NAMES  # noqa: F401  (a public name of cli.apply_audit)
 from .common import err, fail, os_error, out, print_json, rich_console, usage_error
 from .console import counts_table
 from .runs import StopFlag, check_move_target, enter_quarantine, exit_with

@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 
 from ..detectors.registry import unsupervised
-from ..jobs.apply import ISSUE_NAMES
+from ..jobs import ISSUE_NAMES
 from .common import (
     Device, command, err, fail, make_progress, os_error, out, print_json, resolve_device, rich_console, setup_logging,
 )

@@ -219,13 +219,3 @@ def _summary(command) -> str:
     """A command's line in the group's help: its short help, else its help's first paragraph."""
     text = command.short_help or (command.help or "").strip().split("\n\n")[0]
     return " ".join(text.split())
-
-
-def evaluate_method_help() -> str:
-    """evaluate --method's help, its list of methods from the detector registry."""
-    from ..detectors import registry
-
-    return ("Evaluate only this method [default: every method the model has: "
-            f"{registry.method_list(registry.detector_names(supervised=False))}, plus "
-            f"{registry.method_list(registry.detector_names(supervised=True))} when it has them and "
-            f"{registry.method_list(registry.COMBINED)} when it has their members].")

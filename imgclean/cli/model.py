@@ -12,7 +12,7 @@ from ..detectors.registry import method_names
 from .common import (
     Device, Method, command, err, fail, make_progress, os_error, out, print_json, resolve_device, setup_logging,
 )
-from .help_text import evaluate_method_help
+from .options import evaluate_method_help
 from .train import calibration_line, describe_mapping
 
 

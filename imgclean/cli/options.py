@@ -134,3 +134,13 @@ KeepUnreadable = Annotated[bool, typer.Option("--keep-unreadable", help="Report 
 Quiet = Annotated[bool, typer.Option("-q", "--quiet", help="No progress output.")]
 ReviewSample = Annotated[int, typer.Option("--review-sample", min=0, metavar="N", help="Choose N of the files the scan accepted for a person to review (nearest the threshold, spread over the kinds of picture, and a random spot check): marked in the --report `review` column and shown on the --html page; 0: none.")]
 Verbose = Annotated[bool, typer.Option("-v", "--verbose", help="Print every rejected file on stderr.")]
+
+
+def evaluate_method_help() -> str:
+    """evaluate --method's help, its list of methods from the detector registry."""
+    from ..detectors import registry
+
+    return ("Evaluate only this method [default: every method the model has: "
+            f"{registry.method_list(registry.detector_names(supervised=False))}, plus "
+            f"{registry.method_list(registry.detector_names(supervised=True))} when it has them and "
+            f"{registry.method_list(registry.COMBINED)} when it has their members].")

@@ -8,3 +8,7 @@ ImgcleanError subclass and one-line message (the message names options as the CL
 --cache-dir is the API's cache_dir). A refusal the CLI says as a usage error (exit 2) is one of
 `base.refusal_classes()`. A job's result owns its exit code (`results.py`).
 """
+
+# The issues of an audit that `apply --move-issues` and `audit --move-issues` may name
+# (pipeline/audit/apply_findings.MOVABLE); here, so the CLI's help needs no request module.
+ISSUE_NAMES = ("label_issue", "outlier", "duplicate", "unreadable")

@@ -9,7 +9,7 @@ from typing import Optional
 from .base import RequestError, check_outputs, optional_path
 from .results import ExitRules
 
-ISSUE_NAMES = ("label_issue", "outlier", "duplicate", "unreadable")  # pipeline/audit/apply_findings.MOVABLE
+from . import ISSUE_NAMES  # noqa: F401  (a public name of jobs.apply)
 
 
 def check_issues(issues, option: str = "--move-issues") -> tuple[str, ...]:

@@ -129,8 +129,7 @@ class EnergyDetector(Detector):
     def from_state(cls, arrays, settings: dict | None = None) -> "EnergyDetector":
         det = cls(percentile=float(arrays["percentile"]), temperature=float(arrays["temperature"]))
         det.classes_ = int(arrays["classes"])
-        det.cutoff_ = ShiftThreshold(base=float(arrays["base_threshold"]), spread=float(arrays["spread"]),
-                                       median=float(arrays["train_median"]), shift=float(arrays["shift"]))
+        det.cutoff_ = ShiftThreshold.from_arrays(arrays)
         return det
 
     @classmethod

@@ -91,6 +91,12 @@ class ShiftThreshold:
             spread = float(np.std(raw))
         return cls(base=base, spread=spread if spread > tiny else 1.0, median=median)
 
+    @classmethod
+    def from_arrays(cls, arrays) -> "ShiftThreshold":
+        """The threshold a detector saved (its base_threshold, spread, train_median and shift arrays)."""
+        return cls(base=float(arrays["base_threshold"]), spread=float(arrays["spread"]),
+                   median=float(arrays["train_median"]), shift=float(arrays["shift"]))
+
     @property
     def value(self) -> float:
         return self.base + self.shift

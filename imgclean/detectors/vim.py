@@ -185,8 +185,7 @@ class ViMDetector(Detector):
         det.residual_basis_ = np.asarray(arrays["residual_basis"], dtype=np.float64)
         det.alpha_ = float(arrays["alpha"])
         det.input_ = "unnormalised" if int(arrays["unnormalised"]) else "features"
-        det.cutoff_ = ShiftThreshold(base=float(arrays["base_threshold"]), spread=float(arrays["spread"]),
-                                     median=float(arrays["train_median"]), shift=float(arrays["shift"]))
+        det.cutoff_ = ShiftThreshold.from_arrays(arrays)
         return det
 
     @classmethod

@@ -172,3 +172,47 @@ def test_a_long_function_is_found(tmp_path):
     path = tmp_path / "m.py"
     path.write_text("def f():\n" + "    x = 1\n" * 90 + "\n\ndef g():\n    return 1\n")
     assert long_functions(path) == ["f (91 lines)"]
+
+
+# Private names of the standard library and of named tuples that are public by convention.
+ALLOWED_PRIVATE = {"_exit", "_make", "_fields", "_replace", "_asdict", "_posixshmem", "_click"}
+
+
+def reach_ins(name: str, path: Path, known: set[str]) -> list[str]:
+    """Private names of another imgclean module that `name` imports or reads (`mod._x`)."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    aliases = {}  # local name -> imgclean module
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = ".".join(package.split(".")[: len(package.split(".")) - (node.level - 1)] + ([node.module] if node.module else []))
+            else:
+                base = node.module or ""
+            for alias in node.names:
+                full = f"{base}.{alias.name}"
+                if full in known:
+                    aliases[alias.asname or alias.name] = full
+                elif base in known and base != name and alias.name.startswith("_") and not alias.name.startswith("__") \
+                        and alias.name not in ALLOWED_PRIVATE:
+                    found.append(f"from {base} import {alias.name}")
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in aliases:
+            attr = node.attr
+            if attr.startswith("_") and not attr.startswith("__") and attr not in ALLOWED_PRIVATE:
+                found.append(f"{aliases[node.value.id]}.{attr}")
+    return found
+
+
+@pytest.mark.parametrize("name", sorted(modules()))
+def test_no_module_reaches_into_another_modules_private_names(name):
+    mods = modules()
+    assert not reach_ins(name, mods[name], set(mods)), reach_ins(name, mods[name], set(mods))
+
+
+def test_a_reach_in_is_found(tmp_path):
+    path = tmp_path / "m.py"
+    path.write_text("from imgclean import data\nfrom imgclean.walk import _identities\nx = data._to_mode\ny = data.OK\n")
+    assert reach_ins("imgclean.m", path, {"imgclean", "imgclean.data", "imgclean.walk"}) == [
+        "from imgclean.walk import _identities", "imgclean.data._to_mode"]

@@ -135,8 +135,8 @@ class PerFileRows(RunSnapshots):
     """RunSnapshots that never snapshot a run: the files of a listed run are stored as per-file
     rows only (a snapshot would tell a later walk that the run is the folder's whole listing)."""
 
-    def _store(self, run: list) -> None:
-        kept = [(e, o) for e, o in zip(run[2], run[3], strict=True) if not e.skip_reason and o[0] in CACHEABLE]
+    def _store(self, run) -> None:  # a run_snapshots.CollectedRun
+        kept = [(e, o) for e, o in zip(run.entries, run.outcomes, strict=True) if not e.skip_reason and o[0] in CACHEABLE]
         self.cache.put_many([e for e, _ in kept], [o for _, o in kept])
 
     def after_block(self, *args, **kwargs) -> None:  # a listed run is never answered whole

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 from collections import deque
+from dataclasses import dataclass, field
 
 from ... import data
 from ...reports.record_blocks import RecordBlock, csv_rows
@@ -37,19 +38,16 @@ class RunSnapshots:
 
     def __init__(self, cache):
         self.cache = cache
-        # [folder, ordinal, entries, outcomes, records still to come, storable, their report rows
-        # (csv_rows, one string a file) or None when they are to be formatted, the listing
-        # stretch the walk's run covered (walk.Run.span, .positions)]
-        self.runs: deque = deque()
+        self.runs: deque[CollectedRun] = deque()
 
     def expect(self, folder, ordinal: int, n: int, span: list | None = None, positions: list[int] | None = None) -> None:
-        self.runs.append([folder, ordinal, [], [], n, True, [], span, positions])
+        self.runs.append(CollectedRun(folder, ordinal, n, [], span, positions))
 
     def saw(self, entry: data.FileEntry, record: ScanRecord) -> None:
         """The next record of the oldest expected run, as applied."""
         run = self.runs[0]
         _add(run, entry, record)
-        if run[4] == 0:
+        if run.to_come == 0:
             self.runs.popleft()
             self._store(run)
 
@@ -68,17 +66,17 @@ class RunSnapshots:
             rows = None
         while i < n:
             run = self.runs[0]
-            k = min(run[4], n - i)
-            run[2] += entries[i : i + k]
-            run[3] += outcomes[i : i + k]
-            if run[6] is not None:
+            k = min(run.to_come, n - i)
+            run.entries += entries[i : i + k]
+            run.outcomes += outcomes[i : i + k]
+            if run.rows is not None:
                 if rows is not None:
-                    run[6] += rows[i : i + k]
+                    run.rows += rows[i : i + k]
                 else:
-                    run[6] = None
-            run[4] -= k
+                    run.rows = None
+            run.to_come -= k
             i += k
-            if run[4] == 0:
+            if run.to_come == 0:
                 self.runs.popleft()
                 self._store(run)
 
@@ -87,7 +85,7 @@ class RunSnapshots:
         far is kept as per-file rows."""
         while self.runs:
             run = self.runs.popleft()
-            self.cache.put_many(*_reusable(run[2], run[3]))
+            self.cache.put_many(*_reusable(run.entries, run.outcomes))
 
     def after_block(self, block: RecordBlock, folder, ordinal: int, span: list | None = None,
                     positions: list[int] | None = None) -> None:
@@ -96,14 +94,14 @@ class RunSnapshots:
         records = block.built_records()
         if records is None or not any(r.action == "moved" for r in records):
             return
-        run = [folder, ordinal, [], [], len(records), True, None, span, positions]
+        run = CollectedRun(folder, ordinal, len(records), None, span, positions)
         for entry, record in zip(block.entries, records, strict=True):
             _add(run, entry, record)
         self._store(run)
 
-    def _store(self, run: list) -> None:
-        folder, ordinal, entries, outcomes, _, storable, rows, span, positions = run
-        if storable and not all(e.skip_reason for e in entries) and all(
+    def _store(self, run: "CollectedRun") -> None:
+        folder, entries, outcomes, rows = run.folder, run.entries, run.outcomes, run.rows
+        if run.storable and not all(e.skip_reason for e in entries) and all(
             (o[0] == data.SKIPPED) if e.skip_reason else (o[0] in CACHEABLE) for e, o in zip(entries, outcomes)
         ):  # (a run of skipped entries only, a folder that could not be listed say, needs no snapshot)
             # The report rows, formatted once for the rescans (RecordBlock.csv_text): the scored
@@ -114,29 +112,48 @@ class RunSnapshots:
                 rows = "\0".join(rows) + "\0"
             else:
                 rows = csv_rows(entries, outcomes, len(folder) if folder.endswith(os.sep) else len(folder) + 1)
-            if self.cache.put_run(folder, ordinal, entries, outcomes, rows, span, positions):
+            if self.cache.put_run(folder, run.ordinal, entries, outcomes, rows, run.span, run.positions):
                 return  # the snapshot answers for every file of the run
         self.cache.put_many(*_reusable(entries, outcomes))
 
 
-def _add(run: list, entry: data.FileEntry, record: ScanRecord) -> None:
+@dataclass(slots=True)
+class CollectedRun:
+    """A walk run being collected for its snapshot: its folder and ordinal, how many records
+    are still to come, their report rows (csv_rows, one string a file; None: formatted at the
+    end), the listing stretch the walk's run covered (walk.Run.span, .positions), and so far its
+    entries, their verdicts (status, predicted, nearest, score, message) and whether it may be
+    stored at all."""
+
+    folder: object
+    ordinal: int
+    to_come: int
+    rows: list | None
+    span: list | None
+    positions: list | None
+    entries: list = field(default_factory=list)
+    outcomes: list = field(default_factory=list)
+    storable: bool = True
+
+
+def _add(run: CollectedRun, entry: data.FileEntry, record: ScanRecord) -> None:
     """One applied record into a run being collected: a moved file leaves it; any action but
     none or a dry run's makes the run unstorable (its other files still get per-file rows)."""
     action = record.action
-    run[6] = None  # rows formatted at the end
+    run.rows = None  # rows formatted at the end
     if action != "moved":
-        run[2].append(entry)
+        run.entries.append(entry)
         status, message = record.verdict or (record.status, record.message)  # the scan's own, never a decision
-        run[3].append((status, record.predicted, record.nearest, record.score, message))
+        run.outcomes.append((status, record.predicted, record.nearest, record.score, message))
         if action and action != "would move":
-            run[5] = False
-    run[4] -= 1
+            run.storable = False
+    run.to_come -= 1
 
 
 def _reusable(entries: list, outcomes: list) -> tuple[list, list]:
     """(entries, outcomes) of a run's files whose status may be reused: what goes to the cache's
     per-file rows (which then keep only the storable ones)."""
-    kept = [(e, o) for e, o in zip(entries, outcomes, strict=True) if not e.skip_reason and o[0] in CACHEABLE]
+    kept = [(e, o) for e, o in zip(entries, outcomes, strict=True) if not e.skip_reason and o[0] in CACHEABLE]  # o[0]: status
     return [e for e, _ in kept], [o for _, o in kept]
 
 

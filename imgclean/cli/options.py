@@ -144,3 +144,14 @@ def evaluate_method_help() -> str:
             f"{registry.method_list(registry.detector_names(supervised=False))}, plus "
             f"{registry.method_list(registry.detector_names(supervised=True))} when it has them and "
             f"{registry.method_list(registry.COMBINED)} when it has their members].")
+
+
+def scan_method_help() -> str:
+    """scan --method's help, its detectors from the registry."""
+    from ..detectors import registry
+
+    return ("Who decides: a detector fitted with the model "
+            f"({registry.method_list(registry.detector_names(supervised=False))}; docs/method.md says what each "
+            "scores), the supervised head (head: needs `fit-head`), both (Mahalanobis or head rejects), or the rule "
+            "learned from reviews (reviewed: needs `imgclean learn`) [default: the model's default method: "
+            "mahalanobis, or what `imgclean learn` chose].")

@@ -16,7 +16,7 @@ from .common import Device, Engine, Method, command, fail, log, make_progress, r
 from .options import (
     DryRun, FailOnReject, FailOnSkip, HtmlOut, JsonOut, KeepUnreadable, MoveTo, OverwriteReport, Quiet, ReportOut,
     ReviewSample, Verbose,
-    config_option,
+    config_option, scan_method_help,
 )
 from .runs import (  # noqa: F401  (StopFlag, check_move_target, check_html_output: public names of cli.scan)
     Outcome, Printer, StopFlag, check_html_output, check_move_target, feed, finish, open_run,
@@ -98,7 +98,7 @@ def scan(
     allow_unlisted: bool = typer.Option(False, "--allow-unlisted", help="Exit 0 even when a folder inside the scan could not be listed (its files are not scanned; the report has a skipped record for it)."),
     keep_unreadable: KeepUnreadable = False,
     batch_size: int = typer.Option(256, min=1, help="Images scored per batch."),
-    method: Optional[Method] = typer.Option(None, "--method", help="Who decides: the Mahalanobis thresholds (the paper), the energy score of the logits, the k-nearest-neighbour distance of the features, the supervised head (needs `fit-head`), both (Mahalanobis or head rejects), or the rule learned from reviews (needs `imgclean learn`) [default: the model's default method: mahalanobis, or what `imgclean learn` chose]."),
+    method: Optional[Method] = typer.Option(None, "--method", help=scan_method_help()),
     device: Device = typer.Option(Device.auto, help="Where to run the model (auto: a GPU when there is one)."),
     quiet: Quiet = False,
     verbose: Verbose = False,

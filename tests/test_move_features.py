@@ -5,44 +5,13 @@ import os
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from conftest import CLASSES, class_image, ood_image, write_png
-from imgclean.cli import app
+from conftest import CLASSES
+from test_learn_cli import _small_networks, invoke, make_night  # noqa: F401  (_small_networks: an autouse fixture)
 from imgclean.quarantine import features_log
 from imgclean.quarantine.journal import fold
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-runner = CliRunner()
-
-
-@pytest.fixture(autouse=True)
-def _small_networks(monkeypatch):
-    from learn_synthetic import FAST
-
-    from imgclean.pipeline.learn import step as learn_step
-
-    monkeypatch.setattr(learn_step, "SETTINGS", FAST)
-
-
-def invoke(*args):
-    import logging
-
-    saved = logging.getLogger().handlers[:]
-    try:
-        return runner.invoke(app, [os.fspath(a) for a in args])
-    finally:
-        logging.getLogger().handlers[:] = saved
-
-
-def make_night(root: Path, normal: int, ood: int, seed: int) -> None:
-    import numpy as np
-
-    rng = np.random.default_rng(seed)
-    for i in range(normal):
-        write_png(root / f"normal_{i:02d}.png", class_image(CLASSES[i % len(CLASSES)], rng))
-    for i in range(ood):
-        write_png(root / f"odd_{i:02d}.png", ood_image(rng))
 
 
 def moved_ids(q: Path) -> set[str]:

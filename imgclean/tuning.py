@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 from typing import Callable, Iterator, Mapping
 
 from .errors import ImgcleanError
@@ -30,9 +30,6 @@ class Tuning:
     ray_retries: int = 3  # tries of a Ray batch beyond the first when its worker dies
     ray_start_timeout_s: float = 300.0  # how long Ray workers may take to start and load the model
     ray_test_kill: str = ""  # tests only: "N:MARKER" or "poison:NAME" kills Ray workers (ray_worker.py)
-
-    def with_(self, **changes) -> "Tuning":
-        return replace(self, **changes)
 
 
 def _choice(name: str, what: str, choices: tuple[str, ...]) -> Callable[[str], str]:

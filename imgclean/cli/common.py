@@ -17,6 +17,7 @@ import typer
 from .. import __version__
 from ..errors import ImgcleanError
 from ..detectors.registry import method_names
+from ..pipeline.engines.registry import names as engine_names
 from .console import LazyConsole, err, escape, log, out, rich_console  # noqa: F401  (imported from here by the commands)
 from .usage import ClickException, click_error_text, current_context, say_usage_error
 
@@ -155,9 +156,7 @@ class Device(str, Enum):
     mps = "mps"
 
 
-class Engine(str, Enum):  # pipeline/scan/scanner.ENGINES
-    local = "local"
-    ray = "ray"
+Engine = Enum("Engine", {name: name for name in engine_names()}, type=str)  # pipeline/engines/registry.py
 
 
 def fail(message: str, code: int = EXIT_ERROR) -> typer.Exit:

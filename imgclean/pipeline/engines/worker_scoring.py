@@ -26,6 +26,7 @@ IMGCLEAN_SCORE_IN_WORKERS=0 (benchmarks compare both).
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 from typing import Callable
@@ -104,7 +105,7 @@ def _prepare(token: str) -> Callable:
     if entry is None:
         raise RuntimeError("scoring in a decode worker that was not forked from the scan (no model registered)")
     bundle, method, batch_size = entry
-    tuning.set_for_process(tuning.current().with_(torch_threads=1))  # one thread a worker: the workers fill the cores
+    tuning.set_for_process(dataclasses.replace(tuning.current(), torch_threads=1))  # one thread a worker: the workers fill the cores
     from .. import blas
     from ...nn.runtime import prepare_for_inference
 

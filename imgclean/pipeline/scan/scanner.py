@@ -59,10 +59,6 @@ class ScanOptions:
     files: Iterable | None = None  # scan only these names in root, not a walk of it (pipeline/scan/file_list.py)
 
 
-# local: in this process; ray: on Ray workers (pipeline/engines/ray_engine.py), applied here all the same.
-ENGINES = engines.names()
-
-
 def relative_name(path: Path, root: Path) -> str:
     full, base = os.fspath(path), os.fspath(root)
     if os.path.isabs(full) and full.startswith(base.rstrip(os.sep) + os.sep) and "/.." not in full and "/./" not in full:
